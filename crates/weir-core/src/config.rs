@@ -1,0 +1,508 @@
+//! Configuration: one table of every key Weir understands, with its default and the kind of
+//! value it takes, and a [`Config`] that only ever holds validated values.
+//!
+//! Layers, lowest first: built-in defaults, the cluster's `config.yaml`, the `WEIR_PROPERTIES`
+//! environment variable (for containers), the job file's `config:` section, then `-D key=value`
+//! on the command line. Every layer goes through [`Config::set`], so an unknown key or a bad
+//! value is an error naming the key, wherever it came from. Keys follow Flink's names where
+//! Flink has the concept. `docs/configuration.md` documents every key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// What a configuration value must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `10s`, `500ms`, `1min`, `2h`.
+    Duration,
+    /// A duration or `none` (feature off).
+    OptionalDuration,
+    /// `32kb`, `4mb`, or a plain number of bytes.
+    Size,
+    /// An unsigned integer, at least the given minimum.
+    Int { min: u64 },
+    Bool,
+    /// One of the given words (case-insensitive; stored in the listed spelling).
+    Enum(&'static [&'static str]),
+    /// Free text (addresses, paths, credentials).
+    Text,
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDef {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub kind: Kind,
+    pub doc: &'static str,
+}
+
+macro_rules! keys {
+    ($( $const:ident = $key:literal, $default:literal, $kind:expr, $doc:literal; )*) => {
+        /// The names of every configuration key, as constants.
+        pub mod keys {
+            $( pub const $const: &str = $key; )*
+        }
+        /// Every key Weir understands.
+        pub const KEYS: &[KeyDef] = &[
+            $( KeyDef { key: $key, default: $default, kind: $kind, doc: $doc }, )*
+        ];
+    };
+}
+
+use Kind::*;
+
+keys! {
+    PARALLELISM = "parallelism.default", "1", Int { min: 1 },
+        "Parallelism of operators that do not set their own.";
+    MAX_PARALLELISM = "pipeline.max-parallelism", "128", Int { min: 1 },
+        "Number of key groups; the upper bound for any operator's parallelism.";
+    CHECKPOINT_INTERVAL = "execution.checkpointing.interval", "none", OptionalDuration,
+        "Interval between checkpoint triggers; `none` disables checkpointing.";
+    CHECKPOINT_MODE = "execution.checkpointing.mode", "EXACTLY_ONCE", Enum(&["EXACTLY_ONCE", "AT_LEAST_ONCE"]),
+        "EXACTLY_ONCE aligns barriers; AT_LEAST_ONCE never blocks an input.";
+    CHECKPOINT_TIMEOUT = "execution.checkpointing.timeout", "10min", Duration,
+        "A checkpoint not complete after this long is aborted.";
+    CHECKPOINT_MIN_PAUSE = "execution.checkpointing.min-pause", "0ms", Duration,
+        "Minimum time between the end of one checkpoint and the trigger of the next.";
+    CHECKPOINT_MAX_CONCURRENT = "execution.checkpointing.max-concurrent-checkpoints", "1", Int { min: 1 },
+        "How many checkpoints may be in progress at once.";
+    CHECKPOINT_UNALIGNED = "execution.checkpointing.unaligned.enabled", "false", Bool,
+        "Let barriers overtake in-flight data, which then becomes part of the checkpoint.";
+    CHECKPOINT_ALIGNED_TIMEOUT = "execution.checkpointing.aligned-checkpoint-timeout", "0ms", Duration,
+        "With unaligned enabled: how long a barrier stays aligned before it switches to unaligned.";
+    CHECKPOINT_TOLERABLE_FAILED = "execution.checkpointing.tolerable-failed-checkpoints", "0", Int { min: 0 },
+        "Checkpoint failures in a row that are tolerated before the job fails.";
+    CHECKPOINT_NUM_RETAINED = "execution.checkpointing.num-retained", "1", Int { min: 1 },
+        "Completed checkpoints kept in checkpoint storage.";
+    CHECKPOINT_INCREMENTAL = "execution.checkpointing.incremental", "true", Bool,
+        "Upload only new RocksDB SST files (rocksdb backend).";
+    CHECKPOINT_DIR = "execution.checkpointing.dir", "none", Text,
+        "Checkpoint storage URL: file:///path, s3://bucket/path or memory://.";
+    SAVEPOINT_DIR = "execution.checkpointing.savepoint-dir", "none", Text,
+        "Default directory for savepoints.";
+    STATE_BACKEND = "state.backend.type", "hashmap", Enum(&["hashmap", "rocksdb"]),
+        "Where keyed state lives: in memory (hashmap) or in RocksDB.";
+    RESTART_STRATEGY = "restart-strategy.type", "none", Enum(&["none", "fixed-delay", "exponential-delay", "failure-rate"]),
+        "What to do when a job fails.";
+    RESTART_ATTEMPTS = "restart-strategy.fixed-delay.attempts", "3", Int { min: 0 },
+        "fixed-delay: restarts before the job fails for good.";
+    RESTART_DELAY = "restart-strategy.fixed-delay.delay", "1s", Duration,
+        "fixed-delay: pause before each restart.";
+    TASKMANAGER_SLOTS = "taskmanager.numberOfTaskSlots", "4", Int { min: 1 },
+        "Slots a TaskManager offers; a slot runs one subtask of every operator of a job.";
+    TASKMANAGER_HOST = "taskmanager.host", "127.0.0.1", Text,
+        "Address a TaskManager binds and advertises to the JobManager and its peers.";
+    TASKMANAGER_RPC_PORT = "taskmanager.rpc.port", "0", Int { min: 0 },
+        "TaskManager gRPC port; 0 picks a free port.";
+    TASKMANAGER_DATA_PORT = "taskmanager.data.port", "0", Int { min: 0 },
+        "TaskManager data-plane (TCP) port; 0 picks a free port.";
+    TASKMANAGER_TMP_DIRS = "taskmanager.tmp.dirs", "none", Text,
+        "Local working directory for state; defaults to the system temp directory.";
+    SEGMENT_SIZE = "taskmanager.memory.segment-size", "32kb", Size,
+        "Target size of one network buffer: output is flushed when a channel's buffer reaches it.";
+    BUFFERS_PER_CHANNEL = "taskmanager.network.memory.buffers-per-channel", "2", Int { min: 1 },
+        "Credits (buffers) a receiver grants each input channel.";
+    SENDER_QUEUE_BUFFERS = "taskmanager.network.sender-queue-buffers", "2", Int { min: 1 },
+        "Buffers a sender may queue per output channel before its task blocks.";
+    JOBMANAGER_ADDRESS = "jobmanager.rpc.address", "none", Text,
+        "JobManager host. Clients use it to find the cluster; `none` makes `weir run` start a local mini cluster.";
+    JOBMANAGER_PORT = "jobmanager.rpc.port", "6123", Int { min: 0 },
+        "JobManager gRPC port; 0 picks a free port.";
+    JOBMANAGER_BIND_HOST = "jobmanager.bind-host", "0.0.0.0", Text,
+        "Address the JobManager's gRPC server binds.";
+    REST_PORT = "rest.port", "8081", Int { min: 0 },
+        "Port of the REST API (reserved: served from the REST issue on).";
+    HEARTBEAT_INTERVAL = "heartbeat.interval", "1s", Duration,
+        "How often TaskManagers heartbeat the JobManager.";
+    HEARTBEAT_TIMEOUT = "heartbeat.timeout", "10s", Duration,
+        "A TaskManager (or JobManager) silent this long is declared lost.";
+    SLOT_REQUEST_TIMEOUT = "slot.request.timeout", "5min", Duration,
+        "How long a job waits for enough free slots before it fails.";
+    BUFFER_TIMEOUT = "execution.buffer-timeout", "100ms", Duration,
+        "Longest time rows wait in a partly filled output buffer before it is flushed.";
+    MINICLUSTER_TASKMANAGERS = "minicluster.taskmanagers", "1", Int { min: 1 },
+        "TaskManagers the embedded mini cluster starts.";
+    S3_ENDPOINT = "s3.endpoint", "none", Text,
+        "S3 endpoint URL (MinIO and other S3-compatible stores).";
+    S3_ACCESS_KEY = "s3.access-key", "none", Text, "S3 access key.";
+    S3_SECRET_KEY = "s3.secret-key", "none", Text, "S3 secret key.";
+    S3_REGION = "s3.region", "us-east-1", Text, "S3 region.";
+    S3_PATH_STYLE = "s3.path.style.access", "false", Bool,
+        "Address buckets as path segments (needed by MinIO and most S3-compatible stores).";
+}
+
+/// A configuration error: always names the key, and where the value came from when known.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown configuration key '{key}'{}", origin_suffix(.origin))]
+    UnknownKey { key: String, origin: String },
+    #[error("bad value '{value}' for configuration key '{key}'{}: {reason}", origin_suffix(.origin))]
+    BadValue { key: String, value: String, reason: String, origin: String },
+    #[error("cannot read configuration file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+fn origin_suffix(origin: &str) -> String {
+    if origin.is_empty() {
+        String::new()
+    } else {
+        format!(" (in {origin})")
+    }
+}
+
+/// Validated configuration values. Keys not set explicitly read as their default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    values: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn key_def(key: &str) -> Option<&'static KeyDef> {
+        KEYS.iter().find(|k| k.key == key)
+    }
+
+    /// Sets `key` to `value` after validating both. `origin` names where it came from
+    /// (a file, `-D`, the job file) for the error message.
+    pub fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
+        let key = key.trim();
+        let value = value.trim();
+        let def = Self::key_def(key).ok_or_else(|| ConfigError::UnknownKey {
+            key: key.to_string(),
+            origin: origin.to_string(),
+        })?;
+        let normalized = validate(def, value).map_err(|reason| ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason,
+            origin: origin.to_string(),
+        })?;
+        self.values.insert(key.to_string(), normalized);
+        Ok(())
+    }
+
+    /// Applies every `key = value` pair of `other` on top of this configuration.
+    pub fn merge(&mut self, other: &Config) {
+        for (k, v) in &other.values {
+            self.values.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Parses a YAML mapping of keys to scalar values (the `config.yaml` format; nested maps
+    /// are flattened with dots, as Flink does).
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let mut cfg = Config::new();
+        if text.trim().is_empty() {
+            return Ok(cfg);
+        }
+        let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| ConfigError::File {
+            path: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        cfg.apply_yaml(&value, origin)?;
+        Ok(cfg)
+    }
+
+    /// Applies a YAML mapping (as in `config.yaml` or a job file's `config:`).
+    pub fn apply_yaml(&mut self, value: &serde_norway::Value, origin: &str) -> Result<(), ConfigError> {
+        let mut flat = Vec::new();
+        flatten("", value, &mut flat).map_err(|reason| ConfigError::File {
+            path: origin.to_string(),
+            reason,
+        })?;
+        for (k, v) in flat {
+            self.set(&k, &v, origin)?;
+        }
+        Ok(())
+    }
+
+    pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses `key: value` or `key=value` lines (the `WEIR_PROPERTIES` environment variable).
+    pub fn apply_properties(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = split_pair(line).ok_or_else(|| ConfigError::BadValue {
+                key: line.to_string(),
+                value: String::new(),
+                reason: "expected 'key: value' or 'key=value'".into(),
+                origin: origin.to_string(),
+            })?;
+            self.set(k, v, origin)?;
+        }
+        Ok(())
+    }
+
+    /// Parses one `-D key=value` argument.
+    pub fn apply_dynamic(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (k, v) = arg.split_once('=').ok_or_else(|| ConfigError::BadValue {
+            key: arg.to_string(),
+            value: String::new(),
+            reason: "expected -D key=value".into(),
+            origin: "-D".into(),
+        })?;
+        self.set(k, v, "-D")
+    }
+
+    /// The explicitly set values (not defaults), e.g. to ship a job's configuration.
+    pub fn explicit(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+
+    pub fn is_set(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// Builds a configuration from already-validated pairs (shipped between processes).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Result<Self, ConfigError> {
+        let mut cfg = Config::new();
+        for (k, v) in pairs {
+            cfg.set(k, v, "")?;
+        }
+        Ok(cfg)
+    }
+
+    /// The raw (validated) value of `key`, or its default.
+    pub fn get(&self, key: &str) -> &str {
+        match self.values.get(key) {
+            Some(v) => v,
+            None => Self::key_def(key).map(|d| d.default).unwrap_or_else(|| panic!("undeclared config key {key}")),
+        }
+    }
+
+    pub fn duration(&self, key: &str) -> Duration {
+        parse_duration(self.get(key)).unwrap_or_else(|e| panic!("validated key {key}: {e}"))
+    }
+
+    pub fn optional_duration(&self, key: &str) -> Option<Duration> {
+        match self.get(key) {
+            "none" => None,
+            v => Some(parse_duration(v).unwrap_or_else(|e| panic!("validated key {key}: {e}"))),
+        }
+    }
+
+    pub fn size(&self, key: &str) -> u64 {
+        parse_size(self.get(key)).unwrap_or_else(|e| panic!("validated key {key}: {e}"))
+    }
+
+    pub fn int(&self, key: &str) -> u64 {
+        self.get(key).parse().unwrap_or_else(|e| panic!("validated key {key}: {e}"))
+    }
+
+    pub fn bool(&self, key: &str) -> bool {
+        self.get(key) == "true"
+    }
+
+    /// A text value, or `None` when it is `none`.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        match self.get(key) {
+            "none" | "" => None,
+            v => Some(v),
+        }
+    }
+}
+
+fn split_pair(line: &str) -> Option<(&str, &str)> {
+    let colon = line.find(": ");
+    let eq = line.find('=');
+    match (colon, eq) {
+        (Some(c), Some(e)) if e < c => Some((&line[..e], &line[e + 1..])),
+        (Some(c), _) => Some((&line[..c], &line[c + 2..])),
+        (None, Some(e)) => Some((&line[..e], &line[e + 1..])),
+        (None, None) => line.strip_suffix(':').map(|k| (k, "")),
+    }
+}
+
+fn flatten(prefix: &str, value: &serde_norway::Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    use serde_norway::Value;
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map {
+                let k = match k {
+                    Value::String(s) => s.clone(),
+                    other => scalar(other).ok_or("configuration keys must be text")?,
+                };
+                let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out)?;
+            }
+            Ok(())
+        }
+        Value::Null if prefix.is_empty() => Ok(()),
+        other => {
+            let v = scalar(other).ok_or_else(|| format!("value of '{prefix}' must be a single value, not a list"))?;
+            out.push((prefix.to_string(), v));
+            Ok(())
+        }
+    }
+}
+
+fn scalar(value: &serde_norway::Value) -> Option<String> {
+    use serde_norway::Value;
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some("none".into()),
+        _ => None,
+    }
+}
+
+fn validate(def: &KeyDef, value: &str) -> Result<String, String> {
+    match def.kind {
+        Duration => parse_duration(value).map(|_| value.to_string()),
+        OptionalDuration => {
+            if value.eq_ignore_ascii_case("none") || value.is_empty() {
+                Ok("none".into())
+            } else {
+                parse_duration(value).map(|_| value.to_string())
+            }
+        }
+        Size => parse_size(value).map(|_| value.to_string()),
+        Int { min } => {
+            let n: u64 = value.parse().map_err(|_| "expected a whole number".to_string())?;
+            if n < min {
+                Err(format!("must be at least {min}"))
+            } else {
+                Ok(n.to_string())
+            }
+        }
+        Bool => match value.to_ascii_lowercase().as_str() {
+            "true" => Ok("true".into()),
+            "false" => Ok("false".into()),
+            _ => Err("expected true or false".into()),
+        },
+        Enum(options) => options
+            .iter()
+            .find(|o| o.eq_ignore_ascii_case(value))
+            .map(|o| o.to_string())
+            .ok_or_else(|| format!("expected one of {}", options.join(", "))),
+        Text => Ok(value.to_string()),
+    }
+}
+
+/// Parses durations the way Flink writes them: `10s`, `500ms`, `1min`, `2 h`, `1d`.
+/// A bare number is milliseconds, as in Flink.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 10s, 500ms or 1min, got '{s}'"))?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => n,
+        "s" | "sec" | "secs" | "second" | "seconds" => n * 1000,
+        "m" | "min" | "mins" | "minute" | "minutes" => n * 60_000,
+        "h" | "hour" | "hours" => n * 3_600_000,
+        "d" | "day" | "days" => n * 86_400_000,
+        other => return Err(format!("unknown duration unit '{other}' (use ms, s, min, h or d)")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses sizes: `32kb`, `4 mb`, `1gb`, or bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("expected a size like 32kb or 4mb, got '{s}'"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "bytes" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit '{other}' (use b, kb, mb or gb)")),
+    };
+    if n == 0 {
+        return Err("size must be positive".into());
+    }
+    Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_like_flink() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1min").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten seconds").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert_eq!(parse_size("32kb").unwrap(), 32 * 1024);
+        assert_eq!(parse_size("4 mb").unwrap(), 4 << 20);
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let err = Config::new().set("execution.checkpointing.intervall", "10s", "-D").unwrap_err();
+        assert_eq!(err.to_string(), "unknown configuration key 'execution.checkpointing.intervall' (in -D)");
+    }
+
+    #[test]
+    fn bad_value_is_an_error_naming_key_and_value() {
+        let err = Config::new().set(keys::CHECKPOINT_MODE, "SOMETIMES", "job.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("'execution.checkpointing.mode'"), "{msg}");
+        assert!(msg.contains("SOMETIMES") && msg.contains("EXACTLY_ONCE"), "{msg}");
+        assert!(Config::new().set(keys::PARALLELISM, "0", "").is_err());
+        assert!(Config::new().set(keys::HEARTBEAT_TIMEOUT, "soon", "").is_err());
+    }
+
+    #[test]
+    fn defaults_apply_until_set_and_layers_override() {
+        let mut cfg = Config::new();
+        assert_eq!(cfg.int(keys::MAX_PARALLELISM), 128);
+        assert_eq!(cfg.optional_duration(keys::CHECKPOINT_INTERVAL), None);
+        cfg.set(keys::CHECKPOINT_INTERVAL, "10s", "").unwrap();
+        let mut job = Config::new();
+        job.set(keys::CHECKPOINT_INTERVAL, "2s", "").unwrap();
+        cfg.merge(&job);
+        assert_eq!(cfg.optional_duration(keys::CHECKPOINT_INTERVAL), Some(Duration::from_secs(2)));
+        assert_eq!(cfg.get(keys::CHECKPOINT_MODE), "EXACTLY_ONCE");
+        cfg.set(keys::CHECKPOINT_MODE, "at_least_once", "").unwrap();
+        assert_eq!(cfg.get(keys::CHECKPOINT_MODE), "AT_LEAST_ONCE");
+    }
+
+    #[test]
+    fn yaml_files_flatten_nested_keys_and_properties_parse() {
+        let cfg = Config::from_yaml_str(
+            "parallelism.default: 4\nexecution:\n  checkpointing:\n    interval: 10s\n",
+            "config.yaml",
+        )
+        .unwrap();
+        assert_eq!(cfg.int(keys::PARALLELISM), 4);
+        assert_eq!(cfg.optional_duration(keys::CHECKPOINT_INTERVAL), Some(Duration::from_secs(10)));
+        let err = Config::from_yaml_str("bogus.key: 1\n", "conf/config.yaml").unwrap_err();
+        assert!(err.to_string().contains("'bogus.key' (in conf/config.yaml)"));
+
+        let mut env = Config::new();
+        env.apply_properties("jobmanager.rpc.address: jm\ntaskmanager.numberOfTaskSlots=8\n", "WEIR_PROPERTIES")
+            .unwrap();
+        assert_eq!(env.text(keys::JOBMANAGER_ADDRESS), Some("jm"));
+        assert_eq!(env.int(keys::TASKMANAGER_SLOTS), 8);
+        assert!(env.apply_dynamic("no-equals-sign").is_err());
+    }
+
+    #[test]
+    fn every_default_is_valid() {
+        for def in KEYS {
+            validate(def, def.default).unwrap_or_else(|e| panic!("default of {}: {e}", def.key));
+        }
+    }
+}
