@@ -1,1 +1,264 @@
-fn main(){}
+//! The `weir` binary: clap commands wired to the JobManager, the TaskManager, the embedded
+//! mini cluster and the gRPC client. Nothing but wiring lives here.
+
+mod client;
+mod minicluster;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use weir_core::config::{keys, Config};
+
+#[derive(Parser)]
+#[command(name = "weir", version, about = "Weir: a distributed stream processor with consistent checkpoints")]
+struct Cli {
+    /// Cluster configuration file (default: $WEIR_CONF_DIR/config.yaml when set).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr; RUST_LOG sets the level.
+    #[arg(long, global = true, value_enum, env = "WEIR_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Args, Clone, Default)]
+struct Dynamic {
+    /// Set a configuration key: -D key=value (repeatable).
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// JobManager to talk to (default: jobmanager.rpc.address and jobmanager.rpc.port).
+    #[arg(long, value_name = "HOST:PORT")]
+    jobmanager: Option<String>,
+    /// Output format: text for people, json for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the JobManager (coordinator).
+    Jobmanager {
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Run a TaskManager (worker) that registers with a JobManager.
+    Taskmanager {
+        /// The JobManager's RPC address (default: jobmanager.rpc.address:jobmanager.rpc.port).
+        #[arg(long, value_name = "HOST:PORT")]
+        jobmanager: Option<String>,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Run a JobManager and TaskManagers in this process (a local cluster to submit jobs to).
+    Local {
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Submit a job file; without a JobManager, run it on an embedded mini cluster.
+    Run {
+        /// The job file (YAML pipeline).
+        jobfile: PathBuf,
+        /// Default parallelism of the job's operators.
+        #[arg(short = 'p', long)]
+        parallelism: Option<u32>,
+        /// Print the job id and return instead of waiting for the job to end.
+        #[arg(long)]
+        detached: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// List the jobs of the cluster.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Show one job.
+    Status {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Cancel a job.
+    Cancel {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Show the cluster's TaskManagers and their slots.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+}
+
+/// Loads the configuration layers: defaults, config file, WEIR_PROPERTIES, then -D.
+fn load_config(file: &Option<PathBuf>, dynamic: &Dynamic) -> Result<(Config, Config)> {
+    let path = match file {
+        Some(p) => Some(p.clone()),
+        None => std::env::var_os("WEIR_CONF_DIR").map(|d| PathBuf::from(d).join("config.yaml")).filter(|p| p.exists()),
+    };
+    let mut cfg = match &path {
+        Some(p) => Config::from_yaml_file(p)?,
+        None => Config::new(),
+    };
+    if let Ok(props) = std::env::var("WEIR_PROPERTIES") {
+        cfg.apply_properties(&props, "WEIR_PROPERTIES")?;
+    }
+    let mut overrides = Config::new();
+    for d in &dynamic.properties {
+        overrides.apply_dynamic(d)?;
+    }
+    cfg.merge(&overrides);
+    Ok((cfg, overrides))
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The JobManager address from the flag or the configuration, if any.
+fn jobmanager_address(flag: &Option<String>, cfg: &Config) -> Option<String> {
+    flag.clone().or_else(|| cfg.text(keys::JOBMANAGER_ADDRESS).map(|h| format!("{h}:{}", cfg.int(keys::JOBMANAGER_PORT))))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Jobmanager { dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "info");
+            let bind = format!("{}:{}", cfg.get(keys::JOBMANAGER_BIND_HOST), cfg.int(keys::JOBMANAGER_PORT));
+            let jm = weir_jobmanager::start(cfg, &bind).await?;
+            println!("JobManager listening on {}", jm.rpc_addr);
+            wait_for_signal().await;
+            jm.shutdown();
+            Ok(0)
+        }
+        Command::Taskmanager { jobmanager, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "info");
+            let jm = jobmanager_address(&jobmanager, &cfg)
+                .ok_or_else(|| anyhow!("no JobManager: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))?;
+            let settings = weir_taskmanager::TaskManagerSettings::from_config(&cfg, &jm);
+            let tm = weir_taskmanager::start(settings).await?;
+            println!("TaskManager {} rpc {} data {}", tm.id, tm.rpc_addr, tm.data_addr);
+            wait_for_signal().await;
+            tm.shutdown();
+            Ok(0)
+        }
+        Command::Local { dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "info");
+            let cluster = minicluster::MiniCluster::start(&cfg, None).await?;
+            println!("Local cluster: JobManager at {}", cluster.address());
+            wait_for_signal().await;
+            cluster.shutdown();
+            Ok(0)
+        }
+        Command::Run { jobfile, parallelism, detached, client, mut dynamic } => {
+            if let Some(p) = parallelism {
+                dynamic.properties.push(format!("{}={p}", keys::PARALLELISM));
+            }
+            let (cfg, overrides) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            let text = std::fs::read_to_string(&jobfile).with_context(|| format!("cannot read job file {}", jobfile.display()))?;
+            let origin = jobfile.display().to_string();
+            // Compile here too, so a bad job file fails before anything starts.
+            let (graph, _) = weir_core::job::compile_job(&text, &origin, &cfg, &overrides)?;
+            let (address, cluster) = match jobmanager_address(&client.jobmanager, &cfg) {
+                Some(a) => (a, None),
+                None => {
+                    let cluster = minicluster::MiniCluster::start(&cfg, Some(graph.slots_needed())).await?;
+                    (cluster.address(), Some(cluster))
+                }
+            };
+            let result = client::run_job(&address, &text, &origin, &overrides, detached && cluster.is_none(), client.output).await;
+            if let Some(c) = cluster {
+                c.shutdown();
+            }
+            result
+        }
+        Command::List { client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            client::list(&require_jm(&client, &cfg)?, client.output).await
+        }
+        Command::Status { job_id, client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            client::status(&require_jm(&client, &cfg)?, &job_id, client.output).await
+        }
+        Command::Cancel { job_id, client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            client::cancel(&require_jm(&client, &cfg)?, &job_id, client.output).await
+        }
+        Command::Cluster { client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            client::cluster(&require_jm(&client, &cfg)?, client.output).await
+        }
+    }
+}
+
+fn require_jm(client: &ClientArgs, cfg: &Config) -> Result<String> {
+    jobmanager_address(&client.jobmanager, cfg)
+        .ok_or_else(|| anyhow!("no JobManager configured: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))
+}

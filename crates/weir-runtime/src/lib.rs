@@ -1,1 +1,15 @@
-//! placeholder
+//! Weir's task runtime: the data plane (channels, credit-based flow control, the TCP exchange
+//! between TaskManagers), the built-in operators, and the task loop that runs an operator
+//! chain for one subtask. See `docs/architecture.md` for the path of a record through it.
+
+pub mod buffer;
+pub mod gate;
+pub mod net;
+pub mod operators;
+pub mod partition;
+pub mod task;
+
+pub use buffer::{ChannelId, Event, Item};
+pub use gate::InputGate;
+pub use net::NetworkEnvironment;
+pub use task::{Task, TaskDescriptor, TaskEvent, TaskState};

@@ -1,1 +1,286 @@
-//! placeholder
+//! The TaskManager: offers slots to the JobManager, runs the subtasks deployed to it, wires
+//! their channels (in-memory queues to local subtasks, the TCP data plane to remote ones), and
+//! reports every task state change. It heartbeats the JobManager; when the JobManager no
+//! longer knows it, or is silent for `heartbeat.timeout`, it cancels its tasks and registers
+//! again.
+
+mod deploy;
+mod service;
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+use weir_core::config::{keys, Config};
+use weir_proto::job_manager_service_client::JobManagerServiceClient;
+use weir_proto::task_manager_service_server::TaskManagerServiceServer;
+use weir_proto::{ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest, UpdateTaskStateRequest};
+use weir_runtime::{NetworkEnvironment, Task};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskManagerError {
+    #[error("cannot bind the TaskManager RPC port {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Net(#[from] weir_runtime::net::NetError),
+    #[error("bad JobManager address '{0}'")]
+    JobManagerAddress(String),
+}
+
+/// A TaskManager's settings, read once from the configuration.
+#[derive(Debug, Clone)]
+pub struct TaskManagerSettings {
+    pub id: String,
+    pub host: String,
+    pub rpc_port: u16,
+    pub data_port: u16,
+    pub slots: u32,
+    pub jobmanager: String,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub segment_size: usize,
+    pub buffers_per_channel: usize,
+    pub sender_queue_buffers: usize,
+    pub buffer_timeout: Duration,
+}
+
+impl TaskManagerSettings {
+    pub fn from_config(config: &Config, jobmanager: &str) -> Self {
+        let host = config.get(keys::TASKMANAGER_HOST).to_string();
+        Self {
+            id: format!("tm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            host,
+            rpc_port: config.int(keys::TASKMANAGER_RPC_PORT) as u16,
+            data_port: config.int(keys::TASKMANAGER_DATA_PORT) as u16,
+            slots: config.int(keys::TASKMANAGER_SLOTS) as u32,
+            jobmanager: jobmanager.to_string(),
+            heartbeat_interval: config.duration(keys::HEARTBEAT_INTERVAL),
+            heartbeat_timeout: config.duration(keys::HEARTBEAT_TIMEOUT),
+            segment_size: config.size(keys::SEGMENT_SIZE) as usize,
+            buffers_per_channel: config.int(keys::BUFFERS_PER_CHANNEL) as usize,
+            sender_queue_buffers: config.int(keys::SENDER_QUEUE_BUFFERS) as usize,
+            buffer_timeout: config.duration(keys::BUFFER_TIMEOUT),
+        }
+    }
+}
+
+/// The subtasks of one job attempt on this TaskManager.
+pub(crate) struct JobTasks {
+    pub job_key: u128,
+    pub tasks: HashMap<(u32, u32), Task>,
+    /// Subtasks deployed, and those that reported their end.
+    pub expected: usize,
+    pub ended: std::collections::HashSet<(u32, u32)>,
+}
+
+pub(crate) struct Shared {
+    pub settings: TaskManagerSettings,
+    pub net: Arc<NetworkEnvironment>,
+    pub jobs: Mutex<HashMap<(String, u32), JobTasks>>,
+    pub updates: mpsc::UnboundedSender<UpdateTaskStateRequest>,
+}
+
+impl Shared {
+    /// Cancels every task of one job attempt and drops its channels.
+    pub fn cancel_job(&self, job_id: &str, attempt: u32, reason: &str) {
+        let entry = self.jobs.lock().remove(&(job_id.to_string(), attempt));
+        if let Some(job) = entry {
+            for t in job.tasks.values() {
+                t.cancel();
+            }
+            self.net.release_job(job.job_key, attempt, reason);
+            std::thread::spawn(move || {
+                for (_, t) in job.tasks {
+                    t.join();
+                }
+            });
+        }
+    }
+
+    pub fn cancel_all(&self, reason: &str) {
+        let keys: Vec<_> = self.jobs.lock().keys().cloned().collect();
+        for (job, attempt) in keys {
+            tracing::warn!(job = %job, "canceling tasks: {reason}");
+            self.cancel_job(&job, attempt, reason);
+        }
+    }
+
+    fn running(&self) -> Vec<ExecutionId> {
+        let jobs = self.jobs.lock();
+        jobs.iter()
+            .flat_map(|((job, attempt), tasks)| {
+                tasks.tasks.iter().filter(|(_, t)| !t.is_finished()).map(move |((v, s), _)| ExecutionId {
+                    job_id: job.clone(),
+                    attempt: *attempt,
+                    vertex: *v,
+                    subtask: *s,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A started TaskManager.
+pub struct TaskManagerHandle {
+    pub id: String,
+    pub rpc_addr: SocketAddr,
+    pub data_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    shared: Arc<Shared>,
+}
+
+impl TaskManagerHandle {
+    /// Stops the TaskManager: cancels its tasks and closes its servers.
+    pub fn shutdown(&self) {
+        self.shared.cancel_all("TaskManager shutting down");
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Resolves when the TaskManager has been shut down.
+    pub async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn jobmanager_endpoint(addr: &str) -> Result<Endpoint, TaskManagerError> {
+    let uri = if addr.starts_with("http://") { addr.to_string() } else { format!("http://{addr}") };
+    Endpoint::from_shared(uri)
+        .map(|e| e.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)))
+        .map_err(|_| TaskManagerError::JobManagerAddress(addr.to_string()))
+}
+
+/// Starts a TaskManager: binds its RPC and data ports, then registers with the JobManager
+/// (retrying until it answers) and heartbeats it.
+pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, TaskManagerError> {
+    let endpoint = jobmanager_endpoint(&settings.jobmanager)?;
+    let rpc_bind = format!("{}:{}", settings.host, settings.rpc_port);
+    let listener = tokio::net::TcpListener::bind(&rpc_bind)
+        .await
+        .map_err(|source| TaskManagerError::Bind { addr: rpc_bind.clone(), source })?;
+    let rpc_addr = listener.local_addr().map_err(|source| TaskManagerError::Bind { addr: rpc_bind, source })?;
+    let net = NetworkEnvironment::start(
+        &settings.id,
+        &format!("{}:{}", settings.host, settings.data_port),
+        settings.sender_queue_buffers,
+    )
+    .await?;
+    let data_addr = net.local_addr();
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared { settings: settings.clone(), net, jobs: Mutex::new(HashMap::new()), updates: updates_tx });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let service = service::TaskManagerRpc { shared: shared.clone() };
+    let mut srx = shutdown_rx.clone();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let result = tonic::transport::Server::builder()
+            .add_service(TaskManagerServiceServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = srx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("TaskManager RPC server failed: {e}");
+        }
+    });
+
+    let client = JobManagerServiceClient::new(endpoint.connect_lazy());
+    tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
+    tokio::spawn(heartbeat_loop(shared.clone(), client, rpc_addr, data_addr, shutdown_rx));
+    tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.slots, "TaskManager started");
+    Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
+}
+
+/// Sends task state changes to the JobManager in order, retrying while it is unreachable.
+async fn forward_updates(
+    mut client: JobManagerServiceClient<Channel>,
+    mut rx: mpsc::UnboundedReceiver<UpdateTaskStateRequest>,
+    shutdown: watch::Receiver<bool>,
+) {
+    while let Some(update) = rx.recv().await {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.update_task_state(update.clone()).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline && !*shutdown.borrow() => {
+                    tracing::debug!("cannot report task state yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    tracing::warn!("dropping a task state report the JobManager did not take: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    mut client: JobManagerServiceClient<Channel>,
+    rpc_addr: SocketAddr,
+    data_addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let s = &shared.settings;
+    let register = RegisterTaskManagerRequest {
+        taskmanager_id: s.id.clone(),
+        rpc_address: rpc_addr.to_string(),
+        data_address: data_addr.to_string(),
+        slots: s.slots,
+    };
+    let mut registered = false;
+    let mut last_ok = Instant::now();
+    let mut warned = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if !registered {
+            match client.register_task_manager(register.clone()).await {
+                Ok(_) => {
+                    tracing::info!(jobmanager = %s.jobmanager, "registered with the JobManager");
+                    registered = true;
+                    warned = false;
+                    last_ok = Instant::now();
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(jobmanager = %s.jobmanager, "cannot register with the JobManager (retrying): {}", e.message());
+                        warned = true;
+                    }
+                }
+            }
+        } else {
+            let req = HeartbeatRequest { taskmanager_id: s.id.clone(), running: shared.running() };
+            match client.heartbeat(req).await {
+                Ok(resp) if resp.get_ref().known => last_ok = Instant::now(),
+                Ok(_) => {
+                    tracing::warn!("the JobManager no longer knows this TaskManager: canceling tasks and registering again");
+                    shared.cancel_all("the JobManager declared this TaskManager lost");
+                    registered = false;
+                    continue;
+                }
+                Err(e) => {
+                    if last_ok.elapsed() > s.heartbeat_timeout {
+                        tracing::warn!("JobManager lost (no heartbeat answer for {:?}): {}", s.heartbeat_timeout, e.message());
+                        shared.cancel_all("JobManager lost");
+                        registered = false;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(s.heartbeat_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

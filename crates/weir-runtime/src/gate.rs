@@ -1,0 +1,361 @@
+//! The input gate: the receiving end of every input channel of one task.
+//!
+//! ## Flow control
+//! Each channel owns `credits` buffer slots. A buffer occupies a slot from the moment it is
+//! queued until the task takes it; taking it returns the credit to the sender: a local sender
+//! blocked on a full channel wakes up, a remote sender gets a credit frame over TCP. So at most
+//! `credits` buffers per channel sit here, and a slow task stops its senders, which stop
+//! theirs: backpressure reaches the sources with bounded memory. Events take no slot.
+//!
+//! ## Priority
+//! [`InputGate::push_priority`] puts an event at the head of its channel's queue and the
+//! channel at the head of the gate's ready list, so it is the next thing the task sees, ahead
+//! of every queued buffer. Unaligned checkpoint barriers rely on this.
+//!
+//! ## Blocking
+//! A channel can be blocked ([`InputGate::set_blocked`]): its items stay queued (and keep
+//! their credits) until it is unblocked. Barrier alignment relies on this.
+
+use crate::buffer::{Event, Item};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Returns credits to a remote sender. Called by the gate when a buffer from a remote channel
+/// was taken by the task.
+pub trait CreditReturn: Send + Sync {
+    fn return_credit(&self, channel: usize);
+}
+
+#[derive(Default)]
+struct ChannelQueue {
+    items: VecDeque<Item>,
+    buffers: usize,
+    /// The channel is in `ready` (has items and is not blocked).
+    in_ready: bool,
+    blocked: bool,
+    ended: bool,
+}
+
+struct GateInner {
+    channels: Vec<ChannelQueue>,
+    ready: VecDeque<usize>,
+    failure: Option<String>,
+    ended: usize,
+}
+
+/// What [`InputGate::poll`] returns.
+#[derive(Debug)]
+pub enum GatePoll {
+    Item(usize, Item),
+    /// Nothing arrived before the deadline.
+    Timeout,
+    /// Every channel has delivered its end of partition.
+    Finished,
+    /// The gate was failed (a connection was lost, the task is cancelled).
+    Failed(String),
+}
+
+pub struct InputGate {
+    inner: Mutex<GateInner>,
+    /// Signalled when an item becomes available to the task (or the gate fails).
+    data: Condvar,
+    /// Signalled when a slot frees up on a local channel (or the gate fails).
+    space: Condvar,
+    credits: usize,
+    /// `Some` for channels fed from the network.
+    remote: Vec<Option<Arc<dyn CreditReturn>>>,
+}
+
+impl InputGate {
+    /// A gate with `remote.len()` channels, each granting `credits` buffers.
+    pub fn new(credits: usize, remote: Vec<Option<Arc<dyn CreditReturn>>>) -> Self {
+        let n = remote.len();
+        Self {
+            inner: Mutex::new(GateInner {
+                channels: (0..n).map(|_| ChannelQueue::default()).collect(),
+                ready: VecDeque::with_capacity(n),
+                failure: None,
+                ended: 0,
+            }),
+            data: Condvar::new(),
+            space: Condvar::new(),
+            credits,
+            remote,
+        }
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.remote.len()
+    }
+
+    pub fn credits_per_channel(&self) -> usize {
+        self.credits
+    }
+
+    fn enqueue(inner: &mut GateInner, channel: usize, item: Item, front: bool) {
+        let q = &mut inner.channels[channel];
+        if item.is_buffer() {
+            q.buffers += 1;
+        }
+        if front {
+            q.items.push_front(item);
+        } else {
+            q.items.push_back(item);
+        }
+        if !q.blocked {
+            if front {
+                if q.in_ready {
+                    inner.ready.retain(|c| *c != channel);
+                }
+                inner.ready.push_front(channel);
+                inner.channels[channel].in_ready = true;
+            } else if !q.in_ready {
+                q.in_ready = true;
+                inner.ready.push_back(channel);
+            }
+        }
+    }
+
+    /// Queues an item from a local sender, waiting while the channel has no free credit.
+    /// Returns an error if the gate failed (the receiving task is gone).
+    pub fn push_blocking(&self, channel: usize, item: Item) -> Result<(), String> {
+        let mut inner = self.inner.lock();
+        if item.is_buffer() {
+            while inner.channels[channel].buffers >= self.credits && inner.failure.is_none() {
+                self.space.wait(&mut inner);
+            }
+        }
+        if let Some(f) = &inner.failure {
+            return Err(f.clone());
+        }
+        Self::enqueue(&mut inner, channel, item, false);
+        drop(inner);
+        self.data.notify_one();
+        Ok(())
+    }
+
+    /// Queues an item from the network. The remote sender only sends buffers against credits
+    /// this gate granted, so this never waits.
+    pub fn push_remote(&self, channel: usize, item: Item) {
+        let mut inner = self.inner.lock();
+        if inner.failure.is_some() {
+            return;
+        }
+        Self::enqueue(&mut inner, channel, item, false);
+        drop(inner);
+        self.data.notify_one();
+    }
+
+    /// Puts an event at the head of `channel`, ahead of every queued buffer.
+    pub fn push_priority(&self, channel: usize, event: Event) {
+        let mut inner = self.inner.lock();
+        Self::enqueue(&mut inner, channel, Item::Event(event), true);
+        drop(inner);
+        self.data.notify_one();
+    }
+
+    /// Blocks or unblocks a channel. A blocked channel's items stay queued.
+    pub fn set_blocked(&self, channel: usize, blocked: bool) {
+        let mut inner = self.inner.lock();
+        let q = &mut inner.channels[channel];
+        q.blocked = blocked;
+        if blocked {
+            if q.in_ready {
+                q.in_ready = false;
+                inner.ready.retain(|c| *c != channel);
+            }
+        } else if !q.items.is_empty() && !q.in_ready {
+            q.in_ready = true;
+            inner.ready.push_back(channel);
+            drop(inner);
+            self.data.notify_one();
+        }
+    }
+
+    /// Fails the gate: the task's next poll returns the reason and local senders stop waiting.
+    pub fn fail(&self, reason: &str) {
+        let mut inner = self.inner.lock();
+        if inner.failure.is_none() {
+            inner.failure = Some(reason.to_string());
+        }
+        drop(inner);
+        self.data.notify_all();
+        self.space.notify_all();
+    }
+
+    /// Takes the next item, waiting until `deadline` at the latest.
+    pub fn poll(&self, deadline: Option<Instant>) -> GatePoll {
+        let mut inner = self.inner.lock();
+        loop {
+            if let Some(f) = &inner.failure {
+                return GatePoll::Failed(f.clone());
+            }
+            if let Some(ch) = inner.ready.pop_front() {
+                let q = &mut inner.channels[ch];
+                let item = q.items.pop_front().expect("a ready channel has items");
+                if q.items.is_empty() {
+                    q.in_ready = false;
+                } else {
+                    inner.ready.push_back(ch);
+                }
+                let q = &mut inner.channels[ch];
+                if item.is_buffer() {
+                    q.buffers -= 1;
+                }
+                if matches!(item, Item::Event(Event::EndOfPartition)) {
+                    q.ended = true;
+                    inner.ended += 1;
+                }
+                drop(inner);
+                if item.is_buffer() {
+                    match &self.remote[ch] {
+                        Some(r) => r.return_credit(ch),
+                        None => {
+                            self.space.notify_all();
+                        }
+                    }
+                }
+                return GatePoll::Item(ch, item);
+            }
+            if inner.ended == inner.channels.len() {
+                return GatePoll::Finished;
+            }
+            match deadline {
+                None => self.data.wait(&mut inner),
+                Some(d) => {
+                    if Instant::now() >= d || self.data.wait_until(&mut inner, d).timed_out() {
+                        if inner.ready.is_empty() && inner.failure.is_none() {
+                            return GatePoll::Timeout;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Buffers currently queued on `channel` (for tests and metrics).
+    pub fn queued_buffers(&self, channel: usize) -> usize {
+        self.inner.lock().channels[channel].buffers
+    }
+}
+
+/// Polls with a relative timeout.
+pub fn poll_for(gate: &InputGate, timeout: Duration) -> GatePoll {
+    gate.poll(Some(Instant::now() + timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, RecordBatch};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn batch(v: i64) -> Item {
+        Item::Buffer(RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v])) as _)]).unwrap())
+    }
+
+    fn value(item: &Item) -> i64 {
+        match item {
+            Item::Buffer(b) => b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0),
+            other => panic!("expected a buffer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_sender_blocks_when_credits_are_used_up() {
+        let gate = Arc::new(InputGate::new(2, vec![None]));
+        gate.push_blocking(0, batch(1)).unwrap();
+        gate.push_blocking(0, batch(2)).unwrap();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (g, s) = (gate.clone(), sent.clone());
+        let sender = std::thread::spawn(move || {
+            g.push_blocking(0, batch(3)).unwrap();
+            s.store(1, Ordering::SeqCst);
+        });
+        // The third buffer cannot be queued while both credits are taken.
+        assert!(matches!(poll_for(&gate, Duration::from_millis(0)), GatePoll::Item(0, _)));
+        sender.join().unwrap();
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        assert_eq!(gate.queued_buffers(0), 2);
+    }
+
+    #[test]
+    fn sender_stays_blocked_until_the_task_takes_a_buffer() {
+        let gate = Arc::new(InputGate::new(1, vec![None]));
+        gate.push_blocking(0, batch(1)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let g = gate.clone();
+        let sender = std::thread::spawn(move || {
+            g.push_blocking(0, batch(2)).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "sender must wait for a credit");
+        assert_eq!(gate.queued_buffers(0), 1);
+        let GatePoll::Item(_, first) = gate.poll(None) else { panic!() };
+        assert_eq!(value(&first), 1);
+        rx.recv_timeout(Duration::from_secs(30)).expect("sender resumes once a credit is back");
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn priority_event_overtakes_queued_buffers() {
+        let gate = InputGate::new(4, vec![None, None]);
+        gate.push_blocking(0, batch(1)).unwrap();
+        gate.push_blocking(1, batch(2)).unwrap();
+        gate.push_blocking(1, batch(3)).unwrap();
+        gate.push_priority(1, Event::EndOfPartition);
+        let GatePoll::Item(ch, item) = gate.poll(None) else { panic!() };
+        assert_eq!((ch, item.is_buffer()), (1, false));
+        let order: Vec<i64> = (0..3)
+            .map(|_| match gate.poll(None) {
+                GatePoll::Item(_, i) => value(&i),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn blocked_channel_keeps_its_items_until_unblocked() {
+        let gate = InputGate::new(4, vec![None, None]);
+        gate.set_blocked(0, true);
+        gate.push_blocking(0, batch(1)).unwrap();
+        gate.push_blocking(1, batch(2)).unwrap();
+        let GatePoll::Item(ch, _) = gate.poll(None) else { panic!() };
+        assert_eq!(ch, 1);
+        assert!(matches!(poll_for(&gate, Duration::from_millis(1)), GatePoll::Timeout));
+        gate.set_blocked(0, false);
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+    }
+
+    #[test]
+    fn remote_credits_are_returned_per_buffer_taken() {
+        struct Counter(AtomicUsize);
+        impl CreditReturn for Counter {
+            fn return_credit(&self, _channel: usize) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let gate = InputGate::new(2, vec![Some(counter.clone() as Arc<dyn CreditReturn>)]);
+        gate.push_remote(0, batch(1));
+        gate.push_remote(0, Item::Event(Event::EndOfPartition));
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, Item::Event(_))));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "events take no credit");
+        assert!(matches!(gate.poll(None), GatePoll::Finished));
+    }
+
+    #[test]
+    fn failing_the_gate_releases_blocked_senders() {
+        let gate = Arc::new(InputGate::new(1, vec![None]));
+        gate.push_blocking(0, batch(1)).unwrap();
+        let g = gate.clone();
+        let sender = std::thread::spawn(move || g.push_blocking(0, batch(2)));
+        gate.fail("cancelled");
+        assert_eq!(sender.join().unwrap(), Err("cancelled".to_string()));
+        assert!(matches!(gate.poll(None), GatePoll::Failed(_)));
+    }
+}

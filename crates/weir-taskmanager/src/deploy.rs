@@ -1,0 +1,212 @@
+//! Turning a deployment request into running tasks: one input gate per subtask with inputs,
+//! its channels wired to local senders or registered with the data plane for remote ones,
+//! one result partition per subtask whose channels lead to local gates or remote
+//! subpartitions, then one thread per task.
+//!
+//! Channel numbering at a gate: the gate's input edges in edge order, and within an edge the
+//! upstream subtasks in index order. Sender and receiver compute the same number.
+
+use crate::{JobTasks, Shared};
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_core::config::Config;
+use weir_core::graph::{JobGraph, Partitioning};
+use weir_core::operator::SubtaskInfo;
+use weir_proto::{DeployTasksRequest, ExecutionId, TaskState as ProtoTaskState, UpdateTaskStateRequest};
+use weir_runtime::gate::CreditReturn;
+use weir_runtime::partition::{ChannelWriter, OutputEdge, ResultPartition};
+use weir_runtime::task::{TaskEvent, TaskState};
+use weir_runtime::{ChannelId, InputGate, Task, TaskDescriptor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("job {job}: the job graph does not parse: {reason}")]
+    Graph { job: String, reason: String },
+    #[error("job {job}: {reason}")]
+    Invalid { job: String, reason: String },
+}
+
+/// Parses a job id (32 hex digits) into the number channel ids carry.
+pub fn job_key(job_id: &str) -> Option<u128> {
+    u128::from_str_radix(job_id, 16).ok()
+}
+
+pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<(), DeployError> {
+    let job = req.job_id.clone();
+    let invalid = |reason: String| DeployError::Invalid { job: job.clone(), reason };
+    let graph = JobGraph::from_json(&req.job_graph).map_err(|e| DeployError::Graph { job: job.clone(), reason: e.to_string() })?;
+    let config = Config::from_pairs(req.config.iter()).map_err(|e| invalid(e.to_string()))?;
+    let key = job_key(&job).ok_or_else(|| invalid("job id is not 32 hex digits".into()))?;
+    let me = shared.settings.id.clone();
+    let mut location: HashMap<(u32, u32), (String, String)> = HashMap::new();
+    for l in &req.locations {
+        location.insert((l.vertex, l.subtask), (l.taskmanager_id.clone(), l.data_address.clone()));
+    }
+    let loc = |v: u32, s: u32| location.get(&(v, s)).ok_or_else(|| invalid(format!("no location for subtask {s} of vertex {v}")));
+    for r in &req.subtasks {
+        if r.vertex as usize >= graph.vertices.len() {
+            return Err(invalid(format!("no vertex {}", r.vertex)));
+        }
+    }
+    let s = &shared.settings;
+    drop(config);
+
+    // 1. Gates, so local senders can find them.
+    let mut gates: HashMap<(u32, u32), Arc<InputGate>> = HashMap::new();
+    let mut remote_inputs = Vec::new();
+    for r in &req.subtasks {
+        let inputs: Vec<_> = graph.inputs_of(r.vertex).collect();
+        if inputs.is_empty() {
+            continue;
+        }
+        let mut remote: Vec<Option<(ChannelId, String, String)>> = Vec::new();
+        for e in &inputs {
+            let up = graph.vertex(e.source);
+            for j in 0..up.parallelism {
+                let (tm, addr) = loc(e.source, j)?;
+                let id = ChannelId { job: key, attempt: req.attempt, edge: e.id, from: j, to: r.subtask };
+                remote.push((tm != &me).then(|| (id, tm.clone(), addr.clone())));
+            }
+        }
+        let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
+        let credit = if remote_list.is_empty() { None } else { Some(credit_for(shared, &remote)) };
+        let per_channel: Vec<Option<Arc<dyn CreditReturn>>> =
+            remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
+        let gate = Arc::new(InputGate::new(s.buffers_per_channel, per_channel));
+        for (idx, r) in remote.into_iter().enumerate() {
+            if let Some((id, tm, addr)) = r {
+                remote_inputs.push((id, gate.clone(), idx, tm, addr));
+            }
+        }
+        gates.insert((r.vertex, r.subtask), gate);
+    }
+
+    // 2. Partitions and tasks.
+    let mut descriptors = Vec::new();
+    for r in &req.subtasks {
+        let vertex = graph.vertex(r.vertex).clone();
+        let mut edges = Vec::new();
+        for e in graph.outputs_of(r.vertex) {
+            let down = graph.vertex(e.target);
+            // This edge's channels start after those of the target's earlier input edges.
+            let offset: u32 = graph
+                .inputs_of(e.target)
+                .take_while(|x| x.id != e.id)
+                .map(|x| graph.vertex(x.source).parallelism)
+                .sum();
+            let targets: Vec<u32> = match e.partitioning {
+                Partitioning::Forward => vec![r.subtask],
+                _ => (0..down.parallelism).collect(),
+            };
+            let mut channels = Vec::new();
+            for k in targets {
+                let (tm, addr) = loc(e.target, k)?;
+                let index = (offset + r.subtask) as usize;
+                if tm == &me {
+                    let gate = gates
+                        .get(&(e.target, k))
+                        .ok_or_else(|| invalid(format!("subtask {k} of vertex {} is not deployed here", e.target)))?;
+                    channels.push(ChannelWriter::Local { gate: gate.clone(), index });
+                } else {
+                    let id = ChannelId { job: key, attempt: req.attempt, edge: e.id, from: r.subtask, to: k };
+                    channels.push(ChannelWriter::Remote(shared.net.register_output(id, tm, addr)));
+                }
+            }
+            let key_column = match &e.partitioning {
+                Partitioning::Hash { key } => Some(
+                    vertex.output_schema().index_of(key).map_err(|_| invalid(format!("no key column '{key}'")))?,
+                ),
+                _ => None,
+            };
+            edges.push(OutputEdge::new(e.partitioning.clone(), key_column, graph.max_parallelism, channels, r.subtask as usize));
+        }
+        let input_schema = graph
+            .inputs_of(r.vertex)
+            .next()
+            .map(|e| graph.vertex(e.source).output_schema())
+            .unwrap_or_else(|| Arc::new(arrow_schema_empty()));
+        let info = SubtaskInfo {
+            job_id: job.clone(),
+            attempt: req.attempt,
+            vertex: r.vertex,
+            vertex_name: vertex.name.clone(),
+            index: r.subtask,
+            parallelism: vertex.parallelism,
+            max_parallelism: graph.max_parallelism,
+        };
+        descriptors.push(TaskDescriptor {
+            info,
+            vertex,
+            input_schema,
+            gate: gates.get(&(r.vertex, r.subtask)).cloned(),
+            partition: ResultPartition::new(edges, s.segment_size, s.buffer_timeout),
+        });
+    }
+
+    // 3. Announce credits for remote inputs, then start the tasks.
+    for (id, gate, idx, tm, addr) in remote_inputs {
+        shared.net.register_input(id, gate, idx, &tm, &addr);
+    }
+    // The entry exists before any task runs, so a task that ends at once is accounted for.
+    shared.jobs.lock().insert(
+        (job.clone(), req.attempt),
+        JobTasks { job_key: key, tasks: HashMap::new(), expected: descriptors.len(), ended: Default::default() },
+    );
+    for d in descriptors {
+        let (v, i) = (d.info.vertex, d.info.index);
+        let report = reporter(shared, &job, req.attempt);
+        let task = Task::spawn(d, report).map_err(|e| invalid(format!("cannot start a task thread: {e}")))?;
+        if let Some(j) = shared.jobs.lock().get_mut(&(job.clone(), req.attempt)) {
+            j.tasks.insert((v, i), task);
+        } else {
+            task.cancel(); // the job was canceled while deploying
+        }
+    }
+    tracing::info!(job = %job, attempt = req.attempt, tasks = req.subtasks.len(), "deployed");
+    Ok(())
+}
+
+fn arrow_schema_empty() -> arrow_schema::Schema {
+    arrow_schema::Schema::empty()
+}
+
+fn credit_for(shared: &Arc<Shared>, remote: &[Option<(ChannelId, String, String)>]) -> Arc<dyn CreditReturn> {
+    shared.net.credit_return(remote.to_vec())
+}
+
+fn reporter(shared: &Arc<Shared>, job: &str, attempt: u32) -> Arc<dyn Fn(TaskEvent) + Send + Sync> {
+    let tx = shared.updates.clone();
+    let (tm, job) = (shared.settings.id.clone(), job.to_string());
+    let weak = Arc::downgrade(shared);
+    Arc::new(move |ev: TaskEvent| {
+        let (state, failure) = match &ev.state {
+            TaskState::Running => (ProtoTaskState::TaskRunning, String::new()),
+            TaskState::Finished => (ProtoTaskState::TaskFinished, String::new()),
+            TaskState::Failed(r) => (ProtoTaskState::TaskFailed, r.clone()),
+            TaskState::Canceled => (ProtoTaskState::TaskCanceled, String::new()),
+        };
+        let _ = tx.send(UpdateTaskStateRequest {
+            taskmanager_id: tm.clone(),
+            execution: Some(ExecutionId { job_id: job.clone(), attempt, vertex: ev.vertex, subtask: ev.subtask }),
+            state: state as i32,
+            failure,
+            records_in: ev.records_in,
+            records_out: ev.records_out,
+        });
+        if ev.state != TaskState::Running {
+            if let Some(shared) = weak.upgrade() {
+                let mut jobs = shared.jobs.lock();
+                let key = (job.clone(), attempt);
+                if let Some(j) = jobs.get_mut(&key) {
+                    j.ended.insert((ev.vertex, ev.subtask));
+                    if j.ended.len() == j.expected {
+                        let j = jobs.remove(&key).expect("present");
+                        drop(jobs);
+                        shared.net.release_inputs(j.job_key, attempt);
+                        std::thread::spawn(move || j.tasks.into_values().for_each(Task::join));
+                    }
+                }
+            }
+        }
+    })
+}
