@@ -1,1 +1,126 @@
-fn main(){}
+//! End-to-end tests of a real cluster: a `weir jobmanager` and `weir taskmanager` processes
+//! on loopback, jobs submitted with the real CLI, TaskManagers killed with SIGKILL.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+
+/// The exact output of the word count: for a word seen n times, the lines `word,1` ..
+/// `word,n` (each update of its count), in any order across part files.
+fn expected_wordcount_lines(text: &str) -> Vec<String> {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    let mut lines = Vec::new();
+    for w in text.split_whitespace() {
+        let c = counts.entry(w).or_default();
+        *c += 1;
+        lines.push(format!("{w},{c}"));
+    }
+    lines.sort();
+    lines
+}
+
+fn read_committed_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        assert!(!name.starts_with('.') && !name.starts_with('_'), "uncommitted file {name} left after the job finished");
+        lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
+
+#[test]
+fn wordcount_at_parallelism_4_across_two_taskmanagers_gives_exact_counts() {
+    let cluster = Cluster::start(2, 2, &[]);
+    let text = generate_text(20_000, 7);
+    cluster.write("input.txt", &text);
+    let out_dir = cluster.dir.path().join("out");
+    let job = cluster.write(
+        "wordcount.yaml",
+        &format!(
+            "name: wordcount\npipeline:\n  - source: file\n    path: {}\n  - split: {{}}\n  - key_by: word\n  - count: {{}}\n  - sink: file\n    path: {}\n",
+            cluster.dir.path().join("input.txt").display(),
+            out_dir.display()
+        ),
+    );
+    // Attached run: waits for the job and exits 0 when it finished.
+    let out = cluster.weir(&["run", job.to_str().unwrap(), "-p", "4", "--output", "json"]);
+    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "FINISHED");
+    assert_eq!(status["vertices"][1]["parallelism"], 4);
+
+    let files = std::fs::read_dir(&out_dir).unwrap().count();
+    assert_eq!(files, 4, "one part file per sink subtask");
+    assert_eq!(read_committed_lines(&out_dir), expected_wordcount_lines(&text));
+
+    // Both TaskManagers ran subtasks: each offered 2 slots and the job needed 4.
+    let list = cluster.weir(&["list", "--output", "json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    assert_eq!(jobs[0]["id"], status["id"]);
+    assert_eq!(jobs[0]["name"], "wordcount");
+}
+
+const ENDLESS: &str = "name: endless\npipeline:\n  - source: datagen\n    rows-per-second: 2000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n";
+
+#[test]
+fn a_taskmanager_started_later_adds_its_slots_to_the_cluster() {
+    let mut cluster = Cluster::start(2, 2, &[]);
+    let job = cluster.write("endless.yaml", ENDLESS);
+    let first = cluster.submit(&job, &["-p", "4"]);
+    cluster.wait_for_state(&first, "RUNNING");
+
+    // No free slot is left: a second job waits.
+    let second = cluster.submit(&job, &["-p", "2"]);
+    assert_eq!(cluster.job_status(&second)["state"], "CREATED");
+
+    cluster.add_taskmanager();
+    let tms = cluster.wait_for_taskmanagers(3);
+    let slots: u64 = tms.iter().map(|t| t["slots"].as_u64().unwrap()).sum();
+    assert_eq!(slots, 6);
+    cluster.wait_for_state(&second, "RUNNING");
+
+    for id in [&first, &second] {
+        let out = cluster.weir(&["cancel", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        cluster.wait_for_state(id, "CANCELED");
+    }
+    let tms = cluster.wait_for_taskmanagers(3);
+    let free: u64 = tms.iter().map(|t| t["free_slots"].as_u64().unwrap()).sum();
+    assert_eq!(free, 6, "canceled jobs give their slots back");
+}
+
+#[test]
+fn killing_a_taskmanager_fails_its_job_naming_the_lost_taskmanager() {
+    let mut cluster = Cluster::start(2, 2, &[]);
+    let job = cluster.write("endless.yaml", ENDLESS);
+    let id = cluster.submit(&job, &["-p", "4"]);
+    cluster.wait_for_state(&id, "RUNNING");
+    let tms = cluster.wait_for_taskmanagers(2);
+
+    cluster.tms[1].kill(); // SIGKILL
+    let status = wait_for("the job to fail", || {
+        let s = cluster.job_status(&id);
+        (s["state"] == "FAILED").then_some(s)
+    });
+    let failure = status["failure"].as_str().unwrap();
+    assert!(failure.contains("TaskManager") && failure.contains("lost"), "{failure}");
+    let lost = tms.iter().map(|t| t["id"].as_str().unwrap()).find(|tm| failure.contains(tm));
+    assert!(lost.is_some(), "the failure names the lost TaskManager: {failure}");
+    // The survivor stays registered, the dead one is removed.
+    cluster.wait_for_taskmanagers(1);
+}
+
+#[test]
+fn a_job_without_enough_slots_fails_after_the_slot_request_timeout() {
+    let cluster = Cluster::start(1, 1, &["slot.request.timeout=1s"]);
+    let job = cluster.write("endless.yaml", ENDLESS);
+    let out = cluster.weir(&["run", job.to_str().unwrap(), "-p", "3"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not get 3 slots") && err.contains("slot.request.timeout"), "{err}");
+}

@@ -274,7 +274,7 @@ impl PeerLink {
 
     async fn dial(self: Arc<Self>, env: Arc<NetworkEnvironment>, addr: String) {
         let mut delay = Duration::from_millis(50);
-        for attempt in 0..20 {
+        for attempt in 0..8 {
             match TcpStream::connect(&addr).await {
                 Ok(mut socket) => {
                     let _ = socket.set_nodelay(true);

@@ -1,0 +1,207 @@
+//! Helpers for end-to-end tests: start real `weir` processes on free loopback ports in a
+//! temporary directory, talk to them through the real CLI, and kill them (SIGKILL) on drop.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// Generous: the machine may be a loaded 2-core box.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `cond` until it returns Some, or panics with `what` after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process that is SIGKILLed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on unix
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JobManager and TaskManagers as separate `weir` processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub jm_port: u16,
+    pub jm: Proc,
+    pub tms: Vec<Proc>,
+    pub config: Vec<String>,
+    next_tm: usize,
+}
+
+impl Cluster {
+    /// Starts a JobManager and `tms` TaskManagers with `slots` slots each. `config` are extra
+    /// `key=value` settings for every process.
+    pub fn start(tms: usize, slots: u32, config: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let jm_port = free_port();
+        let mut cfg: Vec<String> = vec![
+            "heartbeat.interval=200ms".into(),
+            "heartbeat.timeout=5s".into(),
+            format!("taskmanager.numberOfTaskSlots={slots}"),
+        ];
+        cfg.extend(config.iter().map(|s| s.to_string()));
+        let mut args = vec!["jobmanager".to_string(), "-D".into(), format!("jobmanager.rpc.port={jm_port}")];
+        args.extend(cfg.iter().flat_map(|c| ["-D".to_string(), c.clone()]));
+        let jm = spawn(dir.path(), "jobmanager", &args);
+        let mut cluster = Cluster { dir, jm_port, jm, tms: Vec::new(), config: cfg, next_tm: 0 };
+        wait_for("the JobManager to listen", || std::net::TcpStream::connect(("127.0.0.1", jm_port)).ok());
+        for _ in 0..tms {
+            cluster.add_taskmanager();
+        }
+        cluster.wait_for_taskmanagers(tms);
+        cluster
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.jm_port)
+    }
+
+    /// Starts one more TaskManager (without waiting for it to register).
+    pub fn add_taskmanager(&mut self) {
+        let mut args = vec!["taskmanager".to_string(), "--jobmanager".into(), self.address()];
+        args.extend(self.config.iter().flat_map(|c| ["-D".to_string(), c.clone()]));
+        let name = format!("taskmanager-{}", self.next_tm);
+        self.next_tm += 1;
+        let p = spawn(self.dir.path(), &name, &args);
+        self.tms.push(p);
+    }
+
+    /// Waits until exactly `n` TaskManagers are registered; returns the overview.
+    pub fn wait_for_taskmanagers(&self, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} registered TaskManagers"), || {
+            let out = self.weir(&["cluster", "--output", "json"]);
+            if !out.status.success() {
+                return None;
+            }
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let tms = v.as_array()?.clone();
+            (tms.len() == n).then_some(tms)
+        })
+    }
+
+    /// Runs a CLI command against this cluster.
+    pub fn weir(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.push("--jobmanager".into());
+        all.push(self.address());
+        weir(self.dir.path(), &all)
+    }
+
+    pub fn job_status(&self, id: &str) -> Value {
+        let out = self.weir(&["status", id, "--output", "json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until the job is in `state`; returns its status.
+    pub fn wait_for_state(&self, id: &str, state: &str) -> Value {
+        wait_for(&format!("job {id} to be {state}"), || {
+            let s = self.job_status(id);
+            let now = s["state"].as_str().unwrap_or("").to_string();
+            if now == state {
+                return Some(s);
+            }
+            let terminal = ["FINISHED", "FAILED", "CANCELED"];
+            assert!(!terminal.contains(&now.as_str()), "job ended {now} while waiting for {state}: {s}");
+            None
+        })
+    }
+
+    /// Submits a job file (detached); returns its id.
+    pub fn submit(&self, job: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["run", job.to_str().unwrap(), "--detached", "--output", "json"];
+        args.extend_from_slice(extra);
+        let out = self.weir(&args);
+        assert!(out.status.success(), "submit failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
+    let child = Command::new(WEIR)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WEIR_CONF_DIR")
+        .env_remove("WEIR_PROPERTIES")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {WEIR}: {e}"));
+    Proc { child, name: name.to_string() }
+}
+
+/// Runs the CLI to completion in `dir`.
+pub fn weir(dir: &Path, args: &[String]) -> Output {
+    Command::new(WEIR)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WEIR_CONF_DIR")
+        .env_remove("WEIR_PROPERTIES")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Deterministic text: `lines` lines of words drawn from a small vocabulary.
+pub fn generate_text(lines: usize, seed: u64) -> String {
+    const WORDS: &[&str] = &[
+        "stream", "weir", "barrier", "checkpoint", "state", "key", "flink", "river", "water", "flow", "credit", "buffer",
+        "Stream", "STATE", "align", "task", "slot", "job", "manager", "record",
+    ];
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut out = String::new();
+    for _ in 0..lines {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let n = 1 + (x >> 60) as usize % 9;
+        for w in 0..n {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if w > 0 {
+                out.push(' ');
+            }
+            out.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
+        }
+        out.push('\n');
+    }
+    out
+}
