@@ -1,0 +1,36 @@
+# Weir — the two commands a newcomer needs: `make demo` and `make test`.
+# `make deps` installs the system packages the build needs (Debian/Ubuntu, as root or with sudo).
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+WEIR := $(CARGO) run -q --bin weir --
+WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
+
+.PHONY: deps build demo test bench clean
+
+deps:
+	@command -v protoc >/dev/null 2>&1 && [ -n "$$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq protobuf-compiler clang libclang-dev >/dev/null; }
+
+build: deps
+	$(CARGO) build --bin weir
+
+# Build, run the word count on the embedded mini cluster, show the final count of each word.
+demo: build
+	@rm -rf out/wordcount
+	$(WEIR) run examples/wordcount.yaml
+	@echo "--- top words (final counts) from out/wordcount/part-*:"
+	@cat out/wordcount/part-* | awk -F, '{ if ($$2 > max[$$1]) max[$$1] = $$2 } END { for (w in max) print max[w], w }' | sort -rn | head -10
+
+test: deps
+	$(CARGO) test --workspace
+
+# Throughput figures from release builds; prints a table, asserts nothing.
+bench: deps
+	$(CARGO) build --release --bin weir
+	python3 bench/run.py $(WEIR_RELEASE)
+
+clean:
+	$(CARGO) clean
+	rm -rf out

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Weir benchmarks: runs bounded jobs on the embedded mini cluster with a release build and
+prints rows/second side by side. Figures, not assertions: compare runs on the same machine.
+
+Usage: bench/run.py path/to/weir [--rows N]
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROWS = 100_000_000
+
+KEYED_COUNT = """
+name: keyed-count
+pipeline:
+  - source: datagen
+    number-of-rows: {rows}
+    fields:
+      - {{name: key, kind: random, min: 0, max: 99999}}
+  - key_by: key
+  - count: {{}}
+  - sink: blackhole
+"""
+
+FILTER_PROJECT = """
+name: filter-project
+pipeline:
+  - source: datagen
+    number-of-rows: {rows}
+    fields:
+      - {{name: id, kind: sequence, start: 0}}
+      - {{name: key, kind: random, min: 0, max: 99999}}
+      - {{name: v, kind: random, min: 0, max: 99}}
+  - filter: "v > 9"
+  - select: [id, v]
+  - sink: blackhole
+"""
+
+
+def run(weir, job_text, parallelism, rows, extra=()):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "job.yaml")
+        with open(path, "w") as f:
+            f.write(job_text.format(rows=rows))
+        cmd = [weir, "run", path, "-p", str(parallelism), "--output", "json", *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            sys.exit(f"benchmark job failed: {' '.join(cmd)}\n{out.stderr}")
+        status = json.loads(out.stdout)
+        return status["duration_ms"] / 1000.0
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    weir = sys.argv[1]
+    rows = int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else ROWS
+    two_tms = ["-D", "minicluster.taskmanagers=2", "-D", "taskmanager.numberOfTaskSlots=1"]
+    cases = [
+        ("keyed count (datagen -> key_by -> count -> blackhole, 100k keys), hashmap", KEYED_COUNT, 1, []),
+        ("keyed count, hashmap, 1 TaskManager (in-memory channels)", KEYED_COUNT, 2, []),
+        ("keyed count, hashmap, 2 TaskManagers (TCP data plane)", KEYED_COUNT, 2, two_tms),
+        ("stateless filter + projection (datagen -> filter -> select -> blackhole)", FILTER_PROJECT, 1, []),
+    ]
+    print(f"{'job':<80} {'p':>2} {'rows':>12} {'seconds':>8} {'M rows/s':>9}")
+    for name, job, p, extra in cases:
+        run(weir, job, p, min(rows, 1_000_000), extra)  # warm-up (page cache, allocator)
+        secs = run(weir, job, p, rows, extra)
+        print(f"{name:<80} {p:>2} {rows:>12,} {secs:>8.2f} {rows / secs / 1e6:>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
