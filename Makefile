@@ -8,10 +8,12 @@ WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
 
 .PHONY: deps build demo test bench clean
 
+# protoc for the gRPC code, clang/libclang for RocksDB's bindings, moto as the S3 server of the tests.
 deps:
 	@command -v protoc >/dev/null 2>&1 && [ -n "$$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq protobuf-compiler clang libclang-dev >/dev/null; }
+	@python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 
 build: deps
 	$(CARGO) build --bin weir
@@ -30,6 +32,7 @@ test: deps
 bench: deps
 	$(CARGO) build --release --bin weir
 	python3 bench/run.py $(WEIR_RELEASE)
+	$(CARGO) run --release -q -p weir-state --example state_bench
 
 clean:
 	$(CARGO) clean

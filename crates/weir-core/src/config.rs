@@ -22,6 +22,8 @@ pub enum Kind {
     Size,
     /// An unsigned integer, at least the given minimum.
     Int { min: u64 },
+    /// A TCP port, 0 to 65535 (0 = pick a free one).
+    Port,
     Bool,
     /// One of the given words (case-insensitive; stored in the listed spelling).
     Enum(&'static [&'static str]),
@@ -94,9 +96,9 @@ keys! {
         "Slots a TaskManager offers; a slot runs one subtask of every operator of a job.";
     TASKMANAGER_HOST = "taskmanager.host", "127.0.0.1", Text,
         "Address a TaskManager binds and advertises to the JobManager and its peers.";
-    TASKMANAGER_RPC_PORT = "taskmanager.rpc.port", "0", Int { min: 0 },
+    TASKMANAGER_RPC_PORT = "taskmanager.rpc.port", "0", Port,
         "TaskManager gRPC port; 0 picks a free port.";
-    TASKMANAGER_DATA_PORT = "taskmanager.data.port", "0", Int { min: 0 },
+    TASKMANAGER_DATA_PORT = "taskmanager.data.port", "0", Port,
         "TaskManager data-plane (TCP) port; 0 picks a free port.";
     TASKMANAGER_TMP_DIRS = "taskmanager.tmp.dirs", "none", Text,
         "Local working directory for state; defaults to the system temp directory.";
@@ -108,11 +110,11 @@ keys! {
         "Buffers a sender may queue per output channel before its task blocks.";
     JOBMANAGER_ADDRESS = "jobmanager.rpc.address", "none", Text,
         "JobManager host. Clients use it to find the cluster; `none` makes `weir run` start a local mini cluster.";
-    JOBMANAGER_PORT = "jobmanager.rpc.port", "6123", Int { min: 0 },
+    JOBMANAGER_PORT = "jobmanager.rpc.port", "6123", Port,
         "JobManager gRPC port; 0 picks a free port.";
     JOBMANAGER_BIND_HOST = "jobmanager.bind-host", "0.0.0.0", Text,
         "Address the JobManager's gRPC server binds.";
-    REST_PORT = "rest.port", "8081", Int { min: 0 },
+    REST_PORT = "rest.port", "8081", Port,
         "Port of the REST API (reserved: served from the REST issue on).";
     HEARTBEAT_INTERVAL = "heartbeat.interval", "1s", Duration,
         "How often TaskManagers heartbeat the JobManager.";
@@ -380,6 +382,10 @@ fn validate(def: &KeyDef, value: &str) -> Result<String, String> {
                 Ok(n.to_string())
             }
         }
+        Port => match value.parse::<u16>() {
+            Ok(p) => Ok(p.to_string()),
+            Err(_) => Err("expected a port number from 0 to 65535".into()),
+        },
         Bool => match value.to_ascii_lowercase().as_str() {
             "true" => Ok("true".into()),
             "false" => Ok("false".into()),
@@ -462,6 +468,7 @@ mod tests {
         assert!(msg.contains("SOMETIMES") && msg.contains("EXACTLY_ONCE"), "{msg}");
         assert!(Config::new().set(keys::PARALLELISM, "0", "").is_err());
         assert!(Config::new().set(keys::HEARTBEAT_TIMEOUT, "soon", "").is_err());
+        assert!(Config::new().set(keys::JOBMANAGER_PORT, "70000", "").is_err());
     }
 
     #[test]
@@ -504,5 +511,17 @@ mod tests {
         for def in KEYS {
             validate(def, def.default).unwrap_or_else(|e| panic!("default of {}: {e}", def.key));
         }
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    /// docs/configuration.md documents every key: adding a key without documenting it fails.
+    #[test]
+    fn every_key_is_documented() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md exists");
+        let missing: Vec<_> = super::KEYS.iter().map(|k| k.key).filter(|k| !doc.contains(&format!("`{k}`"))).collect();
+        assert!(missing.is_empty(), "undocumented configuration keys: {missing:?}");
     }
 }

@@ -405,6 +405,9 @@ fn parse_step(index: usize, raw: &Value, origin: &str) -> Result<Step, JobError>
                 _ => AggKind::Max,
             };
             let field = shorthand.or(p.text("field")?);
+            if agg == AggKind::Count && field.is_some() {
+                return Err(p.err("count takes no field (it counts rows per key); use `sum: <column>` to add a column up"));
+            }
             if agg != AggKind::Count && field.is_none() {
                 return Err(p.err(&format!("write `{kind}: <column>` or `{kind}: {{field: <column>}}`")));
             }

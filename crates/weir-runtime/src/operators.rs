@@ -9,7 +9,8 @@ use arrow_schema::SchemaRef;
 use std::sync::Arc;
 use weir_core::graph::{AggKind, CompareOp, Literal, OperatorSpec, Vertex};
 use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SourceReader, SubtaskInfo};
-use weir_state::{AggregatingState, HashMapAggregatingState, Keys};
+use weir_state::{BackendKind, Keys, StateBackend};
+use weir_core::KeyGroupRange;
 
 fn column_index(schema: &SchemaRef, name: &str) -> OpResult<usize> {
     schema.index_of(name).map_err(|_| OperatorError::Failed(format!("no column '{name}'")))
@@ -149,12 +150,14 @@ impl Operator for Select {
     }
 }
 
-/// Keyed running aggregate: for every input row, emits (key, updated aggregate).
+/// Keyed running aggregate: for every input row, emits (key, updated aggregate). Its state
+/// lives in the job's state backend (`state.backend.type`), one batch call per record batch.
 struct KeyedAggregate {
+    kind: AggKind,
     key: usize,
     field: Option<usize>,
     schema: SchemaRef,
-    state: Box<dyn AggregatingState>,
+    state: StateBackend,
     scratch: Vec<i64>,
 }
 
@@ -178,7 +181,10 @@ impl Operator for KeyedAggregate {
             ),
             None => None,
         };
-        self.state.update_batch(keys, values, &mut self.scratch);
+        self.state
+            .keyed()
+            .aggregate_batch(self.kind.name(), keys, values, self.kind, &mut self.scratch)
+            .map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
         let result = Int64Array::from(std::mem::take(&mut self.scratch));
         out.collect(RecordBatch::try_new(self.schema.clone(), vec![key_col, Arc::new(result)])?)
     }
@@ -191,9 +197,23 @@ pub struct OperatorChain {
     pub operators: Vec<Box<dyn Operator>>,
 }
 
+/// Where keyed operators keep their state.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub backend: BackendKind,
+    /// The TaskManager's working directory (RocksDB instances live under it).
+    pub local_dir: std::path::PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { backend: BackendKind::HashMap, local_dir: std::env::temp_dir() }
+    }
+}
+
 /// Builds the operators of `vertex` for subtask `info`. `input_schema` is the schema of the
 /// rows arriving from upstream (empty for a source vertex).
-pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef) -> OpResult<OperatorChain> {
+pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef, state: &StateConfig) -> OpResult<OperatorChain> {
     let mut source = None;
     let mut operators: Vec<Box<dyn Operator>> = Vec::new();
     let mut schema = input_schema;
@@ -228,13 +248,16 @@ pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef)
                     Some(f) => Some(column_index(&schema, f)?),
                     None => None,
                 };
-                let state: Box<dyn AggregatingState> = Box::new(HashMapAggregatingState::new(*kind));
+                let range = KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.index);
+                let backend = StateBackend::create(state.backend, &state.local_dir, info.max_parallelism, range)
+                    .map_err(|e| OperatorError::Failed(format!("cannot create the state backend of {}: {e}", op.uid)))?;
                 debug_assert!(field.is_some() || *kind == AggKind::Count);
                 operators.push(Box::new(KeyedAggregate {
+                    kind: *kind,
                     key: column_index(&schema, key)?,
                     field,
                     schema: out_schema.clone(),
-                    state,
+                    state: backend,
                     scratch: Vec::new(),
                 }))
             }
@@ -309,14 +332,14 @@ mod tests {
         let mut v0 = graph.vertices[0].clone();
         v0.operators.remove(0);
         let line_schema = graph.vertices[0].operators[0].output_schema.clone();
-        let mut chain = build_chain(&v0, &info, line_schema.clone()).unwrap();
+        let mut chain = build_chain(&v0, &info, line_schema.clone(), &StateConfig::default()).unwrap();
         let lines = RecordBatch::try_new(line_schema, vec![Arc::new(StringArray::from(vec!["To be OR", "not to skip be"]))]).unwrap();
         let mut out = Sink(Vec::new());
         push_through(&mut chain.operators, lines, &mut out).unwrap();
         assert_eq!(text(&out.0[0], 0), vec!["to", "be", "or", "not", "to", "be"]);
 
         let v1 = &graph.vertices[1];
-        let mut chain = build_chain(v1, &info, v0.output_schema()).unwrap();
+        let mut chain = build_chain(v1, &info, v0.output_schema(), &StateConfig::default()).unwrap();
         let mut counted = Sink(Vec::new());
         let agg = chain.operators.remove(0);
         let mut ops = vec![agg];

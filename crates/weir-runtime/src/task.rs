@@ -6,7 +6,7 @@
 
 use crate::buffer::{decode_batch, Event, Item};
 use crate::gate::{GatePoll, InputGate};
-use crate::operators::{build_chain, finish_chain, push_through, OperatorChain};
+use crate::operators::{build_chain, finish_chain, push_through, OperatorChain, StateConfig};
 use crate::partition::ResultPartition;
 use arrow_schema::SchemaRef;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +41,7 @@ pub struct TaskDescriptor {
     pub input_schema: SchemaRef,
     pub gate: Option<Arc<InputGate>>,
     pub partition: ResultPartition,
+    pub state: StateConfig,
 }
 
 pub struct Task {
@@ -85,7 +86,7 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, report: Arc<dyn Fn(Task
     let event = |state, records_in, records_out| TaskEvent { vertex, subtask, state, records_in, records_out };
     report(event(TaskState::Running, 0, 0));
     let mut runner = Runner { partition: desc.partition, records_in: 0, cancelled: cancelled.clone() };
-    let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone())
+    let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state)
         .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
     let state = match result {
         Ok(()) if cancelled.load(Ordering::SeqCst) => TaskState::Canceled,

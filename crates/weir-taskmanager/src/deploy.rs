@@ -14,6 +14,8 @@ use weir_core::graph::{JobGraph, Partitioning};
 use weir_core::operator::SubtaskInfo;
 use weir_proto::{DeployTasksRequest, ExecutionId, TaskState as ProtoTaskState, UpdateTaskStateRequest};
 use weir_runtime::gate::CreditReturn;
+use weir_runtime::operators::StateConfig;
+use weir_state::BackendKind;
 use weir_runtime::partition::{ChannelWriter, OutputEdge, ResultPartition};
 use weir_runtime::task::{TaskEvent, TaskState};
 use weir_runtime::{ChannelId, InputGate, Task, TaskDescriptor};
@@ -49,7 +51,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         }
     }
     let s = &shared.settings;
-    drop(config);
+    let state = StateConfig { backend: BackendKind::from_config(&config), local_dir: s.local_dir.clone() };
 
     // 1. Gates, so local senders can find them.
     let mut gates: HashMap<(u32, u32), Arc<InputGate>> = HashMap::new();
@@ -140,6 +142,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             input_schema,
             gate: gates.get(&(r.vertex, r.subtask)).cloned(),
             partition: ResultPartition::new(edges, s.segment_size, s.buffer_timeout),
+            state: state.clone(),
         });
     }
 

@@ -45,6 +45,8 @@ pub struct TaskManagerSettings {
     pub buffers_per_channel: usize,
     pub sender_queue_buffers: usize,
     pub buffer_timeout: Duration,
+    /// Working directory for state (RocksDB instances), from `taskmanager.tmp.dirs`.
+    pub local_dir: std::path::PathBuf,
 }
 
 impl TaskManagerSettings {
@@ -63,6 +65,7 @@ impl TaskManagerSettings {
             buffers_per_channel: config.int(keys::BUFFERS_PER_CHANNEL) as usize,
             sender_queue_buffers: config.int(keys::SENDER_QUEUE_BUFFERS) as usize,
             buffer_timeout: config.duration(keys::BUFFER_TIMEOUT),
+            local_dir: config.text(keys::TASKMANAGER_TMP_DIRS).map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir),
         }
     }
 }

@@ -1,0 +1,140 @@
+//! The `hashmap` backend: keyed state on the heap, one hash map per key group.
+//!
+//! Per key group so that a snapshot is written group by group and a restore at another
+//! parallelism takes whole groups. Point lookups are one hash probe; a map state's iteration
+//! scans its key group (the price of hashing instead of ordering; the RocksDB backend scans a
+//! sorted range instead). Snapshots are the canonical key-group file (`format.rs`).
+
+use crate::format::{read_keyed_state, KeyedStateWriter};
+use crate::keyed::{composite_key, decode_i64, fold, key_group, key_group_of, KeyedStateBackend, Keys};
+use crate::StateError;
+use hashbrown::HashMap;
+use weir_core::graph::AggKind;
+use weir_core::KeyGroupRange;
+
+pub struct HashMapBackend {
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    groups: Vec<HashMap<Vec<u8>, Vec<u8>>>,
+    scratch: Vec<u8>,
+}
+
+impl HashMapBackend {
+    pub fn new(max_parallelism: u32, range: KeyGroupRange) -> Self {
+        Self { max_parallelism, range, groups: (0..range.len()).map(|_| HashMap::new()).collect(), scratch: Vec::new() }
+    }
+
+    fn group(&self, key: &[u8]) -> Result<&HashMap<Vec<u8>, Vec<u8>>, StateError> {
+        let kg = key_group_of(key);
+        self.range.contains(kg).then(|| &self.groups[(kg - self.range.start) as usize]).ok_or(StateError::KeyGroup { kg, range: self.range })
+    }
+
+    fn group_mut(&mut self, key: &[u8]) -> Result<&mut HashMap<Vec<u8>, Vec<u8>>, StateError> {
+        let kg = key_group_of(key);
+        if !self.range.contains(kg) {
+            return Err(StateError::KeyGroup { kg, range: self.range });
+        }
+        Ok(&mut self.groups[(kg - self.range.start) as usize])
+    }
+
+    /// Writes the snapshot of every key group (the synchronous part of a checkpoint: a copy).
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        let mut w = KeyedStateWriter::new(self.max_parallelism, self.range);
+        for (i, g) in self.groups.iter().enumerate() {
+            let kg = self.range.start + i as u32;
+            for (k, v) in g {
+                w.add(kg, k, v);
+            }
+        }
+        w.finish()
+    }
+
+    /// Adds the entries of a keyed-state file that fall in this backend's range.
+    pub fn restore_bytes(&mut self, bytes: &[u8], path: &str) -> Result<(), StateError> {
+        let range = self.range;
+        let groups = &mut self.groups;
+        read_keyed_state(bytes, path, range, |kg, k, v| {
+            groups[(kg - range.start) as usize].insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+impl KeyedStateBackend for HashMapBackend {
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.group(key)?.get(key).cloned())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.group_mut(key)?.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), StateError> {
+        self.group_mut(key)?.remove(key);
+        Ok(())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let mut out: Vec<_> = self.group(prefix)?.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn entries(&self) -> Result<u64, StateError> {
+        Ok(self.groups.iter().map(|g| g.len() as u64).sum())
+    }
+
+    /// One hash probe per row, updating the value in place: no allocation but for new keys.
+    fn aggregate_batch(
+        &mut self,
+        state: &str,
+        keys: Keys<'_>,
+        values: Option<&arrow_array::Int64Array>,
+        agg: AggKind,
+        out: &mut Vec<i64>,
+    ) -> Result<(), StateError> {
+        out.clear();
+        out.reserve(keys.len());
+        let (max_p, range) = (self.max_parallelism, self.range);
+        let mut buf = std::mem::take(&mut self.scratch);
+        for i in 0..keys.len() {
+            let v = values.map_or(1, |vals| vals.value(i));
+            let kg = keys.with_key(i, |k| {
+                let kg = key_group(k, max_p);
+                buf.clear();
+                composite_key(&mut buf, kg, state, k, &[]);
+                kg
+            });
+            if !range.contains(kg) {
+                self.scratch = buf;
+                return Err(StateError::KeyGroup { kg, range });
+            }
+            let group = &mut self.groups[(kg - range.start) as usize];
+            let new = match group.get_mut(buf.as_slice()) {
+                Some(cur) => {
+                    let new = fold(agg, Some(decode_i64(cur)), v);
+                    cur.clear();
+                    cur.extend_from_slice(&new.to_le_bytes());
+                    new
+                }
+                None => {
+                    group.insert(buf.clone(), v.to_le_bytes().to_vec());
+                    v
+                }
+            };
+            out.push(new);
+        }
+        self.scratch = buf;
+        Ok(())
+    }
+}

@@ -1,0 +1,294 @@
+//! The `rocksdb` backend: one RocksDB instance per operator per subtask, in the TaskManager's
+//! working directory, keys prefixed by key group (see `keyed.rs`).
+//!
+//! Snapshots:
+//! - **incremental** (default): a RocksDB checkpoint (hard links, after a memtable flush) is
+//!   taken synchronously; its SST files are immutable, so only those not uploaded by an earlier
+//!   *completed* checkpoint are uploaded (to `shared/`), the others are referenced. MANIFEST,
+//!   CURRENT and OPTIONS go to the checkpoint's own directory. An SST uploaded by a checkpoint
+//!   that never completed is not trusted for reuse: it may have been deleted.
+//! - **full** (and savepoints): every entry in the canonical key-group file, readable by both
+//!   backends.
+//!
+//! Restore: one incremental handle covering exactly this range is downloaded and opened as the
+//! database (its SSTs count as uploaded); anything else — several handles after a rescale, a
+//! range that differs, full files — is merged key group by key group into a fresh database.
+//!
+//! Every call blocks; the caller runs it on a task thread.
+
+use crate::format::{read_keyed_state, KeyedStateWriter};
+use crate::keyed::{key_group_of, KeyedStateBackend};
+use crate::snapshot::{KeyedStateHandle, LocalFile};
+use crate::storage::StoredFile;
+use crate::StateError;
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use weir_core::KeyGroupRange;
+
+fn db_err(path: &Path) -> impl Fn(rocksdb::Error) -> StateError + '_ {
+    move |e| StateError::RocksDb { path: path.display().to_string(), reason: e.into_string() }
+}
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+/// An SST file already in checkpoint storage, and the checkpoint that uploaded it.
+#[derive(Clone)]
+struct Uploaded {
+    file: StoredFile,
+    checkpoint: u64,
+    confirmed: bool,
+}
+
+pub struct RocksDbBackend {
+    db: DB,
+    /// This instance's working directory: `db/` and checkpoint scratch directories.
+    dir: PathBuf,
+    instance: String,
+    max_parallelism: u32,
+    range: KeyGroupRange,
+    write: WriteOptions,
+    uploaded: HashMap<String, Uploaded>,
+}
+
+impl RocksDbBackend {
+    /// Opens an empty database under `base` (a fresh directory per instance).
+    pub fn open(base: &Path, max_parallelism: u32, range: KeyGroupRange) -> Result<Self, StateError> {
+        let instance = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let dir = base.join(format!("rocksdb-{instance}"));
+        std::fs::create_dir_all(&dir).map_err(|e| StateError::Io { path: dir.display().to_string(), source: e })?;
+        let db_path = dir.join("db");
+        let db = DB::open(&options(), &db_path).map_err(db_err(&db_path))?;
+        Ok(Self::with_db(db, dir, instance, max_parallelism, range))
+    }
+
+    fn with_db(db: DB, dir: PathBuf, instance: String, max_parallelism: u32, range: KeyGroupRange) -> Self {
+        let mut write = WriteOptions::default();
+        // Checkpoints, not the WAL, make state durable (as in Flink).
+        write.disable_wal(true);
+        Self { db, dir, instance, max_parallelism, range, write, uploaded: HashMap::new() }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+
+    /// Writes every entry into the canonical key-group file.
+    pub fn snapshot_bytes(&self) -> Result<Vec<u8>, StateError> {
+        let mut w = KeyedStateWriter::new(self.max_parallelism, self.range);
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err(&self.db_path()))?;
+            w.add(key_group_of(&k), &k, &v);
+        }
+        Ok(w.finish())
+    }
+
+    /// Takes a RocksDB checkpoint for checkpoint `n` and decides which files to upload: SSTs
+    /// already uploaded by a completed checkpoint are reused, the rest are listed for upload.
+    pub fn incremental_checkpoint(&self, n: u64) -> Result<IncrementalSnapshot, StateError> {
+        let dir = self.dir.join(format!("chk-{n}-{}", uuid::Uuid::new_v4().simple()));
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(db_err(&dir))?;
+        cp.create_checkpoint(&dir).map_err(db_err(&dir))?;
+        let mut reused = Vec::new();
+        let mut to_upload = Vec::new();
+        let mut private = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| StateError::Io { path: dir.display().to_string(), source: e })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StateError::Io { path: dir.display().to_string(), source: e })?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let local = LocalFile { name: name.clone(), path: entry.path() };
+            if name.ends_with(".sst") {
+                match self.uploaded.get(&name) {
+                    Some(u) if u.confirmed => reused.push((name, u.file.clone())),
+                    _ => to_upload.push(local),
+                }
+            } else {
+                private.push(local);
+            }
+        }
+        Ok(IncrementalSnapshot {
+            checkpoint: n,
+            dir,
+            instance: self.instance.clone(),
+            range: self.range,
+            max_parallelism: self.max_parallelism,
+            reused,
+            to_upload,
+            private,
+        })
+    }
+
+    /// Records the SSTs a checkpoint uploaded, so later checkpoints can reference them once it
+    /// completes.
+    pub fn record_uploaded(&mut self, n: u64, handle: &KeyedStateHandle) {
+        if let KeyedStateHandle::Incremental { shared, .. } = handle {
+            for (name, file) in shared {
+                self.uploaded.entry(name.clone()).or_insert(Uploaded { file: file.clone(), checkpoint: n, confirmed: false });
+            }
+        }
+    }
+
+    /// Checkpoint `n` completed: the SSTs it (or an earlier one) uploaded may now be reused.
+    pub fn notify_checkpoint_complete(&mut self, n: u64) {
+        for u in self.uploaded.values_mut() {
+            if u.checkpoint <= n {
+                u.confirmed = true;
+            }
+        }
+        // SSTs the database no longer has (compacted away) need no tracking.
+        let live: std::collections::HashSet<String> =
+            self.db.live_files().map(|fs| fs.into_iter().map(|f| f.name.trim_start_matches('/').to_string()).collect()).unwrap_or_default();
+        if !live.is_empty() {
+            self.uploaded.retain(|name, _| live.contains(name));
+        }
+    }
+
+    /// Opens a database restored from `sources` for `range`. A single incremental source that
+    /// covers exactly `range` becomes the database itself; anything else is merged.
+    pub fn restore(base: &Path, max_parallelism: u32, range: KeyGroupRange, sources: Vec<RestoreSource>) -> Result<Self, StateError> {
+        if let [RestoreSource::RocksDb { dir, range: r, shared }] = sources.as_slice() {
+            if *r == range {
+                let instance = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+                let inst_dir = base.join(format!("rocksdb-{instance}"));
+                std::fs::create_dir_all(&inst_dir).map_err(|e| StateError::Io { path: inst_dir.display().to_string(), source: e })?;
+                let db_path = inst_dir.join("db");
+                std::fs::rename(dir, &db_path).map_err(|e| StateError::Io { path: dir.display().to_string(), source: e })?;
+                let db = DB::open(&options(), &db_path).map_err(db_err(&db_path))?;
+                let mut b = Self::with_db(db, inst_dir, instance, max_parallelism, range);
+                for (name, file) in shared {
+                    b.uploaded.insert(name.clone(), Uploaded { file: file.clone(), checkpoint: 0, confirmed: true });
+                }
+                return Ok(b);
+            }
+        }
+        let b = Self::open(base, max_parallelism, range)?;
+        for src in sources {
+            match src {
+                RestoreSource::Full { bytes, path } => {
+                    let mut batch = WriteBatch::default();
+                    read_keyed_state(&bytes, &path, range, |_, k, v| {
+                        batch.put(k, v);
+                        Ok(())
+                    })?;
+                    b.db.write_opt(batch, &b.write).map_err(db_err(&b.db_path()))?;
+                }
+                RestoreSource::RocksDb { dir, .. } => {
+                    let src = DB::open_for_read_only(&options(), &dir, false).map_err(db_err(&dir))?;
+                    let start = (range.start as u16).to_be_bytes();
+                    let mut batch = WriteBatch::default();
+                    for item in src.iterator(IteratorMode::From(&start, Direction::Forward)) {
+                        let (k, v) = item.map_err(db_err(&dir))?;
+                        if key_group_of(&k) >= range.end {
+                            break;
+                        }
+                        batch.put(&k, &v);
+                        if batch.len() >= 10_000 {
+                            b.db.write_opt(std::mem::take(&mut batch), &b.write).map_err(db_err(&b.db_path()))?;
+                        }
+                    }
+                    b.db.write_opt(batch, &b.write).map_err(db_err(&b.db_path()))?;
+                    drop(src);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Local files of the database (for tests and benchmarks).
+    pub fn working_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RocksDbBackend {
+    fn drop(&mut self) {
+        // The working directory is scratch: checkpoints, not local files, are durable.
+        let dir = self.dir.clone();
+        let _ = DB::destroy(&Options::default(), dir.join("db"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// What a restore reads, already downloaded and verified.
+pub enum RestoreSource {
+    /// A canonical key-group file.
+    Full { bytes: bytes::Bytes, path: String },
+    /// A downloaded RocksDB checkpoint directory, the key groups it holds, and its SSTs.
+    RocksDb { dir: PathBuf, range: KeyGroupRange, shared: Vec<(String, StoredFile)> },
+}
+
+/// The synchronous part of an incremental snapshot; [`crate::snapshot`] uploads it.
+pub struct IncrementalSnapshot {
+    pub checkpoint: u64,
+    pub dir: PathBuf,
+    pub instance: String,
+    pub range: KeyGroupRange,
+    pub max_parallelism: u32,
+    pub reused: Vec<(String, StoredFile)>,
+    pub to_upload: Vec<LocalFile>,
+    pub private: Vec<LocalFile>,
+}
+
+impl KeyedStateBackend for RocksDbBackend {
+    fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db.get(key).map_err(db_err(&self.db_path()))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.db.put_opt(key, value, &self.write).map_err(db_err(&self.dir))
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<(), StateError> {
+        self.db.delete_opt(key, &self.write).map_err(db_err(&self.dir))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(db_err(&self.dir))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn entries(&self) -> Result<u64, StateError> {
+        let mut n = 0;
+        for item in self.db.iterator(IteratorMode::Start) {
+            item.map_err(db_err(&self.dir))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        self.db.multi_get(keys).into_iter().map(|r| r.map_err(db_err(&self.dir))).collect()
+    }
+
+    fn write_batch(&mut self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
+            }
+        }
+        self.db.write_opt(batch, &self.write).map_err(db_err(&self.dir))
+    }
+}

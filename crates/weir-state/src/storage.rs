@@ -1,0 +1,294 @@
+//! Checkpoint storage: where snapshots go, through `object_store`.
+//!
+//! URLs: `file:///absolute/path`, `s3://bucket/optional/prefix` (endpoint, credentials, region
+//! and path-style addressing from the `s3.*` keys, so MinIO and any S3-compatible store work),
+//! and `memory://` (in-process, for tests). Layout per job, as in Flink:
+//!
+//! ```text
+//! <dir>/<job-id>/chk-<n>/_metadata     written last, by the JobManager: its presence completes n
+//! <dir>/<job-id>/chk-<n>/...           files owned by checkpoint n alone
+//! <dir>/<job-id>/shared/...            incremental RocksDB SST files, shared by checkpoints
+//! <dir>/<job-id>/taskowned/...         files owned by the TaskManagers
+//! ```
+//!
+//! Large files are uploaded as multipart uploads streamed from disk, never held whole in memory.
+
+use crate::StateError;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_core::config::{keys, Config};
+
+/// Part size of multipart uploads (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+
+/// A checkpoint storage location.
+#[derive(Clone, Debug)]
+pub struct CheckpointStorage {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    /// Prefix inside the store (the S3 key prefix; empty for file and memory).
+    base: Path,
+}
+
+/// Where a file of a snapshot lives, relative to the storage root, with what protects it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredFile {
+    pub path: String,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+impl CheckpointStorage {
+    /// Opens the storage at `url`, with S3 settings from `config`.
+    pub fn open(url: &str, config: &Config) -> Result<Self, StateError> {
+        let bad = |reason: String| StateError::Config { key: keys::CHECKPOINT_DIR.into(), reason };
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad(format!("'{url}': file URLs need an absolute path, like file:///var/weir/checkpoints")));
+            }
+            std::fs::create_dir_all(path).map_err(|e| StateError::Io { path: path.to_string(), source: e })?;
+            let store = LocalFileSystem::new_with_prefix(path).map_err(|e| StateError::Storage { path: url.to_string(), source: e })?;
+            return Ok(Self { store: Arc::new(store), url: url.to_string(), base: Path::default() });
+        }
+        if url == "memory://" || url.starts_with("memory://") {
+            return Ok(Self { store: Arc::new(InMemory::new()), url: url.to_string(), base: Path::default() });
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad(format!("'{url}' names no bucket")));
+            }
+            // A few quick retries: a checkpoint that cannot reach S3 should fail (and be retried
+            // by the next checkpoint) rather than hang until the checkpoint timeout.
+            let retry = object_store::RetryConfig { max_retries: 5, retry_timeout: std::time::Duration::from_secs(60), ..Default::default() };
+            let mut b = AmazonS3Builder::new()
+                .with_retry(retry)
+                .with_bucket_name(bucket)
+                .with_region(config.get(keys::S3_REGION))
+                .with_virtual_hosted_style_request(!config.bool(keys::S3_PATH_STYLE));
+            if let Some(endpoint) = config.text(keys::S3_ENDPOINT) {
+                b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+            }
+            if let Some(k) = config.text(keys::S3_ACCESS_KEY) {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(s) = config.text(keys::S3_SECRET_KEY) {
+                b = b.with_secret_access_key(s);
+            }
+            let store = b.build().map_err(|e| bad(format!("'{url}': {e}")))?;
+            return Ok(Self { store: Arc::new(store), url: url.to_string(), base: Path::from(prefix) });
+        }
+        Err(bad(format!("'{url}': unsupported scheme (use file:///path, s3://bucket/path or memory://)")))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn full(&self, rel: &str) -> Path {
+        if self.base.as_ref().is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.base.as_ref()))
+        }
+    }
+
+    /// A human-readable location for errors: the URL joined with the relative path.
+    pub fn display(&self, rel: &str) -> String {
+        format!("{}/{}", self.url.trim_end_matches('/'), rel)
+    }
+
+    fn err(&self, rel: &str, source: object_store::Error) -> StateError {
+        match source {
+            object_store::Error::NotFound { .. } => StateError::Missing { path: self.display(rel) },
+            source => StateError::Storage { path: self.display(rel), source },
+        }
+    }
+
+    pub async fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> Result<StoredFile, StateError> {
+        let size = bytes.len() as u64;
+        let crc32 = crc32fast::hash(&bytes);
+        if bytes.len() > PART_SIZE {
+            let upload = self.store.put_multipart(&self.full(rel)).await.map_err(|e| self.err(rel, e))?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            w.write(&bytes);
+            w.finish().await.map_err(|e| self.err(rel, e))?;
+        } else {
+            self.store.put(&self.full(rel), PutPayload::from(bytes)).await.map_err(|e| self.err(rel, e))?;
+        }
+        Ok(StoredFile { path: rel.to_string(), size, crc32 })
+    }
+
+    /// Uploads a local file, streaming it in parts, and returns its size and CRC-32.
+    pub async fn put_file(&self, rel: &str, local: &std::path::Path) -> Result<StoredFile, StateError> {
+        let io = |e| StateError::Io { path: local.display().to_string(), source: e };
+        let mut f = tokio::fs::File::open(local).await.map_err(io)?;
+        let len = f.metadata().await.map_err(io)?.len();
+        if len as usize <= PART_SIZE {
+            let mut buf = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut buf).await.map_err(io)?;
+            return self.put_bytes(rel, buf).await;
+        }
+        let upload = self.store.put_multipart(&self.full(rel)).await.map_err(|e| self.err(rel, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            w.wait_for_capacity(4).await.map_err(|e| self.err(rel, e))?;
+            w.write(&buf[..n]);
+        }
+        w.finish().await.map_err(|e| self.err(rel, e))?;
+        Ok(StoredFile { path: rel.to_string(), size, crc32: hasher.finalize() })
+    }
+
+    pub async fn get_bytes(&self, rel: &str) -> Result<Bytes, StateError> {
+        let r = self.store.get(&self.full(rel)).await.map_err(|e| self.err(rel, e))?;
+        r.bytes().await.map_err(|e| self.err(rel, e))
+    }
+
+    /// Downloads `file` to `local`, checking its size and CRC-32 against what was recorded.
+    pub async fn get_file_checked(&self, file: &StoredFile, local: &std::path::Path) -> Result<(), StateError> {
+        let rel = &file.path;
+        let r = self.store.get(&self.full(rel)).await.map_err(|e| self.err(rel, e))?;
+        let mut stream = r.into_stream();
+        let io = |e| StateError::Io { path: local.display().to_string(), source: e };
+        let mut out = tokio::fs::File::create(local).await.map_err(io)?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(rel, e))? {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(io)?;
+        }
+        out.flush().await.map_err(io)?;
+        self.check(file, size, hasher.finalize())
+    }
+
+    /// Reads a whole small file and checks it against its record.
+    pub async fn get_bytes_checked(&self, file: &StoredFile) -> Result<Bytes, StateError> {
+        let bytes = self.get_bytes(&file.path).await?;
+        self.check(file, bytes.len() as u64, crc32fast::hash(&bytes))?;
+        Ok(bytes)
+    }
+
+    fn check(&self, file: &StoredFile, size: u64, crc: u32) -> Result<(), StateError> {
+        if size != file.size {
+            return Err(StateError::Corrupt {
+                path: self.display(&file.path),
+                reason: format!("truncated: {size} bytes, the checkpoint recorded {}", file.size),
+            });
+        }
+        if crc != file.crc32 {
+            return Err(StateError::Corrupt { path: self.display(&file.path), reason: "checksum mismatch: the file is corrupted".into() });
+        }
+        Ok(())
+    }
+
+    /// Relative paths of every object under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        let full = self.full(prefix);
+        let metas: Vec<_> = self.store.list(Some(&full)).try_collect().await.map_err(|e| self.err(prefix, e))?;
+        let base = self.base.as_ref();
+        let mut out: Vec<String> = metas
+            .into_iter()
+            .map(|m| {
+                let p = m.location.as_ref().to_string();
+                if base.is_empty() {
+                    p
+                } else {
+                    p.strip_prefix(&format!("{base}/")).unwrap_or(&p).to_string()
+                }
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn delete(&self, rel: &str) -> Result<(), StateError> {
+        match self.store.delete(&self.full(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+
+    /// Deletes everything under `prefix`.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StateError> {
+        for p in self.list(prefix).await? {
+            self.delete(&p).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Relative path helpers for the per-job layout.
+pub mod layout {
+    pub fn checkpoint_dir(job: &str, n: u64) -> String {
+        format!("{job}/chk-{n}")
+    }
+    pub fn metadata(job: &str, n: u64) -> String {
+        format!("{job}/chk-{n}/_metadata")
+    }
+    pub fn shared_dir(job: &str) -> String {
+        format!("{job}/shared")
+    }
+    pub fn taskowned_dir(job: &str) -> String {
+        format!("{job}/taskowned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn files_round_trip_and_damage_is_detected_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let s = CheckpointStorage::open(&url, &Config::new()).unwrap();
+        let data: Vec<u8> = (0..(PART_SIZE + 12345)).map(|i| (i % 251) as u8).collect();
+        let local = dir.path().join("local.bin");
+        std::fs::write(&local, &data).unwrap();
+        let rec = s.put_file("job/chk-1/big", &local).await.unwrap();
+        assert_eq!(rec.size, data.len() as u64);
+        let back = dir.path().join("back.bin");
+        s.get_file_checked(&rec, &back).await.unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+        assert_eq!(s.list("job").await.unwrap(), vec!["job/chk-1/big".to_string()]);
+
+        // Flip a byte in storage: detected, naming the file.
+        let stored = dir.path().join("job/chk-1/big");
+        let mut bad = data.clone();
+        bad[17] ^= 1;
+        std::fs::write(&stored, &bad).unwrap();
+        let err = s.get_file_checked(&rec, &back).await.unwrap_err().to_string();
+        assert!(err.contains("job/chk-1/big") && err.contains("checksum"), "{err}");
+        std::fs::write(&stored, &data[..100]).unwrap();
+        let err = s.get_file_checked(&rec, &back).await.unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        std::fs::remove_file(&stored).unwrap();
+        let err = s.get_file_checked(&rec, &back).await.unwrap_err().to_string();
+        assert!(err.contains("missing") && err.contains("job/chk-1/big"), "{err}");
+    }
+
+    #[test]
+    fn bad_urls_name_the_key() {
+        for url in ["ftp://x", "file://relative/path", "s3://"] {
+            let err = CheckpointStorage::open(url, &Config::new()).unwrap_err().to_string();
+            assert!(err.contains("execution.checkpointing.dir"), "{err}");
+        }
+    }
+}
