@@ -34,6 +34,15 @@ fn read_committed_lines(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn wordcount_at_parallelism_4_across_two_taskmanagers_gives_exact_counts() {
+    wordcount_across_two_taskmanagers("hashmap");
+}
+
+#[test]
+fn wordcount_with_rocksdb_state_gives_the_same_exact_counts() {
+    wordcount_across_two_taskmanagers("rocksdb");
+}
+
+fn wordcount_across_two_taskmanagers(backend: &str) {
     let cluster = Cluster::start(2, 2, &[]);
     let text = generate_text(20_000, 7);
     cluster.write("input.txt", &text);
@@ -47,7 +56,8 @@ fn wordcount_at_parallelism_4_across_two_taskmanagers_gives_exact_counts() {
         ),
     );
     // Attached run: waits for the job and exits 0 when it finished.
-    let out = cluster.weir(&["run", job.to_str().unwrap(), "-p", "4", "--output", "json"]);
+    let backend_key = format!("state.backend.type={backend}");
+    let out = cluster.weir(&["run", job.to_str().unwrap(), "-p", "4", "--output", "json", "-D", &backend_key]);
     assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["state"], "FINISHED");
