@@ -1,7 +1,7 @@
 //! The gRPC client side of the CLI: submit, wait, list, status, cancel, cluster.
 
 use crate::Output;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -47,6 +47,7 @@ fn state_name(s: i32) -> &'static str {
         JobState::Failed => "FAILED",
         JobState::Canceling => "CANCELING",
         JobState::Canceled => "CANCELED",
+        JobState::Restarting => "RESTARTING",
         JobState::Unspecified => "UNKNOWN",
     }
 }
@@ -69,6 +70,8 @@ fn job_json(j: &JobStatus) -> Value {
         "end_time": rfc3339(j.end_time_ms),
         "duration_ms": (end - j.start_time_ms).max(0),
         "parallelism": j.parallelism,
+        "attempt": j.attempt,
+        "restarts": j.restarts,
         "vertices": j.vertices.iter().map(|v| json!({
             "name": v.name,
             "parallelism": v.parallelism,
@@ -84,13 +87,22 @@ fn is_terminal(state: i32) -> bool {
     matches!(JobState::try_from(state), Ok(JobState::Finished | JobState::Failed | JobState::Canceled))
 }
 
+/// What `weir run` submits.
+pub struct Submit<'a> {
+    pub text: &'a str,
+    pub origin: &'a str,
+    pub overrides: &'a Config,
+    pub restore: Option<&'a str>,
+}
+
 /// Submits a job; unless detached, waits for it to end and returns the exit code.
-pub async fn run_job(address: &str, text: &str, origin: &str, overrides: &Config, detached: bool, output: Output) -> Result<i32> {
+pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let req = SubmitJobRequest {
-        job_definition: text.to_string(),
-        config: overrides.explicit().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        source_name: origin.to_string(),
+        job_definition: submit.text.to_string(),
+        config: submit.overrides.explicit().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        source_name: submit.origin.to_string(),
+        restore_path: submit.restore.unwrap_or_default().to_string(),
     };
     let id = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner().job_id;
     if detached {
@@ -185,6 +197,65 @@ pub async fn cancel(address: &str, job_id: &str, output: Output) -> Result<i32> 
     Ok(0)
 }
 
+pub async fn checkpoints(address: &str, job_id: &str, output: Output) -> Result<i32> {
+    let mut client = connect(address).await?;
+    let list = client
+        .list_checkpoints(ListCheckpointsRequest { job_id: job_id.to_string() })
+        .await
+        .map_err(|e| rpc_error(address, e))?
+        .into_inner()
+        .checkpoints;
+    let status = |s: i32| match CheckpointStatus::try_from(s).unwrap_or(CheckpointStatus::Unspecified) {
+        CheckpointStatus::InProgress => "IN_PROGRESS",
+        CheckpointStatus::Completed => "COMPLETED",
+        CheckpointStatus::CheckpointFailed => "FAILED",
+        CheckpointStatus::Unspecified => "UNKNOWN",
+    };
+    match output {
+        Output::Json => {
+            let rows: Vec<Value> = list
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "status": status(c.status),
+                        "trigger_time": rfc3339(c.trigger_time_ms),
+                        "duration_ms": c.duration_ms,
+                        "size_bytes": c.size_bytes,
+                        "alignment_ms": c.alignment_ms,
+                        "acknowledged": c.acknowledged,
+                        "total": c.total,
+                        "failure": if c.failure.is_empty() { Value::Null } else { Value::String(c.failure.clone()) },
+                    })
+                })
+                .collect();
+            println!("{}", Value::Array(rows));
+        }
+        Output::Text => {
+            if list.is_empty() {
+                println!("No checkpoints.");
+            }
+            println!("{:>6}  {:<11}  {:<29}  {:>9}  {:>12}  {:>9}  {:>7}", "id", "status", "trigger time", "duration", "size", "alignment", "acks");
+            for c in &list {
+                let trigger = rfc3339(c.trigger_time_ms).as_str().unwrap_or("").to_string();
+                println!(
+                    "{:>6}  {:<11}  {:<29}  {:>7}ms  {:>12}  {:>7}ms  {:>3}/{:<3}{}",
+                    c.id,
+                    status(c.status),
+                    trigger,
+                    c.duration_ms,
+                    c.size_bytes,
+                    c.alignment_ms,
+                    c.acknowledged,
+                    c.total,
+                    if c.failure.is_empty() { String::new() } else { format!("  {}", c.failure) }
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
 pub async fn cluster(address: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let tms = client
@@ -204,7 +275,7 @@ pub async fn cluster(address: &str, output: Output) -> Result<i32> {
         ),
         Output::Text => {
             if tms.is_empty() {
-                bail!("no TaskManagers registered");
+                println!("No TaskManagers registered.");
             }
             for t in &tms {
                 println!("{}  rpc {}  data {}  slots {}/{} free", t.taskmanager_id, t.rpc_address, t.data_address, t.free_slots, t.slots);

@@ -81,6 +81,9 @@ enum Command {
         /// Print the job id and return instead of waiting for the job to end.
         #[arg(long)]
         detached: bool,
+        /// Start from a retained checkpoint: <dir>/<job-id>/chk-<n> (or its _metadata).
+        #[arg(short = 's', long = "from-checkpoint", value_name = "PATH")]
+        restore: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -103,6 +106,14 @@ enum Command {
     },
     /// Cancel a job.
     Cancel {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// List a job's checkpoints: id, status, trigger time, duration, size, alignment.
+    Checkpoints {
         job_id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -212,7 +223,7 @@ async fn run(cli: Cli) -> Result<i32> {
             cluster.shutdown();
             Ok(0)
         }
-        Command::Run { jobfile, parallelism, detached, client, mut dynamic } => {
+        Command::Run { jobfile, parallelism, detached, restore, client, mut dynamic } => {
             if let Some(p) = parallelism {
                 dynamic.properties.push(format!("{}={p}", keys::PARALLELISM));
             }
@@ -229,7 +240,8 @@ async fn run(cli: Cli) -> Result<i32> {
                     (cluster.address(), Some(cluster))
                 }
             };
-            let result = client::run_job(&address, &text, &origin, &overrides, detached && cluster.is_none(), client.output).await;
+            let submit = client::Submit { text: &text, origin: &origin, overrides: &overrides, restore: restore.as_deref() };
+            let result = client::run_job(&address, submit, detached && cluster.is_none(), client.output).await;
             if let Some(c) = cluster {
                 c.shutdown();
             }
@@ -249,6 +261,11 @@ async fn run(cli: Cli) -> Result<i32> {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "warn");
             client::cancel(&require_jm(&client, &cfg)?, &job_id, client.output).await
+        }
+        Command::Checkpoints { job_id, client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            client::checkpoints(&require_jm(&client, &cfg)?, &job_id, client.output).await
         }
         Command::Cluster { client, dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;

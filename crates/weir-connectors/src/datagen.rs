@@ -4,13 +4,14 @@
 //! `n`, and subtask `i` of `p` produces exactly the rows `n ≡ i (mod p)`. So a replay after a
 //! failure, or the same job at another parallelism, yields the same multiset of rows.
 
+use crate::state::{rescale_error, ElementReader, ElementWriter};
 use crate::text::Utf8Column;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::SchemaRef;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_core::graph::{DatagenKind, DatagenSpec};
-use weir_core::operator::{OpResult, SourcePoll, SourceReader, SubtaskInfo};
+use weir_core::operator::{OpResult, OperatorError, SourcePoll, SourceReader, SubtaskInfo};
 
 /// Most rows one poll of the datagen source emits.
 pub const DATAGEN_BATCH_ROWS: usize = 4096;
@@ -20,6 +21,10 @@ pub const DATAGEN_BATCH_ROWS: usize = 4096;
 const MAX_IDLE: Duration = Duration::from_millis(100);
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+/// Magic of a datagen state element: `WDG1`, then the subtask's parallelism (u32), its index
+/// (u32) and how many of its rows it has emitted (u64; its next row is `index + k * p`).
+const STATE_MAGIC: &[u8; 4] = b"WDG1";
 
 /// SplitMix64's finalizer: a cheap, well-mixed bijection of 64-bit values.
 pub(crate) fn splitmix64(x: u64) -> u64 {
@@ -201,6 +206,54 @@ impl SourceReader for DatagenReader {
         }
         Ok(SourcePoll::Batch(batch))
     }
+
+    /// One element: (parallelism, index, rows emitted). Taken between two polls, it covers
+    /// exactly the rows of the batches returned so far.
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        let element = ElementWriter::new(STATE_MAGIC)
+            .u32(self.parallelism as u32)
+            .u32(self.index as u32)
+            .u64(self.next_local)
+            .finish();
+        Ok(Some(vec![element]))
+    }
+
+    /// Resumes right after the last row emitted before the snapshot. Only the subtask's own
+    /// position at the same parallelism is accepted: rows are dealt by `n mod p`, so other
+    /// subtasks' positions at another parallelism do not describe a set of rows this subtask
+    /// could continue from without duplicates or gaps.
+    fn restore_state(&mut self, elements: Vec<Vec<u8>>) -> OpResult {
+        let mut positions = Vec::with_capacity(elements.len());
+        for element in &elements {
+            let mut r = ElementReader::new(element, STATE_MAGIC, "datagen")?;
+            let position = (u64::from(r.u32()?), u64::from(r.u32()?), r.u64()?);
+            r.end()?;
+            positions.push(position);
+        }
+        let now = self.parallelism as u32;
+        let emitted = match positions.as_slice() {
+            [] => return Err(rescale_error("datagen", &format!("at most {}", self.index), now)),
+            [(p, i, emitted)] if *p == self.parallelism && *i == self.index => *emitted,
+            [(p, ..), ..] if *p != self.parallelism => return Err(rescale_error("datagen", &p.to_string(), now)),
+            _ => {
+                let got: Vec<String> = positions.iter().map(|(p, i, _)| format!("{i} of {p}")).collect();
+                return Err(OperatorError::Failed(format!(
+                    "datagen subtask {} of {} cannot restore from the positions of subtasks [{}]",
+                    self.index,
+                    self.parallelism,
+                    got.join(", ")
+                )));
+            }
+        };
+        self.next_local = emitted.min(self.local_total);
+        if let Some(rate) = &mut self.rate {
+            // The rate clock starts over at the first poll after the restore.
+            rate.start = None;
+            rate.emitted = 0;
+        }
+        tracing::debug!(index = self.index, rows = self.next_local, "datagen restored its position");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -248,28 +301,25 @@ mod tests {
 
     type Row = (i64, i64, String, i64, String);
 
-    /// Polls one subtask to the end, checking batch sizes on the way.
-    fn drain(spec: &DatagenSpec, index: u32, parallelism: u32) -> Vec<Row> {
-        let mut reader = DatagenReader::new(spec, &info(index, parallelism), schema_of(spec));
+    fn rows_of(b: &RecordBatch) -> Vec<Row> {
+        let id = b.column(0).as_primitive::<Int64Type>();
+        let small = b.column(1).as_primitive::<Int64Type>();
+        let name = b.column(2).as_string::<i32>();
+        let any = b.column(3).as_primitive::<Int64Type>();
+        let empty = b.column(4).as_string::<i32>();
+        (0..b.num_rows())
+            .map(|i| (id.value(i), small.value(i), name.value(i).to_string(), any.value(i), empty.value(i).to_string()))
+            .collect()
+    }
+
+    /// Polls a reader to the end, checking batch sizes on the way.
+    fn drain_reader(reader: &mut DatagenReader) -> Vec<Row> {
         let mut rows = Vec::new();
         loop {
             match reader.poll_next().expect("poll") {
                 SourcePoll::Batch(b) => {
                     assert!(b.num_rows() > 0 && b.num_rows() <= DATAGEN_BATCH_ROWS);
-                    let id = b.column(0).as_primitive::<Int64Type>();
-                    let small = b.column(1).as_primitive::<Int64Type>();
-                    let name = b.column(2).as_string::<i32>();
-                    let any = b.column(3).as_primitive::<Int64Type>();
-                    let empty = b.column(4).as_string::<i32>();
-                    for i in 0..b.num_rows() {
-                        rows.push((
-                            id.value(i),
-                            small.value(i),
-                            name.value(i).to_string(),
-                            any.value(i),
-                            empty.value(i).to_string(),
-                        ));
-                    }
+                    rows.extend(rows_of(&b));
                 }
                 SourcePoll::Idle(_) => panic!("an unlimited datagen never idles"),
                 SourcePoll::End => break,
@@ -278,6 +328,11 @@ mod tests {
         // Once ended, it stays ended.
         assert!(matches!(reader.poll_next().expect("poll"), SourcePoll::End));
         rows
+    }
+
+    /// Polls one subtask to the end.
+    fn drain(spec: &DatagenSpec, index: u32, parallelism: u32) -> Vec<Row> {
+        drain_reader(&mut DatagenReader::new(spec, &info(index, parallelism), schema_of(spec)))
     }
 
     #[test]
@@ -386,5 +441,87 @@ mod tests {
         rate.emitted = 1_000_000;
         let wait = rate.budget().expect_err("far over budget");
         assert_eq!(wait, MAX_IDLE);
+    }
+
+    /// Emits `before` batches, snapshots, emits `lost` more batches (output after the
+    /// snapshot, lost in a crash), then restores a fresh reader and drains it.
+    fn interrupted_run(spec: &DatagenSpec, index: u32, parallelism: u32, before: usize, lost: usize) -> Vec<Row> {
+        let schema = schema_of(spec);
+        let mut first = DatagenReader::new(spec, &info(index, parallelism), schema.clone());
+        let mut rows = Vec::new();
+        for _ in 0..before {
+            if let SourcePoll::Batch(b) = first.poll_next().expect("poll") {
+                rows.extend(rows_of(&b));
+            }
+        }
+        let state = first.snapshot_state(1).expect("snapshot").expect("datagen has state");
+        assert_eq!(state.len(), 1, "one element per subtask");
+        for _ in 0..lost {
+            first.poll_next().expect("poll");
+        }
+        drop(first);
+        let mut restored = DatagenReader::new(spec, &info(index, parallelism), schema);
+        restored.restore_state(state).expect("restore");
+        rows.extend(drain_reader(&mut restored));
+        rows
+    }
+
+    #[test]
+    fn datagen_snapshot_restore_continues_exactly() {
+        let spec = spec(Some(100_000), None);
+        for (index, parallelism) in [(0, 1), (1, 3), (2, 3)] {
+            let uninterrupted = drain(&spec, index, parallelism);
+            assert!(uninterrupted.len() > 4 * DATAGEN_BATCH_ROWS);
+            for (before, lost) in [(0, 0), (0, 2), (1, 1), (3, 2), (100, 1)] {
+                assert_eq!(
+                    interrupted_run(&spec, index, parallelism, before, lost),
+                    uninterrupted,
+                    "subtask {index} of {parallelism}, snapshot after {before} polls"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn datagen_restore_restarts_the_rate_clock() {
+        let spec = spec(Some(1_000_000), Some(1_000_000));
+        let mut reader = DatagenReader::new(&spec, &info(0, 1), schema_of(&spec));
+        let state = reader.snapshot_state(3).expect("snapshot").expect("state");
+        if let Some(rate) = &mut reader.rate {
+            rate.start = Instant::now().checked_sub(Duration::from_secs(1));
+            rate.emitted = 77;
+        }
+        reader.restore_state(state).expect("restore");
+        let rate = reader.rate.as_ref().expect("rate limited");
+        assert!(rate.start.is_none() && rate.emitted == 0);
+    }
+
+    #[test]
+    fn datagen_restore_at_another_parallelism_is_an_error() {
+        let spec = spec(Some(1000), None);
+        let schema = schema_of(&spec);
+        let snapshot = |index, parallelism| {
+            let mut reader = DatagenReader::new(&spec, &info(index, parallelism), schema.clone());
+            reader.poll_next().expect("poll");
+            reader.snapshot_state(1).expect("snapshot").expect("state").remove(0)
+        };
+        let restore = |index, parallelism, elements: Vec<Vec<u8>>| {
+            let mut reader = DatagenReader::new(&spec, &info(index, parallelism), schema.clone());
+            reader.restore_state(elements).expect_err("restore must fail").to_string()
+        };
+        // Scale up: subtask 0 of 3 got the element of subtask 0 of 2; subtask 2 got nothing.
+        let err = restore(0, 3, vec![snapshot(0, 2)]);
+        assert!(err.contains("datagen cannot be restored at a different parallelism (was 2, now 3)"), "{err}");
+        let err = restore(2, 3, vec![]);
+        assert!(err.contains("datagen cannot be restored at a different parallelism (was at most 2, now 3)"), "{err}");
+        // Scale down: both old elements on the one new subtask.
+        let err = restore(0, 1, vec![snapshot(0, 2), snapshot(1, 2)]);
+        assert!(err.contains("datagen cannot be restored at a different parallelism (was 2, now 1)"), "{err}");
+        // Same parallelism, but another subtask's position.
+        let err = restore(0, 2, vec![snapshot(1, 2)]);
+        assert!(err.contains("subtasks [1 of 2]"), "{err}");
+        // Not a datagen element at all.
+        let err = restore(0, 1, vec![b"garbage".to_vec()]);
+        assert!(err.contains("datagen cannot restore"), "{err}");
     }
 }

@@ -1,57 +1,358 @@
-//! The `file` sink: each subtask writes one part file (CSV or JSON lines) into the output
-//! directory.
+//! The `file` sink: each subtask writes part files (CSV or JSON lines) into the output
+//! directory, exactly once across failures when checkpointing is on (two-phase commit).
 //!
-//! While the job runs the file is hidden as `.part-{index}.inprogress`; `finish()` flushes,
-//! fsyncs and renames it to `part-{index}`. Readers (including Weir's own file source) skip
-//! names starting with '.' or '_', so they only ever see complete, committed files.
+//! ## File life cycle (subtask `i`, file sequence number `s`)
+//! - Rows go to `.part-{i}-{s}.inprogress`, opened at the first batch after a roll.
+//! - At a checkpoint barrier ([`Operator::snapshot_state`] for checkpoint n) that file is
+//!   flushed, fsynced and renamed to `.part-{i}-{s}.pending` (an empty one is deleted), and
+//!   the next batch opens `s + 1`. The pending file is *pre-committed*: durable, invisible.
+//! - When checkpoint n completed everywhere ([`Operator::notify_checkpoint_complete`]) every
+//!   pending file of a checkpoint `<= n` is renamed to `part-{i}-{s}`: committed, and never
+//!   touched again.
+//! - At the end of bounded input (`finish()`) the in-progress and all pending files are
+//!   committed. A subtask that committed nothing commits an empty file, so a finished job's
+//!   directory holds at least one part file per subtask (one, `part-{i}-0`, without
+//!   checkpoints).
+//! - On a restore from checkpoint n, the pending files listed in the state (all of
+//!   checkpoints `<= n`, which completed) are committed if they are not already, and this
+//!   subtask's leftovers (in-progress files, and pending files not listed: rows written after
+//!   checkpoint n, which the replay produces again) are deleted. Numbering continues after
+//!   the highest sequence number of the subtask found in the directory. After scaling
+//!   down, the subtask that receives an old subtask's header also cleans that index.
+//! - A restart without a completed checkpoint (`restore_state(0, [])`) deletes every file of
+//!   the subtask, committed ones included: the replay writes its whole output again. A first
+//!   run deletes the subtask's uncommitted leftovers and numbers from 0, so a commit replaces
+//!   a same-named file of an earlier run.
+//!
+//! Readers (including Weir's own file source) skip names starting with '.' or '_', so they
+//! only ever see committed files.
+//!
+//! ## State elements
+//! Each element starts with the magic `WSK1` and a kind byte:
+//! - kind 0, one per subtask: parallelism (u32), index (u32), the number of pending-file
+//!   elements of this subtask (u32) and its next sequence number (u64). It tells a restored
+//!   subtask whether it received every pending file of its index, i.e. whether an unlisted
+//!   pending file of its index is garbage or listed at another subtask (after rescaling).
+//! - kind 1, one per pending file not yet committed: checkpoint id (u64) and the file name
+//!   (u64 length + UTF-8 bytes, `.part-{i}-{s}.pending`).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::{BufWriter, ErrorKind, Write};
+use std::path::{Path, PathBuf};
 use weir_core::graph::FileFormat;
 use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SubtaskInfo};
 
+use crate::state::{ElementReader, ElementWriter};
+
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+const STATE_MAGIC: &[u8; 4] = b"WSK1";
+const ELEMENT_HEADER: u8 = 0;
+const ELEMENT_PENDING: u8 = 1;
+
+/// The stage of a part file, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    InProgress,
+    Pending,
+    Committed,
+}
+
+fn part_name(stage: Stage, index: u32, seq: u64) -> String {
+    match stage {
+        Stage::InProgress => format!(".part-{index}-{seq}.inprogress"),
+        Stage::Pending => format!(".part-{index}-{seq}.pending"),
+        Stage::Committed => format!("part-{index}-{seq}"),
+    }
+}
+
+/// The stage, subtask index and sequence number of a part file name; None for any other
+/// name (including non-canonical spellings of the numbers).
+fn parse_part_name(name: &str) -> Option<(Stage, u32, u64)> {
+    let (stage, core) = match name.strip_prefix('.') {
+        Some(hidden) => match (hidden.strip_suffix(".pending"), hidden.strip_suffix(".inprogress")) {
+            (Some(core), _) => (Stage::Pending, core),
+            (None, Some(core)) => (Stage::InProgress, core),
+            (None, None) => return None,
+        },
+        None => (Stage::Committed, name),
+    };
+    let (index, seq) = core.strip_prefix("part-")?.split_once('-')?;
+    let parsed = (stage, index.parse().ok()?, seq.parse().ok()?);
+    (part_name(parsed.0, parsed.1, parsed.2) == name).then_some(parsed)
+}
+
+/// The file currently being written.
+struct InProgress {
+    seq: u64,
+    path: PathBuf,
+    writer: BufWriter<File>,
+    rows: u64,
+}
+
+/// A pre-committed file of this subtask, waiting for its checkpoint to complete.
+struct PendingFile {
+    checkpoint: u64,
+    seq: u64,
+}
 
 pub struct FileSink {
     dir: PathBuf,
-    inprogress: PathBuf,
-    committed: PathBuf,
+    index: u32,
+    parallelism: u32,
     format: FileFormat,
-    /// None once committed.
-    writer: Option<BufWriter<File>>,
+    /// Sequence number of the next in-progress file.
+    next_seq: u64,
+    current: Option<InProgress>,
+    /// Pre-committed files, oldest checkpoint first.
+    pending: Vec<PendingFile>,
+    /// Whether a committed file of this subtask belongs to this run's output (committed by
+    /// this instance, or found on restore).
+    has_output: bool,
+    /// Leftovers of earlier attempts handled (by the fresh-start cleanup or a restore).
+    prepared: bool,
+    /// `finish()` ran: everything is committed.
+    finished: bool,
 }
 
 impl FileSink {
     pub fn new(path: &str, format: FileFormat, info: &SubtaskInfo) -> OpResult<Self> {
         fs::create_dir_all(path).map_err(|e| OperatorError::io("file sink cannot create directory", path, e))?;
-        let dir = PathBuf::from(path);
-        let inprogress = dir.join(format!(".part-{}.inprogress", info.index));
-        let committed = dir.join(format!("part-{}", info.index));
-        // A stale in-progress file is left by an earlier attempt that never committed: its
-        // rows will be produced again, so start it over.
+        Ok(Self {
+            dir: PathBuf::from(path),
+            index: info.index,
+            parallelism: info.parallelism.max(1),
+            format,
+            next_seq: 0,
+            current: None,
+            pending: Vec::new(),
+            has_output: false,
+            prepared: false,
+            finished: false,
+        })
+    }
+
+    fn path_of(&self, stage: Stage, seq: u64) -> PathBuf {
+        self.dir.join(part_name(stage, self.index, seq))
+    }
+
+    /// The part files in the directory: (file name, stage, index, seq).
+    fn list_parts(&self) -> OpResult<Vec<(String, Stage, u32, u64)>> {
+        let dir = self.dir.display().to_string();
+        let entries = fs::read_dir(&self.dir).map_err(|e| OperatorError::io("file sink cannot list", dir.clone(), e))?;
+        let mut parts = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| OperatorError::io("file sink cannot list", dir.clone(), e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some((stage, index, seq)) = parse_part_name(name) {
+                parts.push((name.to_string(), stage, index, seq));
+            }
+        }
+        Ok(parts)
+    }
+
+    fn remove(&self, path: &Path) -> OpResult {
+        match fs::remove_file(path) {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), "file sink deleted an uncommitted file");
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(OperatorError::io("file sink cannot delete", path.display().to_string(), e)),
+        }
+    }
+
+    /// Before the first write of a run that is not restored from a checkpoint: what earlier
+    /// attempts left uncommitted will be produced again, so it goes. Numbering starts at 0
+    /// and a commit replaces a committed file of the same name (as a re-run always did).
+    fn prepare(&mut self) -> OpResult {
+        if self.prepared {
+            return Ok(());
+        }
+        for (name, stage, index, _) in self.list_parts()? {
+            if index == self.index && stage != Stage::Committed {
+                self.remove(&self.dir.join(name))?;
+            }
+        }
+        // The name used before part files had sequence numbers.
+        self.remove(&self.dir.join(format!(".part-{}.inprogress", self.index)))?;
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// A restart with no completed checkpoint (`restore_state(0, _)`): the replay produces
+    /// this subtask's whole output again, so everything its earlier attempts wrote goes,
+    /// committed files included (those of a subtask that finished before another failed).
+    fn start_over(&mut self, elements: usize) -> OpResult {
+        if elements > 0 {
+            tracing::warn!(index = self.index, elements, "file sink ignores state handed over without a checkpoint");
+        }
+        for (name, _, index, _) in self.list_parts()? {
+            if index == self.index {
+                self.remove(&self.dir.join(name))?;
+            }
+        }
+        self.remove(&self.dir.join(format!(".part-{}.inprogress", self.index)))?;
+        self.sync_dir();
+        self.next_seq = 0;
+        self.current = None;
+        self.pending.clear();
+        self.has_output = false;
+        self.prepared = true;
+        self.finished = false;
+        tracing::info!(index = self.index, "file sink starts over (no completed checkpoint)");
+        Ok(())
+    }
+
+    fn open_current(&mut self) -> OpResult<&mut InProgress> {
+        let seq = self.next_seq;
+        let path = self.path_of(Stage::InProgress, seq);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&inprogress)
-            .map_err(|e| OperatorError::io("file sink cannot create", inprogress.display().to_string(), e))?;
-        Ok(Self {
-            dir,
-            inprogress,
-            committed,
-            format,
-            writer: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
-        })
+            .open(&path)
+            .map_err(|e| OperatorError::io("file sink cannot create", path.display().to_string(), e))?;
+        self.next_seq += 1;
+        Ok(self.current.insert(InProgress {
+            seq,
+            path,
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            rows: 0,
+        }))
     }
 
-    fn io_err(&self, e: std::io::Error) -> OperatorError {
-        OperatorError::io("file sink cannot write", self.inprogress.display().to_string(), e)
+    /// Flushes and fsyncs the in-progress file and closes it: its sequence number and whether
+    /// it holds any row, or None when there is none.
+    fn close_current(&mut self) -> OpResult<Option<(u64, bool)>> {
+        let Some(current) = self.current.take() else { return Ok(None) };
+        let io_err = |e| OperatorError::io("file sink cannot write", current.path.display().to_string(), e);
+        let file = current.writer.into_inner().map_err(|e| io_err(e.into_error()))?;
+        file.sync_all().map_err(io_err)?;
+        Ok(Some((current.seq, current.rows > 0)))
     }
+
+    fn rename(&self, from: &Path, to: &Path) -> OpResult {
+        fs::rename(from, to).map_err(|e| OperatorError::io("file sink cannot commit", to.display().to_string(), e))
+    }
+
+    /// Renames a pending file to its committed name; fine if that already happened.
+    fn commit_pending(&self, pending_name: &str, committed_name: &str) -> OpResult {
+        let (from, to) = (self.dir.join(pending_name), self.dir.join(committed_name));
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                tracing::info!(path = %to.display(), "file sink committed a part file");
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound && to.exists() => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(OperatorError::Failed(format!(
+                "file sink cannot commit '{}': neither it nor the pending file '{}' exists",
+                to.display(),
+                from.display()
+            ))),
+            Err(e) => Err(OperatorError::io("file sink cannot commit", to.display().to_string(), e)),
+        }
+    }
+
+    /// Makes renames and deletions durable; not every platform lets a directory be fsynced,
+    /// and the data is already safe, so a failure here is only worth a warning.
+    fn sync_dir(&self) {
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "file sink could not fsync its directory");
+        }
+    }
+
+    /// Commits the pending files of checkpoints `<= upto`. On an error the files not
+    /// committed yet stay pending.
+    fn commit_pending_upto(&mut self, upto: u64) -> OpResult {
+        let mut committed = false;
+        let mut i = 0;
+        let result = loop {
+            let Some(file) = self.pending.get(i) else { break Ok(()) };
+            if file.checkpoint > upto {
+                i += 1;
+                continue;
+            }
+            let seq = file.seq;
+            let pending = part_name(Stage::Pending, self.index, seq);
+            if let Err(e) = self.commit_pending(&pending, &part_name(Stage::Committed, self.index, seq)) {
+                break Err(e);
+            }
+            self.pending.remove(i);
+            committed = true;
+            self.has_output = true;
+        };
+        if committed {
+            self.sync_dir();
+        }
+        result
+    }
+
+    fn state_elements(&self) -> Vec<Vec<u8>> {
+        let mut elements = Vec::with_capacity(1 + self.pending.len());
+        elements.push(
+            ElementWriter::new(STATE_MAGIC)
+                .u8(ELEMENT_HEADER)
+                .u32(self.parallelism)
+                .u32(self.index)
+                .u32(self.pending.len() as u32)
+                .u64(self.next_seq)
+                .finish(),
+        );
+        for file in &self.pending {
+            let name = part_name(Stage::Pending, self.index, file.seq);
+            elements.push(
+                ElementWriter::new(STATE_MAGIC)
+                    .u8(ELEMENT_PENDING)
+                    .u64(file.checkpoint)
+                    .bytes(name.as_bytes())
+                    .finish(),
+            );
+        }
+        elements
+    }
+}
+
+/// A decoded state element.
+enum SinkElement {
+    Header { parallelism: u32, index: u32, pending: u32 },
+    Pending { checkpoint: u64, name: String, index: u32, seq: u64 },
+}
+
+fn decode_element(element: &[u8]) -> OpResult<SinkElement> {
+    let mut r = ElementReader::new(element, STATE_MAGIC, "file sink")?;
+    let decoded = match r.u8()? {
+        ELEMENT_HEADER => {
+            let (parallelism, index, pending) = (r.u32()?, r.u32()?, r.u32()?);
+            let _next_seq = r.u64()?;
+            SinkElement::Header { parallelism, index, pending }
+        }
+        ELEMENT_PENDING => {
+            let checkpoint = r.u64()?;
+            let name = r.string()?;
+            match parse_part_name(&name) {
+                Some((Stage::Pending, index, seq)) => SinkElement::Pending { checkpoint, name, index, seq },
+                _ => {
+                    return Err(OperatorError::Failed(format!(
+                        "file sink cannot restore: '{name}' in its checkpoint state is not a pending part file name"
+                    )))
+                }
+            }
+        }
+        kind => {
+            return Err(OperatorError::Failed(format!(
+                "file sink cannot restore: unknown checkpoint state element kind {kind}"
+            )))
+        }
+    };
+    r.end()?;
+    Ok(decoded)
 }
 
 /// A column the sink can write, typed once per batch.
@@ -142,6 +443,12 @@ fn write_json<W: Write>(w: &mut W, keys: &[Vec<u8>], columns: &[Column<'_>], row
 
 impl Operator for FileSink {
     fn process_batch(&mut self, batch: RecordBatch, _out: &mut dyn Collector) -> OpResult {
+        if self.finished {
+            return Err(OperatorError::Failed(format!(
+                "file sink '{}' received a batch after it was committed",
+                self.path_of(Stage::Committed, self.next_seq.saturating_sub(1)).display()
+            )));
+        }
         let schema = batch.schema();
         let columns = batch
             .columns()
@@ -149,13 +456,14 @@ impl Operator for FileSink {
             .zip(schema.fields())
             .map(|(array, field)| Column::new(array.as_ref(), field.name(), &self.dir))
             .collect::<OpResult<Vec<_>>>()?;
-        let Some(writer) = self.writer.as_mut() else {
-            return Err(OperatorError::Failed(format!(
-                "file sink '{}' received a batch after it was committed",
-                self.committed.display()
-            )));
+        self.prepare()?;
+        let format = self.format;
+        let current = match self.current {
+            Some(ref mut current) => current,
+            None => self.open_current()?,
         };
-        let written = match self.format {
+        let writer = &mut current.writer;
+        let written = match format {
             FileFormat::Csv => write_csv(writer, &columns, batch.num_rows()),
             FileFormat::Json => {
                 // Encoded once per batch (a handful of small allocations, not per row).
@@ -172,23 +480,144 @@ impl Operator for FileSink {
                 keys.and_then(|keys| write_json(writer, &keys, &columns, batch.num_rows()))
             }
         };
-        written.map_err(|e| self.io_err(e))
+        current.rows += batch.num_rows() as u64;
+        written.map_err(|e| OperatorError::io("file sink cannot write", current.path.display().to_string(), e))
     }
 
     fn finish(&mut self, _out: &mut dyn Collector) -> OpResult {
-        let Some(writer) = self.writer.take() else { return Ok(()) };
-        let file = writer.into_inner().map_err(|e| self.io_err(e.into_error()))?;
-        file.sync_all().map_err(|e| self.io_err(e))?;
-        drop(file);
-        fs::rename(&self.inprogress, &self.committed).map_err(|e| {
-            OperatorError::io("file sink cannot commit", self.committed.display().to_string(), e)
-        })?;
-        // Make the rename itself durable; not every platform lets a directory be fsynced, and
-        // the data is already safe, so a failure here is only worth a warning.
-        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "file sink could not fsync its directory");
+        if self.finished {
+            return Ok(());
         }
-        tracing::info!(path = %self.committed.display(), "file sink committed its part file");
+        self.prepare()?;
+        if let Some((seq, has_rows)) = self.close_current()? {
+            let path = self.path_of(Stage::InProgress, seq);
+            if has_rows {
+                let committed = self.path_of(Stage::Committed, seq);
+                self.rename(&path, &committed)?;
+                tracing::info!(path = %committed.display(), "file sink committed a part file");
+                self.has_output = true;
+            } else {
+                self.remove(&path)?;
+            }
+        }
+        self.commit_pending_upto(u64::MAX)?;
+        if !self.has_output {
+            // No rows at all: still one (empty) committed file for this subtask.
+            self.open_current()?;
+            if let Some((seq, _)) = self.close_current()? {
+                self.rename(&self.path_of(Stage::InProgress, seq), &self.path_of(Stage::Committed, seq))?;
+                self.has_output = true;
+            }
+        }
+        self.sync_dir();
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Pre-commits the in-progress file for checkpoint `checkpoint` and returns every pending
+    /// file not committed yet, plus this subtask's header element.
+    fn snapshot_state(&mut self, checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        if !self.finished {
+            self.prepare()?;
+        }
+        if let Some((seq, has_rows)) = self.close_current()? {
+            let path = self.path_of(Stage::InProgress, seq);
+            if has_rows {
+                self.rename(&path, &self.path_of(Stage::Pending, seq))?;
+                self.pending.push(PendingFile { checkpoint, seq });
+            } else {
+                self.remove(&path)?;
+            }
+            // A pending file of a checkpoint that completes must survive a crash.
+            self.sync_dir();
+        }
+        Ok(Some(self.state_elements()))
+    }
+
+    fn notify_checkpoint_complete(&mut self, checkpoint: u64) -> OpResult {
+        self.commit_pending_upto(checkpoint)
+    }
+
+    fn restore_state(&mut self, checkpoint: u64, elements: Vec<Vec<u8>>) -> OpResult {
+        if checkpoint == 0 {
+            return self.start_over(elements.len());
+        }
+        let elements = elements.iter().map(|e| decode_element(e)).collect::<OpResult<Vec<_>>>()?;
+        // 1. Every listed pending file belongs to a checkpoint <= `checkpoint`, which
+        //    completed: commit it (whatever subtask index wrote it).
+        let mut listed = HashSet::new();
+        let mut listed_per_index: HashMap<u32, u64> = HashMap::new();
+        for element in &elements {
+            let SinkElement::Pending { checkpoint: cp, name, index, seq } = element else { continue };
+            if *cp > checkpoint {
+                tracing::warn!(file = %name, checkpoint = cp, restored = checkpoint, "file sink state lists a file of a later checkpoint; not committing it");
+                continue;
+            }
+            self.commit_pending(name, &part_name(Stage::Committed, *index, *seq))?;
+            listed.insert(name.clone());
+            *listed_per_index.entry(*index).or_default() += 1;
+        }
+        // 2. Which pending files are garbage. Each old subtask's header says how many pending
+        //    files it listed; if all of them were listed here, an unlisted pending file of that
+        //    index holds rows written after the checkpoint. After rescaling some may be listed
+        //    at another subtask, still to be committed there: those stay (with a warning).
+        let headers: HashMap<u32, (u32, u32)> = elements
+            .iter()
+            .filter_map(|e| match e {
+                SinkElement::Header { parallelism, index, pending } => Some((*index, (*parallelism, *pending))),
+                SinkElement::Pending { .. } => None,
+            })
+            .collect();
+        let complete = |k: u32| match headers.get(&k) {
+            Some(&(_, pending)) => u64::from(pending) == listed_per_index.get(&k).copied().unwrap_or(0),
+            // No subtask of the checkpoint had this index: none of its files was listed.
+            None => headers.values().any(|&(parallelism, _)| k >= parallelism),
+        };
+        // Leftovers this subtask cleans: its own index's, and those of an old subtask index no
+        // new subtask has (scaled down) whose header it received (exactly one subtask does).
+        let responsible = |k: u32| k == self.index || (k >= self.parallelism && headers.contains_key(&k));
+        // 3. Delete the leftovers and continue the numbering.
+        let mut highest = None;
+        let mut kept = 0;
+        for (name, stage, index, seq) in self.list_parts()? {
+            if index == self.index {
+                highest = highest.max(Some(seq));
+                if stage == Stage::Committed {
+                    self.has_output = true;
+                }
+            }
+            if !responsible(index) {
+                continue;
+            }
+            let delete = match stage {
+                Stage::InProgress => true,
+                Stage::Pending if listed.contains(&name) => false,
+                Stage::Pending if complete(index) => true,
+                Stage::Pending => {
+                    kept += 1;
+                    false
+                }
+                Stage::Committed => false,
+            };
+            if delete {
+                self.remove(&self.dir.join(&name))?;
+            }
+        }
+        if kept > 0 {
+            tracing::warn!(
+                index = self.index,
+                files = kept,
+                "file sink kept unlisted pending files that may be listed at another subtask (restored at another parallelism); they stay hidden"
+            );
+        }
+        self.remove(&self.dir.join(format!(".part-{}.inprogress", self.index)))?;
+        self.sync_dir();
+        self.next_seq = highest.map_or(0, |s: u64| s + 1);
+        self.current = None;
+        self.pending.clear();
+        self.prepared = true;
+        self.finished = false;
+        tracing::info!(index = self.index, checkpoint, next_seq = self.next_seq, "file sink restored");
         Ok(())
     }
 }
@@ -211,28 +640,70 @@ mod tests {
         RecordBatch::try_from_iter([("id", ids), ("text", texts)]).expect("batch")
     }
 
+    /// A one-column batch of the given ids (CSV lines are the ids).
+    fn ids(values: std::ops::Range<i64>) -> RecordBatch {
+        let ids: ArrayRef = Arc::new(Int64Array::from(values.collect::<Vec<_>>()));
+        RecordBatch::try_from_iter([("id", ids)]).expect("batch")
+    }
+
+    fn lines(values: std::ops::Range<i64>) -> String {
+        values.map(|v| format!("{v}\n")).collect()
+    }
+
+    /// The directory's file names, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn sink(dir: &Path, index: u32, parallelism: u32) -> FileSink {
+        FileSink::new(dir.to_str().expect("utf-8 path"), FileFormat::Csv, &info(index, parallelism)).expect("open")
+    }
+
+    #[test]
+    fn part_names_parse_only_canonical_spellings() {
+        assert_eq!(parse_part_name("part-3-17"), Some((Stage::Committed, 3, 17)));
+        assert_eq!(parse_part_name(".part-0-2.pending"), Some((Stage::Pending, 0, 2)));
+        assert_eq!(parse_part_name(".part-12-0.inprogress"), Some((Stage::InProgress, 12, 0)));
+        for other in ["part-1", ".part-1.inprogress", "part-01-2", "part-1-+2", "part-1-2.pending", ".part-1-2", "x"] {
+            assert_eq!(parse_part_name(other), None, "{other}");
+        }
+    }
+
     #[test]
     fn file_sink_csv_quotes_and_commits_on_finish() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("nested").join("out");
         let out_str = out.to_str().expect("utf-8 path");
-        // A stale in-progress file from an earlier attempt is started over.
+        // Uncommitted files of an earlier attempt (old and new naming) are started over;
+        // other subtasks' files are left alone.
         fs::create_dir_all(&out).expect("mkdir");
         fs::write(out.join(".part-1.inprogress"), "stale rows\n").expect("write");
+        fs::write(out.join(".part-1-0.inprogress"), "stale rows\n").expect("write");
+        fs::write(out.join(".part-1-4.pending"), "stale rows\n").expect("write");
+        fs::write(out.join(".part-0-0.pending"), "other subtask\n").expect("write");
 
         let mut sink = FileSink::new(out_str, FileFormat::Csv, &info(1, 2)).expect("open");
         sink.process_batch(rows(), &mut NoOutput).expect("write");
         sink.process_batch(rows().slice(0, 1), &mut NoOutput).expect("write");
-        assert!(out.join(".part-1.inprogress").exists());
-        assert!(!out.join("part-1").exists());
+        assert_eq!(names(&out), vec![".part-0-0.pending", ".part-1-0.inprogress"]);
 
         sink.finish(&mut NoOutput).expect("finish");
-        assert!(!out.join(".part-1.inprogress").exists());
-        let text = fs::read_to_string(out.join("part-1")).expect("committed file");
+        assert_eq!(names(&out), vec![".part-0-0.pending", "part-1-0"]);
+        let text = read(&out, "part-1-0");
         assert_eq!(text, "1,plain\n-22,\"a,b \"\"quoted\"\"\"\n,\"two\nlines\r\"\n4,\n1,plain\n");
         // A second finish is harmless; writing after commit is an error.
         sink.finish(&mut NoOutput).expect("finish again");
         assert!(sink.process_batch(rows(), &mut NoOutput).is_err());
+        assert_eq!(read(&out, "part-1-0"), text);
     }
 
     #[test]
@@ -242,7 +713,7 @@ mod tests {
         let mut sink = crate::file_sink(out.to_str().expect("utf-8 path"), FileFormat::Json, &info(0, 1)).expect("open");
         sink.process_batch(rows(), &mut NoOutput).expect("write");
         sink.finish(&mut NoOutput).expect("finish");
-        let text = fs::read_to_string(out.join("part-0")).expect("committed file");
+        let text = read(&out, "part-0-0");
         assert_eq!(
             text,
             concat!(
@@ -261,11 +732,250 @@ mod tests {
     #[test]
     fn file_sink_rejects_unsupported_column_types() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut sink = FileSink::new(dir.path().to_str().expect("utf-8 path"), FileFormat::Csv, &info(0, 1))
-            .expect("open");
+        let mut sink = sink(dir.path(), 0, 1);
         let floats: ArrayRef = Arc::new(Float64Array::from(vec![1.5]));
         let batch = RecordBatch::try_from_iter([("ratio", floats)]).expect("batch");
         let err = sink.process_batch(batch, &mut NoOutput).expect_err("float column").to_string();
         assert!(err.contains("'ratio'"), "{err}");
+    }
+
+    #[test]
+    fn file_sink_without_rows_commits_one_empty_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut quiet = sink(dir.path(), 2, 4);
+        quiet.finish(&mut NoOutput).expect("finish");
+        // Even with checkpoints that had nothing to pre-commit.
+        let mut checkpointed = sink(dir.path(), 3, 4);
+        checkpointed.snapshot_state(1).expect("snapshot");
+        checkpointed.process_batch(ids(0..0), &mut NoOutput).expect("empty batch");
+        checkpointed.snapshot_state(2).expect("snapshot");
+        checkpointed.notify_checkpoint_complete(2).expect("notify");
+        checkpointed.finish(&mut NoOutput).expect("finish");
+        assert_eq!(names(dir.path()), vec!["part-2-0", "part-3-1"]);
+        assert_eq!(read(dir.path(), "part-2-0"), "");
+        assert_eq!(read(dir.path(), "part-3-1"), "");
+    }
+
+    #[test]
+    fn file_sink_snapshot_pre_commits_and_notify_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = sink(dir.path(), 0, 1);
+        sink.process_batch(ids(0..10), &mut NoOutput).expect("write");
+        sink.process_batch(ids(10..20), &mut NoOutput).expect("write");
+        let state1 = sink.snapshot_state(1).expect("snapshot").expect("state");
+        // Pending, durable, not visible; nothing committed yet.
+        assert_eq!(names(dir.path()), vec![".part-0-0.pending"]);
+        assert_eq!(read(dir.path(), ".part-0-0.pending"), lines(0..20));
+        assert_eq!(state1.len(), 2, "a header and the one pending file");
+
+        // Checkpoint 2 is taken before 1 completes; a checkpoint with no rows pends nothing.
+        sink.process_batch(ids(20..30), &mut NoOutput).expect("write");
+        assert_eq!(names(dir.path()), vec![".part-0-0.pending", ".part-0-1.inprogress"]);
+        let state2 = sink.snapshot_state(2).expect("snapshot").expect("state");
+        assert_eq!(state2.len(), 3, "both pending files await their commit");
+        let state3 = sink.snapshot_state(3).expect("snapshot").expect("state");
+        assert_eq!(state3.len(), 3);
+        assert_eq!(names(dir.path()), vec![".part-0-0.pending", ".part-0-1.pending"]);
+
+        sink.notify_checkpoint_complete(1).expect("notify");
+        assert_eq!(names(dir.path()), vec![".part-0-1.pending", "part-0-0"]);
+        assert_eq!(read(dir.path(), "part-0-0"), lines(0..20));
+        assert_eq!(sink.snapshot_state(4).expect("snapshot").expect("state").len(), 2);
+        // A later notification covers every earlier checkpoint.
+        sink.notify_checkpoint_complete(4).expect("notify");
+        assert_eq!(names(dir.path()), vec!["part-0-0", "part-0-1"]);
+        assert_eq!(read(dir.path(), "part-0-1"), lines(20..30));
+        sink.notify_checkpoint_complete(4).expect("a repeated notification is harmless");
+    }
+
+    #[test]
+    fn file_sink_finish_commits_pending_and_in_progress_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = sink(dir.path(), 1, 2);
+        sink.process_batch(ids(0..5), &mut NoOutput).expect("write");
+        sink.snapshot_state(1).expect("snapshot");
+        sink.process_batch(ids(5..10), &mut NoOutput).expect("write");
+        sink.snapshot_state(2).expect("snapshot");
+        sink.notify_checkpoint_complete(1).expect("notify");
+        sink.process_batch(ids(10..15), &mut NoOutput).expect("write");
+        assert_eq!(names(dir.path()), vec![".part-1-1.pending", ".part-1-2.inprogress", "part-1-0"]);
+        sink.finish(&mut NoOutput).expect("finish");
+        assert_eq!(names(dir.path()), vec!["part-1-0", "part-1-1", "part-1-2"]);
+        let all: String = ["part-1-0", "part-1-1", "part-1-2"].iter().map(|n| read(dir.path(), n)).collect();
+        assert_eq!(all, lines(0..15));
+        // Nothing is pending any more.
+        assert_eq!(sink.snapshot_state(3).expect("snapshot").expect("state").len(), 1);
+    }
+
+    #[test]
+    fn file_sink_restore_after_crash_keeps_exactly_the_completed_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = sink(dir.path(), 0, 1);
+        first.process_batch(ids(0..10), &mut NoOutput).expect("write");
+        let state1 = first.snapshot_state(1).expect("snapshot").expect("state");
+        first.notify_checkpoint_complete(1).expect("notify");
+        // Output after checkpoint 1: pre-committed for checkpoint 2 (never completed), then
+        // in progress when the process dies.
+        first.process_batch(ids(10..20), &mut NoOutput).expect("write");
+        first.snapshot_state(2).expect("snapshot");
+        first.process_batch(ids(20..30), &mut NoOutput).expect("write");
+        drop(first); // a crash: no finish
+        assert_eq!(names(dir.path()), vec![".part-0-1.pending", ".part-0-2.inprogress", "part-0-0"]);
+
+        let mut restored = sink(dir.path(), 0, 1);
+        restored.restore_state(1, state1).expect("restore");
+        assert_eq!(names(dir.path()), vec!["part-0-0"]);
+        assert_eq!(read(dir.path(), "part-0-0"), lines(0..10));
+        // The replay writes the rows after checkpoint 1 again, under new names.
+        restored.process_batch(ids(10..30), &mut NoOutput).expect("write");
+        restored.finish(&mut NoOutput).expect("finish");
+        assert_eq!(names(dir.path()), vec!["part-0-0", "part-0-3"]);
+        assert_eq!(read(dir.path(), "part-0-3"), lines(10..30));
+    }
+
+    #[test]
+    fn file_sink_restore_commits_a_listed_pending_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut first = sink(dir.path(), 0, 1);
+        first.process_batch(ids(0..10), &mut NoOutput).expect("write");
+        let state1 = first.snapshot_state(1).expect("snapshot").expect("state");
+        first.process_batch(ids(10..20), &mut NoOutput).expect("write");
+        // Checkpoint 1 completed, but the process died before the notification arrived.
+        drop(first);
+        assert_eq!(names(dir.path()), vec![".part-0-0.pending", ".part-0-1.inprogress"]);
+
+        let mut restored = sink(dir.path(), 0, 1);
+        restored.restore_state(1, state1.clone()).expect("restore");
+        assert_eq!(names(dir.path()), vec!["part-0-0"]);
+        assert_eq!(read(dir.path(), "part-0-0"), lines(0..10));
+        // Restoring the same checkpoint again (the restored attempt failed too) is idempotent.
+        restored.process_batch(ids(10..15), &mut NoOutput).expect("write");
+        drop(restored);
+        let mut again = sink(dir.path(), 0, 1);
+        again.restore_state(1, state1.clone()).expect("restore again");
+        assert_eq!(names(dir.path()), vec!["part-0-0"]);
+        again.finish(&mut NoOutput).expect("finish");
+        // The restored run committed nothing new, but part-0-0 is its output: no empty file.
+        assert_eq!(names(dir.path()), vec!["part-0-0"]);
+
+        // A listed file that exists neither pending nor committed is lost output: an error.
+        fs::remove_file(dir.path().join("part-0-0")).expect("remove");
+        let err = sink(dir.path(), 0, 1).restore_state(1, state1).expect_err("missing file").to_string();
+        assert!(err.contains("part-0-0"), "{err}");
+    }
+
+    #[test]
+    fn file_sink_restart_without_a_completed_checkpoint_starts_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Attempt 0: subtask 0 took snapshots (none completed) and finished, committing two
+        // files; subtask 1 was still writing when the job failed.
+        let mut finished = sink(dir.path(), 0, 2);
+        finished.process_batch(ids(0..5), &mut NoOutput).expect("write");
+        finished.snapshot_state(1).expect("snapshot");
+        finished.process_batch(ids(5..10), &mut NoOutput).expect("write");
+        finished.finish(&mut NoOutput).expect("finish");
+        let mut failed = sink(dir.path(), 1, 2);
+        failed.process_batch(ids(100..105), &mut NoOutput).expect("write");
+        failed.snapshot_state(1).expect("snapshot");
+        failed.process_batch(ids(105..110), &mut NoOutput).expect("write");
+        drop(failed);
+        assert_eq!(names(dir.path()), vec![".part-1-0.pending", ".part-1-1.inprogress", "part-0-0", "part-0-1"]);
+
+        // Attempt 1 replays everything from the start.
+        let mut sinks: Vec<FileSink> = (0..2).map(|i| sink(dir.path(), i, 2)).collect();
+        for s in &mut sinks {
+            s.restore_state(0, Vec::new()).expect("start over");
+        }
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+        sinks[0].process_batch(ids(0..10), &mut NoOutput).expect("write");
+        sinks[1].process_batch(ids(100..110), &mut NoOutput).expect("write");
+        for s in &mut sinks {
+            s.finish(&mut NoOutput).expect("finish");
+        }
+        assert_eq!(names(dir.path()), vec!["part-0-0", "part-1-0"]);
+        assert_eq!(committed_lines(dir.path()), (0..10).chain(100..110).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn file_sink_restore_rejects_foreign_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = sink(dir.path(), 0, 1).restore_state(1, vec![b"WDG1....".to_vec()]).expect_err("bad").to_string();
+        assert!(err.contains("file sink cannot restore"), "{err}");
+        // A name that is not a pending part file (e.g. a path) is refused.
+        let element = ElementWriter::new(STATE_MAGIC).u8(ELEMENT_PENDING).u64(1).bytes(b"../etc/passwd").finish();
+        let err = sink(dir.path(), 0, 1).restore_state(1, vec![element]).expect_err("bad").to_string();
+        assert!(err.contains("not a pending part file name"), "{err}");
+    }
+
+    /// Two old subtasks of a job that dies after checkpoint 2 completed but before any
+    /// notification arrived: each leaves pending files of checkpoints 1 and 2 (listed in its
+    /// state of checkpoint 2, which is returned), one of checkpoint 3 (never completed) and an
+    /// in-progress file.
+    fn two_crashed_subtasks(dir: &Path) -> Vec<Vec<Vec<u8>>> {
+        let mut states = Vec::new();
+        for index in 0..2 {
+            let base = i64::from(index) * 1000;
+            let mut s = sink(dir, index, 2);
+            s.process_batch(ids(base..base + 10), &mut NoOutput).expect("write");
+            s.snapshot_state(1).expect("snapshot");
+            s.process_batch(ids(base + 10..base + 20), &mut NoOutput).expect("write");
+            states.push(s.snapshot_state(2).expect("snapshot").expect("state"));
+            s.process_batch(ids(base + 20..base + 30), &mut NoOutput).expect("write");
+            s.snapshot_state(3).expect("snapshot");
+            s.process_batch(ids(base + 30..base + 40), &mut NoOutput).expect("write");
+        }
+        states
+    }
+
+    fn deal(states: &[Vec<Vec<u8>>], parallelism: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut dealt = vec![Vec::new(); parallelism];
+        for (i, element) in states.iter().flatten().enumerate() {
+            dealt[i % parallelism].push(element.clone());
+        }
+        dealt
+    }
+
+    fn committed_lines(dir: &Path) -> Vec<i64> {
+        let mut all: Vec<i64> = names(dir)
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .flat_map(|n| read(dir, n).lines().map(|l| l.parse::<i64>().expect("id")).collect::<Vec<_>>())
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn file_sink_restore_at_lower_parallelism_commits_and_cleans_every_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let states = two_crashed_subtasks(dir.path());
+        let dealt = deal(&states, 1);
+        sink(dir.path(), 0, 1).restore_state(2, dealt[0].clone()).expect("restore");
+        assert_eq!(names(dir.path()), vec!["part-0-0", "part-0-1", "part-1-0", "part-1-1"]);
+        let expected: Vec<i64> = (0..20).chain(1000..1020).collect();
+        assert_eq!(committed_lines(dir.path()), expected);
+    }
+
+    #[test]
+    fn file_sink_restore_at_higher_parallelism_never_deletes_files_listed_elsewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let states = two_crashed_subtasks(dir.path());
+        // Elements [H0, P0a, P0b, H1, P1a, P1b] over 3: subtask 0 gets both headers but
+        // none of the pending files it would need to tell index 0's garbage apart.
+        let dealt = deal(&states, 3);
+        let mut sinks: Vec<FileSink> = (0..3).map(|i| sink(dir.path(), i, 3)).collect();
+        for (i, s) in sinks.iter_mut().enumerate() {
+            s.restore_state(2, dealt[i].clone()).expect("restore");
+        }
+        let expected: Vec<i64> = (0..20).chain(1000..1020).collect();
+        assert_eq!(committed_lines(dir.path()), expected);
+        assert!(!names(dir.path()).iter().any(|n| n.ends_with(".inprogress")), "{:?}", names(dir.path()));
+        // New files continue after the highest sequence number of each index.
+        for s in &mut sinks {
+            s.process_batch(ids(5000..5001), &mut NoOutput).expect("write");
+            s.finish(&mut NoOutput).expect("finish");
+        }
+        let committed: Vec<String> = names(dir.path()).into_iter().filter(|n| !n.starts_with('.')).collect();
+        assert_eq!(committed, vec!["part-0-0", "part-0-1", "part-0-4", "part-1-0", "part-1-1", "part-1-4", "part-2-0"]);
     }
 }

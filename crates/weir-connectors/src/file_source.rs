@@ -6,7 +6,11 @@
 //! skipping the line it starts inside of (its predecessor reads that one) and reading past its
 //! range end to finish its last line. So every line is read by exactly one subtask without
 //! any coordination between them.
+//!
+//! The reader is replayable: its checkpoint state is the file it is in (with the byte offset
+//! of the next line it has not emitted and its range end) and the files it has still to read.
 
+use crate::state::{rescale_error, ElementReader, ElementWriter};
 use crate::text::Utf8Column;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -22,6 +26,12 @@ const BATCH_LINES: usize = 4096;
 /// batches.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Magic of a file source state element: `WFS1`, the subtask's parallelism (u32) and index
+/// (u32); then 1 and the current file (path, offset of the next line not yet emitted, range
+/// end; u64s), or 0 when no file is open; then the number of files still to read (u64) and
+/// their paths. Paths are length-prefixed (u64) raw bytes.
+const STATE_MAGIC: &[u8; 4] = b"WFS1";
 
 /// The files under `path`: the path itself if it is a file, else the regular files directly
 /// inside the directory, sorted by name, without hidden (`.`) or marker (`_`) files — the
@@ -59,6 +69,8 @@ fn list_input_files(path: &str) -> OpResult<Vec<PathBuf>> {
 
 /// This subtask's byte range of one open file.
 struct Split {
+    file: PathBuf,
+    /// The path as text, for error messages.
     path: String,
     reader: BufReader<File>,
     /// Offset of the next unread byte (the first byte of the next line).
@@ -105,7 +117,17 @@ impl Split {
                 }
             }
         }
-        Ok(Some(Self { path: name, reader, pos, end }))
+        Ok(Some(Self { file: path.to_path_buf(), path: name, reader, pos, end }))
+    }
+
+    /// Reopens a split where a snapshot left it: `pos` is the first byte of the next line to
+    /// read, `end` the range end computed when the split was first opened.
+    fn resume(path: &Path, pos: u64, end: u64) -> OpResult<Self> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| OperatorError::io("file source cannot reopen", name.clone(), e))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        reader.seek(SeekFrom::Start(pos)).map_err(|e| OperatorError::io("file source cannot seek in", name.clone(), e))?;
+        Ok(Self { file: path.to_path_buf(), path: name, reader, pos, end })
     }
 
     /// Reads lines into `col` until it is full; true when the split is done.
@@ -179,6 +201,70 @@ impl SourceReader for FileReader {
         }
         let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(col.finish()?)])?;
         Ok(SourcePoll::Batch(batch))
+    }
+
+    /// One element. Each poll emits whole lines only and `Split::pos` advances per emitted
+    /// line (whatever the `BufReader` read ahead), so between two polls it is the offset of
+    /// the first line not emitted yet.
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        let mut w = ElementWriter::new(STATE_MAGIC).u32(self.parallelism).u32(self.index);
+        w = match &self.current {
+            Some(split) => w.u8(1).path(&split.file).u64(split.pos).u64(split.end),
+            None => w.u8(0),
+        };
+        let rest = &self.files[self.next_file.min(self.files.len())..];
+        w = w.u64(rest.len() as u64);
+        for path in rest {
+            w = w.path(path);
+        }
+        Ok(Some(vec![w.finish()]))
+    }
+
+    /// Resumes exactly where the snapshot was taken, with the checkpoint's file list (files
+    /// that appeared in the directory since the job first listed it are not read). Only the
+    /// subtask's own position at the same parallelism is accepted: byte ranges depend on the
+    /// parallelism.
+    fn restore_state(&mut self, elements: Vec<Vec<u8>>) -> OpResult {
+        let mut positions = Vec::with_capacity(elements.len());
+        for element in &elements {
+            let mut r = ElementReader::new(element, STATE_MAGIC, "file source")?;
+            let (parallelism, index) = (r.u32()?, r.u32()?);
+            let current = match r.u8()? {
+                0 => None,
+                _ => Some((r.path()?, r.u64()?, r.u64()?)),
+            };
+            let count = r.u64()?;
+            let mut rest = Vec::new();
+            for _ in 0..count {
+                rest.push(r.path()?);
+            }
+            r.end()?;
+            positions.push((parallelism, index, current, rest));
+        }
+        let now = self.parallelism;
+        let (current, rest) = match positions.pop() {
+            None => return Err(rescale_error("file source", &format!("at most {}", self.index), now)),
+            Some((p, ..)) if p != now => return Err(rescale_error("file source", &p.to_string(), now)),
+            Some((_, i, current, rest)) if i == self.index && positions.is_empty() => (current, rest),
+            Some((p, i, ..)) => {
+                let mut got: Vec<String> = positions.iter().map(|(p, i, ..)| format!("{i} of {p}")).collect();
+                got.push(format!("{i} of {p}"));
+                return Err(OperatorError::Failed(format!(
+                    "file source subtask {} of {} cannot restore from the positions of subtasks [{}]",
+                    self.index,
+                    self.parallelism,
+                    got.join(", ")
+                )));
+            }
+        };
+        self.current = match current {
+            Some((path, pos, end)) => Some(Split::resume(&path, pos, end)?),
+            None => None,
+        };
+        tracing::debug!(index = self.index, files = rest.len(), "file source restored its position");
+        self.files = rest;
+        self.next_file = 0;
+        Ok(())
     }
 }
 
@@ -296,5 +382,119 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(err.contains(missing), "{err}");
+    }
+
+    fn lines_of(poll: SourcePoll) -> Option<Vec<String>> {
+        match poll {
+            SourcePoll::Batch(b) => {
+                Some(b.column(0).as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()).collect())
+            }
+            SourcePoll::Idle(_) => panic!("the file source never idles"),
+            SourcePoll::End => None,
+        }
+    }
+
+    /// Reads `before` batches, snapshots, reads `lost` more (lost in a crash), restores a new
+    /// reader from the snapshot and drains it: the lines of the first and the last part.
+    fn interrupted_run(path: &str, index: u32, parallelism: u32, before: usize, lost: usize) -> Vec<String> {
+        let mut first = FileReader::new(path, &info(index, parallelism), line_schema()).expect("open");
+        let mut lines = Vec::new();
+        for _ in 0..before {
+            lines.extend(lines_of(first.poll_next().expect("poll")).unwrap_or_default());
+        }
+        let state = first.snapshot_state(7).expect("snapshot").expect("file source has state");
+        assert_eq!(state.len(), 1, "one element per subtask");
+        for _ in 0..lost {
+            first.poll_next().expect("poll");
+        }
+        drop(first);
+        let mut restored = FileReader::new(path, &info(index, parallelism), line_schema()).expect("open");
+        restored.restore_state(state).expect("restore");
+        while let Some(batch) = lines_of(restored.poll_next().expect("poll")) {
+            assert!(!batch.is_empty() && batch.len() <= BATCH_LINES);
+            lines.extend(batch);
+        }
+        assert!(lines_of(restored.poll_next().expect("poll")).is_none(), "stays ended");
+        lines
+    }
+
+    #[test]
+    fn file_reader_snapshot_restore_continues_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Several files: one with lines long enough that batches end on the byte limit, one
+        // with more lines than a batch holds, tiny and empty ones; every file's lines go on
+        // into the next batch, so snapshots fall in the middle of files.
+        let (_, big_text) = assorted("a", 3_000);
+        let many: String = (0..10_000).map(|i| format!("many {i}\n")).collect();
+        fs::write(dir.path().join("a.txt"), big_text).expect("write");
+        fs::write(dir.path().join("b.txt"), many).expect("write");
+        fs::write(dir.path().join("c.txt"), "x\r\ny\n\nz").expect("write");
+        fs::write(dir.path().join("d.txt"), "").expect("write");
+        let (_, small_text) = assorted("e", 50);
+        fs::write(dir.path().join("e.txt"), small_text).expect("write");
+        let path = dir.path().to_str().expect("utf-8 path");
+        for parallelism in [1, 2, 3] {
+            for index in 0..parallelism {
+                let uninterrupted = read_subtask(path, index, parallelism);
+                assert!(!uninterrupted.is_empty());
+                for (before, lost) in [(0, 0), (0, 1), (1, 0), (1, 2), (2, 1), (3, 3), (4, 1), (50, 1)] {
+                    assert_eq!(
+                        interrupted_run(path, index, parallelism, before, lost),
+                        uninterrupted,
+                        "subtask {index} of {parallelism}, snapshot after {before} polls"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn file_reader_restore_keeps_the_checkpointed_file_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let many: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        fs::write(dir.path().join("a.txt"), &many).expect("write");
+        fs::write(dir.path().join("b.txt"), &many).expect("write");
+        let path = dir.path().to_str().expect("utf-8 path");
+        let uninterrupted = read_subtask(path, 0, 1);
+        let mut first = FileReader::new(path, &info(0, 1), line_schema()).expect("open");
+        let mut lines = lines_of(first.poll_next().expect("poll")).expect("a batch");
+        let state = first.snapshot_state(1).expect("snapshot").expect("state");
+        // A file that appears after the job listed its input is not part of this run.
+        fs::write(dir.path().join("0-new.txt"), "new\n").expect("write");
+        let mut restored = FileReader::new(path, &info(0, 1), line_schema()).expect("open");
+        restored.restore_state(state).expect("restore");
+        while let Some(batch) = lines_of(restored.poll_next().expect("poll")) {
+            lines.extend(batch);
+        }
+        assert_eq!(lines, uninterrupted);
+    }
+
+    #[test]
+    fn file_reader_restore_at_another_parallelism_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let many: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        fs::write(dir.path().join("a.txt"), &many).expect("write");
+        let path = dir.path().to_str().expect("utf-8 path");
+        let snapshot = |index, parallelism| {
+            let mut reader = FileReader::new(path, &info(index, parallelism), line_schema()).expect("open");
+            reader.poll_next().expect("poll");
+            reader.snapshot_state(1).expect("snapshot").expect("state").remove(0)
+        };
+        let restore = |index, parallelism, elements: Vec<Vec<u8>>| {
+            let mut reader = FileReader::new(path, &info(index, parallelism), line_schema()).expect("open");
+            reader.restore_state(elements).expect_err("restore must fail").to_string()
+        };
+        let err = restore(1, 3, vec![snapshot(1, 2)]);
+        assert!(err.contains("file source cannot be restored at a different parallelism (was 2, now 3)"), "{err}");
+        let err = restore(2, 3, vec![]);
+        assert!(err.contains("file source cannot be restored at a different parallelism (was at most 2, now 3)"), "{err}");
+        let err = restore(0, 1, vec![snapshot(0, 2), snapshot(1, 2)]);
+        assert!(err.contains("file source cannot be restored at a different parallelism (was 2, now 1)"), "{err}");
+        let err = restore(1, 2, vec![snapshot(0, 2)]);
+        assert!(err.contains("subtasks [0 of 2]"), "{err}");
+        let mut corrupt = snapshot(0, 1);
+        corrupt.truncate(corrupt.len() - 3);
+        let err = restore(0, 1, vec![corrupt]);
+        assert!(err.contains("truncated or corrupt"), "{err}");
     }
 }

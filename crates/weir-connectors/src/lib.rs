@@ -9,6 +9,7 @@ mod file_sink;
 mod file_source;
 mod print;
 mod socket;
+mod state;
 mod text;
 
 use arrow_schema::SchemaRef;
@@ -43,8 +44,10 @@ pub fn print_sink(info: &SubtaskInfo) -> Box<dyn Operator> {
     Box::new(print::PrintSink::new(info))
 }
 
-/// The `file` sink: writes `part-{index}` (CSV or JSON lines) into the directory `path`,
-/// as a hidden `.part-{index}.inprogress` file until `finish()` commits it.
+/// The `file` sink: writes `part-{index}-{seq}` files (CSV or JSON lines) into the directory
+/// `path`. A file is hidden (`.part-{index}-{seq}.inprogress`, then `.pending` once a
+/// checkpoint pre-committed it) until its checkpoint completes or `finish()` commits it:
+/// exactly-once output with checkpoints, one `part-{index}-0` per subtask without.
 pub fn file_sink(path: &str, format: FileFormat, info: &SubtaskInfo) -> OpResult<Box<dyn Operator>> {
     Ok(Box::new(file_sink::FileSink::new(path, format, info)?))
 }

@@ -151,6 +151,16 @@ impl SourceReader for SocketReader {
             did_read = true;
         }
     }
+
+    /// What was read from the socket cannot be read again: no position to snapshot, and a
+    /// restarted job reconnects and goes on with whatever the peer sends then (at-most-once).
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        Ok(None)
+    }
+
+    fn is_replayable(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +228,14 @@ mod tests {
         };
         assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
         assert!(err.contains("cannot connect"), "{err}");
+    }
+
+    #[test]
+    fn socket_reader_is_not_replayable() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut reader = SocketReader::connect("127.0.0.1", port, line_schema()).expect("connect");
+        assert!(!reader.is_replayable());
+        assert!(reader.snapshot_state(1).expect("snapshot").is_none());
     }
 }

@@ -87,11 +87,25 @@ keys! {
     STATE_BACKEND = "state.backend.type", "hashmap", Enum(&["hashmap", "rocksdb"]),
         "Where keyed state lives: in memory (hashmap) or in RocksDB.";
     RESTART_STRATEGY = "restart-strategy.type", "none", Enum(&["none", "fixed-delay", "exponential-delay", "failure-rate"]),
-        "What to do when a job fails.";
+        "What to do when a job fails. Unset with checkpointing enabled means exponential-delay, as in Flink.";
     RESTART_ATTEMPTS = "restart-strategy.fixed-delay.attempts", "3", Int { min: 0 },
         "fixed-delay: restarts before the job fails for good.";
     RESTART_DELAY = "restart-strategy.fixed-delay.delay", "1s", Duration,
         "fixed-delay: pause before each restart.";
+    RESTART_EXP_INITIAL = "restart-strategy.exponential-delay.initial-backoff", "1s", Duration,
+        "exponential-delay: pause before the first restart.";
+    RESTART_EXP_MAX = "restart-strategy.exponential-delay.max-backoff", "1min", Duration,
+        "exponential-delay: longest pause between restarts.";
+    RESTART_EXP_MULTIPLIER = "restart-strategy.exponential-delay.backoff-multiplier", "2", Int { min: 1 },
+        "exponential-delay: factor applied to the pause after each restart.";
+    RESTART_EXP_RESET = "restart-strategy.exponential-delay.reset-backoff-threshold", "1h", Duration,
+        "exponential-delay: a job running this long without failure starts again from the initial backoff.";
+    RESTART_RATE_MAX = "restart-strategy.failure-rate.max-failures-per-interval", "1", Int { min: 1 },
+        "failure-rate: failures tolerated within one interval; one more fails the job.";
+    RESTART_RATE_INTERVAL = "restart-strategy.failure-rate.failure-rate-interval", "1min", Duration,
+        "failure-rate: the interval failures are counted over.";
+    RESTART_RATE_DELAY = "restart-strategy.failure-rate.delay", "1s", Duration,
+        "failure-rate: pause before each restart.";
     TASKMANAGER_SLOTS = "taskmanager.numberOfTaskSlots", "4", Int { min: 1 },
         "Slots a TaskManager offers; a slot runs one subtask of every operator of a job.";
     TASKMANAGER_HOST = "taskmanager.host", "127.0.0.1", Text,

@@ -33,12 +33,40 @@ pub trait Collector {
 }
 
 /// A transform or a sink: processes one batch at a time.
+///
+/// Checkpointing hooks: at a barrier the task calls [`Operator::snapshot_state`] on every
+/// operator of its chain (synchronously, between two batches); when the checkpoint completes
+/// everywhere, [`Operator::notify_checkpoint_complete`]; on a restore,
+/// [`Operator::restore_state`] before the first batch. Operator state is a list of opaque
+/// elements, redistributed round-robin when parallelism changes.
 pub trait Operator: Send {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult;
 
     /// End of input: emit what is buffered, commit what must be committed.
     fn finish(&mut self, _out: &mut dyn Collector) -> OpResult {
         Ok(())
+    }
+
+    /// Operator (non-keyed) state for checkpoint `checkpoint`, if the operator has any.
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        Ok(None)
+    }
+
+    /// State from the checkpoint the job restarts from (`checkpoint`), possibly gathered from
+    /// several old subtasks.
+    fn restore_state(&mut self, _checkpoint: u64, _elements: Vec<Vec<u8>>) -> OpResult {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint` completed on every task: a two-phase-commit sink commits now.
+    fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> OpResult {
+        Ok(())
+    }
+
+    /// Keyed state the runtime snapshots and restores for this operator (the runtime's keyed
+    /// operators return their state backend).
+    fn keyed_state(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
     }
 }
 
@@ -53,8 +81,29 @@ pub enum SourcePoll {
 }
 
 /// A source's reader for one subtask.
+///
+/// A replayable source snapshots its position at a barrier ([`SourceReader::snapshot_state`],
+/// taken between two polls, so it covers exactly the rows emitted before the barrier) and
+/// resumes from it on restore.
 pub trait SourceReader: Send {
     fn poll_next(&mut self) -> OpResult<SourcePoll>;
+
+    /// The reader's position, as operator state elements.
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        Ok(None)
+    }
+
+    /// Resumes from positions taken by [`SourceReader::snapshot_state`] (of any subtasks whose
+    /// elements were redistributed to this one).
+    fn restore_state(&mut self, _elements: Vec<Vec<u8>>) -> OpResult {
+        Ok(())
+    }
+
+    /// False for sources that cannot rewind (the socket source): checkpoints give them
+    /// at-most-once semantics.
+    fn is_replayable(&self) -> bool {
+        true
+    }
 }
 
 /// What a subtask knows about itself; handed to operators when they are built.

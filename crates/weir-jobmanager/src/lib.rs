@@ -7,6 +7,9 @@
 //! calls to TaskManagers are made after releasing it. A TaskManager silent for
 //! `heartbeat.timeout` is removed, and every job with a subtask on it fails naming it.
 
+mod checkpoint;
+mod coordinate;
+mod restart;
 mod scheduler;
 mod service;
 mod state;

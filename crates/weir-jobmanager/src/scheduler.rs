@@ -68,6 +68,7 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, job_id: String) {
                 job.slots = slots;
                 job.state = JobState::Running;
                 let graph_json = job.graph.to_json();
+                let restore = job.restore.as_ref().map(|r| serde_json::to_vec(r).expect("restore info serializes")).unwrap_or_default();
                 let config: HashMap<String, String> = job.config.explicit().clone().into_iter().collect();
                 let attempt = job.attempt;
                 let locations: Vec<SubtaskLocation> = locations
@@ -93,6 +94,7 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, job_id: String) {
                                 config: config.clone(),
                                 locations: locations.clone(),
                                 subtasks,
+                                restore: restore.clone(),
                             },
                         ))
                     })
@@ -108,7 +110,7 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, job_id: String) {
                     inner.tms.len()
                 );
                 drop(inner);
-                state.fail_job(&job_id, &reason);
+                state.fail_job(&job_id, None, &reason);
                 return;
             }
         }
@@ -120,7 +122,7 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, job_id: String) {
     });
     for result in futures_join_all(calls).await {
         if let Err(reason) = result {
-            state.fail_job(&job_id, &reason);
+            state.fail_job(&job_id, None, &reason);
             return;
         }
     }

@@ -12,7 +12,10 @@ use tonic::transport::{Channel, Endpoint};
 use weir_core::config::Config;
 use weir_core::graph::JobGraph;
 use weir_proto::task_manager_service_client::TaskManagerServiceClient;
+use weir_core::config::keys;
 use weir_proto::{CancelTasksRequest, JobState, JobStatus, PingRequest, TaskManagerInfo, TaskState, VertexStatus};
+use weir_state::metadata::RestoreInfo;
+use weir_state::CheckpointStorage;
 
 pub(crate) struct TaskManagerEntry {
     pub id: String,
@@ -32,6 +35,15 @@ pub(crate) struct TaskEntry {
 }
 
 pub(crate) struct Job {
+    pub coordinator: crate::checkpoint::Coordinator,
+    /// What the first attempt restores from (`weir run -s`).
+    pub initial_restore: Option<RestoreInfo>,
+    /// What the current attempt restores from.
+    pub restore: Option<RestoreInfo>,
+    pub restarts: u32,
+    pub failure_times: Vec<Instant>,
+    pub backoff: Option<Duration>,
+    pub running_since: Instant,
     pub id: String,
     pub name: String,
     pub graph: Arc<JobGraph>,
@@ -47,7 +59,7 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    fn is_terminal(&self) -> bool {
+    pub fn is_terminal(&self) -> bool {
         matches!(self.state, JobState::Finished | JobState::Failed | JobState::Canceled)
     }
 
@@ -77,6 +89,8 @@ impl Job {
             end_time_ms: self.end_ms,
             parallelism: self.graph.slots_needed(),
             vertices,
+            attempt: self.attempt,
+            restarts: self.restarts,
         }
     }
 }
@@ -160,9 +174,21 @@ impl JobManagerState {
         tms
     }
 
-    pub(crate) fn add_job(&self, name: String, graph: JobGraph, config: Config) -> String {
+    pub(crate) fn add_job(&self, name: String, graph: JobGraph, config: Config, restore: Option<RestoreInfo>) -> Result<String, String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let settings = crate::checkpoint::CheckpointSettings::from_config(&config);
+        let storage = match config.text(keys::CHECKPOINT_DIR) {
+            Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?),
+            None => None,
+        };
         let job = Job {
+            coordinator: crate::checkpoint::Coordinator::new(settings, storage),
+            initial_restore: restore.clone(),
+            restore,
+            restarts: 0,
+            failure_times: Vec::new(),
+            backoff: None,
+            running_since: Instant::now(),
             id: id.clone(),
             name,
             graph: Arc::new(graph),
@@ -178,7 +204,7 @@ impl JobManagerState {
         let mut inner = self.inner.lock();
         inner.jobs.insert(id.clone(), job);
         inner.job_order.push(id.clone());
-        id
+        Ok(id)
     }
 
     pub(crate) fn job_status(&self, id: &str) -> Option<JobStatus> {
@@ -216,6 +242,10 @@ impl JobManagerState {
         let all = |s: &[TaskState]| job.tasks.values().all(|t| s.contains(&t.state));
         match (job.state, state) {
             (JobState::Running, TaskState::TaskFailed) => Some((JobState::Failed, String::new())),
+            (JobState::Running, TaskState::TaskRunning) if all(&[TaskState::TaskRunning]) => {
+                job.running_since = Instant::now();
+                None
+            }
             (JobState::Running, TaskState::TaskFinished) if all(&[TaskState::TaskFinished]) => {
                 Self::end_job(&mut inner, job_id, JobState::Finished, "");
                 drop(inner);
@@ -242,6 +272,7 @@ impl JobManagerState {
         job.state = state;
         job.failure = failure.to_string();
         job.end_ms = now_ms();
+        job.coordinator.abort_all(&format!("job {}", state.as_str_name()));
         let slots = std::mem::take(&mut job.slots);
         let attempt = job.attempt;
         let mut cancels = Vec::new();
@@ -261,11 +292,80 @@ impl JobManagerState {
         cancels
     }
 
-    /// Fails a job (if it is not over yet) and cancels its remaining tasks.
-    pub(crate) fn fail_job(&self, job_id: &str, reason: &str) {
-        let cancels = Self::end_job(&mut self.inner.lock(), job_id, JobState::Failed, reason);
+    /// A job failed: it restarts from its latest completed checkpoint if its restart strategy
+    /// allows, and otherwise ends FAILED. Its remaining tasks are canceled either way.
+    /// `attempt`: the attempt the failure belongs to (a failure of an older attempt is moot).
+    pub(crate) fn fail_job(self: &Arc<Self>, job_id: &str, attempt: Option<u32>, reason: &str) {
+        let mut inner = self.inner.lock();
+        let delay = match inner.jobs.get_mut(job_id) {
+            Some(job) if attempt.is_some_and(|a| a != job.attempt) => return,
+            Some(job) if job.state == JobState::Running || job.state == JobState::Created => crate::restart::next_delay(job),
+            _ => return,
+        };
+        let cancels = match delay {
+            None => Self::end_job(&mut inner, job_id, JobState::Failed, reason),
+            Some(delay) => {
+                let cancels = Self::begin_restart(&mut inner, job_id, reason);
+                let state = self.clone();
+                let id = job_id.to_string();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    state.finish_restart(&id);
+                });
+                cancels
+            }
+        };
+        drop(inner);
         self.slots_changed.notify_waiters();
         spawn_cancels(cancels);
+    }
+
+    /// RESTARTING: the attempt's tasks are canceled and its slots freed.
+    fn begin_restart(inner: &mut Inner, job_id: &str, reason: &str) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
+        let Some(job) = inner.jobs.get_mut(job_id) else { return Vec::new() };
+        job.state = JobState::Restarting;
+        job.failure = reason.to_string();
+        job.restarts += 1;
+        job.coordinator.abort_all("job restarting");
+        let slots = std::mem::take(&mut job.slots);
+        let attempt = job.attempt;
+        tracing::warn!(job = job_id, restarts = job.restarts, "job failed, restarting: {reason}");
+        let mut cancels = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for tm in &slots {
+            if let Some(entry) = inner.tms.get_mut(tm) {
+                entry.used = entry.used.saturating_sub(1);
+                if seen.insert(tm.clone()) {
+                    cancels.push((entry.client.clone(), CancelTasksRequest { job_id: job_id.to_string(), attempt }));
+                }
+            }
+        }
+        cancels
+    }
+
+    /// After the restart delay: a new attempt, restoring the latest completed checkpoint.
+    fn finish_restart(self: &Arc<Self>, job_id: &str) {
+        {
+            let mut inner = self.inner.lock();
+            let Some(job) = inner.jobs.get_mut(job_id) else { return };
+            if job.state != JobState::Restarting {
+                return;
+            }
+            job.attempt += 1;
+            job.state = JobState::Created;
+            job.tasks.clear();
+            job.restore = match (job.coordinator.latest(), job.coordinator.storage.as_ref()) {
+                (Some(meta), Some(storage)) => Some(RestoreInfo { storage_url: storage.url().to_string(), metadata: meta.clone() }),
+                _ => job.initial_restore.clone(),
+            };
+            tracing::info!(
+                job = job_id,
+                attempt = job.attempt,
+                checkpoint = job.restore.as_ref().map(|r| r.metadata.checkpoint_id),
+                "redeploying"
+            );
+        }
+        tokio::spawn(crate::scheduler::schedule(self.clone(), job_id.to_string()));
     }
 
     /// Cancels a job on the user's request.
@@ -297,7 +397,7 @@ impl JobManagerState {
     }
 
     /// Removes a TaskManager and fails every unfinished job that has a subtask on it.
-    pub(crate) fn taskmanager_lost(&self, tm_id: &str, why: &str) {
+    pub(crate) fn taskmanager_lost(self: &Arc<Self>, tm_id: &str, why: &str) {
         let mut inner = self.inner.lock();
         let Some(tm) = inner.tms.remove(tm_id) else { return };
         tracing::warn!(taskmanager = tm_id, "TaskManager lost: {why}");
@@ -309,12 +409,18 @@ impl JobManagerState {
             .map(|j| j.id.clone())
             .collect();
         let mut cancels = Vec::new();
+        let mut failed = Vec::new();
         for job in affected {
-            let canceling = inner.jobs.get(&job).is_some_and(|j| j.state == JobState::Canceling);
-            let (state, why) = if canceling { (JobState::Canceled, "") } else { (JobState::Failed, reason.as_str()) };
-            cancels.extend(Self::end_job(&mut inner, &job, state, why));
+            if inner.jobs.get(&job).is_some_and(|j| j.state == JobState::Canceling) {
+                cancels.extend(Self::end_job(&mut inner, &job, JobState::Canceled, ""));
+            } else {
+                failed.push(job);
+            }
         }
         drop(inner);
+        for job in failed {
+            self.fail_job(&job, None, &reason);
+        }
         self.slots_changed.notify_waiters();
         spawn_cancels(cancels);
     }
@@ -322,7 +428,7 @@ impl JobManagerState {
     /// After a task failure: probes the job's TaskManagers, declares the unreachable ones lost
     /// (so the job fails naming the TaskManager that died, not the peer that noticed), then
     /// fails the job with the task's reason if it is still running.
-    pub(crate) async fn handle_task_failure(self: Arc<Self>, job_id: String, reason: String) {
+    pub(crate) async fn handle_task_failure(self: Arc<Self>, job_id: String, attempt: u32, reason: String) {
         let probes: Vec<_> = {
             let inner = self.inner.lock();
             let Some(job) = inner.jobs.get(&job_id) else { return };
@@ -337,7 +443,7 @@ impl JobManagerState {
                 Err(_) => self.taskmanager_lost(&tm, "unreachable (no answer within 3s)"),
             }
         }
-        self.fail_job(&job_id, &reason);
+        self.fail_job(&job_id, Some(attempt), &reason);
     }
 }
 

@@ -47,18 +47,56 @@ impl ChannelId {
 pub enum Event {
     /// The upstream subtask has emitted everything it ever will on this channel.
     EndOfPartition,
+    /// Checkpoint barrier `id`: everything before it on this channel belongs to checkpoint `id`.
+    Barrier(Barrier),
+    /// Checkpoint `id` was aborted upstream: stop aligning or collecting for it.
+    CancelCheckpoint(u64),
+}
+
+/// A checkpoint barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub id: u64,
+    /// Trigger time at the JobManager (ms since the epoch).
+    pub timestamp_ms: i64,
+    pub savepoint: bool,
 }
 
 impl Event {
     pub fn encode(&self) -> Bytes {
         match self {
             Event::EndOfPartition => Bytes::from_static(&[1]),
+            Event::Barrier(b) => {
+                let mut buf = BytesMut::with_capacity(18);
+                buf.put_u8(2);
+                buf.put_u64(b.id);
+                buf.put_i64(b.timestamp_ms);
+                buf.put_u8(b.savepoint as u8);
+                buf.freeze()
+            }
+            Event::CancelCheckpoint(id) => {
+                let mut buf = BytesMut::with_capacity(9);
+                buf.put_u8(3);
+                buf.put_u64(*id);
+                buf.freeze()
+            }
         }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        match bytes.first() {
+        let mut b = bytes;
+        let short = || "truncated event".to_string();
+        match b.first() {
             Some(1) => Ok(Event::EndOfPartition),
+            Some(2) if b.len() >= 18 => {
+                b.advance(1);
+                Ok(Event::Barrier(Barrier { id: b.get_u64(), timestamp_ms: b.get_i64(), savepoint: b.get_u8() != 0 }))
+            }
+            Some(3) if b.len() >= 9 => {
+                b.advance(1);
+                Ok(Event::CancelCheckpoint(b.get_u64()))
+            }
+            Some(2) | Some(3) => Err(short()),
             other => Err(format!("unknown event tag {other:?}")),
         }
     }
@@ -120,6 +158,13 @@ mod tests {
         id.encode(&mut buf);
         assert_eq!(buf.len(), ChannelId::ENCODED_LEN);
         assert_eq!(ChannelId::decode(&mut buf.freeze()), Some(id));
-        assert_eq!(Event::decode(&Event::EndOfPartition.encode()).unwrap(), Event::EndOfPartition);
+        for ev in [
+            Event::EndOfPartition,
+            Event::Barrier(Barrier { id: 42, timestamp_ms: 1_700_000_000_000, savepoint: true }),
+            Event::CancelCheckpoint(7),
+        ] {
+            assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);
+        }
+        assert!(Event::decode(&[2, 0]).is_err());
     }
 }

@@ -43,6 +43,7 @@ struct GateInner {
     ready: VecDeque<usize>,
     failure: Option<String>,
     ended: usize,
+    interrupted: bool,
 }
 
 /// What [`InputGate::poll`] returns.
@@ -55,6 +56,8 @@ pub enum GatePoll {
     Finished,
     /// The gate was failed (a connection was lost, the task is cancelled).
     Failed(String),
+    /// [`InputGate::interrupt`] was called: the task has a command to look at.
+    Interrupted,
 }
 
 pub struct InputGate {
@@ -78,6 +81,7 @@ impl InputGate {
                 ready: VecDeque::with_capacity(n),
                 failure: None,
                 ended: 0,
+                interrupted: false,
             }),
             data: Condvar::new(),
             space: Condvar::new(),
@@ -185,12 +189,22 @@ impl InputGate {
         self.space.notify_all();
     }
 
+    /// Wakes the task's next (or current) poll with [`GatePoll::Interrupted`].
+    pub fn interrupt(&self) {
+        self.inner.lock().interrupted = true;
+        self.data.notify_all();
+    }
+
     /// Takes the next item, waiting until `deadline` at the latest.
     pub fn poll(&self, deadline: Option<Instant>) -> GatePoll {
         let mut inner = self.inner.lock();
         loop {
             if let Some(f) = &inner.failure {
                 return GatePoll::Failed(f.clone());
+            }
+            if inner.interrupted {
+                inner.interrupted = false;
+                return GatePoll::Interrupted;
             }
             if let Some(ch) = inner.ready.pop_front() {
                 let q = &mut inner.channels[ch];
@@ -225,10 +239,12 @@ impl InputGate {
             match deadline {
                 None => self.data.wait(&mut inner),
                 Some(d) => {
-                    if Instant::now() >= d || self.data.wait_until(&mut inner, d).timed_out() {
-                        if inner.ready.is_empty() && inner.failure.is_none() {
-                            return GatePoll::Timeout;
-                        }
+                    if (Instant::now() >= d || self.data.wait_until(&mut inner, d).timed_out())
+                        && inner.ready.is_empty()
+                        && inner.failure.is_none()
+                        && !inner.interrupted
+                    {
+                        return GatePoll::Timeout;
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! between TaskManagers), the built-in operators, and the task loop that runs an operator
 //! chain for one subtask. See `docs/architecture.md` for the path of a record through it.
 
+pub mod barrier;
 pub mod buffer;
 pub mod gate;
 pub mod net;

@@ -188,13 +188,20 @@ impl Operator for KeyedAggregate {
         let result = Int64Array::from(std::mem::take(&mut self.scratch));
         out.collect(RecordBatch::try_new(self.schema.clone(), vec![key_col, Arc::new(result)])?)
     }
+
+    fn keyed_state(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(&mut self.state)
+    }
 }
 
 /// A vertex's operators, ready to run: an optional source reader at the head, then the
 /// chain of operators a batch passes through in order.
 pub struct OperatorChain {
     pub source: Option<Box<dyn SourceReader>>,
+    pub source_uid: Option<String>,
     pub operators: Vec<Box<dyn Operator>>,
+    /// The uid of each operator, in chain order.
+    pub uids: Vec<String>,
 }
 
 /// Where keyed operators keep their state.
@@ -215,10 +222,17 @@ impl Default for StateConfig {
 /// rows arriving from upstream (empty for a source vertex).
 pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef, state: &StateConfig) -> OpResult<OperatorChain> {
     let mut source = None;
+    let mut source_uid = None;
     let mut operators: Vec<Box<dyn Operator>> = Vec::new();
+    let mut uids = Vec::new();
     let mut schema = input_schema;
     for op in &vertex.operators {
         let out_schema = op.output_schema.clone();
+        if op.spec.is_source() {
+            source_uid = Some(op.uid.clone());
+        } else {
+            uids.push(op.uid.clone());
+        }
         match &op.spec {
             OperatorSpec::DatagenSource(d) => source = Some(weir_connectors::datagen_reader(d, info, out_schema.clone())),
             OperatorSpec::SocketSource { host, port } => {
@@ -267,7 +281,7 @@ pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef,
         }
         schema = out_schema;
     }
-    Ok(OperatorChain { source, operators })
+    Ok(OperatorChain { source, source_uid, operators, uids })
 }
 
 /// Pushes a batch through `ops`, then into `out`.

@@ -179,6 +179,26 @@ impl ResultPartition {
         Ok(())
     }
 
+    /// Flushes every partly filled buffer (before a barrier, so it stays behind the rows).
+    pub fn flush_all(&mut self) -> OpResult {
+        for edge in &mut self.edges {
+            for ch in 0..edge.channels.len() {
+                flush(edge, ch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an event on every channel, behind everything already sent.
+    pub fn broadcast_event(&mut self, event: Event) -> OpResult {
+        for edge in &mut self.edges {
+            for ch in &edge.channels {
+                ch.push(Item::Event(event.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes everything, then sends end of partition on every channel.
     pub fn finish(&mut self) -> OpResult {
         for edge in &mut self.edges {

@@ -1,20 +1,34 @@
 //! A running subtask: one dedicated thread that pulls from its source (or its input gate),
 //! pushes each batch through its operator chain, and hands the result to its
-//! [`ResultPartition`]. Between batches it flushes output buffers whose timeout passed and
-//! notices cancellation. It reports RUNNING, then exactly one of FINISHED, FAILED or
+//! [`ResultPartition`]. Between batches it flushes output buffers whose timeout passed, takes
+//! commands (checkpoint triggers for sources, checkpoint completion and aborts for everyone)
+//! and notices cancellation. It reports RUNNING, then exactly one of FINISHED, FAILED or
 //! CANCELED.
+//!
+//! Checkpoints: a source task snapshots when the JobManager's trigger reaches it; any other
+//! task when its [`BarrierHandler`] says the barrier is aligned. The snapshot is synchronous
+//! (operator state, the source position, the keyed state's copy or RocksDB checkpoint), then the
+//! barrier goes downstream behind every row emitted before it, then the files are uploaded on
+//! the TaskManager's async runtime while the task goes on, and the task acknowledges.
 
-use crate::buffer::{decode_batch, Event, Item};
+use crate::barrier::{Action, BarrierHandler, CheckpointingMode, Input};
+use crate::buffer::{decode_batch, Barrier, Event, Item};
 use crate::gate::{GatePoll, InputGate};
 use crate::operators::{build_chain, finish_chain, push_through, OperatorChain, StateConfig};
 use crate::partition::ResultPartition;
 use arrow_schema::SchemaRef;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weir_core::graph::Vertex;
 use weir_core::operator::{Collector, OpResult, OperatorError, SourcePoll, SubtaskInfo};
+use weir_core::KeyGroupRange;
+use weir_state::metadata::{CheckpointMetadata, SubtaskState};
+use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
@@ -34,6 +48,45 @@ pub struct TaskEvent {
     pub records_out: u64,
 }
 
+/// Commands from the TaskManager to a running task.
+#[derive(Debug, Clone)]
+pub enum TaskCommand {
+    /// Sources only: take checkpoint `barrier.id` now and emit its barrier.
+    TriggerCheckpoint(Barrier),
+    NotifyCheckpointComplete(u64),
+    AbortCheckpoint(u64),
+}
+
+/// The result of one subtask's part of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointAck {
+    pub vertex: u32,
+    pub subtask: u32,
+    pub checkpoint: u64,
+    /// Ok: the state of each operator uid of the chain; Err: why it was declined.
+    pub result: Result<Vec<(String, SubtaskState)>, String>,
+    pub alignment: Duration,
+    pub size: u64,
+}
+
+/// How this job checkpoints.
+#[derive(Clone)]
+pub struct CheckpointSettings {
+    pub mode: CheckpointingMode,
+    pub storage: CheckpointStorage,
+    pub incremental: bool,
+    pub runtime: tokio::runtime::Handle,
+    pub report: Arc<dyn Fn(CheckpointAck) + Send + Sync>,
+}
+
+/// The checkpoint a restarted job resumes from.
+#[derive(Clone)]
+pub struct RestoreSettings {
+    pub metadata: Arc<CheckpointMetadata>,
+    pub storage: CheckpointStorage,
+    pub runtime: tokio::runtime::Handle,
+}
+
 /// Everything a task needs to run, built by the TaskManager.
 pub struct TaskDescriptor {
     pub info: SubtaskInfo,
@@ -42,11 +95,15 @@ pub struct TaskDescriptor {
     pub gate: Option<Arc<InputGate>>,
     pub partition: ResultPartition,
     pub state: StateConfig,
+    pub checkpointing: Option<CheckpointSettings>,
+    pub restore: Option<RestoreSettings>,
 }
 
 pub struct Task {
     cancelled: Arc<AtomicBool>,
     gate: Option<Arc<InputGate>>,
+    commands: Mutex<Sender<TaskCommand>>,
+    is_source: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -55,10 +112,24 @@ impl Task {
     pub fn spawn(desc: TaskDescriptor, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) -> std::io::Result<Task> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let gate = desc.gate.clone();
+        let is_source = desc.vertex.operators.first().is_some_and(|o| o.spec.is_source());
+        let (tx, rx) = std::sync::mpsc::channel();
         let c = cancelled.clone();
         let name = format!("{} ({}/{})", desc.vertex.name, desc.info.index + 1, desc.info.parallelism);
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(desc, c, report))?;
-        Ok(Task { cancelled, gate, thread: Some(thread) })
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(desc, c, rx, report))?;
+        Ok(Task { cancelled, gate, commands: Mutex::new(tx), is_source, thread: Some(thread) })
+    }
+
+    pub fn is_source(&self) -> bool {
+        self.is_source
+    }
+
+    /// Hands the task a command; it acts on it between two batches.
+    pub fn command(&self, cmd: TaskCommand) {
+        let _ = self.commands.lock().send(cmd);
+        if let Some(g) = &self.gate {
+            g.interrupt();
+        }
     }
 
     /// Asks the task to stop; it reports CANCELED unless it already ended.
@@ -81,12 +152,35 @@ impl Task {
     }
 }
 
-fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) {
+fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<TaskCommand>, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) {
     let (vertex, subtask) = (desc.info.vertex, desc.info.index);
     let event = |state, records_in, records_out| TaskEvent { vertex, subtask, state, records_in, records_out };
     report(event(TaskState::Running, 0, 0));
-    let mut runner = Runner { partition: desc.partition, records_in: 0, cancelled: cancelled.clone() };
+    let channels = desc.gate.as_ref().map_or(0, |g| g.num_channels());
+    let mode = desc.checkpointing.as_ref().map_or(CheckpointingMode::ExactlyOnce, |c| c.mode);
+    let mut runner = Runner {
+        info: desc.info.clone(),
+        partition: desc.partition,
+        records_in: 0,
+        cancelled: cancelled.clone(),
+        commands,
+        checkpointing: desc.checkpointing,
+        barriers: BarrierHandler::new(mode, channels),
+        uploaded: Arc::new(Mutex::new(BTreeMap::new())),
+    };
     let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state)
+        .and_then(|mut chain| {
+            if let Some(r) = &desc.restore {
+                restore(&mut chain, &desc.info, &desc.state, r)?;
+            } else if desc.info.attempt > 0 {
+                // A restart with no completed checkpoint: operators drop what the failed
+                // attempt left behind (a transactional sink's uncommitted files).
+                for op in chain.operators.iter_mut() {
+                    op.restore_state(0, Vec::new())?;
+                }
+            }
+            Ok(chain)
+        })
         .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
     let state = match result {
         Ok(()) if cancelled.load(Ordering::SeqCst) => TaskState::Canceled,
@@ -104,10 +198,63 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, report: Arc<dyn Fn(Task
     report(event(state, runner.records_in, runner.partition.records_out));
 }
 
+/// Restores every operator of the chain that has state in the checkpoint: keyed state for its
+/// key-group range (from every old subtask whose range overlaps), operator state dealt
+/// round-robin over the new subtasks.
+fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r: &RestoreSettings) -> OpResult {
+    let fail = |e: weir_state::StateError| OperatorError::Failed(format!("restoring checkpoint {}: {e}", r.metadata.checkpoint_id));
+    let n = r.metadata.checkpoint_id;
+    let operator_elements = |uid: &str| -> OpResult<Option<Vec<Vec<u8>>>> {
+        let Some(op) = r.metadata.operators.iter().find(|o| o.uid == uid) else { return Ok(None) };
+        let mut all = Vec::new();
+        for s in &op.subtasks {
+            if let Some(f) = &s.operator {
+                all.push(r.runtime.block_on(weir_state::operator_state::read_list(&r.storage, f)).map_err(fail)?);
+            }
+        }
+        let mut mine = weir_state::operator_state::redistribute_round_robin(all, info.parallelism as usize);
+        Ok(Some(std::mem::take(&mut mine[info.index as usize])))
+    };
+    if let (Some(src), Some(uid)) = (chain.source.as_mut(), chain.source_uid.as_deref()) {
+        if let Some(elements) = operator_elements(uid)? {
+            src.restore_state(elements)?;
+        }
+    }
+    for (op, uid) in chain.operators.iter_mut().zip(&chain.uids) {
+        let elements = operator_elements(uid)?.unwrap_or_default();
+        op.restore_state(n, elements)?;
+        let handles: Vec<KeyedStateHandle> = r
+            .metadata
+            .operators
+            .iter()
+            .filter(|o| &o.uid == uid)
+            .flat_map(|o| o.subtasks.iter().flat_map(|s| s.keyed.iter().cloned()))
+            .collect();
+        if handles.is_empty() {
+            continue;
+        }
+        if let Some(backend) = op.keyed_state().and_then(|a| a.downcast_mut::<StateBackend>()) {
+            let range = KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.index);
+            let restored = r
+                .runtime
+                .block_on(StateBackend::restore(state.backend, &state.local_dir, info.max_parallelism, range, &r.storage, &handles))
+                .map_err(fail)?;
+            *backend = restored;
+        }
+    }
+    Ok(())
+}
+
 struct Runner {
+    info: SubtaskInfo,
     partition: ResultPartition,
     records_in: u64,
     cancelled: Arc<AtomicBool>,
+    commands: Receiver<TaskCommand>,
+    checkpointing: Option<CheckpointSettings>,
+    barriers: BarrierHandler,
+    /// Keyed handles uploaded per checkpoint, so RocksDB can reuse their files once complete.
+    uploaded: Arc<Mutex<BTreeMap<u64, Vec<(String, KeyedStateHandle)>>>>,
 }
 
 /// Terminal collector of a chain: output goes to the partition (or nowhere, for a sink).
@@ -121,48 +268,19 @@ impl Collector for Output<'_> {
 
 impl Runner {
     fn run(&mut self, mut chain: OperatorChain, gate: Option<&InputGate>) -> OpResult {
+        if self.checkpointing.is_some() && chain.source.as_ref().is_some_and(|s| !s.is_replayable()) {
+            tracing::warn!(task = %self.info.vertex_name, "this source cannot rewind: after a failure its rows are not replayed (at-most-once)");
+        }
         match chain.source.take() {
-            Some(mut source) => loop {
-                if self.cancelled.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                match source.poll_next()? {
-                    SourcePoll::Batch(b) => {
-                        self.records_in += b.num_rows() as u64;
-                        push_through(&mut chain.operators, b, &mut Output(&mut self.partition))?;
-                        self.partition.flush_due(Instant::now())?;
-                    }
-                    SourcePoll::Idle(wait) => {
-                        self.partition.flush_due(Instant::now())?;
-                        let wait = match self.partition.next_flush() {
-                            Some(t) => wait.min(t.saturating_duration_since(Instant::now())),
-                            None => wait,
-                        };
-                        std::thread::sleep(wait.min(Duration::from_millis(100)));
-                    }
-                    SourcePoll::End => break,
-                }
-            },
+            Some(mut source) => {
+                let result = self.run_source(&mut chain, source.as_mut());
+                chain.source = Some(source);
+                result?;
+            }
             None => {
                 let gate = gate.ok_or_else(|| OperatorError::Failed("a task without a source has no input".into()))?;
-                loop {
-                    match gate.poll(self.partition.next_flush()) {
-                        GatePoll::Item(_, Item::Buffer(b)) => self.process(&mut chain, b)?,
-                        GatePoll::Item(ch, Item::Encoded(bytes)) => {
-                            let b = decode_batch(&bytes)
-                                .map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
-                            self.process(&mut chain, b)?
-                        }
-                        GatePoll::Item(_, Item::Event(Event::EndOfPartition)) => {}
-                        GatePoll::Timeout => self.partition.flush_due(Instant::now())?,
-                        GatePoll::Finished => break,
-                        GatePoll::Failed(reason) => {
-                            if self.cancelled.load(Ordering::SeqCst) {
-                                return Ok(());
-                            }
-                            return Err(OperatorError::Failed(reason));
-                        }
-                    }
+                if !self.run_gate(&mut chain, gate)? {
+                    return Ok(());
                 }
             }
         }
@@ -170,9 +288,222 @@ impl Runner {
         self.partition.finish()
     }
 
+    fn run_source(&mut self, chain: &mut OperatorChain, source: &mut dyn weir_core::operator::SourceReader) -> OpResult {
+        loop {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                match cmd {
+                    TaskCommand::TriggerCheckpoint(b) => self.checkpoint(chain, Some(source), b, Duration::ZERO)?,
+                    other => self.command(chain, other)?,
+                }
+            }
+            match source.poll_next()? {
+                SourcePoll::Batch(b) => {
+                    self.records_in += b.num_rows() as u64;
+                    push_through(&mut chain.operators, b, &mut Output(&mut self.partition))?;
+                    self.partition.flush_due(Instant::now())?;
+                }
+                SourcePoll::Idle(wait) => {
+                    self.partition.flush_due(Instant::now())?;
+                    let wait = match self.partition.next_flush() {
+                        Some(t) => wait.min(t.saturating_duration_since(Instant::now())),
+                        None => wait,
+                    };
+                    std::thread::sleep(wait.min(Duration::from_millis(20)));
+                }
+                SourcePoll::End => return Ok(()),
+            }
+        }
+    }
+
+    /// Returns false when the task was cancelled.
+    fn run_gate(&mut self, chain: &mut OperatorChain, gate: &InputGate) -> OpResult<bool> {
+        loop {
+            match gate.poll(self.partition.next_flush()) {
+                GatePoll::Item(_, Item::Buffer(b)) => self.process(chain, b)?,
+                GatePoll::Item(ch, Item::Encoded(bytes)) => {
+                    let b = decode_batch(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
+                    self.process(chain, b)?
+                }
+                GatePoll::Item(channel, Item::Event(Event::EndOfPartition)) => {
+                    self.barrier_input(chain, gate, Input::EndOfPartition { channel })?
+                }
+                GatePoll::Item(channel, Item::Event(Event::Barrier(barrier))) => {
+                    self.barrier_input(chain, gate, Input::Barrier { channel, barrier })?
+                }
+                GatePoll::Item(channel, Item::Event(Event::CancelCheckpoint(id))) => {
+                    self.barrier_input(chain, gate, Input::Cancel { channel, id })?
+                }
+                GatePoll::Timeout => self.partition.flush_due(Instant::now())?,
+                GatePoll::Interrupted => {
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        self.command(chain, cmd)?;
+                    }
+                }
+                GatePoll::Finished => return Ok(true),
+                GatePoll::Failed(reason) => {
+                    if self.cancelled.load(Ordering::SeqCst) {
+                        return Ok(false);
+                    }
+                    return Err(OperatorError::Failed(reason));
+                }
+            }
+        }
+    }
+
+    fn barrier_input(&mut self, chain: &mut OperatorChain, gate: &InputGate, input: Input) -> OpResult {
+        for action in self.barriers.handle(input, Instant::now()) {
+            match action {
+                Action::Block(c) => gate.set_blocked(c, true),
+                Action::Unblock(c) => gate.set_blocked(c, false),
+                Action::Snapshot { barrier, alignment } => self.checkpoint(chain, None, barrier, alignment)?,
+                Action::Abort { id, reason } => {
+                    tracing::debug!(task = %self.info.vertex_name, checkpoint = id, "aborting: {reason}");
+                    self.partition.broadcast_event(Event::CancelCheckpoint(id))?;
+                    self.decline(id, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, chain: &mut OperatorChain, cmd: TaskCommand) -> OpResult {
+        match cmd {
+            TaskCommand::TriggerCheckpoint(_) => Ok(()), // only sources are triggered
+            TaskCommand::NotifyCheckpointComplete(n) => {
+                let done: Vec<(u64, Vec<(String, KeyedStateHandle)>)> = {
+                    let mut up = self.uploaded.lock();
+                    let keep = up.split_off(&(n + 1));
+                    std::mem::replace(&mut *up, keep).into_iter().collect()
+                };
+                for (op, uid) in chain.operators.iter_mut().zip(&chain.uids) {
+                    if let Some(backend) = op.keyed_state().and_then(|a| a.downcast_mut::<StateBackend>()) {
+                        for (id, handles) in &done {
+                            for (_, h) in handles.iter().filter(|(u, _)| u == uid) {
+                                backend.snapshot_uploaded(*id, h);
+                            }
+                        }
+                        backend.notify_checkpoint_complete(n);
+                    }
+                    op.notify_checkpoint_complete(n)?;
+                }
+                Ok(())
+            }
+            TaskCommand::AbortCheckpoint(id) => {
+                if chain.source.is_some() || self.barriers.pending().is_empty() {
+                    self.partition.broadcast_event(Event::CancelCheckpoint(id))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn decline(&self, id: u64, reason: String) {
+        if let Some(c) = &self.checkpointing {
+            (c.report)(CheckpointAck {
+                vertex: self.info.vertex,
+                subtask: self.info.index,
+                checkpoint: id,
+                result: Err(reason),
+                alignment: Duration::ZERO,
+                size: 0,
+            });
+        }
+    }
+
+    /// Takes this task's part of checkpoint `barrier.id`.
+    fn checkpoint(
+        &mut self,
+        chain: &mut OperatorChain,
+        source: Option<&mut dyn weir_core::operator::SourceReader>,
+        barrier: Barrier,
+        alignment: Duration,
+    ) -> OpResult {
+        let Some(settings) = self.checkpointing.clone() else {
+            // Checkpointing is off for this job: pass the barrier on untouched.
+            return self.partition.broadcast_event(Event::Barrier(barrier));
+        };
+        let n = barrier.id;
+        // Rows emitted before the barrier leave before it.
+        self.partition.flush_all()?;
+        let mut operator_states: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        let mut keyed: Vec<(String, PendingSnapshot)> = Vec::new();
+        let mut uids: Vec<String> = Vec::new();
+        if let (Some(src), Some(uid)) = (source, chain.source_uid.clone()) {
+            if let Some(elements) = src.snapshot_state(n)? {
+                operator_states.push((uid.clone(), elements));
+            }
+            uids.push(uid);
+        }
+        for (op, uid) in chain.operators.iter_mut().zip(&chain.uids) {
+            uids.push(uid.clone());
+            if let Some(elements) = op.snapshot_state(n)? {
+                operator_states.push((uid.clone(), elements));
+            }
+            if let Some(backend) = op.keyed_state().and_then(|a| a.downcast_mut::<StateBackend>()) {
+                let target = SnapshotTarget {
+                    job: self.info.job_id.clone(),
+                    checkpoint: n,
+                    operator: uid.clone(),
+                    subtask: self.info.index,
+                    savepoint: barrier.savepoint,
+                    incremental: settings.incremental,
+                };
+                let pending = backend.snapshot(target).map_err(|e| OperatorError::Failed(format!("snapshot of {uid}: {e}")))?;
+                keyed.push((uid.clone(), pending));
+            }
+        }
+        self.partition.broadcast_event(Event::Barrier(barrier))?;
+
+        // The asynchronous part: upload, then acknowledge.
+        let (info, uploaded) = (self.info.clone(), self.uploaded.clone());
+        settings.runtime.spawn(async move {
+            let result = upload(&settings.storage, &info, n, uids, operator_states, keyed).await;
+            let (result, size) = match result {
+                Ok((states, handles, size)) => {
+                    uploaded.lock().insert(n, handles);
+                    (Ok(states), size)
+                }
+                Err(e) => (Err(format!("uploading the state of {} ({}/{}): {e}", info.vertex_name, info.index + 1, info.parallelism)), 0),
+            };
+            (settings.report)(CheckpointAck { vertex: info.vertex, subtask: info.index, checkpoint: n, result, alignment, size });
+        });
+        Ok(())
+    }
+
     fn process(&mut self, chain: &mut OperatorChain, batch: arrow_array::RecordBatch) -> OpResult {
         self.records_in += batch.num_rows() as u64;
         push_through(&mut chain.operators, batch, &mut Output(&mut self.partition))?;
         Ok(())
     }
+}
+
+type Uploaded = (Vec<(String, SubtaskState)>, Vec<(String, KeyedStateHandle)>, u64);
+
+async fn upload(
+    storage: &CheckpointStorage,
+    info: &SubtaskInfo,
+    n: u64,
+    uids: Vec<String>,
+    operator_states: Vec<(String, Vec<Vec<u8>>)>,
+    keyed: Vec<(String, PendingSnapshot)>,
+) -> Result<Uploaded, weir_state::StateError> {
+    let mut states: BTreeMap<String, SubtaskState> = uids.into_iter().map(|u| (u, SubtaskState::default())).collect();
+    let mut handles = Vec::new();
+    let mut size = 0;
+    for (uid, elements) in operator_states {
+        let rel = format!("{}/{}-{}/operator-state", weir_state::storage::layout::checkpoint_dir(&info.job_id, n), uid, info.index);
+        let file = weir_state::operator_state::write_list(storage, &rel, &elements).await?;
+        size += file.size;
+        states.entry(uid).or_default().operator = Some(file);
+    }
+    for (uid, pending) in keyed {
+        let h = pending.upload(storage).await?;
+        size += h.size();
+        states.entry(uid.clone()).or_default().keyed.push(h.clone());
+        handles.push((uid, h));
+    }
+    Ok((states.into_iter().collect(), handles, size))
 }

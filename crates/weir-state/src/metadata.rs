@@ -33,6 +33,28 @@ pub struct CheckpointMetadata {
     pub operators: Vec<OperatorState>,
 }
 
+/// What a job restores from: a completed checkpoint and the storage its files are in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    pub storage_url: String,
+    pub metadata: CheckpointMetadata,
+}
+
+/// Splits a checkpoint location given by a user (`<root>/<job>/chk-<n>` or its `_metadata`)
+/// into the storage root and the relative path of `_metadata`.
+pub fn split_checkpoint_path(path: &str) -> Option<(String, String)> {
+    let p = path.trim_end_matches('/');
+    let p = p.strip_suffix("/_metadata").unwrap_or(p);
+    let (rest, chk) = p.rsplit_once('/')?;
+    chk.strip_prefix("chk-")?.parse::<u64>().ok()?;
+    let (root, job) = rest.rsplit_once('/')?;
+    if job.is_empty() || root.is_empty() {
+        return None;
+    }
+    let root = if root.ends_with(':') || root.ends_with(":/") { format!("{root}/") } else { root.to_string() };
+    Some((root, format!("{job}/{chk}/_metadata")))
+}
+
 impl CheckpointMetadata {
     /// Every keyed handle, for the shared-state registry.
     pub fn keyed_handles(&self) -> impl Iterator<Item = &KeyedStateHandle> {

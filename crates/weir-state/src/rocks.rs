@@ -11,7 +11,8 @@
 //!   backends.
 //!
 //! Restore: one incremental handle covering exactly this range is downloaded and opened as the
-//! database (its SSTs count as uploaded); anything else — several handles after a rescale, a
+//! database (the first checkpoint after a restore uploads its SSTs anew, as Flink's NO_CLAIM
+//! mode does); anything else — several handles after a rescale, a
 //! range that differs, full files — is merged key group by key group into a fresh database.
 //!
 //! Every call blocks; the caller runs it on a task thread.
@@ -159,11 +160,11 @@ impl RocksDbBackend {
                 let db_path = inst_dir.join("db");
                 std::fs::rename(dir, &db_path).map_err(|e| StateError::Io { path: dir.display().to_string(), source: e })?;
                 let db = DB::open(&options(), &db_path).map_err(db_err(&db_path))?;
-                let mut b = Self::with_db(db, inst_dir, instance, max_parallelism, range);
-                for (name, file) in shared {
-                    b.uploaded.insert(name.clone(), Uploaded { file: file.clone(), checkpoint: 0, confirmed: true });
-                }
-                return Ok(b);
+                // The restored SSTs are not reused by the next checkpoint: they belong to the
+                // checkpoint restored from (possibly another job's, or a savepoint's), whose
+                // retention this job does not control. The first checkpoint uploads them anew.
+                let _ = shared;
+                return Ok(Self::with_db(db, inst_dir, instance, max_parallelism, range));
             }
         }
         let b = Self::open(base, max_parallelism, range)?;

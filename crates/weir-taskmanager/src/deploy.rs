@@ -15,6 +15,11 @@ use weir_core::operator::SubtaskInfo;
 use weir_proto::{DeployTasksRequest, ExecutionId, TaskState as ProtoTaskState, UpdateTaskStateRequest};
 use weir_runtime::gate::CreditReturn;
 use weir_runtime::operators::StateConfig;
+use weir_runtime::barrier::CheckpointingMode;
+use weir_runtime::task::{CheckpointSettings, RestoreSettings};
+use weir_core::config::keys;
+use weir_state::metadata::RestoreInfo;
+use weir_state::CheckpointStorage;
 use weir_state::BackendKind;
 use weir_runtime::partition::{ChannelWriter, OutputEdge, ResultPartition};
 use weir_runtime::task::{TaskEvent, TaskState};
@@ -52,6 +57,31 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     }
     let s = &shared.settings;
     let state = StateConfig { backend: BackendKind::from_config(&config), local_dir: s.local_dir.clone() };
+    let runtime = tokio::runtime::Handle::current();
+    let storage = match config.text(keys::CHECKPOINT_DIR) {
+        Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| invalid(e.to_string()))?),
+        None => None,
+    };
+    let checkpointing = storage.clone().map(|storage| {
+        let acks = shared.acks.clone();
+        let (job, attempt) = (job.clone(), req.attempt);
+        CheckpointSettings {
+            mode: if config.get(keys::CHECKPOINT_MODE) == "AT_LEAST_ONCE" { CheckpointingMode::AtLeastOnce } else { CheckpointingMode::ExactlyOnce },
+            storage,
+            incremental: config.bool(keys::CHECKPOINT_INCREMENTAL),
+            runtime: runtime.clone(),
+            report: Arc::new(move |ack| {
+                let _ = acks.send((job.clone(), attempt, ack));
+            }),
+        }
+    });
+    let restore = if req.restore.is_empty() {
+        None
+    } else {
+        let info: RestoreInfo = serde_json::from_slice(&req.restore).map_err(|e| invalid(format!("restore information does not parse: {e}")))?;
+        let storage = CheckpointStorage::open(&info.storage_url, &config).map_err(|e| invalid(e.to_string()))?;
+        Some(RestoreSettings { metadata: Arc::new(info.metadata), storage, runtime: runtime.clone() })
+    };
 
     // 1. Gates, so local senders can find them.
     let mut gates: HashMap<(u32, u32), Arc<InputGate>> = HashMap::new();
@@ -143,6 +173,8 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             gate: gates.get(&(r.vertex, r.subtask)).cloned(),
             partition: ResultPartition::new(edges, s.segment_size, s.buffer_timeout),
             state: state.clone(),
+            checkpointing: checkpointing.clone(),
+            restore: restore.clone(),
         });
     }
 

@@ -17,7 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 use weir_core::config::{keys, Config};
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
-use weir_proto::{ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest, UpdateTaskStateRequest};
+use weir_proto::{AcknowledgeCheckpointRequest, DeclineCheckpointRequest, ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest, UpdateTaskStateRequest};
+use weir_runtime::task::CheckpointAck;
 use weir_runtime::{NetworkEnvironment, Task};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +85,17 @@ pub(crate) struct Shared {
     pub net: Arc<NetworkEnvironment>,
     pub jobs: Mutex<HashMap<(String, u32), JobTasks>>,
     pub updates: mpsc::UnboundedSender<UpdateTaskStateRequest>,
+    pub acks: mpsc::UnboundedSender<(String, u32, CheckpointAck)>,
 }
 
 impl Shared {
+    /// Runs `f` on every task of one job attempt here.
+    pub fn for_tasks(&self, job_id: &str, attempt: u32, f: impl Fn(&Task)) {
+        if let Some(j) = self.jobs.lock().get(&(job_id.to_string(), attempt)) {
+            j.tasks.values().for_each(f);
+        }
+    }
+
     /// Cancels every task of one job attempt and drops its channels.
     pub fn cancel_job(&self, job_id: &str, attempt: u32, reason: &str) {
         let entry = self.jobs.lock().remove(&(job_id.to_string(), attempt));
@@ -177,7 +186,8 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     .await?;
     let data_addr = net.local_addr();
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared { settings: settings.clone(), net, jobs: Mutex::new(HashMap::new()), updates: updates_tx });
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared { settings: settings.clone(), net, jobs: Mutex::new(HashMap::new()), updates: updates_tx, acks: acks_tx });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let service = service::TaskManagerRpc { shared: shared.clone() };
@@ -197,6 +207,7 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
 
     let client = JobManagerServiceClient::new(endpoint.connect_lazy());
     tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
+    tokio::spawn(forward_acks(client.clone(), acks_rx));
     tokio::spawn(heartbeat_loop(shared.clone(), client, rpc_addr, data_addr, shutdown_rx));
     tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.slots, "TaskManager started");
     Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
@@ -222,6 +233,31 @@ async fn forward_updates(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Sends checkpoint acknowledgements and declines to the JobManager.
+async fn forward_acks(mut client: JobManagerServiceClient<Channel>, mut rx: mpsc::UnboundedReceiver<(String, u32, CheckpointAck)>) {
+    while let Some((job_id, attempt, ack)) = rx.recv().await {
+        let execution = Some(ExecutionId { job_id, attempt, vertex: ack.vertex, subtask: ack.subtask });
+        let result = match ack.result {
+            Ok(states) => {
+                let state = serde_json::to_vec(&states).expect("state handles serialize");
+                client
+                    .acknowledge_checkpoint(AcknowledgeCheckpointRequest {
+                        execution,
+                        checkpoint_id: ack.checkpoint,
+                        state,
+                        alignment_ms: ack.alignment.as_millis() as u64,
+                        size_bytes: ack.size,
+                    })
+                    .await
+            }
+            Err(reason) => client.decline_checkpoint(DeclineCheckpointRequest { execution, checkpoint_id: ack.checkpoint, reason }).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(checkpoint = ack.checkpoint, "cannot report to the JobManager: {}", e.message());
         }
     }
 }

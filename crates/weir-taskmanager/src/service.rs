@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use weir_proto::task_manager_service_server::TaskManagerService;
 use weir_proto::*;
+use weir_runtime::buffer::Barrier;
+use weir_runtime::task::TaskCommand;
 
 pub(crate) struct TaskManagerRpc {
     pub shared: Arc<Shared>,
@@ -31,5 +33,32 @@ impl TaskManagerService for TaskManagerRpc {
 
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse { taskmanager_id: self.shared.settings.id.clone() }))
+    }
+
+    async fn trigger_checkpoint(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+        let r = request.into_inner();
+        let barrier = Barrier { id: r.checkpoint_id, timestamp_ms: r.timestamp_ms, savepoint: r.savepoint };
+        self.shared.for_tasks(&r.job_id, r.attempt, |t| {
+            if t.is_source() {
+                t.command(TaskCommand::TriggerCheckpoint(barrier));
+            }
+        });
+        Ok(Response::new(CheckpointResponse {}))
+    }
+
+    async fn notify_checkpoint_complete(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+        let r = request.into_inner();
+        self.shared.for_tasks(&r.job_id, r.attempt, |t| t.command(TaskCommand::NotifyCheckpointComplete(r.checkpoint_id)));
+        Ok(Response::new(CheckpointResponse {}))
+    }
+
+    async fn abort_checkpoint(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+        let r = request.into_inner();
+        self.shared.for_tasks(&r.job_id, r.attempt, |t| {
+            if t.is_source() {
+                t.command(TaskCommand::AbortCheckpoint(r.checkpoint_id));
+            }
+        });
+        Ok(Response::new(CheckpointResponse {}))
     }
 }

@@ -1,0 +1,183 @@
+//! The exactly-once check: a deterministic datagen source → key_by → keyed sum on RocksDB →
+//! transactional file sink, checkpointing every 300 ms, while TaskManagers are SIGKILLed (and
+//! replaced). The committed output must equal the output of an undisturbed run exactly:
+//! nothing lost, nothing twice. The AT_LEAST_ONCE variant asserts that nothing is lost.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, HashMap};
+use weir_core::graph::OperatorSpec;
+use weir_core::operator::{SourcePoll, SubtaskInfo};
+
+const ROWS: u64 = 40_000;
+
+fn job_yaml(out: &std::path::Path) -> String {
+    format!(
+        r#"name: exactly-once
+pipeline:
+  - source: datagen
+    parallelism: 1
+    rows-per-second: 8000
+    number-of-rows: {ROWS}
+    seed: 11
+    fields:
+      - {{name: id, kind: sequence, start: 0}}
+      - {{name: key, kind: random, min: 0, max: 199}}
+      - {{name: v, kind: random, min: 1, max: 1000}}
+  - key_by: key
+  - sum: v
+    parallelism: 4
+  - sink: file
+    path: {}
+    parallelism: 4
+"#,
+        out.display()
+    )
+}
+
+/// The lines an undisturbed run writes: for each row in order, `key,running sum`. With one
+/// source subtask, each key's rows reach its sum subtask in generation order.
+fn expected_lines(yaml: &str) -> Vec<String> {
+    let (graph, _) = weir_core::job::compile_job(yaml, "job", &Default::default(), &Default::default()).unwrap();
+    let op = &graph.vertices[0].operators[0];
+    let OperatorSpec::DatagenSource(spec) = &op.spec else { panic!("datagen expected") };
+    let mut spec = spec.clone();
+    spec.rows_per_second = None;
+    let info = SubtaskInfo { job_id: "x".into(), attempt: 0, vertex: 0, vertex_name: "d".into(), index: 0, parallelism: 1, max_parallelism: 128 };
+    let mut reader = weir_connectors::datagen_reader(&spec, &info, op.output_schema.clone());
+    let mut sums: HashMap<i64, i64> = HashMap::new();
+    let mut lines = Vec::new();
+    loop {
+        match reader.poll_next().unwrap() {
+            SourcePoll::Batch(b) => {
+                let keys = b.column(1).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+                let vals = b.column(2).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+                for i in 0..b.num_rows() {
+                    let s = sums.entry(keys.value(i)).or_default();
+                    *s += vals.value(i);
+                    lines.push(format!("{},{}", keys.value(i), s));
+                }
+            }
+            SourcePoll::Idle(_) => {}
+            SourcePoll::End => break,
+        }
+    }
+    assert_eq!(lines.len() as u64, ROWS);
+    lines.sort();
+    lines
+}
+
+fn committed_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue; // in progress or pending: not output
+        }
+        lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
+
+fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
+    let out = cluster.weir(&["checkpoints", id, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    v.as_array().map_or(0, |a| a.iter().filter(|c| c["status"] == "COMPLETED").count())
+}
+
+/// Runs the job, killing a TaskManager `kills` times, each after a further checkpoint
+/// completed; returns the committed lines and the job's final status.
+fn run_with_kills(mode: &str, kills: usize) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
+    let chk = tempfile::tempdir().unwrap();
+    let cfg = [
+        "execution.checkpointing.interval=300ms".to_string(),
+        format!("execution.checkpointing.dir=file://{}", chk.path().display()),
+        format!("execution.checkpointing.mode={mode}"),
+        "state.backend.type=rocksdb".to_string(),
+        "restart-strategy.type=fixed-delay".to_string(),
+        "restart-strategy.fixed-delay.attempts=50".to_string(),
+        "restart-strategy.fixed-delay.delay=200ms".to_string(),
+    ];
+    let cfg_refs: Vec<&str> = cfg.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start(3, 2, &cfg_refs);
+    let out_dir = cluster.dir.path().join("out");
+    let yaml = job_yaml(&out_dir);
+    let job = cluster.write("job.yaml", &yaml);
+    let id = cluster.submit(&job, &[]);
+    cluster.wait_for_state(&id, "RUNNING");
+
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for k in 0..kills {
+        let before = completed_checkpoints(&cluster, &id);
+        wait_for("a further completed checkpoint", || (completed_checkpoints(&cluster, &id) > before).then_some(()));
+        let status = cluster.job_status(&id);
+        if status["state"] == "FINISHED" {
+            break;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let alive: Vec<usize> = (0..cluster.tms.len()).filter(|i| cluster.tms[*i].child.try_wait().ok().flatten().is_none()).collect();
+        let victim = alive[(rng as usize) % alive.len()];
+        eprintln!("kill {k}: SIGKILL {}", cluster.tms[victim].name);
+        cluster.tms[victim].kill();
+        cluster.add_taskmanager();
+    }
+    let status = wait_for("the job to finish", || {
+        let s = cluster.job_status(&id);
+        match s["state"].as_str() {
+            Some("FINISHED") => Some(s),
+            Some("FAILED") | Some("CANCELED") => panic!("job ended {}: {}", s["state"], s["failure"]),
+            _ => None,
+        }
+    });
+    let checkpoints: serde_json::Value =
+        serde_json::from_slice(&cluster.weir(&["checkpoints", &id, "--output", "json"]).stdout).unwrap();
+    (committed_lines(&out_dir), expected_lines(&yaml), status, checkpoints)
+}
+
+#[test]
+fn exactly_once_output_survives_taskmanager_kills() {
+    let (got, expected, status, checkpoints) = run_with_kills("EXACTLY_ONCE", 3);
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "the job restarted: {status}");
+    let completed = checkpoints.as_array().unwrap().iter().filter(|c| c["status"] == "COMPLETED").count();
+    assert!(completed >= 1, "{checkpoints}");
+    if got != expected {
+        fn count(v: &[String]) -> BTreeMap<&str, i32> {
+            let mut m = BTreeMap::new();
+            for l in v {
+                *m.entry(l.as_str()).or_default() += 1;
+            }
+            m
+        }
+        let (g, e) = (count(&got), count(&expected));
+        let missing: Vec<_> = e.iter().filter(|(l, n)| g.get(*l).copied().unwrap_or(0) < **n).take(5).collect();
+        let extra: Vec<_> = g.iter().filter(|(l, n)| e.get(*l).copied().unwrap_or(0) < **n).take(5).collect();
+        panic!("committed output differs: {} lines, expected {}; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), expected.len());
+    }
+}
+
+#[test]
+fn at_least_once_output_loses_nothing_across_taskmanager_kills() {
+    let (got, expected, _, _) = run_with_kills("AT_LEAST_ONCE", 2);
+    // Replays may add rows (so later sums grow), never drop them: every key has at least as
+    // many updates, and a final sum at least the expected one.
+    let summarize = |lines: &[String]| {
+        let mut m: HashMap<String, (usize, i64)> = HashMap::new();
+        for l in lines {
+            let (k, v) = l.split_once(',').unwrap();
+            let e = m.entry(k.to_string()).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(v.parse().unwrap());
+        }
+        m
+    };
+    let (g, e) = (summarize(&got), summarize(&expected));
+    for (k, (n, max)) in &e {
+        let (gn, gmax) = g.get(k).copied().unwrap_or_default();
+        assert!(gn >= *n && gmax >= *max, "key {k}: {gn} updates up to {gmax}, expected at least {n} up to {max}");
+    }
+}
