@@ -55,6 +55,7 @@ pub struct Cluster {
     pub jm: Proc,
     pub tms: Vec<Proc>,
     pub config: Vec<String>,
+    jm_args: Vec<String>,
     next_tm: usize,
 }
 
@@ -73,13 +74,30 @@ impl Cluster {
         let mut args = vec!["jobmanager".to_string(), "-D".into(), format!("jobmanager.rpc.port={jm_port}")];
         args.extend(cfg.iter().flat_map(|c| ["-D".to_string(), c.clone()]));
         let jm = spawn(dir.path(), "jobmanager", &args);
-        let mut cluster = Cluster { dir, jm_port, jm, tms: Vec::new(), config: cfg, next_tm: 0 };
+        let mut cluster = Cluster { dir, jm_port, jm, tms: Vec::new(), config: cfg, jm_args: args, next_tm: 0 };
         wait_for("the JobManager to listen", || std::net::TcpStream::connect(("127.0.0.1", jm_port)).ok());
         for _ in 0..tms {
             cluster.add_taskmanager();
         }
         cluster.wait_for_taskmanagers(tms);
         cluster
+    }
+
+    /// SIGKILLs the JobManager and starts it again with the same configuration and port.
+    pub fn restart_jobmanager(&mut self) {
+        self.jm.kill();
+        self.jm = spawn(self.dir.path(), "jobmanager-restarted", &self.jm_args);
+        let port = self.jm_port;
+        wait_for("the restarted JobManager to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    }
+
+    /// The job's status, or None while the JobManager does not answer.
+    pub fn try_job_status(&self, id: &str) -> Option<Value> {
+        let out = self.weir(&["status", id, "--output", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     pub fn address(&self) -> String {

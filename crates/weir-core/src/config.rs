@@ -126,6 +126,8 @@ keys! {
         "JobManager host. Clients use it to find the cluster; `none` makes `weir run` start a local mini cluster.";
     JOBMANAGER_PORT = "jobmanager.rpc.port", "6123", Port,
         "JobManager gRPC port; 0 picks a free port.";
+    JOBMANAGER_CATALOG_DIR = "jobmanager.catalog.dir", "none", Text,
+        "Directory where the JobManager records submitted jobs; a JobManager restarted on it resumes them from their latest checkpoint. `none`: no recovery.";
     JOBMANAGER_BIND_HOST = "jobmanager.bind-host", "0.0.0.0", Text,
         "Address the JobManager's gRPC server binds.";
     REST_PORT = "rest.port", "8081", Port,

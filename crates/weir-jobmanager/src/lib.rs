@@ -7,8 +7,10 @@
 //! calls to TaskManagers are made after releasing it. A TaskManager silent for
 //! `heartbeat.timeout` is removed, and every job with a subtask on it fails naming it.
 
+mod catalog;
 mod checkpoint;
 mod coordinate;
+mod recover;
 mod restart;
 mod scheduler;
 mod service;
@@ -26,6 +28,8 @@ pub use state::JobManagerState;
 pub enum JobManagerError {
     #[error("cannot bind the JobManager RPC port {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("cannot open the job catalog jobmanager.catalog.dir = {dir}: {source}")]
+    Catalog { dir: String, source: std::io::Error },
 }
 
 /// A started JobManager.
@@ -48,7 +52,12 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
         .map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let state = Arc::new(JobManagerState::new(config.clone()));
+    let catalog = match config.text(keys::JOBMANAGER_CATALOG_DIR) {
+        Some(dir) => Some(catalog::Catalog::open(dir).map_err(|source| JobManagerError::Catalog { dir: dir.to_string(), source })?),
+        None => None,
+    };
+    let state = Arc::new(JobManagerState::new(config.clone(), catalog));
+    recover::recover_jobs(&state).await;
     tokio::spawn(state::heartbeat_monitor(state.clone(), config.duration(keys::HEARTBEAT_TIMEOUT), shutdown_rx.clone()));
     let service = service::JobManagerRpc { state };
     tokio::spawn(async move {

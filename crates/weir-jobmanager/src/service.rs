@@ -86,7 +86,10 @@ impl JobManagerService for JobManagerRpc {
         }
         let restore = if r.restore_path.is_empty() { None } else { Some(read_restore(&r.restore_path, &config).await?) };
         let name = graph.name.clone();
-        let id = self.state.add_job(name.clone(), graph, config, restore).map_err(Status::invalid_argument)?;
+        let id = self
+            .state
+            .add_job(name.clone(), graph, config, restore, (r.job_definition.clone(), origin.to_string()))
+            .map_err(Status::invalid_argument)?;
         tracing::info!(job = %id, name = %name, "job submitted");
         tokio::spawn(crate::scheduler::schedule(self.state.clone(), id.clone()));
         tokio::spawn(crate::coordinate::coordinator_loop(self.state.clone(), id.clone()));

@@ -35,6 +35,8 @@ pub(crate) struct TaskEntry {
 }
 
 pub(crate) struct Job {
+    /// The job file as submitted and its origin, for the catalog.
+    pub definition: (String, String),
     pub coordinator: crate::checkpoint::Coordinator,
     /// What the first attempt restores from (`weir run -s`).
     pub initial_restore: Option<RestoreInfo>,
@@ -97,6 +99,8 @@ impl Job {
 
 #[derive(Default)]
 pub(crate) struct Inner {
+    /// Jobs that reached a terminal state since the catalog was last written.
+    pub ended: Vec<String>,
     pub tms: HashMap<String, TaskManagerEntry>,
     pub jobs: HashMap<String, Job>,
     pub job_order: Vec<String>,
@@ -104,6 +108,7 @@ pub(crate) struct Inner {
 
 pub struct JobManagerState {
     pub(crate) config: Config,
+    pub(crate) catalog: Option<crate::catalog::Catalog>,
     pub(crate) inner: Mutex<Inner>,
     /// Signalled when slots may have become free (a TaskManager joined, a job ended).
     pub(crate) slots_changed: Notify,
@@ -122,8 +127,8 @@ pub(crate) fn tm_client(rpc_address: &str) -> Option<TaskManagerServiceClient<Ch
 }
 
 impl JobManagerState {
-    pub fn new(config: Config) -> Self {
-        Self { config, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
+    pub(crate) fn new(config: Config, catalog: Option<crate::catalog::Catalog>) -> Self {
+        Self { config, catalog, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
     }
 
     pub(crate) fn register_tm(&self, id: &str, rpc_address: &str, data_address: &str, slots: u32) -> Result<(), String> {
@@ -174,15 +179,35 @@ impl JobManagerState {
         tms
     }
 
-    pub(crate) fn add_job(&self, name: String, graph: JobGraph, config: Config, restore: Option<RestoreInfo>) -> Result<String, String> {
+    pub(crate) fn add_job(&self, name: String, graph: JobGraph, config: Config, restore: Option<RestoreInfo>, definition: (String, String)) -> Result<String, String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        self.insert_job(id, name, graph, config, restore, definition, 0, 1)
+    }
+
+    /// Adds a job under a given id (a new one, or one recovered from the catalog at `attempt`
+    /// with checkpoint ids continuing at `next_checkpoint`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert_job(
+        &self,
+        id: String,
+        name: String,
+        graph: JobGraph,
+        config: Config,
+        restore: Option<RestoreInfo>,
+        definition: (String, String),
+        attempt: u32,
+        next_checkpoint: u64,
+    ) -> Result<String, String> {
         let settings = crate::checkpoint::CheckpointSettings::from_config(&config);
         let storage = match config.text(keys::CHECKPOINT_DIR) {
             Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?),
             None => None,
         };
+        let mut coordinator = crate::checkpoint::Coordinator::new(settings, storage);
+        coordinator.next_id = next_checkpoint;
         let job = Job {
-            coordinator: crate::checkpoint::Coordinator::new(settings, storage),
+            definition,
+            coordinator,
             initial_restore: restore.clone(),
             restore,
             restarts: 0,
@@ -195,16 +220,46 @@ impl JobManagerState {
             config,
             state: JobState::Created,
             failure: String::new(),
-            attempt: 0,
+            attempt,
             start_ms: now_ms(),
             end_ms: 0,
             tasks: BTreeMap::new(),
             slots: Vec::new(),
         };
+        self.persist(&job);
         let mut inner = self.inner.lock();
         inner.jobs.insert(id.clone(), job);
         inner.job_order.push(id.clone());
         Ok(id)
+    }
+
+    /// Writes the catalog entries of jobs that ended since the last call.
+    pub(crate) fn persist_ended(&self) {
+        if self.catalog.is_none() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let ended = std::mem::take(&mut inner.ended);
+        for id in ended {
+            if let Some(job) = inner.jobs.get(&id) {
+                self.persist(job);
+            }
+        }
+    }
+
+    /// Writes the job's catalog entry (if the JobManager keeps a catalog).
+    pub(crate) fn persist(&self, job: &Job) {
+        if let Some(c) = &self.catalog {
+            c.save(&crate::catalog::JobRecord {
+                id: job.id.clone(),
+                name: job.name.clone(),
+                definition: job.definition.0.clone(),
+                origin: job.definition.1.clone(),
+                config: job.config.explicit().clone(),
+                attempt: job.attempt,
+                state: job.state.as_str_name().to_string(),
+            });
+        }
     }
 
     pub(crate) fn job_status(&self, id: &str) -> Option<JobStatus> {
@@ -273,6 +328,8 @@ impl JobManagerState {
         job.failure = failure.to_string();
         job.end_ms = now_ms();
         job.coordinator.abort_all(&format!("job {}", state.as_str_name()));
+        inner.ended.push(job_id.to_string());
+        let job = inner.jobs.get_mut(job_id).expect("present");
         let slots = std::mem::take(&mut job.slots);
         let attempt = job.attempt;
         let mut cancels = Vec::new();
@@ -364,6 +421,7 @@ impl JobManagerState {
                 checkpoint = job.restore.as_ref().map(|r| r.metadata.checkpoint_id),
                 "redeploying"
             );
+            self.persist(job);
         }
         tokio::spawn(crate::scheduler::schedule(self.clone(), job_id.to_string()));
     }
@@ -465,6 +523,7 @@ pub(crate) async fn heartbeat_monitor(state: Arc<JobManagerState>, timeout: Dura
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
         }
+        state.persist_ended();
         let lost: Vec<String> = state
             .inner
             .lock()

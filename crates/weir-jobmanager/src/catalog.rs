@@ -1,0 +1,69 @@
+//! The job catalog: one small JSON file per submitted job in `jobmanager.catalog.dir`, written
+//! when a job is submitted, restarts or ends. A JobManager started on the same catalog resumes
+//! every job that had not ended, from the latest `_metadata` in its checkpoint storage.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JobRecord {
+    pub id: String,
+    pub name: String,
+    /// The job file as submitted, and where it came from.
+    pub definition: String,
+    pub origin: String,
+    /// The job's effective configuration (explicitly set keys).
+    pub config: BTreeMap<String, String>,
+    pub attempt: u32,
+    /// A state name (`RUNNING`, `FINISHED`, ...).
+    pub state: String,
+}
+
+impl JobRecord {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.state.as_str(), "FINISHED" | "FAILED" | "CANCELED")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Catalog {
+    dir: PathBuf,
+}
+
+impl Catalog {
+    pub fn open(dir: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self { dir: PathBuf::from(dir) })
+    }
+
+    /// Writes a record atomically (temporary file, then rename).
+    pub fn save(&self, r: &JobRecord) {
+        let path = self.dir.join(format!("{}.json", r.id));
+        let tmp = self.dir.join(format!(".{}.json.tmp", r.id));
+        let result = serde_json::to_vec_pretty(r)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::error!(job = %r.id, "cannot write the job catalog entry {}: {e}", path.display());
+        }
+    }
+
+    /// Every record; unreadable files are reported and skipped.
+    pub fn load(&self) -> Vec<JobRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") || e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!("skipping unreadable job catalog entry {}: {e}", path.display()),
+            }
+        }
+        out
+    }
+}
