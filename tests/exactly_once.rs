@@ -91,19 +91,26 @@ fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
 /// Runs the job, killing a TaskManager `kills` times (each after a further checkpoint
 /// completed, starting a replacement), and the JobManager once if `kill_jm`; returns the
 /// committed lines, the expected ones, the job's final status and its checkpoints.
-fn run_with_kills(mode: &str, kills: usize, kill_jm: bool) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
+fn run_with_kills(mode: &str, kills: usize, kill_jm: bool, s3: Option<&S3Server>) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
     let chk = tempfile::tempdir().unwrap();
     let catalog = tempfile::tempdir().unwrap();
-    let cfg = [
+    let dir = match s3 {
+        Some(_) => "s3://weir-exactly-once/checkpoints".to_string(),
+        None => format!("file://{}", chk.path().display()),
+    };
+    let mut cfg = vec![
         format!("jobmanager.catalog.dir={}", catalog.path().display()),
         "execution.checkpointing.interval=300ms".to_string(),
-        format!("execution.checkpointing.dir=file://{}", chk.path().display()),
+        format!("execution.checkpointing.dir={dir}"),
         format!("execution.checkpointing.mode={mode}"),
         "state.backend.type=rocksdb".to_string(),
         "restart-strategy.type=fixed-delay".to_string(),
         "restart-strategy.fixed-delay.attempts=50".to_string(),
         "restart-strategy.fixed-delay.delay=200ms".to_string(),
     ];
+    if let Some(s3) = s3 {
+        cfg.extend(s3.config());
+    }
     let cfg_refs: Vec<&str> = cfg.iter().map(String::as_str).collect();
     let mut cluster = Cluster::start(3, 2, &cfg_refs);
     let out_dir = cluster.dir.path().join("out");
@@ -152,10 +159,22 @@ fn run_with_kills(mode: &str, kills: usize, kill_jm: bool) -> (Vec<String>, Vec<
 
 #[test]
 fn exactly_once_output_survives_taskmanager_kills() {
-    let (got, expected, status, checkpoints) = run_with_kills("EXACTLY_ONCE", 3, true);
+    let (got, expected, status, checkpoints) = run_with_kills("EXACTLY_ONCE", 3, true, None);
     assert!(status["attempt"].as_u64().unwrap() >= 2, "the job restarted: {status}");
     let completed = checkpoints.as_array().unwrap().iter().filter(|c| c["status"] == "COMPLETED").count();
     assert!(completed >= 1, "{checkpoints}");
+    assert_same_output(&got, &expected);
+}
+
+#[test]
+fn exactly_once_output_survives_taskmanager_kills_with_s3_checkpoints() {
+    let s3 = S3Server::start("weir-exactly-once");
+    let (got, expected, status, _) = run_with_kills("EXACTLY_ONCE", 2, false, Some(&s3));
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "the job restarted: {status}");
+    assert_same_output(&got, &expected);
+}
+
+fn assert_same_output(got: &[String], expected: &[String]) {
     if got != expected {
         fn count(v: &[String]) -> BTreeMap<&str, i32> {
             let mut m = BTreeMap::new();
@@ -164,7 +183,7 @@ fn exactly_once_output_survives_taskmanager_kills() {
             }
             m
         }
-        let (g, e) = (count(&got), count(&expected));
+        let (g, e) = (count(got), count(expected));
         let missing: Vec<_> = e.iter().filter(|(l, n)| g.get(*l).copied().unwrap_or(0) < **n).take(5).collect();
         let extra: Vec<_> = g.iter().filter(|(l, n)| e.get(*l).copied().unwrap_or(0) < **n).take(5).collect();
         panic!("committed output differs: {} lines, expected {}; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), expected.len());
@@ -173,7 +192,7 @@ fn exactly_once_output_survives_taskmanager_kills() {
 
 #[test]
 fn at_least_once_output_loses_nothing_across_taskmanager_kills() {
-    let (got, expected, _, _) = run_with_kills("AT_LEAST_ONCE", 2, false);
+    let (got, expected, _, _) = run_with_kills("AT_LEAST_ONCE", 2, false, None);
     // Replays may add rows (so later sums grow), never drop them: every key has at least as
     // many updates, and a final sum at least the expected one.
     let summarize = |lines: &[String]| {

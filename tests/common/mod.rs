@@ -48,6 +48,16 @@ impl Drop for Proc {
     }
 }
 
+impl Drop for Cluster {
+    /// A failing test keeps the cluster's directory (logs of every process) and says where.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("cluster logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
 /// A JobManager and TaskManagers as separate `weir` processes.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -222,4 +232,48 @@ pub fn generate_text(lines: usize, seed: u64) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A real S3-compatible server (moto) on a free loopback port, killed on drop.
+pub struct S3Server {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl S3Server {
+    /// Starts moto (installed by `make test`: `pip install 'moto[server]'`) and creates `bucket`.
+    pub fn start(bucket: &str) -> S3Server {
+        use std::io::{Read, Write};
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server: install it with `pip install 'moto[server]'` (make test does)");
+        let mut server = S3Server { proc: Proc { child, name: "moto".into() }, port };
+        wait_for("moto to listen", || {
+            if let Ok(Some(status)) = server.proc.child.try_wait() {
+                panic!("moto exited ({status}): install it with `pip install 'moto[server]'`");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.contains(" 200 "), "bucket creation failed: {resp}");
+        server.port = port;
+        server
+    }
+
+    /// The `s3.*` settings that point Weir at this server.
+    pub fn config(&self) -> Vec<String> {
+        vec![
+            format!("s3.endpoint=http://127.0.0.1:{}", self.port),
+            "s3.access-key=testing".into(),
+            "s3.secret-key=testing".into(),
+            "s3.path.style.access=true".into(),
+        ]
+    }
 }

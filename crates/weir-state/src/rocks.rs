@@ -92,7 +92,11 @@ impl RocksDbBackend {
     /// Takes a RocksDB checkpoint for checkpoint `n` and decides which files to upload: SSTs
     /// already uploaded by a completed checkpoint are reused, the rest are listed for upload.
     pub fn incremental_checkpoint(&self, n: u64) -> Result<IncrementalSnapshot, StateError> {
-        let dir = self.dir.join(format!("chk-{n}-{}", uuid::Uuid::new_v4().simple()));
+        // Beside the instance directory, not inside it: the upload may outlive this backend
+        // (its task can end while the last checkpoint's files are still being uploaded), and
+        // the upload deletes the directory when it is done.
+        let base = self.dir.parent().unwrap_or(&self.dir);
+        let dir = base.join(format!("rocksdb-chk-{}-{n}-{}", self.instance, uuid::Uuid::new_v4().simple()));
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(db_err(&dir))?;
         cp.create_checkpoint(&dir).map_err(db_err(&dir))?;
         let mut reused = Vec::new();
