@@ -3,7 +3,9 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-WEIR := $(CARGO) run -q --bin weir --
+# The binary `make test` builds too: building it through the test profile's feature set shares
+# one build (RocksDB included) between `make demo` and `make test`.
+WEIR = $${CARGO_TARGET_DIR:-target}/debug/weir
 WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
 
 .PHONY: deps build demo test bench clean
@@ -16,7 +18,7 @@ deps:
 	@python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
 
 build: deps
-	$(CARGO) build --bin weir
+	$(CARGO) test --workspace --no-run -q
 
 # Build, run the word count on the embedded mini cluster, show the final count of each word.
 demo: build
@@ -32,6 +34,7 @@ test: deps
 bench: deps
 	$(CARGO) build --release --bin weir
 	python3 bench/run.py $(WEIR_RELEASE)
+	python3 bench/checkpoints.py $(WEIR_RELEASE)
 	$(CARGO) run --release -q -p weir-state --example state_bench
 
 clean:
