@@ -206,11 +206,23 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
     let n = r.metadata.checkpoint_id;
     let operator_elements = |uid: &str| -> OpResult<Option<Vec<Vec<u8>>>> {
         let Some(op) = r.metadata.operators.iter().find(|o| o.uid == uid) else { return Ok(None) };
+        let read = |s: &SubtaskState| -> OpResult<Vec<Vec<u8>>> {
+            match &s.operator {
+                Some(f) => r.runtime.block_on(weir_state::operator_state::read_list(&r.storage, f)).map_err(fail),
+                None => Ok(Vec::new()),
+            }
+        };
+        // At the same parallelism every subtask gets its own state back (as Flink does);
+        // otherwise the elements of all old subtasks are dealt round-robin.
+        if op.parallelism == info.parallelism {
+            return match op.subtasks.get(info.index as usize) {
+                Some(s) => read(s).map(Some),
+                None => Ok(Some(Vec::new())),
+            };
+        }
         let mut all = Vec::new();
         for s in &op.subtasks {
-            if let Some(f) = &s.operator {
-                all.push(r.runtime.block_on(weir_state::operator_state::read_list(&r.storage, f)).map_err(fail)?);
-            }
+            all.push(read(s)?);
         }
         let mut mine = weir_state::operator_state::redistribute_round_robin(all, info.parallelism as usize);
         Ok(Some(std::mem::take(&mut mine[info.index as usize])))

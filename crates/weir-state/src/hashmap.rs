@@ -1,7 +1,9 @@
 //! The `hashmap` backend: keyed state on the heap, one hash map per key group.
 //!
 //! Per key group so that a snapshot is written group by group and a restore at another
-//! parallelism takes whole groups. Point lookups are one hash probe; a map state's iteration
+//! parallelism takes whole groups. Short keys and values are stored inline in the table
+//! (`SmallVec`), so a lookup of a typical key (an integer or a short word) touches one cache
+//! line of the table instead of chasing two heap pointers. Point lookups are one hash probe; a map state's iteration
 //! scans its key group (the price of hashing instead of ordering; the RocksDB backend scans a
 //! sorted range instead). Snapshots are the canonical key-group file (`format.rs`).
 
@@ -9,13 +11,18 @@ use crate::format::{read_keyed_state, KeyedStateWriter};
 use crate::keyed::{composite_key, decode_i64, fold, key_group, key_group_of, KeyedStateBackend, Keys};
 use crate::StateError;
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 use weir_core::graph::AggKind;
 use weir_core::KeyGroupRange;
+
+type InlineKey = SmallVec<[u8; 32]>;
+type InlineValue = SmallVec<[u8; 16]>;
+type Group = HashMap<InlineKey, InlineValue>;
 
 pub struct HashMapBackend {
     max_parallelism: u32,
     range: KeyGroupRange,
-    groups: Vec<HashMap<Vec<u8>, Vec<u8>>>,
+    groups: Vec<Group>,
     scratch: Vec<u8>,
 }
 
@@ -24,12 +31,12 @@ impl HashMapBackend {
         Self { max_parallelism, range, groups: (0..range.len()).map(|_| HashMap::new()).collect(), scratch: Vec::new() }
     }
 
-    fn group(&self, key: &[u8]) -> Result<&HashMap<Vec<u8>, Vec<u8>>, StateError> {
+    fn group(&self, key: &[u8]) -> Result<&Group, StateError> {
         let kg = key_group_of(key);
         self.range.contains(kg).then(|| &self.groups[(kg - self.range.start) as usize]).ok_or(StateError::KeyGroup { kg, range: self.range })
     }
 
-    fn group_mut(&mut self, key: &[u8]) -> Result<&mut HashMap<Vec<u8>, Vec<u8>>, StateError> {
+    fn group_mut(&mut self, key: &[u8]) -> Result<&mut Group, StateError> {
         let kg = key_group_of(key);
         if !self.range.contains(kg) {
             return Err(StateError::KeyGroup { kg, range: self.range });
@@ -54,7 +61,7 @@ impl HashMapBackend {
         let range = self.range;
         let groups = &mut self.groups;
         read_keyed_state(bytes, path, range, |kg, k, v| {
-            groups[(kg - range.start) as usize].insert(k.to_vec(), v.to_vec());
+            groups[(kg - range.start) as usize].insert(InlineKey::from_slice(k), InlineValue::from_slice(v));
             Ok(())
         })?;
         Ok(())
@@ -71,11 +78,11 @@ impl KeyedStateBackend for HashMapBackend {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self.group(key)?.get(key).cloned())
+        Ok(self.group(key)?.get(key).map(|v| v.to_vec()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.group_mut(key)?.insert(key.to_vec(), value.to_vec());
+        self.group_mut(key)?.insert(InlineKey::from_slice(key), InlineValue::from_slice(value));
         Ok(())
     }
 
@@ -85,7 +92,7 @@ impl KeyedStateBackend for HashMapBackend {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
-        let mut out: Vec<_> = self.group(prefix)?.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut out: Vec<_> = self.group(prefix)?.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         out.sort();
         Ok(out)
     }
@@ -128,7 +135,7 @@ impl KeyedStateBackend for HashMapBackend {
                     new
                 }
                 None => {
-                    group.insert(buf.clone(), v.to_le_bytes().to_vec());
+                    group.insert(InlineKey::from_slice(&buf), InlineValue::from_slice(&v.to_le_bytes()));
                     v
                 }
             };
