@@ -159,7 +159,7 @@ impl DatagenReader {
             Some(total) if total > index => (total - index - 1) / parallelism + 1,
             Some(_) => 0,
             None if index == u64::MAX => 1,
-            None => (u64::MAX - index) / parallelism + 1,
+            None => ((u64::MAX - index) / parallelism).saturating_add(1),
         };
         let fields: Vec<FieldGen> =
             spec.fields.iter().enumerate().map(|(i, f)| FieldGen::new(&f.kind, i, spec.seed)).collect();
@@ -376,6 +376,21 @@ mod tests {
         let mut other = spec.clone();
         other.seed = 43;
         assert_ne!(drain(&other, 0, 1), rows);
+    }
+
+    #[test]
+    fn unbounded_datagen_at_parallelism_one_keeps_producing() {
+        let spec = DatagenSpec {
+            fields: vec![DatagenField { name: "k".into(), kind: DatagenKind::RandomInt { min: 0, max: 9 } }],
+            rows_per_second: None,
+            number_of_rows: None,
+            seed: 1,
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let mut reader = DatagenReader::new(&spec, &info(0, 1), schema);
+        for _ in 0..3 {
+            assert!(matches!(reader.poll_next().unwrap(), SourcePoll::Batch(_)));
+        }
     }
 
     #[test]
