@@ -60,7 +60,10 @@ def throughput(weir, rows, extra):
 def wait(what, cond, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
-        v = cond()
+        try:
+            v = cond()
+        except OSError:
+            v = None
         if v:
             return v
         time.sleep(0.02)

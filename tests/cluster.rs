@@ -134,3 +134,40 @@ fn a_job_without_enough_slots_fails_after_the_slot_request_timeout() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not get 3 slots") && err.contains("slot.request.timeout"), "{err}");
 }
+
+#[test]
+fn a_new_job_starts_from_a_retained_checkpoint_and_bad_paths_are_named() {
+    let chk = tempfile::tempdir().unwrap();
+    let dir = format!("execution.checkpointing.dir=file://{}", chk.path().display());
+    let cluster = Cluster::start(1, 4, &["execution.checkpointing.interval=200ms", &dir, "execution.checkpointing.num-retained=2"]);
+    let job = cluster.write("endless.yaml", ENDLESS);
+    let first = cluster.submit(&job, &["-p", "2"]);
+    cluster.wait_for_state(&first, "RUNNING");
+    let checkpoint = wait_for("a completed checkpoint", || {
+        let out = cluster.weir(&["checkpoints", &first, "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?.iter().find(|c| c["status"] == "COMPLETED").map(|c| c["id"].as_u64().unwrap())
+    });
+    let out = cluster.weir(&["cancel", &first]);
+    assert!(out.status.success());
+    cluster.wait_for_state(&first, "CANCELED");
+
+    let path = chk.path().join(&first).join(format!("chk-{checkpoint}"));
+    let second = cluster.submit(&job, &["-p", "2", "-s", path.to_str().unwrap()]);
+    cluster.wait_for_state(&second, "RUNNING");
+
+    // A checkpoint that does not exist, and one whose _metadata is damaged, are named.
+    let missing = chk.path().join(&first).join("chk-999999");
+    let out = cluster.weir(&["run", job.to_str().unwrap(), "--detached", "-s", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chk-999999"), "{err}");
+    let meta = path.join("_metadata");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&meta, &bytes).unwrap();
+    let out = cluster.weir(&["run", job.to_str().unwrap(), "--detached", "-s", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("_metadata") && err.contains("corrupted"), "{err}");
+    cluster.weir(&["cancel", &second]);
+}
