@@ -49,9 +49,17 @@ fn malformed_job_files_give_errors_naming_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("bad-yaml.yaml", "name: [unclosed\n", "not a valid job file"),
-        ("unknown-op.yaml", "pipeline:\n  - source: datagen\n    fields: [{name: a, kind: sequence}]\n  - frobnicate: {}\n  - sink: print\n", "step 2 (frobnicate): unknown operator"),
+        (
+            "unknown-op.yaml",
+            "pipeline:\n  - source: datagen\n    fields: [{name: a, kind: sequence}]\n  - frobnicate: {}\n  - sink: print\n",
+            "step 2 (frobnicate): unknown operator",
+        ),
         ("unknown-source.yaml", "pipeline:\n  - source: kafka\n  - sink: print\n", "step 1 (kafka): unknown source"),
-        ("bad-column.yaml", "pipeline:\n  - source: file\n    path: x\n  - key_by: word\n  - count: {}\n  - sink: print\n", "no column 'word'"),
+        (
+            "bad-column.yaml",
+            "pipeline:\n  - source: file\n    path: x\n  - key_by: word\n  - count: {}\n  - sink: print\n",
+            "no column 'word'",
+        ),
         ("bad-config.yaml", "config:\n  execution.checkpointing.interval: often\npipeline: []\n", "execution.checkpointing.interval"),
     ];
     for (file, text, expected) in cases {
@@ -95,7 +103,10 @@ fn an_unreachable_jobmanager_is_an_error_not_a_fallback() {
         assert!(stderr.contains(&format!("cannot reach the JobManager at {address}")), "{args:?}: {stderr}");
     }
     // The configured address is used the same way.
-    let (ok, _, stderr) = run(dir.path(), &["list", "-D", "jobmanager.rpc.address=127.0.0.1", "-D", &format!("jobmanager.rpc.port={}", address.rsplit(':').next().unwrap())]);
+    let (ok, _, stderr) = run(
+        dir.path(),
+        &["list", "-D", "jobmanager.rpc.address=127.0.0.1", "-D", &format!("jobmanager.rpc.port={}", address.rsplit(':').next().unwrap())],
+    );
     assert!(!ok && stderr.contains("cannot reach the JobManager"), "{stderr}");
     let (ok, _, stderr) = run(dir.path(), &["list"]);
     assert!(!ok && stderr.contains("no JobManager configured"), "{stderr}");

@@ -45,7 +45,8 @@ fn expected_lines(yaml: &str) -> Vec<String> {
     let OperatorSpec::DatagenSource(spec) = &op.spec else { panic!("datagen expected") };
     let mut spec = spec.clone();
     spec.rows_per_second = None;
-    let info = SubtaskInfo { job_id: "x".into(), attempt: 0, vertex: 0, vertex_name: "d".into(), index: 0, parallelism: 1, max_parallelism: 128 };
+    let info =
+        SubtaskInfo { job_id: "x".into(), attempt: 0, vertex: 0, vertex_name: "d".into(), index: 0, parallelism: 1, max_parallelism: 128 };
     let mut reader = weir_connectors::datagen_reader(&spec, &info, op.output_schema.clone());
     let mut sums: HashMap<i64, i64> = HashMap::new();
     let mut lines = Vec::new();
@@ -92,7 +93,13 @@ fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
 /// Runs the job, killing a TaskManager `kills` times (each after a further checkpoint
 /// completed, starting a replacement), and the JobManager once if `kill_jm`; returns the
 /// committed lines, the expected ones, the job's final status and its checkpoints.
-fn run_with_kills(mode: &str, source_parallelism: u32, kills: usize, kill_jm: bool, s3: Option<&S3Server>) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
+fn run_with_kills(
+    mode: &str,
+    source_parallelism: u32,
+    kills: usize,
+    kill_jm: bool,
+    s3: Option<&S3Server>,
+) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
     let chk = tempfile::tempdir().unwrap();
     let catalog = tempfile::tempdir().unwrap();
     let dir = match s3 {
@@ -153,8 +160,7 @@ fn run_with_kills(mode: &str, source_parallelism: u32, kills: usize, kill_jm: bo
             _ => None,
         }
     });
-    let checkpoints: serde_json::Value =
-        serde_json::from_slice(&cluster.weir(&["checkpoints", &id, "--output", "json"]).stdout).unwrap();
+    let checkpoints: serde_json::Value = serde_json::from_slice(&cluster.weir(&["checkpoints", &id, "--output", "json"]).stdout).unwrap();
     (committed_lines(&out_dir), expected_lines(&yaml), status, checkpoints)
 }
 
@@ -187,7 +193,11 @@ fn assert_same_output(got: &[String], expected: &[String]) {
         let (g, e) = (count(got), count(expected));
         let missing: Vec<_> = e.iter().filter(|(l, n)| g.get(*l).copied().unwrap_or(0) < **n).take(5).collect();
         let extra: Vec<_> = g.iter().filter(|(l, n)| e.get(*l).copied().unwrap_or(0) < **n).take(5).collect();
-        panic!("committed output differs: {} lines, expected {}; missing e.g. {missing:?}; extra e.g. {extra:?}", got.len(), expected.len());
+        panic!(
+            "committed output differs: {} lines, expected {}; missing e.g. {missing:?}; extra e.g. {extra:?}",
+            got.len(),
+            expected.len()
+        );
     }
 }
 

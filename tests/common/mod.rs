@@ -75,11 +75,8 @@ impl Cluster {
     pub fn start(tms: usize, slots: u32, config: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let jm_port = free_port();
-        let mut cfg: Vec<String> = vec![
-            "heartbeat.interval=200ms".into(),
-            "heartbeat.timeout=5s".into(),
-            format!("taskmanager.numberOfTaskSlots={slots}"),
-        ];
+        let mut cfg: Vec<String> =
+            vec!["heartbeat.interval=200ms".into(), "heartbeat.timeout=5s".into(), format!("taskmanager.numberOfTaskSlots={slots}")];
         cfg.extend(config.iter().map(|s| s.to_string()));
         let mut args = vec!["jobmanager".to_string(), "-D".into(), format!("jobmanager.rpc.port={jm_port}")];
         args.extend(cfg.iter().flat_map(|c| ["-D".to_string(), c.clone()]));
@@ -214,8 +211,26 @@ pub fn weir(dir: &Path, args: &[String]) -> Output {
 /// Deterministic text: `lines` lines of words drawn from a small vocabulary.
 pub fn generate_text(lines: usize, seed: u64) -> String {
     const WORDS: &[&str] = &[
-        "stream", "weir", "barrier", "checkpoint", "state", "key", "flink", "river", "water", "flow", "credit", "buffer",
-        "Stream", "STATE", "align", "task", "slot", "job", "manager", "record",
+        "stream",
+        "weir",
+        "barrier",
+        "checkpoint",
+        "state",
+        "key",
+        "flink",
+        "river",
+        "water",
+        "flow",
+        "credit",
+        "buffer",
+        "Stream",
+        "STATE",
+        "align",
+        "task",
+        "slot",
+        "job",
+        "manager",
+        "record",
     ];
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut out = String::new();

@@ -114,11 +114,7 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
     }
     eprintln!("Job {id} submitted to {address}");
     let status = loop {
-        let s = client
-            .get_job(GetJobRequest { job_id: id.clone() })
-            .await
-            .map_err(|e| rpc_error(address, e))?
-            .into_inner();
+        let s = client.get_job(GetJobRequest { job_id: id.clone() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
         if is_terminal(s.state) {
             break s;
         }
@@ -160,11 +156,7 @@ pub async fn list(address: &str, output: Output) -> Result<i32> {
 
 pub async fn status(address: &str, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
-    let j = client
-        .get_job(GetJobRequest { job_id: job_id.to_string() })
-        .await
-        .map_err(|e| rpc_error(address, e))?
-        .into_inner();
+    let j = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
     match output {
         Output::Json => println!("{}", job_json(&j)),
         Output::Text => {
@@ -186,10 +178,7 @@ pub async fn status(address: &str, job_id: &str, output: Output) -> Result<i32> 
 
 pub async fn cancel(address: &str, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
-    client
-        .cancel_job(CancelJobRequest { job_id: job_id.to_string() })
-        .await
-        .map_err(|e| rpc_error(address, e))?;
+    client.cancel_job(CancelJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?;
     match output {
         Output::Json => println!("{}", json!({ "id": job_id, "cancel_requested": true })),
         Output::Text => println!("Cancellation of job {job_id} requested."),
@@ -235,7 +224,10 @@ pub async fn checkpoints(address: &str, job_id: &str, output: Output) -> Result<
             if list.is_empty() {
                 println!("No checkpoints.");
             }
-            println!("{:>6}  {:<11}  {:<29}  {:>9}  {:>12}  {:>9}  {:>7}", "id", "status", "trigger time", "duration", "size", "alignment", "acks");
+            println!(
+                "{:>6}  {:<11}  {:<29}  {:>9}  {:>12}  {:>9}  {:>7}",
+                "id", "status", "trigger time", "duration", "size", "alignment", "acks"
+            );
             for c in &list {
                 let trigger = rfc3339(c.trigger_time_ms).as_str().unwrap_or("").to_string();
                 println!(
@@ -258,12 +250,7 @@ pub async fn checkpoints(address: &str, job_id: &str, output: Output) -> Result<
 
 pub async fn cluster(address: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
-    let tms = client
-        .cluster_overview(ClusterOverviewRequest {})
-        .await
-        .map_err(|e| rpc_error(address, e))?
-        .into_inner()
-        .taskmanagers;
+    let tms = client.cluster_overview(ClusterOverviewRequest {}).await.map_err(|e| rpc_error(address, e))?.into_inner().taskmanagers;
     match output {
         Output::Json => println!(
             "{}",

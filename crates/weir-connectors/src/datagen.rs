@@ -41,10 +41,19 @@ fn field_salt(field_idx: usize) -> u64 {
 
 /// One field's generator, with everything that does not depend on the row precomputed.
 enum FieldGen {
-    Sequence { start: i64 },
+    Sequence {
+        start: i64,
+    },
     /// `span` = max - min + 1, in `[1, 2^64]`, hence u128.
-    RandomInt { min: i64, span: u128, key: u64 },
-    RandomString { length: usize, key: u64 },
+    RandomInt {
+        min: i64,
+        span: u128,
+        key: u64,
+    },
+    RandomString {
+        length: usize,
+        key: u64,
+    },
 }
 
 impl FieldGen {
@@ -161,23 +170,14 @@ impl DatagenReader {
             None if index == u64::MAX => 1,
             None => ((u64::MAX - index) / parallelism).saturating_add(1),
         };
-        let fields: Vec<FieldGen> =
-            spec.fields.iter().enumerate().map(|(i, f)| FieldGen::new(&f.kind, i, spec.seed)).collect();
+        let fields: Vec<FieldGen> = spec.fields.iter().enumerate().map(|(i, f)| FieldGen::new(&f.kind, i, spec.seed)).collect();
         // Keep every string column of a batch within a Utf8 column's 2 GiB of values.
-        let longest = fields
-            .iter()
-            .map(|f| if let FieldGen::RandomString { length, .. } = f { *length } else { 0 })
-            .max()
-            .unwrap_or(0);
+        let longest = fields.iter().map(|f| if let FieldGen::RandomString { length, .. } = f { *length } else { 0 }).max().unwrap_or(0);
         let batch_rows = match (i32::MAX as usize).checked_div(longest) {
             Some(fit) => DATAGEN_BATCH_ROWS.min(fit).max(1),
             None => DATAGEN_BATCH_ROWS,
         };
-        let rate = spec.rows_per_second.map(|total_rate| RateLimit {
-            share: (total_rate / parallelism).max(1),
-            start: None,
-            emitted: 0,
-        });
+        let rate = spec.rows_per_second.map(|total_rate| RateLimit { share: (total_rate / parallelism).max(1), start: None, emitted: 0 });
         Self { schema, fields, index, parallelism, local_total, next_local: 0, batch_rows, rate }
     }
 }
@@ -197,8 +197,7 @@ impl SourceReader for DatagenReader {
         }
         let rows = rows as usize;
         let first = self.index + self.next_local * self.parallelism;
-        let columns =
-            self.fields.iter().map(|f| f.column(first, self.parallelism, rows)).collect::<OpResult<Vec<_>>>()?;
+        let columns = self.fields.iter().map(|f| f.column(first, self.parallelism, rows)).collect::<OpResult<Vec<_>>>()?;
         let batch = RecordBatch::try_new(self.schema.clone(), columns)?;
         self.next_local += rows as u64;
         if let Some(rate) = &mut self.rate {
@@ -210,11 +209,7 @@ impl SourceReader for DatagenReader {
     /// One element: (parallelism, index, rows emitted). Taken between two polls, it covers
     /// exactly the rows of the batches returned so far.
     fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
-        let element = ElementWriter::new(STATE_MAGIC)
-            .u32(self.parallelism as u32)
-            .u32(self.index as u32)
-            .u64(self.next_local)
-            .finish();
+        let element = ElementWriter::new(STATE_MAGIC).u32(self.parallelism as u32).u32(self.index as u32).u64(self.next_local).finish();
         Ok(Some(vec![element]))
     }
 

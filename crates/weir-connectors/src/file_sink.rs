@@ -220,12 +220,7 @@ impl FileSink {
             .open(&path)
             .map_err(|e| OperatorError::io("file sink cannot create", path.display().to_string(), e))?;
         self.next_seq += 1;
-        Ok(self.current.insert(InProgress {
-            seq,
-            path,
-            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
-            rows: 0,
-        }))
+        Ok(self.current.insert(InProgress { seq, path, writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), rows: 0 }))
     }
 
     /// Flushes and fsyncs the in-progress file and closes it: its sequence number and whether
@@ -307,13 +302,7 @@ impl FileSink {
         );
         for file in &self.pending {
             let name = part_name(Stage::Pending, self.index, file.seq);
-            elements.push(
-                ElementWriter::new(STATE_MAGIC)
-                    .u8(ELEMENT_PENDING)
-                    .u64(file.checkpoint)
-                    .bytes(name.as_bytes())
-                    .finish(),
-            );
+            elements.push(ElementWriter::new(STATE_MAGIC).u8(ELEMENT_PENDING).u64(file.checkpoint).bytes(name.as_bytes()).finish());
         }
         elements
     }
@@ -345,11 +334,7 @@ fn decode_element(element: &[u8]) -> OpResult<SinkElement> {
                 }
             }
         }
-        kind => {
-            return Err(OperatorError::Failed(format!(
-                "file sink cannot restore: unknown checkpoint state element kind {kind}"
-            )))
-        }
+        kind => return Err(OperatorError::Failed(format!("file sink cannot restore: unknown checkpoint state element kind {kind}"))),
     };
     r.end()?;
     Ok(decoded)
@@ -631,12 +616,7 @@ mod tests {
 
     fn rows() -> RecordBatch {
         let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(-22), None, Some(4)]));
-        let texts: ArrayRef = Arc::new(StringArray::from(vec![
-            Some("plain"),
-            Some("a,b \"quoted\""),
-            Some("two\nlines\r"),
-            None,
-        ]));
+        let texts: ArrayRef = Arc::new(StringArray::from(vec![Some("plain"), Some("a,b \"quoted\""), Some("two\nlines\r"), None]));
         RecordBatch::try_from_iter([("id", ids), ("text", texts)]).expect("batch")
     }
 
@@ -652,10 +632,8 @@ mod tests {
 
     /// The directory's file names, sorted.
     fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).expect("list").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }

@@ -42,9 +42,7 @@ fn list_input_files(path: &str) -> OpResult<Vec<PathBuf>> {
         return Ok(vec![PathBuf::from(path)]);
     }
     if !meta.is_dir() {
-        return Err(OperatorError::Failed(format!(
-            "file source path '{path}' is neither a regular file nor a directory"
-        )));
+        return Err(OperatorError::Failed(format!("file source path '{path}' is neither a regular file nor a directory")));
     }
     let entries = fs::read_dir(path).map_err(|e| OperatorError::io("file source cannot list", path, e))?;
     let mut files = Vec::new();
@@ -169,14 +167,7 @@ impl FileReader {
     pub fn new(path: &str, info: &SubtaskInfo, schema: SchemaRef) -> OpResult<Self> {
         let files = list_input_files(path)?;
         tracing::debug!(path, files = files.len(), index = info.index, "file source listed its input");
-        Ok(Self {
-            schema,
-            files,
-            next_file: 0,
-            current: None,
-            index: info.index,
-            parallelism: info.parallelism.max(1),
-        })
+        Ok(Self { schema, files, next_file: 0, current: None, index: info.index, parallelism: info.parallelism.max(1) })
     }
 }
 
@@ -386,9 +377,7 @@ mod tests {
 
     fn lines_of(poll: SourcePoll) -> Option<Vec<String>> {
         match poll {
-            SourcePoll::Batch(b) => {
-                Some(b.column(0).as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()).collect())
-            }
+            SourcePoll::Batch(b) => Some(b.column(0).as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()).collect()),
             SourcePoll::Idle(_) => panic!("the file source never idles"),
             SourcePoll::End => None,
         }

@@ -65,15 +65,7 @@ pub(crate) mod test_util {
     use weir_core::operator::{Collector, OpResult, SubtaskInfo};
 
     pub fn info(index: u32, parallelism: u32) -> SubtaskInfo {
-        SubtaskInfo {
-            job_id: "job".into(),
-            attempt: 0,
-            vertex: 0,
-            vertex_name: "test".into(),
-            index,
-            parallelism,
-            max_parallelism: 128,
-        }
+        SubtaskInfo { job_id: "job".into(), attempt: 0, vertex: 0, vertex_name: "test".into(), index, parallelism, max_parallelism: 128 }
     }
 
     /// A collector for sinks, which must not emit anything.

@@ -85,10 +85,7 @@ impl Operator for PrintSink {
         self.buf.clear();
         format_batch(&self.prefix, &batch, &mut self.buf)?;
         let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(&self.buf)
-            .and_then(|()| stdout.flush())
-            .map_err(|e| OperatorError::io("print sink cannot write to", "stdout", e))
+        stdout.write_all(&self.buf).and_then(|()| stdout.flush()).map_err(|e| OperatorError::io("print sink cannot write to", "stdout", e))
     }
 }
 

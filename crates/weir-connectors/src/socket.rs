@@ -36,9 +36,7 @@ pub struct SocketReader {
 impl SocketReader {
     pub fn connect(host: &str, port: u16, schema: SchemaRef) -> OpResult<Self> {
         let address = format!("{host}:{port}");
-        let fail = |e: &dyn std::fmt::Display| {
-            OperatorError::Failed(format!("socket source cannot connect to {address}: {e}"))
-        };
+        let fail = |e: &dyn std::fmt::Display| OperatorError::Failed(format!("socket source cannot connect to {address}: {e}"));
         let candidates = (host, port).to_socket_addrs().map_err(|e| fail(&e))?;
         // Try every resolved address (e.g. IPv6 then IPv4 for `localhost`), keeping the last
         // error; a bounded timeout so an unreachable host fails the deploy instead of hanging.
@@ -60,15 +58,7 @@ impl SocketReader {
         };
         stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(|e| fail(&e))?;
         tracing::info!(%address, "socket source connected");
-        Ok(Self {
-            address,
-            stream,
-            schema,
-            read_buf: vec![0; READ_BUFFER_BYTES],
-            pending: Vec::new(),
-            scanned: 0,
-            eof: false,
-        })
+        Ok(Self { address, stream, schema, read_buf: vec![0; READ_BUFFER_BYTES], pending: Vec::new(), scanned: 0, eof: false })
     }
 
     /// Moves up to [`BATCH_LINES`] complete lines from `pending` into a column.
@@ -109,9 +99,7 @@ impl SocketReader {
                 self.pending.extend_from_slice(&self.read_buf[..n]);
                 Ok(true)
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
-                Ok(false)
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => Ok(false),
             Err(e) => Err(OperatorError::Failed(format!("socket source cannot read from {}: {e}", self.address))),
         }
     }

@@ -63,9 +63,8 @@ impl Utf8Column {
             self.values.truncate(start);
             self.values.extend_from_slice(fixed.as_bytes());
         }
-        let end = i32::try_from(self.values.len()).map_err(|_| {
-            OperatorError::Failed(format!("{context}: a batch of text exceeds the 2 GiB limit of a Utf8 column"))
-        })?;
+        let end = i32::try_from(self.values.len())
+            .map_err(|_| OperatorError::Failed(format!("{context}: a batch of text exceeds the 2 GiB limit of a Utf8 column")))?;
         self.offsets.push(end);
         Ok(())
     }

@@ -21,7 +21,9 @@ pub enum Kind {
     /// `32kb`, `4mb`, or a plain number of bytes.
     Size,
     /// An unsigned integer, at least the given minimum.
-    Int { min: u64 },
+    Int {
+        min: u64,
+    },
     /// A TCP port, 0 to 65535 (0 = pick a free one).
     Port,
     Bool,
@@ -190,10 +192,7 @@ impl Config {
     pub fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
         let key = key.trim();
         let value = value.trim();
-        let def = Self::key_def(key).ok_or_else(|| ConfigError::UnknownKey {
-            key: key.to_string(),
-            origin: origin.to_string(),
-        })?;
+        let def = Self::key_def(key).ok_or_else(|| ConfigError::UnknownKey { key: key.to_string(), origin: origin.to_string() })?;
         let normalized = validate(def, value).map_err(|reason| ConfigError::BadValue {
             key: key.to_string(),
             value: value.to_string(),
@@ -218,10 +217,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(cfg);
         }
-        let value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| ConfigError::File {
-            path: origin.to_string(),
-            reason: e.to_string(),
-        })?;
+        let value: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| ConfigError::File { path: origin.to_string(), reason: e.to_string() })?;
         cfg.apply_yaml(&value, origin)?;
         Ok(cfg)
     }
@@ -229,10 +226,7 @@ impl Config {
     /// Applies a YAML mapping (as in `config.yaml` or a job file's `config:`).
     pub fn apply_yaml(&mut self, value: &serde_norway::Value, origin: &str) -> Result<(), ConfigError> {
         let mut flat = Vec::new();
-        flatten("", value, &mut flat).map_err(|reason| ConfigError::File {
-            path: origin.to_string(),
-            reason,
-        })?;
+        flatten("", value, &mut flat).map_err(|reason| ConfigError::File { path: origin.to_string(), reason })?;
         for (k, v) in flat {
             self.set(&k, &v, origin)?;
         }
@@ -240,10 +234,8 @@ impl Config {
     }
 
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::File { path: path.display().to_string(), reason: e.to_string() })?;
         Self::from_yaml_str(&text, &path.display().to_string())
     }
 
@@ -504,19 +496,15 @@ mod tests {
 
     #[test]
     fn yaml_files_flatten_nested_keys_and_properties_parse() {
-        let cfg = Config::from_yaml_str(
-            "parallelism.default: 4\nexecution:\n  checkpointing:\n    interval: 10s\n",
-            "config.yaml",
-        )
-        .unwrap();
+        let cfg =
+            Config::from_yaml_str("parallelism.default: 4\nexecution:\n  checkpointing:\n    interval: 10s\n", "config.yaml").unwrap();
         assert_eq!(cfg.int(keys::PARALLELISM), 4);
         assert_eq!(cfg.optional_duration(keys::CHECKPOINT_INTERVAL), Some(Duration::from_secs(10)));
         let err = Config::from_yaml_str("bogus.key: 1\n", "conf/config.yaml").unwrap_err();
         assert!(err.to_string().contains("'bogus.key' (in conf/config.yaml)"));
 
         let mut env = Config::new();
-        env.apply_properties("jobmanager.rpc.address: jm\ntaskmanager.numberOfTaskSlots=8\n", "WEIR_PROPERTIES")
-            .unwrap();
+        env.apply_properties("jobmanager.rpc.address: jm\ntaskmanager.numberOfTaskSlots=8\n", "WEIR_PROPERTIES").unwrap();
         assert_eq!(env.text(keys::JOBMANAGER_ADDRESS), Some("jm"));
         assert_eq!(env.int(keys::TASKMANAGER_SLOTS), 8);
         assert!(env.apply_dynamic("no-equals-sign").is_err());

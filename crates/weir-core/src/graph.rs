@@ -114,19 +114,43 @@ pub enum FileFormat {
 #[serde(rename_all = "snake_case")]
 pub enum OperatorSpec {
     DatagenSource(DatagenSpec),
-    SocketSource { host: String, port: u16 },
-    FileSource { path: String },
+    SocketSource {
+        host: String,
+        port: u16,
+    },
+    FileSource {
+        path: String,
+    },
     /// One row per whitespace-separated word of `column`, in a column named `word`.
-    Split { column: String },
-    Upper { column: String },
-    Lower { column: String },
-    Filter { column: String, op: CompareOp, value: Literal },
-    Select { columns: Vec<String> },
+    Split {
+        column: String,
+    },
+    Upper {
+        column: String,
+    },
+    Lower {
+        column: String,
+    },
+    Filter {
+        column: String,
+        op: CompareOp,
+        value: Literal,
+    },
+    Select {
+        columns: Vec<String>,
+    },
     /// A keyed running aggregate: emits (key, value) for every input row with the key's
     /// updated value. `field` is None for count.
-    KeyedAggregate { kind: AggKind, key: String, field: Option<String> },
+    KeyedAggregate {
+        kind: AggKind,
+        key: String,
+        field: Option<String>,
+    },
     PrintSink,
-    FileSink { path: String, format: FileFormat },
+    FileSink {
+        path: String,
+        format: FileFormat,
+    },
     BlackholeSink,
 }
 

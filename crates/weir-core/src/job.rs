@@ -80,9 +80,7 @@ impl JobFile {
         for k in map.keys() {
             let k = k.as_str().unwrap_or("");
             if !["name", "parallelism", "config", "pipeline"].contains(&k) {
-                return Err(syntax(format!(
-                    "unknown top-level key '{k}' (expected name, parallelism, config, pipeline)"
-                )));
+                return Err(syntax(format!("unknown top-level key '{k}' (expected name, parallelism, config, pipeline)")));
             }
         }
         let name = match map.get("name") {
@@ -132,12 +130,7 @@ impl JobFile {
         let mut uids = std::collections::HashSet::new();
 
         for (pos, step) in self.steps.iter().enumerate() {
-            let step_err = |reason: String| JobError::Step {
-                origin: origin.clone(),
-                step: step.index,
-                name: step.name.clone(),
-                reason,
-            };
+            let step_err = |reason: String| JobError::Step { origin: origin.clone(), step: step.index, name: step.name.clone(), reason };
             if finished {
                 return Err(step_err("nothing may follow a sink".into()));
             }
@@ -195,9 +188,7 @@ impl JobFile {
                 parallelism = parallelism.min(limit);
             }
             if parallelism > max_p {
-                return Err(step_err(format!(
-                    "parallelism {parallelism} exceeds pipeline.max-parallelism {max_p}"
-                )));
+                return Err(step_err(format!("parallelism {parallelism} exceeds pipeline.max-parallelism {max_p}")));
             }
             let uid = match &step.uid {
                 Some(u) => u.clone(),
@@ -287,10 +278,7 @@ fn parse_step(index: usize, raw: &Value, origin: &str) -> Result<Step, JobError>
             let keys: Vec<_> = map.keys().filter_map(|k| k.as_str()).collect();
             return Err(err(
                 keys.first().copied().unwrap_or("?"),
-                format!(
-                    "unknown operator (steps are `source: ...`, `sink: ...` or one of {})",
-                    TRANSFORMS.join(", ")
-                ),
+                format!("unknown operator (steps are `source: ...`, `sink: ...` or one of {})", TRANSFORMS.join(", ")),
             ));
         }
         many => return Err(err(many[0], format!("a step has one operator, found {}", many.join(" and ")))),
@@ -300,8 +288,7 @@ fn parse_step(index: usize, raw: &Value, origin: &str) -> Result<Step, JobError>
         Some(v) => Some(
             v.as_u64()
                 .filter(|p| *p >= 1 && *p <= u32::MAX as u64)
-                .ok_or_else(|| err(kind, "`parallelism` must be a whole number of at least 1".into()))?
-                as u32,
+                .ok_or_else(|| err(kind, "`parallelism` must be a whole number of at least 1".into()))? as u32,
         ),
     };
     let uid = map.get("uid").map(|v| scalar_text(v).unwrap_or_default());
@@ -311,10 +298,7 @@ fn parse_step(index: usize, raw: &Value, origin: &str) -> Result<Step, JobError>
     // the operator key (a mapping, a scalar shorthand, or `{}`), and no other keys.
     let (name, params, shorthand) = match kind {
         "source" | "sink" => {
-            let name = value
-                .as_str()
-                .ok_or_else(|| err(kind, format!("`{kind}` must name a connector")))?
-                .to_string();
+            let name = value.as_str().ok_or_else(|| err(kind, format!("`{kind}` must name a connector")))?.to_string();
             let mut params = Mapping::new();
             for (k, v) in map {
                 let ks = k.as_str().unwrap_or("");
@@ -564,9 +548,7 @@ fn resolve(op: &RawOp, input: &Schema, key: Option<String>) -> Result<OperatorSp
         RawOp::Lower { column } => OperatorSpec::Lower { column: text_col(column)? },
         RawOp::Filter { expr } => {
             let (column, op, value) = parse_filter(expr)?;
-            let field = input
-                .field_with_name(&column)
-                .map_err(|_| format!("no column '{column}'; columns are {}", columns(input)))?;
+            let field = input.field_with_name(&column).map_err(|_| format!("no column '{column}'; columns are {}", columns(input)))?;
             match (field.data_type(), &value, op) {
                 (DataType::Utf8, Literal::Text(_), _) => {}
                 (DataType::Int64, Literal::Int(_), CompareOp::Contains | CompareOp::StartsWith) => {
@@ -716,10 +698,8 @@ pipeline:
 
     #[test]
     fn socket_source_stays_at_parallelism_one_and_rebalances() {
-        let g = compile(
-            "name: s\nparallelism: 4\npipeline:\n  - source: socket\n    port: 9999\n  - upper: {}\n  - sink: print\n",
-        )
-        .unwrap();
+        let g =
+            compile("name: s\nparallelism: 4\npipeline:\n  - source: socket\n    port: 9999\n  - upper: {}\n  - sink: print\n").unwrap();
         assert_eq!(g.vertices.len(), 2);
         assert_eq!(g.vertices[0].parallelism, 1);
         assert_eq!(g.vertices[1].parallelism, 4);

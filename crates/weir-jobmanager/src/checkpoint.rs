@@ -219,7 +219,12 @@ impl Coordinator {
                     })
                     .collect();
                 if subtasks.iter().any(|s| !s.keyed.is_empty() || s.operator.is_some()) {
-                    operators.push(OperatorState { uid: op.uid.clone(), parallelism: v.parallelism, max_parallelism: graph.max_parallelism, subtasks });
+                    operators.push(OperatorState {
+                        uid: op.uid.clone(),
+                        parallelism: v.parallelism,
+                        max_parallelism: graph.max_parallelism,
+                        subtasks,
+                    });
                 }
             }
         }

@@ -18,9 +18,11 @@ fn tms_of(state: &JobManagerState, job_id: &str, sources_only: bool) -> Vec<Task
     let Some(job) = inner.jobs.get(job_id) else { return Vec::new() };
     let mut tms: Vec<String> = Vec::new();
     for (slot, tm) in job.slots.iter().enumerate() {
-        let hosts = job.graph.vertices.iter().any(|v| {
-            (slot as u32) < v.parallelism && (!sources_only || job.graph.inputs_of(v.id).next().is_none())
-        });
+        let hosts = job
+            .graph
+            .vertices
+            .iter()
+            .any(|v| (slot as u32) < v.parallelism && (!sources_only || job.graph.inputs_of(v.id).next().is_none()));
         if hosts && !tms.contains(tm) {
             tms.push(tm.clone());
         }
@@ -68,7 +70,8 @@ pub(crate) async fn coordinator_loop(state: Arc<JobManagerState>, job_id: String
             }
             // Only a fully running attempt can take a checkpoint: every subtask must hear the
             // barrier and acknowledge.
-            let all_running = job.state == JobState::Running && !job.tasks.is_empty() && job.tasks.values().all(|t| t.state == TaskState::TaskRunning);
+            let all_running =
+                job.state == JobState::Running && !job.tasks.is_empty() && job.tasks.values().all(|t| t.state == TaskState::TaskRunning);
             let expired = job.coordinator.expired(now);
             let trigger = if all_running && job.coordinator.due(now) {
                 let total = job.tasks.len();
@@ -120,7 +123,13 @@ pub(crate) fn acknowledge(
 
 /// Writes `_metadata` (last), then marks the checkpoint complete, notifies the tasks, and
 /// discards what is no longer retained.
-async fn complete(state: Arc<JobManagerState>, job_id: String, attempt: u32, meta: CheckpointMetadata, storage: weir_state::CheckpointStorage) {
+async fn complete(
+    state: Arc<JobManagerState>,
+    job_id: String,
+    attempt: u32,
+    meta: CheckpointMetadata,
+    storage: weir_state::CheckpointStorage,
+) {
     let id = meta.checkpoint_id;
     if let Err(e) = meta.write(&storage).await {
         decline(&state, &job_id, attempt, id, format!("cannot write _metadata: {e}"));
@@ -175,6 +184,10 @@ pub(crate) fn decline(state: &Arc<JobManagerState>, job_id: &str, attempt: u32, 
     let calls = tms_of(state, job_id, true).into_iter().map(|c| (c, request(job_id, attempt, id))).collect();
     call(calls, "abort");
     if fail_job {
-        state.fail_job(job_id, Some(attempt), &format!("exceeded execution.checkpointing.tolerable-failed-checkpoints; last failure of checkpoint {id}: {reason}"));
+        state.fail_job(
+            job_id,
+            Some(attempt),
+            &format!("exceeded execution.checkpointing.tolerable-failed-checkpoints; last failure of checkpoint {id}: {reason}"),
+        );
     }
 }

@@ -47,9 +47,7 @@ impl JobManagerHandle {
 /// Starts the JobManager's gRPC server on `bind` (host:port; port 0 picks a free one) with the
 /// cluster configuration `config`.
 pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobManagerError> {
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let catalog = match config.text(keys::JOBMANAGER_CATALOG_DIR) {

@@ -19,11 +19,8 @@ fn pick_slots(free: &mut [(String, u32)], needed: u32) -> Option<Vec<String>> {
     let mut picked = Vec::with_capacity(needed as usize);
     for _ in 0..needed {
         // Most free slots first; ties broken by id so placement is deterministic.
-        let best = free
-            .iter_mut()
-            .filter(|(_, f)| *f > 0)
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
-            .expect("enough free slots");
+        let best =
+            free.iter_mut().filter(|(_, f)| *f > 0).max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0))).expect("enough free slots");
         best.1 -= 1;
         picked.push(best.0.clone());
     }

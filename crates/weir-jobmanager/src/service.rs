@@ -3,10 +3,10 @@
 use crate::state::JobManagerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use weir_core::config::keys;
 use weir_core::config::Config;
 use weir_core::job::compile_job;
 use weir_proto::job_manager_service_server::JobManagerService;
-use weir_core::config::keys;
 use weir_proto::*;
 use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInfo, SubtaskState};
 use weir_state::CheckpointStorage;
@@ -14,11 +14,14 @@ use weir_state::CheckpointStorage;
 /// Reads the `_metadata` of a retained checkpoint given as `<root>/<job>/chk-<n>[/_metadata]`.
 async fn read_restore(path: &str, config: &Config) -> Result<RestoreInfo, Status> {
     let (root, rel) = split_checkpoint_path(path).ok_or_else(|| {
-        Status::invalid_argument(format!("'{path}' is not a checkpoint directory: expected <dir>/<job-id>/chk-<n>, e.g. file:///tmp/weir-checkpoints/<job-id>/chk-3"))
+        Status::invalid_argument(format!(
+            "'{path}' is not a checkpoint directory: expected <dir>/<job-id>/chk-<n>, e.g. file:///tmp/weir-checkpoints/<job-id>/chk-3"
+        ))
     })?;
     let root = if root.contains("://") { root } else { format!("file://{root}") };
     let storage = CheckpointStorage::open(&root, config).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let metadata = CheckpointMetadata::read(&storage, &rel).await.map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
+    let metadata =
+        CheckpointMetadata::read(&storage, &rel).await.map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
     Ok(RestoreInfo { storage_url: root, metadata })
 }
 
@@ -80,9 +83,13 @@ impl JobManagerService for JobManagerRpc {
             compile_job(&r.job_definition, origin, &self.state.config, &overrides).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Checkpoints need storage: without execution.checkpointing.dir, a local directory
         // (fine for one machine; a cluster needs shared or object storage).
-        if !config.is_set(keys::CHECKPOINT_DIR) && (config.optional_duration(keys::CHECKPOINT_INTERVAL).is_some() || !r.restore_path.is_empty()) {
+        if !config.is_set(keys::CHECKPOINT_DIR)
+            && (config.optional_duration(keys::CHECKPOINT_INTERVAL).is_some() || !r.restore_path.is_empty())
+        {
             let dir = std::env::temp_dir().join("weir-checkpoints");
-            config.set(keys::CHECKPOINT_DIR, &format!("file://{}", dir.display()), "default").map_err(|e| Status::internal(e.to_string()))?;
+            config
+                .set(keys::CHECKPOINT_DIR, &format!("file://{}", dir.display()), "default")
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         let restore = if r.restore_path.is_empty() { None } else { Some(read_restore(&r.restore_path, &config).await?) };
         let name = graph.name.clone();
@@ -118,11 +125,23 @@ impl JobManagerService for JobManagerRpc {
         let e = r.execution.ok_or_else(|| Status::invalid_argument("missing execution"))?;
         let states: Vec<(String, SubtaskState)> =
             serde_json::from_slice(&r.state).map_err(|err| Status::invalid_argument(format!("state handles do not parse: {err}")))?;
-        crate::coordinate::acknowledge(&self.state, &e.job_id, e.attempt, (e.vertex, e.subtask), r.checkpoint_id, states, r.alignment_ms, r.size_bytes);
+        crate::coordinate::acknowledge(
+            &self.state,
+            &e.job_id,
+            e.attempt,
+            (e.vertex, e.subtask),
+            r.checkpoint_id,
+            states,
+            r.alignment_ms,
+            r.size_bytes,
+        );
         Ok(Response::new(AcknowledgeCheckpointResponse {}))
     }
 
-    async fn decline_checkpoint(&self, request: Request<DeclineCheckpointRequest>) -> Result<Response<AcknowledgeCheckpointResponse>, Status> {
+    async fn decline_checkpoint(
+        &self,
+        request: Request<DeclineCheckpointRequest>,
+    ) -> Result<Response<AcknowledgeCheckpointResponse>, Status> {
         let r = request.into_inner();
         let e = r.execution.ok_or_else(|| Status::invalid_argument("missing execution"))?;
         crate::coordinate::decline(&self.state, &e.job_id, e.attempt, r.checkpoint_id, r.reason);

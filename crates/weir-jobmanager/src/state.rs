@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
 use tonic::transport::{Channel, Endpoint};
+use weir_core::config::keys;
 use weir_core::config::Config;
 use weir_core::graph::JobGraph;
 use weir_proto::task_manager_service_client::TaskManagerServiceClient;
-use weir_core::config::keys;
 use weir_proto::{CancelTasksRequest, JobState, JobStatus, PingRequest, TaskManagerInfo, TaskState, VertexStatus};
 use weir_state::metadata::RestoreInfo;
 use weir_state::CheckpointStorage;
@@ -28,7 +28,6 @@ pub(crate) struct TaskManagerEntry {
 }
 
 pub(crate) struct TaskEntry {
-
     pub state: TaskState,
     pub records_in: u64,
     pub records_out: u64,
@@ -179,7 +178,14 @@ impl JobManagerState {
         tms
     }
 
-    pub(crate) fn add_job(&self, name: String, graph: JobGraph, config: Config, restore: Option<RestoreInfo>, definition: (String, String)) -> Result<String, String> {
+    pub(crate) fn add_job(
+        &self,
+        name: String,
+        graph: JobGraph,
+        config: Config,
+        restore: Option<RestoreInfo>,
+        definition: (String, String),
+    ) -> Result<String, String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         self.insert_job(id, name, graph, config, restore, definition, 0, 1)
     }
@@ -319,7 +325,12 @@ impl JobManagerState {
 
     /// Moves a job to a terminal state and frees its slots. Returns the TaskManagers that may
     /// still run its tasks, to cancel them.
-    fn end_job(inner: &mut Inner, job_id: &str, state: JobState, failure: &str) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
+    fn end_job(
+        inner: &mut Inner,
+        job_id: &str,
+        state: JobState,
+        failure: &str,
+    ) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
         let Some(job) = inner.jobs.get_mut(job_id) else { return Vec::new() };
         if job.is_terminal() {
             return Vec::new();
@@ -460,12 +471,8 @@ impl JobManagerState {
         let Some(tm) = inner.tms.remove(tm_id) else { return };
         tracing::warn!(taskmanager = tm_id, "TaskManager lost: {why}");
         let reason = format!("TaskManager {tm_id} ({}) lost: {why}", tm.rpc_address);
-        let affected: Vec<String> = inner
-            .jobs
-            .values()
-            .filter(|j| !j.is_terminal() && j.slots.iter().any(|s| s == tm_id))
-            .map(|j| j.id.clone())
-            .collect();
+        let affected: Vec<String> =
+            inner.jobs.values().filter(|j| !j.is_terminal() && j.slots.iter().any(|s| s == tm_id)).map(|j| j.id.clone()).collect();
         let mut cancels = Vec::new();
         let mut failed = Vec::new();
         for job in affected {
@@ -524,14 +531,8 @@ pub(crate) async fn heartbeat_monitor(state: Arc<JobManagerState>, timeout: Dura
             _ = shutdown.changed() => return,
         }
         state.persist_ended();
-        let lost: Vec<String> = state
-            .inner
-            .lock()
-            .tms
-            .values()
-            .filter(|t| t.last_heartbeat.elapsed() > timeout)
-            .map(|t| t.id.clone())
-            .collect();
+        let lost: Vec<String> =
+            state.inner.lock().tms.values().filter(|t| t.last_heartbeat.elapsed() > timeout).map(|t| t.id.clone()).collect();
         for tm in lost {
             state.taskmanager_lost(&tm, &format!("no heartbeat for {}", humanize(timeout)));
         }

@@ -43,9 +43,15 @@ pub enum Action {
     Block(usize),
     Unblock(usize),
     /// Snapshot state for this barrier, then forward it downstream.
-    Snapshot { barrier: Barrier, alignment: Duration },
+    Snapshot {
+        barrier: Barrier,
+        alignment: Duration,
+    },
     /// The checkpoint cannot complete: tell downstream and the JobManager.
-    Abort { id: u64, reason: String },
+    Abort {
+        id: u64,
+        reason: String,
+    },
 }
 
 /// Progress of one checkpoint at this task.
@@ -137,9 +143,10 @@ impl BarrierHandler {
     fn complete_aligned(&mut self, now: Instant, actions: &mut Vec<Action>) {
         loop {
             let live = self.live();
-            let ready = self.pending.iter().find(|(_, a)| {
-                a.received.iter().zip(&self.ended).filter(|(got, ended)| **got && !**ended).count() >= live
-            });
+            let ready = self
+                .pending
+                .iter()
+                .find(|(_, a)| a.received.iter().zip(&self.ended).filter(|(got, ended)| **got && !**ended).count() >= live);
             let Some((&id, _)) = ready else { return };
             let a = self.pending.remove(&id).expect("found above");
             // Older incomplete checkpoints are subsumed by a newer complete one.

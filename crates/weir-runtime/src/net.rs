@@ -67,9 +67,7 @@ pub struct NetworkEnvironment {
 impl NetworkEnvironment {
     /// Binds the data port and starts accepting peers. Must be called inside a tokio runtime.
     pub async fn start(tm_id: &str, bind: &str, sender_queue_buffers: usize) -> Result<Arc<Self>, NetError> {
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
+        let listener = TcpListener::bind(bind).await.map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
         let local_addr = listener.local_addr().map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
         let env = Arc::new(Self {
             tm_id: tm_id.to_string(),
@@ -118,11 +116,7 @@ impl NetworkEnvironment {
                 return l.clone();
             }
         }
-        let link = Arc::new(PeerLink {
-            peer: peer.to_string(),
-            state: Mutex::new(LinkState::default()),
-            notify: Notify::new(),
-        });
+        let link = Arc::new(PeerLink { peer: peer.to_string(), state: Mutex::new(LinkState::default()), notify: Notify::new() });
         peers.insert(peer.to_string(), link.clone());
         drop(peers);
         if self.tm_id.as_str() < peer {

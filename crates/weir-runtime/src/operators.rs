@@ -9,19 +9,15 @@ use arrow_schema::SchemaRef;
 use std::sync::Arc;
 use weir_core::graph::{AggKind, CompareOp, Literal, OperatorSpec, Vertex};
 use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SourceReader, SubtaskInfo};
-use weir_state::{BackendKind, Keys, StateBackend};
 use weir_core::KeyGroupRange;
+use weir_state::{BackendKind, Keys, StateBackend};
 
 fn column_index(schema: &SchemaRef, name: &str) -> OpResult<usize> {
     schema.index_of(name).map_err(|_| OperatorError::Failed(format!("no column '{name}'")))
 }
 
 fn text_column<'a>(batch: &'a RecordBatch, idx: usize) -> OpResult<&'a StringArray> {
-    batch
-        .column(idx)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| OperatorError::Failed(format!("column {idx} is not text")))
+    batch.column(idx).as_any().downcast_ref::<StringArray>().ok_or_else(|| OperatorError::Failed(format!("column {idx} is not text")))
 }
 
 /// `split`: one output row per whitespace-separated word.
@@ -235,24 +231,16 @@ pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef,
         }
         match &op.spec {
             OperatorSpec::DatagenSource(d) => source = Some(weir_connectors::datagen_reader(d, info, out_schema.clone())),
-            OperatorSpec::SocketSource { host, port } => {
-                source = Some(weir_connectors::socket_reader(host, *port, out_schema.clone())?)
-            }
+            OperatorSpec::SocketSource { host, port } => source = Some(weir_connectors::socket_reader(host, *port, out_schema.clone())?),
             OperatorSpec::FileSource { path } => source = Some(weir_connectors::file_reader(path, info, out_schema.clone())?),
             OperatorSpec::Split { column } => {
                 operators.push(Box::new(Split { column: column_index(&schema, column)?, schema: out_schema.clone() }))
             }
-            OperatorSpec::Upper { column } => {
-                operators.push(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: true }))
+            OperatorSpec::Upper { column } => operators.push(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: true })),
+            OperatorSpec::Lower { column } => operators.push(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: false })),
+            OperatorSpec::Filter { column, op, value } => {
+                operators.push(Box::new(Filter { column: column_index(&schema, column)?, op: *op, value: value.clone() }))
             }
-            OperatorSpec::Lower { column } => {
-                operators.push(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: false }))
-            }
-            OperatorSpec::Filter { column, op, value } => operators.push(Box::new(Filter {
-                column: column_index(&schema, column)?,
-                op: *op,
-                value: value.clone(),
-            })),
             OperatorSpec::Select { columns } => {
                 let indices = columns.iter().map(|c| column_index(&schema, c)).collect::<OpResult<Vec<_>>>()?;
                 operators.push(Box::new(Select { indices }))

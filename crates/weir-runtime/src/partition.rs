@@ -159,12 +159,7 @@ impl ResultPartition {
 
     /// The earliest time a partly filled buffer must be flushed.
     pub fn next_flush(&self) -> Option<Instant> {
-        self.edges
-            .iter()
-            .flat_map(|e| e.pending.iter())
-            .filter_map(|p| p.since)
-            .min()
-            .map(|t| t + self.buffer_timeout)
+        self.edges.iter().flat_map(|e| e.pending.iter()).filter_map(|p| p.since).min().map(|t| t + self.buffer_timeout)
     }
 
     /// Flushes buffers whose timeout has passed.

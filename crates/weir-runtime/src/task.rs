@@ -336,7 +336,8 @@ impl Runner {
             match gate.poll(self.partition.next_flush()) {
                 GatePoll::Item(_, Item::Buffer(b)) => self.process(chain, b)?,
                 GatePoll::Item(ch, Item::Encoded(bytes)) => {
-                    let b = decode_batch(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
+                    let b =
+                        decode_batch(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
                     self.process(chain, b)?
                 }
                 GatePoll::Item(channel, Item::Event(Event::EndOfPartition)) => {

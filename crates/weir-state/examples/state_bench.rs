@@ -63,7 +63,8 @@ async fn main() {
         ("rocksdb full", BackendKind::RocksDb, false),
         ("rocksdb incremental", BackendKind::RocksDb, true),
     ] {
-        let storage = CheckpointStorage::open(&format!("file://{}/{}", dir.path().display(), name.replace(' ', "-")), &Default::default()).unwrap();
+        let storage =
+            CheckpointStorage::open(&format!("file://{}/{}", dir.path().display(), name.replace(' ', "-")), &Default::default()).unwrap();
         let mut b = StateBackend::create(kind, dir.path(), 128, KeyGroupRange::new(0, 128)).unwrap();
         update(&mut b, 0..KEYS);
         let (sync, total, _, h1) = snapshot(&mut b, &storage, 1, incremental).await;

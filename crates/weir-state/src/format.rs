@@ -36,11 +36,7 @@ pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8], path: &str) -> Result<&'a [
         return Err(corrupt(format!("truncated: {} bytes, shorter than any valid file", bytes.len())));
     }
     if &bytes[..8] != magic {
-        return Err(corrupt(format!(
-            "not a {} file (magic {:?})",
-            String::from_utf8_lossy(magic),
-            String::from_utf8_lossy(&bytes[..8])
-        )));
+        return Err(corrupt(format!("not a {} file (magic {:?})", String::from_utf8_lossy(magic), String::from_utf8_lossy(&bytes[..8]))));
     }
     let version = u16::from_be_bytes([bytes[8], bytes[9]]);
     if version != FORMAT_VERSION {
@@ -48,7 +44,11 @@ pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8], path: &str) -> Result<&'a [
     }
     let len = u64::from_be_bytes(bytes[10..18].try_into().expect("8 bytes")) as usize;
     if bytes.len() != HEADER + len + 4 {
-        return Err(corrupt(format!("truncated or padded: header says {} body bytes, file has {}", len, bytes.len().saturating_sub(HEADER + 4))));
+        return Err(corrupt(format!(
+            "truncated or padded: header says {} body bytes, file has {}",
+            len,
+            bytes.len().saturating_sub(HEADER + 4)
+        )));
     }
     let body = &bytes[HEADER..HEADER + len];
     let crc = u32::from_be_bytes(bytes[HEADER + len..].try_into().expect("4 bytes"));

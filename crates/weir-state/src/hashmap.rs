@@ -33,7 +33,10 @@ impl HashMapBackend {
 
     fn group(&self, key: &[u8]) -> Result<&Group, StateError> {
         let kg = key_group_of(key);
-        self.range.contains(kg).then(|| &self.groups[(kg - self.range.start) as usize]).ok_or(StateError::KeyGroup { kg, range: self.range })
+        self.range
+            .contains(kg)
+            .then(|| &self.groups[(kg - self.range.start) as usize])
+            .ok_or(StateError::KeyGroup { kg, range: self.range })
     }
 
     fn group_mut(&mut self, key: &[u8]) -> Result<&mut Group, StateError> {
@@ -92,7 +95,8 @@ impl KeyedStateBackend for HashMapBackend {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
-        let mut out: Vec<_> = self.group(prefix)?.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        let mut out: Vec<_> =
+            self.group(prefix)?.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         out.sort();
         Ok(out)
     }

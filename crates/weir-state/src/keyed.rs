@@ -337,10 +337,7 @@ impl<K: StateCodec, V: StateCodec> MapState<K, V> {
     }
     pub fn entries(&self, b: &dyn KeyedStateBackend, ctx: &KeyContext) -> Result<Vec<(K, V)>, StateError> {
         let prefix = state_key(ctx, &self.name);
-        b.scan_prefix(&prefix)?
-            .into_iter()
-            .map(|(k, v)| Ok((K::decode(&k[prefix.len()..])?, V::decode(&v)?)))
-            .collect()
+        b.scan_prefix(&prefix)?.into_iter().map(|(k, v)| Ok((K::decode(&k[prefix.len()..])?, V::decode(&v)?))).collect()
     }
     pub fn clear(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext) -> Result<(), StateError> {
         let prefix = state_key(ctx, &self.name);

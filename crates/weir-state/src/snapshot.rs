@@ -243,7 +243,11 @@ impl PendingSnapshot {
     }
 }
 
-async fn upload_incremental(storage: &CheckpointStorage, target: &SnapshotTarget, s: &IncrementalSnapshot) -> Result<KeyedStateHandle, StateError> {
+async fn upload_incremental(
+    storage: &CheckpointStorage,
+    target: &SnapshotTarget,
+    s: &IncrementalSnapshot,
+) -> Result<KeyedStateHandle, StateError> {
     let mut shared = s.reused.clone();
     for f in &s.to_upload {
         // Unique per instance and checkpoint: never overwrite a file another checkpoint uses.

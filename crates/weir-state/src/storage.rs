@@ -67,7 +67,8 @@ impl CheckpointStorage {
             }
             // A few quick retries: a checkpoint that cannot reach S3 should fail (and be retried
             // by the next checkpoint) rather than hang until the checkpoint timeout.
-            let retry = object_store::RetryConfig { max_retries: 5, retry_timeout: std::time::Duration::from_secs(60), ..Default::default() };
+            let retry =
+                object_store::RetryConfig { max_retries: 5, retry_timeout: std::time::Duration::from_secs(60), ..Default::default() };
             let mut b = AmazonS3Builder::new()
                 .with_retry(retry)
                 .with_bucket_name(bucket)

@@ -97,7 +97,8 @@ fn fill(kind: BackendKind, dir: &Path, parallelism: u32, n: usize) -> (Vec<State
 async fn snapshot_all(backends: &mut [StateBackend], storage: &CheckpointStorage, n: u64, incremental: bool) -> Vec<KeyedStateHandle> {
     let mut handles = Vec::new();
     for (i, b) in backends.iter_mut().enumerate() {
-        let target = SnapshotTarget { job: "job".into(), checkpoint: n, operator: "count".into(), subtask: i as u32, savepoint: false, incremental };
+        let target =
+            SnapshotTarget { job: "job".into(), checkpoint: n, operator: "count".into(), subtask: i as u32, savepoint: false, incremental };
         let pending = b.snapshot(target).unwrap();
         let h = pending.upload(storage).await.unwrap();
         b.snapshot_uploaded(n, &h);
@@ -107,7 +108,14 @@ async fn snapshot_all(backends: &mut [StateBackend], storage: &CheckpointStorage
 }
 
 /// Restores at `parallelism` and checks every key sits in its owner with its value, once.
-async fn check_restore(kind: BackendKind, dir: &Path, storage: &CheckpointStorage, handles: &[KeyedStateHandle], parallelism: u32, expected: &BTreeMap<String, i64>) {
+async fn check_restore(
+    kind: BackendKind,
+    dir: &Path,
+    storage: &CheckpointStorage,
+    handles: &[KeyedStateHandle],
+    parallelism: u32,
+    expected: &BTreeMap<String, i64>,
+) {
     let value = ValueState::<i64>::new("count");
     let mut found = 0u64;
     for i in 0..parallelism {

@@ -59,6 +59,11 @@ async fn an_upload_completes_after_its_backend_is_gone() {
     let h = pending.upload(&storage).await.expect("the local checkpoint outlives its backend");
     let restored = StateBackend::restore(BackendKind::RocksDb, dir.path(), 128, KeyGroupRange::new(0, 128), &storage, &[h]).await.unwrap();
     assert_eq!(restored.keyed_ref().entries().unwrap(), 1000);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("rocksdb-chk")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("rocksdb-chk"))
+        .collect();
     assert!(leftovers.is_empty(), "uploads clean up their local checkpoint: {leftovers:?}");
 }

@@ -78,9 +78,8 @@ async fn snapshots_round_trip_through_s3_at_another_parallelism() {
         for incremental in [false, true] {
             let job = format!("job-{kind:?}-{incremental}");
             let value = ValueState::<i64>::new("v");
-            let mut old: Vec<StateBackend> = (0..2)
-                .map(|i| StateBackend::create(kind, dir.path(), 128, KeyGroupRange::for_subtask(128, 2, i)).unwrap())
-                .collect();
+            let mut old: Vec<StateBackend> =
+                (0..2).map(|i| StateBackend::create(kind, dir.path(), 128, KeyGroupRange::for_subtask(128, 2, i)).unwrap()).collect();
             for k in 0..1000i64 {
                 let mut c = KeyContext::default();
                 c.set_key(&k.to_le_bytes(), 128);
@@ -89,7 +88,14 @@ async fn snapshots_round_trip_through_s3_at_another_parallelism() {
             }
             let mut handles = Vec::new();
             for (i, b) in old.iter_mut().enumerate() {
-                let t = SnapshotTarget { job: job.clone(), checkpoint: 1, operator: "op".into(), subtask: i as u32, savepoint: false, incremental };
+                let t = SnapshotTarget {
+                    job: job.clone(),
+                    checkpoint: 1,
+                    operator: "op".into(),
+                    subtask: i as u32,
+                    savepoint: false,
+                    incremental,
+                };
                 handles.push(b.snapshot(t).unwrap().upload(&storage).await.unwrap());
             }
             assert!(!storage.list(&job).await.unwrap().is_empty());

@@ -9,21 +9,21 @@
 use crate::{JobTasks, Shared};
 use std::collections::HashMap;
 use std::sync::Arc;
+use weir_core::config::keys;
 use weir_core::config::Config;
 use weir_core::graph::{JobGraph, Partitioning};
 use weir_core::operator::SubtaskInfo;
 use weir_proto::{DeployTasksRequest, ExecutionId, TaskState as ProtoTaskState, UpdateTaskStateRequest};
+use weir_runtime::barrier::CheckpointingMode;
 use weir_runtime::gate::CreditReturn;
 use weir_runtime::operators::StateConfig;
-use weir_runtime::barrier::CheckpointingMode;
-use weir_runtime::task::{CheckpointSettings, RestoreSettings};
-use weir_core::config::keys;
-use weir_state::metadata::RestoreInfo;
-use weir_state::CheckpointStorage;
-use weir_state::BackendKind;
 use weir_runtime::partition::{ChannelWriter, OutputEdge, ResultPartition};
+use weir_runtime::task::{CheckpointSettings, RestoreSettings};
 use weir_runtime::task::{TaskEvent, TaskState};
 use weir_runtime::{ChannelId, InputGate, Task, TaskDescriptor};
+use weir_state::metadata::RestoreInfo;
+use weir_state::BackendKind;
+use weir_state::CheckpointStorage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -66,7 +66,11 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         let acks = shared.acks.clone();
         let (job, attempt) = (job.clone(), req.attempt);
         CheckpointSettings {
-            mode: if config.get(keys::CHECKPOINT_MODE) == "AT_LEAST_ONCE" { CheckpointingMode::AtLeastOnce } else { CheckpointingMode::ExactlyOnce },
+            mode: if config.get(keys::CHECKPOINT_MODE) == "AT_LEAST_ONCE" {
+                CheckpointingMode::AtLeastOnce
+            } else {
+                CheckpointingMode::ExactlyOnce
+            },
             storage,
             incremental: config.bool(keys::CHECKPOINT_INCREMENTAL),
             runtime: runtime.clone(),
@@ -78,7 +82,8 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     let restore = if req.restore.is_empty() {
         None
     } else {
-        let info: RestoreInfo = serde_json::from_slice(&req.restore).map_err(|e| invalid(format!("restore information does not parse: {e}")))?;
+        let info: RestoreInfo =
+            serde_json::from_slice(&req.restore).map_err(|e| invalid(format!("restore information does not parse: {e}")))?;
         let storage = CheckpointStorage::open(&info.storage_url, &config).map_err(|e| invalid(e.to_string()))?;
         Some(RestoreSettings { metadata: Arc::new(info.metadata), storage, runtime: runtime.clone() })
     };
@@ -102,8 +107,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         }
         let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
         let credit = if remote_list.is_empty() { None } else { Some(credit_for(shared, &remote)) };
-        let per_channel: Vec<Option<Arc<dyn CreditReturn>>> =
-            remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
+        let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
         let gate = Arc::new(InputGate::new(s.buffers_per_channel, per_channel));
         for (idx, r) in remote.into_iter().enumerate() {
             if let Some((id, tm, addr)) = r {
@@ -121,11 +125,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         for e in graph.outputs_of(r.vertex) {
             let down = graph.vertex(e.target);
             // This edge's channels start after those of the target's earlier input edges.
-            let offset: u32 = graph
-                .inputs_of(e.target)
-                .take_while(|x| x.id != e.id)
-                .map(|x| graph.vertex(x.source).parallelism)
-                .sum();
+            let offset: u32 = graph.inputs_of(e.target).take_while(|x| x.id != e.id).map(|x| graph.vertex(x.source).parallelism).sum();
             let targets: Vec<u32> = match e.partitioning {
                 Partitioning::Forward => vec![r.subtask],
                 _ => (0..down.parallelism).collect(),
@@ -145,9 +145,9 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
                 }
             }
             let key_column = match &e.partitioning {
-                Partitioning::Hash { key } => Some(
-                    vertex.output_schema().index_of(key).map_err(|_| invalid(format!("no key column '{key}'")))?,
-                ),
+                Partitioning::Hash { key } => {
+                    Some(vertex.output_schema().index_of(key).map_err(|_| invalid(format!("no key column '{key}'")))?)
+                }
                 _ => None,
             };
             edges.push(OutputEdge::new(e.partitioning.clone(), key_column, graph.max_parallelism, channels, r.subtask as usize));

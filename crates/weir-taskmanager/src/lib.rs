@@ -17,7 +17,10 @@ use tonic::transport::{Channel, Endpoint};
 use weir_core::config::{keys, Config};
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
-use weir_proto::{AcknowledgeCheckpointRequest, DeclineCheckpointRequest, ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest, UpdateTaskStateRequest};
+use weir_proto::{
+    AcknowledgeCheckpointRequest, DeclineCheckpointRequest, ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest,
+    UpdateTaskStateRequest,
+};
 use weir_runtime::task::CheckpointAck;
 use weir_runtime::{NetworkEnvironment, Task};
 
@@ -174,16 +177,11 @@ fn jobmanager_endpoint(addr: &str) -> Result<Endpoint, TaskManagerError> {
 pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, TaskManagerError> {
     let endpoint = jobmanager_endpoint(&settings.jobmanager)?;
     let rpc_bind = format!("{}:{}", settings.host, settings.rpc_port);
-    let listener = tokio::net::TcpListener::bind(&rpc_bind)
-        .await
-        .map_err(|source| TaskManagerError::Bind { addr: rpc_bind.clone(), source })?;
+    let listener =
+        tokio::net::TcpListener::bind(&rpc_bind).await.map_err(|source| TaskManagerError::Bind { addr: rpc_bind.clone(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| TaskManagerError::Bind { addr: rpc_bind, source })?;
-    let net = NetworkEnvironment::start(
-        &settings.id,
-        &format!("{}:{}", settings.host, settings.data_port),
-        settings.sender_queue_buffers,
-    )
-    .await?;
+    let net = NetworkEnvironment::start(&settings.id, &format!("{}:{}", settings.host, settings.data_port), settings.sender_queue_buffers)
+        .await?;
     let data_addr = net.local_addr();
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
