@@ -95,6 +95,10 @@ pub(crate) struct Coordinator {
     pub retained: VecDeque<CheckpointMetadata>,
     pub registry: SharedStateRegistry,
     pub history: Vec<CheckpointRecord>,
+    /// The final checkpoint of the current attempt, once every task's input ended, and
+    /// whether it completed (it is triggered once: tasks finish when it completes).
+    pub final_id: Option<u64>,
+    pub final_completed: bool,
 }
 
 impl Coordinator {
@@ -110,6 +114,8 @@ impl Coordinator {
             retained: VecDeque::new(),
             registry: SharedStateRegistry::new(),
             history: Vec::new(),
+            final_id: None,
+            final_completed: false,
         }
     }
 
@@ -151,6 +157,9 @@ impl Coordinator {
 
     /// Marks a pending checkpoint failed. Returns true if the job exceeded its tolerance.
     pub fn fail(&mut self, id: u64, reason: &str) -> bool {
+        if self.final_id == Some(id) {
+            self.final_id = None; // the final checkpoint is triggered again
+        }
         let Some(p) = self.pending.remove(&id) else { return false };
         let elapsed = p.started.elapsed().as_millis() as u64;
         if let Some(r) = self.record(id) {
@@ -164,6 +173,12 @@ impl Coordinator {
         self.consecutive_failures += 1;
         let tolerable = self.settings.as_ref().map_or(0, |s| s.tolerable_failures);
         self.consecutive_failures > tolerable
+    }
+
+    /// A new attempt starts: it will take its own final checkpoint.
+    pub fn reset_final(&mut self) {
+        self.final_id = None;
+        self.final_completed = false;
     }
 
     /// Fails every pending checkpoint (the job is restarting or ending).
@@ -235,6 +250,9 @@ impl Coordinator {
     /// (beyond num-retained) and the older pending ones it subsumes.
     pub fn completed(&mut self, meta: CheckpointMetadata, now: Instant) -> (Vec<u64>, Vec<u64>) {
         let id = meta.checkpoint_id;
+        if self.final_id == Some(id) {
+            self.final_completed = true;
+        }
         self.consecutive_failures = 0;
         self.last_completion = Some(now);
         let size = meta.size();

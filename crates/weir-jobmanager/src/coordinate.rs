@@ -46,7 +46,14 @@ fn call(calls: Calls, what: &'static str) {
 }
 
 fn request(job_id: &str, attempt: u32, id: u64) -> CheckpointRequest {
-    CheckpointRequest { job_id: job_id.to_string(), attempt, checkpoint_id: id, timestamp_ms: now_ms(), savepoint: false }
+    CheckpointRequest {
+        job_id: job_id.to_string(),
+        attempt,
+        checkpoint_id: id,
+        timestamp_ms: now_ms(),
+        savepoint: false,
+        final_checkpoint: false,
+    }
 }
 
 /// Periodically triggers checkpoints of one job and expires overdue ones; ends with the job.
@@ -62,7 +69,7 @@ pub(crate) async fn coordinator_loop(state: Arc<JobManagerState>, job_id: String
     loop {
         tokio::time::sleep(tick).await;
         let now = Instant::now();
-        let (trigger, expired, attempt) = {
+        let (trigger, final_trigger, expired, attempt) = {
             let mut inner = state.inner.lock();
             let Some(job) = inner.jobs.get_mut(&job_id) else { return };
             if job.is_terminal() {
@@ -79,8 +86,36 @@ pub(crate) async fn coordinator_loop(state: Arc<JobManagerState>, job_id: String
             } else {
                 None
             };
-            (trigger, expired, job.attempt)
+            // Every task reached the end of its input: the final checkpoint commits the rest.
+            let finishing = job.tasks.values().filter(|t| t.state == TaskState::TaskFinishing).count();
+            let all_ended = job.tasks.values().all(|t| matches!(t.state, TaskState::TaskFinishing | TaskState::TaskFinished));
+            // Once per attempt: `final_id` stays set from the trigger until it completes (its
+            // `_metadata` is written) or fails (then it is cleared and triggered again).
+            let final_trigger = if job.state == JobState::Running
+                && finishing > 0
+                && all_ended
+                && job.coordinator.final_id.is_none()
+                && !job.coordinator.final_completed
+            {
+                // Periodic checkpoints still in flight can no longer complete: their barriers
+                // cannot pass tasks whose input ended.
+                job.coordinator.abort_all("subsumed by the final checkpoint (the job's input ended)");
+                let id = job.coordinator.start(job.attempt, finishing, now, now_ms());
+                job.coordinator.final_id = Some(id);
+                Some(id)
+            } else {
+                None
+            };
+            (trigger, final_trigger, expired, job.attempt)
         };
+        if let Some(id) = final_trigger {
+            tracing::info!(job = %job_id, checkpoint = id, "input ended everywhere: triggering the final checkpoint");
+            let calls = tms_of(&state, &job_id, false)
+                .into_iter()
+                .map(|c| (c, CheckpointRequest { final_checkpoint: true, ..request(&job_id, attempt, id) }))
+                .collect();
+            call(calls, "trigger");
+        }
         for id in expired {
             decline(&state, &job_id, attempt, id, "checkpoint expired before completing (execution.checkpointing.timeout)".into());
         }
@@ -176,6 +211,11 @@ pub(crate) fn decline(state: &Arc<JobManagerState>, job_id: &str, attempt: u32, 
         let mut inner = state.inner.lock();
         let Some(job) = inner.jobs.get_mut(job_id) else { return };
         if !job.coordinator.pending.contains_key(&id) {
+            // Acknowledged by everyone but its _metadata could not be written: a final
+            // checkpoint must then be triggered again.
+            if job.coordinator.final_id == Some(id) {
+                job.coordinator.final_id = None;
+            }
             return;
         }
         tracing::warn!(job = job_id, checkpoint = id, "checkpoint failed: {reason}");

@@ -395,6 +395,7 @@ impl JobManagerState {
         job.failure = reason.to_string();
         job.restarts += 1;
         job.coordinator.abort_all("job restarting");
+        job.coordinator.reset_final();
         let slots = std::mem::take(&mut job.slots);
         let attempt = job.attempt;
         tracing::warn!(job = job_id, restarts = job.restarts, "job failed, restarting: {reason}");

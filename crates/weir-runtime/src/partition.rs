@@ -77,6 +77,7 @@ impl OutputEdge {
 
 /// All output edges of a task, and the buffering policy.
 pub struct ResultPartition {
+    finished: bool,
     edges: Vec<OutputEdge>,
     segment_size: usize,
     buffer_timeout: Duration,
@@ -85,7 +86,7 @@ pub struct ResultPartition {
 
 impl ResultPartition {
     pub fn new(edges: Vec<OutputEdge>, segment_size: usize, buffer_timeout: Duration) -> Self {
-        Self { edges, segment_size, buffer_timeout, records_out: 0 }
+        Self { finished: false, edges, segment_size, buffer_timeout, records_out: 0 }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,8 +195,14 @@ impl ResultPartition {
         Ok(())
     }
 
+    /// Whether end of partition was sent.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
     /// Flushes everything, then sends end of partition on every channel.
     pub fn finish(&mut self) -> OpResult {
+        self.finished = true;
         for edge in &mut self.edges {
             for ch in 0..edge.channels.len() {
                 flush(edge, ch)?;

@@ -33,6 +33,8 @@ use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotT
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
     Running,
+    /// Input ended (checkpointing on): waiting for the final checkpoint to commit.
+    Finishing,
     Finished,
     Failed(String),
     Canceled,
@@ -55,6 +57,9 @@ pub enum TaskCommand {
     TriggerCheckpoint(Barrier),
     NotifyCheckpointComplete(u64),
     AbortCheckpoint(u64),
+    /// Every task of the job reached the end of its input: snapshot for checkpoint `id`, the
+    /// final one, whose completion commits the last output.
+    FinalCheckpoint(u64),
 }
 
 /// The result of one subtask's part of a checkpoint.
@@ -159,6 +164,8 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<Task
     let channels = desc.gate.as_ref().map_or(0, |g| g.num_channels());
     let mode = desc.checkpointing.as_ref().map_or(CheckpointingMode::ExactlyOnce, |c| c.mode);
     let mut runner = Runner {
+        report: report.clone(),
+        final_checkpoint: None,
         info: desc.info.clone(),
         partition: desc.partition,
         records_in: 0,
@@ -258,6 +265,9 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
 }
 
 struct Runner {
+    report: Arc<dyn Fn(TaskEvent) + Send + Sync>,
+    /// The final checkpoint this task snapshotted, once its input ended.
+    final_checkpoint: Option<u64>,
     info: SubtaskInfo,
     partition: ResultPartition,
     records_in: u64,
@@ -285,7 +295,7 @@ impl Runner {
         }
         match chain.source.take() {
             Some(mut source) => {
-                let result = self.run_source(&mut chain, source.as_mut());
+                let result = self.run_source(&mut chain, &mut source);
                 chain.source = Some(source);
                 result?;
             }
@@ -296,11 +306,60 @@ impl Runner {
                 }
             }
         }
-        finish_chain(&mut chain.operators, &mut Output(&mut self.partition))?;
-        self.partition.finish()
+        if self.checkpointing.is_none() {
+            finish_chain(&mut chain.operators, &mut Output(&mut self.partition))?;
+            return self.partition.finish();
+        }
+        // Exactly-once end of input (as Flink's final checkpoint): the output is not committed
+        // by the end of input itself, but by a final checkpoint taken once every task of the
+        // job has reached it. A failure before that checkpoint completes replays from the last
+        // one, and the uncommitted tail is discarded, never duplicated.
+        self.partition.finish()?;
+        tracing::info!(task = %self.info.vertex_name, subtask = self.info.index, "input ended; waiting for the final checkpoint");
+        (self.report)(TaskEvent {
+            vertex: self.info.vertex,
+            subtask: self.info.index,
+            state: TaskState::Finishing,
+            records_in: self.records_in,
+            records_out: self.partition.records_out,
+        });
+        self.await_final_checkpoint(&mut chain)
     }
 
-    fn run_source(&mut self, chain: &mut OperatorChain, source: &mut dyn weir_core::operator::SourceReader) -> OpResult {
+    /// After the end of input: takes the final checkpoint when told to, and returns once it
+    /// completed (the sinks committed) or the task is cancelled.
+    fn await_final_checkpoint(&mut self, chain: &mut OperatorChain) -> OpResult {
+        let mut source = chain.source.take();
+        let result = loop {
+            if self.cancelled.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            match self.commands.recv_timeout(Duration::from_millis(50)) {
+                Ok(TaskCommand::FinalCheckpoint(id)) => {
+                    let barrier = Barrier { id, timestamp_ms: 0, savepoint: false };
+                    if let Err(e) = self.checkpoint(chain, source.as_mut(), barrier, Duration::ZERO) {
+                        break Err(e);
+                    }
+                    self.final_checkpoint = Some(id);
+                }
+                Ok(TaskCommand::NotifyCheckpointComplete(n)) => {
+                    if let Err(e) = self.command(chain, TaskCommand::NotifyCheckpointComplete(n)) {
+                        break Err(e);
+                    }
+                    if self.final_checkpoint.is_some_and(|f| n >= f) {
+                        break Ok(());
+                    }
+                }
+                Ok(other) => tracing::debug!(task = %self.info.vertex_name, "ignoring {other:?} after the end of input"),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+            }
+        };
+        chain.source = source;
+        result
+    }
+
+    fn run_source(&mut self, chain: &mut OperatorChain, source: &mut Box<dyn weir_core::operator::SourceReader>) -> OpResult {
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Ok(());
@@ -384,7 +443,7 @@ impl Runner {
 
     fn command(&mut self, chain: &mut OperatorChain, cmd: TaskCommand) -> OpResult {
         match cmd {
-            TaskCommand::TriggerCheckpoint(_) => Ok(()), // only sources are triggered
+            TaskCommand::TriggerCheckpoint(_) | TaskCommand::FinalCheckpoint(_) => Ok(()), // handled where they apply
             TaskCommand::NotifyCheckpointComplete(n) => {
                 let done: Vec<(u64, Vec<(String, KeyedStateHandle)>)> = {
                     let mut up = self.uploaded.lock();
@@ -430,7 +489,7 @@ impl Runner {
     fn checkpoint(
         &mut self,
         chain: &mut OperatorChain,
-        source: Option<&mut dyn weir_core::operator::SourceReader>,
+        source: Option<&mut Box<dyn weir_core::operator::SourceReader>>,
         barrier: Barrier,
         alignment: Duration,
     ) -> OpResult {
@@ -468,7 +527,9 @@ impl Runner {
                 keyed.push((uid.clone(), pending));
             }
         }
-        self.partition.broadcast_event(Event::Barrier(barrier))?;
+        if !self.partition.is_finished() {
+            self.partition.broadcast_event(Event::Barrier(barrier))?;
+        }
 
         // The asynchronous part: upload, then acknowledge.
         let (info, uploaded) = (self.info.clone(), self.uploaded.clone());

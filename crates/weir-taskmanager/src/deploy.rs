@@ -62,7 +62,9 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| invalid(e.to_string()))?),
         None => None,
     };
-    let checkpointing = storage.clone().map(|storage| {
+    // Tasks checkpoint only when the job does (an interval is set); a restore alone does not.
+    let checkpoint_storage = storage.clone().filter(|_| config.optional_duration(keys::CHECKPOINT_INTERVAL).is_some());
+    let checkpointing = checkpoint_storage.map(|storage| {
         let acks = shared.acks.clone();
         let (job, attempt) = (job.clone(), req.attempt);
         CheckpointSettings {
@@ -216,6 +218,7 @@ fn reporter(shared: &Arc<Shared>, job: &str, attempt: u32) -> Arc<dyn Fn(TaskEve
     Arc::new(move |ev: TaskEvent| {
         let (state, failure) = match &ev.state {
             TaskState::Running => (ProtoTaskState::TaskRunning, String::new()),
+            TaskState::Finishing => (ProtoTaskState::TaskFinishing, String::new()),
             TaskState::Finished => (ProtoTaskState::TaskFinished, String::new()),
             TaskState::Failed(r) => (ProtoTaskState::TaskFailed, r.clone()),
             TaskState::Canceled => (ProtoTaskState::TaskCanceled, String::new()),
@@ -228,7 +231,7 @@ fn reporter(shared: &Arc<Shared>, job: &str, attempt: u32) -> Arc<dyn Fn(TaskEve
             records_in: ev.records_in,
             records_out: ev.records_out,
         });
-        if ev.state != TaskState::Running {
+        if ev.state != TaskState::Running && ev.state != TaskState::Finishing {
             if let Some(shared) = weak.upgrade() {
                 let mut jobs = shared.jobs.lock();
                 let key = (job.clone(), attempt);

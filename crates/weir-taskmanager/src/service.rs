@@ -39,7 +39,9 @@ impl TaskManagerService for TaskManagerRpc {
         let r = request.into_inner();
         let barrier = Barrier { id: r.checkpoint_id, timestamp_ms: r.timestamp_ms, savepoint: r.savepoint };
         self.shared.for_tasks(&r.job_id, r.attempt, |t| {
-            if t.is_source() {
+            if r.final_checkpoint {
+                t.command(TaskCommand::FinalCheckpoint(r.checkpoint_id));
+            } else if t.is_source() {
                 t.command(TaskCommand::TriggerCheckpoint(barrier));
             }
         });
