@@ -340,19 +340,7 @@ impl JobManagerState {
         job.end_ms = now_ms();
         job.coordinator.abort_all(&format!("job {}", state.as_str_name()));
         inner.ended.push(job_id.to_string());
-        let job = inner.jobs.get_mut(job_id).expect("present");
-        let slots = std::mem::take(&mut job.slots);
-        let attempt = job.attempt;
-        let mut cancels = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for tm in &slots {
-            if let Some(entry) = inner.tms.get_mut(tm) {
-                entry.used = entry.used.saturating_sub(1);
-                if state != JobState::Finished && seen.insert(tm.clone()) {
-                    cancels.push((entry.client.clone(), CancelTasksRequest { job_id: job_id.to_string(), attempt }));
-                }
-            }
-        }
+        let cancels = Self::release_slots(inner, job_id, state != JobState::Finished);
         match state {
             JobState::Failed => tracing::warn!(job = job_id, "job failed: {failure}"),
             s => tracing::info!(job = job_id, "job {}", s.as_str_name()),
@@ -396,15 +384,22 @@ impl JobManagerState {
         job.restarts += 1;
         job.coordinator.abort_all("job restarting");
         job.coordinator.reset_final();
+        tracing::warn!(job = job_id, restarts = job.restarts, "job failed, restarting: {reason}");
+        Self::release_slots(inner, job_id, true)
+    }
+
+    /// Frees the slots of a job's current attempt; with `cancel`, returns one cancel call per
+    /// TaskManager that ran its tasks.
+    fn release_slots(inner: &mut Inner, job_id: &str, cancel: bool) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
+        let Some(job) = inner.jobs.get_mut(job_id) else { return Vec::new() };
         let slots = std::mem::take(&mut job.slots);
         let attempt = job.attempt;
-        tracing::warn!(job = job_id, restarts = job.restarts, "job failed, restarting: {reason}");
         let mut cancels = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for tm in &slots {
             if let Some(entry) = inner.tms.get_mut(tm) {
                 entry.used = entry.used.saturating_sub(1);
-                if seen.insert(tm.clone()) {
+                if cancel && seen.insert(tm.clone()) {
                     cancels.push((entry.client.clone(), CancelTasksRequest { job_id: job_id.to_string(), attempt }));
                 }
             }

@@ -134,15 +134,11 @@ pub trait KeyedStateBackend: Send {
             let slot = keys.with_key(i, |k| {
                 let mut ck = Vec::with_capacity(k.len() + state.len() + 9);
                 composite_key(&mut ck, key_group(k, max_p), state, k, &[]);
-                match index.get(&ck) {
-                    Some(s) => *s,
-                    None => {
-                        let s = composite.len();
-                        index.insert(ck.clone(), s);
-                        composite.push(ck);
-                        s
-                    }
-                }
+                let next = composite.len();
+                *index.entry(ck).or_insert_with_key(|k| {
+                    composite.push(k.clone());
+                    next
+                })
             });
             rows.push(slot);
         }

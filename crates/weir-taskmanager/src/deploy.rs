@@ -108,7 +108,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             }
         }
         let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
-        let credit = if remote_list.is_empty() { None } else { Some(credit_for(shared, &remote)) };
+        let credit = if remote_list.is_empty() { None } else { Some(shared.net.credit_return(remote.clone())) };
         let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
         let gate = Arc::new(InputGate::new(s.buffers_per_channel, per_channel));
         for (idx, r) in remote.into_iter().enumerate() {
@@ -205,10 +205,6 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
 
 fn arrow_schema_empty() -> arrow_schema::Schema {
     arrow_schema::Schema::empty()
-}
-
-fn credit_for(shared: &Arc<Shared>, remote: &[Option<(ChannelId, String, String)>]) -> Arc<dyn CreditReturn> {
-    shared.net.credit_return(remote.to_vec())
 }
 
 fn reporter(shared: &Arc<Shared>, job: &str, attempt: u32) -> Arc<dyn Fn(TaskEvent) + Send + Sync> {
