@@ -48,6 +48,8 @@ fn state_name(s: i32) -> &'static str {
         JobState::Canceling => "CANCELING",
         JobState::Canceled => "CANCELED",
         JobState::Restarting => "RESTARTING",
+        JobState::Finishing => "FINISHING",
+        JobState::Suspended => "SUSPENDED",
         JobState::Unspecified => "UNKNOWN",
     }
 }

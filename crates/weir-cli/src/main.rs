@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use weir_core::config::{keys, Config};
+use weir_core::settings::{ClientConfig, JobManagerConfig};
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Weir: a distributed stream processor with consistent checkpoints")]
@@ -162,7 +163,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
 
 /// The JobManager address from the flag or the configuration, if any.
 fn jobmanager_address(flag: &Option<String>, cfg: &Config) -> Option<String> {
-    flag.clone().or_else(|| cfg.text(keys::JOBMANAGER_ADDRESS).map(|h| format!("{h}:{}", cfg.int(keys::JOBMANAGER_PORT))))
+    flag.clone().or_else(|| ClientConfig::from_config(cfg).jobmanager)
 }
 
 async fn wait_for_signal() {
@@ -195,7 +196,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Jobmanager { dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "info");
-            let bind = format!("{}:{}", cfg.get(keys::JOBMANAGER_BIND_HOST), cfg.int(keys::JOBMANAGER_PORT));
+            let settings = JobManagerConfig::from_config(&cfg);
+            let bind = format!("{}:{}", settings.bind_host, settings.port);
             let jm = weir_jobmanager::start(cfg, &bind).await?;
             println!("JobManager listening on {}", jm.rpc_addr);
             wait_for_signal().await;

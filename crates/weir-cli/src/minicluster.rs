@@ -2,7 +2,8 @@
 //! gRPC and TCP protocols over loopback as a real cluster.
 
 use anyhow::Result;
-use weir_core::config::{keys, Config};
+use weir_core::config::Config;
+use weir_core::settings::{ClientConfig, TaskManagerConfig};
 use weir_jobmanager::JobManagerHandle;
 use weir_taskmanager::{TaskManagerHandle, TaskManagerSettings};
 
@@ -15,8 +16,8 @@ impl MiniCluster {
     /// Starts `minicluster.taskmanagers` TaskManagers with enough slots for `slots_needed`.
     pub async fn start(cfg: &Config, slots_needed: Option<u32>) -> Result<Self> {
         let jm = weir_jobmanager::start(cfg.clone(), "127.0.0.1:0").await?;
-        let n = cfg.int(keys::MINICLUSTER_TASKMANAGERS) as u32;
-        let per_tm = (cfg.int(keys::TASKMANAGER_SLOTS) as u32).max(slots_needed.unwrap_or(0).div_ceil(n));
+        let n = ClientConfig::from_config(cfg).minicluster_taskmanagers;
+        let per_tm = TaskManagerConfig::from_config(cfg).slots.max(slots_needed.unwrap_or(0).div_ceil(n));
         let mut tms = Vec::new();
         for _ in 0..n {
             let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string());

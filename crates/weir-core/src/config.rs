@@ -172,10 +172,34 @@ fn origin_suffix(origin: &str) -> String {
     }
 }
 
+/// A validated value, parsed once when it is set: reading it never parses again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Duration(Duration),
+    OptionalDuration(Option<Duration>),
+    Size(u64),
+    Int(u64),
+    Bool(bool),
+    /// Enum words, text and ports keep their (normalized) text.
+    Text,
+}
+
 /// Validated configuration values. Keys not set explicitly read as their default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
+    /// The explicitly set values, normalized, as they are shipped between processes.
     values: BTreeMap<String, String>,
+    /// The same values, parsed.
+    parsed: BTreeMap<String, Value>,
+}
+
+/// The parsed default of every key (every default is valid: a unit test checks it).
+fn default_value(key: &str) -> Option<(&'static str, Value)> {
+    static DEFAULTS: std::sync::LazyLock<BTreeMap<&'static str, Value>> = std::sync::LazyLock::new(|| {
+        KEYS.iter().filter_map(|d| validate(d, d.default).ok().map(|(_, v)| (d.key, v))).collect()
+    });
+    let def = Config::key_def(key)?;
+    DEFAULTS.get(def.key).map(|v| (def.default, v.clone()))
 }
 
 impl Config {
@@ -193,13 +217,14 @@ impl Config {
         let key = key.trim();
         let value = value.trim();
         let def = Self::key_def(key).ok_or_else(|| ConfigError::UnknownKey { key: key.to_string(), origin: origin.to_string() })?;
-        let normalized = validate(def, value).map_err(|reason| ConfigError::BadValue {
+        let (normalized, parsed) = validate(def, value).map_err(|reason| ConfigError::BadValue {
             key: key.to_string(),
             value: value.to_string(),
             reason,
             origin: origin.to_string(),
         })?;
         self.values.insert(key.to_string(), normalized);
+        self.parsed.insert(key.to_string(), parsed);
         Ok(())
     }
 
@@ -207,6 +232,9 @@ impl Config {
     pub fn merge(&mut self, other: &Config) {
         for (k, v) in &other.values {
             self.values.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &other.parsed {
+            self.parsed.insert(k.clone(), v.clone());
         }
     }
 
@@ -286,7 +314,8 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The raw (validated) value of `key`, or its default.
+    /// The raw (validated, normalized) value of `key`, or its default. Panics only for a key
+    /// that is not in the key table: key names are the constants of [`keys`].
     pub fn get(&self, key: &str) -> &str {
         match self.values.get(key) {
             Some(v) => v,
@@ -294,27 +323,48 @@ impl Config {
         }
     }
 
+    fn value(&self, key: &str) -> Value {
+        match self.parsed.get(key) {
+            Some(v) => v.clone(),
+            None => default_value(key).map(|(_, v)| v).unwrap_or_else(|| panic!("undeclared config key {key}")),
+        }
+    }
+
+    /// Typed reads. The key table fixes each key's kind, so asking a key for another kind is a
+    /// bug in Weir (caught by the settings tests), not a user error.
     pub fn duration(&self, key: &str) -> Duration {
-        parse_duration(self.get(key)).unwrap_or_else(|e| panic!("validated key {key}: {e}"))
+        match self.value(key) {
+            Value::Duration(d) => d,
+            other => panic!("config key {key} is not a duration: {other:?}"),
+        }
     }
 
     pub fn optional_duration(&self, key: &str) -> Option<Duration> {
-        match self.get(key) {
-            "none" => None,
-            v => Some(parse_duration(v).unwrap_or_else(|e| panic!("validated key {key}: {e}"))),
+        match self.value(key) {
+            Value::OptionalDuration(d) => d,
+            other => panic!("config key {key} is not an optional duration: {other:?}"),
         }
     }
 
     pub fn size(&self, key: &str) -> u64 {
-        parse_size(self.get(key)).unwrap_or_else(|e| panic!("validated key {key}: {e}"))
+        match self.value(key) {
+            Value::Size(n) => n,
+            other => panic!("config key {key} is not a size: {other:?}"),
+        }
     }
 
     pub fn int(&self, key: &str) -> u64 {
-        self.get(key).parse().unwrap_or_else(|e| panic!("validated key {key}: {e}"))
+        match self.value(key) {
+            Value::Int(n) => n,
+            other => panic!("config key {key} is not a number: {other:?}"),
+        }
     }
 
     pub fn bool(&self, key: &str) -> bool {
-        self.get(key) == "true"
+        match self.value(key) {
+            Value::Bool(b) => b,
+            other => panic!("config key {key} is not a boolean: {other:?}"),
+        }
     }
 
     /// A text value, or `None` when it is `none`.
@@ -371,59 +421,52 @@ fn scalar(value: &serde_norway::Value) -> Option<String> {
     }
 }
 
-fn validate(def: &KeyDef, value: &str) -> Result<String, String> {
+/// Checks `value` against the key's kind; returns its normalized text and parsed value.
+fn validate(def: &KeyDef, value: &str) -> Result<(String, Value), String> {
     match def.kind {
-        Duration => parse_duration(value).map(|_| value.to_string()),
+        Duration => parse_duration(value).map(|d| (value.to_string(), Value::Duration(d))),
         OptionalDuration => {
             if value.eq_ignore_ascii_case("none") || value.is_empty() {
-                Ok("none".into())
+                Ok(("none".into(), Value::OptionalDuration(None)))
             } else {
-                parse_duration(value).map(|_| value.to_string())
+                parse_duration(value).map(|d| (value.to_string(), Value::OptionalDuration(Some(d))))
             }
         }
-        Size => parse_size(value).map(|_| value.to_string()),
+        Size => parse_size(value).map(|n| (value.to_string(), Value::Size(n))),
         Int { min } => {
             let n: u64 = value.parse().map_err(|_| "expected a whole number".to_string())?;
             if n < min {
                 Err(format!("must be at least {min}"))
             } else {
-                Ok(n.to_string())
+                Ok((n.to_string(), Value::Int(n)))
             }
         }
         Port => match value.parse::<u16>() {
-            Ok(p) => Ok(p.to_string()),
+            Ok(p) => Ok((p.to_string(), Value::Int(p.into()))),
             Err(_) => Err("expected a port number from 0 to 65535".into()),
         },
         Bool => match value.to_ascii_lowercase().as_str() {
-            "true" => Ok("true".into()),
-            "false" => Ok("false".into()),
+            "true" => Ok(("true".into(), Value::Bool(true))),
+            "false" => Ok(("false".into(), Value::Bool(false))),
             _ => Err("expected true or false".into()),
         },
         Enum(options) => options
             .iter()
             .find(|o| o.eq_ignore_ascii_case(value))
-            .map(|o| o.to_string())
+            .map(|o| (o.to_string(), Value::Text))
             .ok_or_else(|| format!("expected one of {}", options.join(", "))),
-        Text => Ok(value.to_string()),
+        Text => Ok((value.to_string(), Value::Text)),
     }
 }
 
-/// Parses durations the way Flink writes them: `10s`, `500ms`, `1min`, `2 h`, `1d`.
-/// A bare number is milliseconds, as in Flink.
+/// Parses durations the way Flink writes them, with `humantime`: `10s`, `500ms`, `1min`,
+/// `2h`, `1d`, `1h 30min`. A bare number is milliseconds, as in Flink.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 10s, 500ms or 1min, got '{s}'"))?;
-    let ms = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => n,
-        "s" | "sec" | "secs" | "second" | "seconds" => n * 1000,
-        "m" | "min" | "mins" | "minute" | "minutes" => n * 60_000,
-        "h" | "hour" | "hours" => n * 3_600_000,
-        "d" | "day" | "days" => n * 86_400_000,
-        other => return Err(format!("unknown duration unit '{other}' (use ms, s, min, h or d)")),
-    };
-    Ok(Duration::from_millis(ms))
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("expected a duration like 10s, 500ms or 1min, got '{s}' ({e})"))
 }
 
 /// Parses sizes: `32kb`, `4 mb`, `1gb`, or bytes.

@@ -7,6 +7,7 @@ pub mod graph;
 pub mod job;
 pub mod keygroup;
 pub mod operator;
+pub mod settings;
 
 pub use config::{Config, ConfigError};
 pub use graph::{Edge, JobGraph, OperatorSpec, Partitioning, Vertex};

@@ -3,8 +3,10 @@
 //! every job that had not ended, from the latest `_metadata` in its checkpoint storage.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JobRecord {
@@ -29,16 +31,26 @@ impl JobRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
     dir: PathBuf,
+    /// The sequence number of each job's last written entry: writes run outside the
+    /// JobManager's lock, so an older entry must never overwrite a newer one.
+    written: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Catalog {
     pub fn open(dir: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self { dir: PathBuf::from(dir) })
+        Ok(Self { dir: PathBuf::from(dir), written: Arc::default() })
     }
 
-    /// Writes a record atomically (temporary file, then rename).
-    pub fn save(&self, r: &JobRecord) {
+    /// Writes a record atomically (temporary file, then rename), unless an entry with a
+    /// higher sequence number `seq` was written already.
+    pub fn save(&self, r: &JobRecord, seq: u64) {
+        let mut written = self.written.lock();
+        let last = written.entry(r.id.clone()).or_insert(0);
+        if *last > seq {
+            return;
+        }
+        *last = seq;
         let path = self.dir.join(format!("{}.json", r.id));
         let tmp = self.dir.join(format!(".{}.json.tmp", r.id));
         let result = serde_json::to_vec_pretty(r)

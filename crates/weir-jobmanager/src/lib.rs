@@ -1,27 +1,50 @@
 //! The JobManager: cluster membership (TaskManager registration and heartbeats), job
-//! submission and compilation, slot allocation and scheduling, and the job lifecycle
-//! (CREATED → RUNNING → FINISHED / FAILED / CANCELED). Its gRPC service is used by
-//! TaskManagers and by the CLI.
+//! submission, slot allocation and scheduling, the job lifecycle, checkpoint coordination and
+//! failover. Its gRPC service is used by TaskManagers and by the CLI.
 //!
-//! Invariants: all cluster state sits behind one lock that is never held across an `.await`;
-//! calls to TaskManagers are made after releasing it. A TaskManager silent for
-//! `heartbeat.timeout` is removed, and every job with a subtask on it fails naming it.
+//! How the modules stand to each other (each uses only those below it):
+//!
+//! ```text
+//!  lib ── service, recover ──┐
+//!  driver ── scheduler, failover ──┐
+//!                          state ── job ── lifecycle, coordinator, restart
+//!                            └── coordinate ── effects ── catalog
+//! ```
+//! - Pure state machines: `lifecycle` (job states), `coordinator` (checkpoints), `restart`
+//!   (restart strategies). No I/O, no clock: time is an input.
+//! - `state`: all cluster state under one lock, never held across an `.await`; every change
+//!   returns the effects it calls for.
+//! - `effects`: performs them (RPCs, storage, catalog, timers); outcomes come back as
+//!   follow-ups, which `driver` routes to `state` again.
+//!
+//! A TaskManager silent for `heartbeat.timeout` is removed, and every job with a subtask on it
+//! fails naming it.
 
 mod catalog;
-mod checkpoint;
+mod clock;
 mod coordinate;
+mod coordinator;
+mod driver;
+mod effects;
+mod failover;
+mod job;
+mod lifecycle;
 mod recover;
 mod restart;
 mod scheduler;
 mod service;
 mod state;
 
+use effects::Executor;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
-use weir_core::config::{keys, Config};
+use weir_core::config::Config;
+use weir_core::settings::JobManagerConfig;
 use weir_proto::job_manager_service_server::JobManagerServiceServer;
 
+pub use coordinator::{CheckpointCoordinator, Event as CheckpointEvent};
+pub use lifecycle::{transition, IllegalTransition, JobStatus, LifecycleEvent};
 pub use state::JobManagerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +58,16 @@ pub enum JobManagerError {
 /// A started JobManager.
 pub struct JobManagerHandle {
     pub rpc_addr: SocketAddr,
+    state: Arc<JobManagerState>,
+    executor: Executor,
     shutdown: watch::Sender<bool>,
 }
 
 impl JobManagerHandle {
+    /// Stops the JobManager. Jobs that have not ended are recorded SUSPENDED in the catalog:
+    /// a JobManager started on it resumes them.
     pub fn shutdown(&self) {
+        self.executor.perform(self.state.suspend_all());
         let _ = self.shutdown.send(true);
     }
 }
@@ -47,23 +75,30 @@ impl JobManagerHandle {
 /// Starts the JobManager's gRPC server on `bind` (host:port; port 0 picks a free one) with the
 /// cluster configuration `config`.
 pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobManagerError> {
+    let settings = JobManagerConfig::from_config(&config);
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let catalog = match config.text(keys::JOBMANAGER_CATALOG_DIR) {
-        Some(dir) => Some(catalog::Catalog::open(dir).map_err(|source| JobManagerError::Catalog { dir: dir.to_string(), source })?),
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let catalog = match &settings.catalog_dir {
+        Some(dir) => Some(catalog::Catalog::open(dir).map_err(|source| JobManagerError::Catalog { dir: dir.clone(), source })?),
         None => None,
     };
-    let state = Arc::new(JobManagerState::new(config.clone(), catalog));
-    recover::recover_jobs(&state).await;
-    tokio::spawn(state::heartbeat_monitor(state.clone(), config.duration(keys::HEARTBEAT_TIMEOUT), shutdown_rx.clone()));
-    let service = service::JobManagerRpc { state };
+    let (followups_tx, followups_rx) = tokio::sync::mpsc::unbounded_channel();
+    let executor = Executor::new(followups_tx, catalog.clone());
+    let state = Arc::new(JobManagerState::new(config, settings));
+    tokio::spawn(driver::run(state.clone(), executor.clone(), followups_rx, shutdown_rx.clone()));
+    if let Some(catalog) = &catalog {
+        recover::recover_jobs(&state, &executor, catalog).await;
+    }
+    tokio::spawn(failover::heartbeat_monitor(state.clone(), executor.clone(), shutdown_rx.clone()));
+    let service = service::JobManagerRpc { state: state.clone(), executor: executor.clone() };
+    let mut server_shutdown = shutdown_rx;
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
             .add_service(JobManagerServiceServer::new(service))
             .serve_with_incoming_shutdown(incoming, async move {
-                let _ = shutdown_rx.wait_for(|s| *s).await;
+                let _ = server_shutdown.wait_for(|s| *s).await;
             })
             .await;
         if let Err(e) = result {
@@ -71,5 +106,5 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
         }
     });
     tracing::info!(rpc = %rpc_addr, "JobManager started");
-    Ok(JobManagerHandle { rpc_addr, shutdown: shutdown_tx })
+    Ok(JobManagerHandle { rpc_addr, state, executor, shutdown: shutdown_tx })
 }

@@ -3,39 +3,53 @@
 //! its checkpoint storage (a `_metadata` that does not read is reported and skipped, and the
 //! next older one is tried). It is then scheduled as soon as TaskManagers (re-)register.
 
+use crate::catalog::{Catalog, JobRecord};
+use crate::effects::Executor;
+use crate::job::{JobDefinition, NewJob};
 use crate::state::JobManagerState;
-use std::sync::Arc;
-use weir_core::config::{keys, Config};
+use weir_core::config::Config;
+use weir_core::settings::JobSettings;
 use weir_state::metadata::{CheckpointMetadata, RestoreInfo};
 use weir_state::CheckpointStorage;
 
-pub(crate) async fn recover_jobs(state: &Arc<JobManagerState>) {
-    let Some(catalog) = state.catalog.clone() else { return };
+pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, catalog: &Catalog) {
     for record in catalog.load().into_iter().filter(|r| !r.is_terminal()) {
         let id = record.id.clone();
         match recover(state, record).await {
-            Ok(checkpoint) => {
+            Ok((new, checkpoint)) => {
                 tracing::info!(job = %id, checkpoint, "recovered job from the catalog");
-                tokio::spawn(crate::scheduler::schedule(state.clone(), id.clone()));
-                tokio::spawn(crate::coordinate::coordinator_loop(state.clone(), id));
+                executor.perform(state.add_job(new));
             }
             Err(e) => tracing::error!(job = %id, "cannot recover job: {e}"),
         }
     }
 }
 
-async fn recover(state: &Arc<JobManagerState>, r: crate::catalog::JobRecord) -> Result<Option<u64>, String> {
+async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Option<u64>), String> {
     let overrides = Config::from_pairs(r.config.iter()).map_err(|e| e.to_string())?;
-    let (graph, config) = weir_core::job::compile_job(&r.definition, &r.origin, &state.config, &overrides).map_err(|e| e.to_string())?;
+    let (graph, config) = weir_core::job::compile_job(&r.definition, &r.origin, state.config(), &overrides).map_err(|e| e.to_string())?;
+    let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
     let mut restore = None;
-    if let Some(url) = config.text(keys::CHECKPOINT_DIR) {
-        let storage = CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?;
-        restore = latest_checkpoint(&storage, &r.id).await.map(|metadata| RestoreInfo { storage_url: url.to_string(), metadata });
+    let mut storage = None;
+    if let Some(url) = &settings.checkpoint.dir {
+        let s = CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?;
+        restore = latest_checkpoint(&s, &r.id).await.map(|metadata| RestoreInfo { storage_url: url.clone(), metadata });
+        storage = Some(s);
     }
-    let next = restore.as_ref().map_or(1, |x| x.metadata.checkpoint_id + 1);
     let checkpoint = restore.as_ref().map(|x| x.metadata.checkpoint_id);
-    state.insert_job(r.id, r.name, graph, config, restore, (r.definition, r.origin), r.attempt + 1, next)?;
-    Ok(checkpoint)
+    let new = NewJob {
+        id: r.id,
+        name: r.name,
+        graph,
+        config,
+        settings,
+        storage,
+        definition: JobDefinition { text: r.definition, origin: r.origin },
+        restore,
+        attempt: r.attempt + 1,
+        next_checkpoint: checkpoint.map_or(1, |c| c + 1),
+    };
+    Ok((new, checkpoint))
 }
 
 /// The newest readable `_metadata` of `job`.

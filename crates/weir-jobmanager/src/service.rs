@@ -1,11 +1,14 @@
 //! The JobManager's gRPC service.
 
+use crate::coordinator::Event;
+use crate::effects::Executor;
+use crate::job::{JobDefinition, NewJob};
 use crate::state::JobManagerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use weir_core::config::keys;
 use weir_core::config::Config;
 use weir_core::job::compile_job;
+use weir_core::settings::{resolve_checkpoint_dir, JobSettings};
 use weir_proto::job_manager_service_server::JobManagerService;
 use weir_proto::*;
 use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInfo, SubtaskState};
@@ -27,6 +30,7 @@ async fn read_restore(path: &str, config: &Config) -> Result<RestoreInfo, Status
 
 pub(crate) struct JobManagerRpc {
     pub state: Arc<JobManagerState>,
+    pub executor: Executor,
 }
 
 #[tonic::async_trait]
@@ -40,7 +44,7 @@ impl JobManagerService for JobManagerRpc {
             return Err(Status::invalid_argument("a TaskManager must offer at least one slot"));
         }
         self.state.register_tm(&r.taskmanager_id, &r.rpc_address, &r.data_address, r.slots).map_err(Status::invalid_argument)?;
-        let interval = self.state.config.duration(weir_core::config::keys::HEARTBEAT_INTERVAL);
+        let interval = self.state.settings().heartbeat_interval;
         Ok(Response::new(RegisterTaskManagerResponse { cluster_id: String::new(), heartbeat_interval_ms: interval.as_millis() as u64 }))
     }
 
@@ -53,22 +57,16 @@ impl JobManagerService for JobManagerRpc {
         let r = request.into_inner();
         let e = r.execution.ok_or_else(|| Status::invalid_argument("missing execution"))?;
         let state = TaskState::try_from(r.state).unwrap_or(TaskState::Unspecified);
-        let outcome = self.state.task_update(&e.job_id, e.attempt, (e.vertex, e.subtask), state, (r.records_in, r.records_out));
-        if let Some((JobState::Failed, _)) = outcome {
-            let name = self
-                .state
-                .inner
-                .lock()
-                .jobs
-                .get(&e.job_id)
-                .map(|j| {
-                    let v = j.graph.vertex(e.vertex);
-                    format!("{} ({}/{})", v.name, e.subtask + 1, v.parallelism)
-                })
-                .unwrap_or_default();
-            let reason = format!("task {name} on {} failed: {}", r.taskmanager_id, r.failure);
-            tokio::spawn(self.state.clone().handle_task_failure(e.job_id.clone(), e.attempt, reason));
-        }
+        let effects = self.state.task_update(
+            &e.job_id,
+            e.attempt,
+            (e.vertex, e.subtask),
+            state,
+            (r.records_in, r.records_out),
+            &r.taskmanager_id,
+            &r.failure,
+        );
+        self.executor.perform(effects);
         Ok(Response::new(UpdateTaskStateResponse {}))
     }
 
@@ -79,27 +77,31 @@ impl JobManagerService for JobManagerRpc {
             overrides.set(k, v, "-D").map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         let origin = if r.source_name.is_empty() { "job" } else { r.source_name.as_str() };
-        let (graph, mut config) =
-            compile_job(&r.job_definition, origin, &self.state.config, &overrides).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // Checkpoints need storage: without execution.checkpointing.dir, a local directory
-        // (fine for one machine; a cluster needs shared or object storage).
-        if !config.is_set(keys::CHECKPOINT_DIR)
-            && (config.optional_duration(keys::CHECKPOINT_INTERVAL).is_some() || !r.restore_path.is_empty())
-        {
-            let dir = std::env::temp_dir().join("weir-checkpoints");
-            config
-                .set(keys::CHECKPOINT_DIR, &format!("file://{}", dir.display()), "default")
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
+        let (graph, mut config) = compile_job(&r.job_definition, origin, self.state.config(), &overrides)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        resolve_checkpoint_dir(&mut config, !r.restore_path.is_empty()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let settings = JobSettings::from_config(&config).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let storage = match &settings.checkpoint.dir {
+            Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            None => None,
+        };
         let restore = if r.restore_path.is_empty() { None } else { Some(read_restore(&r.restore_path, &config).await?) };
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let name = graph.name.clone();
-        let id = self
-            .state
-            .add_job(name.clone(), graph, config, restore, (r.job_definition.clone(), origin.to_string()))
-            .map_err(Status::invalid_argument)?;
+        let new = NewJob {
+            id: id.clone(),
+            name: name.clone(),
+            graph,
+            config,
+            settings,
+            storage,
+            definition: JobDefinition { text: r.job_definition.clone(), origin: origin.to_string() },
+            restore,
+            attempt: 0,
+            next_checkpoint: 1,
+        };
         tracing::info!(job = %id, name = %name, "job submitted");
-        tokio::spawn(crate::scheduler::schedule(self.state.clone(), id.clone()));
-        tokio::spawn(crate::coordinate::coordinator_loop(self.state.clone(), id.clone()));
+        self.executor.perform(self.state.add_job(new));
         Ok(Response::new(SubmitJobResponse { job_id: id }))
     }
 
@@ -113,7 +115,8 @@ impl JobManagerService for JobManagerRpc {
     }
 
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
-        self.state.cancel_job(&request.get_ref().job_id).map_err(Status::not_found)?;
+        let effects = self.state.cancel_job(&request.get_ref().job_id).map_err(Status::not_found)?;
+        self.executor.perform(effects);
         Ok(Response::new(CancelJobResponse {}))
     }
 
@@ -125,16 +128,15 @@ impl JobManagerService for JobManagerRpc {
         let e = r.execution.ok_or_else(|| Status::invalid_argument("missing execution"))?;
         let states: Vec<(String, SubtaskState)> =
             serde_json::from_slice(&r.state).map_err(|err| Status::invalid_argument(format!("state handles do not parse: {err}")))?;
-        crate::coordinate::acknowledge(
-            &self.state,
-            &e.job_id,
-            e.attempt,
-            (e.vertex, e.subtask),
-            r.checkpoint_id,
+        let event = Event::Acknowledged {
+            attempt: e.attempt,
+            id: r.checkpoint_id,
+            subtask: (e.vertex, e.subtask),
             states,
-            r.alignment_ms,
-            r.size_bytes,
-        );
+            alignment_ms: r.alignment_ms,
+            size: r.size_bytes,
+        };
+        self.executor.perform(self.state.checkpoint_event(&e.job_id, event));
         Ok(Response::new(AcknowledgeCheckpointResponse {}))
     }
 
@@ -144,15 +146,14 @@ impl JobManagerService for JobManagerRpc {
     ) -> Result<Response<AcknowledgeCheckpointResponse>, Status> {
         let r = request.into_inner();
         let e = r.execution.ok_or_else(|| Status::invalid_argument("missing execution"))?;
-        crate::coordinate::decline(&self.state, &e.job_id, e.attempt, r.checkpoint_id, r.reason);
+        let event = Event::Declined { attempt: e.attempt, id: r.checkpoint_id, reason: r.reason };
+        self.executor.perform(self.state.checkpoint_event(&e.job_id, event));
         Ok(Response::new(AcknowledgeCheckpointResponse {}))
     }
 
     async fn list_checkpoints(&self, request: Request<ListCheckpointsRequest>) -> Result<Response<ListCheckpointsResponse>, Status> {
         let id = &request.get_ref().job_id;
-        let inner = self.state.inner.lock();
-        let job = inner.jobs.get(id).ok_or_else(|| Status::not_found(format!("no job with id {id}")))?;
-        let checkpoints = job.coordinator.history.iter().map(|r| r.info()).collect();
+        let checkpoints = self.state.checkpoint_history(id).ok_or_else(|| Status::not_found(format!("no job with id {id}")))?;
         Ok(Response::new(ListCheckpointsResponse { checkpoints }))
     }
 

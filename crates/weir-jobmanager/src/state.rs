@@ -1,156 +1,211 @@
-//! The JobManager's cluster state: registered TaskManagers with their slots, and jobs with
-//! the state of each of their subtasks. Every transition of a job happens here, under one
-//! lock; side effects that talk to TaskManagers are returned to the caller or spawned after
-//! the lock is released.
+//! The JobManager's cluster state: the registered TaskManagers with their slots, and the jobs
+//! (`job.rs`). All of it sits behind one lock that is never held across an `.await`.
+//!
+//! Every method takes the lock, decides (job state changes through the lifecycle's
+//! transition function, checkpoint decisions through the coordinator's), releases the lock
+//! and returns the [`Effect`]s its decision calls for; the caller hands them to the
+//! [`crate::effects::Executor`]. Nothing here does I/O or spawns tasks, so this module
+//! depends on no module that drives it.
 
+use crate::clock::{self, humanize};
+use crate::coordinate::{effects_of, Targets};
+use crate::coordinator::{Event, Now};
+use crate::effects::{Effect, Followup, TmClient, TmTarget};
+use crate::job::{Job, NewJob};
+use crate::lifecycle::{JobStatus, LifecycleEvent};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Notify};
-use tonic::transport::{Channel, Endpoint};
-use weir_core::config::keys;
-use weir_core::config::Config;
-use weir_core::graph::JobGraph;
-use weir_proto::task_manager_service_client::TaskManagerServiceClient;
-use weir_proto::{CancelTasksRequest, JobState, JobStatus, PingRequest, TaskManagerInfo, TaskState, VertexStatus};
-use weir_state::metadata::RestoreInfo;
-use weir_state::CheckpointStorage;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tonic::transport::Endpoint;
+use weir_core::settings::JobManagerConfig;
+use weir_core::Config;
+use weir_proto::{CancelTasksRequest, CheckpointInfo, DeployTasksRequest, SubtaskLocation, SubtaskRef, TaskManagerInfo, TaskState};
 
-pub(crate) struct TaskManagerEntry {
-    pub id: String,
-    pub rpc_address: String,
-    pub data_address: String,
-    pub slots: u32,
-    pub used: u32,
-    pub last_heartbeat: Instant,
-    pub client: TaskManagerServiceClient<Channel>,
-}
-
-pub(crate) struct TaskEntry {
-    pub state: TaskState,
-    pub records_in: u64,
-    pub records_out: u64,
-}
-
-pub(crate) struct Job {
-    /// The job file as submitted and its origin, for the catalog.
-    pub definition: (String, String),
-    pub coordinator: crate::checkpoint::Coordinator,
-    /// What the first attempt restores from (`weir run -s`).
-    pub initial_restore: Option<RestoreInfo>,
-    /// What the current attempt restores from.
-    pub restore: Option<RestoreInfo>,
-    pub restarts: u32,
-    pub failure_times: Vec<Instant>,
-    pub backoff: Option<Duration>,
-    pub running_since: Instant,
-    pub id: String,
-    pub name: String,
-    pub graph: Arc<JobGraph>,
-    pub config: Config,
-    pub state: JobState,
-    pub failure: String,
-    pub attempt: u32,
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub tasks: BTreeMap<(u32, u32), TaskEntry>,
-    /// The TaskManager of each allocated slot (slot i runs subtask i of every vertex).
-    pub slots: Vec<String>,
-}
-
-impl Job {
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.state, JobState::Finished | JobState::Failed | JobState::Canceled)
-    }
-
-    pub fn status(&self) -> JobStatus {
-        let vertices = self
-            .graph
-            .vertices
-            .iter()
-            .map(|v| {
-                let tasks: Vec<_> = self.tasks.iter().filter(|((vid, _), _)| *vid == v.id).map(|(_, t)| t).collect();
-                VertexStatus {
-                    name: v.name.clone(),
-                    parallelism: v.parallelism,
-                    running: tasks.iter().filter(|t| t.state == TaskState::TaskRunning).count() as u32,
-                    finished: tasks.iter().filter(|t| t.state == TaskState::TaskFinished).count() as u32,
-                    records_in: tasks.iter().map(|t| t.records_in).sum(),
-                    records_out: tasks.iter().map(|t| t.records_out).sum(),
-                }
-            })
-            .collect();
-        JobStatus {
-            job_id: self.id.clone(),
-            name: self.name.clone(),
-            state: self.state as i32,
-            failure: self.failure.clone(),
-            start_time_ms: self.start_ms,
-            end_time_ms: self.end_ms,
-            parallelism: self.graph.slots_needed(),
-            vertices,
-            attempt: self.attempt,
-            restarts: self.restarts,
-        }
-    }
+/// A registered TaskManager.
+struct TaskManagerEntry {
+    rpc_address: String,
+    data_address: String,
+    slots: u32,
+    used: u32,
+    last_heartbeat: Instant,
+    client: TmClient,
 }
 
 #[derive(Default)]
-pub(crate) struct Inner {
-    /// Jobs that reached a terminal state since the catalog was last written.
-    pub ended: Vec<String>,
-    pub tms: HashMap<String, TaskManagerEntry>,
-    pub jobs: HashMap<String, Job>,
-    pub job_order: Vec<String>,
+struct Inner {
+    tms: HashMap<String, TaskManagerEntry>,
+    jobs: HashMap<String, Job>,
+    /// Job ids in submission order.
+    job_order: Vec<String>,
 }
 
+/// The outcome of a slot request for a job.
+pub(crate) enum Allocation {
+    /// The job no longer waits for slots (canceled, ended, or unknown).
+    NotWaiting,
+    /// Not enough free slots yet.
+    Waiting { needed: u32, free: u32, total: u32, taskmanagers: usize },
+    /// Slots taken and the job RUNNING: deploy these.
+    Deploy(Vec<DeployCall>),
+}
+
+/// One deployment RPC.
+pub(crate) struct DeployCall {
+    pub taskmanager: TmTarget,
+    pub request: DeployTasksRequest,
+}
+
+/// What the JobManager knows, behind one lock. See the module header.
 pub struct JobManagerState {
-    pub(crate) config: Config,
-    pub(crate) catalog: Option<crate::catalog::Catalog>,
-    pub(crate) inner: Mutex<Inner>,
+    config: Config,
+    settings: JobManagerConfig,
+    inner: Mutex<Inner>,
     /// Signalled when slots may have become free (a TaskManager joined, a job ended).
-    pub(crate) slots_changed: Notify,
+    slots_changed: Notify,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+/// A gRPC client for a TaskManager's RPC address (connected lazily).
+fn tm_client(rpc_address: &str) -> Option<TmClient> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{rpc_address}")).ok()?.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(30));
+    Some(TmClient::new(endpoint.connect_lazy()))
 }
 
-pub(crate) fn tm_client(rpc_address: &str) -> Option<TaskManagerServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{rpc_address}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30));
-    Some(TaskManagerServiceClient::new(endpoint.connect_lazy()))
+/// Picks `needed` slots, one at a time from the TaskManager with the most free slots, so
+/// subtasks spread evenly over the cluster. None if there are not enough free slots.
+fn pick_slots(free: &mut [(String, u32)], needed: u32) -> Option<Vec<String>> {
+    let total: u32 = free.iter().map(|(_, f)| f).sum();
+    if total < needed {
+        return None;
+    }
+    let mut picked = Vec::with_capacity(needed as usize);
+    for _ in 0..needed {
+        // Most free slots first; ties broken by id so placement is deterministic.
+        let best = free.iter_mut().filter(|(_, f)| *f > 0).max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))?;
+        best.1 -= 1;
+        picked.push(best.0.clone());
+    }
+    Some(picked)
+}
+
+fn targets(tms: &HashMap<String, TaskManagerEntry>, ids: Vec<String>) -> Vec<TmTarget> {
+    ids.into_iter().filter_map(|id| tms.get(&id).map(|e| TmTarget { client: e.client.clone(), id })).collect()
+}
+
+fn save_catalog(job: &mut Job) -> Effect {
+    let (record, seq) = job.catalog_record();
+    Effect::SaveCatalog { record, seq }
+}
+
+/// Hands `event` to the job's coordinator and addresses the resulting actions.
+fn checkpoint_event(tms: &HashMap<String, TaskManagerEntry>, job: &mut Job, now: Now, event: Event) -> Vec<Effect> {
+    let actions = job.checkpoint(now, event);
+    if actions.is_empty() {
+        return Vec::new();
+    }
+    let t = Targets {
+        job_id: job.id(),
+        attempt: job.attempt(),
+        sources: targets(tms, job.source_taskmanagers()),
+        all: targets(tms, job.taskmanagers()),
+        storage: job.storage(),
+    };
+    effects_of(actions, &t, now.epoch_ms)
+}
+
+/// Frees the slots of a job's current attempt; with `cancel`, one cancel call per TaskManager
+/// that ran its tasks.
+fn release_slots(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, cancel: bool) -> Vec<Effect> {
+    let slots = job.take_slots();
+    let mut to = Vec::new();
+    let mut seen = HashSet::new();
+    for tm in slots {
+        if let Some(entry) = tms.get_mut(&tm) {
+            entry.used = entry.used.saturating_sub(1);
+            if cancel && seen.insert(tm.clone()) {
+                to.push(TmTarget { id: tm, client: entry.client.clone() });
+            }
+        }
+    }
+    if to.is_empty() {
+        return Vec::new();
+    }
+    vec![Effect::CancelTasks { to, request: CancelTasksRequest { job_id: job.id().to_string(), attempt: job.attempt() } }]
+}
+
+/// Moves a job to a terminal state by `event`: its checkpoints are void, its slots freed
+/// (its tasks canceled unless they all finished), and its catalog entry written.
+fn end_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, event: LifecycleEvent, failure: &str, now: Now) -> Vec<Effect> {
+    let Ok(to) = job.apply(event, now) else { return Vec::new() };
+    job.set_failure(failure);
+    let mut effects = checkpoint_event(tms, job, now, Event::AttemptEnded { reason: format!("job {to}") });
+    effects.extend(release_slots(tms, job, to != JobStatus::Finished));
+    effects.push(save_catalog(job));
+    match to {
+        JobStatus::Failed => tracing::warn!(job = %job.id(), "job failed: {failure}"),
+        s => tracing::info!(job = %job.id(), "job {s}"),
+    }
+    effects
+}
+
+/// A failure of the job's running attempt: it restarts if its strategy allows, and otherwise
+/// ends FAILED. A failure of a job that runs no attempt (restarting, cancelling, ended) is moot.
+fn fail_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, reason: &str, now: Now) -> Vec<Effect> {
+    if !matches!(job.status(), JobStatus::Created | JobStatus::Running | JobStatus::Finishing) {
+        return Vec::new();
+    }
+    let Some(delay) = job.restart_delay(now) else {
+        return end_job(tms, job, LifecycleEvent::Failed { restart: false }, reason, now);
+    };
+    if job.apply(LifecycleEvent::Failed { restart: true }, now).is_err() {
+        return Vec::new();
+    }
+    job.set_failure(reason);
+    tracing::warn!(job = %job.id(), attempt = job.attempt(), delay = %humanize(delay), "job failed, restarting: {reason}");
+    let mut effects = checkpoint_event(tms, job, now, Event::AttemptEnded { reason: "job restarting".into() });
+    effects.extend(release_slots(tms, job, true));
+    effects.push(save_catalog(job));
+    effects.push(Effect::RestartAfter { job_id: job.id().to_string(), delay });
+    effects
 }
 
 impl JobManagerState {
-    pub(crate) fn new(config: Config, catalog: Option<crate::catalog::Catalog>) -> Self {
-        Self { config, catalog, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
+    pub(crate) fn new(config: Config, settings: JobManagerConfig) -> Self {
+        Self { config, settings, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
+    }
+
+    /// The cluster configuration jobs are compiled under.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn settings(&self) -> &JobManagerConfig {
+        &self.settings
+    }
+
+    /// Notified when slots may have become free.
+    pub(crate) fn slots_changed(&self) -> &Notify {
+        &self.slots_changed
     }
 
     pub(crate) fn register_tm(&self, id: &str, rpc_address: &str, data_address: &str, slots: u32) -> Result<(), String> {
         let client = tm_client(rpc_address).ok_or_else(|| format!("bad TaskManager RPC address '{rpc_address}'"))?;
-        let mut inner = self.inner.lock();
-        inner.tms.insert(
-            id.to_string(),
-            TaskManagerEntry {
-                id: id.to_string(),
-                rpc_address: rpc_address.to_string(),
-                data_address: data_address.to_string(),
-                slots,
-                used: 0,
-                last_heartbeat: Instant::now(),
-                client,
-            },
-        );
-        drop(inner);
+        let entry = TaskManagerEntry {
+            rpc_address: rpc_address.to_string(),
+            data_address: data_address.to_string(),
+            slots,
+            used: 0,
+            last_heartbeat: Instant::now(),
+            client,
+        };
+        self.inner.lock().tms.insert(id.to_string(), entry);
         tracing::info!(taskmanager = id, rpc = rpc_address, slots, "TaskManager registered");
         self.slots_changed.notify_waiters();
         Ok(())
     }
 
+    /// A heartbeat from TaskManager `id`; false if it is not (or no longer) registered.
     pub(crate) fn heartbeat(&self, id: &str) -> bool {
         match self.inner.lock().tms.get_mut(id) {
             Some(tm) => {
@@ -161,13 +216,18 @@ impl JobManagerState {
         }
     }
 
+    /// TaskManagers silent for longer than `timeout`.
+    pub(crate) fn silent_taskmanagers(&self, timeout: Duration) -> Vec<String> {
+        self.inner.lock().tms.iter().filter(|(_, t)| t.last_heartbeat.elapsed() > timeout).map(|(id, _)| id.clone()).collect()
+    }
+
     pub(crate) fn overview(&self) -> Vec<TaskManagerInfo> {
         let inner = self.inner.lock();
         let mut tms: Vec<_> = inner
             .tms
-            .values()
-            .map(|t| TaskManagerInfo {
-                taskmanager_id: t.id.clone(),
+            .iter()
+            .map(|(id, t)| TaskManagerInfo {
+                taskmanager_id: id.clone(),
                 rpc_address: t.rpc_address.clone(),
                 data_address: t.data_address.clone(),
                 slots: t.slots,
@@ -178,107 +238,32 @@ impl JobManagerState {
         tms
     }
 
-    pub(crate) fn add_job(
-        &self,
-        name: String,
-        graph: JobGraph,
-        config: Config,
-        restore: Option<RestoreInfo>,
-        definition: (String, String),
-    ) -> Result<String, String> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        self.insert_job(id, name, graph, config, restore, definition, 0, 1)
-    }
-
-    /// Adds a job under a given id (a new one, or one recovered from the catalog at `attempt`
-    /// with checkpoint ids continuing at `next_checkpoint`).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn insert_job(
-        &self,
-        id: String,
-        name: String,
-        graph: JobGraph,
-        config: Config,
-        restore: Option<RestoreInfo>,
-        definition: (String, String),
-        attempt: u32,
-        next_checkpoint: u64,
-    ) -> Result<String, String> {
-        let settings = crate::checkpoint::CheckpointSettings::from_config(&config);
-        let storage = match config.text(keys::CHECKPOINT_DIR) {
-            Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let mut coordinator = crate::checkpoint::Coordinator::new(settings, storage);
-        coordinator.next_id = next_checkpoint;
-        let job = Job {
-            definition,
-            coordinator,
-            initial_restore: restore.clone(),
-            restore,
-            restarts: 0,
-            failure_times: Vec::new(),
-            backoff: None,
-            running_since: Instant::now(),
-            id: id.clone(),
-            name,
-            graph: Arc::new(graph),
-            config,
-            state: JobState::Created,
-            failure: String::new(),
-            attempt,
-            start_ms: now_ms(),
-            end_ms: 0,
-            tasks: BTreeMap::new(),
-            slots: Vec::new(),
-        };
-        self.persist(&job);
+    /// Adds a job (CREATED); it is scheduled by the follow-up.
+    pub(crate) fn add_job(&self, new: NewJob) -> Vec<Effect> {
+        let id = new.id.clone();
+        let mut job = Job::new(new, clock::now());
+        let effects = vec![save_catalog(&mut job), Effect::Followup(Followup::JobAdded { job_id: id.clone() })];
         let mut inner = self.inner.lock();
         inner.jobs.insert(id.clone(), job);
-        inner.job_order.push(id.clone());
-        Ok(id)
+        inner.job_order.push(id);
+        effects
     }
 
-    /// Writes the catalog entries of jobs that ended since the last call.
-    pub(crate) fn persist_ended(&self) {
-        if self.catalog.is_none() {
-            return;
-        }
-        let mut inner = self.inner.lock();
-        let ended = std::mem::take(&mut inner.ended);
-        for id in ended {
-            if let Some(job) = inner.jobs.get(&id) {
-                self.persist(job);
-            }
-        }
+    pub(crate) fn job_status(&self, id: &str) -> Option<weir_proto::JobStatus> {
+        self.inner.lock().jobs.get(id).map(Job::status_view)
     }
 
-    /// Writes the job's catalog entry (if the JobManager keeps a catalog).
-    pub(crate) fn persist(&self, job: &Job) {
-        if let Some(c) = &self.catalog {
-            c.save(&crate::catalog::JobRecord {
-                id: job.id.clone(),
-                name: job.name.clone(),
-                definition: job.definition.0.clone(),
-                origin: job.definition.1.clone(),
-                config: job.config.explicit().clone(),
-                attempt: job.attempt,
-                state: job.state.as_str_name().to_string(),
-            });
-        }
-    }
-
-    pub(crate) fn job_status(&self, id: &str) -> Option<JobStatus> {
-        self.inner.lock().jobs.get(id).map(Job::status)
-    }
-
-    pub(crate) fn list_jobs(&self) -> Vec<JobStatus> {
+    pub(crate) fn list_jobs(&self) -> Vec<weir_proto::JobStatus> {
         let inner = self.inner.lock();
-        inner.job_order.iter().filter_map(|id| inner.jobs.get(id)).map(Job::status).collect()
+        inner.job_order.iter().filter_map(|id| inner.jobs.get(id)).map(Job::status_view).collect()
     }
 
-    /// Records a subtask's state change and moves the job on. Returns true if the task failed
-    /// and the job should fail (after the caller probed the TaskManagers involved).
+    pub(crate) fn checkpoint_history(&self, id: &str) -> Option<Vec<CheckpointInfo>> {
+        self.inner.lock().jobs.get(id).map(|j| j.coordinator().history().iter().map(|r| r.info()).collect())
+    }
+
+    /// A subtask's state changed: records it and moves the job on.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn task_update(
         &self,
         job_id: &str,
@@ -286,259 +271,243 @@ impl JobManagerState {
         key: (u32, u32),
         state: TaskState,
         records: (u64, u64),
-    ) -> Option<(JobState, String)> {
-        let mut inner = self.inner.lock();
-        let job = inner.jobs.get_mut(job_id)?;
-        if job.attempt != attempt {
-            return None;
-        }
-        if let Some(t) = job.tasks.get_mut(&key) {
-            t.state = state;
-            t.records_in = records.0;
-            t.records_out = records.1;
-        }
-        if job.is_terminal() {
-            return None;
-        }
-        let all = |s: &[TaskState]| job.tasks.values().all(|t| s.contains(&t.state));
-        match (job.state, state) {
-            (JobState::Running, TaskState::TaskFailed) => Some((JobState::Failed, String::new())),
-            (JobState::Running, TaskState::TaskRunning) if all(&[TaskState::TaskRunning]) => {
-                job.running_since = Instant::now();
-                None
-            }
-            (JobState::Running, TaskState::TaskFinished) if all(&[TaskState::TaskFinished]) => {
-                Self::end_job(&mut inner, job_id, JobState::Finished, "");
-                drop(inner);
-                self.slots_changed.notify_waiters();
-                Some((JobState::Finished, String::new()))
-            }
-            (JobState::Canceling, _) if all(&[TaskState::TaskFinished, TaskState::TaskCanceled, TaskState::TaskFailed]) => {
-                Self::end_job(&mut inner, job_id, JobState::Canceled, "");
-                drop(inner);
-                self.slots_changed.notify_waiters();
-                Some((JobState::Canceled, String::new()))
-            }
-            _ => None,
-        }
-    }
-
-    /// Moves a job to a terminal state and frees its slots. Returns the TaskManagers that may
-    /// still run its tasks, to cancel them.
-    fn end_job(
-        inner: &mut Inner,
-        job_id: &str,
-        state: JobState,
+        taskmanager: &str,
         failure: &str,
-    ) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
-        let Some(job) = inner.jobs.get_mut(job_id) else { return Vec::new() };
-        if job.is_terminal() {
+    ) -> Vec<Effect> {
+        let now = clock::now();
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let Some(job) = jobs.get_mut(job_id) else { return Vec::new() };
+        if job.attempt() != attempt || !job.record_task(key, state, records, now) || job.status().is_terminal() {
             return Vec::new();
         }
-        job.state = state;
-        job.failure = failure.to_string();
-        job.end_ms = now_ms();
-        job.coordinator.abort_all(&format!("job {}", state.as_str_name()));
-        inner.ended.push(job_id.to_string());
-        let cancels = Self::release_slots(inner, job_id, state != JobState::Finished);
-        match state {
-            JobState::Failed => tracing::warn!(job = job_id, "job failed: {failure}"),
-            s => tracing::info!(job = job_id, "job {}", s.as_str_name()),
+        let ended = [TaskState::TaskFinished, TaskState::TaskCanceled, TaskState::TaskFailed];
+        let effects = match (job.status(), state) {
+            (JobStatus::Running | JobStatus::Finishing, TaskState::TaskFailed) => {
+                let reason = format!("task {} on {taskmanager} failed: {failure}", job.subtask_name(key));
+                vec![Effect::Followup(Followup::TaskFailed { job_id: job_id.to_string(), attempt, reason })]
+            }
+            (JobStatus::Running | JobStatus::Finishing, TaskState::TaskFinished) if job.all_tasks(&[TaskState::TaskFinished]) => {
+                end_job(tms, job, LifecycleEvent::AllTasksFinished, "", now)
+            }
+            (JobStatus::Running, TaskState::TaskFinishing | TaskState::TaskFinished)
+                if job.all_tasks(&[TaskState::TaskFinishing, TaskState::TaskFinished]) =>
+            {
+                let _ = job.apply(LifecycleEvent::InputsEnded, now);
+                tracing::info!(job = job_id, "input ended everywhere: the final checkpoint commits the rest");
+                vec![save_catalog(job)]
+            }
+            (JobStatus::Cancelling, _) if job.all_tasks(&ended) => end_job(tms, job, LifecycleEvent::AllTasksStopped, "", now),
+            _ => Vec::new(),
+        };
+        drop(guard);
+        if !effects.is_empty() {
+            self.slots_changed.notify_waiters();
         }
-        cancels
+        effects
     }
 
-    /// A job failed: it restarts from its latest completed checkpoint if its restart strategy
-    /// allows, and otherwise ends FAILED. Its remaining tasks are canceled either way.
-    /// `attempt`: the attempt the failure belongs to (a failure of an older attempt is moot).
-    pub(crate) fn fail_job(self: &Arc<Self>, job_id: &str, attempt: Option<u32>, reason: &str) {
-        let mut inner = self.inner.lock();
-        let delay = match inner.jobs.get_mut(job_id) {
-            Some(job) if attempt.is_some_and(|a| a != job.attempt) => return,
-            Some(job) if job.state == JobState::Running || job.state == JobState::Created => crate::restart::next_delay(job),
-            _ => return,
-        };
-        let cancels = match delay {
-            None => Self::end_job(&mut inner, job_id, JobState::Failed, reason),
-            Some(delay) => {
-                let cancels = Self::begin_restart(&mut inner, job_id, reason);
-                let state = self.clone();
-                let id = job_id.to_string();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    state.finish_restart(&id);
-                });
-                cancels
-            }
-        };
-        drop(inner);
+    /// The job failed (`attempt`: the attempt the failure belongs to; a failure of an older
+    /// attempt is moot).
+    pub(crate) fn fail_job(&self, job_id: &str, attempt: Option<u32>, reason: &str) -> Vec<Effect> {
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let Some(job) = jobs.get_mut(job_id) else { return Vec::new() };
+        if attempt.is_some_and(|a| a != job.attempt()) {
+            return Vec::new();
+        }
+        let effects = fail_job(tms, job, reason, clock::now());
+        drop(guard);
         self.slots_changed.notify_waiters();
-        spawn_cancels(cancels);
+        effects
     }
 
-    /// RESTARTING: the attempt's tasks are canceled and its slots freed.
-    fn begin_restart(inner: &mut Inner, job_id: &str, reason: &str) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
-        let Some(job) = inner.jobs.get_mut(job_id) else { return Vec::new() };
-        job.state = JobState::Restarting;
-        job.failure = reason.to_string();
-        job.restarts += 1;
-        job.coordinator.abort_all("job restarting");
-        job.coordinator.reset_final();
-        tracing::warn!(job = job_id, restarts = job.restarts, "job failed, restarting: {reason}");
-        Self::release_slots(inner, job_id, true)
-    }
-
-    /// Frees the slots of a job's current attempt; with `cancel`, returns one cancel call per
-    /// TaskManager that ran its tasks.
-    fn release_slots(inner: &mut Inner, job_id: &str, cancel: bool) -> Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)> {
-        let Some(job) = inner.jobs.get_mut(job_id) else { return Vec::new() };
-        let slots = std::mem::take(&mut job.slots);
-        let attempt = job.attempt;
-        let mut cancels = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for tm in &slots {
-            if let Some(entry) = inner.tms.get_mut(tm) {
-                entry.used = entry.used.saturating_sub(1);
-                if cancel && seen.insert(tm.clone()) {
-                    cancels.push((entry.client.clone(), CancelTasksRequest { job_id: job_id.to_string(), attempt }));
-                }
-            }
+    /// The restart delay passed: a new attempt (CREATED) restoring the latest checkpoint.
+    pub(crate) fn restart(&self, job_id: &str) -> Vec<Effect> {
+        let now = clock::now();
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let Some(job) = jobs.get_mut(job_id) else { return Vec::new() };
+        if job.apply(LifecycleEvent::RestartDelayElapsed, now).is_err() {
+            return Vec::new(); // canceled meanwhile
         }
-        cancels
-    }
-
-    /// After the restart delay: a new attempt, restoring the latest completed checkpoint.
-    fn finish_restart(self: &Arc<Self>, job_id: &str) {
-        {
-            let mut inner = self.inner.lock();
-            let Some(job) = inner.jobs.get_mut(job_id) else { return };
-            if job.state != JobState::Restarting {
-                return;
-            }
-            job.attempt += 1;
-            job.state = JobState::Created;
-            job.tasks.clear();
-            job.restore = match (job.coordinator.latest(), job.coordinator.storage.as_ref()) {
-                (Some(meta), Some(storage)) => Some(RestoreInfo { storage_url: storage.url().to_string(), metadata: meta.clone() }),
-                _ => job.initial_restore.clone(),
-            };
-            tracing::info!(
-                job = job_id,
-                attempt = job.attempt,
-                checkpoint = job.restore.as_ref().map(|r| r.metadata.checkpoint_id),
-                "redeploying"
-            );
-            self.persist(job);
-        }
-        tokio::spawn(crate::scheduler::schedule(self.clone(), job_id.to_string()));
+        job.next_attempt();
+        let mut effects = checkpoint_event(tms, job, now, Event::AttemptStarted { attempt: job.attempt() });
+        tracing::info!(
+            job = job_id,
+            attempt = job.attempt(),
+            checkpoint = job.restore().map(|r| r.metadata.checkpoint_id),
+            "redeploying"
+        );
+        effects.push(save_catalog(job));
+        effects.push(Effect::Followup(Followup::Schedule { job_id: job_id.to_string() }));
+        effects
     }
 
     /// Cancels a job on the user's request.
-    pub(crate) fn cancel_job(&self, job_id: &str) -> Result<(), String> {
-        let mut inner = self.inner.lock();
-        let job = inner.jobs.get_mut(job_id).ok_or_else(|| format!("no job with id {job_id}"))?;
-        match job.state {
-            JobState::Created => {
-                let cancels = Self::end_job(&mut inner, job_id, JobState::Canceled, "");
-                drop(inner);
-                spawn_cancels(cancels);
+    pub(crate) fn cancel_job(&self, job_id: &str) -> Result<Vec<Effect>, String> {
+        let now = clock::now();
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let job = jobs.get_mut(job_id).ok_or_else(|| format!("no job with id {job_id}"))?;
+        let effects = match job.status() {
+            // Not running tasks: ends at once.
+            JobStatus::Created | JobStatus::Restarting => end_job(tms, job, LifecycleEvent::CancelRequested, "", now),
+            JobStatus::Running | JobStatus::Finishing => {
+                let _ = job.apply(LifecycleEvent::CancelRequested, now);
+                let to = targets(tms, job.taskmanagers());
+                vec![save_catalog(job), Effect::CancelTasks { to, request: CancelTasksRequest { job_id: job_id.to_string(), attempt: job.attempt() } }]
             }
-            JobState::Running => {
-                job.state = JobState::Canceling;
-                let attempt = job.attempt;
-                let tms: std::collections::HashSet<String> = job.slots.iter().cloned().collect();
-                let cancels: Vec<_> = tms
-                    .iter()
-                    .filter_map(|tm| inner.tms.get(tm))
-                    .map(|e| (e.client.clone(), CancelTasksRequest { job_id: job_id.to_string(), attempt }))
-                    .collect();
-                drop(inner);
-                spawn_cancels(cancels);
-            }
-            _ => {}
-        }
+            _ => Vec::new(),
+        };
+        drop(guard);
         self.slots_changed.notify_waiters();
-        Ok(())
+        Ok(effects)
     }
 
-    /// Removes a TaskManager and fails every unfinished job that has a subtask on it.
-    pub(crate) fn taskmanager_lost(self: &Arc<Self>, tm_id: &str, why: &str) {
-        let mut inner = self.inner.lock();
-        let Some(tm) = inner.tms.remove(tm_id) else { return };
+    /// Removes a TaskManager; every unfinished job with a subtask on it fails (or, when it was
+    /// being canceled, is canceled).
+    pub(crate) fn taskmanager_lost(&self, tm_id: &str, why: &str) -> Vec<Effect> {
+        let now = clock::now();
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let Some(tm) = tms.remove(tm_id) else { return Vec::new() };
         tracing::warn!(taskmanager = tm_id, "TaskManager lost: {why}");
         let reason = format!("TaskManager {tm_id} ({}) lost: {why}", tm.rpc_address);
-        let affected: Vec<String> =
-            inner.jobs.values().filter(|j| !j.is_terminal() && j.slots.iter().any(|s| s == tm_id)).map(|j| j.id.clone()).collect();
-        let mut cancels = Vec::new();
-        let mut failed = Vec::new();
-        for job in affected {
-            if inner.jobs.get(&job).is_some_and(|j| j.state == JobState::Canceling) {
-                cancels.extend(Self::end_job(&mut inner, &job, JobState::Canceled, ""));
-            } else {
-                failed.push(job);
-            }
+        let mut effects = Vec::new();
+        for job in jobs.values_mut().filter(|j| !j.status().is_terminal() && j.runs_on(tm_id)) {
+            effects.extend(match job.status() {
+                JobStatus::Cancelling => end_job(tms, job, LifecycleEvent::AllTasksStopped, "", now),
+                _ => fail_job(tms, job, &reason, now),
+            });
         }
-        drop(inner);
-        for job in failed {
-            self.fail_job(&job, None, &reason);
-        }
+        drop(guard);
         self.slots_changed.notify_waiters();
-        spawn_cancels(cancels);
+        effects
     }
 
-    /// After a task failure: probes the job's TaskManagers, declares the unreachable ones lost
-    /// (so the job fails naming the TaskManager that died, not the peer that noticed), then
-    /// fails the job with the task's reason if it is still running.
-    pub(crate) async fn handle_task_failure(self: Arc<Self>, job_id: String, attempt: u32, reason: String) {
-        let probes: Vec<_> = {
-            let inner = self.inner.lock();
-            let Some(job) = inner.jobs.get(&job_id) else { return };
-            let tms: std::collections::HashSet<_> = job.slots.iter().cloned().collect();
-            tms.into_iter().filter_map(|t| inner.tms.get(&t).map(|e| (t, e.client.clone()))).collect()
+    /// The TaskManagers of a job's attempt, to probe after a task failure.
+    pub(crate) fn job_taskmanagers(&self, job_id: &str) -> Vec<TmTarget> {
+        let inner = self.inner.lock();
+        let Some(job) = inner.jobs.get(job_id) else { return Vec::new() };
+        targets(&inner.tms, job.taskmanagers())
+    }
+
+    /// Takes slots for a job waiting for them and moves it to RUNNING, or says why not.
+    pub(crate) fn allocate(&self, job_id: &str) -> Allocation {
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let Some(job) = jobs.get_mut(job_id) else { return Allocation::NotWaiting };
+        if job.status() != JobStatus::Created {
+            return Allocation::NotWaiting;
+        }
+        let needed = job.graph().slots_needed();
+        let mut free: Vec<(String, u32)> = tms.iter().map(|(id, t)| (id.clone(), t.slots - t.used)).collect();
+        free.sort();
+        let Some(slots) = pick_slots(&mut free, needed) else {
+            return Allocation::Waiting {
+                needed,
+                free: free.iter().map(|(_, f)| f).sum(),
+                total: tms.values().map(|t| t.slots).sum(),
+                taskmanagers: tms.len(),
+            };
         };
-        for (tm, mut client) in probes {
-            let ping = tokio::time::timeout(Duration::from_secs(3), client.ping(PingRequest {})).await;
-            match ping {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => self.taskmanager_lost(&tm, &format!("unreachable ({})", e.message())),
-                Err(_) => self.taskmanager_lost(&tm, "unreachable (no answer within 3s)"),
+        if job.apply(LifecycleEvent::SlotsAllocated, clock::now()).is_err() {
+            return Allocation::NotWaiting;
+        }
+        for tm in &slots {
+            if let Some(e) = tms.get_mut(tm) {
+                e.used += 1;
             }
         }
-        self.fail_job(&job_id, Some(attempt), &reason);
-    }
-}
-
-fn spawn_cancels(cancels: Vec<(TaskManagerServiceClient<Channel>, CancelTasksRequest)>) {
-    for (mut client, req) in cancels {
-        tokio::spawn(async move {
-            if let Err(e) = client.cancel_job(req).await {
-                tracing::debug!("cancel call failed: {}", e.message());
+        job.assign_slots(slots);
+        let mut locations = Vec::new();
+        let mut per_tm: HashMap<String, Vec<SubtaskRef>> = HashMap::new();
+        for v in &job.graph().vertices {
+            for i in 0..v.parallelism {
+                let tm = job.slot(i).unwrap_or_default().to_string();
+                per_tm.entry(tm.clone()).or_default().push(SubtaskRef { vertex: v.id, subtask: i });
+                let data_address = tms.get(&tm).map(|e| e.data_address.clone()).unwrap_or_default();
+                locations.push(SubtaskLocation { vertex: v.id, subtask: i, data_address, taskmanager_id: tm });
             }
-        });
+        }
+        let job_graph = job.graph().to_json();
+        let restore = job.restore().and_then(|r| serde_json::to_vec(r).ok()).unwrap_or_default();
+        let config: HashMap<String, String> = job.config().explicit().clone().into_iter().collect();
+        let calls = per_tm
+            .into_iter()
+            .filter_map(|(tm, subtasks)| {
+                let client = tms.get(&tm)?.client.clone();
+                let request = DeployTasksRequest {
+                    job_id: job_id.to_string(),
+                    attempt: job.attempt(),
+                    job_graph: job_graph.clone(),
+                    config: config.clone(),
+                    locations: locations.clone(),
+                    subtasks,
+                    restore: restore.clone(),
+                };
+                Some(DeployCall { taskmanager: TmTarget { id: tm, client }, request })
+            })
+            .collect();
+        Allocation::Deploy(calls)
+    }
+
+    /// A checkpoint timer tick of the job; `None` once the job ended (the timer stops).
+    pub(crate) fn checkpoint_tick(&self, job_id: &str) -> Option<Vec<Effect>> {
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let job = jobs.get_mut(job_id)?;
+        if job.status().is_terminal() || job.status() == JobStatus::Suspended {
+            return None;
+        }
+        let view = job.task_view();
+        Some(checkpoint_event(tms, job, clock::now(), Event::Tick(view)))
+    }
+
+    /// The tick period of the job's checkpoint timer; `None` when checkpointing is off.
+    pub(crate) fn checkpoint_tick_period(&self, job_id: &str) -> Option<Duration> {
+        self.inner.lock().jobs.get(job_id).and_then(|j| j.coordinator().tick_period())
+    }
+
+    /// Something happened to a checkpoint of the job.
+    pub(crate) fn checkpoint_event(&self, job_id: &str, event: Event) -> Vec<Effect> {
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let Some(job) = jobs.get_mut(job_id) else { return Vec::new() };
+        if let Event::Acknowledged { attempt, .. } | Event::Declined { attempt, .. } = &event {
+            if *attempt != job.attempt() {
+                return Vec::new();
+            }
+        }
+        checkpoint_event(tms, job, clock::now(), event)
+    }
+
+    /// The JobManager shuts down: every unfinished job is SUSPENDED in the catalog, so that a
+    /// JobManager started on it resumes them.
+    pub(crate) fn suspend_all(&self) -> Vec<Effect> {
+        let now = clock::now();
+        let mut inner = self.inner.lock();
+        let mut effects = Vec::new();
+        for job in inner.jobs.values_mut() {
+            if job.apply(LifecycleEvent::Suspended, now).is_ok() {
+                effects.push(save_catalog(job));
+            }
+        }
+        effects
     }
 }
 
-/// Declares TaskManagers lost when they miss heartbeats for `timeout`.
-pub(crate) async fn heartbeat_monitor(state: Arc<JobManagerState>, timeout: Duration, mut shutdown: watch::Receiver<bool>) {
-    let tick = (timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.changed() => return,
-        }
-        state.persist_ended();
-        let lost: Vec<String> =
-            state.inner.lock().tms.values().filter(|t| t.last_heartbeat.elapsed() > timeout).map(|t| t.id.clone()).collect();
-        for tm in lost {
-            state.taskmanager_lost(&tm, &format!("no heartbeat for {}", humanize(timeout)));
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub(crate) fn humanize(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
+    #[test]
+    fn slots_spread_over_taskmanagers() {
+        let mut free = vec![("a".to_string(), 4), ("b".to_string(), 4)];
+        let picked = pick_slots(&mut free, 4).unwrap();
+        assert_eq!(picked.iter().filter(|t| *t == "a").count(), 2);
+        assert_eq!(picked.iter().filter(|t| *t == "b").count(), 2);
+        assert!(pick_slots(&mut free, 5).is_none());
     }
 }

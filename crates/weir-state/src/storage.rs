@@ -24,6 +24,7 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_core::config::{keys, Config};
+use weir_core::settings::S3Config;
 
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
@@ -69,18 +70,19 @@ impl CheckpointStorage {
             // by the next checkpoint) rather than hang until the checkpoint timeout.
             let retry =
                 object_store::RetryConfig { max_retries: 5, retry_timeout: std::time::Duration::from_secs(60), ..Default::default() };
+            let s3 = S3Config::from_config(config);
             let mut b = AmazonS3Builder::new()
                 .with_retry(retry)
                 .with_bucket_name(bucket)
-                .with_region(config.get(keys::S3_REGION))
-                .with_virtual_hosted_style_request(!config.bool(keys::S3_PATH_STYLE));
-            if let Some(endpoint) = config.text(keys::S3_ENDPOINT) {
+                .with_region(&s3.region)
+                .with_virtual_hosted_style_request(!s3.path_style);
+            if let Some(endpoint) = &s3.endpoint {
                 b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
             }
-            if let Some(k) = config.text(keys::S3_ACCESS_KEY) {
+            if let Some(k) = &s3.access_key {
                 b = b.with_access_key_id(k);
             }
-            if let Some(s) = config.text(keys::S3_SECRET_KEY) {
+            if let Some(s) = &s3.secret_key {
                 b = b.with_secret_access_key(s);
             }
             let store = b.build().map_err(|e| bad(format!("'{url}': {e}")))?;

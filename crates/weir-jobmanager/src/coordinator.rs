@@ -1,0 +1,960 @@
+//! The CheckpointCoordinator of one job, as a pure state machine.
+//!
+//! ## Protocol (long form: `docs/checkpointing.md`)
+//! - **Trigger.** Every `execution.checkpointing.interval`, if every subtask of the attempt runs,
+//!   fewer than `max-concurrent-checkpoints` checkpoints are pending and `min-pause` has passed
+//!   since the last completion, checkpoint n is triggered at the source subtasks. Ids grow
+//!   across restarts of the job, so a late message of an old attempt never counts for a new one.
+//! - **Acknowledge.** Each subtask acknowledges n with its state handles once its snapshot is
+//!   uploaded. When all have, n moves to *finalizing*: its `_metadata` is being written. A
+//!   finalizing checkpoint is still pending: it counts against `max-concurrent-checkpoints`,
+//!   and it can still fail.
+//! - **Complete.** When `_metadata` is written (its presence is what makes n complete), n is
+//!   filed as the newest retained checkpoint, the tasks are told (two-phase-commit sinks commit
+//!   now), older pending checkpoints are subsumed, and retained checkpoints beyond
+//!   `num-retained` are discarded with the shared files no retained checkpoint references.
+//! - **Fail.** A checkpoint past `timeout`, declined by a subtask, whose trigger could not be
+//!   delivered, or whose `_metadata` cannot be written, fails at once: the sources are told to
+//!   abort it and its files are discarded. More than `tolerable-failed-checkpoints` failures in
+//!   a row fail the job; what says nothing about the job's ability to checkpoint (subsumed, the
+//!   attempt ended, a TaskManager that the trigger did not reach) is not counted.
+//! - **Final checkpoint.** When every task's input has ended, periodic checkpoints still
+//!   collecting acknowledgements can no longer complete (their barriers cannot pass finished
+//!   inputs): they are aborted and one final checkpoint is triggered on every task. Its
+//!   completion lets the sinks commit the tail of the output and the tasks finish.
+//! - **Attempts.** When an attempt ends (failure, cancel), every pending checkpoint is void,
+//!   finalizing ones included: a restart that already chose its restore point must never see a
+//!   newer checkpoint appear behind it.
+//!
+//! ## Invariants (checked by the property test below)
+//! - Pending checkpoints, finalizing ones included, never exceed `max-concurrent-checkpoints`
+//!   (the final checkpoint aside, which is the only one then).
+//! - Completed ids only grow: an older checkpoint never completes over a newer one, so the
+//!   restore point ([`CheckpointCoordinator::latest`]) is always the newest completed.
+//! - Tasks are told of a completion only after its `_metadata` is written, and only for the
+//!   running attempt.
+//!
+//! The coordinator does no I/O and reads no clock: [`CheckpointCoordinator::handle`] takes an
+//! [`Event`] and the time, and returns the [`Action`]s that the driver (`coordinate.rs`) then
+//! performs. Savepoints beside checkpoints, concurrent unaligned checkpoints and settings
+//! changed at run time are meant to arrive as new events and kinds, not new flags.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_core::graph::JobGraph;
+use weir_core::settings::CheckpointConfig;
+use weir_proto::{CheckpointInfo, CheckpointStatus};
+use weir_state::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
+use weir_state::registry::SharedStateRegistry;
+
+/// The time an event happens at: a monotonic instant for intervals and timeouts, and the wall
+/// clock (milliseconds since the epoch) for what users see.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub epoch_ms: i64,
+}
+
+/// A subtask: (vertex id, subtask index).
+pub type SubtaskKey = (u32, u32);
+
+/// What the coordinator needs to know of the job's tasks at a tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskView {
+    /// The job is in a state that takes checkpoints (RUNNING or FINISHING).
+    pub job_active: bool,
+    pub total: usize,
+    pub running: usize,
+    /// Tasks whose input ended and that wait for the final checkpoint.
+    pub finishing: usize,
+    pub finished: usize,
+}
+
+impl TaskView {
+    fn all_running(&self) -> bool {
+        self.job_active && self.total > 0 && self.running == self.total
+    }
+
+    fn inputs_ended(&self) -> bool {
+        self.job_active && self.finishing > 0 && self.finishing + self.finished == self.total
+    }
+}
+
+/// Why a checkpoint is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// Every `execution.checkpointing.interval`.
+    Periodic,
+    /// Once every task's input ended: commits the tail of the output.
+    Final,
+}
+
+/// Which tasks receive a trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerTarget {
+    /// The source subtasks: they inject the barrier that flows through the job.
+    Sources,
+    /// Every task (the final checkpoint: inputs have ended, so no barrier flows).
+    AllTasks,
+}
+
+/// Why a checkpoint failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Not complete within `execution.checkpointing.timeout`.
+    Expired,
+    /// A subtask could not take it.
+    Declined(String),
+    /// The trigger RPC did not reach a TaskManager.
+    TriggerFailed(String),
+    /// Every subtask acknowledged, but `_metadata` could not be written.
+    MetadataWriteFailed(String),
+    /// A newer checkpoint completed first.
+    Subsumed { by: u64 },
+    /// Every task's input ended: the final checkpoint takes over.
+    InputEnded,
+    /// The attempt it belonged to ended (the job restarts, is canceled or ended).
+    AttemptEnded(String),
+}
+
+impl FailureReason {
+    /// Whether this failure counts towards `tolerable-failed-checkpoints`: only failures that
+    /// say something about the job's ability to checkpoint do. A trigger that does not reach a
+    /// TaskManager says that the TaskManager is gone: the probe that follows fails the job
+    /// over naming it, and counting the checkpoint too would fail it again, less clearly.
+    pub fn counts_as_failure(&self) -> bool {
+        matches!(self, Self::Expired | Self::Declined(_) | Self::MetadataWriteFailed(_))
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Expired => write!(f, "checkpoint expired before completing (execution.checkpointing.timeout)"),
+            Self::Declined(why) => write!(f, "declined: {why}"),
+            Self::TriggerFailed(why) => write!(f, "trigger failed: {why}"),
+            Self::MetadataWriteFailed(why) => write!(f, "cannot write _metadata: {why}"),
+            Self::Subsumed { by } => write!(f, "subsumed by checkpoint {by}"),
+            Self::InputEnded => write!(f, "subsumed by the final checkpoint (the job's input ended)"),
+            Self::AttemptEnded(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// What happened, as the coordinator is told.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Time passed; `tasks` is the job's task view now. Triggers and expiries happen here.
+    Tick(TaskView),
+    /// The trigger of `id` could not be delivered.
+    TriggerFailed { id: u64, reason: String },
+    /// A subtask acknowledged `id` with its state handles.
+    Acknowledged { attempt: u32, id: u64, subtask: SubtaskKey, states: Vec<(String, SubtaskState)>, alignment_ms: u64, size: u64 },
+    /// A subtask could not take `id`.
+    Declined { attempt: u32, id: u64, reason: String },
+    /// The `_metadata` write of `id` ended.
+    MetadataWritten { id: u64, result: Result<(), String> },
+    /// The running attempt ended (failure, restart, cancel, end of the job): every pending
+    /// checkpoint is void.
+    AttemptEnded { reason: String },
+    /// Attempt `attempt` is deployed: it may take (and finish with) checkpoints of its own.
+    AttemptStarted { attempt: u32 },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a trigger for `id` to `target`; a delivery failure comes back as
+    /// [`Event::TriggerFailed`].
+    Trigger { id: u64, attempt: u32, timestamp_ms: i64, kind: CheckpointKind, target: TriggerTarget },
+    /// Write this `_metadata`; the outcome comes back as [`Event::MetadataWritten`].
+    WriteMetadata(CheckpointMetadata),
+    /// Tell every task that `id` completed (two-phase-commit sinks commit).
+    NotifyComplete { id: u64, attempt: u32 },
+    /// Tell the sources to abort `id` (they forward a cancellation marker downstream).
+    Abort { id: u64, attempt: u32, reason: FailureReason },
+    /// Delete the folder `chk-<id>` (a failed, void or no longer retained checkpoint).
+    Discard { id: u64 },
+    /// Delete shared files (incremental SSTs) no retained checkpoint references any more.
+    DeleteSharedFiles(Vec<String>),
+    /// Checkpoint failures exceeded `tolerable-failed-checkpoints`.
+    FailJob(String),
+}
+
+/// Settings the coordinator needs, from [`CheckpointConfig`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorSettings {
+    /// Periodic checkpoints; `None`: checkpointing is off.
+    pub interval: Option<Duration>,
+    pub min_pause: Duration,
+    pub max_concurrent: usize,
+    pub timeout: Duration,
+    pub tolerable_failures: u64,
+    pub num_retained: usize,
+}
+
+impl From<&CheckpointConfig> for CoordinatorSettings {
+    fn from(c: &CheckpointConfig) -> Self {
+        Self {
+            interval: c.interval,
+            min_pause: c.min_pause,
+            max_concurrent: c.max_concurrent.max(1),
+            timeout: c.timeout,
+            tolerable_failures: c.tolerable_failures,
+            num_retained: c.num_retained.max(1),
+        }
+    }
+}
+
+/// Where a pending checkpoint stands.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the acknowledgements of `total` subtasks.
+    Collecting { acks: HashMap<SubtaskKey, Vec<(String, SubtaskState)>>, total: usize },
+    /// Every subtask acknowledged; this `_metadata` is being written.
+    Finalizing(CheckpointMetadata),
+}
+
+#[derive(Debug)]
+struct PendingCheckpoint {
+    kind: CheckpointKind,
+    attempt: u32,
+    started: Instant,
+    phase: Phase,
+}
+
+/// The final checkpoint of the running attempt: taken once, again only if it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FinalCheckpoint {
+    NotTaken,
+    InFlight(u64),
+    Completed(u64),
+}
+
+/// One row of `weir checkpoints`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    pub id: u64,
+    pub status: CheckpointStatus,
+    pub trigger_ms: i64,
+    pub duration_ms: u64,
+    pub size: u64,
+    pub alignment_ms: u64,
+    pub failure: String,
+    pub acknowledged: u32,
+    pub total: u32,
+}
+
+impl CheckpointRecord {
+    pub fn info(&self) -> CheckpointInfo {
+        CheckpointInfo {
+            id: self.id,
+            status: self.status as i32,
+            trigger_time_ms: self.trigger_ms,
+            duration_ms: self.duration_ms,
+            size_bytes: self.size,
+            alignment_ms: self.alignment_ms,
+            failure: self.failure.clone(),
+            acknowledged: self.acknowledged,
+            total: self.total,
+        }
+    }
+}
+
+/// The checkpoint coordinator of one job. See the module header for the protocol.
+pub struct CheckpointCoordinator {
+    job_id: String,
+    graph: Arc<JobGraph>,
+    settings: CoordinatorSettings,
+    /// The attempt whose tasks checkpoints belong to.
+    attempt: u32,
+    next_id: u64,
+    pending: BTreeMap<u64, PendingCheckpoint>,
+    last_trigger: Option<Instant>,
+    last_completion: Option<Instant>,
+    consecutive_failures: u64,
+    /// Completed checkpoints still retained, oldest first.
+    retained: VecDeque<CheckpointMetadata>,
+    registry: SharedStateRegistry,
+    history: Vec<CheckpointRecord>,
+    final_checkpoint: FinalCheckpoint,
+}
+
+impl CheckpointCoordinator {
+    /// A coordinator for `attempt` of the job, whose checkpoint ids continue at `next_id`.
+    pub fn new(job_id: &str, graph: Arc<JobGraph>, settings: CoordinatorSettings, attempt: u32, next_id: u64) -> Self {
+        Self {
+            job_id: job_id.to_string(),
+            graph,
+            settings,
+            attempt,
+            next_id: next_id.max(1),
+            pending: BTreeMap::new(),
+            last_trigger: None,
+            last_completion: None,
+            consecutive_failures: 0,
+            retained: VecDeque::new(),
+            registry: SharedStateRegistry::new(),
+            history: Vec::new(),
+            final_checkpoint: FinalCheckpoint::NotTaken,
+        }
+    }
+
+    /// The newest completed checkpoint: the restore point of the next attempt.
+    pub fn latest(&self) -> Option<&CheckpointMetadata> {
+        self.retained.back()
+    }
+
+    /// Every checkpoint of the job so far, oldest first.
+    pub fn history(&self) -> &[CheckpointRecord] {
+        &self.history
+    }
+
+    /// Ids of the checkpoints still pending (finalizing ones included).
+    pub fn pending_ids(&self) -> Vec<u64> {
+        self.pending.keys().copied().collect()
+    }
+
+    /// Whether periodic checkpoints are on.
+    pub fn enabled(&self) -> bool {
+        self.settings.interval.is_some()
+    }
+
+    /// The tick period the driver should use: a tenth of the interval, within 5..200 ms.
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.settings.interval.map(|i| (i / 10).clamp(Duration::from_millis(5), Duration::from_millis(200)))
+    }
+
+    /// The transition function: applies `event` at `now`, returns what the driver must do.
+    pub fn handle(&mut self, now: Now, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Tick(view) => self.tick(now, view, &mut out),
+            Event::TriggerFailed { id, reason } => self.fail(now, id, FailureReason::TriggerFailed(reason), &mut out),
+            Event::Acknowledged { attempt, id, subtask, states, alignment_ms, size } => {
+                self.acknowledge(attempt, id, subtask, states, alignment_ms, size, now, &mut out)
+            }
+            Event::Declined { attempt, id, reason } => {
+                if self.pending.get(&id).is_some_and(|p| p.attempt == attempt) {
+                    self.fail(now, id, FailureReason::Declined(reason), &mut out);
+                }
+            }
+            Event::MetadataWritten { id, result } => self.metadata_written(now, id, result, &mut out),
+            Event::AttemptEnded { reason } => {
+                for id in self.pending_ids() {
+                    self.fail(now, id, FailureReason::AttemptEnded(reason.clone()), &mut out);
+                }
+            }
+            Event::AttemptStarted { attempt } => {
+                for id in self.pending_ids() {
+                    self.fail(now, id, FailureReason::AttemptEnded(format!("attempt {attempt} started")), &mut out);
+                }
+                self.attempt = attempt;
+                self.final_checkpoint = FinalCheckpoint::NotTaken;
+            }
+        }
+        out
+    }
+
+    fn tick(&mut self, now: Now, view: TaskView, out: &mut Vec<Action>) {
+        let expired: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| now.instant.duration_since(p.started) > self.settings.timeout).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.fail(now, id, FailureReason::Expired, out);
+        }
+        if !self.enabled() {
+            return;
+        }
+        if view.inputs_ended() && self.final_checkpoint == FinalCheckpoint::NotTaken {
+            let collecting: Vec<u64> =
+                self.pending.iter().filter(|(_, p)| matches!(p.phase, Phase::Collecting { .. })).map(|(id, _)| *id).collect();
+            for id in collecting {
+                self.fail(now, id, FailureReason::InputEnded, out);
+            }
+            let id = self.start(CheckpointKind::Final, view.finishing, now);
+            self.final_checkpoint = FinalCheckpoint::InFlight(id);
+            out.push(Action::Trigger {
+                id,
+                attempt: self.attempt,
+                timestamp_ms: now.epoch_ms,
+                kind: CheckpointKind::Final,
+                target: TriggerTarget::AllTasks,
+            });
+        } else if view.all_running() && self.due(now.instant) {
+            let id = self.start(CheckpointKind::Periodic, view.total, now);
+            out.push(Action::Trigger {
+                id,
+                attempt: self.attempt,
+                timestamp_ms: now.epoch_ms,
+                kind: CheckpointKind::Periodic,
+                target: TriggerTarget::Sources,
+            });
+        }
+    }
+
+    /// Whether a periodic checkpoint is due: interval since the last trigger, min-pause since
+    /// the last completion, and room under max-concurrent (finalizing checkpoints count).
+    fn due(&self, now: Instant) -> bool {
+        let Some(interval) = self.settings.interval else { return false };
+        if self.pending.len() >= self.settings.max_concurrent {
+            return false;
+        }
+        if self.last_completion.is_some_and(|t| now < t + self.settings.min_pause) {
+            return false;
+        }
+        self.last_trigger.is_none_or(|t| now >= t + interval)
+    }
+
+    fn start(&mut self, kind: CheckpointKind, total: usize, now: Now) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.last_trigger = Some(now.instant);
+        let phase = Phase::Collecting { acks: HashMap::new(), total };
+        self.pending.insert(id, PendingCheckpoint { kind, attempt: self.attempt, started: now.instant, phase });
+        self.history.push(CheckpointRecord {
+            id,
+            status: CheckpointStatus::InProgress,
+            trigger_ms: now.epoch_ms,
+            duration_ms: 0,
+            size: 0,
+            alignment_ms: 0,
+            failure: String::new(),
+            acknowledged: 0,
+            total: total as u32,
+        });
+        id
+    }
+
+    fn record(&mut self, id: u64) -> Option<&mut CheckpointRecord> {
+        self.history.iter_mut().rev().find(|r| r.id == id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn acknowledge(
+        &mut self,
+        attempt: u32,
+        id: u64,
+        subtask: SubtaskKey,
+        states: Vec<(String, SubtaskState)>,
+        alignment_ms: u64,
+        size: u64,
+        now: Now,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        if p.attempt != attempt {
+            return;
+        }
+        let Phase::Collecting { acks, total } = &mut p.phase else { return };
+        if acks.contains_key(&subtask) {
+            return;
+        }
+        acks.insert(subtask, states);
+        let count = acks.len();
+        let all_acknowledged = (count == *total).then(|| std::mem::take(acks));
+        if let Some(r) = self.record(id) {
+            r.acknowledged = count as u32;
+            r.size += size;
+            r.alignment_ms = r.alignment_ms.max(alignment_ms);
+        }
+        if let Some(acks) = all_acknowledged {
+            let metadata = self.metadata(id, &acks, now.epoch_ms);
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.phase = Phase::Finalizing(metadata.clone());
+            }
+            out.push(Action::WriteMetadata(metadata));
+        }
+    }
+
+    /// The `_metadata` of checkpoint `id`: per operator (by uid), the state of every subtask.
+    fn metadata(&self, id: u64, acks: &HashMap<SubtaskKey, Vec<(String, SubtaskState)>>, timestamp_ms: i64) -> CheckpointMetadata {
+        let mut operators = Vec::new();
+        for v in &self.graph.vertices {
+            for op in &v.operators {
+                let subtasks: Vec<SubtaskState> = (0..v.parallelism)
+                    .map(|i| {
+                        acks.get(&(v.id, i))
+                            .and_then(|s| s.iter().find(|(uid, _)| uid == &op.uid))
+                            .map(|(_, s)| s.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                if subtasks.iter().any(|s| !s.keyed.is_empty() || s.operator.is_some()) {
+                    operators.push(OperatorState {
+                        uid: op.uid.clone(),
+                        parallelism: v.parallelism,
+                        max_parallelism: self.graph.max_parallelism,
+                        subtasks,
+                    });
+                }
+            }
+        }
+        CheckpointMetadata { job_id: self.job_id.clone(), checkpoint_id: id, timestamp_ms, savepoint: false, operators }
+    }
+
+    fn metadata_written(&mut self, now: Now, id: u64, result: Result<(), String>, out: &mut Vec<Action>) {
+        let finalizing = self.pending.get(&id).map(|p| matches!(p.phase, Phase::Finalizing(_)));
+        match (finalizing, result) {
+            // Void meanwhile (subsumed, expired, its attempt ended): whatever was written goes.
+            (None, _) => out.push(Action::Discard { id }),
+            // Only a finalizing checkpoint has a write in flight.
+            (Some(false), _) => {}
+            (Some(true), Err(why)) => {
+                self.fail(now, id, FailureReason::MetadataWriteFailed(why), out);
+                out.push(Action::Discard { id });
+            }
+            (Some(true), Ok(())) => self.complete(now, id, out),
+        }
+    }
+
+    fn complete(&mut self, now: Now, id: u64, out: &mut Vec<Action>) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        let Phase::Finalizing(meta) = p.phase else { return };
+        if p.kind == CheckpointKind::Final {
+            self.final_checkpoint = FinalCheckpoint::Completed(id);
+        }
+        self.consecutive_failures = 0;
+        self.last_completion = Some(now.instant);
+        let size = meta.size();
+        if let Some(r) = self.record(id) {
+            r.status = CheckpointStatus::Completed;
+            r.duration_ms = (now.epoch_ms - r.trigger_ms).max(0) as u64;
+            r.size = size;
+        }
+        self.registry.register(id, meta.keyed_handles());
+        self.retained.push_back(meta);
+        out.push(Action::NotifyComplete { id, attempt: p.attempt });
+        let subsumed: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
+        for s in subsumed {
+            self.fail(now, s, FailureReason::Subsumed { by: id }, out);
+        }
+        while self.retained.len() > self.settings.num_retained {
+            let Some(old) = self.retained.pop_front() else { break };
+            let unreferenced = self.registry.release(old.checkpoint_id);
+            if !unreferenced.is_empty() {
+                out.push(Action::DeleteSharedFiles(unreferenced));
+            }
+            out.push(Action::Discard { id: old.checkpoint_id });
+        }
+    }
+
+    /// Fails pending checkpoint `id` for `reason`.
+    fn fail(&mut self, now: Now, id: u64, reason: FailureReason, out: &mut Vec<Action>) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        if self.final_checkpoint == FinalCheckpoint::InFlight(id) {
+            self.final_checkpoint = FinalCheckpoint::NotTaken;
+        }
+        let message = reason.to_string();
+        if let Some(r) = self.record(id) {
+            r.status = CheckpointStatus::CheckpointFailed;
+            r.failure = message.clone();
+            r.duration_ms = now.instant.duration_since(p.started).as_millis() as u64;
+        }
+        // The tasks of an ended attempt are being canceled: there is nobody to tell.
+        if !matches!(reason, FailureReason::AttemptEnded(_)) {
+            out.push(Action::Abort { id, attempt: p.attempt, reason: reason.clone() });
+        }
+        // A finalizing checkpoint's `_metadata` may still be written: the answer of that write
+        // discards it. Otherwise whatever the tasks uploaded goes now.
+        if matches!(p.phase, Phase::Collecting { .. }) {
+            out.push(Action::Discard { id });
+        }
+        if reason.counts_as_failure() {
+            self.consecutive_failures += 1;
+            if self.consecutive_failures > self.settings.tolerable_failures {
+                out.push(Action::FailJob(format!(
+                    "exceeded execution.checkpointing.tolerable-failed-checkpoints; last failure of checkpoint {id}: {message}"
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const JOB: &str = "name: t\nparallelism: 2\npipeline:\n  - source: datagen\n    number-of-rows: 10\n    fields:\n      - {name: key, kind: sequence, start: 0}\n  - key_by: key\n  - count: {}\n  - sink: blackhole\n";
+    const MS: Duration = Duration::from_millis(1);
+
+    fn settings() -> CoordinatorSettings {
+        CoordinatorSettings {
+            interval: Some(100 * MS),
+            min_pause: Duration::ZERO,
+            max_concurrent: 1,
+            timeout: 10_000 * MS,
+            tolerable_failures: 0,
+            num_retained: 1,
+        }
+    }
+
+    fn graph() -> Arc<JobGraph> {
+        let (graph, _) = weir_core::job::compile_job(JOB, "test", &weir_core::Config::new(), &weir_core::Config::new()).unwrap();
+        Arc::new(graph)
+    }
+
+    /// A coordinator and a clock that only moves when told to.
+    struct Harness {
+        c: CheckpointCoordinator,
+        t0: Instant,
+        elapsed: Duration,
+        total: usize,
+    }
+
+    impl Harness {
+        fn new(settings: CoordinatorSettings) -> Self {
+            let g = graph();
+            let total = g.vertices.iter().map(|v| v.parallelism as usize).sum();
+            Self { c: CheckpointCoordinator::new("job", g, settings, 0, 1), t0: Instant::now(), elapsed: Duration::ZERO, total }
+        }
+
+        fn now(&self) -> Now {
+            Now { instant: self.t0 + self.elapsed, epoch_ms: 1_000_000 + self.elapsed.as_millis() as i64 }
+        }
+
+        fn at(&mut self, ms: u64) -> &mut Self {
+            self.elapsed = Duration::from_millis(ms);
+            self
+        }
+
+        fn handle(&mut self, e: Event) -> Vec<Action> {
+            let now = self.now();
+            self.c.handle(now, e)
+        }
+
+        fn running(&self) -> TaskView {
+            TaskView { job_active: true, total: self.total, running: self.total, finishing: 0, finished: 0 }
+        }
+
+        fn tick(&mut self) -> Vec<Action> {
+            let view = self.running();
+            self.handle(Event::Tick(view))
+        }
+
+        /// Every subtask acknowledges `id`; returns the actions of the last acknowledgement.
+        fn ack_all(&mut self, id: u64) -> Vec<Action> {
+            let mut last = Vec::new();
+            for i in 0..self.total {
+                last = self.handle(ack(0, id, i as u32));
+            }
+            last
+        }
+    }
+
+    fn ack(attempt: u32, id: u64, subtask: u32) -> Event {
+        Event::Acknowledged { attempt, id, subtask: (subtask, 0), states: Vec::new(), alignment_ms: 0, size: 10 }
+    }
+
+    fn written(id: u64) -> Event {
+        Event::MetadataWritten { id, result: Ok(()) }
+    }
+
+    fn triggered(actions: &[Action]) -> Vec<u64> {
+        actions.iter().filter_map(|a| if let Action::Trigger { id, .. } = a { Some(*id) } else { None }).collect()
+    }
+
+    fn fails_job(actions: &[Action]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::FailJob(_)))
+    }
+
+    #[test]
+    fn triggers_at_the_interval_only_while_every_task_runs() {
+        let mut h = Harness::new(settings());
+        let starting = TaskView { job_active: true, total: h.total, running: h.total - 1, finishing: 0, finished: 0 };
+        assert!(h.handle(Event::Tick(starting)).is_empty());
+        let actions = h.tick();
+        assert_eq!(
+            actions,
+            [Action::Trigger { id: 1, attempt: 0, timestamp_ms: 1_000_000, kind: CheckpointKind::Periodic, target: TriggerTarget::Sources }]
+        );
+        h.ack_all(1);
+        h.handle(written(1));
+        assert!(h.at(50).tick().is_empty(), "the interval counts from the last trigger");
+        assert_eq!(triggered(&h.at(100).tick()), [2]);
+    }
+
+    #[test]
+    fn completes_after_every_ack_and_the_metadata_write() {
+        let mut h = Harness::new(settings());
+        h.tick();
+        for i in 0..h.total - 1 {
+            assert!(h.handle(ack(0, 1, i as u32)).is_empty());
+        }
+        // A duplicate acknowledgement counts once.
+        assert!(h.handle(ack(0, 1, 0)).is_empty());
+        let last = h.handle(ack(0, 1, h.total as u32 - 1));
+        assert!(matches!(&last[..], [Action::WriteMetadata(m)] if m.checkpoint_id == 1 && m.job_id == "job"));
+        assert!(h.c.latest().is_none(), "not complete before _metadata is written");
+        assert_eq!(h.handle(written(1)), [Action::NotifyComplete { id: 1, attempt: 0 }]);
+        assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(1));
+        let record = &h.c.history()[0];
+        assert_eq!((record.status, record.acknowledged, record.size), (CheckpointStatus::Completed, h.total as u32, 0));
+    }
+
+    /// The completion race of issue 7: a checkpoint whose `_metadata` is being written still
+    /// counts against max-concurrent, so n+1 cannot be triggered (and complete first).
+    #[test]
+    fn a_metadata_write_in_flight_counts_as_pending() {
+        let mut h = Harness::new(settings());
+        h.tick();
+        h.ack_all(1);
+        assert!(h.at(500).tick().is_empty(), "checkpoint 1 is still finalizing");
+        assert_eq!(h.c.pending_ids(), [1]);
+        h.handle(written(1));
+        assert_eq!(triggered(&h.at(600).tick()), [2]);
+    }
+
+    #[test]
+    fn an_older_checkpoint_never_completes_over_a_newer_one() {
+        let mut h = Harness::new(CoordinatorSettings { max_concurrent: 2, ..settings() });
+        h.tick();
+        assert_eq!(triggered(&h.at(100).tick()), [2]);
+        h.ack_all(2);
+        h.ack_all(1);
+        let done = h.handle(written(2));
+        assert!(done.contains(&Action::NotifyComplete { id: 2, attempt: 0 }));
+        assert!(done.iter().any(|a| matches!(a, Action::Abort { id: 1, reason: FailureReason::Subsumed { by: 2 }, .. })));
+        // 1's write ends after 2 completed: 1 is discarded, never filed.
+        assert_eq!(h.handle(written(1)), [Action::Discard { id: 1 }]);
+        assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(2));
+        assert!(!fails_job(&done), "a subsumed checkpoint is not a failure");
+    }
+
+    #[test]
+    fn min_pause_counts_from_the_last_completion() {
+        let mut h = Harness::new(CoordinatorSettings { min_pause: 300 * MS, ..settings() });
+        h.tick();
+        h.at(250).ack_all(1);
+        h.handle(written(1));
+        assert!(h.at(400).tick().is_empty(), "250 + 300 ms not reached");
+        assert_eq!(triggered(&h.at(550).tick()), [2]);
+    }
+
+    #[test]
+    fn failures_in_a_row_beyond_the_tolerance_fail_the_job() {
+        let mut h = Harness::new(CoordinatorSettings { tolerable_failures: 1, timeout: 1000 * MS, ..settings() });
+        h.tick();
+        let first = h.at(1001).tick();
+        assert!(first.iter().any(|a| matches!(a, Action::Abort { id: 1, reason: FailureReason::Expired, .. })));
+        assert!(first.contains(&Action::Discard { id: 1 }));
+        assert!(!fails_job(&first), "one failure is tolerated");
+        assert_eq!(triggered(&first), [2], "the next one is triggered at once");
+        let second = h.handle(Event::Declined { attempt: 0, id: 2, reason: "disk full".into() });
+        assert!(fails_job(&second));
+        assert!(matches!(second.last(), Some(Action::FailJob(m)) if m.contains("tolerable-failed-checkpoints") && m.contains("disk full")));
+    }
+
+    #[test]
+    fn a_completion_resets_the_failure_count() {
+        let mut h = Harness::new(CoordinatorSettings { tolerable_failures: 1, ..settings() });
+        h.tick();
+        h.handle(Event::Declined { attempt: 0, id: 1, reason: "x".into() });
+        h.at(100).tick();
+        h.ack_all(2);
+        h.handle(written(2));
+        h.at(200).tick();
+        assert!(!fails_job(&h.handle(Event::Declined { attempt: 0, id: 3, reason: "y".into() })));
+    }
+
+    #[test]
+    fn a_failed_trigger_aborts_the_checkpoint_at_once() {
+        let mut h = Harness::new(settings());
+        h.tick();
+        let actions = h.handle(Event::TriggerFailed { id: 1, reason: "connection refused".into() });
+        assert!(!fails_job(&actions), "the TaskManager's loss fails the job, not the checkpoint");
+        assert!(actions.iter().any(|a| matches!(a, Action::Abort { id: 1, reason: FailureReason::TriggerFailed(_), .. })));
+        assert!(h.c.pending_ids().is_empty());
+        assert!(h.c.history()[0].failure.contains("connection refused"));
+    }
+
+    #[test]
+    fn a_failed_metadata_write_fails_the_checkpoint() {
+        let mut h = Harness::new(CoordinatorSettings { tolerable_failures: 5, ..settings() });
+        h.tick();
+        h.ack_all(1);
+        let actions = h.handle(Event::MetadataWritten { id: 1, result: Err("S3 unreachable".into()) });
+        assert!(actions.iter().any(|a| matches!(a, Action::Abort { id: 1, reason: FailureReason::MetadataWriteFailed(_), .. })));
+        assert!(actions.contains(&Action::Discard { id: 1 }));
+        assert!(h.c.latest().is_none() && h.c.pending_ids().is_empty());
+    }
+
+    #[test]
+    fn acknowledgements_of_another_attempt_are_ignored() {
+        let mut h = Harness::new(settings());
+        h.tick();
+        for i in 0..h.total {
+            assert!(h.handle(ack(7, 1, i as u32)).is_empty());
+        }
+        assert!(h.handle(Event::Declined { attempt: 7, id: 1, reason: "old".into() }).is_empty());
+        assert_eq!(h.c.pending_ids(), [1]);
+    }
+
+    #[test]
+    fn a_restart_in_the_middle_of_a_checkpoint_voids_it() {
+        let mut h = Harness::new(CoordinatorSettings { max_concurrent: 2, ..settings() });
+        h.tick();
+        h.at(100).tick();
+        h.ack_all(1); // 1 finalizing, 2 collecting
+        let ended = h.handle(Event::AttemptEnded { reason: "job restarting".into() });
+        assert!(!fails_job(&ended), "an ended attempt is not a checkpoint failure");
+        assert!(!ended.iter().any(|a| matches!(a, Action::Abort { .. })), "nobody to tell");
+        assert_eq!(ended, [Action::Discard { id: 2 }]);
+        // 1's _metadata lands after the restart chose its restore point: discarded, not filed.
+        assert_eq!(h.handle(written(1)), [Action::Discard { id: 1 }]);
+        assert!(h.c.latest().is_none());
+        h.handle(Event::AttemptStarted { attempt: 1 });
+        let next = h.at(200).tick();
+        assert!(matches!(&next[..], [Action::Trigger { id: 3, attempt: 1, .. }]), "ids keep growing: {next:?}");
+    }
+
+    #[test]
+    fn retained_checkpoints_beyond_num_retained_are_discarded() {
+        let mut h = Harness::new(CoordinatorSettings { num_retained: 2, ..settings() });
+        for (n, at) in [(1, 0), (2, 100), (3, 200)] {
+            h.at(at).tick();
+            h.ack_all(n);
+            let done = h.handle(written(n));
+            assert_eq!(done.contains(&Action::Discard { id: 1 }), n == 3, "checkpoint {n}: {done:?}");
+        }
+        assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(3));
+    }
+
+    #[test]
+    fn the_final_checkpoint_replaces_periodic_ones_and_is_taken_once() {
+        let mut h = Harness::new(CoordinatorSettings { max_concurrent: 2, tolerable_failures: 5, ..settings() });
+        h.tick();
+        h.ack_all(1); // finalizing: may still complete
+        h.at(100).tick(); // 2 collecting: can no longer complete
+        let ended = TaskView { job_active: true, total: h.total, running: 0, finishing: h.total - 1, finished: 1 };
+        let actions = h.at(150).handle(Event::Tick(ended));
+        assert!(actions.iter().any(|a| matches!(a, Action::Abort { id: 2, reason: FailureReason::InputEnded, .. })));
+        assert!(actions.contains(&Action::Trigger {
+            id: 3,
+            attempt: 0,
+            timestamp_ms: 1_000_150,
+            kind: CheckpointKind::Final,
+            target: TriggerTarget::AllTasks
+        }));
+        assert!(!fails_job(&actions));
+        assert!(h.at(300).handle(Event::Tick(ended)).is_empty(), "triggered once");
+        // It fails: triggered again at the next tick.
+        h.handle(Event::Declined { attempt: 0, id: 3, reason: "x".into() });
+        assert_eq!(triggered(&h.at(310).handle(Event::Tick(ended))), [4]);
+        for i in 0..h.total - 1 {
+            h.handle(ack(0, 4, i as u32));
+        }
+        // Checkpoint 1 was still finalizing: the newer final checkpoint subsumes it.
+        assert_eq!(
+            h.handle(written(4)),
+            [Action::NotifyComplete { id: 4, attempt: 0 }, Action::Abort { id: 1, attempt: 0, reason: FailureReason::Subsumed { by: 4 } }]
+        );
+        assert!(h.at(400).handle(Event::Tick(ended)).is_empty(), "completed: never again in this attempt");
+        // 1's late write is older than the completed 4: discarded, never filed.
+        assert_eq!(h.handle(written(1)), [Action::Discard { id: 1 }]);
+        assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(4));
+    }
+
+    #[test]
+    fn nothing_is_triggered_with_checkpointing_off() {
+        let mut h = Harness::new(CoordinatorSettings { interval: None, ..settings() });
+        assert!(h.tick().is_empty());
+        assert!(h.c.tick_period().is_none());
+    }
+
+    /// One step of the property test's random schedule.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Tick(u64),
+        Ack { pick: usize, subtask: u32 },
+        Decline(usize),
+        Write { pick: usize, ok: bool },
+        Restart,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u64..250).prop_map(Step::Tick),
+            6 => (any::<usize>(), 0u32..4).prop_map(|(pick, subtask)| Step::Ack { pick, subtask }),
+            1 => any::<usize>().prop_map(Step::Decline),
+            3 => (any::<usize>(), prop::bool::weighted(0.85)).prop_map(|(pick, ok)| Step::Write { pick, ok }),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the interleaving of ticks, acknowledgements, declines, `_metadata` writes
+        /// and restarts: max-concurrent holds (finalizing included), completions only move
+        /// forward, only written checkpoints of the running attempt complete, and the restore
+        /// point is the newest completion.
+        #[test]
+        fn invariants_hold_over_any_interleaving(
+            max_concurrent in 1usize..4,
+            steps in prop::collection::vec(step(), 1..120),
+        ) {
+            let mut h = Harness::new(CoordinatorSettings {
+                max_concurrent,
+                timeout: 400 * MS,
+                tolerable_failures: u64::MAX,
+                num_retained: 2,
+                ..settings()
+            });
+            let mut attempt = 0u32;
+            let mut clock = 0u64;
+            let mut writes: Vec<u64> = Vec::new(); // _metadata writes in flight
+            let mut last_completed = 0u64;
+            for s in steps {
+                let mut just_written = None;
+                let actions = match s {
+                    Step::Tick(dt) => {
+                        clock += dt;
+                        h.at(clock).tick()
+                    }
+                    Step::Ack { pick, subtask } => {
+                        let pending = h.c.pending_ids();
+                        if pending.is_empty() { continue; }
+                        let id = pending[pick % pending.len()];
+                        h.handle(ack(attempt, id, subtask % h.total as u32))
+                    }
+                    Step::Decline(pick) => {
+                        let pending = h.c.pending_ids();
+                        if pending.is_empty() { continue; }
+                        let id = pending[pick % pending.len()];
+                        h.handle(Event::Declined { attempt, id, reason: "x".into() })
+                    }
+                    Step::Write { pick, ok } => {
+                        if writes.is_empty() { continue; }
+                        let id = writes.remove(pick % writes.len());
+                        just_written = ok.then_some(id);
+                        let result = if ok { Ok(()) } else { Err("io".to_string()) };
+                        h.handle(Event::MetadataWritten { id, result })
+                    }
+                    Step::Restart => {
+                        let mut a = h.handle(Event::AttemptEnded { reason: "restart".into() });
+                        attempt += 1;
+                        a.extend(h.handle(Event::AttemptStarted { attempt }));
+                        a
+                    }
+                };
+                for a in &actions {
+                    match a {
+                        Action::WriteMetadata(m) => writes.push(m.checkpoint_id),
+                        Action::NotifyComplete { id, attempt: a } => {
+                            prop_assert_eq!(Some(*id), just_written, "completed without its _metadata written");
+                            prop_assert!(*id > last_completed, "checkpoint {} completed after {}", id, last_completed);
+                            prop_assert_eq!(*a, attempt, "a checkpoint of an old attempt completed");
+                            last_completed = *id;
+                        }
+                        Action::Discard { id } => prop_assert_ne!(Some(*id), h.c.latest().map(|m| m.checkpoint_id)),
+                        Action::FailJob(_) => prop_assert!(false, "failures are tolerated here"),
+                        _ => {}
+                    }
+                }
+                prop_assert!(h.c.pending_ids().len() <= max_concurrent);
+                prop_assert_eq!(h.c.latest().map(|m| m.checkpoint_id), (last_completed > 0).then_some(last_completed));
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The JobManager's driver: routes every [`Followup`] (outcomes of effects, timers) back to
+//! the state, and runs the per-job tasks (scheduling, the checkpoint timer). It is the only
+//! module that knows all the others; below it, the state decides and the executor performs.
+
+use crate::effects::{Executor, Followup};
+use crate::state::JobManagerState;
+use crate::{failover, scheduler};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
+
+/// Handles follow-ups until the JobManager shuts down.
+pub(crate) async fn run(
+    state: Arc<JobManagerState>,
+    executor: Executor,
+    mut followups: UnboundedReceiver<Followup>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let followup = tokio::select! {
+            f = followups.recv() => match f {
+                Some(f) => f,
+                None => return,
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match followup {
+            Followup::JobAdded { job_id } => {
+                tokio::spawn(checkpoint_timer(state.clone(), executor.clone(), job_id.clone()));
+                tokio::spawn(scheduler::schedule(state.clone(), executor.clone(), job_id));
+            }
+            Followup::Schedule { job_id } => {
+                tokio::spawn(scheduler::schedule(state.clone(), executor.clone(), job_id));
+            }
+            Followup::Checkpoint { job_id, event } => executor.perform(state.checkpoint_event(&job_id, event)),
+            Followup::FailJob { job_id, attempt, reason } => executor.perform(state.fail_job(&job_id, attempt, &reason)),
+            Followup::TaskFailed { job_id, attempt, reason } => {
+                tokio::spawn(failover::task_failed(state.clone(), executor.clone(), job_id, attempt, reason));
+            }
+            Followup::Probe { taskmanager } => {
+                let (state, executor) = (state.clone(), executor.clone());
+                tokio::spawn(async move { failover::probe(&state, &executor, taskmanager).await });
+            }
+            Followup::RestartDelayElapsed { job_id } => executor.perform(state.restart(&job_id)),
+        }
+    }
+}
+
+/// Ticks the job's checkpoint coordinator (triggers and timeouts) until the job ends.
+async fn checkpoint_timer(state: Arc<JobManagerState>, executor: Executor, job_id: String) {
+    let Some(period) = state.checkpoint_tick_period(&job_id) else { return };
+    loop {
+        tokio::time::sleep(period).await;
+        match state.checkpoint_tick(&job_id) {
+            Some(effects) => executor.perform(effects),
+            None => return,
+        }
+    }
+}

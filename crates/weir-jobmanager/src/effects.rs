@@ -1,0 +1,197 @@
+//! Side effects of the JobManager's decisions, and the one place that performs them.
+//!
+//! The JobManager's state (`state.rs`) changes under one lock and never waits there: each
+//! change returns the [`Effect`]s it calls for (RPCs to TaskManagers, writes and deletes in
+//! checkpoint storage, catalog entries, timers). The [`Executor`] performs them after the lock
+//! is released. Outcomes that need another decision (a trigger that could not be delivered, a
+//! `_metadata` write that ended, a restart delay that passed) come back as [`Followup`]s on one
+//! channel, which the driver (`driver.rs`) routes to the state again. So decisions and I/O
+//! never mix, and no module below the driver needs to know the modules above it.
+
+use crate::catalog::{Catalog, JobRecord};
+use crate::coordinator::Event;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::transport::Channel;
+use weir_proto::task_manager_service_client::TaskManagerServiceClient;
+use weir_proto::{CancelTasksRequest, CheckpointRequest};
+use weir_state::metadata::CheckpointMetadata;
+use weir_state::storage::layout;
+use weir_state::CheckpointStorage;
+
+/// A gRPC client of one TaskManager.
+pub(crate) type TmClient = TaskManagerServiceClient<Channel>;
+
+/// A TaskManager to call: its id (for errors and probes) and its client.
+#[derive(Clone)]
+pub(crate) struct TmTarget {
+    pub id: String,
+    pub client: TmClient,
+}
+
+/// The checkpoint RPCs of the TaskManager service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckpointCall {
+    Trigger,
+    NotifyComplete,
+    Abort,
+}
+
+impl CheckpointCall {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Trigger => "trigger",
+            Self::NotifyComplete => "notify-complete",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Something the JobManager must do outside its lock.
+pub(crate) enum Effect {
+    /// A checkpoint RPC to each TaskManager in `to`.
+    CheckpointRpc { call: CheckpointCall, to: Vec<TmTarget>, request: CheckpointRequest },
+    /// Write a checkpoint's `_metadata`; the outcome comes back as a follow-up.
+    WriteMetadata { job_id: String, storage: CheckpointStorage, metadata: CheckpointMetadata },
+    /// Delete a checkpoint's folder.
+    DeleteCheckpoint { job_id: String, storage: CheckpointStorage, id: u64 },
+    /// Delete files (shared SSTs nothing references any more).
+    DeleteFiles { storage: CheckpointStorage, paths: Vec<String> },
+    /// Cancel a job attempt's tasks on each TaskManager in `to`.
+    CancelTasks { to: Vec<TmTarget>, request: CancelTasksRequest },
+    /// Write the job's catalog entry (with its sequence number: an older entry never
+    /// overwrites a newer one).
+    SaveCatalog { record: JobRecord, seq: u64 },
+    /// After `delay`, the restart of the job goes on ([`Followup::RestartDelayElapsed`]).
+    RestartAfter { job_id: String, delay: Duration },
+    /// Another decision to make right away.
+    Followup(Followup),
+}
+
+/// Outcomes and timers that come back to the JobManager's state, routed by the driver.
+#[derive(Debug)]
+pub(crate) enum Followup {
+    /// A new job was added: schedule it and start its checkpoint timer.
+    JobAdded { job_id: String },
+    /// An attempt waits for slots.
+    Schedule { job_id: String },
+    /// Something happened to a checkpoint of the job.
+    Checkpoint { job_id: String, event: Event },
+    /// The job (attempt `attempt`, or whatever runs when `None`) failed.
+    FailJob { job_id: String, attempt: Option<u32>, reason: String },
+    /// A task failed: probe the job's TaskManagers first, so that a dead one is named.
+    TaskFailed { job_id: String, attempt: u32, reason: String },
+    /// A TaskManager did not answer an RPC: find out whether it is gone.
+    Probe { taskmanager: TmTarget },
+    /// The restart strategy's delay passed.
+    RestartDelayElapsed { job_id: String },
+}
+
+impl std::fmt::Debug for TmTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TaskManager {}", self.id)
+    }
+}
+
+/// Performs effects; sends follow-ups to the driver.
+#[derive(Clone)]
+pub(crate) struct Executor {
+    followups: UnboundedSender<Followup>,
+    catalog: Option<Catalog>,
+}
+
+impl Executor {
+    pub fn new(followups: UnboundedSender<Followup>, catalog: Option<Catalog>) -> Self {
+        Self { followups, catalog }
+    }
+
+    /// Queues a follow-up for the driver (dropped only when the JobManager shuts down).
+    pub fn send(&self, followup: Followup) {
+        let _ = self.followups.send(followup);
+    }
+
+    /// Performs every effect, in order for what is synchronous (catalog writes, follow-ups);
+    /// RPCs and storage operations run as their own tasks.
+    pub fn perform(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            self.perform_one(effect);
+        }
+    }
+
+    fn perform_one(&self, effect: Effect) {
+        match effect {
+            Effect::CheckpointRpc { call, to, request } => {
+                for target in to {
+                    let this = self.clone();
+                    let request = request.clone();
+                    tokio::spawn(async move { this.checkpoint_rpc(call, target, request).await });
+                }
+            }
+            Effect::WriteMetadata { job_id, storage, metadata } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let id = metadata.checkpoint_id;
+                    let result = metadata.write(&storage).await.map_err(|e| e.to_string());
+                    this.send(Followup::Checkpoint { job_id, event: Event::MetadataWritten { id, result } });
+                });
+            }
+            Effect::DeleteCheckpoint { job_id, storage, id } => {
+                tokio::spawn(async move {
+                    if let Err(e) = storage.delete_prefix(&layout::checkpoint_dir(&job_id, id)).await {
+                        tracing::warn!(job = %job_id, checkpoint = id, "cannot delete a discarded checkpoint: {e}");
+                    }
+                });
+            }
+            Effect::DeleteFiles { storage, paths } => {
+                tokio::spawn(async move {
+                    for p in paths {
+                        if let Err(e) = storage.delete(&p).await {
+                            tracing::warn!(path = %p, "cannot delete an unreferenced shared file: {e}");
+                        }
+                    }
+                });
+            }
+            Effect::CancelTasks { to, request } => {
+                for mut target in to {
+                    let request = request.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = target.client.cancel_job(request).await {
+                            tracing::debug!(taskmanager = %target.id, "cancel call failed: {}", e.message());
+                        }
+                    });
+                }
+            }
+            Effect::SaveCatalog { record, seq } => {
+                if let Some(c) = &self.catalog {
+                    c.save(&record, seq);
+                }
+            }
+            Effect::RestartAfter { job_id, delay } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    this.send(Followup::RestartDelayElapsed { job_id });
+                });
+            }
+            Effect::Followup(f) => self.send(f),
+        }
+    }
+
+    async fn checkpoint_rpc(&self, call: CheckpointCall, mut target: TmTarget, request: CheckpointRequest) {
+        let id = request.checkpoint_id;
+        let job_id = request.job_id.clone();
+        let result = match call {
+            CheckpointCall::Trigger => target.client.trigger_checkpoint(request).await,
+            CheckpointCall::NotifyComplete => target.client.notify_checkpoint_complete(request).await,
+            CheckpointCall::Abort => target.client.abort_checkpoint(request).await,
+        };
+        let Err(e) = result else { return };
+        tracing::warn!(job = %job_id, checkpoint = id, taskmanager = %target.id, "checkpoint {} call failed: {}", call.name(), e.message());
+        if call == CheckpointCall::Trigger {
+            // Downstream tasks would otherwise wait in alignment until the checkpoint timeout.
+            let reason = format!("TaskManager {} did not take the trigger: {}", target.id, e.message());
+            self.send(Followup::Checkpoint { job_id, event: Event::TriggerFailed { id, reason } });
+        }
+        self.send(Followup::Probe { taskmanager: target });
+    }
+}

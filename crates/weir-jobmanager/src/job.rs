@@ -1,0 +1,309 @@
+//! One job as the JobManager keeps it: its graph and settings, its lifecycle state, the
+//! subtasks of its current attempt, the slots they run in, its restart history and its
+//! checkpoint coordinator. State changes go through [`Job::apply`] (the lifecycle's transition
+//! function) and [`Job::checkpoint`] (the coordinator's); the JobManager's state
+//! (`state.rs`) decides what to do around them.
+
+use crate::catalog::JobRecord;
+use crate::coordinator::{Action, CheckpointCoordinator, CoordinatorSettings, Event, Now, SubtaskKey, TaskView};
+use crate::lifecycle::{transition, IllegalTransition, JobStatus, LifecycleEvent};
+use crate::restart::RestartTracker;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use weir_core::config::Config;
+use weir_core::graph::JobGraph;
+use weir_core::settings::JobSettings;
+use weir_proto::{TaskState, VertexStatus};
+use weir_state::metadata::RestoreInfo;
+use weir_state::CheckpointStorage;
+
+/// The job file as submitted, and where it came from (kept for the catalog).
+#[derive(Debug, Clone)]
+pub(crate) struct JobDefinition {
+    pub text: String,
+    pub origin: String,
+}
+
+/// Everything needed to add a job.
+pub(crate) struct NewJob {
+    pub id: String,
+    pub name: String,
+    pub graph: JobGraph,
+    pub config: Config,
+    pub settings: JobSettings,
+    pub storage: Option<CheckpointStorage>,
+    pub definition: JobDefinition,
+    /// What the first attempt restores from (`weir run -s`, or a recovered checkpoint).
+    pub restore: Option<RestoreInfo>,
+    /// The first attempt's number (recovered jobs continue counting).
+    pub attempt: u32,
+    /// The first checkpoint id (recovered jobs continue after their latest checkpoint).
+    pub next_checkpoint: u64,
+}
+
+/// One subtask of the current attempt.
+#[derive(Debug, Clone, Copy)]
+struct TaskEntry {
+    state: TaskState,
+    records_in: u64,
+    records_out: u64,
+}
+
+pub(crate) struct Job {
+    id: String,
+    name: String,
+    graph: Arc<JobGraph>,
+    config: Config,
+    definition: JobDefinition,
+    status: JobStatus,
+    failure: String,
+    attempt: u32,
+    start_ms: i64,
+    end_ms: i64,
+    tasks: BTreeMap<SubtaskKey, TaskEntry>,
+    /// The TaskManager of each allocated slot (slot i runs subtask i of every vertex).
+    slots: Vec<String>,
+    initial_restore: Option<RestoreInfo>,
+    restore: Option<RestoreInfo>,
+    restarts: RestartTracker,
+    running_since: Instant,
+    coordinator: CheckpointCoordinator,
+    storage: Option<CheckpointStorage>,
+    /// Sequence number of the catalog entries written for this job.
+    catalog_seq: u64,
+}
+
+impl Job {
+    pub fn new(j: NewJob, now: Now) -> Self {
+        let graph = Arc::new(j.graph);
+        let coordinator = CheckpointCoordinator::new(
+            &j.id,
+            graph.clone(),
+            CoordinatorSettings::from(&j.settings.checkpoint),
+            j.attempt,
+            j.next_checkpoint,
+        );
+        Self {
+            id: j.id,
+            name: j.name,
+            graph,
+            config: j.config,
+            definition: j.definition,
+            status: JobStatus::Created,
+            failure: String::new(),
+            attempt: j.attempt,
+            start_ms: now.epoch_ms,
+            end_ms: 0,
+            tasks: BTreeMap::new(),
+            slots: Vec::new(),
+            initial_restore: j.restore.clone(),
+            restore: j.restore,
+            restarts: RestartTracker::new(j.settings.restart),
+            running_since: now.instant,
+            coordinator,
+            storage: j.storage,
+            catalog_seq: 0,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.status
+    }
+
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn graph(&self) -> &Arc<JobGraph> {
+        &self.graph
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn restore(&self) -> Option<&RestoreInfo> {
+        self.restore.as_ref()
+    }
+
+    pub fn storage(&self) -> Option<&CheckpointStorage> {
+        self.storage.as_ref()
+    }
+
+    pub fn coordinator(&self) -> &CheckpointCoordinator {
+        &self.coordinator
+    }
+
+    /// The TaskManagers holding the attempt's slots, each once, in slot order.
+    pub fn taskmanagers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for tm in &self.slots {
+            if !out.contains(tm) {
+                out.push(tm.clone());
+            }
+        }
+        out
+    }
+
+    /// The TaskManagers running at least one source subtask.
+    pub fn source_taskmanagers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (slot, tm) in self.slots.iter().enumerate() {
+            let hosts_source =
+                self.graph.vertices.iter().any(|v| (slot as u32) < v.parallelism && self.graph.inputs_of(v.id).next().is_none());
+            if hosts_source && !out.contains(tm) {
+                out.push(tm.clone());
+            }
+        }
+        out
+    }
+
+    pub fn runs_on(&self, tm: &str) -> bool {
+        self.slots.iter().any(|s| s == tm)
+    }
+
+    /// Moves the lifecycle on. On a terminal state the end time is set.
+    pub fn apply(&mut self, event: LifecycleEvent, now: Now) -> Result<JobStatus, IllegalTransition> {
+        let to = transition(self.status, event)?;
+        if to != self.status {
+            tracing::debug!(job = %self.id, from = %self.status, to = %to, "job state change");
+        }
+        self.status = to;
+        if to.is_terminal() {
+            self.end_ms = now.epoch_ms;
+        }
+        Ok(to)
+    }
+
+    /// Records the failure that ended or restarts the job.
+    pub fn set_failure(&mut self, reason: &str) {
+        self.failure = reason.to_string();
+    }
+
+    /// Consults the restart strategy on a failure: the delay before the next attempt, if any.
+    pub fn restart_delay(&mut self, now: Now) -> Option<std::time::Duration> {
+        self.restarts.on_failure(now.instant, now.instant.duration_since(self.running_since))
+    }
+
+    /// Slots were allocated on these TaskManagers: the attempt's subtasks are deploying.
+    pub fn assign_slots(&mut self, slots: Vec<String>) {
+        self.tasks.clear();
+        for v in &self.graph.vertices {
+            for i in 0..v.parallelism {
+                self.tasks.insert((v.id, i), TaskEntry { state: TaskState::Deploying, records_in: 0, records_out: 0 });
+            }
+        }
+        self.slots = slots;
+    }
+
+    /// Gives up the attempt's slots; returns the TaskManagers that held them (with repeats:
+    /// one per slot).
+    pub fn take_slots(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.slots)
+    }
+
+    /// The TaskManager of slot `i`.
+    pub fn slot(&self, i: u32) -> Option<&str> {
+        self.slots.get(i as usize).map(String::as_str)
+    }
+
+    /// A new attempt: restores the newest completed checkpoint (or what the job started from).
+    pub fn next_attempt(&mut self) {
+        self.attempt += 1;
+        self.tasks.clear();
+        self.restore = match (self.coordinator.latest(), self.storage.as_ref()) {
+            (Some(meta), Some(storage)) => Some(RestoreInfo { storage_url: storage.url().to_string(), metadata: meta.clone() }),
+            _ => self.initial_restore.clone(),
+        };
+    }
+
+    /// Records a subtask's state; false if the subtask is not one of the attempt's.
+    pub fn record_task(&mut self, key: SubtaskKey, state: TaskState, records: (u64, u64), now: Now) -> bool {
+        let Some(t) = self.tasks.get_mut(&key) else { return false };
+        *t = TaskEntry { state, records_in: records.0, records_out: records.1 };
+        if state == TaskState::TaskRunning && self.all_tasks(&[TaskState::TaskRunning]) {
+            self.running_since = now.instant;
+        }
+        true
+    }
+
+    /// Whether every subtask is in one of `states`.
+    pub fn all_tasks(&self, states: &[TaskState]) -> bool {
+        self.tasks.values().all(|t| states.contains(&t.state))
+    }
+
+    /// `name (i/p)` of a subtask, for messages.
+    pub fn subtask_name(&self, key: SubtaskKey) -> String {
+        let v = self.graph.vertex(key.0);
+        format!("{} ({}/{})", v.name, key.1 + 1, v.parallelism)
+    }
+
+    /// What the checkpoint coordinator sees of the tasks.
+    pub fn task_view(&self) -> TaskView {
+        let count = |s: TaskState| self.tasks.values().filter(|t| t.state == s).count();
+        TaskView {
+            job_active: self.status.tasks_active(),
+            total: self.tasks.len(),
+            running: count(TaskState::TaskRunning),
+            finishing: count(TaskState::TaskFinishing),
+            finished: count(TaskState::TaskFinished),
+        }
+    }
+
+    /// Hands an event to the checkpoint coordinator.
+    pub fn checkpoint(&mut self, now: Now, event: Event) -> Vec<Action> {
+        self.coordinator.handle(now, event)
+    }
+
+    /// The job's catalog entry, with the next sequence number.
+    pub fn catalog_record(&mut self) -> (JobRecord, u64) {
+        self.catalog_seq += 1;
+        let record = JobRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            definition: self.definition.text.clone(),
+            origin: self.definition.origin.clone(),
+            config: self.config.explicit().clone(),
+            attempt: self.attempt,
+            state: self.status.name().to_string(),
+        };
+        (record, self.catalog_seq)
+    }
+
+    /// The job as the CLI shows it.
+    pub fn status_view(&self) -> weir_proto::JobStatus {
+        let vertices = self
+            .graph
+            .vertices
+            .iter()
+            .map(|v| {
+                let tasks: Vec<_> = self.tasks.iter().filter(|((vid, _), _)| *vid == v.id).map(|(_, t)| t).collect();
+                VertexStatus {
+                    name: v.name.clone(),
+                    parallelism: v.parallelism,
+                    running: tasks.iter().filter(|t| t.state == TaskState::TaskRunning).count() as u32,
+                    finished: tasks.iter().filter(|t| t.state == TaskState::TaskFinished).count() as u32,
+                    records_in: tasks.iter().map(|t| t.records_in).sum(),
+                    records_out: tasks.iter().map(|t| t.records_out).sum(),
+                }
+            })
+            .collect();
+        weir_proto::JobStatus {
+            job_id: self.id.clone(),
+            name: self.name.clone(),
+            state: self.status.proto() as i32,
+            failure: self.failure.clone(),
+            start_time_ms: self.start_ms,
+            end_time_ms: self.end_ms,
+            parallelism: self.graph.slots_needed(),
+            vertices,
+            attempt: self.attempt,
+            restarts: self.restarts.restarts(),
+        }
+    }
+}
