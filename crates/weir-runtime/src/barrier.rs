@@ -6,25 +6,40 @@
 //! - **Exactly-once (aligned).** Barrier n on channel c blocks c: its later buffers belong to
 //!   after n and must wait. When barrier n has arrived on every channel that has not ended,
 //!   the task snapshots n and every channel is unblocked. A barrier m > n arriving while n is
-//!   still aligning means n can no longer complete (an upstream task aborted it), so n is
-//!   aborted and alignment continues for m.
+//!   still aligning means n can no longer complete: channels deliver barriers in increasing
+//!   order, so the channel that delivered m skipped n (its upstream aborted n, or never got its
+//!   trigger). So n is aborted, alignment continues for m, and every checkpoint older than m is
+//!   over here: a barrier of one arriving later is stale (aligning it would block a channel
+//!   for a checkpoint that cannot complete).
 //! - **At-least-once.** No channel is ever blocked; the snapshot is taken when the last barrier
 //!   of n arrives. Records after a barrier may end up in the snapshot: replays may duplicate,
 //!   never lose. Several checkpoints may be in flight.
-//! - **Cancellation** (`CancelCheckpoint(n)` from upstream) aborts n here too.
+//! - **Cancellation** (`CancelCheckpoint(n)` from upstream) aborts n here too, and only n. A
+//!   marker may overtake older barriers (an upstream task forwards it at once, even while it
+//!   still aligns an older checkpoint), so older and newer checkpoints keep aligning; later
+//!   barriers of n are ignored.
 //! - A channel that ended counts as having delivered every later barrier.
+//!
+//! ## Invariants
+//! - Each checkpoint ends here at most once: one `Snapshot` or one `Abort`, and snapshots come
+//!   in increasing order (a newer snapshot subsumes older checkpoints still pending).
+//! - In exactly-once mode a channel is blocked exactly while a pending checkpoint has received
+//!   its barrier on it; whatever ends a checkpoint (snapshot, abort) unblocks its channels.
 //!
 //! State is kept per checkpoint and per channel, never as one "current checkpoint", so
 //! overlapping checkpoints (the unaligned protocol's concurrent checkpoints) fit the same
 //! structure. The handler is pure: the task applies the actions it returns.
 
 use crate::buffer::Barrier;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+/// How a task with several inputs treats the records behind a barrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointingMode {
+    /// Aligned barriers: exactly-once state.
     ExactlyOnce,
+    /// No alignment: replays may duplicate.
     AtLeastOnce,
 }
 
@@ -58,27 +73,46 @@ pub enum Action {
 #[derive(Debug)]
 struct Alignment {
     barrier: Barrier,
+    /// Per channel: its barrier arrived.
     received: Vec<bool>,
-    count: usize,
     started: Instant,
 }
 
+/// The per-task barrier state machine; see the module documentation.
 #[derive(Debug)]
 pub struct BarrierHandler {
     mode: CheckpointingMode,
     ended: Vec<bool>,
     pending: BTreeMap<u64, Alignment>,
-    /// Highest checkpoint id already snapshotted or aborted here: older barriers are stale.
-    last_done: u64,
+    /// Every checkpoint up to this id is over here: snapshotted, subsumed by a newer snapshot,
+    /// or (exactly-once) overtaken by a newer barrier. Their barriers are stale.
+    settled: u64,
+    /// Checkpoints above `settled` that a cancellation marker aborted: their barriers are
+    /// ignored, and older or newer checkpoints are not affected.
+    canceled: BTreeSet<u64>,
 }
 
 impl BarrierHandler {
+    /// A handler for a task with `channels` input channels.
     pub fn new(mode: CheckpointingMode, channels: usize) -> Self {
-        Self { mode, ended: vec![false; channels], pending: BTreeMap::new(), last_done: 0 }
+        Self { mode, ended: vec![false; channels], pending: BTreeMap::new(), settled: 0, canceled: BTreeSet::new() }
     }
 
     fn live(&self) -> usize {
         self.ended.iter().filter(|e| !**e).count()
+    }
+
+    /// Whether checkpoint `id` already ended here (its barriers change nothing).
+    fn is_over(&self, id: u64) -> bool {
+        id <= self.settled || self.canceled.contains(&id)
+    }
+
+    /// Marks every checkpoint up to `id` as over.
+    fn settle(&mut self, id: u64) {
+        if id > self.settled {
+            self.settled = id;
+            self.canceled = self.canceled.split_off(&(id + 1));
+        }
     }
 
     /// The one transition function.
@@ -86,26 +120,21 @@ impl BarrierHandler {
         let mut actions = Vec::new();
         match input {
             Input::Barrier { channel, barrier } => {
-                if barrier.id <= self.last_done {
-                    return actions; // stale: that checkpoint is over here
+                if self.is_over(barrier.id) {
+                    return actions;
                 }
                 if self.mode == CheckpointingMode::ExactlyOnce {
-                    // Older checkpoints still aligning cannot complete any more.
+                    // This channel skipped every older checkpoint: none of them can align any more.
                     let older: Vec<u64> = self.pending.range(..barrier.id).map(|(id, _)| *id).collect();
                     for id in older {
                         self.abort(id, format!("barrier {} arrived before checkpoint {id} was aligned", barrier.id), &mut actions);
                     }
+                    self.settle(barrier.id.saturating_sub(1));
                 }
                 let n = self.ended.len();
-                let a = self.pending.entry(barrier.id).or_insert_with(|| Alignment {
-                    barrier,
-                    received: vec![false; n],
-                    count: 0,
-                    started: now,
-                });
+                let a = self.pending.entry(barrier.id).or_insert_with(|| Alignment { barrier, received: vec![false; n], started: now });
                 if !a.received[channel] {
                     a.received[channel] = true;
-                    a.count += 1;
                     if self.mode == CheckpointingMode::ExactlyOnce {
                         actions.push(Action::Block(channel));
                     }
@@ -113,7 +142,8 @@ impl BarrierHandler {
                 self.complete_aligned(now, &mut actions);
             }
             Input::Cancel { id, .. } => {
-                if id > self.last_done {
+                if !self.is_over(id) {
+                    self.canceled.insert(id);
                     self.abort(id, format!("checkpoint {id} was canceled upstream"), &mut actions);
                 }
             }
@@ -125,18 +155,24 @@ impl BarrierHandler {
         actions
     }
 
+    /// Ends checkpoint `id` without a snapshot; the caller records why it is over.
     fn abort(&mut self, id: u64, reason: String, actions: &mut Vec<Action>) {
         if let Some(a) = self.pending.remove(&id) {
-            if self.mode == CheckpointingMode::ExactlyOnce {
-                for (c, got) in a.received.iter().enumerate() {
-                    if *got && !self.ended[c] {
-                        actions.push(Action::Unblock(c));
-                    }
-                }
+            self.release(&a, actions);
+        }
+        actions.push(Action::Abort { id, reason });
+    }
+
+    /// Unblocks the channels `a` (no longer pending) held that no other pending checkpoint holds.
+    fn release(&self, a: &Alignment, actions: &mut Vec<Action>) {
+        if self.mode != CheckpointingMode::ExactlyOnce {
+            return;
+        }
+        for (c, got) in a.received.iter().enumerate() {
+            if *got && !self.ended[c] && !self.pending.values().any(|p| p.received[c]) {
+                actions.push(Action::Unblock(c));
             }
         }
-        self.last_done = self.last_done.max(id);
-        actions.push(Action::Abort { id, reason });
     }
 
     /// Snapshots every pending checkpoint whose barrier arrived on all live channels, oldest first.
@@ -148,20 +184,14 @@ impl BarrierHandler {
                 .iter()
                 .find(|(_, a)| a.received.iter().zip(&self.ended).filter(|(got, ended)| **got && !**ended).count() >= live);
             let Some((&id, _)) = ready else { return };
-            let a = self.pending.remove(&id).expect("found above");
             // Older incomplete checkpoints are subsumed by a newer complete one.
             let older: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
             for o in older {
                 self.abort(o, format!("subsumed by checkpoint {id}"), actions);
             }
-            if self.mode == CheckpointingMode::ExactlyOnce {
-                for (c, got) in a.received.iter().enumerate() {
-                    if *got && !self.ended[c] {
-                        actions.push(Action::Unblock(c));
-                    }
-                }
-            }
-            self.last_done = self.last_done.max(id);
+            let a = self.pending.remove(&id).expect("found above");
+            self.release(&a, actions);
+            self.settle(id);
             actions.push(Action::Snapshot { barrier: a.barrier, alignment: now.saturating_duration_since(a.started) });
         }
     }
@@ -176,6 +206,7 @@ impl BarrierHandler {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::{BTreeSet, VecDeque};
 
     fn b(id: u64) -> Barrier {
         Barrier { id, timestamp_ms: 0, savepoint: false }
@@ -244,38 +275,150 @@ mod tests {
         assert!(a.contains(&Action::Unblock(0)) && matches!(a.last(), Some(Action::Abort { id: 5, .. })));
     }
 
-    proptest! {
-        /// Whatever the interleaving of barriers over channels, each checkpoint is snapshotted
-        /// at most once, in increasing order, only after its barrier arrived on every channel;
-        /// and blocked channels are always unblocked again.
-        #[test]
-        fn every_interleaving_snapshots_in_order_once(order in proptest::collection::vec(0usize..3, 0..60), aligned in any::<bool>()) {
-            let mode = if aligned { CheckpointingMode::ExactlyOnce } else { CheckpointingMode::AtLeastOnce };
+    #[test]
+    fn a_cancel_aborts_only_its_own_checkpoint() {
+        // Checkpoint 1 is aligning when the cancellation marker of checkpoint 2 overtakes
+        // barrier 1 on another channel (its upstream forwarded the cancel while it was still
+        // aligning 1 itself): 1 must still complete and release its channels.
+        for mode in [CheckpointingMode::ExactlyOnce, CheckpointingMode::AtLeastOnce] {
             let mut h = BarrierHandler::new(mode, 3);
-            // Each channel delivers barriers 1, 2, 3... in order; `order` picks the next channel.
-            let mut next = [1u64; 3];
-            let mut blocked = [false; 3];
-            let mut snapped = Vec::new();
             let t = Instant::now();
-            for c in order {
-                if blocked[c] { continue; } // a blocked channel delivers nothing
-                let id = next[c];
-                next[c] += 1;
-                for a in h.handle(Input::Barrier { channel: c, barrier: b(id) }, t) {
+            h.handle(Input::Barrier { channel: 0, barrier: b(1) }, t);
+            let a = h.handle(Input::Cancel { channel: 1, id: 2 }, t);
+            assert!(matches!(a.as_slice(), [Action::Abort { id: 2, .. }]), "{mode:?}: {a:?}");
+            assert_eq!(h.pending(), vec![1], "{mode:?}");
+            h.handle(Input::Barrier { channel: 1, barrier: b(1) }, t);
+            let a = h.handle(Input::Barrier { channel: 2, barrier: b(1) }, t);
+            assert_eq!(snapshots(&a), vec![1], "{mode:?}");
+            if mode == CheckpointingMode::ExactlyOnce {
+                assert!((0..3).all(|c| a.contains(&Action::Unblock(c))), "{a:?}");
+            }
+            // Barriers of the canceled checkpoint are ignored; a later one aligns as usual.
+            assert!(h.handle(Input::Barrier { channel: 0, barrier: b(2) }, t).is_empty(), "{mode:?}");
+            for c in 0..3 {
+                h.handle(Input::Barrier { channel: c, barrier: b(3) }, t);
+            }
+            assert!(h.pending().is_empty(), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn an_older_barrier_after_a_newer_one_is_stale_and_blocks_nothing() {
+        // Channel 0's upstream never got checkpoint 1 (its trigger was lost) and sends barrier
+        // 2; barrier 1 then arrives on channel 1. Aligning 1 would block channel 1 while
+        // channel 0 waits for it to deliver barrier 2: a deadlock.
+        let mut h = BarrierHandler::new(CheckpointingMode::ExactlyOnce, 2);
+        let t = Instant::now();
+        assert_eq!(h.handle(Input::Barrier { channel: 0, barrier: b(2) }, t), vec![Action::Block(0)]);
+        assert!(h.handle(Input::Barrier { channel: 1, barrier: b(1) }, t).is_empty());
+        let a = h.handle(Input::Barrier { channel: 1, barrier: b(2) }, t);
+        assert_eq!(snapshots(&a), vec![2]);
+        assert!(a.contains(&Action::Unblock(0)) && a.contains(&Action::Unblock(1)));
+    }
+
+    /// What one input channel's upstream does for one checkpoint.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Barrier,
+        /// It aborted the checkpoint and sent a cancellation marker.
+        Cancel,
+        /// It never heard of the checkpoint (its trigger was lost).
+        Skip,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![4 => Just(Step::Barrier), 1 => Just(Step::Cancel), 1 => Just(Step::Skip)]
+    }
+
+    proptest! {
+        /// Whatever each upstream does per checkpoint (barrier, cancellation marker or nothing),
+        /// and whatever the interleaving of the channels: no set of blocked channels ever waits
+        /// on each other, each checkpoint ends at most once, snapshots come in increasing order
+        /// and only once every channel delivered the barrier or ended, a canceled checkpoint is
+        /// never snapshotted, one whose barrier came on every channel always is, and at the end
+        /// nothing is pending or blocked.
+        #[test]
+        fn every_interleaving_of_barriers_and_cancels_ends_cleanly(
+            scripts in proptest::collection::vec(proptest::collection::vec(step(), 5), 3),
+            order in proptest::collection::vec(0usize..3, 0..80),
+            aligned in any::<bool>(),
+        ) {
+            let mode = if aligned { CheckpointingMode::ExactlyOnce } else { CheckpointingMode::AtLeastOnce };
+            let channels = scripts.len();
+            let mut h = BarrierHandler::new(mode, channels);
+            let t = Instant::now();
+            // Each channel delivers its script in checkpoint order, then its end of partition.
+            let mut queues: Vec<VecDeque<Input>> = scripts
+                .iter()
+                .enumerate()
+                .map(|(c, script)| {
+                    let mut q: VecDeque<Input> = script
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| {
+                            let id = i as u64 + 1;
+                            match s {
+                                Step::Barrier => Some(Input::Barrier { channel: c, barrier: b(id) }),
+                                Step::Cancel => Some(Input::Cancel { channel: c, id }),
+                                Step::Skip => None,
+                            }
+                        })
+                        .collect();
+                    q.push_back(Input::EndOfPartition { channel: c });
+                    q
+                })
+                .collect();
+            let mut blocked = vec![false; channels];
+            let mut ended = vec![false; channels];
+            let mut got_barrier = vec![BTreeSet::new(); channels];
+            let mut got_cancel = BTreeSet::new();
+            let mut snapped: Vec<u64> = Vec::new();
+            let mut over = BTreeSet::new();
+            let mut order = order.into_iter();
+            loop {
+                let ready: Vec<usize> = (0..channels).filter(|c| !blocked[*c] && !queues[*c].is_empty()).collect();
+                if ready.is_empty() {
+                    prop_assert!(queues.iter().all(|q| q.is_empty()), "deadlock: blocked {blocked:?}, pending {:?}", h.pending());
+                    break;
+                }
+                // Follow the generated order while it lasts, then drain round-robin.
+                let c = match order.next() {
+                    Some(c) if ready.contains(&c) => c,
+                    Some(_) => continue,
+                    None => ready[0],
+                };
+                let input = queues[c].pop_front().expect("ready");
+                match &input {
+                    Input::Barrier { barrier, .. } => { got_barrier[c].insert(barrier.id); }
+                    Input::Cancel { id, .. } => { got_cancel.insert(*id); }
+                    Input::EndOfPartition { .. } => ended[c] = true,
+                }
+                for a in h.handle(input, t) {
                     match a {
-                        Action::Block(x) => blocked[x] = true,
+                        Action::Block(x) => {
+                            prop_assert!(aligned, "at-least-once blocked channel {x}");
+                            blocked[x] = true;
+                        }
                         Action::Unblock(x) => blocked[x] = false,
                         Action::Snapshot { barrier, .. } => {
-                            prop_assert!(next.iter().all(|n| *n > barrier.id), "snapshot {} before all barriers", barrier.id);
-                            snapped.push(barrier.id);
+                            let id = barrier.id;
+                            prop_assert!(over.insert(id), "checkpoint {id} ended twice");
+                            prop_assert!(!got_cancel.contains(&id), "canceled checkpoint {id} snapshotted");
+                            prop_assert!((0..channels).all(|x| ended[x] || got_barrier[x].contains(&id)), "snapshot {id} before all barriers");
+                            prop_assert!(snapped.last().is_none_or(|l| *l < id), "snapshot {id} after {snapped:?}");
+                            snapped.push(id);
                         }
-                        Action::Abort { .. } => {}
+                        Action::Abort { id, .. } => prop_assert!(over.insert(id), "checkpoint {id} ended twice"),
                     }
                 }
             }
-            prop_assert!(snapped.windows(2).all(|w| w[0] < w[1]));
-            if !h.pending().is_empty() { prop_assert!(aligned || !blocked.iter().any(|b| *b)); }
-            else { prop_assert!(!blocked.iter().any(|b| *b)); }
+            prop_assert!(h.pending().is_empty(), "pending at the end: {:?}", h.pending());
+            prop_assert!(!blocked.iter().any(|b| *b));
+            for id in 1..=5u64 {
+                if (0..channels).all(|c| got_barrier[c].contains(&id)) {
+                    prop_assert!(snapped.contains(&id), "checkpoint {id} had every barrier but was not snapshotted");
+                }
+            }
         }
     }
 }
