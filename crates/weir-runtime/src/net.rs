@@ -9,16 +9,22 @@
 //!
 //! ## Frames
 //! `u32 length | u8 kind | body`, big-endian. Kinds: `HELLO` (the dialer's TaskManager id),
-//! `BUFFER` (channel id + Arrow IPC batch), `EVENT` (channel id + event), `CREDIT` (channel id +
-//! u32 count).
+//! `BUFFER` (channel id + Arrow IPC batch), `EVENT` (channel id + event), `ANNOUNCE` and
+//! `CREDIT` (channel id + u32 count).
 //!
 //! ## Credits
-//! A receiving channel announces its credits (free buffers) with a `CREDIT` frame when it is
-//! registered, and one more each time its task takes a buffer. The sender's
-//! [`RemoteSubpartition`] sends nothing before that first announcement (so nothing arrives for a
-//! channel that does not exist yet), sends a buffer only against a credit, and sends events at
-//! any time; events pushed with priority go ahead of queued buffers. Its task blocks once
-//! `taskmanager.network.sender-queue-buffers` buffers wait for credit: that is backpressure.
+//! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
+//! registered, and returns one with a `CREDIT` frame each time its task takes a buffer. The
+//! sender's [`RemoteSubpartition`] sends nothing before that announcement (so nothing arrives
+//! for a channel that does not exist yet), sends a buffer only against a credit, and sends
+//! events at any time; events pushed with priority go ahead of queued buffers. Its task blocks
+//! once `taskmanager.network.sender-queue-buffers` buffers wait for credit: that is
+//! backpressure.
+//!
+//! The announcement may arrive before the sending task is deployed, so it creates the sending
+//! end; a returned credit never does. Once its end of partition went out, a subpartition is
+//! dropped, and the credits the receiver still returns for the buffers it takes afterwards are
+//! ignored: they cannot bring back a channel that would never end.
 //!
 //! A broken connection fails every channel that used it, on both ends, naming the peer.
 
@@ -38,6 +44,7 @@ const HELLO: u8 = 0;
 const BUFFER: u8 = 1;
 const EVENT: u8 = 2;
 const CREDIT: u8 = 3;
+const ANNOUNCE: u8 = 4;
 /// Upper bound on one frame, against corrupt length prefixes.
 const MAX_FRAME: usize = 256 << 20;
 
@@ -133,7 +140,7 @@ impl NetworkEnvironment {
         let credits = gate.credits_per_channel() as u32;
         self.inputs.lock().insert(id, InputRegistration { gate, index });
         let link = self.link(peer, Some(peer_addr));
-        link.push_credit(id, credits);
+        link.push_credit(ANNOUNCE, id, credits);
     }
 
     /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate.
@@ -179,13 +186,18 @@ impl NetworkEnvironment {
             s.fail(reason);
             s.link.remove_subpartition(&s.id);
         }
-        self.inputs.lock().retain(|k, _| !(k.job == job && k.attempt == attempt));
+        self.release_inputs(job, attempt);
     }
 
     /// Unregisters the input channels of a job attempt that ended normally. Its outputs stay
     /// until their end of partition has been sent.
     pub fn release_inputs(&self, job: u128, attempt: u32) {
-        self.inputs.lock().retain(|k, _| !(k.job == job && k.attempt == attempt));
+        let of_attempt = |k: &ChannelId| k.job == job && k.attempt == attempt;
+        self.inputs.lock().retain(|k, _| !of_attempt(k));
+        let links: Vec<_> = self.peers.lock().values().cloned().collect();
+        for link in links {
+            link.state.lock().input_channels.retain(|k| !of_attempt(k));
+        }
     }
 
     fn on_link_broken(&self, link: &PeerLink, reason: &str) {
@@ -220,7 +232,8 @@ impl NetworkEnvironment {
 
 #[derive(Default)]
 struct LinkState {
-    credits: Vec<(ChannelId, u32)>,
+    /// Credit frames to send: (`ANNOUNCE` or `CREDIT`, channel, count).
+    credits: Vec<(u8, ChannelId, u32)>,
     subs: Vec<Arc<RemoteSubpartition>>,
     /// Input channels whose credits went out on this link (their data comes back on it).
     input_channels: Vec<ChannelId>,
@@ -241,12 +254,14 @@ impl PeerLink {
         self.state.lock().broken.is_some()
     }
 
-    fn push_credit(&self, id: ChannelId, n: u32) {
+    /// Queues a credit frame: `ANNOUNCE` for a newly registered input channel, `CREDIT` for a
+    /// returned one.
+    fn push_credit(&self, kind: u8, id: ChannelId, n: u32) {
         let mut st = self.state.lock();
-        if !st.input_channels.contains(&id) {
+        if kind == ANNOUNCE && !st.input_channels.contains(&id) {
             st.input_channels.push(id);
         }
-        st.credits.push((id, n));
+        st.credits.push((kind, id, n));
         drop(st);
         self.notify.notify_one();
     }
@@ -342,8 +357,8 @@ impl PeerLink {
                 if st.broken.is_some() {
                     return Ok(());
                 }
-                for (id, n) in st.credits.drain(..) {
-                    frames.push((CREDIT, id, Bytes::copy_from_slice(&n.to_be_bytes())));
+                for (kind, id, n) in st.credits.drain(..) {
+                    frames.push((kind, id, Bytes::copy_from_slice(&n.to_be_bytes())));
                 }
                 let subs = st.subs.clone();
                 drop(st);
@@ -391,14 +406,21 @@ impl PeerLink {
                     let ev = Event::decode(&body).map_err(|e| invalid(&e))?;
                     env.deliver(id, Item::Event(ev));
                 }
-                CREDIT => {
+                ANNOUNCE | CREDIT => {
                     if body.len() < 4 {
                         return Err(invalid("short credit frame"));
                     }
                     let n = body.get_u32();
-                    let sub = env.output(id, &self);
-                    sub.add_credit(n);
-                    self.notify_writer();
+                    let sub = if kind == ANNOUNCE {
+                        Some(env.output(id, &self))
+                    } else {
+                        // None: the channel already sent its end of partition, or was released.
+                        env.outputs.lock().get(&id).cloned()
+                    };
+                    if let Some(sub) = sub {
+                        sub.add_credit(n);
+                        self.notify_writer();
+                    }
                 }
                 other => return Err(invalid(&format!("unknown frame kind {other}"))),
             }
@@ -435,7 +457,7 @@ struct RemoteCredits {
 impl CreditReturn for RemoteCredits {
     fn return_credit(&self, channel: usize) {
         if let Some((id, link)) = &self.links[channel] {
-            link.push_credit(*id, 1);
+            link.push_credit(CREDIT, *id, 1);
         }
     }
 }
@@ -649,6 +671,53 @@ mod tests {
         .unwrap();
         // Buffer 0 was already delivered; the event comes before buffers 1..3.
         assert_eq!(first_two, vec![true, false]);
+    }
+
+    /// The receiver returns a credit for every buffer it takes, also after the sender's end of
+    /// partition went out. Those late credits must not bring the finished channel back as an
+    /// output that never ends (and that the writer would scan on every wake from then on).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credits_returned_after_end_of_partition_do_not_revive_the_channel() {
+        let a = NetworkEnvironment::start("tm-a", "127.0.0.1:0", 8).await.unwrap();
+        let b = NetworkEnvironment::start("tm-b", "127.0.0.1:0", 8).await.unwrap();
+        let a_addr = a.local_addr().to_string();
+        let id = ChannelId { job: 4, attempt: 0, edge: 0, from: 0, to: 0 };
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))]);
+        let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
+        b.register_input(id, gate.clone(), 0, "tm-a", &a_addr);
+        let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
+        let s = sub.clone();
+        tokio::task::spawn_blocking(move || {
+            for v in 0..3 {
+                s.push_blocking(batch(v)).unwrap();
+            }
+            s.push_blocking(Item::Event(Event::EndOfPartition)).unwrap();
+        })
+        .await
+        .unwrap();
+        // Everything arrives before the receiver takes anything, so every credit it returns
+        // comes after the end of partition was sent.
+        wait_until("all buffers and the end of partition", || gate.queued_buffers(0) == 3 && a.outputs.lock().is_empty()).await;
+        let g = gate.clone();
+        tokio::task::spawn_blocking(move || while !matches!(g.poll(Some(Instant::now() + Duration::from_secs(30))), GatePoll::Finished) {})
+            .await
+            .unwrap();
+
+        // A channel registered now announces its credits behind the returned ones, on the same
+        // connection: once the sender knows it, it has processed every returned credit.
+        let later = ChannelId { edge: 1, ..id };
+        let gate2 = Arc::new(InputGate::new(4, vec![None]));
+        b.register_input(later, gate2, 0, "tm-a", &a_addr);
+        wait_until("the second channel's announcement", || a.outputs.lock().contains_key(&later)).await;
+        let outputs: Vec<ChannelId> = a.outputs.lock().keys().copied().collect();
+        assert_eq!(outputs, vec![later], "the finished channel came back");
+        let link = a.peers.lock().get("tm-b").cloned().unwrap();
+        assert_eq!(link.state.lock().subs.len(), 1);
+
+        // The receiver forgets the job's input channels when the job ends there.
+        b.release_inputs(4, 0);
+        let link = b.peers.lock().get("tm-a").cloned().unwrap();
+        assert!(link.state.lock().input_channels.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
