@@ -3,7 +3,9 @@
 //!
 //! Rows for one channel accumulate until they reach `taskmanager.memory.segment-size` bytes
 //! or `execution.buffer-timeout` has passed since the first of them, whichever comes first;
-//! a batch larger than a segment is cut into segment-sized slices (zero-copy). Hash
+//! a batch larger than a segment is cut into segment-sized slices (zero-copy). The task calls
+//! [`ResultPartition::flush_due`] after every batch and every wake; it compares one instant
+//! (the earliest deadline) and scans the channels only once that deadline passed. Hash
 //! partitioning computes each row's channel from its key group, once per row, in one loop per
 //! batch, then gathers each channel's rows with one `take` per channel.
 
@@ -75,18 +77,34 @@ impl OutputEdge {
     }
 }
 
+/// The buffering policy, and when it next requires a flush.
+struct Buffering {
+    segment_size: usize,
+    timeout: Duration,
+    /// No partly filled buffer is due before this instant; `None` when none is pending. It may
+    /// be early (a buffer that filled up left before its deadline), never late.
+    flush_at: Option<Instant>,
+}
+
+impl Buffering {
+    /// A channel's buffer started filling at `since`.
+    fn started(&mut self, since: Instant) {
+        let due = since + self.timeout;
+        self.flush_at = Some(self.flush_at.map_or(due, |t| t.min(due)));
+    }
+}
+
 /// All output edges of a task, and the buffering policy.
 pub struct ResultPartition {
     finished: bool,
     edges: Vec<OutputEdge>,
-    segment_size: usize,
-    buffer_timeout: Duration,
+    buffering: Buffering,
     pub records_out: u64,
 }
 
 impl ResultPartition {
     pub fn new(edges: Vec<OutputEdge>, segment_size: usize, buffer_timeout: Duration) -> Self {
-        Self { finished: false, edges, segment_size, buffer_timeout, records_out: 0 }
+        Self { finished: false, edges, buffering: Buffering { segment_size, timeout: buffer_timeout, flush_at: None }, records_out: 0 }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,28 +117,28 @@ impl ResultPartition {
             return Ok(());
         }
         self.records_out += batch.num_rows() as u64;
-        let segment = self.segment_size;
+        let buffering = &mut self.buffering;
         for e in 0..self.edges.len() {
             let edge = &mut self.edges[e];
             let n = edge.channels.len();
             match &edge.partitioning {
                 Partitioning::Forward => {
                     // Forward edges connect equal parallelism; each task has one channel.
-                    buffer(edge, 0, batch.clone(), segment)?;
+                    buffer(edge, 0, batch.clone(), buffering)?;
                 }
                 Partitioning::Rebalance => {
                     let ch = edge.next_rebalance;
                     edge.next_rebalance = (ch + 1) % n;
-                    buffer(edge, ch, batch.clone(), segment)?;
+                    buffer(edge, ch, batch.clone(), buffering)?;
                 }
                 Partitioning::Broadcast => {
                     for ch in 0..n {
-                        buffer(edge, ch, batch.clone(), segment)?;
+                        buffer(edge, ch, batch.clone(), buffering)?;
                     }
                 }
                 Partitioning::Hash { .. } => {
                     if n == 1 {
-                        buffer(edge, 0, batch.clone(), segment)?;
+                        buffer(edge, 0, batch.clone(), buffering)?;
                         continue;
                     }
                     let col = batch.column(edge.key_column.expect("hash edges have a key column"));
@@ -150,7 +168,7 @@ impl ResultPartition {
                         } else {
                             take_record_batch(&batch, &UInt32Array::from(rows.clone()))?
                         };
-                        buffer(edge, ch, part, segment)?;
+                        buffer(edge, ch, part, buffering)?;
                     }
                 }
             }
@@ -158,20 +176,31 @@ impl ResultPartition {
         Ok(())
     }
 
-    /// The earliest time a partly filled buffer must be flushed.
+    /// When [`ResultPartition::flush_due`] next has something to flush, at the earliest (it
+    /// may find nothing due yet, if the buffer that set this deadline filled up and left).
     pub fn next_flush(&self) -> Option<Instant> {
-        self.edges.iter().flat_map(|e| e.pending.iter()).filter_map(|p| p.since).min().map(|t| t + self.buffer_timeout)
+        self.buffering.flush_at
     }
 
-    /// Flushes buffers whose timeout has passed.
+    /// Flushes buffers whose timeout has passed. Cheap when none has: one comparison.
     pub fn flush_due(&mut self, now: Instant) -> OpResult {
+        if self.buffering.flush_at.is_none_or(|t| now < t) {
+            return Ok(());
+        }
+        let timeout = self.buffering.timeout;
+        let mut next: Option<Instant> = None;
         for edge in &mut self.edges {
             for ch in 0..edge.channels.len() {
-                if edge.pending[ch].since.is_some_and(|t| now >= t + self.buffer_timeout) {
+                let Some(since) = edge.pending[ch].since else { continue };
+                let due = since + timeout;
+                if now >= due {
                     flush(edge, ch)?;
+                } else {
+                    next = Some(next.map_or(due, |t| t.min(due)));
                 }
             }
         }
+        self.buffering.flush_at = next;
         Ok(())
     }
 
@@ -182,6 +211,7 @@ impl ResultPartition {
                 flush(edge, ch)?;
             }
         }
+        self.buffering.flush_at = None;
         Ok(())
     }
 
@@ -209,11 +239,13 @@ impl ResultPartition {
                 edge.channels[ch].push(Item::Event(Event::EndOfPartition))?;
             }
         }
+        self.buffering.flush_at = None;
         Ok(())
     }
 }
 
-fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, segment: usize) -> OpResult {
+fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, buffering: &mut Buffering) -> OpResult {
+    let segment = buffering.segment_size;
     let bytes = batch.get_array_memory_size();
     let rows = batch.num_rows();
     if bytes > segment && rows > 1 {
@@ -232,7 +264,11 @@ fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, segment: usize) 
     let p = &mut edge.pending[ch];
     p.bytes += bytes;
     p.batches.push(batch);
-    p.since.get_or_insert_with(Instant::now);
+    if p.since.is_none() {
+        let now = Instant::now();
+        p.since = Some(now);
+        buffering.started(now);
+    }
     if p.bytes >= segment {
         flush(edge, ch)?;
     }
@@ -310,6 +346,29 @@ mod tests {
         assert_eq!(gate.queued_buffers(0), 1, "both batches leave as one buffer");
         let GatePoll::Item(_, Item::Buffer(b)) = gate.poll(None) else { panic!() };
         assert_eq!(b.num_rows(), 4);
+    }
+
+    #[test]
+    fn a_flush_deadline_may_be_early_but_is_never_lost() {
+        let gate = Arc::new(InputGate::new(100, vec![None]));
+        let edge = OutputEdge::new(Partitioning::Forward, None, 128, vec![ChannelWriter::Local { gate: gate.clone(), index: 0 }], 0);
+        let one = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+        let segment = one.get_array_memory_size() * 2;
+        let mut part = ResultPartition::new(vec![edge], segment, Duration::from_secs(60));
+        part.emit(one.clone()).unwrap();
+        part.emit(one.clone()).unwrap();
+        assert_eq!(gate.queued_buffers(0), 1, "a full segment leaves at once");
+        // Its deadline stays, early: the next check finds nothing due and forgets it.
+        let early = part.next_flush().expect("the deadline of the buffer that left");
+        part.flush_due(early).unwrap();
+        assert_eq!((gate.queued_buffers(0), part.next_flush()), (1, None));
+        // A buffer started later gets its own deadline, which flushes it.
+        part.emit(one).unwrap();
+        let due = part.next_flush().expect("a pending buffer has a deadline");
+        part.flush_due(due - Duration::from_millis(1)).unwrap();
+        assert_eq!(gate.queued_buffers(0), 1);
+        part.flush_due(due).unwrap();
+        assert_eq!((gate.queued_buffers(0), part.next_flush()), (2, None));
     }
 
     #[test]

@@ -408,7 +408,7 @@ impl Runner {
                 GatePoll::Item(channel, Item::Event(Event::CancelCheckpoint(id))) => {
                     self.barrier_input(chain, gate, Input::Cancel { channel, id })?
                 }
-                GatePoll::Timeout => self.partition.flush_due(Instant::now())?,
+                GatePoll::Timeout => {}
                 GatePoll::Interrupted => {
                     while let Ok(cmd) = self.commands.try_recv() {
                         self.command(chain, cmd)?;
@@ -422,6 +422,9 @@ impl Runner {
                     return Err(OperatorError::Failed(reason));
                 }
             }
+            // On every wake, not only when the poll timed out: while input keeps arriving the
+            // poll never times out, and a quiet output channel would wait for a full segment.
+            self.partition.flush_due(Instant::now())?;
         }
     }
 
@@ -580,4 +583,94 @@ async fn upload(
         handles.push((uid, h));
     }
     Ok((states.into_iter().collect(), handles, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::{ChannelWriter, OutputEdge};
+    use arrow_array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+    use weir_core::graph::{ChainedOperator, OperatorSpec, Partitioning};
+    use weir_core::keygroup::{hash_i64, key_group_for_hash, subtask_for_key_group};
+
+    fn info() -> SubtaskInfo {
+        SubtaskInfo {
+            job_id: "j".into(),
+            attempt: 0,
+            vertex: 1,
+            vertex_name: "pass".into(),
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+        }
+    }
+
+    /// A key that hash partitioning over two channels sends to `channel`.
+    fn key_for(channel: usize) -> i64 {
+        (0..).find(|k| subtask_for_key_group(128, 2, key_group_for_hash(hash_i64(*k), 128)) as usize == channel).expect("some key")
+    }
+
+    /// `execution.buffer-timeout` holds while input keeps arriving: a quiet output channel's
+    /// one row leaves once its timeout passed, not when its segment fills up (never, here) or
+    /// when the input falls silent (never either, while the feeder runs).
+    #[test]
+    fn a_quiet_output_channel_is_flushed_by_its_timeout_while_input_keeps_arriving() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let rows = |k: i64, n: usize| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![k; n]))]).unwrap();
+        let (quiet, busy) = (key_for(0), key_for(1));
+        let vertex = Vertex {
+            id: 1,
+            name: "pass".into(),
+            parallelism: 1,
+            operators: vec![ChainedOperator {
+                name: "select".into(),
+                uid: "select".into(),
+                spec: OperatorSpec::Select { columns: vec!["k".into()] },
+                output_schema: schema.clone(),
+            }],
+        };
+        // The feeder only clones one large batch, the task hashes every row of it: the input
+        // queue stays full, so the task's poll never times out.
+        let input = Arc::new(InputGate::new(1024, vec![None]));
+        let output = Arc::new(InputGate::new(64, vec![None, None]));
+        let channels = (0..2).map(|index| ChannelWriter::Local { gate: output.clone(), index }).collect();
+        let edge = OutputEdge::new(Partitioning::Hash { key: "k".into() }, Some(0), 128, channels, 0);
+        let partition = ResultPartition::new(vec![edge], 1 << 20, Duration::from_millis(20));
+        let desc = TaskDescriptor {
+            info: info(),
+            vertex,
+            input_schema: schema.clone(),
+            gate: Some(input.clone()),
+            partition,
+            state: Default::default(),
+            checkpointing: None,
+            restore: None,
+        };
+        let task = Task::spawn(desc, Arc::new(|_| {})).unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = {
+            let (input, stop, quiet, busy) = (input.clone(), stop.clone(), rows(quiet, 1), rows(busy, 32 * 1024));
+            std::thread::spawn(move || {
+                input.push_blocking(0, Item::Buffer(quiet)).unwrap();
+                while !stop.load(Ordering::SeqCst) && input.push_blocking(0, Item::Buffer(busy.clone())).is_ok() {}
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let quiet_arrived = loop {
+            match output.poll(Some(deadline)) {
+                GatePoll::Item(0, Item::Buffer(_)) => break true,
+                GatePoll::Item(..) => {}
+                _ => break false,
+            }
+        };
+        let still_feeding = !feeder.is_finished();
+        stop.store(true, Ordering::SeqCst);
+        task.cancel();
+        feeder.join().unwrap();
+        task.join();
+        assert!(quiet_arrived, "the quiet channel's row never left");
+        assert!(still_feeding, "the input must still be arriving when the quiet row leaves");
+    }
 }
