@@ -464,10 +464,15 @@ impl CreditReturn for RemoteCredits {
 
 #[derive(Default)]
 struct SubState {
-    /// (is a buffer, frame kind, body)
+    /// Frames waiting to be sent, as (frame kind `BUFFER` or `EVENT`, body), in sending order:
+    /// a buffer waits for a credit, and so does everything queued behind it, except events
+    /// pushed with priority, which go to the front.
     queue: VecDeque<(u8, Bytes)>,
+    /// `BUFFER` frames in `queue`.
     buffers: usize,
+    /// `taskmanager.network.sender-queue-buffers`: the sending task blocks at this many.
     capacity: usize,
+    /// Buffers the receiver has room for.
     credits: u32,
     /// The receiver has registered and announced its credits.
     announced: bool,
