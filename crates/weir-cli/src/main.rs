@@ -234,7 +234,8 @@ async fn run(cli: Cli) -> Result<i32> {
             let text = std::fs::read_to_string(&jobfile).with_context(|| format!("cannot read job file {}", jobfile.display()))?;
             let origin = jobfile.display().to_string();
             // Compile here too, so a bad job file fails before anything starts.
-            let (graph, _) = weir_core::job::compile_job(&text, &origin, &cfg, &overrides)?;
+            let (graph, job_cfg) = weir_core::job::compile_job(&text, &origin, &cfg, &overrides)?;
+            weir_core::settings::JobSettings::from_config(&job_cfg)?;
             let (address, cluster) = match jobmanager_address(&client.jobmanager, &cfg) {
                 Some(a) => (a, None),
                 None => {

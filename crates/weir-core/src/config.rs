@@ -330,37 +330,38 @@ impl Config {
         }
     }
 
-    /// Typed reads. The key table fixes each key's kind, so asking a key for another kind is a
-    /// bug in Weir (caught by the settings tests), not a user error.
-    pub fn duration(&self, key: &str) -> Duration {
+    /// Typed reads, for [`crate::settings`] only: every other crate takes the typed settings.
+    /// The key table fixes each key's kind, so asking a key for another kind is a bug in Weir
+    /// (caught by the settings tests), not a user error.
+    pub(crate) fn duration(&self, key: &str) -> Duration {
         match self.value(key) {
             Value::Duration(d) => d,
             other => panic!("config key {key} is not a duration: {other:?}"),
         }
     }
 
-    pub fn optional_duration(&self, key: &str) -> Option<Duration> {
+    pub(crate) fn optional_duration(&self, key: &str) -> Option<Duration> {
         match self.value(key) {
             Value::OptionalDuration(d) => d,
             other => panic!("config key {key} is not an optional duration: {other:?}"),
         }
     }
 
-    pub fn size(&self, key: &str) -> u64 {
+    pub(crate) fn size(&self, key: &str) -> u64 {
         match self.value(key) {
             Value::Size(n) => n,
             other => panic!("config key {key} is not a size: {other:?}"),
         }
     }
 
-    pub fn int(&self, key: &str) -> u64 {
+    pub(crate) fn int(&self, key: &str) -> u64 {
         match self.value(key) {
             Value::Int(n) => n,
             other => panic!("config key {key} is not a number: {other:?}"),
         }
     }
 
-    pub fn bool(&self, key: &str) -> bool {
+    pub(crate) fn bool(&self, key: &str) -> bool {
         match self.value(key) {
             Value::Bool(b) => b,
             other => panic!("config key {key} is not a boolean: {other:?}"),
@@ -460,13 +461,32 @@ fn validate(def: &KeyDef, value: &str) -> Result<(String, Value), String> {
 }
 
 /// Parses durations the way Flink writes them, with `humantime`: `10s`, `500ms`, `1min`,
-/// `2h`, `1d`, `1h 30min`. A bare number is milliseconds, as in Flink.
+/// `2 h`, `1d`, `1h 30min`. A bare number is milliseconds, as in Flink, and Flink's unit words
+/// that `humantime` lacks (`millis`, `secs`, `mins`, ...) are accepted too.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(Duration::from_millis(ms));
     }
-    humantime::parse_duration(s).map_err(|e| format!("expected a duration like 10s, 500ms or 1min, got '{s}' ({e})"))
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
+    // One number and one unit word ("2 h", "5 Millis"): joined, in any case, with Flink's
+    // spellings mapped.
+    // Anything else ("1h 30min") goes to humantime as written.
+    let text = if num.is_empty() || unit.is_empty() || unit.contains(char::is_whitespace) {
+        s.to_string()
+    } else {
+        let lower = unit.to_ascii_lowercase();
+        let unit = match lower.as_str() {
+            "milli" | "millis" | "millisecond" | "milliseconds" => "ms",
+            "secs" => "s",
+            "mins" => "min",
+            other => other,
+        };
+        format!("{num}{unit}")
+    };
+    humantime::parse_duration(&text).map_err(|e| format!("expected a duration like 10s, 500ms or 1min, got '{s}' ({e})"))
 }
 
 /// Parses sizes: `32kb`, `4 mb`, `1gb`, or bytes.
@@ -498,6 +518,12 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1min").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2 h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("5 millis").unwrap(), Duration::from_millis(5));
+        assert_eq!(parse_duration("10secs").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("3 mins").unwrap(), Duration::from_secs(180));
+        assert_eq!(parse_duration("1h 30min").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
         assert!(parse_duration("ten seconds").is_err());
         assert!(parse_duration("5 fortnights").is_err());
         assert_eq!(parse_size("32kb").unwrap(), 32 * 1024);

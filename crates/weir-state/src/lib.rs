@@ -12,6 +12,7 @@
 //! `docs/state.md` explains the layout and formats.
 
 pub mod format;
+pub mod handle;
 pub mod hashmap;
 pub mod keyed;
 pub mod metadata;

@@ -3,7 +3,7 @@
 //! file (magic, version, CRC-32), so a damaged `_metadata` is reported, not half-read.
 
 use crate::format::{frame, unframe, METADATA_MAGIC};
-use crate::snapshot::KeyedStateHandle;
+use crate::handle::KeyedStateHandle;
 use crate::storage::{layout, CheckpointStorage, StoredFile};
 use crate::StateError;
 use serde::{Deserialize, Serialize};

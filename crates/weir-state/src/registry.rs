@@ -6,7 +6,7 @@
 //! is deleted from storage. The registry is rebuilt from the retained checkpoints' `_metadata`
 //! after a JobManager restart.
 
-use crate::snapshot::KeyedStateHandle;
+use crate::handle::KeyedStateHandle;
 use crate::storage::{layout, CheckpointStorage};
 use crate::StateError;
 use std::collections::{BTreeMap, HashMap};

@@ -19,7 +19,7 @@
 
 use crate::format::{read_keyed_state, KeyedStateWriter};
 use crate::keyed::{key_group_of, KeyedStateBackend};
-use crate::snapshot::{KeyedStateHandle, LocalFile};
+use crate::handle::{KeyedStateHandle, LocalFile};
 use crate::storage::StoredFile;
 use crate::StateError;
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};

@@ -1,5 +1,5 @@
-//! Snapshots of keyed state: the handles that describe them, the backend wrapper that takes
-//! them, and the asynchronous upload and download.
+//! Snapshots of keyed state: the backend wrapper that takes them, and the asynchronous upload
+//! and download. The handles that describe them are in [`crate::handle`].
 //!
 //! A snapshot has a synchronous part, taken on the task thread between two batches (a copy of
 //! the hashmap backend's groups, or a RocksDB checkpoint of hard links), and an asynchronous
@@ -9,76 +9,14 @@
 use crate::hashmap::HashMapBackend;
 use crate::keyed::KeyedStateBackend;
 use crate::rocks::{IncrementalSnapshot, RestoreSource, RocksDbBackend};
-use crate::storage::{layout, CheckpointStorage, StoredFile};
+use crate::storage::{layout, CheckpointStorage};
 use crate::StateError;
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use weir_core::KeyGroupRange;
 
-/// A local file of a RocksDB checkpoint.
-#[derive(Debug, Clone)]
-pub struct LocalFile {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-/// Describes one subtask's keyed-state snapshot of one operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum KeyedStateHandle {
-    /// The canonical key-group file: hashmap snapshots, full RocksDB snapshots, savepoints.
-    Full { range: KeyGroupRange, max_parallelism: u32, file: StoredFile },
-    /// A RocksDB checkpoint: SSTs in `shared/` (by local file name), the rest private.
-    Incremental { range: KeyGroupRange, max_parallelism: u32, shared: Vec<(String, StoredFile)>, private: Vec<(String, StoredFile)> },
-}
-
-impl KeyedStateHandle {
-    pub fn range(&self) -> KeyGroupRange {
-        match self {
-            Self::Full { range, .. } | Self::Incremental { range, .. } => *range,
-        }
-    }
-
-    /// Bytes this handle references in storage.
-    pub fn size(&self) -> u64 {
-        match self {
-            Self::Full { file, .. } => file.size,
-            Self::Incremental { shared, private, .. } => shared.iter().chain(private).map(|(_, f)| f.size).sum(),
-        }
-    }
-
-    /// Paths of the shared files it references (for reference counting).
-    pub fn shared_paths(&self) -> Vec<String> {
-        match self {
-            Self::Full { .. } => Vec::new(),
-            Self::Incremental { shared, .. } => shared.iter().map(|(_, f)| f.path.clone()).collect(),
-        }
-    }
-
-    /// Every file it references.
-    pub fn files(&self) -> Vec<&StoredFile> {
-        match self {
-            Self::Full { file, .. } => vec![file],
-            Self::Incremental { shared, private, .. } => shared.iter().chain(private).map(|(_, f)| f).collect(),
-        }
-    }
-}
-
-/// Which backend, from `state.backend.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    HashMap,
-    RocksDb,
-}
-
-impl BackendKind {
-    pub fn from_config(config: &weir_core::Config) -> Self {
-        match config.get(weir_core::config::keys::STATE_BACKEND) {
-            "rocksdb" => Self::RocksDb,
-            _ => Self::HashMap,
-        }
-    }
-}
+pub use crate::handle::{KeyedStateHandle, LocalFile};
+/// Which backend (`state.backend.type`): the typed setting of `weir_core::settings`.
+pub use weir_core::settings::StateBackendKind as BackendKind;
 
 /// Where a snapshot goes.
 #[derive(Debug, Clone)]
