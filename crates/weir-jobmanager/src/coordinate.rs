@@ -20,6 +20,8 @@ pub(crate) struct Targets<'a> {
     pub storage: Option<&'a CheckpointStorage>,
 }
 
+/// The request every checkpoint RPC carries; `final_checkpoint` asks every task (not only
+/// sources) to take the final checkpoint.
 fn request(job_id: &str, attempt: u32, id: u64, timestamp_ms: i64, final_checkpoint: bool) -> CheckpointRequest {
     CheckpointRequest { job_id: job_id.to_string(), attempt, checkpoint_id: id, timestamp_ms, savepoint: false, final_checkpoint }
 }

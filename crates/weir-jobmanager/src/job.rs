@@ -50,6 +50,8 @@ struct TaskEntry {
     records_out: u64,
 }
 
+/// A job. Fields are private: the lifecycle changes only through [`Job::apply`], the
+/// coordinator only through [`Job::checkpoint`].
 pub(crate) struct Job {
     id: String,
     name: String,
@@ -75,6 +77,7 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// A new job in CREATED, submitted (or recovered) at `now`.
     pub fn new(j: NewJob, now: Now) -> Self {
         let graph = Arc::new(j.graph);
         let coordinator = CheckpointCoordinator::new(
@@ -107,34 +110,42 @@ impl Job {
         }
     }
 
+    /// The job id (a UUID without dashes).
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// The lifecycle state.
     pub fn status(&self) -> JobStatus {
         self.status
     }
 
+    /// The current attempt: 0 for the first, one more per restart (and per JobManager recovery).
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
+    /// The compiled JobGraph.
     pub fn graph(&self) -> &Arc<JobGraph> {
         &self.graph
     }
 
+    /// The job's effective configuration, shipped to TaskManagers with every deployment.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// What the current attempt restores from.
     pub fn restore(&self) -> Option<&RestoreInfo> {
         self.restore.as_ref()
     }
 
+    /// Checkpoint storage, when checkpointing or restoring.
     pub fn storage(&self) -> Option<&CheckpointStorage> {
         self.storage.as_ref()
     }
 
+    /// The checkpoint coordinator (read-only: events go through [`Job::checkpoint`]).
     pub fn coordinator(&self) -> &CheckpointCoordinator {
         &self.coordinator
     }
@@ -163,6 +174,7 @@ impl Job {
         out
     }
 
+    /// Whether a slot of the current attempt is on TaskManager `tm`.
     pub fn runs_on(&self, tm: &str) -> bool {
         self.slots.iter().any(|s| s == tm)
     }

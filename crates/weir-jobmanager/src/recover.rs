@@ -12,6 +12,9 @@ use weir_core::settings::JobSettings;
 use weir_state::metadata::{CheckpointMetadata, RestoreInfo};
 use weir_state::CheckpointStorage;
 
+/// Adds every unfinished job of the catalog again, each as a new attempt from its latest
+/// readable checkpoint. A job that cannot be recovered (its job file no longer compiles, its
+/// storage cannot be opened) is reported and left out; the others still recover.
 pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, catalog: &Catalog) {
     for record in catalog.load().into_iter().filter(|r| !r.is_terminal()) {
         let id = record.id.clone();
@@ -25,6 +28,8 @@ pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, c
     }
 }
 
+/// The job a catalog record describes, compiled under this JobManager's configuration, with
+/// its restore point and the checkpoint id it continues from.
 async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Option<u64>), String> {
     let overrides = Config::from_pairs(r.config.iter()).map_err(|e| e.to_string())?;
     let (graph, config) = weir_core::job::compile_job(&r.definition, &r.origin, state.config(), &overrides).map_err(|e| e.to_string())?;

@@ -28,6 +28,8 @@ async fn read_restore(path: &str, config: &Config) -> Result<RestoreInfo, Status
     Ok(RestoreInfo { storage_url: root, metadata })
 }
 
+/// The gRPC service: translates requests into calls on the state and hands the resulting
+/// effects to the executor; it decides nothing itself.
 pub(crate) struct JobManagerRpc {
     pub state: Arc<JobManagerState>,
     pub executor: Executor,

@@ -89,10 +89,13 @@ fn pick_slots(free: &mut [(String, u32)], needed: u32) -> Option<Vec<String>> {
     Some(picked)
 }
 
+/// The registered TaskManagers among `ids`, as RPC targets (a TaskManager lost meanwhile is
+/// left out).
 fn targets(tms: &HashMap<String, TaskManagerEntry>, ids: Vec<String>) -> Vec<TmTarget> {
     ids.into_iter().filter_map(|id| tms.get(&id).map(|e| TmTarget { client: e.client.clone(), id })).collect()
 }
 
+/// The effect that records the job's current state in the catalog.
 fn save_catalog(job: &mut Job) -> Effect {
     let (record, seq) = job.catalog_record();
     Effect::SaveCatalog { record, seq }
@@ -171,6 +174,7 @@ fn fail_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, reason: 
 }
 
 impl JobManagerState {
+    /// An empty cluster with the JobManager's configuration.
     pub(crate) fn new(config: Config, settings: JobManagerConfig) -> Self {
         Self { config, settings, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
     }
@@ -189,6 +193,7 @@ impl JobManagerState {
         &self.slots_changed
     }
 
+    /// Registers (or re-registers) a TaskManager with its slots; waiting jobs may now get them.
     pub(crate) fn register_tm(&self, id: &str, rpc_address: &str, data_address: &str, slots: u32) -> Result<(), String> {
         let client = tm_client(rpc_address).ok_or_else(|| format!("bad TaskManager RPC address '{rpc_address}'"))?;
         let entry = TaskManagerEntry {
@@ -221,6 +226,7 @@ impl JobManagerState {
         self.inner.lock().tms.iter().filter(|(_, t)| t.last_heartbeat.elapsed() > timeout).map(|(id, _)| id.clone()).collect()
     }
 
+    /// The registered TaskManagers and their free slots, for `weir cluster`.
     pub(crate) fn overview(&self) -> Vec<TaskManagerInfo> {
         let inner = self.inner.lock();
         let mut tms: Vec<_> = inner
@@ -249,15 +255,18 @@ impl JobManagerState {
         effects
     }
 
+    /// One job as the CLI shows it.
     pub(crate) fn job_status(&self, id: &str) -> Option<weir_proto::JobStatus> {
         self.inner.lock().jobs.get(id).map(Job::status_view)
     }
 
+    /// Every job, in submission order.
     pub(crate) fn list_jobs(&self) -> Vec<weir_proto::JobStatus> {
         let inner = self.inner.lock();
         inner.job_order.iter().filter_map(|id| inner.jobs.get(id)).map(Job::status_view).collect()
     }
 
+    /// The rows of `weir checkpoints` for a job.
     pub(crate) fn checkpoint_history(&self, id: &str) -> Option<Vec<CheckpointInfo>> {
         self.inner.lock().jobs.get(id).map(|j| j.coordinator().history().iter().map(|r| r.info()).collect())
     }
