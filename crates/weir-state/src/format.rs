@@ -12,13 +12,22 @@
 use crate::StateError;
 use weir_core::KeyGroupRange;
 
+/// The format version this build writes and the only one it reads. [`unframe`] rejects any other
+/// version and does not try to parse the body.
 pub const FORMAT_VERSION: u16 = 1;
+/// Magic of a keyed-state file (the canonical key-group file, `keyed-state`).
 pub const KEYED_MAGIC: &[u8; 8] = b"WEIRKEYD";
+/// Magic of a checkpoint's `_metadata`.
 pub const METADATA_MAGIC: &[u8; 8] = b"WEIRMETA";
+/// Magic of a subtask's operator list state (`operator-state`).
 pub const OPERATOR_MAGIC: &[u8; 8] = b"WEIROPST";
+/// Bytes before the body: magic, version, body length. The CRC-32 adds 4 more after the body.
 const HEADER: usize = 8 + 2 + 8;
 
 /// Wraps `body` in a frame.
+///
+/// The CRC-32 covers the body only. The magic, version and length are checked by value when the
+/// file is read.
 pub fn frame(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len() + 4);
     out.extend_from_slice(magic);
@@ -30,6 +39,11 @@ pub fn frame(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
 }
 
 /// Checks a frame and returns its body. `path` names the file in errors.
+///
+/// Checks, in this order: the minimum length, the magic (so a file of another kind is named as
+/// such), the version, then that the file length is exactly header + body + CRC (so extra bytes
+/// fail just like missing ones), then the CRC-32. Any failure is [`StateError::Corrupt`]. The
+/// body is returned only when every check passes.
 pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8], path: &str) -> Result<&'a [u8], StateError> {
     let corrupt = |reason: String| StateError::Corrupt { path: path.to_string(), reason };
     if bytes.len() < HEADER + 4 {
@@ -59,14 +73,26 @@ pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8], path: &str) -> Result<&'a [
 }
 
 /// Writes the keyed-state body of one key-group range, entries grouped by key group.
+///
+/// Builds the whole file in memory. Callers add entries in key-group order. The hashmap
+/// backend walks its groups in order. The RocksDB backend iterates in key order, which is
+/// key-group order because every key starts with its key group, big-endian. Every group of the
+/// range appears in the file, empty ones with a count of 0.
 pub struct KeyedStateWriter {
+    /// The body so far, starting with the header (max parallelism, range start, range end).
     body: Vec<u8>,
+    /// The open group: (key group, offset of its entry-count placeholder in `body`, entries so
+    /// far). The count is patched in when the group closes, so entries stream in without
+    /// counting them first.
     current: Option<(u32, usize, u64)>,
+    /// The next key group to open. Groups are opened in order, each exactly once.
     next_group: u32,
+    /// The range the file covers. `finish` writes groups up to its end.
     range: KeyGroupRange,
 }
 
 impl KeyedStateWriter {
+    /// Starts the body of a file for `range` by writing its header.
     pub fn new(max_parallelism: u32, range: KeyGroupRange) -> Self {
         let mut body = Vec::new();
         body.extend_from_slice(&max_parallelism.to_be_bytes());
@@ -75,6 +101,7 @@ impl KeyedStateWriter {
         Self { body, current: None, next_group: range.start, range }
     }
 
+    /// Writes the open group's entry count into its placeholder, if a group is open.
     fn close_group(&mut self) {
         if let Some((_, count_at, n)) = self.current.take() {
             self.body[count_at..count_at + 8].copy_from_slice(&n.to_be_bytes());
@@ -92,6 +119,10 @@ impl KeyedStateWriter {
     }
 
     /// Adds an entry of key group `kg` (entries of one group must be contiguous, groups in order).
+    ///
+    /// Groups between the last one and `kg` are written empty. Panics if `kg` comes before the
+    /// group already open (out of order, or a group's entries not contiguous). `kg` must be in
+    /// the range; this is only checked in debug builds.
     pub fn add(&mut self, kg: u32, key: &[u8], value: &[u8]) {
         debug_assert!(self.range.contains(kg));
         while self.current.map(|c| c.0) != Some(kg) {
@@ -109,6 +140,8 @@ impl KeyedStateWriter {
     }
 
     /// Closes every remaining group and returns the framed file.
+    ///
+    /// Groups up to the end of the range that got no entries are written with a count of 0.
     pub fn finish(mut self) -> Vec<u8> {
         while self.next_group < self.range.end {
             let next = self.next_group;
@@ -121,6 +154,12 @@ impl KeyedStateWriter {
 
 /// Reads a keyed-state file, calling `f(kg, key, value)` for every entry whose key group is in
 /// `wanted`. Verifies the frame first: nothing is delivered from a corrupted file.
+///
+/// Returns the max parallelism and the key-group range recorded in the file. The caller checks
+/// them (a restore refuses another max parallelism). Entries outside `wanted` are skipped. That
+/// is how a restore at another parallelism takes only its own key groups from an old subtask's
+/// file. Groups outside the file's own range, and entries that run past the end, are corruption.
+/// The first error returned by `f` stops the read.
 pub fn read_keyed_state(
     bytes: &[u8],
     path: &str,
@@ -153,22 +192,30 @@ pub fn read_keyed_state(
     Ok((max_p, KeyGroupRange::new(start, end)))
 }
 
+/// A cursor over a body of big-endian integers and u32-length-prefixed byte strings. Every read
+/// returns `None` instead of panicking when the buffer is too short. Callers turn that into an
+/// error that names the file or the state (used for framed bodies and for list state).
 pub(crate) struct Reader<'a> {
+    /// The bytes being read.
     pub buf: &'a [u8],
+    /// Offset of the next read. When it reaches `buf.len()`, everything has been read.
     pub pos: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// A big-endian u32.
     pub fn u32(&mut self) -> Option<u32> {
         let b = self.buf.get(self.pos..self.pos + 4)?;
         self.pos += 4;
         Some(u32::from_be_bytes(b.try_into().ok()?))
     }
+    /// A big-endian u64.
     pub fn u64(&mut self) -> Option<u64> {
         let b = self.buf.get(self.pos..self.pos + 8)?;
         self.pos += 8;
         Some(u64::from_be_bytes(b.try_into().ok()?))
     }
+    /// A u32 length followed by that many bytes. Returns the bytes, borrowed from `buf`.
     pub fn slice(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
         let b = self.buf.get(self.pos..self.pos + n)?;

@@ -15,22 +15,35 @@ use smallvec::SmallVec;
 use weir_core::graph::AggKind;
 use weir_core::KeyGroupRange;
 
+/// A composite key, inline up to 32 bytes (a short state name with an integer or short key fits).
 type InlineKey = SmallVec<[u8; 32]>;
+/// A value, inline up to 16 bytes (an i64 aggregate takes 8).
 type InlineValue = SmallVec<[u8; 16]>;
+/// Every entry of one key group.
 type Group = HashMap<InlineKey, InlineValue>;
 
+/// The `hashmap` backend of one operator in one subtask.
+///
+/// Its state lives only on the heap: it is lost with the process and comes back only through a
+/// restore from a checkpoint.
 pub struct HashMapBackend {
+    /// The job's number of key groups.
     max_parallelism: u32,
+    /// The key groups this subtask owns.
     range: KeyGroupRange,
+    /// `groups[i]` holds key group `range.start + i`. There is one map per key group of the range.
     groups: Vec<Group>,
+    /// A reused buffer for composite keys, so `aggregate_batch` allocates nothing per row.
     scratch: Vec<u8>,
 }
 
 impl HashMapBackend {
+    /// An empty backend with an empty map for each key group of `range`.
     pub fn new(max_parallelism: u32, range: KeyGroupRange) -> Self {
         Self { max_parallelism, range, groups: (0..range.len()).map(|_| HashMap::new()).collect(), scratch: Vec::new() }
     }
 
+    /// The map of `key`'s key group, or [`StateError::KeyGroup`] if this subtask does not own it.
     fn group(&self, key: &[u8]) -> Result<&Group, StateError> {
         let kg = key_group_of(key);
         self.range
@@ -39,6 +52,7 @@ impl HashMapBackend {
             .ok_or(StateError::KeyGroup { kg, range: self.range })
     }
 
+    /// Mutable [`group`](Self::group).
     fn group_mut(&mut self, key: &[u8]) -> Result<&mut Group, StateError> {
         let kg = key_group_of(key);
         if !self.range.contains(kg) {
@@ -48,6 +62,9 @@ impl HashMapBackend {
     }
 
     /// Writes the snapshot of every key group (the synchronous part of a checkpoint: a copy).
+    ///
+    /// The whole file is built in memory, so the state cannot change under the upload. Entries
+    /// within a group come in hash-map order, which the format allows.
     pub fn snapshot_bytes(&self) -> Vec<u8> {
         let mut w = KeyedStateWriter::new(self.max_parallelism, self.range);
         for (i, g) in self.groups.iter().enumerate() {
@@ -60,6 +77,9 @@ impl HashMapBackend {
     }
 
     /// Adds the entries of a keyed-state file that fall in this backend's range.
+    ///
+    /// Called once per old snapshot that overlaps the range, so a restore at another parallelism
+    /// can merge several files. The frame is verified before any entry is inserted.
     pub fn restore_bytes(&mut self, bytes: &[u8], path: &str) -> Result<(), StateError> {
         let range = self.range;
         let groups = &mut self.groups;
@@ -80,6 +100,7 @@ impl KeyedStateBackend for HashMapBackend {
         self.range
     }
 
+    /// One hash probe; the value is copied out.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self.group(key)?.get(key).map(|v| v.to_vec()))
     }
@@ -94,6 +115,8 @@ impl KeyedStateBackend for HashMapBackend {
         Ok(())
     }
 
+    /// Scans the prefix's whole key group and sorts the matches: the trait promises key order, and
+    /// hash maps have none.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         let mut out: Vec<_> =
             self.group(prefix)?.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
@@ -101,6 +124,7 @@ impl KeyedStateBackend for HashMapBackend {
         Ok(out)
     }
 
+    /// The sum of the group sizes; it never fails.
     fn entries(&self) -> Result<u64, StateError> {
         Ok(self.groups.iter().map(|g| g.len() as u64).sum())
     }

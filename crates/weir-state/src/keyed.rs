@@ -9,6 +9,15 @@
 //! key group u16 | state name len u8 | state name | key len u32 | key | namespace len u16 | namespace | [map user key]
 //! ```
 //!
+//! The layout relies on these invariants:
+//! - the key group is cast to a u16, so key groups must stay below 65,536
+//!   (`pipeline.max-parallelism` at most 65,536), which nothing here checks;
+//! - a state name is under 256 bytes, because its length is stored in one byte;
+//! - a key's bytes are the bytes the partitioner hashes ([`Keys::with_key`]), so state lands
+//!   in the subtask the record was routed to;
+//! - everything stored here goes into checkpoints and savepoints, so changing an encoding
+//!   breaks restores from older ones.
+//!
 //! Typed states ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`]) encode values
 //! with [`StateCodec`]; the batch path ([`KeyedStateBackend::aggregate_batch`]) serves the
 //! built-in keyed aggregates a whole record batch at a time.
@@ -20,13 +29,18 @@ use weir_core::keygroup::{hash_bytes, key_group_for_hash};
 use weir_core::KeyGroupRange;
 
 /// A key column of a batch, for [`KeyedStateBackend::aggregate_batch`].
+///
+/// Borrowed from the batch: the batch path reads the key bytes straight from the Arrow arrays.
 #[derive(Clone, Copy)]
 pub enum Keys<'a> {
+    /// A string key column. The key bytes are the UTF-8 text.
     Utf8(&'a arrow_array::StringArray),
+    /// An i64 key column. The key bytes are the 8 little-endian bytes.
     Int64(&'a arrow_array::Int64Array),
 }
 
 impl Keys<'_> {
+    /// Number of rows.
     pub fn len(&self) -> usize {
         use arrow_array::Array;
         match self {
@@ -35,6 +49,7 @@ impl Keys<'_> {
         }
     }
 
+    /// Whether the column has no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -51,14 +66,25 @@ impl Keys<'_> {
 }
 
 /// Builds composite keys.
+///
+/// The operator's current key and namespace. The typed states build their composite keys from
+/// it. The key group is computed once per key in [`set_key`](Self::set_key), not on every state
+/// access.
 #[derive(Debug, Clone, Default)]
 pub struct KeyContext {
+    /// The current key's bytes.
     pub key: Vec<u8>,
+    /// The key group of `key`. It must be updated with the key, so set both with `set_key`.
     pub key_group: u32,
+    /// The current namespace (e.g. a window). Empty when the state has none.
     pub namespace: Vec<u8>,
 }
 
 /// Appends the composite-key prefix of (key group, state, key, namespace) to `out`.
+///
+/// Lengths are written as u8 (state name), u32 (key) and u16 (namespace), each big-endian, and the
+/// key group as u16. The casts truncate silently, so callers keep within those limits. A map
+/// state appends its encoded user key after this prefix.
 #[inline]
 pub fn composite_key(out: &mut Vec<u8>, kg: u32, state: &str, key: &[u8], ns: &[u8]) {
     out.extend_from_slice(&(kg as u16).to_be_bytes());
@@ -71,12 +97,17 @@ pub fn composite_key(out: &mut Vec<u8>, kg: u32, state: &str, key: &[u8], ns: &[
 }
 
 /// The key group stored in a composite key.
+///
+/// Panics if `composite` is shorter than the 2-byte key-group prefix.
 #[inline]
 pub fn key_group_of(composite: &[u8]) -> u32 {
     u16::from_be_bytes([composite[0], composite[1]]) as u32
 }
 
 /// The key group of a key.
+///
+/// The same function the hash partitioner uses (`weir_core::keygroup`). A key's state therefore
+/// lives in the subtask its records are sent to.
 #[inline]
 pub fn key_group(key: &[u8], max_parallelism: u32) -> u32 {
     key_group_for_hash(hash_bytes(key), max_parallelism)
@@ -86,14 +117,27 @@ pub fn key_group(key: &[u8], max_parallelism: u32) -> u32 {
 ///
 /// The byte-level methods work on composite keys; calls block (RocksDB does I/O), so they
 /// run on task threads, never on async runtime threads.
+///
+/// Every key passed in is a composite key ([`composite_key`]) whose key group is in
+/// [`key_group_range`](Self::key_group_range). The hashmap backend rejects other keys with
+/// [`StateError::KeyGroup`].
 pub trait KeyedStateBackend: Send {
+    /// The job's number of key groups (`pipeline.max-parallelism`). It is fixed for the job's life,
+    /// restores included.
     fn max_parallelism(&self) -> u32;
+    /// The key groups this subtask owns. Snapshots of this backend cover exactly this range.
     fn key_group_range(&self) -> KeyGroupRange;
 
+    /// The value stored under a composite key, if any.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    /// Inserts or overwrites the value of a composite key.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError>;
+    /// Removes a composite key. Removing an absent key is not an error.
     fn delete(&mut self, key: &[u8]) -> Result<(), StateError>;
     /// All (key, value) pairs whose key starts with `prefix`, in key order.
+    ///
+    /// `prefix` must contain at least the key group (2 bytes): the hashmap backend looks only
+    /// inside that key group.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError>;
     /// Number of entries (for metrics and tests).
     fn entries(&self) -> Result<u64, StateError>;
@@ -117,6 +161,10 @@ pub trait KeyedStateBackend: Send {
     /// The keyed running aggregate of state `state` over a batch: for every row `i`, folds
     /// `values[i]` (1 for count) into the key's i64 and writes the updated value to `out[i]`.
     /// The default reads every distinct key once and writes each once, in one batch.
+    ///
+    /// `out` is cleared and gets one value per row: the running value after that row. A key that
+    /// appears twice in a batch therefore sees its own first update. Values are stored as
+    /// little-endian i64 under the composite key (`state`, key, empty namespace).
     fn aggregate_batch(
         &mut self,
         state: &str,
@@ -155,6 +203,9 @@ pub trait KeyedStateBackend: Send {
     }
 }
 
+/// Folds `v` into a key's running aggregate. A key's first value starts the aggregate. Count and
+/// sum add with wrapping arithmetic (never an overflow panic); min and max compare. For count the
+/// caller passes `v = 1`.
 #[inline]
 pub fn fold(agg: AggKind, acc: Option<i64>, v: i64) -> i64 {
     match (agg, acc) {
@@ -165,6 +216,8 @@ pub fn fold(agg: AggKind, acc: Option<i64>, v: i64) -> i64 {
     }
 }
 
+/// Reads a stored aggregate (little-endian i64). It never fails: shorter input is zero-extended
+/// and bytes past the eighth are ignored.
 #[inline]
 pub fn decode_i64(b: &[u8]) -> i64 {
     let mut a = [0u8; 8];
@@ -174,11 +227,18 @@ pub fn decode_i64(b: &[u8]) -> i64 {
 }
 
 /// How a state value is turned into bytes and back.
+///
+/// Encodings are stored in checkpoints and savepoints and read back by later runs, so an
+/// implementation's encoding must not change.
 pub trait StateCodec: Sized {
+    /// Appends the encoding to `out`. It appends because a map state puts the user key right after
+    /// the composite-key prefix.
     fn encode(&self, out: &mut Vec<u8>);
+    /// Decodes exactly what `encode` wrote, or fails with [`StateError::Codec`].
     fn decode(bytes: &[u8]) -> Result<Self, StateError>;
 }
 
+/// 8 little-endian bytes.
 impl StateCodec for i64 {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
@@ -188,6 +248,7 @@ impl StateCodec for i64 {
     }
 }
 
+/// 8 little-endian bytes.
 impl StateCodec for u64 {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());
@@ -197,6 +258,7 @@ impl StateCodec for u64 {
     }
 }
 
+/// The UTF-8 bytes, without a length (the backend keeps value lengths).
 impl StateCodec for String {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
@@ -206,6 +268,7 @@ impl StateCodec for String {
     }
 }
 
+/// The bytes as they are.
 impl StateCodec for Vec<u8> {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
@@ -224,12 +287,15 @@ fn state_key(ctx: &KeyContext, name: &str) -> Vec<u8> {
 
 impl KeyContext {
     /// Sets the current key (its bytes as [`Keys::with_key`] gives them).
+    ///
+    /// Also computes the key's key group, once for every state access under this key.
     pub fn set_key(&mut self, key: &[u8], max_parallelism: u32) {
         self.key.clear();
         self.key.extend_from_slice(key);
         self.key_group = key_group(key, max_parallelism);
     }
 
+    /// Sets the namespace (e.g. a window's bytes) for the following state accesses.
     pub fn set_namespace(&mut self, ns: &[u8]) {
         self.namespace.clear();
         self.namespace.extend_from_slice(ns);
@@ -237,39 +303,53 @@ impl KeyContext {
 }
 
 /// A single value per key and namespace.
+///
+/// Holds only the state's name. The value lives in the backend, so one `ValueState` serves
+/// every key and namespace.
 pub struct ValueState<T> {
     name: String,
     _t: PhantomData<T>,
 }
 
 impl<T: StateCodec> ValueState<T> {
+    /// Declares a state called `name`. Panics if the name is 256 bytes or longer (the composite key
+    /// stores its length in one byte).
     pub fn new(name: &str) -> Self {
         assert!(name.len() < 256, "state names are shorter than 256 bytes");
         Self { name: name.to_string(), _t: PhantomData }
     }
+    /// The value for `ctx`'s key and namespace, if one was set.
     pub fn get(&self, b: &dyn KeyedStateBackend, ctx: &KeyContext) -> Result<Option<T>, StateError> {
         b.get(&state_key(ctx, &self.name))?.map(|v| T::decode(&v)).transpose()
     }
+    /// Sets the value for the current key and namespace.
     pub fn update(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext, v: &T) -> Result<(), StateError> {
         let mut buf = Vec::new();
         v.encode(&mut buf);
         b.put(&state_key(ctx, &self.name), &buf)
     }
+    /// Removes the value for the current key and namespace.
     pub fn clear(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext) -> Result<(), StateError> {
         b.delete(&state_key(ctx, &self.name))
     }
 }
 
 /// A list of values per key and namespace, stored as one length-prefixed sequence.
+///
+/// Each element is a u32 big-endian length and then its encoding. The whole list is one backend
+/// value, so `add` reads and rewrites the list: cheap for short lists, quadratic for long ones.
 pub struct ListState<T> {
     name: String,
     _t: PhantomData<T>,
 }
 
 impl<T: StateCodec> ListState<T> {
+    /// Declares a list state called `name`. Unlike [`ValueState::new`] it does not check the name's
+    /// length, which must still be under 256 bytes.
     pub fn new(name: &str) -> Self {
         Self { name: name.to_string(), _t: PhantomData }
     }
+    /// The elements in insertion order. Empty when nothing was stored.
     pub fn get(&self, b: &dyn KeyedStateBackend, ctx: &KeyContext) -> Result<Vec<T>, StateError> {
         let Some(raw) = b.get(&state_key(ctx, &self.name))? else { return Ok(Vec::new()) };
         let mut r = crate::format::Reader { buf: &raw, pos: 0 };
@@ -280,6 +360,7 @@ impl<T: StateCodec> ListState<T> {
         }
         Ok(out)
     }
+    /// Appends one element.
     pub fn add(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext, v: &T) -> Result<(), StateError> {
         let key = state_key(ctx, &self.name);
         let mut raw = b.get(&key)?.unwrap_or_default();
@@ -289,6 +370,7 @@ impl<T: StateCodec> ListState<T> {
         raw.extend_from_slice(&item);
         b.put(&key, &raw)
     }
+    /// Replaces the whole list. An empty slice stores an empty list; it does not remove the value.
     pub fn update(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext, vs: &[T]) -> Result<(), StateError> {
         let mut raw = Vec::new();
         for v in vs {
@@ -299,6 +381,7 @@ impl<T: StateCodec> ListState<T> {
         }
         b.put(&state_key(ctx, &self.name), &raw)
     }
+    /// Removes the list.
     pub fn clear(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext) -> Result<(), StateError> {
         b.delete(&state_key(ctx, &self.name))
     }
@@ -312,29 +395,38 @@ pub struct MapState<K, V> {
 }
 
 impl<K: StateCodec, V: StateCodec> MapState<K, V> {
+    /// Declares a map state called `name`. Like [`ListState::new`] it does not check the name's
+    /// length, which must still be under 256 bytes.
     pub fn new(name: &str) -> Self {
         Self { name: name.to_string(), _t: PhantomData }
     }
+    /// The composite key of one map entry: the state's prefix followed by the encoded user key.
     fn entry_key(&self, ctx: &KeyContext, uk: &K) -> Vec<u8> {
         let mut k = state_key(ctx, &self.name);
         uk.encode(&mut k);
         k
     }
+    /// The value of user key `uk`, if present.
     pub fn get(&self, b: &dyn KeyedStateBackend, ctx: &KeyContext, uk: &K) -> Result<Option<V>, StateError> {
         b.get(&self.entry_key(ctx, uk))?.map(|v| V::decode(&v)).transpose()
     }
+    /// Inserts or overwrites the entry for `uk`.
     pub fn put(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext, uk: &K, v: &V) -> Result<(), StateError> {
         let mut buf = Vec::new();
         v.encode(&mut buf);
         b.put(&self.entry_key(ctx, uk), &buf)
     }
+    /// Removes the entry for `uk`, if present.
     pub fn remove(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext, uk: &K) -> Result<(), StateError> {
         b.delete(&self.entry_key(ctx, uk))
     }
+    /// Every entry for the current key and namespace, ordered by encoded user key. This is a prefix
+    /// scan: the hashmap backend scans the whole key group to do it.
     pub fn entries(&self, b: &dyn KeyedStateBackend, ctx: &KeyContext) -> Result<Vec<(K, V)>, StateError> {
         let prefix = state_key(ctx, &self.name);
         b.scan_prefix(&prefix)?.into_iter().map(|(k, v)| Ok((K::decode(&k[prefix.len()..])?, V::decode(&v)?))).collect()
     }
+    /// Removes every entry in one write batch.
     pub fn clear(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext) -> Result<(), StateError> {
         let prefix = state_key(ctx, &self.name);
         let ops = b.scan_prefix(&prefix)?.into_iter().map(|(k, _)| (k, None)).collect();
@@ -343,18 +435,26 @@ impl<K: StateCodec, V: StateCodec> MapState<K, V> {
 }
 
 /// A value per key and namespace folded with a reduce function on every `add`.
+///
+/// Stored exactly like a [`ValueState`]: the reduce function is code, not state, and must be the
+/// same when the state is restored.
 pub struct ReducingState<T> {
+    /// The reduced value.
     value: ValueState<T>,
+    /// Combines the stored value (first argument) with a new one.
     reduce: fn(&T, &T) -> T,
 }
 
 impl<T: StateCodec> ReducingState<T> {
+    /// Declares a reducing state called `name` (under 256 bytes, as for [`ValueState::new`]).
     pub fn new(name: &str, reduce: fn(&T, &T) -> T) -> Self {
         Self { value: ValueState::new(name), reduce }
     }
+    /// The reduced value, if anything was added.
     pub fn get(&self, b: &dyn KeyedStateBackend, ctx: &KeyContext) -> Result<Option<T>, StateError> {
         self.value.get(b, ctx)
     }
+    /// Stores `v` if the state is empty, otherwise `reduce(stored, v)`.
     pub fn add(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext, v: T) -> Result<(), StateError> {
         let new = match self.value.get(b, ctx)? {
             Some(acc) => (self.reduce)(&acc, &v),
@@ -362,6 +462,7 @@ impl<T: StateCodec> ReducingState<T> {
         };
         self.value.update(b, ctx, &new)
     }
+    /// Removes the reduced value.
     pub fn clear(&self, b: &mut dyn KeyedStateBackend, ctx: &KeyContext) -> Result<(), StateError> {
         self.value.clear(b, ctx)
     }

@@ -9,39 +9,67 @@ use crate::StateError;
 use serde::{Deserialize, Serialize};
 
 /// The state of one subtask of one operator.
+///
+/// Both parts are optional, but the JobManager leaves out operators with no state in any subtask.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskState {
+    /// Handles of this operator's keyed state in this subtask. Each covers the subtask's key-group
+    /// range. Empty for an operator without keyed state.
     pub keyed: Vec<KeyedStateHandle>,
     /// Operator (non-keyed) list state, e.g. source offsets.
     pub operator: Option<StoredFile>,
 }
 
+/// The state of one operator, across all its subtasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorState {
+    /// The operator's uid. A restore matches state to operators by uid, so the uid must stay the
+    /// same for the state to be found.
     pub uid: String,
+    /// The parallelism when the checkpoint was taken. A restore at another parallelism
+    /// redistributes the state: key groups for keyed state, round-robin for operator state.
     pub parallelism: u32,
+    /// The job's number of key groups. A restore needs the same value.
     pub max_parallelism: u32,
+    /// One entry per subtask, indexed by subtask index (`parallelism` entries). A subtask that
+    /// acknowledged no state for this operator has a default, empty entry.
     pub subtasks: Vec<SubtaskState>,
 }
 
+/// The content of a checkpoint's `_metadata`: enough to restore the whole job with nothing else
+/// but the storage it points into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointMetadata {
+    /// The job whose directory the checkpoint is in (`<job-id>/chk-<n>/`).
     pub job_id: String,
+    /// The checkpoint id n of `chk-<n>/`.
     pub checkpoint_id: u64,
+    /// Unix epoch milliseconds. The coordinator sets it to the time the last acknowledgement
+    /// arrived.
     pub timestamp_ms: i64,
+    /// Whether this is a savepoint (full, self-contained) rather than a checkpoint.
     pub savepoint: bool,
+    /// Every operator that has state, by uid.
     pub operators: Vec<OperatorState>,
 }
 
 /// What a job restores from: a completed checkpoint and the storage its files are in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreInfo {
+    /// The storage root (as for [`CheckpointStorage::open`]) that the handles' relative paths are
+    /// resolved against.
     pub storage_url: String,
+    /// The checkpoint itself, already read and verified.
     pub metadata: CheckpointMetadata,
 }
 
 /// Splits a checkpoint location given by a user (`<root>/<job>/chk-<n>` or its `_metadata`)
 /// into the storage root and the relative path of `_metadata`.
+///
+/// For example, `s3://b/prefix/job/chk-7` gives `("s3://b/prefix", "job/chk-7/_metadata")`. Returns
+/// `None` unless the last component is `chk-<number>` under a non-empty job directory and root.
+/// A root that would end in the scheme's separator gets its slash back, so `memory://job/chk-1`
+/// keeps the root `memory://`.
 pub fn split_checkpoint_path(path: &str) -> Option<(String, String)> {
     let p = path.trim_end_matches('/');
     let p = p.strip_suffix("/_metadata").unwrap_or(p);
@@ -57,15 +85,23 @@ pub fn split_checkpoint_path(path: &str) -> Option<(String, String)> {
 
 impl CheckpointMetadata {
     /// Every keyed handle, for the shared-state registry.
+    ///
+    /// The coordinator registers them when the checkpoint completes.
     pub fn keyed_handles(&self) -> impl Iterator<Item = &KeyedStateHandle> {
         self.operators.iter().flat_map(|o| o.subtasks.iter()).flat_map(|s| s.keyed.iter())
     }
 
+    /// Bytes referenced by the checkpoint, keyed and operator state. Shared SSTs count in full for
+    /// every checkpoint that references them, so this says how large a restore is, not what the
+    /// checkpoint added to storage.
     pub fn size(&self) -> u64 {
         self.keyed_handles().map(|h| h.size()).sum::<u64>()
             + self.operators.iter().flat_map(|o| &o.subtasks).filter_map(|s| s.operator.as_ref()).map(|f| f.size).sum::<u64>()
     }
 
+    /// Writes `<job>/chk-<n>/_metadata`. The JobManager writes it only after every task has
+    /// acknowledged, because its existence is what makes the checkpoint complete. It therefore
+    /// has to be the last file of the checkpoint.
     pub async fn write(&self, storage: &CheckpointStorage) -> Result<(), StateError> {
         let json = serde_json::to_vec(self).map_err(|e| StateError::Codec(e.to_string()))?;
         storage.put_bytes(&layout::metadata(&self.job_id, self.checkpoint_id), frame(METADATA_MAGIC, &json)).await?;
@@ -73,6 +109,9 @@ impl CheckpointMetadata {
     }
 
     /// Reads `_metadata` at a relative path (e.g. `<job>/chk-7/_metadata`).
+    ///
+    /// Errors name the full location: a missing file is [`StateError::Missing`], and a bad frame or
+    /// unreadable JSON is [`StateError::Corrupt`].
     pub async fn read(storage: &CheckpointStorage, rel: &str) -> Result<Self, StateError> {
         let bytes = storage.get_bytes(rel).await?;
         let path = storage.display(rel);

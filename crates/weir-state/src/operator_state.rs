@@ -7,6 +7,9 @@ use crate::storage::{CheckpointStorage, StoredFile};
 use crate::StateError;
 
 /// Encodes a subtask's list as a framed file.
+///
+/// Body: `(element len u32, element)*`, big-endian, under [`OPERATOR_MAGIC`]. An empty list is
+/// a valid, empty body.
 pub fn encode_list(elements: &[Vec<u8>]) -> Vec<u8> {
     let mut body = Vec::new();
     for e in elements {
@@ -16,6 +19,7 @@ pub fn encode_list(elements: &[Vec<u8>]) -> Vec<u8> {
     frame(OPERATOR_MAGIC, &body)
 }
 
+/// Verifies the frame and splits the body back into elements. `path` names the file in errors.
 pub fn decode_list(bytes: &[u8], path: &str) -> Result<Vec<Vec<u8>>, StateError> {
     let body = unframe(OPERATOR_MAGIC, bytes, path)?;
     let mut r = Reader { buf: body, pos: 0 };
@@ -27,16 +31,24 @@ pub fn decode_list(bytes: &[u8], path: &str) -> Result<Vec<Vec<u8>>, StateError>
     Ok(out)
 }
 
+/// Uploads a subtask's list to `rel` and returns the record `_metadata` keeps. The runtime uses
+/// `chk-<n>/<uid>-<subtask>/operator-state`, a file owned by checkpoint n alone.
 pub async fn write_list(storage: &CheckpointStorage, rel: &str, elements: &[Vec<u8>]) -> Result<StoredFile, StateError> {
     storage.put_bytes(rel, encode_list(elements)).await
 }
 
+/// Downloads a list, checks its size and CRC-32 against the record, then its frame.
 pub async fn read_list(storage: &CheckpointStorage, file: &StoredFile) -> Result<Vec<Vec<u8>>, StateError> {
     let bytes = storage.get_bytes_checked(file).await?;
     decode_list(&bytes, &storage.display(&file.path))
 }
 
 /// Deals the elements of every old subtask round-robin over `new_parallelism` subtasks.
+///
+/// Element i of the old lists, taken in subtask order, goes to new subtask `i % new_parallelism`.
+/// The new lists' lengths therefore differ by at most one. `new_parallelism` must be positive.
+/// The runtime calls this only when the parallelism changed. At the same parallelism, each
+/// subtask gets its own list back.
 pub fn redistribute_round_robin(old: Vec<Vec<Vec<u8>>>, new_parallelism: usize) -> Vec<Vec<Vec<u8>>> {
     let mut out = vec![Vec::new(); new_parallelism];
     for (i, e) in old.into_iter().flatten().enumerate() {

@@ -11,18 +11,32 @@ use crate::storage::{layout, CheckpointStorage};
 use crate::StateError;
 use std::collections::{BTreeMap, HashMap};
 
+/// The JobManager's reference counts of the files in `shared/`, one registry per job.
+///
+/// Invariant: `refs[p]` is the number of registered checkpoints whose handles reference `p`, and
+/// a path that no checkpoint references has no entry. Full handles share nothing, so only
+/// incremental RocksDB checkpoints show up here.
 #[derive(Debug, Default)]
 pub struct SharedStateRegistry {
+    /// Shared path (relative to the storage root) → number of registered checkpoints referencing
+    /// it.
     refs: HashMap<String, u32>,
+    /// Checkpoint id → the deduplicated shared paths it registered, so `release` knows what to
+    /// drop.
     by_checkpoint: BTreeMap<u64, Vec<String>>,
 }
 
 impl SharedStateRegistry {
+    /// An empty registry. After a JobManager restart, register the retained checkpoints again.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Registers checkpoint `n` and the shared files its handles reference.
+    ///
+    /// A checkpoint counts once per path, however many of its handles list the path. Register each
+    /// checkpoint once, when it completes: registering `n` twice would count its paths twice, and a
+    /// single `release` would not undo it.
     pub fn register<'a>(&mut self, n: u64, handles: impl IntoIterator<Item = &'a KeyedStateHandle>) {
         let mut paths: Vec<String> = handles.into_iter().flat_map(|h| h.shared_paths()).collect();
         paths.sort();
@@ -34,6 +48,9 @@ impl SharedStateRegistry {
     }
 
     /// Drops checkpoint `n`'s references; returns the shared files nothing references now.
+    ///
+    /// The caller deletes the returned files. Releasing a checkpoint that was never registered
+    /// returns nothing.
     pub fn release(&mut self, n: u64) -> Vec<String> {
         let mut unreferenced = Vec::new();
         for p in self.by_checkpoint.remove(&n).unwrap_or_default() {
@@ -48,11 +65,16 @@ impl SharedStateRegistry {
         unreferenced
     }
 
+    /// Whether any registered checkpoint references the shared file `path`.
     pub fn is_referenced(&self, path: &str) -> bool {
         self.refs.contains_key(path)
     }
 
     /// Deletes checkpoint `n` of `job`: its directory and the shared files only it referenced.
+    ///
+    /// Releases `n` first, then deletes the unreferenced shared files, then everything under
+    /// `<job>/chk-<n>/`. Returns the shared files it deleted. If a deletion fails, the registry has
+    /// already forgotten `n`.
     pub async fn discard(&mut self, storage: &CheckpointStorage, job: &str, n: u64) -> Result<Vec<String>, StateError> {
         let unreferenced = self.release(n);
         for p in &unreferenced {

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use weir_core::KeyGroupRange;
 
+/// Maps a RocksDB error to [`StateError::RocksDb`] naming `path`.
 fn db_err(path: &Path) -> impl Fn(rocksdb::Error) -> StateError + '_ {
     move |e| StateError::RocksDb { path: path.display().to_string(), reason: e.into_string() }
 }
@@ -44,24 +45,47 @@ fn options() -> Options {
 /// An SST file already in checkpoint storage, and the checkpoint that uploaded it.
 #[derive(Clone)]
 struct Uploaded {
+    /// Where it is in storage, as recorded in the handle of the checkpoint that uploaded it.
     file: StoredFile,
+    /// The checkpoint whose upload put it there.
     checkpoint: u64,
+    /// Set once a checkpoint with an id at least `checkpoint` completed. Only confirmed SSTs are
+    /// referenced rather than uploaded again, because a checkpoint that never completes is
+    /// discarded and its files may be deleted.
     confirmed: bool,
 }
 
+/// The `rocksdb` backend of one operator in one subtask.
+///
+/// It owns a scratch directory `<base>/rocksdb-<instance>/`, with the database in `db/`, and
+/// deletes it on drop. Writes skip the WAL, because checkpoints, not local files, make state
+/// durable.
 pub struct RocksDbBackend {
+    /// The live database, at `<dir>/db`.
     db: DB,
     /// This instance's working directory: `db/` and checkpoint scratch directories.
     dir: PathBuf,
+    /// A random 16-hex-digit id for this instance. It names the instance's directories and its
+    /// uploaded SSTs (`shared/<instance>-<n>-<file>`), so two subtasks, or two lives of one
+    /// subtask, never write the same shared path.
     instance: String,
+    /// The job's number of key groups.
     max_parallelism: u32,
+    /// The key groups this subtask owns.
     range: KeyGroupRange,
+    /// Options for every write: the WAL is disabled.
     write: WriteOptions,
+    /// SSTs uploaded by this instance's checkpoints, by local file name: the candidates for reuse.
+    /// An SST never changes after it is written and RocksDB does not reuse file names within one
+    /// database, so a name stands for the same contents every time.
     uploaded: HashMap<String, Uploaded>,
 }
 
 impl RocksDbBackend {
     /// Opens an empty database under `base` (a fresh directory per instance).
+    ///
+    /// `base` is the TaskManager's local working directory; the database goes to
+    /// `<base>/rocksdb-<instance>/db`.
     pub fn open(base: &Path, max_parallelism: u32, range: KeyGroupRange) -> Result<Self, StateError> {
         let instance = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let dir = base.join(format!("rocksdb-{instance}"));
@@ -71,6 +95,7 @@ impl RocksDbBackend {
         Ok(Self::with_db(db, dir, instance, max_parallelism, range))
     }
 
+    /// Wraps an opened database; shared by `open` and `restore`.
     fn with_db(db: DB, dir: PathBuf, instance: String, max_parallelism: u32, range: KeyGroupRange) -> Self {
         let mut write = WriteOptions::default();
         // Checkpoints, not the WAL, make state durable (as in Flink).
@@ -78,11 +103,16 @@ impl RocksDbBackend {
         Self { db, dir, instance, max_parallelism, range, write, uploaded: HashMap::new() }
     }
 
+    /// The live database's directory, for error messages.
     fn db_path(&self) -> PathBuf {
         self.dir.join("db")
     }
 
     /// Writes every entry into the canonical key-group file.
+    ///
+    /// Used for full checkpoints and savepoints, on the task thread (the synchronous part), so the
+    /// whole state is read before the task goes on. Key order is key-group order, as
+    /// [`KeyedStateWriter`] requires.
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>, StateError> {
         let mut w = KeyedStateWriter::new(self.max_parallelism, self.range);
         for item in self.db.iterator(IteratorMode::Start) {
@@ -94,6 +124,11 @@ impl RocksDbBackend {
 
     /// Takes a RocksDB checkpoint for checkpoint `n` and decides which files to upload: SSTs
     /// already uploaded by a completed checkpoint are reused, the rest are listed for upload.
+    ///
+    /// This is the synchronous part: RocksDB flushes the memtable and hard-links the SSTs into a
+    /// fresh scratch directory, which is fast. Files that are not SSTs (MANIFEST, CURRENT, OPTIONS)
+    /// always go to the private list. An SST is reused only if its upload was confirmed by a
+    /// completed checkpoint.
     pub fn incremental_checkpoint(&self, n: u64) -> Result<IncrementalSnapshot, StateError> {
         // Beside the instance directory, not inside it: the upload may outlive this backend
         // (its task can end while the last checkpoint's files are still being uploaded), and
@@ -133,6 +168,9 @@ impl RocksDbBackend {
 
     /// Records the SSTs a checkpoint uploaded, so later checkpoints can reference them once it
     /// completes.
+    ///
+    /// New entries start unconfirmed, and an SST already tracked keeps its first record. Full
+    /// handles record nothing.
     pub fn record_uploaded(&mut self, n: u64, handle: &KeyedStateHandle) {
         if let KeyedStateHandle::Incremental { shared, .. } = handle {
             for (name, file) in shared {
@@ -142,6 +180,9 @@ impl RocksDbBackend {
     }
 
     /// Checkpoint `n` completed: the SSTs it (or an earlier one) uploaded may now be reused.
+    ///
+    /// It also forgets SSTs the database no longer has (compacted away). If the live-file list
+    /// cannot be read, or is empty, nothing is forgotten.
     pub fn notify_checkpoint_complete(&mut self, n: u64) {
         for u in self.uploaded.values_mut() {
             if u.checkpoint <= n {
@@ -158,6 +199,12 @@ impl RocksDbBackend {
 
     /// Opens a database restored from `sources` for `range`. A single incremental source that
     /// covers exactly `range` becomes the database itself; anything else is merged.
+    ///
+    /// Fast path: the downloaded directory is moved into place (no copy) and opened. Otherwise a
+    /// fresh database receives, for each source, the entries in `range`. For a full file they are
+    /// filtered while reading. For a RocksDB checkpoint, opened read-only, the read seeks to the
+    /// first key group and stops at the end of the range, writing in batches of 10,000, and then
+    /// removes the downloaded directory. The restored instance tracks no uploaded SSTs.
     pub fn restore(base: &Path, max_parallelism: u32, range: KeyGroupRange, sources: Vec<RestoreSource>) -> Result<Self, StateError> {
         if let [RestoreSource::RocksDb { dir, range: r, shared }] = sources.as_slice() {
             if *r == range {
@@ -215,6 +262,7 @@ impl RocksDbBackend {
 }
 
 impl Drop for RocksDbBackend {
+    /// Destroys the database and removes the instance's working directory.
     fn drop(&mut self) {
         // The working directory is scratch: checkpoints, not local files, are durable.
         let dir = self.dir.clone();
@@ -224,22 +272,44 @@ impl Drop for RocksDbBackend {
 }
 
 /// What a restore reads, already downloaded and verified.
+///
+/// [`crate::snapshot::StateBackend::restore`] builds these after downloading and checking every
+/// file, so `RocksDbBackend::restore` never reads from checkpoint storage.
 pub enum RestoreSource {
     /// A canonical key-group file.
+    ///
+    /// `bytes` was checked against its recorded size and CRC-32; `path` is its display location.
     Full { bytes: bytes::Bytes, path: String },
     /// A downloaded RocksDB checkpoint directory, the key groups it holds, and its SSTs.
+    ///
+    /// The files are under their original names. The restore consumes `dir`: it either renames it
+    /// into place or deletes it after merging. `shared` is not used: restored SSTs are never
+    /// reused.
     RocksDb { dir: PathBuf, range: KeyGroupRange, shared: Vec<(String, StoredFile)> },
 }
 
 /// The synchronous part of an incremental snapshot; [`crate::snapshot`] uploads it.
+///
+/// Plain data that does not borrow the database, so the upload can run on the async runtime
+/// and outlive the backend.
 pub struct IncrementalSnapshot {
+    /// The checkpoint id n. It is part of the names of uploaded SSTs.
     pub checkpoint: u64,
+    /// The local scratch directory of the RocksDB checkpoint. `PendingSnapshot::upload` deletes it,
+    /// whether the upload succeeds or not.
     pub dir: PathBuf,
+    /// The backend instance's id, for the names of shared files.
     pub instance: String,
+    /// The key groups covered, copied into the handle.
     pub range: KeyGroupRange,
+    /// The number of key groups, copied into the handle.
     pub max_parallelism: u32,
+    /// SSTs a completed checkpoint already uploaded: (local name, stored file). They are
+    /// referenced, not uploaded.
     pub reused: Vec<(String, StoredFile)>,
+    /// SSTs to upload to `shared/`.
     pub to_upload: Vec<LocalFile>,
+    /// Files that are not SSTs (MANIFEST, CURRENT, OPTIONS), for the checkpoint's own directory.
     pub private: Vec<LocalFile>,
 }
 
@@ -252,6 +322,7 @@ impl KeyedStateBackend for RocksDbBackend {
         self.range
     }
 
+    /// A point read of the live database.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         self.db.get(key).map_err(db_err(&self.db_path()))
     }
@@ -264,6 +335,7 @@ impl KeyedStateBackend for RocksDbBackend {
         self.db.delete_opt(key, &self.write).map_err(db_err(&self.dir))
     }
 
+    /// Seeks to `prefix` and stops at the first key without it: a sorted range scan.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         let mut out = Vec::new();
         for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
@@ -276,6 +348,7 @@ impl KeyedStateBackend for RocksDbBackend {
         Ok(out)
     }
 
+    /// Counts by iterating the whole database, which costs time in proportion to its size.
     fn entries(&self) -> Result<u64, StateError> {
         let mut n = 0;
         for item in self.db.iterator(IteratorMode::Start) {
@@ -285,10 +358,12 @@ impl KeyedStateBackend for RocksDbBackend {
         Ok(n)
     }
 
+    /// One RocksDB `multi_get` for all of a batch's keys.
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         self.db.multi_get(keys).into_iter().map(|r| r.map_err(db_err(&self.dir))).collect()
     }
 
+    /// One atomic RocksDB `WriteBatch`.
     fn write_batch(&mut self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
         for (k, v) in ops {

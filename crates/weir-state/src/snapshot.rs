@@ -14,16 +14,24 @@ use crate::StateError;
 use std::path::Path;
 use weir_core::KeyGroupRange;
 
+/// Re-exported so that callers find the handles beside the code that produces them.
 pub use crate::handle::{KeyedStateHandle, LocalFile};
 /// Which backend (`state.backend.type`): the typed setting of `weir_core::settings`.
 pub use weir_core::settings::StateBackendKind as BackendKind;
 
 /// Where a snapshot goes.
+///
+/// Names the snapshot's files: its own files go to `<job>/chk-<n>/<operator>-<subtask>/`, and
+/// new SSTs of an incremental snapshot go to `<job>/shared/`.
 #[derive(Debug, Clone)]
 pub struct SnapshotTarget {
+    /// The job id, the first component of every path.
     pub job: String,
+    /// The checkpoint id n.
     pub checkpoint: u64,
+    /// The operator's uid.
     pub operator: String,
+    /// The subtask index.
     pub subtask: u32,
     /// Savepoints are full and self-contained, whatever the backend.
     pub savepoint: bool,
@@ -32,25 +40,40 @@ pub struct SnapshotTarget {
 }
 
 impl SnapshotTarget {
+    /// `<job>/chk-<n>/<operator>-<subtask>`: files that belong to this snapshot alone.
     fn exclusive_dir(&self) -> String {
         format!("{}/{}-{}", layout::checkpoint_dir(&self.job, self.checkpoint), self.operator, self.subtask)
     }
 }
 
 /// The keyed state backend of one operator in one subtask.
+///
+/// State is read and written through [`keyed`](Self::keyed), which is the same for both backends.
+/// Snapshot and restore differ per backend and are dispatched here.
 pub enum StateBackend {
+    /// The `hashmap` backend: on the heap.
     HashMap(HashMapBackend),
+    /// The `rocksdb` backend: on local disk.
     RocksDb(RocksDbBackend),
 }
 
 /// A snapshot whose synchronous part is done; [`PendingSnapshot::upload`] finishes it.
+///
+/// It owns everything the upload needs and does not borrow the backend, so the task can keep
+/// processing (and changing its state) during the upload.
 pub enum PendingSnapshot {
+    /// A canonical key-group file, complete in memory: hashmap snapshots, full RocksDB snapshots,
+    /// savepoints. It becomes a [`KeyedStateHandle::Full`].
     Bytes { target: SnapshotTarget, range: KeyGroupRange, max_parallelism: u32, bytes: Vec<u8> },
+    /// A RocksDB checkpoint on local disk, with its SSTs already split into reused and to-upload.
+    /// It becomes a [`KeyedStateHandle::Incremental`].
     Incremental { target: SnapshotTarget, snapshot: IncrementalSnapshot },
 }
 
 impl StateBackend {
     /// A new, empty backend. `local_dir` is the TaskManager's working directory (RocksDB).
+    ///
+    /// `range` is the subtask's key-group range, from `KeyGroupRange::for_subtask`.
     pub fn create(kind: BackendKind, local_dir: &Path, max_parallelism: u32, range: KeyGroupRange) -> Result<Self, StateError> {
         Ok(match kind {
             BackendKind::HashMap => Self::HashMap(HashMapBackend::new(max_parallelism, range)),
@@ -58,6 +81,7 @@ impl StateBackend {
         })
     }
 
+    /// The byte-level state API of whichever backend this is.
     pub fn keyed(&mut self) -> &mut dyn KeyedStateBackend {
         match self {
             Self::HashMap(b) => b,
@@ -65,6 +89,7 @@ impl StateBackend {
         }
     }
 
+    /// Read-only [`keyed`](Self::keyed).
     pub fn keyed_ref(&self) -> &dyn KeyedStateBackend {
         match self {
             Self::HashMap(b) => b,
@@ -73,6 +98,10 @@ impl StateBackend {
     }
 
     /// The synchronous part of a snapshot.
+    ///
+    /// Runs on the task thread between two batches. The state may change as soon as it returns. The
+    /// hashmap backend always writes a full copy. RocksDB writes the full key-group file for
+    /// savepoints and when `incremental` is off, and takes a RocksDB checkpoint otherwise.
     pub fn snapshot(&self, target: SnapshotTarget) -> Result<PendingSnapshot, StateError> {
         let kb = self.keyed_ref();
         let (range, max_parallelism) = (kb.key_group_range(), kb.max_parallelism());
@@ -86,12 +115,17 @@ impl StateBackend {
     }
 
     /// Records what a finished snapshot uploaded (RocksDB reuses it once `n` completes).
+    ///
+    /// Call it after [`PendingSnapshot::upload`] succeeded, with the returned handle. It does
+    /// nothing for the hashmap backend.
     pub fn snapshot_uploaded(&mut self, n: u64, handle: &KeyedStateHandle) {
         if let Self::RocksDb(b) = self {
             b.record_uploaded(n, handle);
         }
     }
 
+    /// The JobManager reports that checkpoint `n` completed, so RocksDB may now reference the SSTs
+    /// that checkpoints up to `n` uploaded. It does nothing for the hashmap backend.
     pub fn notify_checkpoint_complete(&mut self, n: u64) {
         if let Self::RocksDb(b) = self {
             b.notify_checkpoint_complete(n);
@@ -101,6 +135,12 @@ impl StateBackend {
     /// Restores a backend for `range` from the handles of a checkpoint: every handle whose
     /// range intersects `range` contributes its key groups in `range` (rescaling merges or
     /// splits). Every file is verified before anything is loaded.
+    ///
+    /// Each new subtask's `range` can overlap several old handles after a rescale. All files are
+    /// downloaded and checked first (incremental ones into `<local_dir>/download-<uuid>/`); then
+    /// the backend is built. Fails with [`StateError::Incompatible`] if an overlapping handle was
+    /// written with another max parallelism, or if an incremental handle meets the hashmap backend
+    /// (restore from a savepoint to switch backends). Full handles restore into either backend.
     pub async fn restore(
         kind: BackendKind,
         local_dir: &Path,
@@ -154,6 +194,8 @@ impl StateBackend {
     }
 }
 
+/// Refuses to restore across a change of max parallelism, naming the file. A key's key group is
+/// `hash % max_parallelism`, so with another max every key would belong to another key group.
 fn check_max_parallelism(stored: u32, wanted: u32, path: &str) -> Result<(), StateError> {
     if stored != wanted {
         return Err(StateError::Incompatible(format!(
@@ -165,6 +207,11 @@ fn check_max_parallelism(stored: u32, wanted: u32, path: &str) -> Result<(), Sta
 
 impl PendingSnapshot {
     /// Uploads the snapshot's files; the returned handle goes into the acknowledgement.
+    ///
+    /// `Bytes` becomes one file, `<job>/chk-<n>/<uid>-<subtask>/keyed-state`. `Incremental` uploads
+    /// new SSTs to `shared/` and the other files to the checkpoint's directory. The local
+    /// checkpoint directory is deleted afterwards, whether the upload succeeded or not. Afterwards,
+    /// pass the handle to [`StateBackend::snapshot_uploaded`] so that RocksDB can reuse the SSTs.
     pub async fn upload(self, storage: &CheckpointStorage) -> Result<KeyedStateHandle, StateError> {
         match self {
             PendingSnapshot::Bytes { target, range, max_parallelism, bytes } => {
@@ -181,6 +228,9 @@ impl PendingSnapshot {
     }
 }
 
+/// The asynchronous part of an incremental snapshot. New SSTs go to
+/// `shared/<instance>-<n>-<name>`, private files to the checkpoint's directory, one file at a
+/// time. The handle lists reused and new SSTs together, sorted by local name.
 async fn upload_incremental(
     storage: &CheckpointStorage,
     target: &SnapshotTarget,

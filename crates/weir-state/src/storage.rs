@@ -27,27 +27,49 @@ use weir_core::config::{keys, Config};
 use weir_core::settings::S3Config;
 
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
+///
+/// Files up to this size go up in one request and are held in memory. Larger ones are streamed
+/// in parts of this size.
 pub const PART_SIZE: usize = 8 << 20;
 
 /// A checkpoint storage location.
+///
+/// Cheap to clone (the store is behind an `Arc`). Every path its methods take is relative to the
+/// storage root, e.g. `<job>/chk-7/_metadata`. Handles record such relative paths, and
+/// [`display`](Self::display) turns them into full locations for errors.
 #[derive(Clone, Debug)]
 pub struct CheckpointStorage {
+    /// The object store for the URL's scheme.
     store: Arc<dyn ObjectStore>,
+    /// The URL as given. Error messages and restore info use it.
     url: String,
     /// Prefix inside the store (the S3 key prefix; empty for file and memory).
     base: Path,
 }
 
 /// Where a file of a snapshot lives, relative to the storage root, with what protects it.
+///
+/// This record goes into handles and `_metadata`. It is the only protection RocksDB's own files
+/// have, since they carry no Weir frame.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredFile {
+    /// The path relative to the storage root.
     pub path: String,
+    /// Size in bytes. It is checked after download, so truncation is reported as such.
     pub size: u64,
+    /// CRC-32 of the whole stored file (frame included, for framed files), checked after download.
     pub crc32: u32,
 }
 
 impl CheckpointStorage {
     /// Opens the storage at `url`, with S3 settings from `config`.
+    ///
+    /// `file://` needs an absolute path, whose directory is created if it is missing. Every call
+    /// with `memory://` returns a new, empty in-process store: two opens share nothing. `s3://`
+    /// takes the bucket and an optional key prefix; the endpoint, credentials, region and
+    /// path-style addressing come from `s3.*`. S3 requests are retried at most 5 times within 60
+    /// seconds, so an unreachable store fails the checkpoint instead of hanging it. URL errors
+    /// name `execution.checkpointing.dir`.
     pub fn open(url: &str, config: &Config) -> Result<Self, StateError> {
         let bad = |reason: String| StateError::Config { key: keys::CHECKPOINT_DIR.into(), reason };
         if let Some(path) = url.strip_prefix("file://") {
@@ -91,10 +113,12 @@ impl CheckpointStorage {
         Err(bad(format!("'{url}': unsupported scheme (use file:///path, s3://bucket/path or memory://)")))
     }
 
+    /// The URL this storage was opened with.
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// The object-store path of a relative path: prefixed by the S3 key prefix, if any.
     fn full(&self, rel: &str) -> Path {
         if self.base.as_ref().is_empty() {
             Path::from(rel)
@@ -108,6 +132,8 @@ impl CheckpointStorage {
         format!("{}/{}", self.url.trim_end_matches('/'), rel)
     }
 
+    /// Maps an object-store error at `rel`. `NotFound` becomes [`StateError::Missing`] and anything
+    /// else [`StateError::Storage`], both naming the full location.
     fn err(&self, rel: &str, source: object_store::Error) -> StateError {
         match source {
             object_store::Error::NotFound { .. } => StateError::Missing { path: self.display(rel) },
@@ -115,6 +141,8 @@ impl CheckpointStorage {
         }
     }
 
+    /// Writes `bytes` at `rel`, replacing any object there, and returns its record (size and CRC-32
+    /// computed from `bytes`). Above [`PART_SIZE`] it is a multipart upload.
     pub async fn put_bytes(&self, rel: &str, bytes: Vec<u8>) -> Result<StoredFile, StateError> {
         let size = bytes.len() as u64;
         let crc32 = crc32fast::hash(&bytes);
@@ -130,6 +158,10 @@ impl CheckpointStorage {
     }
 
     /// Uploads a local file, streaming it in parts, and returns its size and CRC-32.
+    ///
+    /// Files up to [`PART_SIZE`] are read whole and sent with [`put_bytes`](Self::put_bytes).
+    /// Larger ones are read 1 MiB at a time and hashed as they go, with at most a few parts in
+    /// flight, so memory stays bounded whatever the file's size.
     pub async fn put_file(&self, rel: &str, local: &std::path::Path) -> Result<StoredFile, StateError> {
         let io = |e| StateError::Io { path: local.display().to_string(), source: e };
         let mut f = tokio::fs::File::open(local).await.map_err(io)?;
@@ -158,12 +190,17 @@ impl CheckpointStorage {
         Ok(StoredFile { path: rel.to_string(), size, crc32: hasher.finalize() })
     }
 
+    /// Reads a whole object without checking it. This suits framed files, whose frame is checked
+    /// next; anything else should use [`get_bytes_checked`](Self::get_bytes_checked).
     pub async fn get_bytes(&self, rel: &str) -> Result<Bytes, StateError> {
         let r = self.store.get(&self.full(rel)).await.map_err(|e| self.err(rel, e))?;
         r.bytes().await.map_err(|e| self.err(rel, e))
     }
 
     /// Downloads `file` to `local`, checking its size and CRC-32 against what was recorded.
+    ///
+    /// Streams to disk chunk by chunk. The check comes after the last byte, so on a mismatch
+    /// `local` holds the bad contents and the caller must not use it.
     pub async fn get_file_checked(&self, file: &StoredFile, local: &std::path::Path) -> Result<(), StateError> {
         let rel = &file.path;
         let r = self.store.get(&self.full(rel)).await.map_err(|e| self.err(rel, e))?;
@@ -188,6 +225,7 @@ impl CheckpointStorage {
         Ok(bytes)
     }
 
+    /// Compares what was read with the record: size first (reported as truncation), then CRC-32.
     fn check(&self, file: &StoredFile, size: u64, crc: u32) -> Result<(), StateError> {
         if size != file.size {
             return Err(StateError::Corrupt {
@@ -202,6 +240,9 @@ impl CheckpointStorage {
     }
 
     /// Relative paths of every object under `prefix`, sorted.
+    ///
+    /// Recursive: everything below `prefix`, at any depth. Paths come back relative to the storage
+    /// root, as the other methods take them.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
         let full = self.full(prefix);
         let metas: Vec<_> = self.store.list(Some(&full)).try_collect().await.map_err(|e| self.err(prefix, e))?;
@@ -221,6 +262,8 @@ impl CheckpointStorage {
         Ok(out)
     }
 
+    /// Deletes one object. An object that is already gone is not an error, so discarding a
+    /// checkpoint can be retried.
     pub async fn delete(&self, rel: &str) -> Result<(), StateError> {
         match self.store.delete(&self.full(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -229,6 +272,8 @@ impl CheckpointStorage {
     }
 
     /// Deletes everything under `prefix`.
+    ///
+    /// Lists, then deletes the objects one request at a time.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StateError> {
         for p in self.list(prefix).await? {
             self.delete(&p).await?;
@@ -238,16 +283,28 @@ impl CheckpointStorage {
 }
 
 /// Relative path helpers for the per-job layout.
+///
+/// All paths are relative to the storage root and start with the job id. Nothing in this crate
+/// deletes `shared/` as a directory: its files go one by one, when the shared-state registry
+/// finds nothing references them any more.
 pub mod layout {
+    /// `<job>/chk-<n>`: the files that belong to checkpoint n alone, per operator subtask in
+    /// `<uid>-<subtask>/`. Deleted as a whole when n is discarded.
     pub fn checkpoint_dir(job: &str, n: u64) -> String {
         format!("{job}/chk-{n}")
     }
+    /// `<job>/chk-<n>/_metadata`, written last. Checkpoint n is complete once this file exists, so
+    /// a `chk-<n>/` without it belongs to a checkpoint that never completed.
     pub fn metadata(job: &str, n: u64) -> String {
         format!("{job}/chk-{n}/_metadata")
     }
+    /// `<job>/shared`: incremental RocksDB SSTs, named `<instance>-<n>-<file>` so that no two
+    /// uploads collide, and shared by every checkpoint that references them.
     pub fn shared_dir(job: &str) -> String {
         format!("{job}/shared")
     }
+    /// `<job>/taskowned`: files owned by the TaskManagers, as in Flink's layout. Nothing in Weir
+    /// writes there at present.
     pub fn taskowned_dir(job: &str) -> String {
         format!("{job}/taskowned")
     }
