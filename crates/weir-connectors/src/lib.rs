@@ -1,7 +1,9 @@
 //! Weir's built-in connectors: the sources (`datagen`, `socket`, `file`) and sinks (`print`,
 //! `file`, `blackhole`) a job file can name. The runtime builds one instance per subtask
-//! through the constructor functions below; everything else in the crate is private so the
-//! readers and sinks can change without touching the runtime.
+//! through [`BuiltinConnectors`], the [`ConnectorFactory`] the TaskManager hands it (the
+//! runtime does not depend on this crate); the constructor functions below are what it calls.
+//! Everything else in the crate is private so the readers and sinks can change without
+//! touching the runtime.
 
 mod blackhole;
 mod datagen;
@@ -13,10 +15,41 @@ mod state;
 mod text;
 
 use arrow_schema::SchemaRef;
-use weir_core::graph::{DatagenSpec, FileFormat};
-use weir_core::operator::{OpResult, Operator, SourceReader, SubtaskInfo};
+use weir_core::graph::{ChainedOperator, DatagenSpec, FileFormat, OperatorSpec};
+use weir_core::operator::{ConnectorFactory, OpResult, Operator, OperatorError, SourceReader, SubtaskInfo};
 
 pub use datagen::DATAGEN_BATCH_ROWS;
+
+/// The connectors of this crate, as the runtime asks for them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltinConnectors;
+
+impl BuiltinConnectors {
+    fn not_a(op: &ChainedOperator, expected: &'static str) -> OperatorError {
+        OperatorError::NotAConnector { name: op.name.clone(), uid: op.uid.clone(), expected }
+    }
+}
+
+impl ConnectorFactory for BuiltinConnectors {
+    fn source(&self, op: &ChainedOperator, info: &SubtaskInfo) -> OpResult<Box<dyn SourceReader>> {
+        let schema = op.output_schema.clone();
+        match &op.spec {
+            OperatorSpec::DatagenSource(spec) => Ok(datagen_reader(spec, info, schema)),
+            OperatorSpec::SocketSource { host, port } => socket_reader(host, *port, schema),
+            OperatorSpec::FileSource { path } => file_reader(path, info, schema),
+            _ => Err(Self::not_a(op, "source")),
+        }
+    }
+
+    fn sink(&self, op: &ChainedOperator, info: &SubtaskInfo) -> OpResult<Box<dyn Operator>> {
+        match &op.spec {
+            OperatorSpec::PrintSink => Ok(print_sink(info)),
+            OperatorSpec::FileSink { path, format } => file_sink(path, *format, info),
+            OperatorSpec::BlackholeSink => Ok(blackhole_sink()),
+            _ => Err(Self::not_a(op, "sink")),
+        }
+    }
+}
 
 /// The `datagen` source for one subtask: rows `n ≡ info.index (mod info.parallelism)` of the
 /// spec's deterministic row sequence, rate limited to this subtask's share of
@@ -55,6 +88,30 @@ pub fn file_sink(path: &str, format: FileFormat, info: &SubtaskInfo) -> OpResult
 /// The `blackhole` sink: discards everything (for benchmarks).
 pub fn blackhole_sink() -> Box<dyn Operator> {
     Box::new(blackhole::BlackholeSink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn op(spec: OperatorSpec) -> ChainedOperator {
+        ChainedOperator { name: "op".into(), uid: "op-1".into(), spec, output_schema: Arc::new(arrow_schema::Schema::empty()) }
+    }
+
+    #[test]
+    fn the_factory_builds_sinks_and_names_what_it_does_not_build() {
+        let f = BuiltinConnectors;
+        let info = test_util::info(0, 1);
+        assert!(f.sink(&op(OperatorSpec::BlackholeSink), &info).is_ok());
+        let err = f.sink(&op(OperatorSpec::Upper { column: "w".into() }), &info).err().expect("not a sink");
+        assert!(matches!(&err, OperatorError::NotAConnector { uid, expected: "sink", .. } if uid == "op-1"), "{err}");
+        let err = f.source(&op(OperatorSpec::PrintSink), &info).err().expect("not a source");
+        assert!(matches!(err, OperatorError::NotAConnector { expected: "source", .. }));
+        let missing = op(OperatorSpec::FileSource { path: "/no/such/weir/input".into() });
+        let err = f.source(&missing, &info).err().expect("a missing path");
+        assert!(err.to_string().contains("/no/such/weir/input"), "{err}");
+    }
 }
 
 #[cfg(test)]

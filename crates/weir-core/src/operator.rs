@@ -3,18 +3,28 @@
 //! row across an interface boundary, so per-row cost is a loop inside one operator.
 //!
 //! Sources are pulled by their task's thread ([`SourceReader::poll_next`]); they never block
-//! for long, so the task can flush output, react to cancellation and (later) inject barriers
-//! between two polls.
+//! for long, so the task can flush output, react to cancellation and inject barriers between
+//! two polls.
+//!
+//! This is the layer the runtime and the connectors share: the runtime runs operators and
+//! builds the built-in transforms itself, and asks a [`ConnectorFactory`] (implemented by
+//! `weir-connectors`, handed to it by the TaskManager) for sources and sinks, so it never
+//! depends on the connectors.
 
+use crate::graph::ChainedOperator;
 use arrow_array::RecordBatch;
 use std::time::Duration;
 
+/// Why an operator could not be built or failed while running.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
     #[error("{what} '{path}': {source}")]
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// A [`ConnectorFactory`] was asked for an operator it does not build.
+    #[error("operator '{name}' (uid {uid}) is not a {expected} this connector factory builds")]
+    NotAConnector { name: String, uid: String, expected: &'static str },
     #[error("{0}")]
     Failed(String),
 }
@@ -29,6 +39,7 @@ pub type OpResult<T = ()> = Result<T, OperatorError>;
 
 /// Where an operator emits its output batches.
 pub trait Collector {
+    /// Takes one output batch (the next operator of the chain processes it at once).
     fn collect(&mut self, batch: RecordBatch) -> OpResult;
 }
 
@@ -40,6 +51,7 @@ pub trait Collector {
 /// [`Operator::restore_state`] before the first batch. Operator state is a list of opaque
 /// elements, redistributed round-robin when parallelism changes.
 pub trait Operator: Send {
+    /// Processes one input batch, emitting any output to `out`.
     fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult;
 
     /// End of input: emit what is buffered, commit what must be committed.
@@ -62,12 +74,6 @@ pub trait Operator: Send {
     fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> OpResult {
         Ok(())
     }
-
-    /// Keyed state the runtime snapshots and restores for this operator (the runtime's keyed
-    /// operators return their state backend).
-    fn keyed_state(&mut self) -> Option<&mut dyn std::any::Any> {
-        None
-    }
 }
 
 /// What a source returns from one poll.
@@ -86,6 +92,7 @@ pub enum SourcePoll {
 /// taken between two polls, so it covers exactly the rows emitted before the barrier) and
 /// resumes from it on restore.
 pub trait SourceReader: Send {
+    /// The next rows, if any are ready; never blocks for long.
     fn poll_next(&mut self) -> OpResult<SourcePoll>;
 
     /// The reader's position, as operator state elements.
@@ -104,6 +111,17 @@ pub trait SourceReader: Send {
     fn is_replayable(&self) -> bool {
         true
     }
+}
+
+/// Builds the connectors a job names: the source at the head of a source vertex's chain and
+/// the sinks at the end of chains. The runtime builds every other operator itself.
+pub trait ConnectorFactory: Send + Sync {
+    /// The reader of source `op` (an operator whose spec `is_source()`) for one subtask; it
+    /// emits rows of `op.output_schema`.
+    fn source(&self, op: &ChainedOperator, info: &SubtaskInfo) -> OpResult<Box<dyn SourceReader>>;
+
+    /// Sink `op` (an operator whose spec `is_sink()`) for one subtask.
+    fn sink(&self, op: &ChainedOperator, info: &SubtaskInfo) -> OpResult<Box<dyn Operator>>;
 }
 
 /// What a subtask knows about itself; handed to operators when they are built.

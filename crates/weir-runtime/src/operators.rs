@@ -1,6 +1,12 @@
 //! The built-in transforms (split, upper, lower, filter, select), the keyed running
-//! aggregates, and the factory that turns a vertex's operator specs into a runnable chain.
-//! Every operator works on whole batches: one loop over a column, one output array.
+//! aggregates, and [`build_chain`], which turns a vertex's operator specs into a runnable
+//! chain: it builds the transforms itself and asks the [`ConnectorFactory`] it is given for
+//! sources and sinks. Every operator works on whole batches: one loop over a column, one
+//! output array.
+//!
+//! Keyed state is typed: an operator that keeps some is a [`KeyedOperator`] and sits in the
+//! chain as [`ChainOperator::Keyed`], so the task reaches its [`StateBackend`] to snapshot,
+//! restore and notify it without downcasting.
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
@@ -8,7 +14,7 @@ use arrow_buffer::Buffer;
 use arrow_schema::SchemaRef;
 use std::sync::Arc;
 use weir_core::graph::{AggKind, CompareOp, Literal, OperatorSpec, Vertex};
-use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SourceReader, SubtaskInfo};
+use weir_core::operator::{Collector, ConnectorFactory, OpResult, Operator, OperatorError, SourceReader, SubtaskInfo};
 use weir_core::KeyGroupRange;
 use weir_state::{BackendKind, Keys, StateBackend};
 
@@ -184,9 +190,45 @@ impl Operator for KeyedAggregate {
         let result = Int64Array::from(std::mem::take(&mut self.scratch));
         out.collect(RecordBatch::try_new(self.schema.clone(), vec![key_col, Arc::new(result)])?)
     }
+}
 
-    fn keyed_state(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(&mut self.state)
+impl KeyedOperator for KeyedAggregate {
+    fn keyed_state(&mut self) -> &mut StateBackend {
+        &mut self.state
+    }
+}
+
+/// An operator that keeps keyed state in a [`StateBackend`], which its task snapshots at a
+/// barrier, restores from a checkpoint and notifies of completed checkpoints.
+pub trait KeyedOperator: Operator {
+    /// The operator's state backend.
+    fn keyed_state(&mut self) -> &mut StateBackend;
+}
+
+/// One operator of a chain.
+pub enum ChainOperator {
+    /// A transform or sink without keyed state (operator state, if any, goes through the
+    /// [`Operator`] hooks).
+    Plain(Box<dyn Operator>),
+    /// An operator whose keyed state the task checkpoints.
+    Keyed(Box<dyn KeyedOperator>),
+}
+
+impl ChainOperator {
+    /// The operator itself.
+    pub fn operator(&mut self) -> &mut dyn Operator {
+        match self {
+            ChainOperator::Plain(op) => op.as_mut(),
+            ChainOperator::Keyed(op) => op.as_mut(),
+        }
+    }
+
+    /// The keyed state the task checkpoints for this operator, if it keeps any.
+    pub fn keyed_state(&mut self) -> Option<&mut StateBackend> {
+        match self {
+            ChainOperator::Plain(_) => None,
+            ChainOperator::Keyed(op) => Some(op.keyed_state()),
+        }
     }
 }
 
@@ -195,7 +237,7 @@ impl Operator for KeyedAggregate {
 pub struct OperatorChain {
     pub source: Option<Box<dyn SourceReader>>,
     pub source_uid: Option<String>,
-    pub operators: Vec<Box<dyn Operator>>,
+    pub operators: Vec<ChainOperator>,
     /// The uid of each operator, in chain order.
     pub uids: Vec<String>,
 }
@@ -215,11 +257,18 @@ impl Default for StateConfig {
 }
 
 /// Builds the operators of `vertex` for subtask `info`. `input_schema` is the schema of the
-/// rows arriving from upstream (empty for a source vertex).
-pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef, state: &StateConfig) -> OpResult<OperatorChain> {
+/// rows arriving from upstream (empty for a source vertex); `connectors` builds its source
+/// and sinks.
+pub fn build_chain(
+    vertex: &Vertex,
+    info: &SubtaskInfo,
+    input_schema: SchemaRef,
+    state: &StateConfig,
+    connectors: &dyn ConnectorFactory,
+) -> OpResult<OperatorChain> {
     let mut source = None;
     let mut source_uid = None;
-    let mut operators: Vec<Box<dyn Operator>> = Vec::new();
+    let mut operators: Vec<ChainOperator> = Vec::new();
     let mut uids = Vec::new();
     let mut schema = input_schema;
     for op in &vertex.operators {
@@ -229,21 +278,26 @@ pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef,
         } else {
             uids.push(op.uid.clone());
         }
+        let plain = |op: Box<dyn Operator>| ChainOperator::Plain(op);
         match &op.spec {
-            OperatorSpec::DatagenSource(d) => source = Some(weir_connectors::datagen_reader(d, info, out_schema.clone())),
-            OperatorSpec::SocketSource { host, port } => source = Some(weir_connectors::socket_reader(host, *port, out_schema.clone())?),
-            OperatorSpec::FileSource { path } => source = Some(weir_connectors::file_reader(path, info, out_schema.clone())?),
-            OperatorSpec::Split { column } => {
-                operators.push(Box::new(Split { column: column_index(&schema, column)?, schema: out_schema.clone() }))
+            OperatorSpec::DatagenSource(_) | OperatorSpec::SocketSource { .. } | OperatorSpec::FileSource { .. } => {
+                source = Some(connectors.source(op, info)?)
             }
-            OperatorSpec::Upper { column } => operators.push(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: true })),
-            OperatorSpec::Lower { column } => operators.push(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: false })),
+            OperatorSpec::Split { column } => {
+                operators.push(plain(Box::new(Split { column: column_index(&schema, column)?, schema: out_schema.clone() })))
+            }
+            OperatorSpec::Upper { column } => {
+                operators.push(plain(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: true })))
+            }
+            OperatorSpec::Lower { column } => {
+                operators.push(plain(Box::new(ChangeCase { column: column_index(&schema, column)?, upper: false })))
+            }
             OperatorSpec::Filter { column, op, value } => {
-                operators.push(Box::new(Filter { column: column_index(&schema, column)?, op: *op, value: value.clone() }))
+                operators.push(plain(Box::new(Filter { column: column_index(&schema, column)?, op: *op, value: value.clone() })))
             }
             OperatorSpec::Select { columns } => {
                 let indices = columns.iter().map(|c| column_index(&schema, c)).collect::<OpResult<Vec<_>>>()?;
-                operators.push(Box::new(Select { indices }))
+                operators.push(plain(Box::new(Select { indices })))
             }
             OperatorSpec::KeyedAggregate { kind, key, field } => {
                 let field = match field {
@@ -254,18 +308,18 @@ pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef,
                 let backend = StateBackend::create(state.backend, &state.local_dir, info.max_parallelism, range)
                     .map_err(|e| OperatorError::Failed(format!("cannot create the state backend of {}: {e}", op.uid)))?;
                 debug_assert!(field.is_some() || *kind == AggKind::Count);
-                operators.push(Box::new(KeyedAggregate {
+                operators.push(ChainOperator::Keyed(Box::new(KeyedAggregate {
                     kind: *kind,
                     key: column_index(&schema, key)?,
                     field,
                     schema: out_schema.clone(),
                     state: backend,
                     scratch: Vec::new(),
-                }))
+                })))
             }
-            OperatorSpec::PrintSink => operators.push(weir_connectors::print_sink(info)),
-            OperatorSpec::FileSink { path, format } => operators.push(weir_connectors::file_sink(path, *format, info)?),
-            OperatorSpec::BlackholeSink => operators.push(weir_connectors::blackhole_sink()),
+            OperatorSpec::PrintSink | OperatorSpec::FileSink { .. } | OperatorSpec::BlackholeSink => {
+                operators.push(plain(connectors.sink(op, info)?))
+            }
         }
         schema = out_schema;
     }
@@ -273,24 +327,24 @@ pub fn build_chain(vertex: &Vertex, info: &SubtaskInfo, input_schema: SchemaRef,
 }
 
 /// Pushes a batch through `ops`, then into `out`.
-pub fn push_through(ops: &mut [Box<dyn Operator>], batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+pub fn push_through(ops: &mut [ChainOperator], batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
     match ops.split_first_mut() {
         None => out.collect(batch),
-        Some((op, rest)) => op.process_batch(batch, &mut ChainCollector { rest, out }),
+        Some((op, rest)) => op.operator().process_batch(batch, &mut ChainCollector { rest, out }),
     }
 }
 
 /// Finishes `ops` in order: each operator's final output flows through the ones after it.
-pub fn finish_chain(ops: &mut [Box<dyn Operator>], out: &mut dyn Collector) -> OpResult {
+pub fn finish_chain(ops: &mut [ChainOperator], out: &mut dyn Collector) -> OpResult {
     for i in 0..ops.len() {
         let (head, rest) = ops[i..].split_first_mut().expect("i < len");
-        head.finish(&mut ChainCollector { rest, out })?;
+        head.operator().finish(&mut ChainCollector { rest, out })?;
     }
     Ok(())
 }
 
 struct ChainCollector<'a> {
-    rest: &'a mut [Box<dyn Operator>],
+    rest: &'a mut [ChainOperator],
     out: &'a mut dyn Collector,
 }
 
@@ -300,8 +354,37 @@ impl Collector for ChainCollector<'_> {
     }
 }
 
+/// Connectors for the runtime's own tests, which cannot use `weir-connectors`.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+    use weir_core::graph::ChainedOperator;
+
+    /// Builds no source, and sinks that drop everything.
+    pub struct TestConnectors;
+
+    struct Discard;
+
+    impl Operator for Discard {
+        fn process_batch(&mut self, _batch: RecordBatch, _out: &mut dyn Collector) -> OpResult {
+            Ok(())
+        }
+    }
+
+    impl ConnectorFactory for TestConnectors {
+        fn source(&self, op: &ChainedOperator, _info: &SubtaskInfo) -> OpResult<Box<dyn SourceReader>> {
+            Err(OperatorError::NotAConnector { name: op.name.clone(), uid: op.uid.clone(), expected: "source" })
+        }
+
+        fn sink(&self, _op: &ChainedOperator, _info: &SubtaskInfo) -> OpResult<Box<dyn Operator>> {
+            Ok(Box::new(Discard))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_util::TestConnectors;
     use super::*;
 
     struct Sink(Vec<RecordBatch>);
@@ -334,14 +417,16 @@ mod tests {
         let mut v0 = graph.vertices[0].clone();
         v0.operators.remove(0);
         let line_schema = graph.vertices[0].operators[0].output_schema.clone();
-        let mut chain = build_chain(&v0, &info, line_schema.clone(), &StateConfig::default()).unwrap();
+        let mut chain = build_chain(&v0, &info, line_schema.clone(), &StateConfig::default(), &TestConnectors).unwrap();
         let lines = RecordBatch::try_new(line_schema, vec![Arc::new(StringArray::from(vec!["To be OR", "not to skip be"]))]).unwrap();
         let mut out = Sink(Vec::new());
         push_through(&mut chain.operators, lines, &mut out).unwrap();
         assert_eq!(text(&out.0[0], 0), vec!["to", "be", "or", "not", "to", "be"]);
 
         let v1 = &graph.vertices[1];
-        let mut chain = build_chain(v1, &info, v0.output_schema(), &StateConfig::default()).unwrap();
+        let mut chain = build_chain(v1, &info, v0.output_schema(), &StateConfig::default(), &TestConnectors).unwrap();
+        assert!(matches!(chain.operators.last(), Some(ChainOperator::Plain(_))), "the sink comes from the factory");
+        assert!(chain.operators[0].keyed_state().is_some(), "the count keeps keyed state");
         let mut counted = Sink(Vec::new());
         let agg = chain.operators.remove(0);
         let mut ops = vec![agg];

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weir_core::graph::Vertex;
-use weir_core::operator::{Collector, OpResult, OperatorError, SourcePoll, SubtaskInfo};
+use weir_core::operator::{Collector, ConnectorFactory, OpResult, OperatorError, SourcePoll, SubtaskInfo};
 use weir_core::KeyGroupRange;
 use weir_state::metadata::{CheckpointMetadata, SubtaskState};
 use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
@@ -102,6 +102,8 @@ pub struct TaskDescriptor {
     pub state: StateConfig,
     pub checkpointing: Option<CheckpointSettings>,
     pub restore: Option<RestoreSettings>,
+    /// Builds the chain's source and sinks.
+    pub connectors: Arc<dyn ConnectorFactory>,
 }
 
 pub struct Task {
@@ -175,7 +177,7 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<Task
         barriers: BarrierHandler::new(mode, channels),
         uploaded: Arc::new(Mutex::new(BTreeMap::new())),
     };
-    let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state)
+    let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref())
         .and_then(|mut chain| {
             if let Some(r) = &desc.restore {
                 restore(&mut chain, &desc.info, &desc.state, r)?;
@@ -183,7 +185,7 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<Task
                 // A restart with no completed checkpoint: operators drop what the failed
                 // attempt left behind (a transactional sink's uncommitted files).
                 for op in chain.operators.iter_mut() {
-                    op.restore_state(0, Vec::new())?;
+                    op.operator().restore_state(0, Vec::new())?;
                 }
             }
             Ok(chain)
@@ -241,7 +243,7 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
     }
     for (op, uid) in chain.operators.iter_mut().zip(&chain.uids) {
         let elements = operator_elements(uid)?.unwrap_or_default();
-        op.restore_state(n, elements)?;
+        op.operator().restore_state(n, elements)?;
         let handles: Vec<KeyedStateHandle> = r
             .metadata
             .operators
@@ -252,7 +254,7 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
         if handles.is_empty() {
             continue;
         }
-        if let Some(backend) = op.keyed_state().and_then(|a| a.downcast_mut::<StateBackend>()) {
+        if let Some(backend) = op.keyed_state() {
             let range = KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.index);
             let restored = r
                 .runtime
@@ -454,7 +456,7 @@ impl Runner {
                     std::mem::replace(&mut *up, keep).into_iter().collect()
                 };
                 for (op, uid) in chain.operators.iter_mut().zip(&chain.uids) {
-                    if let Some(backend) = op.keyed_state().and_then(|a| a.downcast_mut::<StateBackend>()) {
+                    if let Some(backend) = op.keyed_state() {
                         for (id, handles) in &done {
                             for (_, h) in handles.iter().filter(|(u, _)| u == uid) {
                                 backend.snapshot_uploaded(*id, h);
@@ -462,7 +464,7 @@ impl Runner {
                         }
                         backend.notify_checkpoint_complete(n);
                     }
-                    op.notify_checkpoint_complete(n)?;
+                    op.operator().notify_checkpoint_complete(n)?;
                 }
                 Ok(())
             }
@@ -514,10 +516,10 @@ impl Runner {
         }
         for (op, uid) in chain.operators.iter_mut().zip(&chain.uids) {
             uids.push(uid.clone());
-            if let Some(elements) = op.snapshot_state(n)? {
+            if let Some(elements) = op.operator().snapshot_state(n)? {
                 operator_states.push((uid.clone(), elements));
             }
-            if let Some(backend) = op.keyed_state().and_then(|a| a.downcast_mut::<StateBackend>()) {
+            if let Some(backend) = op.keyed_state() {
                 let target = SnapshotTarget {
                     job: self.info.job_id.clone(),
                     checkpoint: n,
@@ -646,6 +648,7 @@ mod tests {
             state: Default::default(),
             checkpointing: None,
             restore: None,
+            connectors: Arc::new(crate::operators::test_util::TestConnectors),
         };
         let task = Task::spawn(desc, Arc::new(|_| {})).unwrap();
 

@@ -3,15 +3,16 @@
 //! one result partition per subtask whose channels lead to local gates or remote
 //! subpartitions, then one thread per task.
 //!
-//! Channel numbering at a gate: the gate's input edges in edge order, and within an edge the
-//! upstream subtasks in index order. Sender and receiver compute the same number.
+//! Which channels exist and how they are numbered is the runtime's [`ChannelPlan`], computed
+//! from the job graph alone (so sender and receiver agree); this module only performs each
+//! subtask's plan, choosing a local queue or the data plane by where the peer subtask runs.
 
 use crate::{JobTasks, Shared};
 use std::collections::HashMap;
 use std::sync::Arc;
 use weir_core::config::keys;
 use weir_core::config::Config;
-use weir_core::graph::{JobGraph, Partitioning};
+use weir_core::graph::JobGraph;
 use weir_core::operator::SubtaskInfo;
 use weir_proto::{DeployTasksRequest, ExecutionId, TaskState as ProtoTaskState, UpdateTaskStateRequest};
 use weir_runtime::barrier::CheckpointingMode;
@@ -20,6 +21,7 @@ use weir_runtime::operators::StateConfig;
 use weir_runtime::partition::{ChannelWriter, OutputEdge, ResultPartition};
 use weir_runtime::task::{CheckpointSettings, RestoreSettings};
 use weir_runtime::task::{TaskEvent, TaskState};
+use weir_runtime::wiring::{ChannelPlan, SubtaskRef, WiringError};
 use weir_runtime::{ChannelId, InputGate, Task, TaskDescriptor};
 use weir_state::metadata::RestoreInfo;
 use weir_state::BackendKind;
@@ -31,6 +33,8 @@ pub enum DeployError {
     Graph { job: String, reason: String },
     #[error("job {job}: {reason}")]
     Invalid { job: String, reason: String },
+    #[error("job {job}: {source}")]
+    Wiring { job: String, source: WiringError },
 }
 
 /// Parses a job id (32 hex digits) into the number channel ids carry.
@@ -49,7 +53,9 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     for l in &req.locations {
         location.insert((l.vertex, l.subtask), (l.taskmanager_id.clone(), l.data_address.clone()));
     }
-    let loc = |v: u32, s: u32| location.get(&(v, s)).ok_or_else(|| invalid(format!("no location for subtask {s} of vertex {v}")));
+    let loc = |t: SubtaskRef| {
+        location.get(&(t.vertex, t.subtask)).ok_or_else(|| invalid(format!("no location for subtask {} of vertex {}", t.subtask, t.vertex)))
+    };
     for r in &req.subtasks {
         if r.vertex as usize >= graph.vertices.len() {
             return Err(invalid(format!("no vertex {}", r.vertex)));
@@ -90,22 +96,24 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         Some(RestoreSettings { metadata: Arc::new(info.metadata), storage, runtime: runtime.clone() })
     };
 
-    // 1. Gates, so local senders can find them.
-    let mut gates: HashMap<(u32, u32), Arc<InputGate>> = HashMap::new();
-    let mut remote_inputs = Vec::new();
+    let mut plans = Vec::with_capacity(req.subtasks.len());
     for r in &req.subtasks {
-        let inputs: Vec<_> = graph.inputs_of(r.vertex).collect();
-        if inputs.is_empty() {
+        plans.push(
+            ChannelPlan::for_subtask(&graph, r.vertex, r.subtask).map_err(|source| DeployError::Wiring { job: job.clone(), source })?,
+        );
+    }
+
+    // 1. Gates, so local senders can find them.
+    let mut gates: HashMap<SubtaskRef, Arc<InputGate>> = HashMap::new();
+    let mut remote_inputs = Vec::new();
+    for plan in &plans {
+        if plan.inputs.is_empty() {
             continue;
         }
         let mut remote: Vec<Option<(ChannelId, String, String)>> = Vec::new();
-        for e in &inputs {
-            let up = graph.vertex(e.source);
-            for j in 0..up.parallelism {
-                let (tm, addr) = loc(e.source, j)?;
-                let id = ChannelId { job: key, attempt: req.attempt, edge: e.id, from: j, to: r.subtask };
-                remote.push((tm != &me).then(|| (id, tm.clone(), addr.clone())));
-            }
+        for c in &plan.inputs {
+            let (tm, addr) = loc(c.from)?;
+            remote.push((tm != &me).then(|| (c.id(key, req.attempt), tm.clone(), addr.clone())));
         }
         let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
         let credit = if remote_list.is_empty() { None } else { Some(shared.net.credit_return(remote.clone())) };
@@ -116,67 +124,49 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
                 remote_inputs.push((id, gate.clone(), idx, tm, addr));
             }
         }
-        gates.insert((r.vertex, r.subtask), gate);
+        gates.insert(plan.subtask, gate);
     }
 
     // 2. Partitions and tasks.
     let mut descriptors = Vec::new();
-    for r in &req.subtasks {
-        let vertex = graph.vertex(r.vertex).clone();
+    for plan in plans {
+        let at = plan.subtask;
+        let vertex = graph.vertex(at.vertex).clone();
         let mut edges = Vec::new();
-        for e in graph.outputs_of(r.vertex) {
-            let down = graph.vertex(e.target);
-            // This edge's channels start after those of the target's earlier input edges.
-            let offset: u32 = graph.inputs_of(e.target).take_while(|x| x.id != e.id).map(|x| graph.vertex(x.source).parallelism).sum();
-            let targets: Vec<u32> = match e.partitioning {
-                Partitioning::Forward => vec![r.subtask],
-                _ => (0..down.parallelism).collect(),
-            };
+        for out in plan.outputs {
             let mut channels = Vec::new();
-            for k in targets {
-                let (tm, addr) = loc(e.target, k)?;
-                let index = (offset + r.subtask) as usize;
+            for c in &out.channels {
+                let (tm, addr) = loc(c.to)?;
                 if tm == &me {
                     let gate = gates
-                        .get(&(e.target, k))
-                        .ok_or_else(|| invalid(format!("subtask {k} of vertex {} is not deployed here", e.target)))?;
-                    channels.push(ChannelWriter::Local { gate: gate.clone(), index });
+                        .get(&c.to)
+                        .ok_or_else(|| invalid(format!("subtask {} of vertex {} is not deployed here", c.to.subtask, c.to.vertex)))?;
+                    channels.push(ChannelWriter::Local { gate: gate.clone(), index: c.gate_index });
                 } else {
-                    let id = ChannelId { job: key, attempt: req.attempt, edge: e.id, from: r.subtask, to: k };
-                    channels.push(ChannelWriter::Remote(shared.net.register_output(id, tm, addr)));
+                    channels.push(ChannelWriter::Remote(shared.net.register_output(c.id(key, req.attempt), tm, addr)));
                 }
             }
-            let key_column = match &e.partitioning {
-                Partitioning::Hash { key } => {
-                    Some(vertex.output_schema().index_of(key).map_err(|_| invalid(format!("no key column '{key}'")))?)
-                }
-                _ => None,
-            };
-            edges.push(OutputEdge::new(e.partitioning.clone(), key_column, graph.max_parallelism, channels, r.subtask as usize));
+            edges.push(OutputEdge::new(out.partitioning, out.key_column, graph.max_parallelism, channels, at.subtask as usize));
         }
-        let input_schema = graph
-            .inputs_of(r.vertex)
-            .next()
-            .map(|e| graph.vertex(e.source).output_schema())
-            .unwrap_or_else(|| Arc::new(arrow_schema_empty()));
         let info = SubtaskInfo {
             job_id: job.clone(),
             attempt: req.attempt,
-            vertex: r.vertex,
+            vertex: at.vertex,
             vertex_name: vertex.name.clone(),
-            index: r.subtask,
+            index: at.subtask,
             parallelism: vertex.parallelism,
             max_parallelism: graph.max_parallelism,
         };
         descriptors.push(TaskDescriptor {
             info,
             vertex,
-            input_schema,
-            gate: gates.get(&(r.vertex, r.subtask)).cloned(),
+            input_schema: plan.input_schema,
+            gate: gates.get(&at).cloned(),
             partition: ResultPartition::new(edges, s.segment_size, s.buffer_timeout),
             state: state.clone(),
             checkpointing: checkpointing.clone(),
             restore: restore.clone(),
+            connectors: shared.connectors.clone(),
         });
     }
 
@@ -201,10 +191,6 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     }
     tracing::info!(job = %job, attempt = req.attempt, tasks = req.subtasks.len(), "deployed");
     Ok(())
-}
-
-fn arrow_schema_empty() -> arrow_schema::Schema {
-    arrow_schema::Schema::empty()
 }
 
 fn reporter(shared: &Arc<Shared>, job: &str, attempt: u32) -> Arc<dyn Fn(TaskEvent) + Send + Sync> {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 use weir_core::config::{keys, Config};
+use weir_core::operator::ConnectorFactory;
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
 use weir_proto::{
@@ -86,6 +87,8 @@ pub(crate) struct JobTasks {
 pub(crate) struct Shared {
     pub settings: TaskManagerSettings,
     pub net: Arc<NetworkEnvironment>,
+    /// Builds the sources and sinks of deployed tasks.
+    pub connectors: Arc<dyn ConnectorFactory>,
     pub jobs: Mutex<HashMap<(String, u32), JobTasks>>,
     pub updates: mpsc::UnboundedSender<UpdateTaskStateRequest>,
     pub acks: mpsc::UnboundedSender<(String, u32, CheckpointAck)>,
@@ -185,7 +188,14 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     let data_addr = net.local_addr();
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared { settings: settings.clone(), net, jobs: Mutex::new(HashMap::new()), updates: updates_tx, acks: acks_tx });
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        net,
+        connectors: Arc::new(weir_connectors::BuiltinConnectors),
+        jobs: Mutex::new(HashMap::new()),
+        updates: updates_tx,
+        acks: acks_tx,
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let service = service::TaskManagerRpc { shared: shared.clone() };
