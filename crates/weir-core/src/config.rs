@@ -195,9 +195,8 @@ pub struct Config {
 
 /// The parsed default of every key (every default is valid: a unit test checks it).
 fn default_value(key: &str) -> Option<(&'static str, Value)> {
-    static DEFAULTS: std::sync::LazyLock<BTreeMap<&'static str, Value>> = std::sync::LazyLock::new(|| {
-        KEYS.iter().filter_map(|d| validate(d, d.default).ok().map(|(_, v)| (d.key, v))).collect()
-    });
+    static DEFAULTS: std::sync::LazyLock<BTreeMap<&'static str, Value>> =
+        std::sync::LazyLock::new(|| KEYS.iter().filter_map(|d| validate(d, d.default).ok().map(|(_, v)| (d.key, v))).collect());
     let def = Config::key_def(key)?;
     DEFAULTS.get(def.key).map(|v| (def.default, v.clone()))
 }

@@ -359,10 +359,7 @@ mod tests {
     fn restart_strategy_defaults_follow_flink() {
         assert_eq!(RestartStrategy::from_config(&Config::new()), RestartStrategy::None);
         let with_checkpoints = config(&[(keys::CHECKPOINT_INTERVAL, "1s")]);
-        assert!(matches!(
-            RestartStrategy::from_config(&with_checkpoints),
-            RestartStrategy::ExponentialDelay { multiplier: 2, .. }
-        ));
+        assert!(matches!(RestartStrategy::from_config(&with_checkpoints), RestartStrategy::ExponentialDelay { multiplier: 2, .. }));
         let fixed = config(&[(keys::RESTART_STRATEGY, "fixed-delay"), (keys::RESTART_ATTEMPTS, "5"), (keys::RESTART_DELAY, "2s")]);
         assert_eq!(RestartStrategy::from_config(&fixed), RestartStrategy::FixedDelay { attempts: 5, delay: Duration::from_secs(2) });
         let none = config(&[(keys::RESTART_STRATEGY, "none"), (keys::CHECKPOINT_INTERVAL, "1s")]);

@@ -2,8 +2,8 @@
 //! when a job is submitted, restarts or ends. A JobManager started on the same catalog resumes
 //! every job that had not ended, from the latest `_metadata` in its checkpoint storage.
 
-use serde::{Deserialize, Serialize};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;

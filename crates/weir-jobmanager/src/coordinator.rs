@@ -668,7 +668,13 @@ mod tests {
         let actions = h.tick();
         assert_eq!(
             actions,
-            [Action::Trigger { id: 1, attempt: 0, timestamp_ms: 1_000_000, kind: CheckpointKind::Periodic, target: TriggerTarget::Sources }]
+            [Action::Trigger {
+                id: 1,
+                attempt: 0,
+                timestamp_ms: 1_000_000,
+                kind: CheckpointKind::Periodic,
+                target: TriggerTarget::Sources
+            }]
         );
         h.ack_all(1);
         h.handle(written(1));

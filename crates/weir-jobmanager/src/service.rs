@@ -79,8 +79,8 @@ impl JobManagerService for JobManagerRpc {
             overrides.set(k, v, "-D").map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         let origin = if r.source_name.is_empty() { "job" } else { r.source_name.as_str() };
-        let (graph, mut config) = compile_job(&r.job_definition, origin, self.state.config(), &overrides)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (graph, mut config) =
+            compile_job(&r.job_definition, origin, self.state.config(), &overrides).map_err(|e| Status::invalid_argument(e.to_string()))?;
         resolve_checkpoint_dir(&mut config, !r.restore_path.is_empty()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let settings = JobSettings::from_config(&config).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let storage = match &settings.checkpoint.dir {

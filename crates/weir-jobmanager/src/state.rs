@@ -67,8 +67,10 @@ pub struct JobManagerState {
 
 /// A gRPC client for a TaskManager's RPC address (connected lazily).
 fn tm_client(rpc_address: &str) -> Option<TmClient> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{rpc_address}")).ok()?.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(30));
+    let endpoint = Endpoint::from_shared(format!("http://{rpc_address}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
     Some(TmClient::new(endpoint.connect_lazy()))
 }
 
@@ -342,12 +344,7 @@ impl JobManagerState {
         }
         job.next_attempt();
         let mut effects = checkpoint_event(tms, job, now, Event::AttemptStarted { attempt: job.attempt() });
-        tracing::info!(
-            job = job_id,
-            attempt = job.attempt(),
-            checkpoint = job.restore().map(|r| r.metadata.checkpoint_id),
-            "redeploying"
-        );
+        tracing::info!(job = job_id, attempt = job.attempt(), checkpoint = job.restore().map(|r| r.metadata.checkpoint_id), "redeploying");
         effects.push(save_catalog(job));
         effects.push(Effect::Followup(Followup::Schedule { job_id: job_id.to_string() }));
         effects
@@ -365,7 +362,10 @@ impl JobManagerState {
             JobStatus::Running | JobStatus::Finishing => {
                 let _ = job.apply(LifecycleEvent::CancelRequested, now);
                 let to = targets(tms, job.taskmanagers());
-                vec![save_catalog(job), Effect::CancelTasks { to, request: CancelTasksRequest { job_id: job_id.to_string(), attempt: job.attempt() } }]
+                vec![
+                    save_catalog(job),
+                    Effect::CancelTasks { to, request: CancelTasksRequest { job_id: job_id.to_string(), attempt: job.attempt() } },
+                ]
             }
             _ => Vec::new(),
         };

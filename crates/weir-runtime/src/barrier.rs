@@ -34,14 +34,9 @@ use crate::buffer::Barrier;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// How a task with several inputs treats the records behind a barrier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointingMode {
-    /// Aligned barriers: exactly-once state.
-    ExactlyOnce,
-    /// No alignment: replays may duplicate.
-    AtLeastOnce,
-}
+/// How a task with several inputs treats the records behind a barrier: the typed
+/// `execution.checkpointing.mode` (aligned barriers for exactly-once state, or no alignment).
+pub use weir_core::settings::CheckpointingMode;
 
 /// What happened on the inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]

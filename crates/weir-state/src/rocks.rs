@@ -18,8 +18,8 @@
 //! Every call blocks; the caller runs it on a task thread.
 
 use crate::format::{read_keyed_state, KeyedStateWriter};
-use crate::keyed::{key_group_of, KeyedStateBackend};
 use crate::handle::{KeyedStateHandle, LocalFile};
+use crate::keyed::{key_group_of, KeyedStateBackend};
 use crate::storage::StoredFile;
 use crate::StateError;
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};

@@ -10,12 +10,11 @@
 use crate::{JobTasks, Shared};
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_core::config::keys;
 use weir_core::config::Config;
 use weir_core::graph::JobGraph;
 use weir_core::operator::SubtaskInfo;
+use weir_core::settings::JobSettings;
 use weir_proto::{DeployTasksRequest, ExecutionId, TaskState as ProtoTaskState, UpdateTaskStateRequest};
-use weir_runtime::barrier::CheckpointingMode;
 use weir_runtime::gate::CreditReturn;
 use weir_runtime::operators::StateConfig;
 use weir_runtime::partition::{ChannelWriter, OutputEdge, ResultPartition};
@@ -24,7 +23,6 @@ use weir_runtime::task::{TaskEvent, TaskState};
 use weir_runtime::wiring::{ChannelPlan, SubtaskRef, WiringError};
 use weir_runtime::{ChannelId, InputGate, Task, TaskDescriptor};
 use weir_state::metadata::RestoreInfo;
-use weir_state::BackendKind;
 use weir_state::CheckpointStorage;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,25 +60,22 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         }
     }
     let s = &shared.settings;
-    let state = StateConfig { backend: BackendKind::from_config(&config), local_dir: s.local_dir.clone() };
+    let settings = JobSettings::from_config(&config).map_err(|e| invalid(e.to_string()))?;
+    let state = StateConfig { backend: settings.state_backend, local_dir: s.local_dir.clone() };
     let runtime = tokio::runtime::Handle::current();
-    let storage = match config.text(keys::CHECKPOINT_DIR) {
+    let storage = match &settings.checkpoint.dir {
         Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| invalid(e.to_string()))?),
         None => None,
     };
     // Tasks checkpoint only when the job does (an interval is set); a restore alone does not.
-    let checkpoint_storage = storage.clone().filter(|_| config.optional_duration(keys::CHECKPOINT_INTERVAL).is_some());
+    let checkpoint_storage = storage.clone().filter(|_| settings.checkpoint.enabled());
     let checkpointing = checkpoint_storage.map(|storage| {
         let acks = shared.acks.clone();
         let (job, attempt) = (job.clone(), req.attempt);
         CheckpointSettings {
-            mode: if config.get(keys::CHECKPOINT_MODE) == "AT_LEAST_ONCE" {
-                CheckpointingMode::AtLeastOnce
-            } else {
-                CheckpointingMode::ExactlyOnce
-            },
+            mode: settings.checkpoint.mode,
             storage,
-            incremental: config.bool(keys::CHECKPOINT_INCREMENTAL),
+            incremental: settings.checkpoint.incremental,
             runtime: runtime.clone(),
             report: Arc::new(move |ack| {
                 let _ = acks.send((job.clone(), attempt, ack));

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
-use weir_core::config::{keys, Config};
+use weir_core::config::Config;
 use weir_core::operator::ConnectorFactory;
+use weir_core::settings::TaskManagerConfig;
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
 use weir_proto::{
@@ -56,21 +57,21 @@ pub struct TaskManagerSettings {
 
 impl TaskManagerSettings {
     pub fn from_config(config: &Config, jobmanager: &str) -> Self {
-        let host = config.get(keys::TASKMANAGER_HOST).to_string();
+        let c = TaskManagerConfig::from_config(config);
         Self {
             id: format!("tm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-            host,
-            rpc_port: config.int(keys::TASKMANAGER_RPC_PORT) as u16,
-            data_port: config.int(keys::TASKMANAGER_DATA_PORT) as u16,
-            slots: config.int(keys::TASKMANAGER_SLOTS) as u32,
+            host: c.host,
+            rpc_port: c.rpc_port,
+            data_port: c.data_port,
+            slots: c.slots,
             jobmanager: jobmanager.to_string(),
-            heartbeat_interval: config.duration(keys::HEARTBEAT_INTERVAL),
-            heartbeat_timeout: config.duration(keys::HEARTBEAT_TIMEOUT),
-            segment_size: config.size(keys::SEGMENT_SIZE) as usize,
-            buffers_per_channel: config.int(keys::BUFFERS_PER_CHANNEL) as usize,
-            sender_queue_buffers: config.int(keys::SENDER_QUEUE_BUFFERS) as usize,
-            buffer_timeout: config.duration(keys::BUFFER_TIMEOUT),
-            local_dir: config.text(keys::TASKMANAGER_TMP_DIRS).map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir),
+            heartbeat_interval: c.heartbeat_interval,
+            heartbeat_timeout: c.heartbeat_timeout,
+            segment_size: c.network.segment_size,
+            buffers_per_channel: c.network.buffers_per_channel,
+            sender_queue_buffers: c.network.sender_queue_buffers,
+            buffer_timeout: c.network.buffer_timeout,
+            local_dir: c.tmp_dir.map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir),
         }
     }
 }
