@@ -82,7 +82,8 @@ fn unknown_configuration_keys_are_errors_naming_the_key() {
     let (ok, _, stderr) = run(dir.path(), &["--config", "config.yaml", "run", "job.yaml"]);
     assert!(!ok && stderr.contains("taskmanager.numberOfTaskSlots") && stderr.contains("config.yaml"), "{stderr}");
     // Keys valid one by one, refused together, naming the key.
-    let args = ["run", "job.yaml", "-D", "execution.checkpointing.unaligned.enabled=true", "-D", "execution.checkpointing.mode=AT_LEAST_ONCE"];
+    let args =
+        ["run", "job.yaml", "-D", "execution.checkpointing.unaligned.enabled=true", "-D", "execution.checkpointing.mode=AT_LEAST_ONCE"];
     let (ok, _, stderr) = run(dir.path(), &args);
     assert!(!ok && stderr.contains("execution.checkpointing.unaligned.enabled") && stderr.contains("EXACTLY_ONCE"), "{stderr}");
 }
