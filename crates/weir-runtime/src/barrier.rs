@@ -29,6 +29,19 @@
 //! State is kept per checkpoint and per channel, never as one "current checkpoint", so
 //! overlapping checkpoints (the unaligned protocol's concurrent checkpoints) fit the same
 //! structure. The handler is pure: the task applies the actions it returns.
+//!
+//! ## Where the actions go
+//! The task (`crate::task`) feeds every event it takes from its input gate to
+//! [`BarrierHandler::handle`] and performs the returned [`Action`]s in order: `Block` and
+//! `Unblock` become [`InputGate::set_blocked`](crate::gate::InputGate::set_blocked), `Snapshot`
+//! takes the task's part of the checkpoint and forwards the barrier, `Abort` sends a cancellation
+//! marker downstream and declines the checkpoint to the JobManager.
+//!
+//! ## Not here yet
+//! There is no unaligned mode and no aligned-checkpoint timeout: barriers reach the handler in
+//! order behind the data, and `execution.checkpointing.unaligned.enabled` and
+//! `aligned-checkpoint-timeout` are validated but not acted on (`docs/checkpointing.md`, "Not
+//! yet").
 
 use crate::buffer::Barrier;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,46 +51,72 @@ use std::time::{Duration, Instant};
 /// `execution.checkpointing.mode` (aligned barriers for exactly-once state, or no alignment).
 pub use weir_core::settings::CheckpointingMode;
 
-/// What happened on the inputs.
+/// What happened on the inputs: one event the task took from its input gate, with the gate
+/// index of the channel that delivered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
+    /// Checkpoint barrier `barrier` was taken from gate channel `channel`: every item before it on
+    /// that channel has been processed. Channels deliver barriers in increasing id order.
     Barrier { channel: usize, barrier: Barrier },
+    /// A cancellation marker for checkpoint `id` was taken from `channel`: an upstream task aborted
+    /// `id`. A marker may arrive before older barriers on other channels.
     Cancel { channel: usize, id: u64 },
+    /// `channel` delivered its end of partition: it carries nothing more, and from now on counts as
+    /// having delivered every later barrier.
     EndOfPartition { channel: usize },
 }
 
 /// What the task must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Stop taking items from this channel (they stay queued with their credits).
+    /// Stop taking items from this channel (they stay queued with their credits). Exactly-once
+    /// mode only, once per checkpoint and channel, when that checkpoint's barrier arrived on it.
     Block(usize),
+    /// Take items from this channel again: the checkpoint that held it ended (snapshot or abort)
+    /// and no other pending checkpoint has received its barrier on it.
     Unblock(usize),
-    /// Snapshot state for this barrier, then forward it downstream.
+    /// Snapshot state for this barrier, then forward it downstream. Snapshots come in increasing
+    /// id order; the `Unblock`s of the same checkpoint come before it in the action list.
     Snapshot {
+        /// The barrier to forward: the first one of this checkpoint that arrived here.
         barrier: Barrier,
+        /// From the first barrier of this checkpoint at this task to the input that completed it
+        /// (zero when its first barrier completes it); reported to the JobManager.
         alignment: Duration,
     },
     /// The checkpoint cannot complete: tell downstream and the JobManager.
     Abort {
+        /// The checkpoint that ends here without a snapshot.
         id: u64,
+        /// Why, for the decline message and logs: a newer barrier overtook it, a newer checkpoint
+        /// subsumed it, or it was canceled upstream.
         reason: String,
     },
 }
 
-/// Progress of one checkpoint at this task.
+/// Progress of one checkpoint at this task, from its first barrier until it ends.
 #[derive(Debug)]
 struct Alignment {
+    /// The first barrier of this checkpoint to arrive (what `Snapshot` forwards).
     barrier: Barrier,
     /// Per channel: its barrier arrived.
     received: Vec<bool>,
+    /// When that first barrier arrived: the start of the alignment time.
     started: Instant,
 }
 
 /// The per-task barrier state machine; see the module documentation.
+///
+/// In exactly-once mode at most one checkpoint is pending at a time (a barrier of n aborts
+/// every older pending checkpoint and makes every older barrier stale); in at-least-once mode
+/// several may be, and a completing one subsumes the older ones.
 #[derive(Debug)]
 pub struct BarrierHandler {
+    /// Exactly-once blocks channels during alignment; at-least-once never does.
     mode: CheckpointingMode,
+    /// Per channel: its end of partition arrived. Ended channels are not waited for.
     ended: Vec<bool>,
+    /// Checkpoints whose first barrier arrived and that have not ended yet, by id.
     pending: BTreeMap<u64, Alignment>,
     /// Every checkpoint up to this id is over here: snapshotted, subsumed by a newer snapshot,
     /// or (exactly-once) overtaken by a newer barrier. Their barriers are stale.
@@ -88,11 +127,13 @@ pub struct BarrierHandler {
 }
 
 impl BarrierHandler {
-    /// A handler for a task with `channels` input channels.
+    /// A handler for a task with `channels` input channels (the gate's channel count; zero for a
+    /// source task, which gets no barriers through a gate).
     pub fn new(mode: CheckpointingMode, channels: usize) -> Self {
         Self { mode, ended: vec![false; channels], pending: BTreeMap::new(), settled: 0, canceled: BTreeSet::new() }
     }
 
+    /// Channels that have not delivered their end of partition yet.
     fn live(&self) -> usize {
         self.ended.iter().filter(|e| !**e).count()
     }
@@ -110,7 +151,23 @@ impl BarrierHandler {
         }
     }
 
-    /// The one transition function.
+    /// The one transition function: applies one input and returns what the task must do, in
+    /// order.
+    ///
+    /// - `Barrier` of a checkpoint that is over here (settled or canceled): ignored, nothing is
+    ///   blocked.
+    /// - `Barrier` n, exactly-once: every pending checkpoint older than n is aborted (this channel
+    ///   skipped it, so it can never align) and every id below n is settled; n is recorded on the
+    ///   channel, the channel is blocked, and n is snapshotted if its barrier is now on every
+    ///   live channel.
+    /// - `Barrier` n, at-least-once: recorded on the channel, never blocking; n is snapshotted
+    ///   when it is on every live channel, aborting ("subsumed") older pending checkpoints.
+    /// - `Cancel` n: unless n is already over, n alone is aborted and its channels released. The
+    ///   `Abort` is returned even if no barrier of n arrived here yet, so the task still tells
+    ///   downstream and the JobManager; later barriers of n are ignored.
+    /// - `EndOfPartition`: the channel stops counting, which may complete pending checkpoints.
+    ///
+    /// `now` only measures alignment times, so tests may pass any instant.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         match input {
@@ -171,6 +228,9 @@ impl BarrierHandler {
     }
 
     /// Snapshots every pending checkpoint whose barrier arrived on all live channels, oldest first.
+    /// Older pending checkpoints are aborted as subsumed first (in exactly-once mode there are
+    /// none left by then: the newer barrier already aborted them), and the snapshotted id is
+    /// settled, so its late barriers and those of older checkpoints are stale.
     fn complete_aligned(&mut self, now: Instant, actions: &mut Vec<Action>) {
         loop {
             let live = self.live();

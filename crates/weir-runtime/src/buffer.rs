@@ -2,9 +2,17 @@
 //! encoding for the TCP exchange.
 //!
 //! A buffer is a batch of rows bounded in bytes (`taskmanager.memory.segment-size`); between
-//! TaskManagers it travels as an Arrow IPC message. Events (end of partition; checkpoint
-//! barriers and cancellation markers in later protocols) need no credit and may be sent with
-//! priority, ahead of queued buffers.
+//! TaskManagers it travels as an Arrow IPC message. Events (end of partition, checkpoint
+//! barriers, cancellation markers) need no credit and may be sent with priority, ahead of
+//! queued buffers; the primitives for that exist, but nothing in the runtime sends with
+//! priority yet (see [`crate::gate`]).
+//!
+//! ## Event encoding
+//! One tag byte, then big-endian fields: `1` end of partition (1 byte); `2` barrier (`u64` id,
+//! `i64` trigger time in ms, `u8` savepoint flag: 18 bytes); `3` cancellation marker (`u64` id:
+//! 9 bytes). Nothing on the wire marks an event as priority: priority is only a position in a
+//! queue, so an event that overtook buffers at the sender is queued in arrival order at the
+//! receiver.
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
@@ -16,16 +24,26 @@ use std::io::Cursor;
 /// edge of one attempt of one job. Many channels share one TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChannelId {
+    /// The job's 128-bit key (the TaskManager reads the job id as a hexadecimal number).
     pub job: u128,
+    /// The job's execution attempt. A restarted job gets new channel ids, so frames, credits and
+    /// announcements still in flight for the failed attempt never reach the new attempt's gates:
+    /// they find no registered channel and are dropped.
     pub attempt: u32,
+    /// The JobGraph edge the channel belongs to.
     pub edge: u32,
+    /// The upstream subtask's index (in the edge's source vertex).
     pub from: u32,
+    /// The downstream subtask's index (in the edge's target vertex).
     pub to: u32,
 }
 
 impl ChannelId {
+    /// Bytes of the encoding: the job key, then four `u32`s.
     pub const ENCODED_LEN: usize = 16 + 4 * 4;
 
+    /// Appends the big-endian encoding (job, attempt, edge, from, to) to `buf`: the prefix of the
+    /// body of every frame that belongs to a channel.
     pub fn encode(&self, buf: &mut BytesMut) {
         buf.put_u128(self.job);
         buf.put_u32(self.attempt);
@@ -34,6 +52,8 @@ impl ChannelId {
         buf.put_u32(self.to);
     }
 
+    /// Reads an id written by [`ChannelId::encode`]; `None`, consuming nothing, if fewer than
+    /// [`ChannelId::ENCODED_LEN`] bytes remain.
     pub fn decode(buf: &mut impl Buf) -> Option<Self> {
         if buf.remaining() < Self::ENCODED_LEN {
             return None;
@@ -42,7 +62,8 @@ impl ChannelId {
     }
 }
 
-/// A control event carried in-band on a channel.
+/// A control event carried in-band on a channel. Events take no credit: they are never held
+/// back by flow control, only by the items queued ahead of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The upstream subtask has emitted everything it ever will on this channel.
@@ -53,16 +74,23 @@ pub enum Event {
     CancelCheckpoint(u64),
 }
 
-/// A checkpoint barrier.
+/// A checkpoint barrier: cuts a channel's stream into what belongs to checkpoint `id` (before
+/// it) and what comes after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Barrier {
+    /// The checkpoint id. Ids increase, and each channel delivers barriers in increasing id order
+    /// (the barrier handler relies on this).
     pub id: u64,
     /// Trigger time at the JobManager (ms since the epoch).
     pub timestamp_ms: i64,
+    /// Whether the checkpoint is a savepoint: keyed state is then snapshotted full and
+    /// self-contained, never incremental. The JobManager always sends `false` today.
     pub savepoint: bool,
 }
 
 impl Event {
+    /// The event's wire form (see the module header): what follows the channel id in an `EVENT`
+    /// frame.
     pub fn encode(&self) -> Bytes {
         match self {
             Event::EndOfPartition => Bytes::from_static(&[1]),
@@ -83,6 +111,8 @@ impl Event {
         }
     }
 
+    /// Parses what [`Event::encode`] wrote. Errors name an unknown tag or a truncated event; bytes
+    /// after a complete event are ignored.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let mut b = bytes;
         let short = || "truncated event".to_string();
@@ -102,7 +132,7 @@ impl Event {
     }
 }
 
-/// One element of a channel queue.
+/// One element of a channel queue: what a task takes from its input gate.
 #[derive(Debug, Clone)]
 pub enum Item {
     /// Rows handed over in memory (between subtasks of one TaskManager).
@@ -110,16 +140,20 @@ pub enum Item {
     /// Rows received from the network, still IPC-encoded: the consuming task decodes them on
     /// its own thread, so network threads only move bytes.
     Encoded(Bytes),
+    /// An event: takes no credit.
     Event(Event),
 }
 
 impl Item {
+    /// Whether the item holds rows (in memory or encoded): only those take a credit.
     pub fn is_buffer(&self) -> bool {
         !matches!(self, Item::Event(_))
     }
 }
 
-/// Encodes a batch as an Arrow IPC stream (schema + one batch).
+/// Encodes a batch as an Arrow IPC stream (schema + one batch). Every buffer carries its own
+/// schema message, so a receiver needs no per-channel handshake, at the cost of the schema's
+/// bytes in every buffer. Runs on the sending task's thread.
 pub fn encode_batch(batch: &RecordBatch) -> Result<Bytes, arrow_schema::ArrowError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() + 256);
     {
@@ -130,7 +164,8 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Bytes, arrow_schema::ArrowErr
     Ok(Bytes::from(out))
 }
 
-/// Decodes a batch encoded by [`encode_batch`].
+/// Decodes a batch encoded by [`encode_batch`] (the first batch of the stream; an empty stream
+/// is an error). Runs on the receiving task's thread, not on the network threads.
 pub fn decode_batch(bytes: &Bytes) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let mut reader = StreamReader::try_new(Cursor::new(bytes.as_ref()), None)?;
     match reader.next() {

@@ -10,11 +10,22 @@
 //! ## Priority
 //! [`InputGate::push_priority`] puts an event at the head of its channel's queue and the
 //! channel at the head of the gate's ready list, so it is the next thing the task sees, ahead
-//! of every queued buffer. Unaligned checkpoint barriers rely on this.
+//! of every queued buffer. It is meant for unaligned checkpoint barriers, which are not built
+//! yet: nothing in the runtime calls it, and events from the network arrive through
+//! [`InputGate::push_remote`], in order. On a blocked channel a priority event waits at the
+//! head of the channel until it is unblocked (the design wants it to become ready at once).
 //!
 //! ## Blocking
 //! A channel can be blocked ([`InputGate::set_blocked`]): its items stay queued (and keep
-//! their credits) until it is unblocked. Barrier alignment relies on this.
+//! their credits) until it is unblocked. Barrier alignment relies on this: a blocked channel
+//! returns no credit, so its upstream stalls once the credits are used up.
+//!
+//! ## Threads
+//! Only the task thread polls. Local upstream task threads push with
+//! [`InputGate::push_blocking`], the network reader with [`InputGate::push_remote`], the
+//! TaskManager calls [`InputGate::fail`] and [`InputGate::interrupt`]. One mutex guards every
+//! channel's queue; two condvars wake the task (`data`) and local senders (`space`). Credits
+//! are returned outside the lock.
 
 use crate::buffer::{Event, Item};
 use parking_lot::{Condvar, Mutex};
@@ -25,30 +36,50 @@ use std::time::{Duration, Instant};
 /// Returns credits to a remote sender. Called by the gate when a buffer from a remote channel
 /// was taken by the task.
 pub trait CreditReturn: Send + Sync {
+    /// Credits one buffer back for gate channel `channel`. Called once per buffer the task took
+    /// (never for events), outside the gate's lock.
     fn return_credit(&self, channel: usize);
 }
 
+/// One input channel's queue and flags.
 #[derive(Default)]
 struct ChannelQueue {
+    /// Items in arrival order, except priority events, which go to the front.
     items: VecDeque<Item>,
+    /// Buffers (not events) in `items`: the credits in use; at most the gate's `credits` for a
+    /// local channel.
     buffers: usize,
     /// The channel is in `ready` (has items and is not blocked).
     in_ready: bool,
+    /// Set during barrier alignment: the channel is kept out of `ready`.
     blocked: bool,
+    /// The task took this channel's end of partition. Recorded, but nothing reads it:
+    /// `GateInner::ended` counts ended channels, without checking this flag.
     ended: bool,
 }
 
+/// Everything the gate's mutex guards.
 struct GateInner {
+    /// One queue per input channel, in gate order (see [`crate::wiring`]).
     channels: Vec<ChannelQueue>,
+    /// Channels that have items and are not blocked, each at most once, in the order the task is
+    /// served: round robin (a channel goes to the back after each item it yields), except that a
+    /// priority push moves its channel to the front.
     ready: VecDeque<usize>,
+    /// Set once by [`InputGate::fail`] (the first reason wins): every later poll reports it and
+    /// local senders stop waiting.
     failure: Option<String>,
+    /// Ends of partition the task took; when it reaches the channel count the gate is finished.
+    /// A channel that (wrongly) sent two would be counted twice.
     ended: usize,
+    /// Set by [`InputGate::interrupt`], cleared by the poll that reports it.
     interrupted: bool,
 }
 
 /// What [`InputGate::poll`] returns.
 #[derive(Debug)]
 pub enum GatePoll {
+    /// An item from gate channel `.0`. If it is a buffer, its credit has already been returned.
     Item(usize, Item),
     /// Nothing arrived before the deadline.
     Timeout,
@@ -60,14 +91,20 @@ pub enum GatePoll {
     Interrupted,
 }
 
+/// The receiving end of every input channel of one task: per-channel queues bounded by
+/// credits, served to the task thread round robin. See the module header for flow control,
+/// priority, blocking and threads.
 pub struct InputGate {
     inner: Mutex<GateInner>,
     /// Signalled when an item becomes available to the task (or the gate fails).
     data: Condvar,
     /// Signalled when a slot frees up on a local channel (or the gate fails).
     space: Condvar,
+    /// Buffers each channel may hold (`taskmanager.network.memory.buffers-per-channel`): what a
+    /// remote channel announces to its sender, and what bounds a local sender.
     credits: usize,
-    /// `Some` for channels fed from the network.
+    /// `Some` for channels fed from the network: returns each taken buffer's credit to the
+    /// sender. `None` for local channels: taking a buffer wakes `space` instead.
     remote: Vec<Option<Arc<dyn CreditReturn>>>,
 }
 
@@ -90,14 +127,20 @@ impl InputGate {
         }
     }
 
+    /// The number of input channels: one per upstream subtask of each input edge.
     pub fn num_channels(&self) -> usize {
         self.remote.len()
     }
 
+    /// The credits each channel grants.
     pub fn credits_per_channel(&self) -> usize {
         self.credits
     }
 
+    /// Adds an item at the back (or, for `front`, the head) of `channel` and keeps `ready` in
+    /// step: a non-blocked channel with items is in `ready` exactly once, and a front push moves
+    /// it to the head of `ready`. A blocked channel stays out of `ready`, even for a front push.
+    /// Does not wait and does not check credits: callers do.
     fn enqueue(inner: &mut GateInner, channel: usize, item: Item, front: bool) {
         let q = &mut inner.channels[channel];
         if item.is_buffer() {
@@ -124,6 +167,10 @@ impl InputGate {
 
     /// Queues an item from a local sender, waiting while the channel has no free credit.
     /// Returns an error if the gate failed (the receiving task is gone).
+    ///
+    /// This is where a local upstream task blocks under backpressure, on its own thread. Events
+    /// never wait. A waiting sender wakes when the task takes a buffer from any local channel of
+    /// this gate (the condvar is per gate), rechecks its own channel, or when the gate fails.
     pub fn push_blocking(&self, channel: usize, item: Item) -> Result<(), String> {
         let mut inner = self.inner.lock();
         if item.is_buffer() {
@@ -141,7 +188,8 @@ impl InputGate {
     }
 
     /// Queues an item from the network. The remote sender only sends buffers against credits
-    /// this gate granted, so this never waits.
+    /// this gate granted, so this never waits. The count is not checked: the gate trusts the
+    /// sender's accounting. Items arriving after the gate failed are dropped.
     pub fn push_remote(&self, channel: usize, item: Item) {
         let mut inner = self.inner.lock();
         if inner.failure.is_some() {
@@ -152,7 +200,10 @@ impl InputGate {
         self.data.notify_one();
     }
 
-    /// Puts an event at the head of `channel`, ahead of every queued buffer.
+    /// Puts an event at the head of `channel`, ahead of every queued buffer, and the channel at
+    /// the head of the ready list. Takes no credit. Several priority events on one channel come
+    /// out newest first. On a blocked channel the event waits for the unblock. Unused outside
+    /// the tests so far.
     pub fn push_priority(&self, channel: usize, event: Event) {
         let mut inner = self.inner.lock();
         Self::enqueue(&mut inner, channel, Item::Event(event), true);
@@ -160,7 +211,11 @@ impl InputGate {
         self.data.notify_one();
     }
 
-    /// Blocks or unblocks a channel. A blocked channel's items stay queued.
+    /// Blocks or unblocks a channel. A blocked channel's items stay queued, with their credits.
+    ///
+    /// The task calls this for the barrier handler's `Block` and `Unblock` actions. Blocking
+    /// takes the channel out of the ready list; unblocking puts it back at the tail if it has
+    /// items, and wakes the task.
     pub fn set_blocked(&self, channel: usize, blocked: bool) {
         let mut inner = self.inner.lock();
         let q = &mut inner.channels[channel];
@@ -179,6 +234,9 @@ impl InputGate {
     }
 
     /// Fails the gate: the task's next poll returns the reason and local senders stop waiting.
+    /// The first reason wins. Called when the task is cancelled or has ended (so upstream
+    /// senders blocked on it are released), and by the network when a connection feeding a
+    /// remote channel breaks.
     pub fn fail(&self, reason: &str) {
         let mut inner = self.inner.lock();
         if inner.failure.is_none() {
@@ -189,13 +247,22 @@ impl InputGate {
         self.space.notify_all();
     }
 
-    /// Wakes the task's next (or current) poll with [`GatePoll::Interrupted`].
+    /// Wakes the task's next (or current) poll with [`GatePoll::Interrupted`]. The TaskManager
+    /// calls it with every command, so a task waiting for input looks at its commands at once.
     pub fn interrupt(&self) {
         self.inner.lock().interrupted = true;
         self.data.notify_all();
     }
 
-    /// Takes the next item, waiting until `deadline` at the latest.
+    /// Takes the next item, waiting until `deadline` at the latest. Called by the task thread
+    /// only; the task passes its partition's next flush deadline.
+    ///
+    /// Checks in this order: a failure, a pending interrupt, a ready item, the end of every
+    /// channel, then waits. So a failure or an interrupt is reported ahead of queued items, and
+    /// `Finished` comes only once every channel's end of partition was taken. Taking a buffer
+    /// returns its credit after the lock is released: a `CREDIT` frame for a remote channel,
+    /// a wake-up of blocked local senders otherwise. Taking an end of partition counts its
+    /// channel as ended.
     pub fn poll(&self, deadline: Option<Instant>) -> GatePoll {
         let mut inner = self.inner.lock();
         loop {
@@ -257,7 +324,7 @@ impl InputGate {
     }
 }
 
-/// Polls with a relative timeout.
+/// Polls with a relative timeout (see [`InputGate::poll`]).
 pub fn poll_for(gate: &InputGate, timeout: Duration) -> GatePoll {
     gate.poll(Some(Instant::now() + timeout))
 }

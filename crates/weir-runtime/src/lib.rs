@@ -3,6 +3,24 @@
 //! that runs an operator chain for one subtask. Sources and sinks come from a
 //! [`weir_core::operator::ConnectorFactory`] the TaskManager hands in: the runtime does not
 //! know the connectors. See `docs/architecture.md` for the path of a record through it.
+//!
+//! ## Map
+//! - [`wiring`]: which channels a subtask reads and writes, from the JobGraph alone.
+//! - [`buffer`]: what a channel carries (buffers, events) and their encoding.
+//! - [`gate`]: the receiving end of a task's channels: credits, priority, blocking.
+//! - [`partition`]: the sending end: partitioning, output batching, flush deadlines.
+//! - [`net`]: the TCP exchange between TaskManagers: one connection per pair, credit frames.
+//! - [`barrier`]: the barrier handler, the pure state machine of checkpoint alignment.
+//! - [`operators`]: the built-in transforms and the operator chain.
+//! - [`task`]: the thread that runs one subtask and takes its part of each checkpoint.
+//!
+//! ## Not built yet
+//! Checkpoints are exactly-once with aligned barriers, or at-least-once without alignment.
+//! Unaligned checkpoints and the aligned-checkpoint timeout are not built: barriers travel in
+//! order behind the data, and a task blocks inside a send while its output has no room. The
+//! priority primitives ([`InputGate::push_priority`](gate::InputGate::push_priority),
+//! [`RemoteSubpartition::push_priority`](net::RemoteSubpartition::push_priority)) exist and
+//! are tested, but nothing uses them yet. See `docs/checkpointing.md`, "Not yet".
 
 pub mod barrier;
 pub mod buffer;

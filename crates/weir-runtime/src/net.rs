@@ -12,6 +12,13 @@
 //! `BUFFER` (channel id + Arrow IPC batch), `EVENT` (channel id + event), `ANNOUNCE` and
 //! `CREDIT` (channel id + u32 count).
 //!
+//! `length` counts the kind byte and the body; 0 or more than 256 MiB is taken for a corrupt
+//! stream and breaks the connection. `HELLO` is the first frame a dialer sends, and the only
+//! one whose body does not start with a channel id (32 bytes, [`ChannelId::encode`]).
+//! `ANNOUNCE` and `CREDIT` flow from the receiving TaskManager to the sending one, against the
+//! channel's data. A frame carries no priority flag: an event sent with priority is ahead of
+//! buffers only in the sender's queue, and is queued in arrival order at the receiver.
+//!
 //! ## Credits
 //! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
 //! registered, and returns one with a `CREDIT` frame each time its task takes a buffer. The
@@ -27,6 +34,27 @@
 //! ignored: they cannot bring back a channel that would never end.
 //!
 //! A broken connection fails every channel that used it, on both ends, naming the peer.
+//!
+//! ## Attempts
+//! A channel id includes the job's attempt. After a restart, frames and credits of the failed
+//! attempt that are still in flight name channels nobody registered any more: data is
+//! dropped, credits are ignored. They never reach the new attempt's gates or senders (but see
+//! the `ANNOUNCE` limitation below).
+//!
+//! ## Threads
+//! Each link has one writer and one reader, tokio tasks on the runtime `start` ran in. Task
+//! threads never touch a socket: a sending task encodes its batch on its own thread and queues
+//! it in its [`RemoteSubpartition`]; the writer takes what the credits allow. The reader hands
+//! `BUFFER` bodies to the gate still encoded, for the receiving task to decode.
+//!
+//! ## Known limitations
+//! - Only the dialing side gives up (8 attempts, about 4.5 s of backoff in all). The side that
+//!   waits to be dialed has no timeout: its sending tasks block once their queues are full, until
+//!   the connection comes or the job is released.
+//! - An `ANNOUNCE` for a channel whose attempt this side has already released creates a
+//!   sending end that nobody writes to; it stays (and the writer scans it on every wake) until
+//!   the link breaks.
+//! - The accept loop retries a failing `accept` at once, without a pause.
 
 use crate::buffer::{encode_batch, ChannelId, Event, Item};
 use crate::gate::{CreditReturn, InputGate};
@@ -40,20 +68,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+/// First frame of a connection: the dialer's TaskManager id, UTF-8.
 const HELLO: u8 = 0;
+/// Channel id + one Arrow IPC-encoded batch; sent only against a credit.
 const BUFFER: u8 = 1;
+/// Channel id + an encoded [`Event`]; needs no credit.
 const EVENT: u8 = 2;
+/// Channel id + `u32` n: the receiver took n buffers off the channel (always 1 today), so the
+/// sender may send n more. Ignored if the sending end is gone.
 const CREDIT: u8 = 3;
+/// Channel id + `u32` n: the receiving channel is registered and grants n credits. The sender
+/// sends nothing on a channel before this; it creates the sending end if the sending task is
+/// not deployed yet.
 const ANNOUNCE: u8 = 4;
 /// Upper bound on one frame, against corrupt length prefixes.
 const MAX_FRAME: usize = 256 << 20;
 
+/// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The data port could not be bound (in use, not permitted, not an address of this host).
     #[error("cannot bind the data port {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
 
+/// Where the frames of a registered remote input channel go: channel `index` of `gate`.
 struct InputRegistration {
     gate: Arc<InputGate>,
     index: usize,
@@ -62,17 +101,30 @@ struct InputRegistration {
 /// A TaskManager's data-plane endpoint: its listener, its links to peers, and the channels
 /// registered on them.
 pub struct NetworkEnvironment {
+    /// This TaskManager's id: sent in `HELLO`, and compared with a peer's to decide who dials.
     tm_id: String,
+    /// The bound data port's address.
     local_addr: SocketAddr,
+    /// `taskmanager.network.sender-queue-buffers`: buffers one remote subpartition queues beyond
+    /// its credits before its sending task blocks.
     sender_queue_buffers: usize,
+    /// The current link per peer id. A broken link is removed, and replaced on next use.
     peers: Mutex<HashMap<String, Arc<PeerLink>>>,
+    /// Remote input channels registered here. Data for any other channel id is dropped.
     inputs: Mutex<HashMap<ChannelId, InputRegistration>>,
+    /// Sending ends by channel id, created by `register_output` or by an `ANNOUNCE`, whichever
+    /// comes first; removed once their end of partition went out, on release, or when their link
+    /// breaks.
     outputs: Mutex<HashMap<ChannelId, Arc<RemoteSubpartition>>>,
+    /// The runtime that dials run on (callers of `link` may be threads outside any runtime).
     runtime: tokio::runtime::Handle,
 }
 
 impl NetworkEnvironment {
-    /// Binds the data port and starts accepting peers. Must be called inside a tokio runtime.
+    /// Binds the data port and starts accepting peers. Must be called inside a tokio runtime,
+    /// which then runs every link's writer and reader. `bind` is `host:port`; port 0 picks a
+    /// free port (see [`NetworkEnvironment::local_addr`]). The accept loop ends once the
+    /// environment is dropped (at the next accepted connection).
     pub async fn start(tm_id: &str, bind: &str, sender_queue_buffers: usize) -> Result<Arc<Self>, NetError> {
         let listener = TcpListener::bind(bind).await.map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
         let local_addr = listener.local_addr().map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
@@ -96,14 +148,19 @@ impl NetworkEnvironment {
         Ok(env)
     }
 
+    /// The address the data port is bound to: what peers dial.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// This TaskManager's id.
     pub fn tm_id(&self) -> &str {
         &self.tm_id
     }
 
+    /// An incoming connection: reads `HELLO` (within 30 s, else the socket is dropped), then
+    /// attaches the socket to the link for that peer, creating the link if no channel needed it
+    /// yet. A connection for a link that already has one is dropped.
     async fn accept(self: Arc<Self>, mut socket: TcpStream) {
         let _ = socket.set_nodelay(true);
         let hello = match tokio::time::timeout(Duration::from_secs(30), read_frame(&mut socket)).await {
@@ -116,6 +173,10 @@ impl NetworkEnvironment {
     }
 
     /// The link to `peer`, created (and, if this side dials, connected) on first use.
+    ///
+    /// Only the side whose id is smaller (as strings) dials, and only when given the peer's
+    /// address; the other side waits for the peer's connection to attach it. A
+    /// broken link is replaced by a new one, which dials again.
     pub fn link(self: &Arc<Self>, peer: &str, peer_addr: Option<&str>) -> Arc<PeerLink> {
         let mut peers = self.peers.lock();
         if let Some(l) = peers.get(peer) {
@@ -136,6 +197,10 @@ impl NetworkEnvironment {
     }
 
     /// Registers input channel `index` of `gate`, fed by `peer`, and announces its credits.
+    ///
+    /// The `ANNOUNCE` frame grants the gate's credits per channel and tells the sender the
+    /// channel exists; data may follow at once, so the gate must be ready and registered before
+    /// its task runs (the TaskManager registers every remote input, then starts the tasks).
     pub fn register_input(self: &Arc<Self>, id: ChannelId, gate: Arc<InputGate>, index: usize, peer: &str, peer_addr: &str) {
         let credits = gate.credits_per_channel() as u32;
         self.inputs.lock().insert(id, InputRegistration { gate, index });
@@ -144,18 +209,22 @@ impl NetworkEnvironment {
     }
 
     /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate.
-    /// `None` entries are local channels, whose credits never travel.
+    /// `None` entries are local channels, whose credits never travel. Each entry is the
+    /// channel id, the peer's TaskManager id and its data address.
     pub fn credit_return(self: &Arc<Self>, ids: Vec<Option<(ChannelId, String, String)>>) -> Arc<dyn CreditReturn> {
         let links = ids.iter().map(|c| c.as_ref().map(|(id, peer, addr)| (*id, self.link(peer, Some(addr))))).collect();
         Arc::new(RemoteCredits { links })
     }
 
-    /// The sending end of channel `id` towards `peer`.
+    /// The sending end of channel `id` towards `peer`. If the receiver's `ANNOUNCE` came first,
+    /// this is the end it created. Nothing is sent before the announcement.
     pub fn register_output(self: &Arc<Self>, id: ChannelId, peer: &str, peer_addr: &str) -> Arc<RemoteSubpartition> {
         let link = self.link(peer, Some(peer_addr));
         self.output(id, &link)
     }
 
+    /// Gets or creates the sending end of `id` and adds it to `link`'s writer (on a broken link,
+    /// it fails at once with the link's reason).
     fn output(&self, id: ChannelId, link: &Arc<PeerLink>) -> Arc<RemoteSubpartition> {
         let mut outputs = self.outputs.lock();
         let sub = outputs
@@ -174,8 +243,10 @@ impl NetworkEnvironment {
         sub
     }
 
-    /// Drops every channel of one job attempt: queued data is discarded and blocked senders and
-    /// receivers are released with `reason`.
+    /// Drops every channel of one job attempt: queued data is discarded and blocked senders are
+    /// released with `reason`; the input registrations are removed, so later data for them is
+    /// dropped. Gates are not failed here: the TaskManager cancels the attempt's tasks, which
+    /// fails their gates, before calling this.
     pub fn release_job(&self, job: u128, attempt: u32, reason: &str) {
         let subs: Vec<_> = {
             let mut outputs = self.outputs.lock();
@@ -200,6 +271,8 @@ impl NetworkEnvironment {
         }
     }
 
+    /// After a link broke: forgets it (if it is still the peer's current link), fails its sending
+    /// ends, and fails the gate of every input channel announced on it. Runs once per link.
     fn on_link_broken(&self, link: &PeerLink, reason: &str) {
         {
             let mut peers = self.peers.lock();
@@ -222,6 +295,8 @@ impl NetworkEnvironment {
         }
     }
 
+    /// Hands an incoming buffer or event to its registered gate channel, in arrival order (never
+    /// with priority).
     fn deliver(&self, id: ChannelId, item: Item) {
         if let Some(reg) = self.inputs.lock().get(&id) {
             reg.gate.push_remote(reg.index, item);
@@ -230,26 +305,34 @@ impl NetworkEnvironment {
     }
 }
 
+/// What the writer, the reader and the rest of the environment share about one link.
 #[derive(Default)]
 struct LinkState {
     /// Credit frames to send: (`ANNOUNCE` or `CREDIT`, channel, count).
     credits: Vec<(u8, ChannelId, u32)>,
+    /// Sending ends whose frames this link's writer sends, until their end of partition is out.
     subs: Vec<Arc<RemoteSubpartition>>,
     /// Input channels whose credits went out on this link (their data comes back on it).
     input_channels: Vec<ChannelId>,
+    /// Why the link broke; set once. A broken link is never used again.
     broken: Option<String>,
+    /// A socket is attached; another one for this link is dropped.
     attached: bool,
 }
 
-/// The logical link to one peer TaskManager.
+/// The logical link to one peer TaskManager: exists as soon as a channel needs it, queues
+/// credits and data until its socket is attached, then runs one writer and one reader on it.
 pub struct PeerLink {
+    /// The peer's TaskManager id.
     peer: String,
+    /// Shared with the writer and reader; never held across an `.await`.
     state: Mutex<LinkState>,
     /// Wakes the writer: new credits to send, or a subpartition has something sendable.
     notify: Notify,
 }
 
 impl PeerLink {
+    /// Whether the link broke (it is then replaced on next use).
     fn is_broken(&self) -> bool {
         self.state.lock().broken.is_some()
     }
@@ -266,6 +349,7 @@ impl PeerLink {
         self.notify.notify_one();
     }
 
+    /// Adds a sending end to the writer's list, once; on a broken link the end fails at once.
     fn add_subpartition(&self, sub: &Arc<RemoteSubpartition>) {
         let mut st = self.state.lock();
         if let Some(reason) = &st.broken {
@@ -277,10 +361,14 @@ impl PeerLink {
         }
     }
 
+    /// Takes a sending end off the writer's list (its job attempt was released).
     fn remove_subpartition(&self, id: &ChannelId) {
         self.state.lock().subs.retain(|s| &s.id != id);
     }
 
+    /// Connects to the peer at `addr` and sends `HELLO`: 8 attempts, waiting 50 ms doubling up to
+    /// 1 s between them. If all fail, the link breaks, failing every channel on it with a reason
+    /// naming the peer and the address.
     async fn dial(self: Arc<Self>, env: Arc<NetworkEnvironment>, addr: String) {
         let mut delay = Duration::from_millis(50);
         for attempt in 0..8 {
@@ -303,6 +391,9 @@ impl PeerLink {
         self.break_link(&env, &reason);
     }
 
+    /// Marks the link broken (the first reason wins; later calls do nothing), fails its channels
+    /// on this side, and wakes the writer so it exits. The peer notices the closed socket and
+    /// fails its side.
     fn break_link(&self, env: &NetworkEnvironment, reason: &str) {
         {
             let mut st = self.state.lock();
@@ -316,6 +407,9 @@ impl PeerLink {
         self.notify.notify_one();
     }
 
+    /// Starts the writer and reader on `socket`, unless a socket is already attached or the link
+    /// broke. A writer error, or the reader's end (closed by the peer, or an error), breaks the
+    /// link; a writer that stops because the link broke does nothing more.
     fn attach(self: Arc<Self>, env: Arc<NetworkEnvironment>, socket: TcpStream) {
         {
             let mut st = self.state.lock();
@@ -343,10 +437,18 @@ impl PeerLink {
         });
     }
 
+    /// Wakes the writer. `Notify` keeps one permit, so a wake-up sent while the writer is busy is
+    /// not lost.
     fn notify_writer(&self) {
         self.notify.notify_one();
     }
 
+    /// The writer. Each round drains the queued credit frames, then takes from every sending end
+    /// what its credits allow, and writes it all; with nothing left it flushes the socket buffer
+    /// and sleeps until notified. Credit frames go out ahead of data queued at the same time. A
+    /// sending end whose end of partition went out is dropped, from the link and from `outputs`,
+    /// so late credits for it find nothing. Each round scans every sending end of the link.
+    /// Returns `Ok` only when the link broke.
     async fn write_loop(self: Arc<Self>, env: &NetworkEnvironment, write: tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(256 << 10, write);
         let mut frames: Vec<(u8, ChannelId, Bytes)> = Vec::new();
@@ -392,6 +494,10 @@ impl PeerLink {
         }
     }
 
+    /// The reader: dispatches frames until the peer closes (`Ok`) or an error. `BUFFER` and
+    /// `EVENT` go to the registered gate channel (dropped if none); `ANNOUNCE` creates the sending
+    /// end if needed and grants credits; `CREDIT` grants credits to an existing sending end only.
+    /// A malformed frame is an error, which breaks the link.
     async fn read_loop(self: Arc<Self>, env: &Arc<NetworkEnvironment>, mut read: tokio::net::tcp::OwnedReadHalf) -> std::io::Result<()> {
         loop {
             let (kind, mut body) = match read_frame(&mut read).await {
@@ -428,16 +534,20 @@ impl PeerLink {
     }
 }
 
+/// A protocol violation, as an I/O error that breaks the link.
 fn invalid(msg: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
 }
 
+/// Appends one frame whose body has no channel id (`HELLO`).
 fn put_frame(buf: &mut BytesMut, kind: u8, body: &[u8]) {
     buf.put_u32(1 + body.len() as u32);
     buf.put_u8(kind);
     buf.put_slice(body);
 }
 
+/// Reads one frame and returns its kind and the body after it. A length of 0 or above
+/// `MAX_FRAME` is an error.
 async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, Bytes)> {
     let len = r.read_u32().await? as usize;
     if len == 0 || len > MAX_FRAME {
@@ -450,7 +560,11 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, 
     Ok((kind, buf))
 }
 
+/// The [`CreditReturn`] of a gate with remote channels: each buffer taken queues a `CREDIT(1)`
+/// frame on the link to its sender. Keeps the links it was made with: after one breaks, its
+/// credits go nowhere (the gates it fed have been failed by then).
 struct RemoteCredits {
+    /// Per gate channel: its id and link; `None` for a local channel.
     links: Vec<Option<(ChannelId, Arc<PeerLink>)>>,
 }
 
@@ -462,6 +576,7 @@ impl CreditReturn for RemoteCredits {
     }
 }
 
+/// The queue and credit account of one sending end.
 #[derive(Default)]
 struct SubState {
     /// Frames waiting to be sent, as (frame kind `BUFFER` or `EVENT`, body), in sending order:
@@ -478,20 +593,30 @@ struct SubState {
     announced: bool,
     /// End of partition was queued: the subpartition goes away once it is sent.
     ended: bool,
+    /// Why the channel failed (link broken, attempt released): every push returns it. Set once.
     failure: Option<String>,
 }
 
-/// The sending end of one channel to a remote TaskManager.
+/// The sending end of one channel to a remote TaskManager: a queue of encoded frames, drained
+/// by its link's writer as credits allow.
 pub struct RemoteSubpartition {
+    /// The channel it sends on.
     id: ChannelId,
+    /// Queue, credits and flags, shared by the sending task and the writer.
     state: Mutex<SubState>,
+    /// Signalled when buffers leave the queue or the channel fails: wakes a sending task blocked
+    /// in `push_blocking`.
     space: Condvar,
+    /// The link whose writer sends this channel's frames.
     link: Arc<PeerLink>,
 }
 
 impl RemoteSubpartition {
     /// Queues an item (encoding buffers to Arrow IPC on the caller's thread), waiting while
     /// `sender-queue-buffers` buffers already wait for credit.
+    ///
+    /// That wait is the sending task's backpressure. Events never wait. Queuing an end of
+    /// partition marks the channel ended: once it is sent, the sending end is dropped.
     pub fn push_blocking(&self, item: Item) -> Result<(), String> {
         let (kind, body) = match item {
             Item::Buffer(b) => (BUFFER, encode_batch(&b).map_err(|e| format!("cannot encode a buffer: {e}"))?),
@@ -519,7 +644,10 @@ impl RemoteSubpartition {
         Ok(())
     }
 
-    /// Puts an event at the head of the queue, ahead of every buffer waiting for credit.
+    /// Puts an event at the head of the queue, ahead of every buffer waiting for credit. It
+    /// takes no queue slot and still waits for the announcement. An end of partition pushed
+    /// this way does not mark the channel ended (only `push_blocking` does), so the sending end
+    /// would never be dropped. Unused outside the tests so far.
     pub fn push_priority(&self, event: Event) -> Result<(), String> {
         let mut st = self.state.lock();
         if let Some(f) = &st.failure {
@@ -531,12 +659,15 @@ impl RemoteSubpartition {
         Ok(())
     }
 
+    /// Grants `n` credits; the first grant (from the `ANNOUNCE`) also allows sending at all. The
+    /// caller wakes the writer.
     fn add_credit(&self, n: u32) {
         let mut st = self.state.lock();
         st.credits += n;
         st.announced = true;
     }
 
+    /// Fails the channel: queued frames are discarded and a blocked sender wakes with `reason`.
     fn fail(&self, reason: &str) {
         let mut st = self.state.lock();
         if st.failure.is_none() {
@@ -548,6 +679,11 @@ impl RemoteSubpartition {
     }
 
     /// Moves what may be sent now into `out`. Returns true once the end of partition went out.
+    ///
+    /// Nothing goes before the announcement or after a failure. Frames leave in queue order:
+    /// a buffer at the head without a credit stops the channel, and whatever is queued behind
+    /// it waits too (only priority events get ahead of it). Each buffer sent uses a credit and
+    /// frees a queue slot, waking a blocked sender.
     fn take_sendable(&self, out: &mut Vec<(u8, ChannelId, Bytes)>) -> bool {
         let mut st = self.state.lock();
         if !st.announced || st.failure.is_some() {

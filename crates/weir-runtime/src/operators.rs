@@ -7,6 +7,9 @@
 //! Keyed state is typed: an operator that keeps some is a [`KeyedOperator`] and sits in the
 //! chain as [`ChainOperator::Keyed`], so the task reaches its [`StateBackend`] to snapshot,
 //! restore and notify it without downcasting.
+//!
+//! Operators of one chain call each other directly ([`push_through`]): a batch runs through the
+//! whole chain before the task takes the next one, with no queue and no thread between them.
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
@@ -18,17 +21,22 @@ use weir_core::operator::{Collector, ConnectorFactory, OpResult, Operator, Opera
 use weir_core::KeyGroupRange;
 use weir_state::{BackendKind, Keys, StateBackend};
 
+/// The index of column `name` in `schema`; the error names the column.
 fn column_index(schema: &SchemaRef, name: &str) -> OpResult<usize> {
     schema.index_of(name).map_err(|_| OperatorError::Failed(format!("no column '{name}'")))
 }
 
+/// Column `idx` of `batch` as text, or an error naming its index.
 fn text_column<'a>(batch: &'a RecordBatch, idx: usize) -> OpResult<&'a StringArray> {
     batch.column(idx).as_any().downcast_ref::<StringArray>().ok_or_else(|| OperatorError::Failed(format!("column {idx} is not text")))
 }
 
-/// `split`: one output row per whitespace-separated word.
+/// `split`: one output row per whitespace-separated word. Null lines give no words; the other
+/// input columns are not carried over.
 struct Split {
+    /// Index of the text column to split.
     column: usize,
+    /// The output schema: one text column of words.
     schema: SchemaRef,
 }
 
@@ -53,9 +61,12 @@ impl Operator for Split {
 }
 
 /// `upper` / `lower` on one text column. ASCII text keeps its byte offsets, so the new column
-/// reuses them and only the value bytes are rewritten in one pass.
+/// reuses them and only the value bytes are rewritten in one pass. Other text goes row by row
+/// through Unicode case mapping (which may change lengths). Nulls stay null.
 struct ChangeCase {
+    /// Index of the text column to change; the other columns pass through unchanged.
     column: usize,
+    /// `true` for `upper`, `false` for `lower`.
     upper: bool,
 }
 
@@ -90,12 +101,22 @@ impl Operator for ChangeCase {
 }
 
 /// `filter`: keeps the rows for which `column op value` holds.
+///
+/// An integer literal needs an `Int64` column, a text literal a text column; otherwise the
+/// task fails. Nulls are not special: an `Int64` null compares as the value stored under its
+/// null slot, a text null as the text under it (usually empty). `contains` and `starts_with`
+/// only apply to text: with an integer literal they keep no row.
 struct Filter {
+    /// Index of the compared column.
     column: usize,
+    /// The comparison.
     op: CompareOp,
+    /// The right-hand side.
     value: Literal,
 }
 
+/// `a op b` for the ordering operators; the text-only `contains` and `starts_with` are false
+/// here (the text filter handles them before calling this).
 fn compare<T: PartialOrd + ?Sized>(a: &T, op: CompareOp, b: &T) -> bool {
     match op {
         CompareOp::Eq => a == b,
@@ -141,8 +162,10 @@ impl Operator for Filter {
     }
 }
 
-/// `select`: keeps the listed columns, in that order.
+/// `select`: keeps the listed columns, in that order. Zero-copy: the output shares the input's
+/// arrays.
 struct Select {
+    /// Input column indices, in output order.
     indices: Vec<usize>,
 }
 
@@ -155,11 +178,17 @@ impl Operator for Select {
 /// Keyed running aggregate: for every input row, emits (key, updated aggregate). Its state
 /// lives in the job's state backend (`state.backend.type`), one batch call per record batch.
 struct KeyedAggregate {
+    /// Which aggregate: `count`, `sum`, `min` or `max`.
     kind: AggKind,
+    /// Index of the key column (`Utf8` or `Int64`).
     key: usize,
+    /// Index of the aggregated `Int64` column; `None` for `count`.
     field: Option<usize>,
+    /// The output schema: the key column, then the aggregate.
     schema: SchemaRef,
+    /// This subtask's state backend, covering its key-group range.
     state: StateBackend,
+    /// The backend writes one updated aggregate per input row here; it becomes the output column.
     scratch: Vec<i64>,
 }
 
@@ -235,8 +264,12 @@ impl ChainOperator {
 /// A vertex's operators, ready to run: an optional source reader at the head, then the
 /// chain of operators a batch passes through in order.
 pub struct OperatorChain {
+    /// The source reader, if the vertex starts with a source. The task takes it out while it runs
+    /// it and puts it back afterwards.
     pub source: Option<Box<dyn SourceReader>>,
+    /// The source's uid: its operator state (the source position) is stored under it.
     pub source_uid: Option<String>,
+    /// The transforms and sinks, in chain order (without the source).
     pub operators: Vec<ChainOperator>,
     /// The uid of each operator, in chain order.
     pub uids: Vec<String>,
@@ -245,11 +278,13 @@ pub struct OperatorChain {
 /// Where keyed operators keep their state.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
+    /// `state.backend.type`: `hashmap` or `rocksdb`.
     pub backend: BackendKind,
     /// The TaskManager's working directory (RocksDB instances live under it).
     pub local_dir: std::path::PathBuf,
 }
 
+/// The hashmap backend, with the system's temporary directory: what tests use.
 impl Default for StateConfig {
     fn default() -> Self {
         Self { backend: BackendKind::HashMap, local_dir: std::env::temp_dir() }
@@ -259,6 +294,10 @@ impl Default for StateConfig {
 /// Builds the operators of `vertex` for subtask `info`. `input_schema` is the schema of the
 /// rows arriving from upstream (empty for a source vertex); `connectors` builds its source
 /// and sinks.
+///
+/// Each operator's columns are resolved against the output schema of the operator before it,
+/// so a missing column fails here, naming it. A keyed operator gets a new, empty state backend
+/// for this subtask's key-group range; restoring it from a checkpoint is the task's job.
 pub fn build_chain(
     vertex: &Vertex,
     info: &SubtaskInfo,
@@ -326,7 +365,8 @@ pub fn build_chain(
     Ok(OperatorChain { source, source_uid, operators, uids })
 }
 
-/// Pushes a batch through `ops`, then into `out`.
+/// Pushes a batch through `ops`, then into `out`. Each operator's collector is the rest of the
+/// chain, so the call returns once every output the batch caused has reached `out`.
 pub fn push_through(ops: &mut [ChainOperator], batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
     match ops.split_first_mut() {
         None => out.collect(batch),
@@ -343,8 +383,11 @@ pub fn finish_chain(ops: &mut [ChainOperator], out: &mut dyn Collector) -> OpRes
     Ok(())
 }
 
+/// The collector an operator writes to: forwards each batch through the rest of the chain.
 struct ChainCollector<'a> {
+    /// The operators after the one writing.
     rest: &'a mut [ChainOperator],
+    /// Where the chain's output goes (the task's partition).
     out: &'a mut dyn Collector,
 }
 

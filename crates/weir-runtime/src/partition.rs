@@ -8,6 +8,24 @@
 //! (the earliest deadline) and scans the channels only once that deadline passed. Hash
 //! partitioning computes each row's channel from its key group, once per row, in one loop per
 //! batch, then gathers each channel's rows with one `take` per channel.
+//!
+//! ## Ordering
+//! Everything a task sends on one channel arrives in the order it was sent: buffers, then
+//! events queued behind them. That is why a checkpoint barrier is sent only after
+//! [`ResultPartition::flush_all`]: the rows emitted before it must leave before it.
+//!
+//! ## Limitations
+//! - Sending blocks the task thread: a full local channel waits for a credit in
+//!   [`InputGate::push_blocking`], a remote one while `sender-queue-buffers` buffers wait for
+//!   credit. The design's non-blocking task loop (check output room before taking input) is not
+//!   built, so a backpressured task sees no barrier or command until its send returns.
+//! - Sizes come from `RecordBatch::get_array_memory_size`, which counts the whole allocations
+//!   behind each column. A slice of a large batch reports the size of the whole batch, so a
+//!   slice that reaches another task through a local channel and is emitted again unchanged
+//!   (a `select` keeps the arrays) is measured as oversized and cut again, into buffers of
+//!   very few rows.
+//! - Hash partitioning does not treat null keys specially: a null row goes where the value
+//!   stored under its null slot hashes to.
 
 use crate::buffer::{Event, Item};
 use crate::gate::InputGate;
@@ -20,15 +38,20 @@ use weir_core::graph::Partitioning;
 use weir_core::keygroup::{hash_bytes, hash_i64, key_group_for_hash, subtask_for_key_group};
 use weir_core::operator::{Collector, OpResult, OperatorError};
 
-/// Where one channel's buffers go.
+/// Where one channel's buffers go: the downstream task's gate, or the TCP data plane.
 pub enum ChannelWriter {
-    /// A task in this TaskManager: straight into its input gate.
+    /// A task in this TaskManager: straight into its input gate, as channel `index` of it
+    /// (the channel's `gate_index` in the [`ChannelPlan`](crate::wiring::ChannelPlan)).
     Local { gate: Arc<InputGate>, index: usize },
     /// A task on another TaskManager, over TCP.
     Remote(Arc<RemoteSubpartition>),
 }
 
 impl ChannelWriter {
+    /// Sends one item, blocking the task thread while the channel has no room: a local channel
+    /// until the downstream task takes a buffer, a remote one while `sender-queue-buffers`
+    /// buffers wait for credit. Events never wait. Fails once the receiving side is gone (its gate
+    /// failed, or the link broke, or the job was released).
     fn push(&self, item: Item) -> OpResult {
         match self {
             ChannelWriter::Local { gate, index } => gate.push_blocking(*index, item),
@@ -38,25 +61,42 @@ impl ChannelWriter {
     }
 }
 
+/// One channel's partly filled buffer: rows waiting for a full segment or their deadline.
 struct Pending {
+    /// Batches to concatenate into one buffer when it is flushed.
     batches: Vec<RecordBatch>,
+    /// Their size, as `get_array_memory_size` counts it.
     bytes: usize,
+    /// When the first of them arrived; `None` when empty. The buffer is due one
+    /// `execution.buffer-timeout` later.
     since: Option<Instant>,
 }
 
-/// One output edge of a task.
+/// One output edge of a task: its partitioning and one writer and pending buffer per channel.
 pub struct OutputEdge {
+    /// How rows are spread over `channels`.
     partitioning: Partitioning,
+    /// For hash edges: the key's column in the emitted batches.
     key_column: Option<usize>,
+    /// `pipeline.max-parallelism`: the number of key groups, for hash routing.
     max_parallelism: u32,
+    /// One writer per target subtask, in the order the partitioning numbers them (hash: channel
+    /// `i` goes to subtask `i`, which owns the `i`-th key-group range).
     channels: Vec<ChannelWriter>,
+    /// One pending buffer per channel, same order.
     pending: Vec<Pending>,
+    /// Rebalance: the channel the next batch goes to (round robin per batch, not per row).
     next_rebalance: usize,
     /// Per-channel row indices for hash partitioning, reused across batches.
     scratch: Vec<Vec<u32>>,
 }
 
 impl OutputEdge {
+    /// An edge writing to `channels` (from an
+    /// [`OutputEdgePlan`](crate::wiring::OutputEdgePlan)). `key_column` must be `Some` for a hash
+    /// edge with more than one channel (the first batch panics otherwise). `start_channel`
+    /// staggers round robin: the TaskManager passes the subtask index, so the upstream subtasks
+    /// of a rebalance edge do not all start on channel 0.
     pub fn new(
         partitioning: Partitioning,
         key_column: Option<usize>,
@@ -79,7 +119,10 @@ impl OutputEdge {
 
 /// The buffering policy, and when it next requires a flush.
 struct Buffering {
+    /// `taskmanager.memory.segment-size`: a channel's rows are sent once they reach this size.
     segment_size: usize,
+    /// `execution.buffer-timeout`: rows are sent at the latest this long after the first of them
+    /// was buffered (checked by [`ResultPartition::flush_due`], so as often as the task wakes).
     timeout: Duration,
     /// No partly filled buffer is due before this instant; `None` when none is pending. It may
     /// be early (a buffer that filled up left before its deadline), never late.
@@ -94,24 +137,34 @@ impl Buffering {
     }
 }
 
-/// All output edges of a task, and the buffering policy.
+/// All output edges of a task, and the buffering policy. Everything the task's operator chain
+/// emits ends up here.
 pub struct ResultPartition {
+    /// End of partition was sent on every channel: nothing more may be sent, and a checkpoint
+    /// taken afterwards (the final one) forwards no barrier.
     finished: bool,
     edges: Vec<OutputEdge>,
     buffering: Buffering,
+    /// Rows emitted, counted before partitioning (a broadcast row counts once).
     pub records_out: u64,
 }
 
 impl ResultPartition {
+    /// A partition over `edges`, with the TaskManager's segment size and the job's buffer timeout.
     pub fn new(edges: Vec<OutputEdge>, segment_size: usize, buffer_timeout: Duration) -> Self {
         Self { finished: false, edges, buffering: Buffering { segment_size, timeout: buffer_timeout, flush_at: None }, records_out: 0 }
     }
 
+    /// Whether the task has no output edge (a sink vertex): emitted rows are counted and dropped.
     pub fn is_empty(&self) -> bool {
         self.edges.is_empty()
     }
 
-    /// Partitions and buffers one batch.
+    /// Partitions and buffers one batch on every edge: `forward` to the edge's one channel,
+    /// `rebalance` the whole batch to the next channel in turn, `broadcast` to every channel (a
+    /// clone that shares the buffers), `hash` each row to the subtask owning its key's key group.
+    /// Hash keys must be `Utf8` or `Int64`; another type fails the task. May block when a
+    /// buffer fills up and its channel has no room (see [`ChannelWriter`]).
     pub fn emit(&mut self, batch: RecordBatch) -> OpResult {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -183,6 +236,10 @@ impl ResultPartition {
     }
 
     /// Flushes buffers whose timeout has passed. Cheap when none has: one comparison.
+    ///
+    /// The task calls it after every batch and every wake, not only when its poll times out:
+    /// while input keeps arriving the poll never times out, and a quiet channel's rows would
+    /// wait for a full segment. Sets the next deadline from the buffers still pending.
     pub fn flush_due(&mut self, now: Instant) -> OpResult {
         if self.buffering.flush_at.is_none_or(|t| now < t) {
             return Ok(());
@@ -215,7 +272,9 @@ impl ResultPartition {
         Ok(())
     }
 
-    /// Sends an event on every channel, behind everything already sent.
+    /// Sends an event on every channel, behind everything already sent. Does not flush: a
+    /// caller whose event must follow the buffered rows (a barrier) flushes first. Never waits
+    /// for credit; with priority on no channel (no unaligned barriers yet).
     pub fn broadcast_event(&mut self, event: Event) -> OpResult {
         for edge in &mut self.edges {
             for ch in &edge.channels {
@@ -230,7 +289,8 @@ impl ResultPartition {
         self.finished
     }
 
-    /// Flushes everything, then sends end of partition on every channel.
+    /// Flushes everything, then sends end of partition on every channel: the task's output is
+    /// over. `finished` is set first, even if a send then fails.
     pub fn finish(&mut self) -> OpResult {
         self.finished = true;
         for edge in &mut self.edges {
@@ -244,6 +304,10 @@ impl ResultPartition {
     }
 }
 
+/// Adds a batch to channel `ch`'s pending buffer and sends the buffer once it reaches a
+/// segment. A batch measured larger than a segment, with more than one row, is sent at once
+/// as zero-copy slices of about a segment each, after the rows already pending (order is
+/// kept). A single row larger than a segment goes as one oversized buffer.
 fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, buffering: &mut Buffering) -> OpResult {
     let segment = buffering.segment_size;
     let bytes = batch.get_array_memory_size();
@@ -275,6 +339,9 @@ fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, buffering: &mut 
     Ok(())
 }
 
+/// Sends channel `ch`'s pending rows as one buffer (concatenated, one copy, if there are
+/// several batches) and clears its deadline; nothing pending is a no-op. The partition's
+/// `flush_at` is left as it was: it may now be early, which only costs a scan.
 fn flush(edge: &mut OutputEdge, ch: usize) -> OpResult {
     let p = &mut edge.pending[ch];
     p.since = None;
@@ -292,6 +359,7 @@ fn flush(edge: &mut OutputEdge, ch: usize) -> OpResult {
     edge.channels[ch].push(Item::Buffer(batch))
 }
 
+/// The partition collects what the last operator of the chain emits.
 impl Collector for ResultPartition {
     fn collect(&mut self, batch: RecordBatch) -> OpResult {
         self.emit(batch)

@@ -10,6 +10,37 @@
 //! (operator state, the source position, the keyed state's copy or RocksDB checkpoint), then the
 //! barrier goes downstream behind every row emitted before it, then the files are uploaded on
 //! the TaskManager's async runtime while the task goes on, and the task acknowledges.
+//!
+//! ## The loop
+//! A task with inputs waits on its gate ([`InputGate::poll`]) until the partition's next flush
+//! deadline at the latest. Each wake is one of: a buffer (decoded here if it came over TCP,
+//! then pushed through the chain); an event (end of partition, barrier or cancellation marker,
+//! all fed to the [`BarrierHandler`], whose actions block or unblock channels, snapshot, or
+//! abort); an interrupt (commands are waiting); a timeout; the end of every input; a failure.
+//! After every wake the partition flushes what is due. A source task instead alternates
+//! between its commands and one `poll_next` of its source; an idle source sleeps at most 20 ms,
+//! less if a flush is due sooner.
+//!
+//! ## End of input
+//! Without checkpointing the chain is finished (`Operator::finish` on each operator, in order)
+//! and end of partition is sent. With checkpointing, end of partition is sent, the task
+//! reports FINISHING, waits for [`TaskCommand::FinalCheckpoint`], snapshots (forwarding no
+//! barrier: its outputs have ended), and finishes once that checkpoint or a later one
+//! completed, like Flink's final checkpoint: the last output is committed by a checkpoint,
+//! never by the end of input alone. `Operator::finish` is not called on that path, so an
+//! operator that emits rows in `finish` would lose them there; the built-in ones emit none.
+//!
+//! ## Limitations
+//! - The task blocks inside a send: when an output channel has no room, the chain's `emit`
+//!   waits, and the task sees no barrier, command or cancellation until it returns. The
+//!   design's loop that never blocks in a send (output room checked before taking input, a
+//!   small overdraft as in FLIP-227) is not built, nor are unaligned checkpoints or the
+//!   aligned-checkpoint timeout: barriers travel in order behind the data.
+//! - A source looks at its commands only between two `poll_next` calls, so a checkpoint
+//!   trigger waits while the source is blocked in a send or in `poll_next`.
+//! - [`Task::cancel`] fails only the task's own gate. A task blocked sending to a local
+//!   downstream task is released when that task's gate fails too (the TaskManager cancels every
+//!   task of the attempt), one sending remotely when the attempt's channels are released.
 
 use crate::barrier::{Action, BarrierHandler, CheckpointingMode, Input};
 use crate::buffer::{decode_batch, Barrier, Event, Item};
@@ -30,92 +61,150 @@ use weir_core::KeyGroupRange;
 use weir_state::metadata::{CheckpointMetadata, SubtaskState};
 use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
 
+/// The lifecycle of a task as it reports it: RUNNING, possibly FINISHING, then exactly one of
+/// FINISHED, FAILED or CANCELED.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
+    /// The thread started (reported before the chain is built and restored).
     Running,
     /// Input ended (checkpointing on): waiting for the final checkpoint to commit.
     Finishing,
+    /// Ended normally: the input ended and, with checkpointing, the final checkpoint completed.
     Finished,
+    /// Ended with an error (the operator's, the state layer's or the data plane's).
     Failed(String),
+    /// Ended after [`Task::cancel`], whether cleanly or with an error the cancellation caused.
     Canceled,
 }
 
 /// A state change of a task, with its row counters.
 #[derive(Debug, Clone)]
 pub struct TaskEvent {
+    /// The task's vertex id.
     pub vertex: u32,
+    /// The task's subtask index.
     pub subtask: u32,
+    /// The state entered.
     pub state: TaskState,
+    /// Rows taken in so far: from the source, or from the gate.
     pub records_in: u64,
+    /// Rows the chain emitted so far, counted before partitioning.
     pub records_out: u64,
 }
 
-/// Commands from the TaskManager to a running task.
+/// Commands from the TaskManager to a running task, handed over by [`Task::command`] and
+/// acted on between two batches.
 #[derive(Debug, Clone)]
 pub enum TaskCommand {
-    /// Sources only: take checkpoint `barrier.id` now and emit its barrier.
+    /// Sources only: take checkpoint `barrier.id` now and emit its barrier. Other tasks (their
+    /// barriers come through the gate) and tasks past the end of their input ignore it.
     TriggerCheckpoint(Barrier),
+    /// Checkpoint `n` completed everywhere: the keyed backends learn which of their uploaded
+    /// files later checkpoints may reference, then every operator is told (two-phase-commit sinks
+    /// commit). Covers every checkpoint up to `n`.
     NotifyCheckpointComplete(u64),
+    /// The coordinator aborted checkpoint `id`. A source sends a cancellation marker for it
+    /// downstream; another task does so only while it aligns no checkpoint, and an alignment in
+    /// progress is not ended by this command: it ends when the marker from upstream, or a newer
+    /// barrier, arrives.
     AbortCheckpoint(u64),
     /// Every task of the job reached the end of its input: snapshot for checkpoint `id`, the
-    /// final one, whose completion commits the last output.
+    /// final one, whose completion commits the last output. Only looked at once this task has
+    /// reached the end of its input; one that arrives earlier is dropped.
     FinalCheckpoint(u64),
 }
 
-/// The result of one subtask's part of a checkpoint.
+/// The result of one subtask's part of a checkpoint, reported through
+/// [`CheckpointSettings::report`]: an acknowledgement with state handles, or a decline.
 #[derive(Debug, Clone)]
 pub struct CheckpointAck {
+    /// The reporting task's vertex id.
     pub vertex: u32,
+    /// The reporting task's subtask index.
     pub subtask: u32,
+    /// The checkpoint id.
     pub checkpoint: u64,
     /// Ok: the state of each operator uid of the chain; Err: why it was declined.
     pub result: Result<Vec<(String, SubtaskState)>, String>,
+    /// How long the barriers took to align here (zero for sources, final checkpoints and
+    /// declines).
     pub alignment: Duration,
+    /// Bytes of the operator-state files plus the sizes of the keyed state handles; zero when
+    /// declined.
     pub size: u64,
 }
 
-/// How this job checkpoints.
+/// How this job checkpoints. A task without them (`TaskDescriptor::checkpointing` is `None`)
+/// passes barriers on untouched and finishes as soon as its input ends.
 #[derive(Clone)]
 pub struct CheckpointSettings {
+    /// `execution.checkpointing.mode`: whether the barrier handler aligns (exactly-once) or not.
     pub mode: CheckpointingMode,
+    /// Where snapshots are uploaded.
     pub storage: CheckpointStorage,
+    /// `execution.checkpointing.incremental`: RocksDB uploads only files not uploaded before.
     pub incremental: bool,
+    /// The TaskManager's async runtime: uploads run there, off the task thread.
     pub runtime: tokio::runtime::Handle,
+    /// Called once per checkpoint this task took or declined: from the runtime when an upload is
+    /// done, from the task thread for a decline.
     pub report: Arc<dyn Fn(CheckpointAck) + Send + Sync>,
 }
 
 /// The checkpoint a restarted job resumes from.
 #[derive(Clone)]
 pub struct RestoreSettings {
+    /// The `_metadata` of the checkpoint to resume from: every operator's state handles.
     pub metadata: Arc<CheckpointMetadata>,
+    /// Where that checkpoint's files are.
     pub storage: CheckpointStorage,
+    /// The runtime the task thread blocks on while it reads them.
     pub runtime: tokio::runtime::Handle,
 }
 
 /// Everything a task needs to run, built by the TaskManager.
 pub struct TaskDescriptor {
+    /// Which subtask of which job attempt this is.
     pub info: SubtaskInfo,
+    /// The vertex, with its chain of operators.
     pub vertex: Vertex,
+    /// The schema of the rows on the gate (from the [`ChannelPlan`](crate::wiring::ChannelPlan)).
     pub input_schema: SchemaRef,
+    /// The input gate; `None` for a source vertex.
     pub gate: Option<Arc<InputGate>>,
+    /// The output side, wired by the TaskManager from the channel plan.
     pub partition: ResultPartition,
+    /// The state backend of keyed operators, and where it keeps local files.
     pub state: StateConfig,
+    /// `None` when checkpointing is off for the job.
     pub checkpointing: Option<CheckpointSettings>,
+    /// `Some` when this attempt resumes from a completed checkpoint.
     pub restore: Option<RestoreSettings>,
     /// Builds the chain's source and sinks.
     pub connectors: Arc<dyn ConnectorFactory>,
 }
 
+/// The TaskManager's handle on a running task: it commands, cancels and joins it through
+/// this. The task itself runs on its own thread.
 pub struct Task {
+    /// Set by [`Task::cancel`]; the thread checks it between batches.
     cancelled: Arc<AtomicBool>,
+    /// The task's gate, to interrupt or fail a task that waits for input.
     gate: Option<Arc<InputGate>>,
+    /// Commands to the task thread.
     commands: Mutex<Sender<TaskCommand>>,
+    /// Whether the chain starts with a source.
     is_source: bool,
+    /// The task thread; `None` once joined.
     thread: Option<JoinHandle<()>>,
 }
 
 impl Task {
     /// Starts the task's thread. `report` is called from that thread on every state change.
+    ///
+    /// The thread is named `<vertex> (<i>/<p>)`. It reports RUNNING, builds the chain, restores
+    /// its state, runs it, and reports how it ended with its row counters. Fails only if the
+    /// thread cannot be started.
     pub fn spawn(desc: TaskDescriptor, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) -> std::io::Result<Task> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let gate = desc.gate.clone();
@@ -127,11 +216,14 @@ impl Task {
         Ok(Task { cancelled, gate, commands: Mutex::new(tx), is_source, thread: Some(thread) })
     }
 
+    /// Whether the chain starts with a source: only such a task acts on checkpoint triggers.
     pub fn is_source(&self) -> bool {
         self.is_source
     }
 
-    /// Hands the task a command; it acts on it between two batches.
+    /// Hands the task a command; it acts on it between two batches. A task waiting on its gate
+    /// is interrupted so it looks at once; a source looks between two polls of its source; a
+    /// task blocked in a send looks once the send returns.
     pub fn command(&self, cmd: TaskCommand) {
         let _ = self.commands.lock().send(cmd);
         if let Some(g) = &self.gate {
@@ -139,7 +231,8 @@ impl Task {
         }
     }
 
-    /// Asks the task to stop; it reports CANCELED unless it already ended.
+    /// Asks the task to stop; it reports CANCELED unless it already ended. Failing its gate
+    /// wakes a task that waits for input; other tasks see the flag between two batches.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         if let Some(g) = &self.gate {
@@ -147,6 +240,7 @@ impl Task {
         }
     }
 
+    /// Whether the task's thread has ended (or was joined).
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
@@ -159,6 +253,10 @@ impl Task {
     }
 }
 
+/// The task thread: builds the chain and restores its state, runs it, and reports how it
+/// ended. Whatever the outcome, the gate is failed at the end, so upstream senders blocked on
+/// this task's channels are released. The barrier handler's mode comes from the checkpoint
+/// settings (exactly-once when checkpointing is off).
 fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<TaskCommand>, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) {
     let (vertex, subtask) = (desc.info.vertex, desc.info.index);
     let event = |state, records_in, records_out| TaskEvent { vertex, subtask, state, records_in, records_out };
@@ -210,6 +308,11 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<Task
 /// Restores every operator of the chain that has state in the checkpoint: keyed state for its
 /// key-group range (from every old subtask whose range overlaps), operator state dealt
 /// round-robin over the new subtasks.
+///
+/// Runs on the task thread, blocking on the TaskManager's runtime for reads. Every operator of
+/// the chain gets `restore_state(n, elements)`, with no elements if the checkpoint has no
+/// operator state for its uid; the source only if the checkpoint has its uid. Keyed handles
+/// of a uid whose operator keeps no keyed state in the new chain are ignored.
 fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r: &RestoreSettings) -> OpResult {
     let fail = |e: weir_state::StateError| OperatorError::Failed(format!("restoring checkpoint {}: {e}", r.metadata.checkpoint_id));
     let n = r.metadata.checkpoint_id;
@@ -266,16 +369,25 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
     Ok(())
 }
 
+/// The task thread's working state while the chain runs.
 struct Runner {
+    /// Reports state changes (FINISHING, from here).
     report: Arc<dyn Fn(TaskEvent) + Send + Sync>,
     /// The final checkpoint this task snapshotted, once its input ended.
     final_checkpoint: Option<u64>,
+    /// Which subtask this is.
     info: SubtaskInfo,
+    /// The output side; its `records_out` is the task's output counter.
     partition: ResultPartition,
+    /// Rows taken from the source or the gate.
     records_in: u64,
+    /// Set by [`Task::cancel`].
     cancelled: Arc<AtomicBool>,
+    /// Commands from the TaskManager.
     commands: Receiver<TaskCommand>,
+    /// `None`: checkpointing is off.
     checkpointing: Option<CheckpointSettings>,
+    /// Alignment state over the gate's channels (none for a source task).
     barriers: BarrierHandler,
     /// Keyed handles uploaded per checkpoint, so RocksDB can reuse their files once complete.
     uploaded: Arc<Mutex<BTreeMap<u64, Vec<(String, KeyedStateHandle)>>>>,
@@ -291,6 +403,14 @@ impl Collector for Output<'_> {
 }
 
 impl Runner {
+    /// Runs the chain to the end of its input (the source loop or the gate loop), then ends it as
+    /// the module header describes. Returns `Ok` also when the task was cancelled. Warns when
+    /// checkpointing is on but the source cannot rewind.
+    ///
+    /// A cancelled gate task returns at once, but a cancelled source task goes down the
+    /// end-of-input path like a source that ended: without checkpointing its chain is finished
+    /// (a chained sink's `finish` runs) and end of partition is sent; with checkpointing it
+    /// reports FINISHING before it stops.
     fn run(&mut self, mut chain: OperatorChain, gate: Option<&InputGate>) -> OpResult {
         if self.checkpointing.is_some() && chain.source.as_ref().is_some_and(|s| !s.is_replayable()) {
             tracing::warn!(task = %self.info.vertex_name, "this source cannot rewind: after a failure its rows are not replayed (at-most-once)");
@@ -330,6 +450,10 @@ impl Runner {
 
     /// After the end of input: takes the final checkpoint when told to, and returns once it
     /// completed (the sinks committed) or the task is cancelled.
+    ///
+    /// Polls its commands every 50 ms, so a cancellation is noticed. Other commands are
+    /// ignored. If the command channel closes, the wait ends as if the checkpoint had
+    /// completed, and the task reports FINISHED.
     fn await_final_checkpoint(&mut self, chain: &mut OperatorChain) -> OpResult {
         let mut source = chain.source.take();
         let result = loop {
@@ -361,6 +485,10 @@ impl Runner {
         result
     }
 
+    /// The source loop. Each round: stop if cancelled; act on every waiting command (a trigger
+    /// snapshots at once, between two batches, and emits the barrier behind every row emitted
+    /// before it); then one `poll_next`: a batch goes through the chain, an idle source sleeps
+    /// (see the module header), the end of the source returns. Flushes what is due every round.
     fn run_source(&mut self, chain: &mut OperatorChain, source: &mut Box<dyn weir_core::operator::SourceReader>) -> OpResult {
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
@@ -391,7 +519,9 @@ impl Runner {
         }
     }
 
-    /// Returns false when the task was cancelled.
+    /// The gate loop (see the module header). Returns true once every input ended, false when
+    /// the task was cancelled (its gate failed after [`Task::cancel`]). Any other gate failure,
+    /// or a buffer that does not decode, is an error naming the reason or the channel.
     fn run_gate(&mut self, chain: &mut OperatorChain, gate: &InputGate) -> OpResult<bool> {
         loop {
             match gate.poll(self.partition.next_flush()) {
@@ -430,6 +560,9 @@ impl Runner {
         }
     }
 
+    /// Feeds one input event to the barrier handler and performs its actions in order: block or
+    /// unblock a gate channel; take the checkpoint (which forwards the barrier); or abort: send a
+    /// cancellation marker downstream and decline the checkpoint to the JobManager.
     fn barrier_input(&mut self, chain: &mut OperatorChain, gate: &InputGate, input: Input) -> OpResult {
         for action in self.barriers.handle(input, Instant::now()) {
             match action {
@@ -446,6 +579,9 @@ impl Runner {
         Ok(())
     }
 
+    /// Acts on one command (see [`TaskCommand`]). For a completed checkpoint, the keyed handles
+    /// uploaded for every checkpoint up to it are first handed to their backends (incremental
+    /// RocksDB checkpoints then reference those files instead of uploading them again).
     fn command(&mut self, chain: &mut OperatorChain, cmd: TaskCommand) -> OpResult {
         match cmd {
             TaskCommand::TriggerCheckpoint(_) | TaskCommand::FinalCheckpoint(_) => Ok(()), // handled where they apply
@@ -477,6 +613,7 @@ impl Runner {
         }
     }
 
+    /// Reports checkpoint `id` as declined with `reason`; nothing with checkpointing off.
     fn decline(&self, id: u64, reason: String) {
         if let Some(c) = &self.checkpointing {
             (c.report)(CheckpointAck {
@@ -491,6 +628,15 @@ impl Runner {
     }
 
     /// Takes this task's part of checkpoint `barrier.id`.
+    ///
+    /// Synchronous part, on the task thread: flush every output buffer (the barrier must follow
+    /// the rows emitted before it), then snapshot the source position, each operator's operator
+    /// state and each keyed backend. Then the barrier goes to every output channel, unless end
+    /// of partition was sent already (the final checkpoint). Then the upload runs on the
+    /// runtime while the task goes on, and the ack (or a decline naming the upload error) is
+    /// reported when it is done. With checkpointing off, the barrier is only passed on. A
+    /// savepoint barrier makes keyed snapshots full; operator state goes under
+    /// `<job>/chk-<n>/` either way.
     fn checkpoint(
         &mut self,
         chain: &mut OperatorChain,
@@ -552,6 +698,7 @@ impl Runner {
         Ok(())
     }
 
+    /// Counts one input batch and pushes it through the chain into the partition.
     fn process(&mut self, chain: &mut OperatorChain, batch: arrow_array::RecordBatch) -> OpResult {
         self.records_in += batch.num_rows() as u64;
         push_through(&mut chain.operators, batch, &mut Output(&mut self.partition))?;
@@ -559,8 +706,12 @@ impl Runner {
     }
 }
 
+/// What an upload yields: the state per operator uid (for the ack), the keyed handles (kept
+/// until the checkpoint completes), and the bytes written.
 type Uploaded = (Vec<(String, SubtaskState)>, Vec<(String, KeyedStateHandle)>, u64);
 
+/// Writes each operator state list to `<job>/chk-<n>/<uid>-<subtask>/operator-state` and
+/// uploads each keyed snapshot. Every uid of the chain gets an entry, empty if it has no state.
 async fn upload(
     storage: &CheckpointStorage,
     info: &SubtaskInfo,

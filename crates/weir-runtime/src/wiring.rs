@@ -12,7 +12,16 @@
 //!   downstream subtask it sends to: all of them for `hash`, `rebalance` and `broadcast`
 //!   edges, subtask `j` only for `forward` edges.
 //! - A channel is named on the wire by (job, attempt, edge, upstream subtask, downstream
-//!   subtask): see [`Channel::id`].
+//!   subtask): see [`Channel::id`]. The attempt is part of the name, so the channels of a
+//!   restarted job never mix with those of the attempt that failed.
+//!
+//! ## Known limitation: forward edges between vertices
+//! A gate gets one channel per upstream subtask on every input edge, forward edges included,
+//! but on a forward edge only upstream subtask `i` writes to downstream subtask `i`. The gate's
+//! other channels of that edge never deliver anything, not even an end of partition, so the
+//! gate would never finish and an aligned barrier would never complete. The job compiler does
+//! not produce forward edges between vertices today (operators at equal parallelism are
+//! chained into one vertex); a graph that has one would hang.
 
 use crate::buffer::ChannelId;
 use arrow_schema::{Schema, SchemaRef};
@@ -22,12 +31,16 @@ use weir_core::graph::{Edge, JobGraph, Partitioning};
 /// Why a subtask's channels cannot be planned: the job graph does not hold together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WiringError {
+    /// The subtask to plan names a vertex the graph does not have.
     #[error("the job graph has no vertex {vertex}")]
     NoVertex { vertex: u32 },
+    /// An edge's source or target is not a vertex of the graph.
     #[error("edge {edge} leads to vertex {vertex}, which the job graph does not have")]
     EdgeToNoVertex { edge: u32, vertex: u32 },
+    /// The subtask index is not below the vertex's parallelism.
     #[error("vertex {vertex} has no subtask {subtask} (parallelism {parallelism})")]
     NoSubtask { vertex: u32, subtask: u32, parallelism: u32 },
+    /// A hash edge's key is not a column of its upstream vertex's output.
     #[error("edge {edge} is hash-partitioned by '{key}', which is not an output column of vertex {vertex}")]
     NoKeyColumn { edge: u32, vertex: u32, key: String },
 }
@@ -35,7 +48,10 @@ pub enum WiringError {
 /// One subtask of the job graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubtaskRef {
+    /// The vertex id, which is also its position in `JobGraph::vertices` (it is looked up by
+    /// position).
     pub vertex: u32,
+    /// The subtask index, from 0 to the vertex's parallelism (exclusive).
     pub subtask: u32,
 }
 
@@ -43,14 +59,20 @@ pub struct SubtaskRef {
 /// reads it as channel `gate_index` of its input gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Channel {
+    /// The JobGraph edge id.
     pub edge: u32,
+    /// The writing (upstream) subtask.
     pub from: SubtaskRef,
+    /// The reading (downstream) subtask.
     pub to: SubtaskRef,
+    /// The channel's index in `to`'s input gate: the offset of `edge` among `to`'s input edges,
+    /// plus `from.subtask`.
     pub gate_index: usize,
 }
 
 impl Channel {
-    /// The channel's name on the wire, for one attempt of one job.
+    /// The channel's name on the wire, for one attempt of one job. Both ends compute it from
+    /// their own plan; it names the channel in every frame and in the network's registrations.
     pub fn id(&self, job: u128, attempt: u32) -> ChannelId {
         ChannelId { job, attempt, edge: self.edge, from: self.from.subtask, to: self.to.subtask }
     }
@@ -59,7 +81,9 @@ impl Channel {
 /// One output edge of a subtask: how it partitions its rows over its channels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputEdgePlan {
+    /// The JobGraph edge id.
     pub edge: u32,
+    /// As in the job graph. A `forward` edge has one channel, to the subtask with the same index.
     pub partitioning: Partitioning,
     /// For hash edges: the key's column in the subtask's output rows.
     pub key_column: Option<usize>,
@@ -70,8 +94,10 @@ pub struct OutputEdgePlan {
 /// Every channel of one subtask.
 #[derive(Debug, Clone)]
 pub struct ChannelPlan {
+    /// The subtask planned.
     pub subtask: SubtaskRef,
-    /// The schema of the rows on the input channels (empty for a source vertex).
+    /// The schema of the rows on the input channels (empty for a source vertex): the output
+    /// schema of the first input edge's source vertex. Edges are not checked to agree.
     pub input_schema: SchemaRef,
     /// The input gate's channels in gate order (`inputs[i].gate_index == i`); empty for a
     /// source vertex, which has no gate.
@@ -81,7 +107,9 @@ pub struct ChannelPlan {
 }
 
 impl ChannelPlan {
-    /// The channels of subtask `subtask` of vertex `vertex`.
+    /// The channels of subtask `subtask` of vertex `vertex`. Reads the graph only, so the
+    /// TaskManagers at both ends of a channel compute the same channel independently. Errors
+    /// name the missing vertex, subtask or key column.
     pub fn for_subtask(graph: &JobGraph, vertex: u32, subtask: u32) -> Result<Self, WiringError> {
         let me = SubtaskRef { vertex, subtask };
         let v = graph.vertices.get(vertex as usize).ok_or(WiringError::NoVertex { vertex })?;
