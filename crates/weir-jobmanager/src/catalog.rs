@@ -8,21 +8,26 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// One job's catalog entry: enough to compile it again and to know whether it ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JobRecord {
+    /// The job id; also the file name (`<id>.json`).
     pub id: String,
+    /// The job's name, from the job file.
     pub name: String,
     /// The job file as submitted, and where it came from.
     pub definition: String,
     pub origin: String,
     /// The job's effective configuration (explicitly set keys).
     pub config: BTreeMap<String, String>,
+    /// The attempt running when the entry was written; a recovered job continues at the next.
     pub attempt: u32,
     /// A state name (`RUNNING`, `FINISHED`, ...).
     pub state: String,
 }
 
 impl JobRecord {
+    /// Whether the job ended (FINISHED, FAILED, CANCELED): ended jobs are not recovered.
     pub fn is_terminal(&self) -> bool {
         matches!(self.state.as_str(), "FINISHED" | "FAILED" | "CANCELED")
     }
@@ -37,6 +42,7 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
+    /// Opens (creating it if needed) the catalog directory `jobmanager.catalog.dir`.
     pub fn open(dir: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(Self { dir: PathBuf::from(dir), written: Arc::default() })

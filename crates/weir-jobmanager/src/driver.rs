@@ -9,7 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
-/// Handles follow-ups until the JobManager shuts down.
+/// Handles follow-ups until the JobManager shuts down. Follow-ups of one job are handled in
+/// the order they were sent (one channel, one loop), so, for example, a checkpoint's
+/// `TriggerFailed` is seen before a later `MetadataWritten` of the same checkpoint could be.
 pub(crate) async fn run(
     state: Arc<JobManagerState>,
     executor: Executor,
@@ -24,6 +26,7 @@ pub(crate) async fn run(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        // Decisions are quick (one lock, no I/O); anything that waits runs as its own task.
         match followup {
             Followup::JobAdded { job_id } => {
                 tokio::spawn(checkpoint_timer(state.clone(), executor.clone(), job_id.clone()));
@@ -46,7 +49,9 @@ pub(crate) async fn run(
     }
 }
 
-/// Ticks the job's checkpoint coordinator (triggers and timeouts) until the job ends.
+/// Ticks the job's checkpoint coordinator (triggers and timeouts) until the job ends. The
+/// timer lives as long as the job, across its restarts: the coordinator decides from the
+/// task view whether a tick may trigger.
 async fn checkpoint_timer(state: Arc<JobManagerState>, executor: Executor, job_id: String) {
     let Some(period) = state.checkpoint_tick_period(&job_id) else { return };
     loop {

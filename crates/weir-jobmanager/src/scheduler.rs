@@ -15,6 +15,8 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, executor: Executor, jo
     let deadline = Instant::now() + timeout;
     let fail = |reason: String| executor.send(Followup::FailJob { job_id: job_id.clone(), attempt: None, reason });
     let calls = loop {
+        // Registered before the check, so that slots freed between the check and the wait
+        // still wake this loop.
         let notified = state.slots_changed().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -45,6 +47,8 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, executor: Executor, jo
             })
         })
         .collect();
+    // Every TaskManager must take its part: one refusal fails the attempt (the others are
+    // canceled when it restarts or ends).
     for h in handles {
         match h.await {
             Ok(Ok(_)) => {}

@@ -1,4 +1,10 @@
-//! The JobManager's gRPC service.
+//! The JobManager's gRPC service (`JobManagerService` in `proto/weir/v1/jobmanager.proto`).
+//!
+//! Two kinds of callers: TaskManagers (registration, heartbeats, task states, checkpoint
+//! acknowledgements and declines) and the CLI (submit, list, status, cancel, checkpoints,
+//! cluster). Every method only translates: it validates the request, calls the state, and hands
+//! the effects the state returns to the executor. Bad input is `INVALID_ARGUMENT` naming what is
+//! wrong; an unknown job is `NOT_FOUND` naming its id.
 
 use crate::coordinator::Event;
 use crate::effects::Executor;
@@ -37,6 +43,8 @@ pub(crate) struct JobManagerRpc {
 
 #[tonic::async_trait]
 impl JobManagerService for JobManagerRpc {
+    /// A TaskManager offers its slots; the answer tells it how often to heartbeat.
+
     async fn register_task_manager(
         &self,
         request: Request<RegisterTaskManagerRequest>,
@@ -50,10 +58,16 @@ impl JobManagerService for JobManagerRpc {
         Ok(Response::new(RegisterTaskManagerResponse { cluster_id: String::new(), heartbeat_interval_ms: interval.as_millis() as u64 }))
     }
 
+    /// A TaskManager is alive. `known = false` tells one that was declared lost (or that
+    /// registered with an earlier JobManager) to cancel its tasks and register again.
+
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let known = self.state.heartbeat(&request.get_ref().taskmanager_id);
         Ok(Response::new(HeartbeatResponse { known }))
     }
+
+    /// A subtask changed state (running, finishing, finished, failed, canceled), with its record
+    /// counters. A failure is probed before it fails the job (see `failover.rs`).
 
     async fn update_task_state(&self, request: Request<UpdateTaskStateRequest>) -> Result<Response<UpdateTaskStateResponse>, Status> {
         let r = request.into_inner();
@@ -71,6 +85,11 @@ impl JobManagerService for JobManagerRpc {
         self.executor.perform(effects);
         Ok(Response::new(UpdateTaskStateResponse {}))
     }
+
+    /// Compiles a job file under this JobManager's configuration plus the client's `-D`
+    /// overrides, reads its typed settings once (a bad combination is refused here, naming the
+    /// key), opens its checkpoint storage and, with `-s`, reads the checkpoint it starts from.
+    /// The job is then scheduled by the driver.
 
     async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobResponse>, Status> {
         let r = request.into_inner();
@@ -107,20 +126,28 @@ impl JobManagerService for JobManagerRpc {
         Ok(Response::new(SubmitJobResponse { job_id: id }))
     }
 
+    /// Every job, in submission order.
+
     async fn list_jobs(&self, _request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         Ok(Response::new(ListJobsResponse { jobs: self.state.list_jobs() }))
     }
+
+    /// One job's state, failure, attempt and per-vertex counters.
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobStatus>, Status> {
         let id = &request.get_ref().job_id;
         self.state.job_status(id).map(Response::new).ok_or_else(|| Status::not_found(format!("no job with id {id}")))
     }
 
+    /// Cancels a job: at once if it runs no tasks, else once its tasks stopped.
+
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
         let effects = self.state.cancel_job(&request.get_ref().job_id).map_err(Status::not_found)?;
         self.executor.perform(effects);
         Ok(Response::new(CancelJobResponse {}))
     }
+
+    /// A subtask took checkpoint n and uploaded its state: the handles go to the coordinator.
 
     async fn acknowledge_checkpoint(
         &self,
@@ -142,6 +169,8 @@ impl JobManagerService for JobManagerRpc {
         Ok(Response::new(AcknowledgeCheckpointResponse {}))
     }
 
+    /// A subtask could not take checkpoint n: the coordinator fails n at once.
+
     async fn decline_checkpoint(
         &self,
         request: Request<DeclineCheckpointRequest>,
@@ -153,11 +182,15 @@ impl JobManagerService for JobManagerRpc {
         Ok(Response::new(AcknowledgeCheckpointResponse {}))
     }
 
+    /// The rows of `weir checkpoints`.
+
     async fn list_checkpoints(&self, request: Request<ListCheckpointsRequest>) -> Result<Response<ListCheckpointsResponse>, Status> {
         let id = &request.get_ref().job_id;
         let checkpoints = self.state.checkpoint_history(id).ok_or_else(|| Status::not_found(format!("no job with id {id}")))?;
         Ok(Response::new(ListCheckpointsResponse { checkpoints }))
     }
+
+    /// The registered TaskManagers and their free slots.
 
     async fn cluster_overview(&self, _request: Request<ClusterOverviewRequest>) -> Result<Response<ClusterOverviewResponse>, Status> {
         Ok(Response::new(ClusterOverviewResponse { taskmanagers: self.state.overview() }))
