@@ -26,7 +26,13 @@ fn request(job_id: &str, attempt: u32, id: u64, timestamp_ms: i64, final_checkpo
     CheckpointRequest { job_id: job_id.to_string(), attempt, checkpoint_id: id, timestamp_ms, savepoint: false, final_checkpoint }
 }
 
-/// The effects that carry out `actions`.
+/// The effects that carry out `actions`, in order:
+/// - a periodic trigger goes to the source TaskManagers, the final one to every TaskManager;
+/// - completion notices go to every TaskManager (every task may have a sink to commit);
+/// - aborts go to the sources, which send the cancellation marker downstream;
+/// - `_metadata` writes and deletions go to the job's checkpoint storage (a job without
+///   storage never triggers, so a write without storage can only fail);
+/// - a failed job is a follow-up for the state, tied to this attempt.
 pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> Vec<Effect> {
     let mut out = Vec::with_capacity(actions.len());
     for action in actions {

@@ -220,7 +220,9 @@ enum Phase {
 #[derive(Debug)]
 struct PendingCheckpoint {
     kind: CheckpointKind,
+    /// The attempt it was triggered for: acknowledgements of any other are ignored.
     attempt: u32,
+    /// When it was triggered (the timeout counts from here).
     started: Instant,
     phase: Phase,
 }
@@ -228,8 +230,11 @@ struct PendingCheckpoint {
 /// The final checkpoint of the running attempt: taken once, again only if it fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FinalCheckpoint {
+    /// Not triggered yet in this attempt (or the last one failed: it is triggered again).
     NotTaken,
+    /// Triggered, not complete.
     InFlight(u64),
+    /// Complete: the tasks may finish; never triggered again in this attempt.
     Completed(u64),
 }
 
@@ -265,20 +270,30 @@ impl CheckpointRecord {
 
 /// The checkpoint coordinator of one job. See the module header for the protocol.
 pub struct CheckpointCoordinator {
+    /// The job, for `_metadata`.
     job_id: String,
+    /// The job's graph: which operators (by uid) run in which vertex, at which parallelism.
     graph: Arc<JobGraph>,
     settings: CoordinatorSettings,
     /// The attempt whose tasks checkpoints belong to.
     attempt: u32,
+    /// The id the next checkpoint gets; it only grows, across attempts and JobManager restarts.
     next_id: u64,
+    /// Checkpoints in progress, collecting or finalizing, by id.
     pending: BTreeMap<u64, PendingCheckpoint>,
+    /// When the last checkpoint was triggered (the interval counts from here).
     last_trigger: Option<Instant>,
+    /// When the last checkpoint completed (min-pause counts from here).
     last_completion: Option<Instant>,
+    /// Counted failures since the last completion (see [`FailureReason::counts_as_failure`]).
     consecutive_failures: u64,
     /// Completed checkpoints still retained, oldest first.
     retained: VecDeque<CheckpointMetadata>,
+    /// Reference counts of the shared (incremental) files the retained checkpoints use.
     registry: SharedStateRegistry,
+    /// One record per checkpoint ever triggered, for `weir checkpoints`.
     history: Vec<CheckpointRecord>,
+    /// Where the running attempt's final checkpoint stands.
     final_checkpoint: FinalCheckpoint,
 }
 

@@ -94,6 +94,10 @@ impl std::fmt::Debug for TmTarget {
 }
 
 /// Performs effects; sends follow-ups to the driver.
+///
+/// Cheap to clone (a channel sender and the catalog handle). RPCs and storage operations run
+/// as tasks of their own and never block the caller; catalog entries are written before
+/// `perform` returns, so the catalog never lags behind a state change that was reported.
 #[derive(Clone)]
 pub(crate) struct Executor {
     followups: UnboundedSender<Followup>,

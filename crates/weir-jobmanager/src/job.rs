@@ -45,7 +45,9 @@ pub(crate) struct NewJob {
 /// One subtask of the current attempt.
 #[derive(Debug, Clone, Copy)]
 struct TaskEntry {
+    /// The last state its TaskManager reported (DEPLOYING until the first report).
     state: TaskState,
+    /// Records it read and wrote so far, as last reported.
     records_in: u64,
     records_out: u64,
 }
@@ -56,21 +58,33 @@ pub(crate) struct Job {
     id: String,
     name: String,
     graph: Arc<JobGraph>,
+    /// The effective configuration (cluster, job file, `-D`), as shipped to TaskManagers.
     config: Config,
+    /// The job file as submitted, for the catalog.
     definition: JobDefinition,
     status: JobStatus,
+    /// Why the job failed or last restarted; empty otherwise.
     failure: String,
+    /// The current attempt (see [`Job::attempt`]).
     attempt: u32,
+    /// Submission and end times (ms since the epoch; 0 = not ended).
     start_ms: i64,
     end_ms: i64,
+    /// The subtasks of the current attempt and their last reported state.
     tasks: BTreeMap<SubtaskKey, TaskEntry>,
     /// The TaskManager of each allocated slot (slot i runs subtask i of every vertex).
     slots: Vec<String>,
+    /// What the first attempt restored from: later attempts fall back to it while the job has
+    /// no completed checkpoint of its own.
     initial_restore: Option<RestoreInfo>,
+    /// What the current attempt restores from.
     restore: Option<RestoreInfo>,
+    /// The restart strategy and the failures it has seen.
     restarts: RestartTracker,
+    /// Since when every subtask of the attempt runs (exponential-delay resets after a long run).
     running_since: Instant,
     coordinator: CheckpointCoordinator,
+    /// Checkpoint storage (`execution.checkpointing.dir`), when checkpointing or restoring.
     storage: Option<CheckpointStorage>,
     /// Sequence number of the catalog entries written for this job.
     catalog_seq: u64,

@@ -6,6 +6,20 @@
 //! and returns the [`Effect`]s its decision calls for; the caller hands them to the
 //! [`crate::effects::Executor`]. Nothing here does I/O or spawns tasks, so this module
 //! depends on no module that drives it.
+//!
+//! ## Invariants
+//! - A TaskManager's `used` slots are exactly the slots that jobs' current attempts hold:
+//!   allocation takes them under the lock, and every way out of an attempt (end, restart,
+//!   cancel) gives them back through one function (`release_slots`).
+//! - A job changes state only through its lifecycle's transition function
+//!   (`Job::apply`); an event that makes no sense in its state changes nothing.
+//! - Every state change of a job that a restarted JobManager must know (submission, restart,
+//!   end, suspension) writes its catalog entry, numbered, so that an older entry written
+//!   later never overwrites a newer one.
+//! - Messages of an older attempt (task states, acknowledgements, failures) are ignored: every
+//!   one carries its attempt, and only the current one counts.
+//! - Slots may have become free whenever a job ends, restarts or a TaskManager joins:
+//!   `slots_changed` is notified, and schedulers waiting for slots look again.
 
 use crate::clock::{self, humanize};
 use crate::coordinate::{effects_of, Targets};
@@ -24,17 +38,23 @@ use weir_proto::{CancelTasksRequest, CheckpointInfo, DeployTasksRequest, Subtask
 
 /// A registered TaskManager.
 struct TaskManagerEntry {
+    /// `host:port` of its gRPC server.
     rpc_address: String,
+    /// `host:port` of its data plane, handed to its peers in every deployment.
     data_address: String,
+    /// Slots it offers, and how many of them jobs hold.
     slots: u32,
     used: u32,
+    /// When it last heartbeated; silent for `heartbeat.timeout`, it is lost.
     last_heartbeat: Instant,
     client: TmClient,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Registered TaskManagers by id.
     tms: HashMap<String, TaskManagerEntry>,
+    /// Every job this JobManager knows, ended ones included, by id.
     jobs: HashMap<String, Job>,
     /// Job ids in submission order.
     job_order: Vec<String>,
