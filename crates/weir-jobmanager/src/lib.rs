@@ -43,8 +43,6 @@ use weir_core::config::Config;
 use weir_core::settings::JobManagerConfig;
 use weir_proto::job_manager_service_server::JobManagerServiceServer;
 
-pub use coordinator::{CheckpointCoordinator, Event as CheckpointEvent};
-pub use lifecycle::{transition, IllegalTransition, JobStatus, LifecycleEvent};
 pub use state::JobManagerState;
 
 #[derive(Debug, thiserror::Error)]
