@@ -89,8 +89,11 @@ def main():
         tms = []
         try:
             wait("jobmanager", lambda: socket.create_connection(("127.0.0.1", port)) and True)
-            for _ in range(2):
-                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "taskmanager.numberOfTaskSlots=1", *common], stdout=logs, stderr=logs))
+            outs = []
+            for i in range(2):
+                outs.append(os.path.join(d, f"tm{i}.out"))
+                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "taskmanager.numberOfTaskSlots=1", *common],
+                                            stdout=open(outs[-1], "w"), stderr=logs))
             addr = ["--jobmanager", f"127.0.0.1:{port}"]
             wait("taskmanagers", lambda: len(weir_json(weir, "cluster", *addr) or []) == 2)
             job = os.path.join(d, "job.yaml")
@@ -111,7 +114,10 @@ def main():
 
             status = weir_json(weir, "status", jid, *addr)
             attempt = status["attempt"]
-            victim = tms[0]
+            # Kill the TaskManager that runs the job (the one without a free slot); each prints
+            # "TaskManager <id> rpc ..." first.
+            busy = next(t["id"] for t in weir_json(weir, "cluster", *addr) if t["free_slots"] == 0)
+            victim = next(tm for tm, out in zip(tms, outs) if busy in open(out).read())
             t0 = time.time()
             victim.send_signal(signal.SIGKILL)
             tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "taskmanager.numberOfTaskSlots=1", *common], stdout=logs, stderr=logs))
