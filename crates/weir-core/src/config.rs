@@ -61,7 +61,7 @@ keys! {
     PARALLELISM = "parallelism.default", "1", Int { min: 1 },
         "Parallelism of operators that do not set their own.";
     MAX_PARALLELISM = "pipeline.max-parallelism", "128", Int { min: 1 },
-        "Number of key groups; the upper bound for any operator's parallelism.";
+        "Number of key groups (at most 32768); the upper bound for any operator's parallelism.";
     CHECKPOINT_INTERVAL = "execution.checkpointing.interval", "none", OptionalDuration,
         "Interval between checkpoint triggers; `none` disables checkpointing.";
     CHECKPOINT_MODE = "execution.checkpointing.mode", "EXACTLY_ONCE", Enum(&["EXACTLY_ONCE", "AT_LEAST_ONCE"]),

@@ -165,11 +165,24 @@ pub struct JobSettings {
     pub state_backend: StateBackendKind,
 }
 
+/// The most key groups a job may have, as in Flink (`1 << 15`): key groups are stored in two
+/// bytes in front of every RocksDB key.
+pub const MAX_KEY_GROUPS: u64 = 1 << 15;
+
 impl JobSettings {
     pub fn from_config(c: &Config) -> Result<Self, ConfigError> {
+        let max_parallelism = c.int(keys::MAX_PARALLELISM);
+        if max_parallelism > MAX_KEY_GROUPS {
+            return Err(ConfigError::BadValue {
+                key: keys::MAX_PARALLELISM.into(),
+                value: max_parallelism.to_string(),
+                reason: format!("must be at most {MAX_KEY_GROUPS}"),
+                origin: String::new(),
+            });
+        }
         Ok(Self {
             parallelism: c.int(keys::PARALLELISM) as u32,
-            max_parallelism: c.int(keys::MAX_PARALLELISM) as u32,
+            max_parallelism: max_parallelism as u32,
             checkpoint: CheckpointConfig::from_config(c)?,
             restart: RestartStrategy::from_config(c),
             state_backend: match c.get(keys::STATE_BACKEND) {
@@ -353,6 +366,13 @@ mod tests {
         let c = config(&[(keys::CHECKPOINT_UNALIGNED, "true"), (keys::CHECKPOINT_MODE, "AT_LEAST_ONCE")]);
         let err = JobSettings::from_config(&c).unwrap_err().to_string();
         assert!(err.contains("execution.checkpointing.unaligned.enabled") && err.contains("EXACTLY_ONCE"), "{err}");
+    }
+
+    #[test]
+    fn max_parallelism_is_bounded_like_flink() {
+        assert!(JobSettings::from_config(&config(&[(keys::MAX_PARALLELISM, "32768")])).is_ok());
+        let err = JobSettings::from_config(&config(&[(keys::MAX_PARALLELISM, "70000")])).unwrap_err().to_string();
+        assert!(err.contains("pipeline.max-parallelism") && err.contains("32768"), "{err}");
     }
 
     #[test]
