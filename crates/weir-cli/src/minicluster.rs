@@ -21,8 +21,8 @@ impl MiniCluster {
         let mut tms = Vec::new();
         for _ in 0..n {
             let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string());
-            settings.host = "127.0.0.1".into();
-            settings.slots = per_tm;
+            settings.config.host = "127.0.0.1".into();
+            settings.config.slots = per_tm;
             tms.push(weir_taskmanager::start(settings).await?);
         }
         Ok(Self { jm, tms })

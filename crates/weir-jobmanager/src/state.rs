@@ -504,11 +504,6 @@ impl JobManagerState {
         let mut guard = self.inner.lock();
         let Inner { tms, jobs, .. } = &mut *guard;
         let Some(job) = jobs.get_mut(job_id) else { return Vec::new() };
-        if let Event::Acknowledged { attempt, .. } | Event::Declined { attempt, .. } = &event {
-            if *attempt != job.attempt() {
-                return Vec::new();
-            }
-        }
         checkpoint_event(tms, job, clock::now(), event)
     }
 

@@ -113,7 +113,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
         let credit = if remote_list.is_empty() { None } else { Some(shared.net.credit_return(remote.clone())) };
         let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
-        let gate = Arc::new(InputGate::new(s.buffers_per_channel, per_channel));
+        let gate = Arc::new(InputGate::new(s.config.network.buffers_per_channel, per_channel));
         for (idx, r) in remote.into_iter().enumerate() {
             if let Some((id, tm, addr)) = r {
                 remote_inputs.push((id, gate.clone(), idx, tm, addr));
@@ -157,7 +157,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             vertex,
             input_schema: plan.input_schema,
             gate: gates.get(&at).cloned(),
-            partition: ResultPartition::new(edges, s.segment_size, s.buffer_timeout),
+            partition: ResultPartition::new(edges, s.config.network.segment_size, s.config.network.buffer_timeout),
             state: state.clone(),
             checkpointing: checkpointing.clone(),
             restore: restore.clone(),

@@ -36,42 +36,27 @@ pub enum TaskManagerError {
     JobManagerAddress(String),
 }
 
-/// A TaskManager's settings, read once from the configuration.
+/// A TaskManager's settings: its typed configuration plus what it is given at start.
 #[derive(Debug, Clone)]
 pub struct TaskManagerSettings {
+    /// A fresh id (`tm-` and 12 hex digits) for each process.
     pub id: String,
-    pub host: String,
-    pub rpc_port: u16,
-    pub data_port: u16,
-    pub slots: u32,
+    /// `host:port` of the JobManager it registers with.
     pub jobmanager: String,
-    pub heartbeat_interval: Duration,
-    pub heartbeat_timeout: Duration,
-    pub segment_size: usize,
-    pub buffers_per_channel: usize,
-    pub sender_queue_buffers: usize,
-    pub buffer_timeout: Duration,
+    /// Host, ports, slots, heartbeats and network buffers (`taskmanager.*`, `heartbeat.*`).
+    pub config: TaskManagerConfig,
     /// Working directory for state (RocksDB instances), from `taskmanager.tmp.dirs`.
     pub local_dir: std::path::PathBuf,
 }
 
 impl TaskManagerSettings {
     pub fn from_config(config: &Config, jobmanager: &str) -> Self {
-        let c = TaskManagerConfig::from_config(config);
+        let config = TaskManagerConfig::from_config(config);
         Self {
             id: format!("tm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-            host: c.host,
-            rpc_port: c.rpc_port,
-            data_port: c.data_port,
-            slots: c.slots,
             jobmanager: jobmanager.to_string(),
-            heartbeat_interval: c.heartbeat_interval,
-            heartbeat_timeout: c.heartbeat_timeout,
-            segment_size: c.network.segment_size,
-            buffers_per_channel: c.network.buffers_per_channel,
-            sender_queue_buffers: c.network.sender_queue_buffers,
-            buffer_timeout: c.network.buffer_timeout,
-            local_dir: c.tmp_dir.map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir),
+            local_dir: config.tmp_dir.clone().map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir),
+            config,
         }
     }
 }
@@ -180,12 +165,16 @@ fn jobmanager_endpoint(addr: &str) -> Result<Endpoint, TaskManagerError> {
 /// (retrying until it answers) and heartbeats it.
 pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, TaskManagerError> {
     let endpoint = jobmanager_endpoint(&settings.jobmanager)?;
-    let rpc_bind = format!("{}:{}", settings.host, settings.rpc_port);
+    let rpc_bind = format!("{}:{}", settings.config.host, settings.config.rpc_port);
     let listener =
         tokio::net::TcpListener::bind(&rpc_bind).await.map_err(|source| TaskManagerError::Bind { addr: rpc_bind.clone(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| TaskManagerError::Bind { addr: rpc_bind, source })?;
-    let net = NetworkEnvironment::start(&settings.id, &format!("{}:{}", settings.host, settings.data_port), settings.sender_queue_buffers)
-        .await?;
+    let net = NetworkEnvironment::start(
+        &settings.id,
+        &format!("{}:{}", settings.config.host, settings.config.data_port),
+        settings.config.network.sender_queue_buffers,
+    )
+    .await?;
     let data_addr = net.local_addr();
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
@@ -218,7 +207,7 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
     tokio::spawn(forward_acks(client.clone(), acks_rx));
     tokio::spawn(heartbeat_loop(shared.clone(), client, rpc_addr, data_addr, shutdown_rx));
-    tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.slots, "TaskManager started");
+    tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.config.slots, "TaskManager started");
     Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
 }
 
@@ -283,7 +272,7 @@ async fn heartbeat_loop(
         taskmanager_id: s.id.clone(),
         rpc_address: rpc_addr.to_string(),
         data_address: data_addr.to_string(),
-        slots: s.slots,
+        slots: s.config.slots,
     };
     let mut registered = false;
     let mut last_ok = Instant::now();
@@ -318,8 +307,8 @@ async fn heartbeat_loop(
                     continue;
                 }
                 Err(e) => {
-                    if last_ok.elapsed() > s.heartbeat_timeout {
-                        tracing::warn!("JobManager lost (no heartbeat answer for {:?}): {}", s.heartbeat_timeout, e.message());
+                    if last_ok.elapsed() > s.config.heartbeat_timeout {
+                        tracing::warn!("JobManager lost (no heartbeat answer for {:?}): {}", s.config.heartbeat_timeout, e.message());
                         shared.cancel_all("JobManager lost");
                         registered = false;
                     }
@@ -327,7 +316,7 @@ async fn heartbeat_loop(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(s.heartbeat_interval) => {}
+            _ = tokio::time::sleep(s.config.heartbeat_interval) => {}
             _ = shutdown.changed() => {}
         }
     }
