@@ -1,8 +1,13 @@
-//! The gRPC client side of the CLI: submit, wait, list, status, cancel, cluster.
+//! The gRPC client side of the CLI: submit, wait, list, status, cancel, checkpoints, cluster.
+//!
+//! Every listing is a `#[derive(Serialize)]` row struct built once from the RPC answer:
+//! `--output json` serializes the rows, `--output text` renders the same rows as a table. The
+//! JSON keys are the row structs' field names, which scripts and the end-to-end tests read.
 
 use crate::Output;
 use anyhow::{anyhow, Result};
-use serde_json::{json, Value};
+use comfy_table::{presets, CellAlignment, Table};
+use serde::Serialize;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use weir_core::config::Config;
@@ -54,35 +59,263 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
-fn rfc3339(ms: i64) -> Value {
-    if ms <= 0 {
-        return Value::Null;
+fn checkpoint_status_name(s: i32) -> &'static str {
+    match CheckpointStatus::try_from(s).unwrap_or(CheckpointStatus::Unspecified) {
+        CheckpointStatus::InProgress => "IN_PROGRESS",
+        CheckpointStatus::Completed => "COMPLETED",
+        CheckpointStatus::CheckpointFailed => "FAILED",
+        CheckpointStatus::Unspecified => "UNKNOWN",
     }
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| Value::String(t.to_rfc3339())).unwrap_or(Value::Null)
 }
 
-fn job_json(j: &JobStatus) -> Value {
-    let end = if j.end_time_ms > 0 { j.end_time_ms } else { chrono::Utc::now().timestamp_millis() };
-    json!({
-        "id": j.job_id,
-        "name": j.name,
-        "state": state_name(j.state),
-        "failure": if j.failure.is_empty() { Value::Null } else { Value::String(j.failure.clone()) },
-        "start_time": rfc3339(j.start_time_ms),
-        "end_time": rfc3339(j.end_time_ms),
-        "duration_ms": (end - j.start_time_ms).max(0),
-        "parallelism": j.parallelism,
-        "attempt": j.attempt,
-        "restarts": j.restarts,
-        "vertices": j.vertices.iter().map(|v| json!({
-            "name": v.name,
-            "parallelism": v.parallelism,
-            "running": v.running,
-            "finished": v.finished,
-            "records_in": v.records_in,
-            "records_out": v.records_out,
-        })).collect::<Vec<_>>(),
-    })
+/// The proto enum's own names; `UNKNOWN` while the JobManager has not decided (no subtask
+/// acknowledged yet) or for a kind this CLI does not know.
+fn checkpoint_kind_name(k: i32) -> &'static str {
+    match CheckpointKind::try_from(k).unwrap_or(CheckpointKind::Unspecified) {
+        CheckpointKind::Aligned => "ALIGNED",
+        CheckpointKind::Unaligned => "UNALIGNED",
+        CheckpointKind::TimedOutToUnaligned => "TIMED_OUT_TO_UNALIGNED",
+        CheckpointKind::Unspecified => "UNKNOWN",
+    }
+}
+
+/// RFC 3339, or None (JSON `null`) for a time not set (0).
+fn rfc3339(ms: i64) -> Option<String> {
+    if ms <= 0 {
+        return None;
+    }
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339())
+}
+
+/// A reason, or None (JSON `null`) when there is none.
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// A row of a listing: its text columns. The JSON form is the row's `Serialize`.
+trait TextRow {
+    /// Column titles and alignments (numbers right).
+    const COLUMNS: &'static [(&'static str, CellAlignment)];
+    /// One text cell per column.
+    fn cells(&self) -> Vec<String>;
+}
+
+const LEFT: CellAlignment = CellAlignment::Left;
+const RIGHT: CellAlignment = CellAlignment::Right;
+
+/// The rows as a table: a header, then one line per row, columns aligned and two spaces apart.
+fn table<R: TextRow>(rows: &[R]) -> String {
+    let mut table = Table::new();
+    table.load_style(presets::NOTHING);
+    table.set_header(R::COLUMNS.iter().map(|(title, _)| *title).collect::<Vec<_>>());
+    table.add_rows(rows.iter().map(TextRow::cells));
+    for (column, (_, align)) in table.column_iter_mut().zip(R::COLUMNS) {
+        column.set_padding((0, 2));
+        column.set_cell_alignment(*align);
+    }
+    table.trim_fmt()
+}
+
+/// Prints a listing: a JSON array, or a table (`empty` instead when there are no rows).
+fn print_rows<R: TextRow + Serialize>(rows: &[R], output: Output, empty: &str) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(rows)?),
+        Output::Text if rows.is_empty() => println!("{empty}"),
+        Output::Text => println!("{}", table(rows)),
+    }
+    Ok(())
+}
+
+/// A job, as `run --output json`, `status` and each element of `list` print it.
+#[derive(Debug, Serialize)]
+struct JobRow {
+    id: String,
+    name: String,
+    state: &'static str,
+    failure: Option<String>,
+    start_time: Option<String>,
+    end_time: Option<String>,
+    /// Start to end, or to `now` for a job that has not ended.
+    duration_ms: i64,
+    parallelism: u32,
+    attempt: u32,
+    restarts: u32,
+    vertices: Vec<VertexRow>,
+}
+
+impl JobRow {
+    fn new(j: &JobStatus, now_ms: i64) -> Self {
+        let end = if j.end_time_ms > 0 { j.end_time_ms } else { now_ms };
+        JobRow {
+            id: j.job_id.clone(),
+            name: j.name.clone(),
+            state: state_name(j.state),
+            failure: non_empty(&j.failure),
+            start_time: rfc3339(j.start_time_ms),
+            end_time: rfc3339(j.end_time_ms),
+            duration_ms: (end - j.start_time_ms).max(0),
+            parallelism: j.parallelism,
+            attempt: j.attempt,
+            restarts: j.restarts,
+            vertices: j.vertices.iter().map(VertexRow::from).collect(),
+        }
+    }
+
+    fn now(j: &JobStatus) -> Self {
+        Self::new(j, chrono::Utc::now().timestamp_millis())
+    }
+}
+
+impl TextRow for JobRow {
+    const COLUMNS: &'static [(&'static str, CellAlignment)] = &[("id", LEFT), ("state", LEFT), ("name", LEFT)];
+
+    fn cells(&self) -> Vec<String> {
+        vec![self.id.clone(), self.state.to_string(), self.name.clone()]
+    }
+}
+
+/// One vertex of a job (a chain of operators and its subtasks).
+#[derive(Debug, Serialize)]
+struct VertexRow {
+    name: String,
+    parallelism: u32,
+    running: u32,
+    finished: u32,
+    records_in: u64,
+    records_out: u64,
+}
+
+impl From<&VertexStatus> for VertexRow {
+    fn from(v: &VertexStatus) -> Self {
+        VertexRow {
+            name: v.name.clone(),
+            parallelism: v.parallelism,
+            running: v.running,
+            finished: v.finished,
+            records_in: v.records_in,
+            records_out: v.records_out,
+        }
+    }
+}
+
+impl TextRow for VertexRow {
+    const COLUMNS: &'static [(&'static str, CellAlignment)] =
+        &[("vertex", LEFT), ("parallelism", RIGHT), ("running", RIGHT), ("finished", RIGHT), ("records in", RIGHT), ("records out", RIGHT)];
+
+    fn cells(&self) -> Vec<String> {
+        let numbers = [self.parallelism.into(), self.running.into(), self.finished.into(), self.records_in, self.records_out];
+        std::iter::once(self.name.clone()).chain(numbers.iter().map(u64::to_string)).collect()
+    }
+}
+
+/// One checkpoint of a job, as `weir checkpoints` prints it.
+#[derive(Debug, Serialize)]
+struct CheckpointRow {
+    id: u64,
+    status: &'static str,
+    /// `ALIGNED`, `UNALIGNED` or `TIMED_OUT_TO_UNALIGNED`.
+    kind: &'static str,
+    trigger_time: Option<String>,
+    duration_ms: u64,
+    size_bytes: u64,
+    /// In-flight data persisted as channel state (unaligned checkpoints).
+    inflight_bytes: u64,
+    alignment_ms: u64,
+    acknowledged: u32,
+    total: u32,
+    failure: Option<String>,
+}
+
+impl From<&CheckpointInfo> for CheckpointRow {
+    fn from(c: &CheckpointInfo) -> Self {
+        CheckpointRow {
+            id: c.id,
+            status: checkpoint_status_name(c.status),
+            kind: checkpoint_kind_name(c.kind),
+            trigger_time: rfc3339(c.trigger_time_ms),
+            duration_ms: c.duration_ms,
+            size_bytes: c.size_bytes,
+            inflight_bytes: c.inflight_bytes,
+            alignment_ms: c.alignment_ms,
+            acknowledged: c.acknowledged,
+            total: c.total,
+            failure: non_empty(&c.failure),
+        }
+    }
+}
+
+impl TextRow for CheckpointRow {
+    const COLUMNS: &'static [(&'static str, CellAlignment)] = &[
+        ("id", RIGHT),
+        ("status", LEFT),
+        ("kind", LEFT),
+        ("trigger time", LEFT),
+        ("duration", RIGHT),
+        ("size", RIGHT),
+        ("in-flight", RIGHT),
+        ("alignment", RIGHT),
+        ("acks", RIGHT),
+        ("failure", LEFT),
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.status.to_string(),
+            self.kind.to_string(),
+            self.trigger_time.clone().unwrap_or_default(),
+            format!("{}ms", self.duration_ms),
+            self.size_bytes.to_string(),
+            self.inflight_bytes.to_string(),
+            format!("{}ms", self.alignment_ms),
+            format!("{}/{}", self.acknowledged, self.total),
+            self.failure.clone().unwrap_or_default(),
+        ]
+    }
+}
+
+/// One registered TaskManager, as `weir cluster` prints it.
+#[derive(Debug, Serialize)]
+struct TaskManagerRow {
+    id: String,
+    rpc_address: String,
+    data_address: String,
+    slots: u32,
+    free_slots: u32,
+}
+
+impl From<&TaskManagerInfo> for TaskManagerRow {
+    fn from(t: &TaskManagerInfo) -> Self {
+        TaskManagerRow {
+            id: t.taskmanager_id.clone(),
+            rpc_address: t.rpc_address.clone(),
+            data_address: t.data_address.clone(),
+            slots: t.slots,
+            free_slots: t.free_slots,
+        }
+    }
+}
+
+impl TextRow for TaskManagerRow {
+    const COLUMNS: &'static [(&'static str, CellAlignment)] =
+        &[("id", LEFT), ("rpc address", LEFT), ("data address", LEFT), ("free slots", RIGHT), ("slots", RIGHT)];
+
+    fn cells(&self) -> Vec<String> {
+        vec![self.id.clone(), self.rpc_address.clone(), self.data_address.clone(), self.free_slots.to_string(), self.slots.to_string()]
+    }
+}
+
+/// What `weir run --detached --output json` prints.
+#[derive(Serialize)]
+struct Submitted<'a> {
+    id: &'a str,
+}
+
+/// What `weir cancel --output json` prints.
+#[derive(Serialize)]
+struct CancelRequested<'a> {
+    id: &'a str,
+    cancel_requested: bool,
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -109,7 +342,7 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
     let id = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner().job_id;
     if detached {
         match output {
-            Output::Json => println!("{}", json!({ "id": id })),
+            Output::Json => println!("{}", serde_json::to_string(&Submitted { id: &id })?),
             Output::Text => println!("{id}"),
         }
         return Ok(0);
@@ -123,18 +356,19 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let ok = JobState::try_from(status.state) == Ok(JobState::Finished);
+    let job = JobRow::now(&status);
     match output {
-        Output::Json => println!("{}", job_json(&status)),
+        Output::Json => println!("{}", serde_json::to_string(&job)?),
         Output::Text => {
-            let secs = (status.end_time_ms - status.start_time_ms) as f64 / 1000.0;
-            eprintln!("Job {} ({}) {} after {secs:.3}s", status.name, status.job_id, state_name(status.state));
-            if !status.failure.is_empty() {
-                eprintln!("Cause: {}", status.failure);
+            let secs = job.duration_ms as f64 / 1000.0;
+            eprintln!("Job {} ({}) {} after {secs:.3}s", job.name, job.id, job.state);
+            if let Some(cause) = &job.failure {
+                eprintln!("Cause: {cause}");
             }
         }
     }
     if !ok && output == Output::Json {
-        eprintln!("Job {} {}: {}", status.job_id, state_name(status.state), status.failure);
+        eprintln!("Job {} {}: {}", job.id, job.state, job.failure.as_deref().unwrap_or_default());
     }
     Ok(if ok { 0 } else { 1 })
 }
@@ -142,47 +376,40 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
 pub async fn list(address: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let jobs = client.list_jobs(ListJobsRequest {}).await.map_err(|e| rpc_error(address, e))?.into_inner().jobs;
-    match output {
-        Output::Json => println!("{}", Value::Array(jobs.iter().map(job_json).collect())),
-        Output::Text => {
-            if jobs.is_empty() {
-                println!("No jobs.");
-            }
-            for j in &jobs {
-                println!("{}  {:<9}  {}", j.job_id, state_name(j.state), j.name);
-            }
-        }
-    }
+    let rows: Vec<JobRow> = jobs.iter().map(JobRow::now).collect();
+    print_rows(&rows, output, "No jobs.")?;
     Ok(0)
 }
 
 pub async fn status(address: &str, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let j = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
+    let job = JobRow::now(&j);
     match output {
-        Output::Json => println!("{}", job_json(&j)),
-        Output::Text => {
-            println!("Job {} ({})", j.name, j.job_id);
-            println!("State: {}", state_name(j.state));
-            if !j.failure.is_empty() {
-                println!("Failure: {}", j.failure);
-            }
-            for v in &j.vertices {
-                println!(
-                    "  {:<30} parallelism {:>3}  running {:>3}  finished {:>3}  in {:>12}  out {:>12}",
-                    v.name, v.parallelism, v.running, v.finished, v.records_in, v.records_out
-                );
-            }
-        }
+        Output::Json => println!("{}", serde_json::to_string(&job)?),
+        Output::Text => println!("{}", status_text(&job)),
     }
     Ok(0)
+}
+
+/// `weir status` for people: the job, its state and failure, then its vertices as a table.
+fn status_text(job: &JobRow) -> String {
+    let mut text = format!("Job {} ({})\nState: {}", job.name, job.id, job.state);
+    if let Some(failure) = &job.failure {
+        text.push_str(&format!("\nFailure: {failure}"));
+    }
+    if !job.vertices.is_empty() {
+        text.push('\n');
+        text.push_str(&table(&job.vertices));
+    }
+    text
 }
 
 pub async fn cancel(address: &str, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     client.cancel_job(CancelJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?;
     match output {
-        Output::Json => println!("{}", json!({ "id": job_id, "cancel_requested": true })),
+        Output::Json => println!("{}", serde_json::to_string(&CancelRequested { id: job_id, cancel_requested: true })?),
         Output::Text => println!("Cancellation of job {job_id} requested."),
     }
     Ok(0)
@@ -196,80 +423,144 @@ pub async fn checkpoints(address: &str, job_id: &str, output: Output) -> Result<
         .map_err(|e| rpc_error(address, e))?
         .into_inner()
         .checkpoints;
-    let status = |s: i32| match CheckpointStatus::try_from(s).unwrap_or(CheckpointStatus::Unspecified) {
-        CheckpointStatus::InProgress => "IN_PROGRESS",
-        CheckpointStatus::Completed => "COMPLETED",
-        CheckpointStatus::CheckpointFailed => "FAILED",
-        CheckpointStatus::Unspecified => "UNKNOWN",
-    };
-    match output {
-        Output::Json => {
-            let rows: Vec<Value> = list
-                .iter()
-                .map(|c| {
-                    json!({
-                        "id": c.id,
-                        "status": status(c.status),
-                        "trigger_time": rfc3339(c.trigger_time_ms),
-                        "duration_ms": c.duration_ms,
-                        "size_bytes": c.size_bytes,
-                        "alignment_ms": c.alignment_ms,
-                        "acknowledged": c.acknowledged,
-                        "total": c.total,
-                        "failure": if c.failure.is_empty() { Value::Null } else { Value::String(c.failure.clone()) },
-                    })
-                })
-                .collect();
-            println!("{}", Value::Array(rows));
-        }
-        Output::Text => {
-            if list.is_empty() {
-                println!("No checkpoints.");
-            }
-            println!(
-                "{:>6}  {:<11}  {:<29}  {:>9}  {:>12}  {:>9}  {:>7}",
-                "id", "status", "trigger time", "duration", "size", "alignment", "acks"
-            );
-            for c in &list {
-                let trigger = rfc3339(c.trigger_time_ms).as_str().unwrap_or("").to_string();
-                println!(
-                    "{:>6}  {:<11}  {:<29}  {:>7}ms  {:>12}  {:>7}ms  {:>3}/{:<3}{}",
-                    c.id,
-                    status(c.status),
-                    trigger,
-                    c.duration_ms,
-                    c.size_bytes,
-                    c.alignment_ms,
-                    c.acknowledged,
-                    c.total,
-                    if c.failure.is_empty() { String::new() } else { format!("  {}", c.failure) }
-                );
-            }
-        }
-    }
+    let rows: Vec<CheckpointRow> = list.iter().map(CheckpointRow::from).collect();
+    print_rows(&rows, output, "No checkpoints.")?;
     Ok(0)
 }
 
 pub async fn cluster(address: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let tms = client.cluster_overview(ClusterOverviewRequest {}).await.map_err(|e| rpc_error(address, e))?.into_inner().taskmanagers;
-    match output {
-        Output::Json => println!(
-            "{}",
-            Value::Array(
-                tms.iter()
-                    .map(|t| json!({"id": t.taskmanager_id, "rpc_address": t.rpc_address, "data_address": t.data_address, "slots": t.slots, "free_slots": t.free_slots}))
-                    .collect()
-            )
-        ),
-        Output::Text => {
-            if tms.is_empty() {
-                println!("No TaskManagers registered.");
-            }
-            for t in &tms {
-                println!("{}  rpc {}  data {}  slots {}/{} free", t.taskmanager_id, t.rpc_address, t.data_address, t.free_slots, t.slots);
-            }
+    let rows: Vec<TaskManagerRow> = tms.iter().map(TaskManagerRow::from).collect();
+    print_rows(&rows, output, "No TaskManagers registered.")?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job() -> JobStatus {
+        JobStatus {
+            job_id: "3f2c".into(),
+            name: "wordcount".into(),
+            state: JobState::Failed as i32,
+            failure: "TaskManager tm-1 lost".into(),
+            start_time_ms: 1_735_732_800_000,
+            end_time_ms: 1_735_732_801_250,
+            parallelism: 4,
+            vertices: vec![VertexStatus {
+                name: "file -> split".into(),
+                parallelism: 4,
+                running: 0,
+                finished: 4,
+                records_in: 80,
+                records_out: 512,
+            }],
+            attempt: 2,
+            restarts: 1,
         }
     }
-    Ok(0)
+
+    fn checkpoint(id: u64, status: CheckpointStatus, kind: CheckpointKind, failure: &str) -> CheckpointInfo {
+        CheckpointInfo {
+            id,
+            status: status as i32,
+            trigger_time_ms: if id == 0 { 0 } else { 1_795_000_000_000 + id as i64 },
+            duration_ms: 41,
+            size_bytes: 183_467,
+            alignment_ms: 2,
+            failure: failure.into(),
+            acknowledged: 9,
+            total: 9,
+            kind: kind as i32,
+            inflight_bytes: 4096,
+        }
+    }
+
+    /// The keys and value formats scripts rely on (docs/configuration.md shows them).
+    #[test]
+    fn a_job_serializes_with_the_documented_keys_and_formats() {
+        let value = serde_json::to_value(JobRow::new(&job(), 0)).expect("serializes");
+        assert_eq!(
+            value,
+            json!({
+                "id": "3f2c", "name": "wordcount", "state": "FAILED", "failure": "TaskManager tm-1 lost",
+                "start_time": "2025-01-01T12:00:00+00:00", "end_time": "2025-01-01T12:00:01.250+00:00",
+                "duration_ms": 1250, "parallelism": 4, "attempt": 2, "restarts": 1,
+                "vertices": [{"name": "file -> split", "parallelism": 4, "running": 0, "finished": 4,
+                              "records_in": 80, "records_out": 512}]
+            })
+        );
+        // A running job: no end time, no failure, the duration so far.
+        let running = JobStatus { state: JobState::Running as i32, failure: String::new(), end_time_ms: 0, ..job() };
+        let value = serde_json::to_value(JobRow::new(&running, 1_735_732_805_000)).expect("serializes");
+        assert_eq!(value["end_time"], json!(null));
+        assert_eq!(value["failure"], json!(null));
+        assert_eq!(value["duration_ms"], 5000);
+        assert_eq!(value["state"], "RUNNING");
+    }
+
+    #[test]
+    fn a_checkpoint_serializes_with_its_kind_and_inflight_bytes() {
+        let row = CheckpointRow::from(&checkpoint(3, CheckpointStatus::Completed, CheckpointKind::TimedOutToUnaligned, ""));
+        assert_eq!(
+            serde_json::to_value(&row).expect("serializes"),
+            json!({
+                "id": 3, "status": "COMPLETED", "kind": "TIMED_OUT_TO_UNALIGNED",
+                "trigger_time": "2026-11-18T11:06:40.003+00:00", "duration_ms": 41, "size_bytes": 183467,
+                "inflight_bytes": 4096, "alignment_ms": 2, "acknowledged": 9, "total": 9, "failure": null
+            })
+        );
+        let failed = CheckpointRow::from(&checkpoint(0, CheckpointStatus::CheckpointFailed, CheckpointKind::Unspecified, "declined"));
+        let value = serde_json::to_value(&failed).expect("serializes");
+        assert_eq!((&value["status"], &value["kind"], &value["trigger_time"]), (&json!("FAILED"), &json!("UNKNOWN"), &json!(null)));
+        assert_eq!(value["failure"], "declined");
+    }
+
+    #[test]
+    fn checkpoints_render_as_an_aligned_table_with_kind_and_inflight_columns() {
+        let rows = [
+            CheckpointRow::from(&checkpoint(1, CheckpointStatus::Completed, CheckpointKind::Aligned, "")),
+            CheckpointRow::from(&checkpoint(12, CheckpointStatus::CheckpointFailed, CheckpointKind::Unaligned, "job restarting")),
+        ];
+        let text = table(&rows);
+        let expected = [
+            "id  status     kind       trigger time                   duration    size  in-flight  alignment  acks  failure",
+            " 1  COMPLETED  ALIGNED    2026-11-18T11:06:40.001+00:00      41ms  183467       4096        2ms   9/9",
+            "12  FAILED     UNALIGNED  2026-11-18T11:06:40.012+00:00      41ms  183467       4096        2ms   9/9  job restarting",
+        ];
+        assert_eq!(text, expected.join("\n"));
+    }
+
+    #[test]
+    fn status_text_names_the_job_and_lists_its_vertices() {
+        let text = status_text(&JobRow::new(&job(), 0));
+        let expected = [
+            "Job wordcount (3f2c)",
+            "State: FAILED",
+            "Failure: TaskManager tm-1 lost",
+            "vertex         parallelism  running  finished  records in  records out",
+            "file -> split            4        0         4          80          512",
+        ];
+        assert_eq!(text, expected.join("\n"));
+    }
+
+    #[test]
+    fn taskmanagers_serialize_with_their_slots() {
+        let tm = TaskManagerInfo {
+            taskmanager_id: "tm-1".into(),
+            rpc_address: "127.0.0.1:1".into(),
+            data_address: "127.0.0.1:2".into(),
+            slots: 4,
+            free_slots: 1,
+        };
+        let rows = [TaskManagerRow::from(&tm)];
+        assert_eq!(
+            serde_json::to_value(&rows).expect("serializes"),
+            json!([{"id": "tm-1", "rpc_address": "127.0.0.1:1", "data_address": "127.0.0.1:2", "slots": 4, "free_slots": 1}])
+        );
+        assert_eq!(table(&rows), "id    rpc address  data address  free slots  slots\ntm-1  127.0.0.1:1  127.0.0.1:2            1      4");
+    }
 }
