@@ -7,6 +7,7 @@ pub mod graph;
 pub mod job;
 pub mod keygroup;
 pub mod operator;
+pub mod retry;
 pub mod settings;
 
 pub use config::{Config, ConfigError};

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 use weir_core::config::Config;
 use weir_core::operator::ConnectorFactory;
+use weir_core::retry::{retry, Backoff, Failure};
 use weir_core::settings::TaskManagerConfig;
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
@@ -211,26 +212,28 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
 }
 
+/// How a task state report is retried while the JobManager does not take it: waits from 100 ms
+/// doubling to 1 s, about a minute in all, then the report is dropped (a JobManager silent for
+/// that long declares this TaskManager lost anyway).
+const TASK_STATE_REPORT_RETRY: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).with_max_attempts(64);
+
 /// Sends task state changes to the JobManager in order, retrying while it is unreachable.
 async fn forward_updates(
-    mut client: JobManagerServiceClient<Channel>,
+    client: JobManagerServiceClient<Channel>,
     mut rx: mpsc::UnboundedReceiver<UpdateTaskStateRequest>,
     shutdown: watch::Receiver<bool>,
 ) {
     while let Some(update) = rx.recv().await {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.update_task_state(update.clone()).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline && !*shutdown.borrow() => {
-                    tracing::debug!("cannot report task state yet: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => {
-                    tracing::warn!("dropping a task state report the JobManager did not take: {e}");
-                    break;
-                }
-            }
+        let report = || {
+            let (mut client, update) = (client.clone(), update.clone());
+            async move { client.update_task_state(update).await }
+        };
+        let retry_while_running = |failure: &Failure<'_, tonic::Status>| {
+            tracing::debug!(attempt = failure.attempt, "cannot report task state yet: {}", failure.error);
+            !*shutdown.borrow()
+        };
+        if let Err(e) = retry(&TASK_STATE_REPORT_RETRY, report, retry_while_running).await {
+            tracing::warn!("dropping a task state report the JobManager did not take: {e}");
         }
     }
 }
@@ -260,6 +263,50 @@ async fn forward_acks(mut client: JobManagerServiceClient<Channel>, mut rx: mpsc
     }
 }
 
+/// Registration is tried again this soon after a first failure, then less and less often, down
+/// to once per heartbeat interval: a TaskManager started just before its JobManager joins at
+/// once, and an absent JobManager is not called more often than it would be heartbeated.
+const REGISTRATION_FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Registers with the JobManager, retrying with backoff until it answers; false if the
+/// TaskManager shuts down first. The first failure of each round is a warning, the rest debug.
+async fn register_with_jobmanager(
+    client: &JobManagerServiceClient<Channel>,
+    request: &RegisterTaskManagerRequest,
+    settings: &TaskManagerSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let max_delay = settings.config.heartbeat_interval.max(REGISTRATION_FIRST_RETRY);
+    let policy = Backoff::new(REGISTRATION_FIRST_RETRY, max_delay);
+    let stopping = shutdown.clone();
+    let attempts = retry(
+        &policy,
+        || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.register_task_manager(request).await }
+        },
+        |failure| {
+            let (jobmanager, error) = (&settings.jobmanager, failure.error.message());
+            if failure.attempt == 1 {
+                tracing::warn!(%jobmanager, "cannot register with the JobManager (retrying): {error}");
+            } else {
+                tracing::debug!(%jobmanager, attempt = failure.attempt, "cannot register with the JobManager yet: {error}");
+            }
+            !*stopping.borrow()
+        },
+    );
+    tokio::select! {
+        result = attempts => {
+            let registered = result.is_ok();
+            if registered {
+                tracing::info!(jobmanager = %settings.jobmanager, "registered with the JobManager");
+            }
+            registered
+        }
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    }
+}
+
 async fn heartbeat_loop(
     shared: Arc<Shared>,
     mut client: JobManagerServiceClient<Channel>,
@@ -276,26 +323,16 @@ async fn heartbeat_loop(
     };
     let mut registered = false;
     let mut last_ok = Instant::now();
-    let mut warned = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         if !registered {
-            match client.register_task_manager(register.clone()).await {
-                Ok(_) => {
-                    tracing::info!(jobmanager = %s.jobmanager, "registered with the JobManager");
-                    registered = true;
-                    warned = false;
-                    last_ok = Instant::now();
-                }
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(jobmanager = %s.jobmanager, "cannot register with the JobManager (retrying): {}", e.message());
-                        warned = true;
-                    }
-                }
+            if !register_with_jobmanager(&client, &register, s, &mut shutdown).await {
+                return;
             }
+            registered = true;
+            last_ok = Instant::now();
         } else {
             let req = HeartbeatRequest { taskmanager_id: s.id.clone(), running: shared.running() };
             match client.heartbeat(req).await {
