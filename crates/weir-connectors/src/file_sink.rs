@@ -36,10 +36,9 @@
 //! - kind 1, one per pending file not yet committed: checkpoint id (u64) and the file name
 //!   (u64 length + UTF-8 bytes, `.part-{i}-{s}.pending`).
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
-use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
-use arrow_schema::DataType;
+use arrow_array::RecordBatch;
+use arrow_json::writer::LineDelimited;
+use arrow_schema::{ArrowError, Field, Schema};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, ErrorKind, Write};
@@ -340,90 +339,50 @@ fn decode_element(element: &[u8]) -> OpResult<SinkElement> {
     Ok(decoded)
 }
 
-/// A column the sink can write, typed once per batch.
-enum Column<'a> {
-    Int64(&'a Int64Array),
-    Utf8(&'a StringArray),
-}
-
-impl<'a> Column<'a> {
-    fn new(array: &'a dyn Array, name: &str, path: &std::path::Path) -> OpResult<Self> {
-        match array.data_type() {
-            DataType::Int64 => Ok(Column::Int64(array.as_primitive::<Int64Type>())),
-            DataType::Utf8 => Ok(Column::Utf8(array.as_string::<i32>())),
-            other => Err(OperatorError::Failed(format!(
-                "file sink '{}' cannot write column '{name}' of type {other}: supported types are Int64 and Utf8",
-                path.display()
-            ))),
-        }
-    }
-
-    fn is_null(&self, row: usize) -> bool {
-        match self {
-            Column::Int64(a) => a.is_null(row),
-            Column::Utf8(a) => a.is_null(row),
-        }
+/// The first column `format` cannot write, if any: CSV has no nested values (lists,
+/// structs, maps). Checked per batch, before anything is written, so the error names the
+/// column instead of a row and column number.
+fn unwritable_column(format: FileFormat, schema: &Schema) -> Option<&Field> {
+    match format {
+        FileFormat::Csv => schema.fields().iter().find(|f| f.data_type().is_nested()).map(|f| f.as_ref()),
+        FileFormat::Json => None,
     }
 }
 
-/// CSV: values joined with ',', no header; text is quoted (with inner quotes doubled) only
-/// when it holds a delimiter, quote or line break. A null is an empty field.
-fn write_csv<W: Write>(w: &mut W, columns: &[Column<'_>], rows: usize) -> std::io::Result<()> {
-    for row in 0..rows {
-        for (i, col) in columns.iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            if col.is_null(row) {
-                continue;
-            }
-            match col {
-                Column::Int64(a) => write!(w, "{}", a.value(row))?,
-                Column::Utf8(a) => write_csv_text(w, a.value(row).as_bytes())?,
-            }
-        }
-        w.write_all(b"\n")?;
+/// Writes one batch to a part file with Arrow's own writers, which format every Arrow type
+/// (numbers, booleans, decimals, dates and timestamps in RFC 3339, binary as hex, ...):
+/// - CSV: no header, values joined by ','; a value is quoted (inner quotes doubled) only when
+///   it holds a delimiter, quote or line break; a null is an empty field (a record of one
+///   empty field is written `""`, so it is not an empty line).
+/// - JSON lines: one object per row, the columns in schema order, nulls written as `null`.
+///
+/// Neither format keeps state between batches (no header, no enclosing array), so a writer is
+/// made per batch over the part file's buffer.
+fn write_batch(format: FileFormat, out: &mut BufWriter<File>, batch: &RecordBatch) -> Result<(), ArrowError> {
+    let out = NoFlush(out);
+    match format {
+        FileFormat::Csv => arrow_csv::WriterBuilder::new().with_header(false).build(out).write(batch),
+        FileFormat::Json => arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(out).write(batch),
     }
-    Ok(())
 }
 
-fn write_csv_text<W: Write>(w: &mut W, text: &[u8]) -> std::io::Result<()> {
-    if !text.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
-        return w.write_all(text);
-    }
-    w.write_all(b"\"")?;
-    for (i, part) in text.split(|&b| b == b'"').enumerate() {
-        if i > 0 {
-            w.write_all(b"\"\"")?;
-        }
-        w.write_all(part)?;
-    }
-    w.write_all(b"\"")
-}
+/// Passes writes through and ignores `flush`: Arrow's CSV writer flushes its output after
+/// every batch, which would cost a write call per batch; the part file's buffer is flushed
+/// (and the file fsynced) when the file is closed instead.
+struct NoFlush<'a>(&'a mut BufWriter<File>);
 
-/// JSON lines: `{"col":value,...}` in schema order. `keys` are the column names already
-/// encoded as JSON strings with the ':' appended.
-fn write_json<W: Write>(w: &mut W, keys: &[Vec<u8>], columns: &[Column<'_>], rows: usize) -> std::io::Result<()> {
-    for row in 0..rows {
-        w.write_all(b"{")?;
-        for (i, (key, col)) in keys.iter().zip(columns).enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            w.write_all(key)?;
-            if col.is_null(row) {
-                w.write_all(b"null")?;
-                continue;
-            }
-            match col {
-                Column::Int64(a) => write!(w, "{}", a.value(row))?,
-                // serde_json escapes straight into the writer, without an intermediate String.
-                Column::Utf8(a) => serde_json::to_writer(&mut *w, a.value(row))?,
-            }
-        }
-        w.write_all(b"}\n")?;
+impl Write for NoFlush<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
     }
-    Ok(())
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Operator for FileSink {
@@ -434,39 +393,25 @@ impl Operator for FileSink {
                 self.path_of(Stage::Committed, self.next_seq.saturating_sub(1)).display()
             )));
         }
-        let schema = batch.schema();
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(array, field)| Column::new(array.as_ref(), field.name(), &self.dir))
-            .collect::<OpResult<Vec<_>>>()?;
+        if let Some(field) = unwritable_column(self.format, &batch.schema()) {
+            return Err(OperatorError::Failed(format!(
+                "file sink '{}' cannot write column '{}' of type {} as CSV: nested values have no CSV form (format: json writes them)",
+                self.dir.display(),
+                field.name(),
+                field.data_type()
+            )));
+        }
         self.prepare()?;
         let format = self.format;
         let current = match self.current {
             Some(ref mut current) => current,
             None => self.open_current()?,
         };
-        let writer = &mut current.writer;
-        let written = match format {
-            FileFormat::Csv => write_csv(writer, &columns, batch.num_rows()),
-            FileFormat::Json => {
-                // Encoded once per batch (a handful of small allocations, not per row).
-                let keys = schema
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        let mut key = serde_json::to_vec(f.name())?;
-                        key.push(b':');
-                        Ok(key)
-                    })
-                    .collect::<Result<Vec<_>, serde_json::Error>>()
-                    .map_err(std::io::Error::from);
-                keys.and_then(|keys| write_json(writer, &keys, &columns, batch.num_rows()))
-            }
-        };
         current.rows += batch.num_rows() as u64;
-        written.map_err(|e| OperatorError::io("file sink cannot write", current.path.display().to_string(), e))
+        write_batch(format, &mut current.writer, &batch).map_err(|e| match e {
+            ArrowError::IoError(_, source) => OperatorError::io("file sink cannot write", current.path.display().to_string(), source),
+            other => OperatorError::Failed(format!("file sink cannot write '{}': {other}", current.path.display())),
+        })
     }
 
     fn finish(&mut self, _out: &mut dyn Collector) -> OpResult {
@@ -611,7 +556,10 @@ impl Operator for FileSink {
 mod tests {
     use super::*;
     use crate::test_util::{info, NoOutput};
-    use arrow_array::{ArrayRef, Float64Array};
+    use arrow_array::types::Int64Type;
+    use arrow_array::{
+        ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, ListArray, StringArray, TimestampMillisecondArray, UInt8Array,
+    };
     use std::sync::Arc;
 
     fn rows() -> RecordBatch {
@@ -707,14 +655,67 @@ mod tests {
         }
     }
 
+    /// Columns of types other than Int64 and Utf8, with a null in each.
+    fn typed_rows() -> RecordBatch {
+        let ratio: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.5), Some(-0.25), None]));
+        let flag: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)]));
+        let at: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![Some(1_700_000_000_123), Some(0), None]));
+        let at_utc: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![None, Some(1_700_000_000_000), Some(-1)]).with_timezone("+00:00"));
+        let day: ArrayRef = Arc::new(Date32Array::from(vec![Some(19_675), None, Some(0)]));
+        let small: ArrayRef = Arc::new(UInt8Array::from(vec![Some(255), Some(0), None]));
+        RecordBatch::try_from_iter([("ratio", ratio), ("flag", flag), ("at", at), ("at_utc", at_utc), ("day", day), ("small", small)])
+            .expect("batch")
+    }
+
     #[test]
-    fn file_sink_rejects_unsupported_column_types() {
+    fn file_sink_writes_floats_booleans_dates_and_timestamps_as_csv() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sink = sink(dir.path(), 0, 1);
-        let floats: ArrayRef = Arc::new(Float64Array::from(vec![1.5]));
-        let batch = RecordBatch::try_from_iter([("ratio", floats)]).expect("batch");
-        let err = sink.process_batch(batch, &mut NoOutput).expect_err("float column").to_string();
-        assert!(err.contains("'ratio'"), "{err}");
+        sink.process_batch(typed_rows(), &mut NoOutput).expect("write");
+        // A record of one empty value is quoted, so that it is not an empty line.
+        let lone: ArrayRef = Arc::new(StringArray::from(vec![Some(""), None, Some("x")]));
+        sink.process_batch(RecordBatch::try_from_iter([("text", lone)]).expect("batch"), &mut NoOutput).expect("write");
+        sink.finish(&mut NoOutput).expect("finish");
+        assert_eq!(
+            read(dir.path(), "part-0-0"),
+            concat!(
+                "1.5,true,2023-11-14T22:13:20.123,,2023-11-14,255\n",
+                "-0.25,,1970-01-01T00:00:00,2023-11-14T22:13:20Z,,0\n",
+                ",false,,1969-12-31T23:59:59.999Z,1970-01-01,\n",
+                "\"\"\n",
+                "\"\"\n",
+                "x\n",
+            )
+        );
+    }
+
+    #[test]
+    fn file_sink_writes_floats_booleans_dates_and_timestamps_as_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("json");
+        let mut sink = crate::file_sink(out.to_str().expect("utf-8 path"), FileFormat::Json, &info(0, 1)).expect("open");
+        sink.process_batch(typed_rows(), &mut NoOutput).expect("write");
+        sink.finish(&mut NoOutput).expect("finish");
+        assert_eq!(
+            read(&out, "part-0-0"),
+            concat!(
+                "{\"ratio\":1.5,\"flag\":true,\"at\":\"2023-11-14T22:13:20.123\",\"at_utc\":null,\"day\":\"2023-11-14\",\"small\":255}\n",
+                "{\"ratio\":-0.25,\"flag\":null,\"at\":\"1970-01-01T00:00:00\",\"at_utc\":\"2023-11-14T22:13:20Z\",\"day\":null,\"small\":0}\n",
+                "{\"ratio\":null,\"flag\":false,\"at\":null,\"at_utc\":\"1969-12-31T23:59:59.999Z\",\"day\":\"1970-01-01\",\"small\":null}\n",
+            )
+        );
+    }
+
+    #[test]
+    fn file_sink_refuses_nested_columns_in_csv_naming_the_column() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = sink(dir.path(), 0, 1);
+        let lists: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(vec![Some(vec![Some(1), Some(2)])]));
+        let batch = RecordBatch::try_from_iter([("pair", lists)]).expect("batch");
+        let err = sink.process_batch(batch, &mut NoOutput).expect_err("list column").to_string();
+        assert!(err.contains("'pair'") && err.contains("CSV"), "{err}");
+        assert!(names(dir.path()).is_empty(), "nothing written: {:?}", names(dir.path()));
     }
 
     #[test]
