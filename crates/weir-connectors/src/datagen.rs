@@ -4,10 +4,11 @@
 //! `n`, and subtask `i` of `p` produces exactly the rows `n ≡ i (mod p)`. So a replay after a
 //! failure, or the same job at another parallelism, yields the same multiset of rows.
 
-use crate::state::{rescale_error, ElementReader, ElementWriter};
+use crate::state::{self, rescale_error};
 use crate::text::Utf8Column;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::SchemaRef;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_core::graph::{DatagenKind, DatagenSpec};
@@ -22,9 +23,17 @@ const MAX_IDLE: Duration = Duration::from_millis(100);
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
-/// Magic of a datagen state element: `WDG1`, then the subtask's parallelism (u32), its index
-/// (u32) and how many of its rows it has emitted (u64; its next row is `index + k * p`).
-const STATE_MAGIC: &[u8; 4] = b"WDG1";
+/// Magic of a datagen state element (a [`DatagenPosition`]).
+const STATE_MAGIC: &[u8; 4] = b"WDG2";
+
+/// A datagen subtask's checkpoint state: which subtask it is and how far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct DatagenPosition {
+    parallelism: u64,
+    index: u64,
+    /// How many of its rows the subtask has emitted: its next row is `index + emitted * parallelism`.
+    emitted: u64,
+}
 
 /// SplitMix64's finalizer: a cheap, well-mixed bijection of 64-bit values.
 pub(crate) fn splitmix64(x: u64) -> u64 {
@@ -209,8 +218,8 @@ impl SourceReader for DatagenReader {
     /// One element: (parallelism, index, rows emitted). Taken between two polls, it covers
     /// exactly the rows of the batches returned so far.
     fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
-        let element = ElementWriter::new(STATE_MAGIC).u32(self.parallelism as u32).u32(self.index as u32).u64(self.next_local).finish();
-        Ok(Some(vec![element]))
+        let position = DatagenPosition { parallelism: self.parallelism, index: self.index, emitted: self.next_local };
+        Ok(Some(vec![state::encode(STATE_MAGIC, &position, "datagen")?]))
     }
 
     /// Resumes right after the last row emitted before the snapshot. Only the subtask's own
@@ -218,20 +227,15 @@ impl SourceReader for DatagenReader {
     /// subtasks' positions at another parallelism do not describe a set of rows this subtask
     /// could continue from without duplicates or gaps.
     fn restore_state(&mut self, elements: Vec<Vec<u8>>) -> OpResult {
-        let mut positions = Vec::with_capacity(elements.len());
-        for element in &elements {
-            let mut r = ElementReader::new(element, STATE_MAGIC, "datagen")?;
-            let position = (u64::from(r.u32()?), u64::from(r.u32()?), r.u64()?);
-            r.end()?;
-            positions.push(position);
-        }
+        let positions =
+            elements.iter().map(|e| state::decode::<DatagenPosition>(e, STATE_MAGIC, "datagen")).collect::<OpResult<Vec<_>>>()?;
         let now = self.parallelism as u32;
         let emitted = match positions.as_slice() {
             [] => return Err(rescale_error("datagen", &format!("at most {}", self.index), now)),
-            [(p, i, emitted)] if *p == self.parallelism && *i == self.index => *emitted,
-            [(p, ..), ..] if *p != self.parallelism => return Err(rescale_error("datagen", &p.to_string(), now)),
+            [p] if p.parallelism == self.parallelism && p.index == self.index => p.emitted,
+            [p, ..] if p.parallelism != self.parallelism => return Err(rescale_error("datagen", &p.parallelism.to_string(), now)),
             _ => {
-                let got: Vec<String> = positions.iter().map(|(p, i, _)| format!("{i} of {p}")).collect();
+                let got: Vec<String> = positions.iter().map(|p| format!("{} of {}", p.index, p.parallelism)).collect();
                 return Err(OperatorError::Failed(format!(
                     "datagen subtask {} of {} cannot restore from the positions of subtasks [{}]",
                     self.index,

@@ -28,17 +28,18 @@
 //! only ever see committed files.
 //!
 //! ## State elements
-//! Each element starts with the magic `WSK1` and a kind byte:
-//! - kind 0, one per subtask: parallelism (u32), index (u32), the number of pending-file
-//!   elements of this subtask (u32) and its next sequence number (u64). It tells a restored
-//!   subtask whether it received every pending file of its index, i.e. whether an unlisted
-//!   pending file of its index is garbage or listed at another subtask (after rescaling).
-//! - kind 1, one per pending file not yet committed: checkpoint id (u64) and the file name
-//!   (u64 length + UTF-8 bytes, `.part-{i}-{s}.pending`).
+//! Each element is a [`StoredElement`] under the magic `WSK2` (see [`crate::state`]):
+//! - a header, one per subtask: parallelism, index, the number of pending-file elements of
+//!   this subtask and its next sequence number. It tells a restored subtask whether it
+//!   received every pending file of its index, i.e. whether an unlisted pending file of its
+//!   index is garbage or listed at another subtask (after rescaling).
+//! - a pending file, one per file not yet committed: checkpoint id and the file name
+//!   (`.part-{i}-{s}.pending`).
 
 use arrow_array::RecordBatch;
 use arrow_json::writer::LineDelimited;
 use arrow_schema::{ArrowError, Field, Schema};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, ErrorKind, Write};
@@ -46,13 +47,11 @@ use std::path::{Path, PathBuf};
 use weir_core::graph::FileFormat;
 use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SubtaskInfo};
 
-use crate::state::{ElementReader, ElementWriter};
+use crate::state;
 
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
-const STATE_MAGIC: &[u8; 4] = b"WSK1";
-const ELEMENT_HEADER: u8 = 0;
-const ELEMENT_PENDING: u8 = 1;
+const STATE_MAGIC: &[u8; 4] = b"WSK2";
 
 /// The stage of a part file, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,55 +287,47 @@ impl FileSink {
         result
     }
 
-    fn state_elements(&self) -> Vec<Vec<u8>> {
-        let mut elements = Vec::with_capacity(1 + self.pending.len());
-        elements.push(
-            ElementWriter::new(STATE_MAGIC)
-                .u8(ELEMENT_HEADER)
-                .u32(self.parallelism)
-                .u32(self.index)
-                .u32(self.pending.len() as u32)
-                .u64(self.next_seq)
-                .finish(),
-        );
-        for file in &self.pending {
-            let name = part_name(Stage::Pending, self.index, file.seq);
-            elements.push(ElementWriter::new(STATE_MAGIC).u8(ELEMENT_PENDING).u64(file.checkpoint).bytes(name.as_bytes()).finish());
-        }
-        elements
+    fn state_elements(&self) -> OpResult<Vec<Vec<u8>>> {
+        let header = StoredElement::Header {
+            parallelism: self.parallelism,
+            index: self.index,
+            pending: self.pending.len() as u32,
+            next_seq: self.next_seq,
+        };
+        let pending = self
+            .pending
+            .iter()
+            .map(|file| StoredElement::Pending { checkpoint: file.checkpoint, name: part_name(Stage::Pending, self.index, file.seq) });
+        std::iter::once(header).chain(pending).map(|element| state::encode(STATE_MAGIC, &element, "file sink")).collect()
     }
 }
 
-/// A decoded state element.
+/// A checkpoint state element of the file sink, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredElement {
+    /// One per subtask: how many pending files it listed, so a restored subtask knows whether
+    /// it received all of them.
+    Header { parallelism: u32, index: u32, pending: u32, next_seq: u64 },
+    /// One per pending file not committed yet, with the checkpoint that pre-committed it.
+    Pending { checkpoint: u64, name: String },
+}
+
+/// A decoded state element, its file name checked and parsed.
 enum SinkElement {
     Header { parallelism: u32, index: u32, pending: u32 },
     Pending { checkpoint: u64, name: String, index: u32, seq: u64 },
 }
 
 fn decode_element(element: &[u8]) -> OpResult<SinkElement> {
-    let mut r = ElementReader::new(element, STATE_MAGIC, "file sink")?;
-    let decoded = match r.u8()? {
-        ELEMENT_HEADER => {
-            let (parallelism, index, pending) = (r.u32()?, r.u32()?, r.u32()?);
-            let _next_seq = r.u64()?;
-            SinkElement::Header { parallelism, index, pending }
-        }
-        ELEMENT_PENDING => {
-            let checkpoint = r.u64()?;
-            let name = r.string()?;
-            match parse_part_name(&name) {
-                Some((Stage::Pending, index, seq)) => SinkElement::Pending { checkpoint, name, index, seq },
-                _ => {
-                    return Err(OperatorError::Failed(format!(
-                        "file sink cannot restore: '{name}' in its checkpoint state is not a pending part file name"
-                    )))
-                }
-            }
-        }
-        kind => return Err(OperatorError::Failed(format!("file sink cannot restore: unknown checkpoint state element kind {kind}"))),
-    };
-    r.end()?;
-    Ok(decoded)
+    match state::decode(element, STATE_MAGIC, "file sink")? {
+        StoredElement::Header { parallelism, index, pending, next_seq: _ } => Ok(SinkElement::Header { parallelism, index, pending }),
+        StoredElement::Pending { checkpoint, name } => match parse_part_name(&name) {
+            Some((Stage::Pending, index, seq)) => Ok(SinkElement::Pending { checkpoint, name, index, seq }),
+            _ => Err(OperatorError::Failed(format!(
+                "file sink cannot restore: '{name}' in its checkpoint state is not a pending part file name"
+            ))),
+        },
+    }
 }
 
 /// The first column `format` cannot write, if any: CSV has no nested values (lists,
@@ -461,7 +452,7 @@ impl Operator for FileSink {
             // A pending file of a checkpoint that completes must survive a crash.
             self.sync_dir();
         }
-        Ok(Some(self.state_elements()))
+        Ok(Some(self.state_elements()?))
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint: u64) -> OpResult {
@@ -881,7 +872,8 @@ mod tests {
         let err = sink(dir.path(), 0, 1).restore_state(1, vec![b"WDG1....".to_vec()]).expect_err("bad").to_string();
         assert!(err.contains("file sink cannot restore"), "{err}");
         // A name that is not a pending part file (e.g. a path) is refused.
-        let element = ElementWriter::new(STATE_MAGIC).u8(ELEMENT_PENDING).u64(1).bytes(b"../etc/passwd").finish();
+        let outside = StoredElement::Pending { checkpoint: 1, name: "../etc/passwd".into() };
+        let element = state::encode(STATE_MAGIC, &outside, "file sink").expect("encode");
         let err = sink(dir.path(), 0, 1).restore_state(1, vec![element]).expect_err("bad").to_string();
         assert!(err.contains("not a pending part file name"), "{err}");
     }

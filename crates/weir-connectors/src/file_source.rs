@@ -10,10 +10,11 @@
 //! The reader is replayable: its checkpoint state is the file it is in (with the byte offset
 //! of the next line it has not emitted and its range end) and the files it has still to read.
 
-use crate::state::{rescale_error, ElementReader, ElementWriter};
+use crate::state::{self, rescale_error, StoredPath};
 use crate::text::Utf8Column;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -27,11 +28,30 @@ const BATCH_LINES: usize = 4096;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Magic of a file source state element: `WFS1`, the subtask's parallelism (u32) and index
-/// (u32); then 1 and the current file (path, offset of the next line not yet emitted, range
-/// end; u64s), or 0 when no file is open; then the number of files still to read (u64) and
-/// their paths. Paths are length-prefixed (u64) raw bytes.
-const STATE_MAGIC: &[u8; 4] = b"WFS1";
+/// Magic of a file source state element (a [`FileSourcePosition`]).
+const STATE_MAGIC: &[u8; 4] = b"WFS2";
+
+/// A file source subtask's checkpoint state: which subtask it is, where it is in its current
+/// file, and the files it has still to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileSourcePosition {
+    parallelism: u32,
+    index: u32,
+    /// The file being read, if one is open.
+    current: Option<SplitPosition>,
+    /// The files still to read, in order.
+    rest: Vec<StoredPath>,
+}
+
+/// Where a subtask is in one file's byte range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SplitPosition {
+    file: StoredPath,
+    /// Offset of the next line not emitted yet.
+    pos: u64,
+    /// End of the subtask's byte range.
+    end: u64,
+}
 
 /// The files under `path`: the path itself if it is a file, else the regular files directly
 /// inside the directory, sorted by name, without hidden (`.`) or marker (`_`) files — the
@@ -198,17 +218,17 @@ impl SourceReader for FileReader {
     /// line (whatever the `BufReader` read ahead), so between two polls it is the offset of
     /// the first line not emitted yet.
     fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
-        let mut w = ElementWriter::new(STATE_MAGIC).u32(self.parallelism).u32(self.index);
-        w = match &self.current {
-            Some(split) => w.u8(1).path(&split.file).u64(split.pos).u64(split.end),
-            None => w.u8(0),
+        let position = FileSourcePosition {
+            parallelism: self.parallelism,
+            index: self.index,
+            current: self.current.as_ref().map(|split| SplitPosition {
+                file: StoredPath(split.file.clone()),
+                pos: split.pos,
+                end: split.end,
+            }),
+            rest: self.files[self.next_file.min(self.files.len())..].iter().cloned().map(StoredPath).collect(),
         };
-        let rest = &self.files[self.next_file.min(self.files.len())..];
-        w = w.u64(rest.len() as u64);
-        for path in rest {
-            w = w.path(path);
-        }
-        Ok(Some(vec![w.finish()]))
+        Ok(Some(vec![state::encode(STATE_MAGIC, &position, "file source")?]))
     }
 
     /// Resumes exactly where the snapshot was taken, with the checkpoint's file list (files
@@ -216,30 +236,16 @@ impl SourceReader for FileReader {
     /// subtask's own position at the same parallelism is accepted: byte ranges depend on the
     /// parallelism.
     fn restore_state(&mut self, elements: Vec<Vec<u8>>) -> OpResult {
-        let mut positions = Vec::with_capacity(elements.len());
-        for element in &elements {
-            let mut r = ElementReader::new(element, STATE_MAGIC, "file source")?;
-            let (parallelism, index) = (r.u32()?, r.u32()?);
-            let current = match r.u8()? {
-                0 => None,
-                _ => Some((r.path()?, r.u64()?, r.u64()?)),
-            };
-            let count = r.u64()?;
-            let mut rest = Vec::new();
-            for _ in 0..count {
-                rest.push(r.path()?);
-            }
-            r.end()?;
-            positions.push((parallelism, index, current, rest));
-        }
+        let mut positions =
+            elements.iter().map(|e| state::decode::<FileSourcePosition>(e, STATE_MAGIC, "file source")).collect::<OpResult<Vec<_>>>()?;
         let now = self.parallelism;
         let (current, rest) = match positions.pop() {
             None => return Err(rescale_error("file source", &format!("at most {}", self.index), now)),
-            Some((p, ..)) if p != now => return Err(rescale_error("file source", &p.to_string(), now)),
-            Some((_, i, current, rest)) if i == self.index && positions.is_empty() => (current, rest),
-            Some((p, i, ..)) => {
-                let mut got: Vec<String> = positions.iter().map(|(p, i, ..)| format!("{i} of {p}")).collect();
-                got.push(format!("{i} of {p}"));
+            Some(p) if p.parallelism != now => return Err(rescale_error("file source", &p.parallelism.to_string(), now)),
+            Some(p) if p.index == self.index && positions.is_empty() => (p.current, p.rest),
+            Some(last) => {
+                positions.push(last);
+                let got: Vec<String> = positions.iter().map(|p| format!("{} of {}", p.index, p.parallelism)).collect();
                 return Err(OperatorError::Failed(format!(
                     "file source subtask {} of {} cannot restore from the positions of subtasks [{}]",
                     self.index,
@@ -249,11 +255,11 @@ impl SourceReader for FileReader {
             }
         };
         self.current = match current {
-            Some((path, pos, end)) => Some(Split::resume(&path, pos, end)?),
+            Some(SplitPosition { file, pos, end }) => Some(Split::resume(&file.0, pos, end)?),
             None => None,
         };
         tracing::debug!(index = self.index, files = rest.len(), "file source restored its position");
-        self.files = rest;
+        self.files = rest.into_iter().map(|p| p.0).collect();
         self.next_file = 0;
         Ok(())
     }
