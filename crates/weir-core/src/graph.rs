@@ -139,6 +139,12 @@ pub enum OperatorSpec {
     Select {
         columns: Vec<String>,
     },
+    /// Passes rows through unchanged, at most `rows_per_second` per subtask: the task takes no
+    /// further input until the rows it passed are due (it never sleeps inside the operator, so
+    /// barriers and commands are still seen). For building backpressured jobs.
+    Throttle {
+        rows_per_second: u64,
+    },
     /// A keyed running aggregate: emits (key, value) for every input row with the key's
     /// updated value. `field` is None for count.
     KeyedAggregate {

@@ -60,13 +60,14 @@ enum RawOp {
     Lower { column: Option<String> },
     Filter { expr: String },
     Select { columns: Vec<String> },
+    Throttle { rows_per_second: u64 },
     Agg { kind: AggKind, field: Option<String> },
     Print,
     FileSink { path: String, format: FileFormat },
     Blackhole,
 }
 
-const TRANSFORMS: &[&str] = &["split", "upper", "lower", "filter", "select", "key_by", "rebalance", "count", "sum", "min", "max"];
+const TRANSFORMS: &[&str] = &["split", "upper", "lower", "filter", "select", "throttle", "key_by", "rebalance", "count", "sum", "min", "max"];
 const SOURCES: &[&str] = &["datagen", "socket", "file"];
 const SINKS: &[&str] = &["print", "file", "blackhole"];
 const COMMON_STEP_KEYS: &[&str] = &["parallelism", "uid", "name"];
@@ -380,6 +381,21 @@ fn parse_step(index: usize, raw: &Value, origin: &str) -> Result<Step, JobError>
             };
             StepKind::Operator(RawOp::Select { columns })
         }
+        ("throttle", _) => {
+            p.allow(&["rows-per-second"])?;
+            let rate = match shorthand {
+                Some(s) => s.parse::<u64>().map_err(|_| p.err("write `throttle: {rows-per-second: N}`"))?,
+                None => match p.int("rows-per-second")? {
+                    Some(n) if n >= 0 => n as u64,
+                    Some(_) => return Err(p.err("rows-per-second must be at least 1")),
+                    None => return Err(p.err("write `throttle: {rows-per-second: N}`")),
+                },
+            };
+            if rate == 0 {
+                return Err(p.err("rows-per-second must be at least 1"));
+            }
+            StepKind::Operator(RawOp::Throttle { rows_per_second: rate })
+        }
         ("count", _) | ("sum", _) | ("min", _) | ("max", _) => {
             p.allow(&["field"])?;
             let agg = match kind {
@@ -568,6 +584,7 @@ fn resolve(op: &RawOp, input: &Schema, key: Option<String>) -> Result<OperatorSp
             }
             OperatorSpec::Select { columns: cols.clone() }
         }
+        RawOp::Throttle { rows_per_second } => OperatorSpec::Throttle { rows_per_second: *rows_per_second },
         RawOp::Agg { kind, field } => {
             let field = match field {
                 Some(f) => Some(int_col(f)?),
@@ -632,7 +649,9 @@ pub fn output_schema(spec: &OperatorSpec, input: &SchemaRef) -> SchemaRef {
         )),
         OperatorSpec::SocketSource { .. } | OperatorSpec::FileSource { .. } => Arc::new(Schema::new(vec![text("line")])),
         OperatorSpec::Split { .. } => Arc::new(Schema::new(vec![text("word")])),
-        OperatorSpec::Upper { .. } | OperatorSpec::Lower { .. } | OperatorSpec::Filter { .. } => input.clone(),
+        OperatorSpec::Upper { .. } | OperatorSpec::Lower { .. } | OperatorSpec::Filter { .. } | OperatorSpec::Throttle { .. } => {
+            input.clone()
+        }
         OperatorSpec::Select { columns } => {
             let idx: Vec<usize> = columns.iter().map(|c| input.index_of(c).expect("resolved")).collect();
             Arc::new(input.project(&idx).expect("resolved columns"))

@@ -70,6 +70,13 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The instant before which the operator wants no further input, if any (a throttle). The
+    /// task then takes no input until that instant but still handles barriers, commands and
+    /// timers: an operator never sleeps inside `process_batch`.
+    fn ready_at(&self) -> Option<std::time::Instant> {
+        None
+    }
+
     /// Checkpoint `checkpoint` completed on every task: a two-phase-commit sink commits now.
     fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> OpResult {
         Ok(())

@@ -97,6 +97,28 @@ impl CheckpointConfig {
     pub fn enabled(&self) -> bool {
         self.interval.is_some()
     }
+
+    /// How barriers of this job's checkpoints travel: the one reading of
+    /// `unaligned.enabled` and `aligned-checkpoint-timeout`.
+    pub fn alignment(&self) -> AlignmentPolicy {
+        match (self.unaligned, self.aligned_timeout) {
+            (false, _) => AlignmentPolicy::Aligned,
+            (true, t) if t.is_zero() => AlignmentPolicy::Unaligned,
+            (true, t) => AlignmentPolicy::AlignedThenUnaligned(t),
+        }
+    }
+}
+
+/// How a checkpoint's barriers travel (see `docs/checkpointing.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlignmentPolicy {
+    /// Barriers travel behind the data and tasks align them: no in-flight data is stored.
+    Aligned,
+    /// Barriers overtake in-flight data, which is stored as channel state (FLIP-76).
+    Unaligned,
+    /// A checkpoint starts aligned and turns unaligned at a task whose alignment has lasted
+    /// longer than this (`execution.checkpointing.aligned-checkpoint-timeout`).
+    AlignedThenUnaligned(Duration),
 }
 
 /// Gives a job that checkpoints (or restores) but names no `execution.checkpointing.dir` a

@@ -29,7 +29,8 @@ fn request(job_id: &str, attempt: u32, id: u64, timestamp_ms: i64, final_checkpo
 /// The effects that carry out `actions`, in order:
 /// - a periodic trigger goes to the source TaskManagers, the final one to every TaskManager;
 /// - completion notices go to every TaskManager (every task may have a sink to commit);
-/// - aborts go to the sources, which send the cancellation marker downstream;
+/// - aborts go to every TaskManager of the attempt: each task drops what it collected for the
+///   checkpoint and sends a cancellation marker downstream (a priority event);
 /// - `_metadata` writes and deletions go to the job's checkpoint storage (a job without
 ///   storage never triggers, so a write without storage can only fail);
 /// - a failed job is a follow-up for the state, tied to this attempt.
@@ -67,8 +68,10 @@ pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> 
                 } else {
                     tracing::info!(job = %t.job_id, checkpoint = id, "checkpoint aborted: {reason}");
                 }
+                // Every task hears of it, not only the sources: a task aligning or persisting
+                // channel state for it stops at once.
                 let request = request(t.job_id, attempt, id, now_ms, false);
-                out.push(Effect::CheckpointRpc { call: CheckpointCall::Abort, to: t.sources.clone(), request });
+                out.push(Effect::CheckpointRpc { call: CheckpointCall::Abort, to: t.all.clone(), request });
             }
             Action::Discard { id } => {
                 if let Some(storage) = t.storage {

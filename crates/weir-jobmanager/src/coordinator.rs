@@ -151,7 +151,7 @@ pub enum Event {
     /// The trigger of `id` could not be delivered.
     TriggerFailed { id: u64, reason: String },
     /// A subtask acknowledged `id` with its state handles.
-    Acknowledged { attempt: u32, id: u64, subtask: SubtaskKey, states: Vec<(String, SubtaskState)>, alignment_ms: u64, size: u64 },
+    Acknowledged { attempt: u32, id: u64, subtask: SubtaskKey, states: Vec<(String, SubtaskState)>, stats: AckStats },
     /// A subtask could not take `id`.
     Declined { attempt: u32, id: u64, reason: String },
     /// The `_metadata` write of `id` ended.
@@ -238,6 +238,22 @@ enum FinalCheckpoint {
     Completed(u64),
 }
 
+/// What a subtask's acknowledgement reports besides its state handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckStats {
+    /// How long its barriers took to align (until the switch, for a timed-out one).
+    pub alignment_ms: u64,
+    /// Bytes it stored: state files, keyed handles and channel state.
+    pub size: u64,
+    /// Bytes of in-flight data it stored as channel state.
+    pub inflight_bytes: u64,
+    /// How it took the checkpoint.
+    pub kind: SnapshotKind,
+}
+
+/// How a checkpoint was taken, as `weir checkpoints` shows it.
+pub use weir_proto::CheckpointKind as SnapshotKind;
+
 /// One row of `weir checkpoints`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRecord {
@@ -250,6 +266,11 @@ pub struct CheckpointRecord {
     pub failure: String,
     pub acknowledged: u32,
     pub total: u32,
+    /// Aligned until a subtask reports otherwise: unaligned if any took it unaligned, timed out
+    /// to unaligned if any switched.
+    pub kind: SnapshotKind,
+    /// In-flight bytes stored as channel state, over the subtasks that acknowledged.
+    pub inflight_bytes: u64,
 }
 
 impl CheckpointRecord {
@@ -264,6 +285,8 @@ impl CheckpointRecord {
             failure: self.failure.clone(),
             acknowledged: self.acknowledged,
             total: self.total,
+            kind: self.kind as i32,
+            inflight_bytes: self.inflight_bytes,
         }
     }
 }
@@ -348,8 +371,8 @@ impl CheckpointCoordinator {
         match event {
             Event::Tick(view) => self.tick(now, view, &mut out),
             Event::TriggerFailed { id, reason } => self.fail(now, id, FailureReason::TriggerFailed(reason), &mut out),
-            Event::Acknowledged { attempt, id, subtask, states, alignment_ms, size } => {
-                self.acknowledge(attempt, id, subtask, states, alignment_ms, size, now, &mut out)
+            Event::Acknowledged { attempt, id, subtask, states, stats } => {
+                self.acknowledge(attempt, id, subtask, states, stats, now, &mut out)
             }
             Event::Declined { attempt, id, reason } => {
                 if self.pending.get(&id).is_some_and(|p| p.attempt == attempt) {
@@ -438,6 +461,8 @@ impl CheckpointCoordinator {
             failure: String::new(),
             acknowledged: 0,
             total: total as u32,
+            kind: SnapshotKind::Aligned,
+            inflight_bytes: 0,
         });
         id
     }
@@ -453,8 +478,7 @@ impl CheckpointCoordinator {
         id: u64,
         subtask: SubtaskKey,
         states: Vec<(String, SubtaskState)>,
-        alignment_ms: u64,
-        size: u64,
+        stats: AckStats,
         now: Now,
         out: &mut Vec<Action>,
     ) {
@@ -471,8 +495,11 @@ impl CheckpointCoordinator {
         let all_acknowledged = (count == *total).then(|| std::mem::take(acks));
         if let Some(r) = self.record(id) {
             r.acknowledged = count as u32;
-            r.size += size;
-            r.alignment_ms = r.alignment_ms.max(alignment_ms);
+            r.size += stats.size;
+            r.alignment_ms = r.alignment_ms.max(stats.alignment_ms);
+            r.inflight_bytes += stats.inflight_bytes;
+            // Aligned < unaligned < timed out to unaligned.
+            r.kind = r.kind.max(stats.kind);
         }
         if let Some(acks) = all_acknowledged {
             let metadata = self.metadata(id, &acks, now.epoch_ms);
@@ -496,7 +523,7 @@ impl CheckpointCoordinator {
                             .unwrap_or_default()
                     })
                     .collect();
-                if subtasks.iter().any(|s| !s.keyed.is_empty() || s.operator.is_some()) {
+                if subtasks.iter().any(|s| !s.keyed.is_empty() || s.operator.is_some() || s.input_channels.is_some() || s.output_channels.is_some()) {
                     operators.push(OperatorState {
                         uid: op.uid.clone(),
                         parallelism: v.parallelism,
@@ -660,7 +687,13 @@ mod tests {
     }
 
     fn ack(attempt: u32, id: u64, subtask: u32) -> Event {
-        Event::Acknowledged { attempt, id, subtask: (subtask, 0), states: Vec::new(), alignment_ms: 0, size: 10 }
+        Event::Acknowledged {
+            attempt,
+            id,
+            subtask: (subtask, 0),
+            states: Vec::new(),
+            stats: AckStats { alignment_ms: 0, size: 10, inflight_bytes: 0, kind: SnapshotKind::Aligned },
+        }
     }
 
     fn written(id: u64) -> Event {

@@ -6,7 +6,7 @@
 //! the effects the state returns to the executor. Bad input is `INVALID_ARGUMENT` naming what is
 //! wrong; an unknown job is `NOT_FOUND` naming its id.
 
-use crate::coordinator::Event;
+use crate::coordinator::{AckStats, Event};
 use crate::effects::Executor;
 use crate::job::{JobDefinition, NewJob};
 use crate::state::JobManagerState;
@@ -162,8 +162,12 @@ impl JobManagerService for JobManagerRpc {
             id: r.checkpoint_id,
             subtask: (e.vertex, e.subtask),
             states,
-            alignment_ms: r.alignment_ms,
-            size: r.size_bytes,
+            stats: AckStats {
+                alignment_ms: r.alignment_ms,
+                size: r.size_bytes,
+                inflight_bytes: r.inflight_bytes,
+                kind: weir_proto::CheckpointKind::try_from(r.kind).unwrap_or(weir_proto::CheckpointKind::Aligned),
+            },
         };
         self.executor.perform(self.state.checkpoint_event(&e.job_id, event));
         Ok(Response::new(AcknowledgeCheckpointResponse {}))

@@ -9,7 +9,7 @@
 //!
 //! ## Event encoding
 //! One tag byte, then big-endian fields: `1` end of partition (1 byte); `2` barrier (`u64` id,
-//! `i64` trigger time in ms, `u8` savepoint flag: 18 bytes); `3` cancellation marker (`u64` id:
+//! `i64` trigger time in ms, `u8` flags — bit 0 savepoint, bit 1 unaligned: 18 bytes); `3` cancellation marker (`u64` id:
 //! 9 bytes). Nothing on the wire marks an event as priority: priority is only a position in a
 //! queue, so an event that overtook buffers at the sender is queued in arrival order at the
 //! receiver.
@@ -84,8 +84,19 @@ pub struct Barrier {
     /// Trigger time at the JobManager (ms since the epoch).
     pub timestamp_ms: i64,
     /// Whether the checkpoint is a savepoint: keyed state is then snapshotted full and
-    /// self-contained, never incremental. The JobManager always sends `false` today.
+    /// self-contained, never incremental, and its barriers are always aligned. The JobManager
+    /// always sends `false` today.
     pub savepoint: bool,
+    /// The barrier overtook in-flight data (it travels as a priority event): its checkpoint is
+    /// unaligned from the task that sent it on, and every task it reaches takes it unaligned.
+    pub unaligned: bool,
+}
+
+impl Barrier {
+    /// An aligned barrier for checkpoint `id` triggered at `timestamp_ms`.
+    pub fn new(id: u64, timestamp_ms: i64, savepoint: bool) -> Self {
+        Self { id, timestamp_ms, savepoint, unaligned: false }
+    }
 }
 
 impl Event {
@@ -99,7 +110,7 @@ impl Event {
                 buf.put_u8(2);
                 buf.put_u64(b.id);
                 buf.put_i64(b.timestamp_ms);
-                buf.put_u8(b.savepoint as u8);
+                buf.put_u8(b.savepoint as u8 | (b.unaligned as u8) << 1);
                 buf.freeze()
             }
             Event::CancelCheckpoint(id) => {
@@ -120,7 +131,8 @@ impl Event {
             Some(1) => Ok(Event::EndOfPartition),
             Some(2) if b.len() >= 18 => {
                 b.advance(1);
-                Ok(Event::Barrier(Barrier { id: b.get_u64(), timestamp_ms: b.get_i64(), savepoint: b.get_u8() != 0 }))
+                let (id, timestamp_ms, flags) = (b.get_u64(), b.get_i64(), b.get_u8());
+                Ok(Event::Barrier(Barrier { id, timestamp_ms, savepoint: flags & 1 != 0, unaligned: flags & 2 != 0 }))
             }
             Some(3) if b.len() >= 9 => {
                 b.advance(1);
@@ -195,7 +207,8 @@ mod tests {
         assert_eq!(ChannelId::decode(&mut buf.freeze()), Some(id));
         for ev in [
             Event::EndOfPartition,
-            Event::Barrier(Barrier { id: 42, timestamp_ms: 1_700_000_000_000, savepoint: true }),
+            Event::Barrier(Barrier { id: 42, timestamp_ms: 1_700_000_000_000, savepoint: true, unaligned: false }),
+            Event::Barrier(Barrier { id: 43, timestamp_ms: 1_700_000_000_000, savepoint: false, unaligned: true }),
             Event::CancelCheckpoint(7),
         ] {
             assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);

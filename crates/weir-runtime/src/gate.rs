@@ -2,32 +2,40 @@
 //!
 //! ## Flow control
 //! Each channel owns `credits` buffer slots. A buffer occupies a slot from the moment it is
-//! queued until the task takes it; taking it returns the credit to the sender: a local sender
-//! blocked on a full channel wakes up, a remote sender gets a credit frame over TCP. So at most
-//! `credits` buffers per channel sit here, and a slow task stops its senders, which stop
-//! theirs: backpressure reaches the sources with bounded memory. Events take no slot.
+//! queued until the task takes it; taking it returns the credit to the sender: a remote sender
+//! gets a credit frame over TCP, a local sender's task is woken once its channel has room again.
+//! A remote sender only sends against credits, so a remote channel holds at most `credits`
+//! buffers. A local sender never blocks: it checks [`InputGate::has_room`] before it takes its
+//! next input, and may overdraw a channel by what one input batch produces (FLIP-227). Either
+//! way a slow task stops its senders, which stop theirs: backpressure reaches the sources with
+//! bounded memory. Events take no slot.
 //!
 //! ## Priority
-//! [`InputGate::push_priority`] puts an event at the head of its channel's queue and the
-//! channel at the head of the gate's ready list, so it is the next thing the task sees, ahead
-//! of every queued buffer. It is meant for unaligned checkpoint barriers, which are not built
-//! yet: nothing in the runtime calls it, and events from the network arrive through
-//! [`InputGate::push_remote`], in order. On a blocked channel a priority event waits at the
-//! head of the channel until it is unblocked (the design wants it to become ready at once).
+//! [`InputGate::push_priority`] puts an event (an unaligned barrier, a cancellation marker)
+//! ahead of the buffers queued on its channel: right after the last event already queued, so
+//! priority events keep their order among themselves and never overtake an earlier event
+//! (an end of partition, an aligned barrier). It records how many buffers it overtook; when the
+//! task takes it ([`GatePoll::Priority`]) it gets those buffers (cheap clones) as well: they are
+//! the barrier's input channel state, and are still processed normally afterwards. A priority
+//! event at the head of its channel is served before any other item, even on a blocked
+//! channel. [`InputGate::prioritize_barrier`] turns an aligned barrier already queued into a
+//! priority one (the aligned-checkpoint timeout).
 //!
 //! ## Blocking
-//! A channel can be blocked ([`InputGate::set_blocked`]): its items stay queued (and keep
-//! their credits) until it is unblocked. Barrier alignment relies on this: a blocked channel
+//! A channel can be blocked ([`InputGate::set_blocked`]): its buffers stay queued (and keep
+//! their credits) until it is unblocked. Aligned barriers rely on this: a blocked channel
 //! returns no credit, so its upstream stalls once the credits are used up.
 //!
 //! ## Threads
-//! Only the task thread polls. Local upstream task threads push with
-//! [`InputGate::push_blocking`], the network reader with [`InputGate::push_remote`], the
-//! TaskManager calls [`InputGate::fail`] and [`InputGate::interrupt`]. One mutex guards every
-//! channel's queue; two condvars wake the task (`data`) and local senders (`space`). Credits
-//! are returned outside the lock.
+//! Only the task thread takes items. Local upstream task threads push with
+//! [`InputGate::push`], the network reader with [`InputGate::push_remote`] and
+//! [`InputGate::push_priority`], the TaskManager calls [`InputGate::fail`]. One mutex guards
+//! every channel's queue. Every push notifies the task's [`Waker`]; taking a buffer that gives
+//! a local channel room again notifies its sender's waker. Credits are returned outside the
+//! lock.
 
 use crate::buffer::{Event, Item};
+use crate::wake::Waker;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,90 +49,113 @@ pub trait CreditReturn: Send + Sync {
     fn return_credit(&self, channel: usize);
 }
 
+/// One queued item.
+#[derive(Debug)]
+struct Entry {
+    item: Item,
+    /// A priority event: it overtook the `overtakes` buffers queued behind it when it arrived.
+    priority: Option<usize>,
+}
+
 /// One input channel's queue and flags.
 #[derive(Default)]
 struct ChannelQueue {
-    /// Items in arrival order, except priority events, which go to the front.
-    items: VecDeque<Item>,
-    /// Buffers (not events) in `items`: the credits in use; at most the gate's `credits` for a
-    /// local channel.
+    /// Items in arrival order, except priority events (see the module header).
+    items: VecDeque<Entry>,
+    /// Buffers (not events) in `items`: the credits in use.
     buffers: usize,
     /// The channel is in `ready` (has items and is not blocked).
     in_ready: bool,
     /// Set during barrier alignment: the channel is kept out of `ready`.
     blocked: bool,
-    /// The task took this channel's end of partition. Recorded, but nothing reads it:
-    /// `GateInner::ended` counts ended channels, without checking this flag.
-    ended: bool,
+    /// The waker of the local task sending on this channel, told when the channel regains room.
+    sender: Option<Arc<Waker>>,
+}
+
+impl ChannelQueue {
+    /// Whether the head of the queue is a priority event.
+    fn priority_at_head(&self) -> bool {
+        self.items.front().is_some_and(|e| e.priority.is_some())
+    }
 }
 
 /// Everything the gate's mutex guards.
 struct GateInner {
     /// One queue per input channel, in gate order (see [`crate::wiring`]).
     channels: Vec<ChannelQueue>,
-    /// Channels that have items and are not blocked, each at most once, in the order the task is
-    /// served: round robin (a channel goes to the back after each item it yields), except that a
-    /// priority push moves its channel to the front.
+    /// Channels that have items and are not blocked, each at most once, served round robin (a
+    /// channel goes to the back after each item it yields).
     ready: VecDeque<usize>,
+    /// Channels whose head is a priority event, blocked or not, in arrival order: served first.
+    priority: VecDeque<usize>,
     /// Set once by [`InputGate::fail`] (the first reason wins): every later poll reports it and
-    /// local senders stop waiting.
+    /// pushes fail with it.
     failure: Option<String>,
     /// Ends of partition the task took; when it reaches the channel count the gate is finished.
-    /// A channel that (wrongly) sent two would be counted twice.
     ended: usize,
-    /// Set by [`InputGate::interrupt`], cleared by the poll that reports it.
-    interrupted: bool,
 }
 
-/// What [`InputGate::poll`] returns.
+/// What [`InputGate::try_poll`] and [`InputGate::poll`] return.
 #[derive(Debug)]
 pub enum GatePoll {
     /// An item from gate channel `.0`. If it is a buffer, its credit has already been returned.
     Item(usize, Item),
-    /// Nothing arrived before the deadline.
+    /// A priority event from `channel`, with the buffers it overtook in that channel's queue
+    /// (still queued behind it, and taken normally later).
+    Priority { channel: usize, event: Event, overtaken: Vec<Item> },
+    /// Nothing to take now (or before the deadline, for [`InputGate::poll`]).
     Timeout,
     /// Every channel has delivered its end of partition.
     Finished,
     /// The gate was failed (a connection was lost, the task is cancelled).
     Failed(String),
-    /// [`InputGate::interrupt`] was called: the task has a command to look at.
-    Interrupted,
 }
 
 /// The receiving end of every input channel of one task: per-channel queues bounded by
-/// credits, served to the task thread round robin. See the module header for flow control,
-/// priority, blocking and threads.
+/// credits, served to the task thread round robin, priority events first. See the module
+/// header for flow control, priority, blocking and threads.
 pub struct InputGate {
     inner: Mutex<GateInner>,
-    /// Signalled when an item becomes available to the task (or the gate fails).
-    data: Condvar,
-    /// Signalled when a slot frees up on a local channel (or the gate fails).
+    /// The receiving task's waker: notified on every push and on failure.
+    waker: Arc<Waker>,
+    /// Signalled when a slot frees up on a local channel (or the gate fails), for
+    /// [`InputGate::push_blocking`] callers (tests and feeders that are not tasks).
     space: Condvar,
     /// Buffers each channel may hold (`taskmanager.network.memory.buffers-per-channel`): what a
-    /// remote channel announces to its sender, and what bounds a local sender.
+    /// remote channel announces to its sender, and what [`InputGate::has_room`] compares with.
     credits: usize,
     /// `Some` for channels fed from the network: returns each taken buffer's credit to the
-    /// sender. `None` for local channels: taking a buffer wakes `space` instead.
+    /// sender. `None` for local channels: taking a buffer may wake their sender instead.
     remote: Vec<Option<Arc<dyn CreditReturn>>>,
 }
 
 impl InputGate {
-    /// A gate with `remote.len()` channels, each granting `credits` buffers.
+    /// A gate with `remote.len()` channels, each granting `credits` buffers, with its own waker.
     pub fn new(credits: usize, remote: Vec<Option<Arc<dyn CreditReturn>>>) -> Self {
+        Self::with_waker(credits, remote, Arc::new(Waker::new()))
+    }
+
+    /// A gate that notifies `waker` (the receiving task's) whenever something arrives.
+    pub fn with_waker(credits: usize, remote: Vec<Option<Arc<dyn CreditReturn>>>, waker: Arc<Waker>) -> Self {
         let n = remote.len();
         Self {
             inner: Mutex::new(GateInner {
                 channels: (0..n).map(|_| ChannelQueue::default()).collect(),
                 ready: VecDeque::with_capacity(n),
+                priority: VecDeque::new(),
                 failure: None,
                 ended: 0,
-                interrupted: false,
             }),
-            data: Condvar::new(),
+            waker,
             space: Condvar::new(),
             credits,
             remote,
         }
+    }
+
+    /// The receiving task's waker.
+    pub fn waker(&self) -> &Arc<Waker> {
+        &self.waker
     }
 
     /// The number of input channels: one per upstream subtask of each input edge.
@@ -137,40 +168,48 @@ impl InputGate {
         self.credits
     }
 
-    /// Adds an item at the back (or, for `front`, the head) of `channel` and keeps `ready` in
-    /// step: a non-blocked channel with items is in `ready` exactly once, and a front push moves
-    /// it to the head of `ready`. A blocked channel stays out of `ready`, even for a front push.
-    /// Does not wait and does not check credits: callers do.
-    fn enqueue(inner: &mut GateInner, channel: usize, item: Item, front: bool) {
+    /// Registers the waker of the local task that sends on `channel`: it is notified when the
+    /// channel regains room, and when the gate fails.
+    pub fn set_sender_waker(&self, channel: usize, waker: Arc<Waker>) {
+        self.inner.lock().channels[channel].sender = Some(waker);
+    }
+
+    /// Whether local `channel` has a free credit: its sender may take its next input.
+    pub fn has_room(&self, channel: usize) -> bool {
+        let inner = self.inner.lock();
+        inner.channels[channel].buffers < self.credits || inner.failure.is_some()
+    }
+
+    /// Adds an item at the back of `channel` and keeps `ready` in step: a non-blocked channel
+    /// with items is in `ready` exactly once.
+    fn enqueue(inner: &mut GateInner, channel: usize, item: Item) {
         let q = &mut inner.channels[channel];
         if item.is_buffer() {
             q.buffers += 1;
         }
-        if front {
-            q.items.push_front(item);
-        } else {
-            q.items.push_back(item);
-        }
-        if !q.blocked {
-            if front {
-                if q.in_ready {
-                    inner.ready.retain(|c| *c != channel);
-                }
-                inner.ready.push_front(channel);
-                inner.channels[channel].in_ready = true;
-            } else if !q.in_ready {
-                q.in_ready = true;
-                inner.ready.push_back(channel);
-            }
+        q.items.push_back(Entry { item, priority: None });
+        if !q.blocked && !q.in_ready {
+            q.in_ready = true;
+            inner.ready.push_back(channel);
         }
     }
 
-    /// Queues an item from a local sender, waiting while the channel has no free credit.
-    /// Returns an error if the gate failed (the receiving task is gone).
-    ///
-    /// This is where a local upstream task blocks under backpressure, on its own thread. Events
-    /// never wait. A waiting sender wakes when the task takes a buffer from any local channel of
-    /// this gate (the condvar is per gate), rechecks its own channel, or when the gate fails.
+    /// Queues an item from a local sender without waiting: the sender checked
+    /// [`InputGate::has_room`] before producing it and may overdraw by one input batch's
+    /// output. Returns an error if the gate failed (the receiving task is gone).
+    pub fn push(&self, channel: usize, item: Item) -> Result<(), String> {
+        let mut inner = self.inner.lock();
+        if let Some(f) = &inner.failure {
+            return Err(f.clone());
+        }
+        Self::enqueue(&mut inner, channel, item);
+        drop(inner);
+        self.waker.notify();
+        Ok(())
+    }
+
+    /// Queues an item, waiting while the channel has no free credit: for feeders that are not
+    /// tasks (tests). Returns an error if the gate failed.
     pub fn push_blocking(&self, channel: usize, item: Item) -> Result<(), String> {
         let mut inner = self.inner.lock();
         if item.is_buffer() {
@@ -181,37 +220,76 @@ impl InputGate {
         if let Some(f) = &inner.failure {
             return Err(f.clone());
         }
-        Self::enqueue(&mut inner, channel, item, false);
+        Self::enqueue(&mut inner, channel, item);
         drop(inner);
-        self.data.notify_one();
+        self.waker.notify();
         Ok(())
     }
 
     /// Queues an item from the network. The remote sender only sends buffers against credits
-    /// this gate granted, so this never waits. The count is not checked: the gate trusts the
-    /// sender's accounting. Items arriving after the gate failed are dropped.
+    /// this gate granted, so this never waits. Items arriving after the gate failed are dropped.
     pub fn push_remote(&self, channel: usize, item: Item) {
+        let _ = self.push(channel, item);
+    }
+
+    /// Puts `event` ahead of the buffers queued on `channel`, right after the last queued event,
+    /// and records how many buffers it overtook. Takes no credit. At the head of its channel it
+    /// is served before anything else, even if the channel is blocked. Returns how many buffers
+    /// it overtook (an error if the gate failed).
+    pub fn push_priority(&self, channel: usize, event: Event) -> Result<usize, String> {
         let mut inner = self.inner.lock();
-        if inner.failure.is_some() {
-            return;
+        if let Some(f) = &inner.failure {
+            return Err(f.clone());
         }
-        Self::enqueue(&mut inner, channel, item, false);
+        let overtakes = Self::insert_priority(&mut inner, channel, Item::Event(event), None);
         drop(inner);
-        self.data.notify_one();
+        self.waker.notify();
+        Ok(overtakes)
     }
 
-    /// Puts an event at the head of `channel`, ahead of every queued buffer, and the channel at
-    /// the head of the ready list. Takes no credit. Several priority events on one channel come
-    /// out newest first. On a blocked channel the event waits for the unblock. Unused outside
-    /// the tests so far.
-    pub fn push_priority(&self, channel: usize, event: Event) {
+    /// Inserts a priority item in `channel`'s queue after the last event before `limit` (the
+    /// queue's end when `None`), returns how many buffers it overtook, and keeps `priority`
+    /// and `ready` in step.
+    fn insert_priority(inner: &mut GateInner, channel: usize, item: Item, limit: Option<usize>) -> usize {
+        let q = &mut inner.channels[channel];
+        let end = limit.unwrap_or(q.items.len());
+        let at = q.items.range(..end).rposition(|e| !e.item.is_buffer()).map_or(0, |i| i + 1);
+        let overtakes = end - at;
+        q.items.insert(at, Entry { item, priority: Some(overtakes) });
+        if at == 0 && !inner.priority.contains(&channel) {
+            inner.priority.push_back(channel);
+        }
+        let q = &mut inner.channels[channel];
+        if !q.blocked && !q.in_ready {
+            q.in_ready = true;
+            inner.ready.push_back(channel);
+        }
+        overtakes
+    }
+
+    /// The aligned-checkpoint timeout switched checkpoint `id` to unaligned: on every channel
+    /// where its barrier still waits behind buffers, it becomes a priority event that overtakes
+    /// them (see [`InputGate::push_priority`]). Channels whose barrier has not arrived yet are
+    /// not affected.
+    pub fn prioritize_barrier(&self, id: u64) {
         let mut inner = self.inner.lock();
-        Self::enqueue(&mut inner, channel, Item::Event(event), true);
+        let mut moved = false;
+        for ch in 0..inner.channels.len() {
+            let q = &mut inner.channels[ch];
+            let pos = q.items.iter().position(|e| e.priority.is_none() && matches!(&e.item, Item::Event(Event::Barrier(b)) if b.id == id));
+            let Some(pos) = pos else { continue };
+            let entry = q.items.remove(pos).expect("found above");
+            Self::insert_priority(&mut inner, ch, entry.item, Some(pos));
+            moved = true;
+        }
         drop(inner);
-        self.data.notify_one();
+        if moved {
+            self.waker.notify();
+        }
     }
 
-    /// Blocks or unblocks a channel. A blocked channel's items stay queued, with their credits.
+    /// Blocks or unblocks a channel. A blocked channel's buffers stay queued, with their credits;
+    /// a priority event at its head is still served.
     ///
     /// The task calls this for the barrier handler's `Block` and `Unblock` actions. Blocking
     /// takes the channel out of the ready list; unblocking puts it back at the tail if it has
@@ -229,93 +307,118 @@ impl InputGate {
             q.in_ready = true;
             inner.ready.push_back(channel);
             drop(inner);
-            self.data.notify_one();
+            self.waker.notify();
         }
     }
 
-    /// Fails the gate: the task's next poll returns the reason and local senders stop waiting.
-    /// The first reason wins. Called when the task is cancelled or has ended (so upstream
-    /// senders blocked on it are released), and by the network when a connection feeding a
-    /// remote channel breaks.
+    /// Fails the gate: the task's next poll returns the reason, pushes fail, and local senders
+    /// waiting for room are woken. The first reason wins. Called when the task is cancelled or
+    /// has ended (so upstream senders are released), and by the network when a connection
+    /// feeding a remote channel breaks.
     pub fn fail(&self, reason: &str) {
         let mut inner = self.inner.lock();
         if inner.failure.is_none() {
             inner.failure = Some(reason.to_string());
         }
+        let senders: Vec<Arc<Waker>> = inner.channels.iter().filter_map(|q| q.sender.clone()).collect();
         drop(inner);
-        self.data.notify_all();
+        self.waker.notify();
         self.space.notify_all();
+        for s in senders {
+            s.notify();
+        }
     }
 
-    /// Wakes the task's next (or current) poll with [`GatePoll::Interrupted`]. The TaskManager
-    /// calls it with every command, so a task waiting for input looks at its commands at once.
-    pub fn interrupt(&self) {
-        self.inner.lock().interrupted = true;
-        self.data.notify_all();
-    }
-
-    /// Takes the next item, waiting until `deadline` at the latest. Called by the task thread
-    /// only; the task passes its partition's next flush deadline.
+    /// Takes the next item without waiting. Called by the task thread only.
     ///
-    /// Checks in this order: a failure, a pending interrupt, a ready item, the end of every
-    /// channel, then waits. So a failure or an interrupt is reported ahead of queued items, and
-    /// `Finished` comes only once every channel's end of partition was taken. Taking a buffer
-    /// returns its credit after the lock is released: a `CREDIT` frame for a remote channel,
-    /// a wake-up of blocked local senders otherwise. Taking an end of partition counts its
-    /// channel as ended.
-    pub fn poll(&self, deadline: Option<Instant>) -> GatePoll {
+    /// Checks in this order: a failure, a priority event at the head of any channel (blocked or
+    /// not), then — only if `data` (the task's outputs have room) — the next ready channel's
+    /// item, round robin; then the end of every channel. Taking a buffer returns its credit
+    /// after the lock is released: a `CREDIT` frame for a remote channel, a wake-up of the local
+    /// sender once its channel has room again. Taking an end of partition counts its channel as
+    /// ended.
+    pub fn try_poll(&self, data: bool) -> GatePoll {
         let mut inner = self.inner.lock();
-        loop {
-            if let Some(f) = &inner.failure {
-                return GatePoll::Failed(f.clone());
-            }
-            if inner.interrupted {
-                inner.interrupted = false;
-                return GatePoll::Interrupted;
-            }
-            if let Some(ch) = inner.ready.pop_front() {
-                let q = &mut inner.channels[ch];
-                let item = q.items.pop_front().expect("a ready channel has items");
-                if q.items.is_empty() {
-                    q.in_ready = false;
-                } else {
-                    inner.ready.push_back(ch);
+        if let Some(f) = &inner.failure {
+            return GatePoll::Failed(f.clone());
+        }
+        let ch = match inner.priority.pop_front() {
+            Some(ch) => ch,
+            None if data => match inner.ready.front() {
+                Some(&ch) => ch,
+                None => {
+                    return if inner.ended == inner.channels.len() { GatePoll::Finished } else { GatePoll::Timeout };
                 }
-                let q = &mut inner.channels[ch];
-                if item.is_buffer() {
-                    q.buffers -= 1;
-                }
-                if matches!(item, Item::Event(Event::EndOfPartition)) {
-                    q.ended = true;
-                    inner.ended += 1;
-                }
-                drop(inner);
-                if item.is_buffer() {
-                    match &self.remote[ch] {
-                        Some(r) => r.return_credit(ch),
-                        None => {
-                            self.space.notify_all();
-                        }
-                    }
-                }
-                return GatePoll::Item(ch, item);
+            },
+            None => return GatePoll::Timeout,
+        };
+        let q = &mut inner.channels[ch];
+        let entry = q.items.pop_front().expect("a ready channel has items");
+        let overtaken: Vec<Item> = match entry.priority {
+            Some(n) => q.items.iter().filter(|e| e.item.is_buffer()).take(n).map(|e| e.item.clone()).collect(),
+            None => Vec::new(),
+        };
+        let is_buffer = entry.item.is_buffer();
+        if is_buffer {
+            q.buffers -= 1;
+        }
+        let regained_room = is_buffer && q.buffers + 1 == self.credits;
+        let sender = if regained_room && self.remote[ch].is_none() { q.sender.clone() } else { None };
+        let (empty, next_priority, blocked) = (q.items.is_empty(), q.priority_at_head(), q.blocked);
+        // Keep the ready list in step: the channel leaves it when empty, and otherwise goes to
+        // the back (round robin).
+        if let Some(pos) = inner.ready.iter().position(|c| *c == ch) {
+            inner.ready.remove(pos);
+            if !empty && !blocked {
+                inner.ready.push_back(ch);
             }
-            if inner.ended == inner.channels.len() {
-                return GatePoll::Finished;
-            }
-            match deadline {
-                None => self.data.wait(&mut inner),
-                Some(d) => {
-                    if (Instant::now() >= d || self.data.wait_until(&mut inner, d).timed_out())
-                        && inner.ready.is_empty()
-                        && inner.failure.is_none()
-                        && !inner.interrupted
-                    {
-                        return GatePoll::Timeout;
+        }
+        if empty {
+            inner.channels[ch].in_ready = false;
+        }
+        if next_priority && !inner.priority.contains(&ch) {
+            inner.priority.push_front(ch);
+        }
+        if matches!(entry.item, Item::Event(Event::EndOfPartition)) {
+            inner.ended += 1;
+        }
+        drop(inner);
+        if is_buffer {
+            match &self.remote[ch] {
+                Some(r) => r.return_credit(ch),
+                None => {
+                    self.space.notify_all();
+                    if let Some(s) = sender {
+                        s.notify();
                     }
                 }
             }
         }
+        match (entry.priority, entry.item) {
+            (Some(_), Item::Event(event)) => GatePoll::Priority { channel: ch, event, overtaken },
+            (_, item) => GatePoll::Item(ch, item),
+        }
+    }
+
+    /// Takes the next item, waiting on the gate's waker until `deadline` at the latest: for
+    /// tests and simple consumers (a task uses [`InputGate::try_poll`] and its own loop).
+    pub fn poll(&self, deadline: Option<Instant>) -> GatePoll {
+        loop {
+            match self.try_poll(true) {
+                GatePoll::Timeout => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return GatePoll::Timeout;
+                    }
+                    self.waker.wait(deadline);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Items (buffers and events) currently queued on `channel` (for tests).
+    pub fn queued_items(&self, channel: usize) -> usize {
+        self.inner.lock().channels[channel].items.len()
     }
 
     /// Buffers currently queued on `channel` (for tests and metrics).
@@ -383,21 +486,64 @@ mod tests {
     }
 
     #[test]
-    fn priority_event_overtakes_queued_buffers() {
+    fn priority_event_overtakes_queued_buffers_and_hands_them_over() {
         let gate = InputGate::new(4, vec![None, None]);
         gate.push_blocking(0, batch(1)).unwrap();
         gate.push_blocking(1, batch(2)).unwrap();
         gate.push_blocking(1, batch(3)).unwrap();
-        gate.push_priority(1, Event::EndOfPartition);
-        let GatePoll::Item(ch, item) = gate.poll(None) else { panic!() };
-        assert_eq!((ch, item.is_buffer()), (1, false));
+        assert_eq!(gate.push_priority(1, Event::CancelCheckpoint(7)).unwrap(), 2);
+        let GatePoll::Priority { channel, event, overtaken } = gate.poll(None) else { panic!() };
+        assert_eq!((channel, event), (1, Event::CancelCheckpoint(7)));
+        assert_eq!(overtaken.iter().map(value).collect::<Vec<_>>(), vec![2, 3], "the buffers it overtook");
         let order: Vec<i64> = (0..3)
             .map(|_| match gate.poll(None) {
                 GatePoll::Item(_, i) => value(&i),
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(order, vec![1, 2, 3]);
+        assert_eq!(order, vec![1, 2, 3], "the overtaken buffers are still processed");
+    }
+
+    #[test]
+    fn priority_events_keep_their_order_and_never_overtake_an_earlier_event() {
+        let gate = InputGate::new(8, vec![None]);
+        let barrier = |id| Event::Barrier(crate::buffer::Barrier { unaligned: true, ..crate::buffer::Barrier::new(id, 0, false) });
+        gate.push_blocking(0, batch(1)).unwrap();
+        assert_eq!(gate.push_priority(0, barrier(1)).unwrap(), 1);
+        gate.push_blocking(0, batch(2)).unwrap();
+        // Barrier 2 goes behind barrier 1 and overtakes both buffers.
+        assert_eq!(gate.push_priority(0, barrier(2)).unwrap(), 2);
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            match gate.try_poll(false) {
+                GatePoll::Priority { event: Event::Barrier(b), overtaken, .. } => seen.push((b.id, overtaken.len())),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn a_priority_event_is_served_on_a_blocked_channel() {
+        let gate = InputGate::new(4, vec![None]);
+        gate.set_blocked(0, true);
+        gate.push_blocking(0, batch(1)).unwrap();
+        assert!(matches!(gate.try_poll(true), GatePoll::Timeout), "a blocked channel yields no buffer");
+        gate.push_priority(0, Event::CancelCheckpoint(3)).unwrap();
+        assert!(matches!(gate.try_poll(false), GatePoll::Priority { channel: 0, .. }), "but its priority event, even without output room");
+        assert!(matches!(gate.try_poll(true), GatePoll::Timeout));
+    }
+
+    #[test]
+    fn a_queued_aligned_barrier_can_be_turned_into_a_priority_one() {
+        let gate = InputGate::new(8, vec![None, None]);
+        gate.push_blocking(0, batch(1)).unwrap();
+        gate.push_blocking(0, batch(2)).unwrap();
+        gate.push_blocking(0, Item::Event(Event::Barrier(crate::buffer::Barrier::new(5, 0, false)))).unwrap();
+        gate.push_blocking(0, batch(3)).unwrap();
+        gate.prioritize_barrier(5);
+        let GatePoll::Priority { channel: 0, event: Event::Barrier(b), overtaken } = gate.try_poll(false) else { panic!() };
+        assert_eq!((b.id, overtaken.iter().map(value).collect::<Vec<_>>()), (5, vec![1, 2]), "it overtook the buffers before it only");
     }
 
     #[test]

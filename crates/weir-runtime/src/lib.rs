@@ -29,6 +29,7 @@ pub mod net;
 pub mod operators;
 pub mod partition;
 pub mod task;
+pub mod wake;
 pub mod wiring;
 
 pub use buffer::{ChannelId, Event, Item};

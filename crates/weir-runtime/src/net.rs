@@ -9,24 +9,24 @@
 //!
 //! ## Frames
 //! `u32 length | u8 kind | body`, big-endian. Kinds: `HELLO` (the dialer's TaskManager id),
-//! `BUFFER` (channel id + Arrow IPC batch), `EVENT` (channel id + event), `ANNOUNCE` and
-//! `CREDIT` (channel id + u32 count).
+//! `BUFFER` (channel id + Arrow IPC batch), `EVENT` and `PRIORITY_EVENT` (channel id + event),
+//! `ANNOUNCE` and `CREDIT` (channel id + u32 count).
 //!
 //! `length` counts the kind byte and the body; 0 or more than 256 MiB is taken for a corrupt
 //! stream and breaks the connection. `HELLO` is the first frame a dialer sends, and the only
 //! one whose body does not start with a channel id (32 bytes, [`ChannelId::encode`]).
 //! `ANNOUNCE` and `CREDIT` flow from the receiving TaskManager to the sending one, against the
-//! channel's data. A frame carries no priority flag: an event sent with priority is ahead of
-//! buffers only in the sender's queue, and is queued in arrival order at the receiver.
+//! channel's data. A `PRIORITY_EVENT` overtook the buffers queued at the sender, and the
+//! receiver queues it ahead of the buffers waiting in its gate too.
 //!
 //! ## Credits
 //! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
 //! registered, and returns one with a `CREDIT` frame each time its task takes a buffer. The
 //! sender's [`RemoteSubpartition`] sends nothing before that announcement (so nothing arrives
 //! for a channel that does not exist yet), sends a buffer only against a credit, and sends
-//! events at any time; events pushed with priority go ahead of queued buffers. Its task blocks
-//! once `taskmanager.network.sender-queue-buffers` buffers wait for credit: that is
-//! backpressure.
+//! events at any time; events pushed with priority go ahead of queued buffers. Its task takes
+//! no further input once `taskmanager.network.sender-queue-buffers` buffers wait for credit
+//! (it never blocks in the send itself): that is backpressure.
 //!
 //! The announcement may arrive before the sending task is deployed, so it creates the sending
 //! end; a returned credit never does. Once its end of partition went out, a subpartition is
@@ -81,6 +81,9 @@ const CREDIT: u8 = 3;
 /// sends nothing on a channel before this; it creates the sending end if the sending task is
 /// not deployed yet.
 const ANNOUNCE: u8 = 4;
+/// Channel id + an encoded [`Event`] sent with priority: the receiver queues it ahead of the
+/// buffers waiting in the channel's queue (see [`InputGate::push_priority`]).
+const PRIORITY_EVENT: u8 = 5;
 /// Upper bound on one frame, against corrupt length prefixes.
 const MAX_FRAME: usize = 256 << 20;
 
@@ -295,13 +298,20 @@ impl NetworkEnvironment {
         }
     }
 
-    /// Hands an incoming buffer or event to its registered gate channel, in arrival order (never
-    /// with priority).
+    /// Hands an incoming buffer or event to its registered gate channel, in arrival order.
     fn deliver(&self, id: ChannelId, item: Item) {
         if let Some(reg) = self.inputs.lock().get(&id) {
             reg.gate.push_remote(reg.index, item);
         }
         // A channel that is not registered belongs to a cancelled or finished task: dropped.
+    }
+
+    /// Hands an incoming priority event to its registered gate channel, ahead of its queued
+    /// buffers.
+    fn deliver_priority(&self, id: ChannelId, event: Event) {
+        if let Some(reg) = self.inputs.lock().get(&id) {
+            let _ = reg.gate.push_priority(reg.index, event);
+        }
     }
 }
 
@@ -512,6 +522,10 @@ impl PeerLink {
                     let ev = Event::decode(&body).map_err(|e| invalid(&e))?;
                     env.deliver(id, Item::Event(ev));
                 }
+                PRIORITY_EVENT => {
+                    let ev = Event::decode(&body).map_err(|e| invalid(&e))?;
+                    env.deliver_priority(id, ev);
+                }
                 ANNOUNCE | CREDIT => {
                     if body.len() < 4 {
                         return Err(invalid("short credit frame"));
@@ -579,14 +593,17 @@ impl CreditReturn for RemoteCredits {
 /// The queue and credit account of one sending end.
 #[derive(Default)]
 struct SubState {
-    /// Frames waiting to be sent, as (frame kind `BUFFER` or `EVENT`, body), in sending order:
-    /// a buffer waits for a credit, and so does everything queued behind it, except events
-    /// pushed with priority, which go to the front.
+    /// Frames waiting to be sent, as (frame kind `BUFFER`, `EVENT` or `PRIORITY_EVENT`, body), in
+    /// sending order: a buffer waits for a credit, and so does everything queued behind it,
+    /// except events pushed with priority, which go ahead of the buffers (after the last event).
     queue: VecDeque<(u8, Bytes)>,
     /// `BUFFER` frames in `queue`.
     buffers: usize,
-    /// `taskmanager.network.sender-queue-buffers`: the sending task blocks at this many.
+    /// `taskmanager.network.sender-queue-buffers`: the sending task takes no further input while
+    /// this many wait (it may overdraw by one input batch's output).
     capacity: usize,
+    /// The sending task's waker: told when the queue drops below `capacity` or the channel fails.
+    waker: Option<Arc<crate::wake::Waker>>,
     /// Buffers the receiver has room for.
     credits: u32,
     /// The receiver has registered and announced its credits.
@@ -604,25 +621,34 @@ pub struct RemoteSubpartition {
     id: ChannelId,
     /// Queue, credits and flags, shared by the sending task and the writer.
     state: Mutex<SubState>,
-    /// Signalled when buffers leave the queue or the channel fails: wakes a sending task blocked
-    /// in `push_blocking`.
+    /// Signalled when buffers leave the queue or the channel fails: wakes a sender waiting in
+    /// `push_blocking` (tests; tasks use their waker).
     space: Condvar,
     /// The link whose writer sends this channel's frames.
     link: Arc<PeerLink>,
 }
 
 impl RemoteSubpartition {
-    /// Queues an item (encoding buffers to Arrow IPC on the caller's thread), waiting while
-    /// `sender-queue-buffers` buffers already wait for credit.
-    ///
-    /// That wait is the sending task's backpressure. Events never wait. Queuing an end of
-    /// partition marks the channel ended: once it is sent, the sending end is dropped.
+    /// Queues an item without waiting (encoding buffers to Arrow IPC on the caller's thread).
+    /// The sending task checks [`RemoteSubpartition::has_room`] before it takes the input that
+    /// produces it. Queuing an end of partition marks the channel ended: once it is sent, the
+    /// sending end is dropped.
+    pub fn push(&self, item: Item) -> Result<(), String> {
+        let (kind, body) = Self::encode(item)?;
+        let mut st = self.state.lock();
+        if let Some(f) = &st.failure {
+            return Err(f.clone());
+        }
+        Self::enqueue(&mut st, kind, body);
+        drop(st);
+        self.link.notify_writer();
+        Ok(())
+    }
+
+    /// Queues an item, waiting while `sender-queue-buffers` buffers already wait for credit: for
+    /// senders that are not tasks (tests). Events never wait.
     pub fn push_blocking(&self, item: Item) -> Result<(), String> {
-        let (kind, body) = match item {
-            Item::Buffer(b) => (BUFFER, encode_batch(&b).map_err(|e| format!("cannot encode a buffer: {e}"))?),
-            Item::Encoded(b) => (BUFFER, b),
-            Item::Event(e) => (EVENT, e.encode()),
-        };
+        let (kind, body) = Self::encode(item)?;
         let mut st = self.state.lock();
         if kind == BUFFER {
             while st.buffers >= st.capacity && st.failure.is_none() {
@@ -632,6 +658,23 @@ impl RemoteSubpartition {
         if let Some(f) = &st.failure {
             return Err(f.clone());
         }
+        Self::enqueue(&mut st, kind, body);
+        drop(st);
+        self.link.notify_writer();
+        Ok(())
+    }
+
+    /// An item's frame kind and body.
+    fn encode(item: Item) -> Result<(u8, Bytes), String> {
+        Ok(match item {
+            Item::Buffer(b) => (BUFFER, encode_batch(&b).map_err(|e| format!("cannot encode a buffer: {e}"))?),
+            Item::Encoded(b) => (BUFFER, b),
+            Item::Event(e) => (EVENT, e.encode()),
+        })
+    }
+
+    /// Appends a frame, counting buffers and noting an end of partition.
+    fn enqueue(st: &mut SubState, kind: u8, body: Bytes) {
         if kind == BUFFER {
             st.buffers += 1;
         }
@@ -639,24 +682,37 @@ impl RemoteSubpartition {
             st.ended = true;
         }
         st.queue.push_back((kind, body));
-        drop(st);
-        self.link.notify_writer();
-        Ok(())
     }
 
-    /// Puts an event at the head of the queue, ahead of every buffer waiting for credit. It
-    /// takes no queue slot and still waits for the announcement. An end of partition pushed
-    /// this way does not mark the channel ended (only `push_blocking` does), so the sending end
-    /// would never be dropped. Unused outside the tests so far.
-    pub fn push_priority(&self, event: Event) -> Result<(), String> {
+    /// Whether the sending task may take its next input: fewer than `sender-queue-buffers`
+    /// buffers wait (or the channel failed, which the next push reports).
+    pub fn has_room(&self) -> bool {
+        let st = self.state.lock();
+        st.buffers < st.capacity || st.failure.is_some()
+    }
+
+    /// Registers the sending task's waker.
+    pub fn set_waker(&self, waker: Arc<crate::wake::Waker>) {
+        self.state.lock().waker = Some(waker);
+    }
+
+    /// Puts an event ahead of the buffers waiting for credit, right after the last queued event
+    /// (so priority events keep their order and never overtake an earlier one), as a
+    /// `PRIORITY_EVENT` frame the receiver also queues ahead of its buffers. Takes no queue
+    /// slot and still waits for the announcement. Returns the bodies of the buffers it
+    /// overtook: they are still sent after it, and the sender persists them as output channel
+    /// state.
+    pub fn push_priority(&self, event: Event) -> Result<Vec<Bytes>, String> {
         let mut st = self.state.lock();
         if let Some(f) = &st.failure {
             return Err(f.clone());
         }
-        st.queue.push_front((EVENT, event.encode()));
+        let at = st.queue.iter().rposition(|(k, _)| *k != BUFFER).map_or(0, |i| i + 1);
+        let overtaken = st.queue.iter().skip(at).map(|(_, b)| b.clone()).collect();
+        st.queue.insert(at, (PRIORITY_EVENT, event.encode()));
         drop(st);
         self.link.notify_writer();
-        Ok(())
+        Ok(overtaken)
     }
 
     /// Grants `n` credits; the first grant (from the `ANNOUNCE`) also allows sending at all. The
@@ -667,15 +723,20 @@ impl RemoteSubpartition {
         st.announced = true;
     }
 
-    /// Fails the channel: queued frames are discarded and a blocked sender wakes with `reason`.
+    /// Fails the channel: queued frames are discarded and the sending task wakes; its next push
+    /// returns `reason`.
     fn fail(&self, reason: &str) {
         let mut st = self.state.lock();
         if st.failure.is_none() {
             st.failure = Some(reason.to_string());
         }
         st.queue.clear();
+        let waker = st.waker.clone();
         drop(st);
         self.space.notify_all();
+        if let Some(w) = waker {
+            w.notify();
+        }
     }
 
     /// Moves what may be sent now into `out`. Returns true once the end of partition went out.
@@ -703,9 +764,13 @@ impl RemoteSubpartition {
             out.push((kind, self.id, body));
         }
         let done = st.ended && st.queue.is_empty();
+        let waker = if freed && st.buffers < st.capacity { st.waker.clone() } else { None };
         drop(st);
         if freed {
             self.space.notify_all();
+            if let Some(w) = waker {
+                w.notify();
+            }
         }
         done
     }
@@ -795,23 +860,18 @@ mod tests {
         }
         b.register_input(id, gate.clone(), 0, "tm-a", &a.local_addr().to_string());
         wait_until("first buffer", || gate.queued_buffers(0) == 1).await;
-        sub.push_priority(Event::EndOfPartition).unwrap();
-        // The event needs no credit and overtakes the 3 buffers still queued at the sender.
+        assert_eq!(sub.push_priority(Event::CancelCheckpoint(9)).unwrap().len(), 3, "the sender keeps the 3 buffers it overtook");
+        // The event needs no credit and overtakes the 3 buffers still queued at the sender, and
+        // at the receiver the one already delivered but not taken.
+        wait_until("the priority event", || gate.queued_items(0) == 2).await;
         let g = gate.clone();
-        let first_two = tokio::task::spawn_blocking(move || {
-            let mut kinds = Vec::new();
-            for _ in 0..2 {
-                match g.poll(Some(Instant::now() + Duration::from_secs(30))) {
-                    GatePoll::Item(_, item) => kinds.push(item.is_buffer()),
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            kinds
+        let (first, overtaken) = tokio::task::spawn_blocking(move || match g.poll(Some(Instant::now() + Duration::from_secs(30))) {
+            GatePoll::Priority { event, overtaken, .. } => (event, overtaken.len()),
+            other => panic!("unexpected {other:?}"),
         })
         .await
         .unwrap();
-        // Buffer 0 was already delivered; the event comes before buffers 1..3.
-        assert_eq!(first_two, vec![true, false]);
+        assert_eq!((first, overtaken), (Event::CancelCheckpoint(9), 1));
     }
 
     /// The receiver returns a credit for every buffer it takes, also after the sender's end of

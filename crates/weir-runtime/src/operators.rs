@@ -275,6 +275,42 @@ pub struct OperatorChain {
     pub uids: Vec<String>,
 }
 
+/// `throttle`: passes every batch on at once, then asks the task for no further input until
+/// the rows it passed are due at `rows_per_second` ([`Operator::ready_at`]). It never sleeps,
+/// so a throttled task still sees barriers and commands; what it does not take waits upstream,
+/// which is backpressure.
+struct Throttle {
+    rows_per_second: u64,
+    /// When the rows passed so far are due; `None` before the first batch.
+    due: Option<std::time::Instant>,
+}
+
+impl Operator for Throttle {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let now = std::time::Instant::now();
+        let spent = std::time::Duration::from_secs_f64(batch.num_rows() as f64 / self.rows_per_second as f64);
+        // An idle throttle builds up no credit: the schedule restarts from now.
+        self.due = Some(self.due.map_or(now, |d| d.max(now)) + spent);
+        out.collect(batch)
+    }
+
+    fn ready_at(&self) -> Option<std::time::Instant> {
+        self.due
+    }
+}
+
+impl ChainOperator {
+    /// The latest instant before which an operator of the chain wants no input.
+    pub fn chain_ready_at(ops: &[ChainOperator]) -> Option<std::time::Instant> {
+        ops.iter()
+            .filter_map(|o| match o {
+                ChainOperator::Plain(op) => op.ready_at(),
+                ChainOperator::Keyed(op) => op.ready_at(),
+            })
+            .max()
+    }
+}
+
 /// Where keyed operators keep their state.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
@@ -337,6 +373,9 @@ pub fn build_chain(
             OperatorSpec::Select { columns } => {
                 let indices = columns.iter().map(|c| column_index(&schema, c)).collect::<OpResult<Vec<_>>>()?;
                 operators.push(plain(Box::new(Select { indices })))
+            }
+            OperatorSpec::Throttle { rows_per_second } => {
+                operators.push(plain(Box::new(Throttle { rows_per_second: *rows_per_second, due: None })))
             }
             OperatorSpec::KeyedAggregate { kind, key, field } => {
                 let field = match field {

@@ -11,14 +11,18 @@
 //!
 //! ## Ordering
 //! Everything a task sends on one channel arrives in the order it was sent: buffers, then
-//! events queued behind them. That is why a checkpoint barrier is sent only after
-//! [`ResultPartition::flush_all`]: the rows emitted before it must leave before it.
+//! events queued behind them. That is why an aligned barrier is sent only after
+//! [`ResultPartition::flush_all`]: the rows emitted before it must leave before it. Priority
+//! events ([`ResultPartition::broadcast_priority`]: unaligned barriers, cancellation markers)
+//! overtake the buffers queued on each channel, never an earlier event.
+//!
+//! ## Never blocking
+//! Sending never waits. The task asks [`ResultPartition::is_available`] before it takes an
+//! input batch, and waits on its [`Waker`] (registered with every channel) while some channel
+//! is full; the output of the batch it took may then overdraw a channel's bound (FLIP-227's
+//! overdraft). So a backpressured task still sees priority barriers, commands and timers.
 //!
 //! ## Limitations
-//! - Sending blocks the task thread: a full local channel waits for a credit in
-//!   [`InputGate::push_blocking`], a remote one while `sender-queue-buffers` buffers wait for
-//!   credit. The design's non-blocking task loop (check output room before taking input) is not
-//!   built, so a backpressured task sees no barrier or command until its send returns.
 //! - Sizes come from `RecordBatch::get_array_memory_size`, which counts the whole allocations
 //!   behind each column. A slice of a large batch reports the size of the whole batch, so a
 //!   slice that reaches another task through a local channel and is emitted again unchanged
@@ -30,6 +34,7 @@
 use crate::buffer::{Event, Item};
 use crate::gate::InputGate;
 use crate::net::RemoteSubpartition;
+use crate::wake::Waker;
 use arrow_array::{Array, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow_select::take::take_record_batch;
 use std::sync::Arc;
@@ -48,17 +53,58 @@ pub enum ChannelWriter {
 }
 
 impl ChannelWriter {
-    /// Sends one item, blocking the task thread while the channel has no room: a local channel
-    /// until the downstream task takes a buffer, a remote one while `sender-queue-buffers`
-    /// buffers wait for credit. Events never wait. Fails once the receiving side is gone (its gate
-    /// failed, or the link broke, or the job was released).
+    /// Sends one item without waiting: the task checked [`ChannelWriter::has_room`] before it
+    /// took the input that produced it. Fails once the receiving side is gone (its gate failed,
+    /// or the link broke, or the job was released).
     fn push(&self, item: Item) -> OpResult {
         match self {
-            ChannelWriter::Local { gate, index } => gate.push_blocking(*index, item),
-            ChannelWriter::Remote(sub) => sub.push_blocking(item),
+            ChannelWriter::Local { gate, index } => gate.push(*index, item),
+            ChannelWriter::Remote(sub) => sub.push(item),
         }
         .map_err(OperatorError::Failed)
     }
+
+    /// Sends an event ahead of the buffers still queued on this channel (see
+    /// [`InputGate::push_priority`] and [`RemoteSubpartition::push_priority`]). Returns the
+    /// buffers it overtook that stay this task's responsibility: those queued for the network
+    /// (already encoded). A local channel's queue is the downstream gate's, where the
+    /// downstream task takes the overtaken buffers as its input channel state, so none.
+    fn push_priority(&self, event: Event) -> OpResult<Vec<bytes::Bytes>> {
+        match self {
+            ChannelWriter::Local { gate, index } => gate.push_priority(*index, event).map(|_| Vec::new()),
+            ChannelWriter::Remote(sub) => sub.push_priority(event),
+        }
+        .map_err(OperatorError::Failed)
+    }
+
+    /// Whether the channel can take another buffer without exceeding its bound: a local
+    /// channel's credits, a remote one's `sender-queue-buffers`.
+    fn has_room(&self) -> bool {
+        match self {
+            ChannelWriter::Local { gate, index } => gate.has_room(*index),
+            ChannelWriter::Remote(sub) => sub.has_room(),
+        }
+    }
+
+    /// Registers the sending task's waker, told when the channel regains room.
+    fn set_waker(&self, waker: &Arc<Waker>) {
+        match self {
+            ChannelWriter::Local { gate, index } => gate.set_sender_waker(*index, waker.clone()),
+            ChannelWriter::Remote(sub) => sub.set_waker(waker.clone()),
+        }
+    }
+}
+
+/// Buffers a priority event overtook on one remote output channel: part of the task's output
+/// channel state for the checkpoint whose barrier it was.
+#[derive(Debug, Clone)]
+pub struct OvertakenOutput {
+    /// The output edge, in the task's edge order.
+    pub edge: usize,
+    /// The channel within the edge (the target subtask for hash edges).
+    pub channel: usize,
+    /// The buffers, Arrow IPC-encoded as they were queued for the network.
+    pub buffers: Vec<bytes::Bytes>,
 }
 
 /// One channel's partly filled buffer: rows waiting for a full segment or their deadline.
@@ -273,14 +319,57 @@ impl ResultPartition {
     }
 
     /// Sends an event on every channel, behind everything already sent. Does not flush: a
-    /// caller whose event must follow the buffered rows (a barrier) flushes first. Never waits
-    /// for credit; with priority on no channel (no unaligned barriers yet).
+    /// caller whose event must follow the buffered rows (an aligned barrier) flushes first.
+    /// Never waits.
     pub fn broadcast_event(&mut self, event: Event) -> OpResult {
         for edge in &mut self.edges {
             for ch in &edge.channels {
                 ch.push(Item::Event(event.clone()))?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends an event on every channel ahead of the buffers queued there (an unaligned barrier,
+    /// a cancellation marker). Rows not yet cut into a buffer are flushed first, so they are
+    /// among what it overtakes. Returns the overtaken buffers this task must persist (remote
+    /// channels only; see [`ChannelWriter`]).
+    pub fn broadcast_priority(&mut self, event: Event) -> OpResult<Vec<OvertakenOutput>> {
+        self.flush_all()?;
+        let mut out = Vec::new();
+        for (e, edge) in self.edges.iter().enumerate() {
+            for (c, ch) in edge.channels.iter().enumerate() {
+                let buffers = ch.push_priority(event.clone())?;
+                if !buffers.is_empty() {
+                    out.push(OvertakenOutput { edge: e, channel: c, buffers });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every output channel can take another buffer: the task takes its next input
+    /// only then (it may then overdraw a channel by that input's output). A sink (no channel)
+    /// is always available.
+    pub fn is_available(&self) -> bool {
+        self.edges.iter().all(|e| e.channels.iter().all(ChannelWriter::has_room))
+    }
+
+    /// Registers the sending task's waker with every channel, so it wakes when one regains room.
+    pub fn set_waker(&self, waker: &Arc<Waker>) {
+        for edge in &self.edges {
+            for ch in &edge.channels {
+                ch.set_waker(waker);
+            }
+        }
+    }
+
+    /// Re-sends output channel state after a restore, ahead of anything new: each buffer goes
+    /// through this partition's partitioner again (so it lands right at a new parallelism too).
+    pub fn emit_restored(&mut self, batch: RecordBatch) -> OpResult {
+        let rows = batch.num_rows() as u64;
+        self.emit(batch)?;
+        self.records_out -= rows;
         Ok(())
     }
 

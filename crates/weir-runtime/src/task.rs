@@ -1,25 +1,37 @@
 //! A running subtask: one dedicated thread that pulls from its source (or its input gate),
 //! pushes each batch through its operator chain, and hands the result to its
 //! [`ResultPartition`]. Between batches it flushes output buffers whose timeout passed, takes
-//! commands (checkpoint triggers for sources, checkpoint completion and aborts for everyone)
-//! and notices cancellation. It reports RUNNING, then exactly one of FINISHED, FAILED or
-//! CANCELED.
+//! commands (checkpoint triggers for sources, checkpoint completion and aborts for everyone),
+//! handles alignment timeouts and notices cancellation. It reports RUNNING, then exactly one of
+//! FINISHED, FAILED or CANCELED.
 //!
 //! Checkpoints: a source task snapshots when the JobManager's trigger reaches it; any other
-//! task when its [`BarrierHandler`] says the barrier is aligned. The snapshot is synchronous
-//! (operator state, the source position, the keyed state's copy or RocksDB checkpoint), then the
-//! barrier goes downstream behind every row emitted before it, then the files are uploaded on
-//! the TaskManager's async runtime while the task goes on, and the task acknowledges.
+//! task when its [`BarrierHandler`] says so (aligned: once every barrier arrived; unaligned: on
+//! the first). The snapshot is synchronous (operator state, the source position, the keyed
+//! state's copy or RocksDB checkpoint), then the barrier goes downstream (behind the rows
+//! emitted before it, or ahead of them for an unaligned checkpoint), then the files are uploaded
+//! on the TaskManager's async runtime while the task goes on, and the task acknowledges. An
+//! unaligned checkpoint also collects channel state — the in-flight buffers its barriers
+//! overtook, and those taken from a channel before its barrier arrived — and acknowledges once
+//! the last barrier arrived and that state is written too.
 //!
-//! ## The loop
-//! A task with inputs waits on its gate ([`InputGate::poll`]) until the partition's next flush
-//! deadline at the latest. Each wake is one of: a buffer (decoded here if it came over TCP,
-//! then pushed through the chain); an event (end of partition, barrier or cancellation marker,
-//! all fed to the [`BarrierHandler`], whose actions block or unblock channels, snapshot, or
-//! abort); an interrupt (commands are waiting); a timeout; the end of every input; a failure.
-//! After every wake the partition flushes what is due. A source task instead alternates
-//! between its commands and one `poll_next` of its source; an idle source sleeps at most 20 ms,
-//! less if a flush is due sooner.
+//! ## The loop: availability-driven, never blocking
+//! Like Flink's mailbox, a task never blocks inside an operator or a send. Each round it takes
+//! its commands, switches alignments whose timeout passed, flushes what is due, and then takes
+//! one input — but a batch (from the gate or the source) only if every output channel has room
+//! ([`ResultPartition::is_available`]) and no operator of the chain asked for a pause
+//! ([`Operator::ready_at`](weir_core::operator::Operator::ready_at), a throttle). A priority
+//! event (unaligned barrier, cancellation marker) is taken whatever the outputs. With nothing
+//! to do it waits on its [`Waker`], which its gate, its output channels (room regained) and
+//! the TaskManager (commands, cancel) notify, until the next deadline at the latest: a buffer
+//! flush, an alignment timeout, a throttle, or an idle source's next poll. So a barrier that
+//! arrives while the task is backpressured is seen at once. The output of the one batch taken
+//! may overdraw a full channel (FLIP-227's overdraft), never more.
+//!
+//! ## Restore
+//! An attempt that resumes from an unaligned checkpoint first re-sends its output channel state
+//! through its partitioner, then processes its input channel state, and only then takes new
+//! input (priority events included: the restored input comes before every channel's data).
 //!
 //! ## End of input
 //! Without checkpointing the chain is finished (`Operator::finish` on each operator, in order)
@@ -31,25 +43,22 @@
 //! operator that emits rows in `finish` would lose them there; the built-in ones emit none.
 //!
 //! ## Limitations
-//! - The task blocks inside a send: when an output channel has no room, the chain's `emit`
-//!   waits, and the task sees no barrier, command or cancellation until it returns. The
-//!   design's loop that never blocks in a send (output room checked before taking input, a
-//!   small overdraft as in FLIP-227) is not built, nor are unaligned checkpoints or the
-//!   aligned-checkpoint timeout: barriers travel in order behind the data.
-//! - A source looks at its commands only between two `poll_next` calls, so a checkpoint
-//!   trigger waits while the source is blocked in a send or in `poll_next`.
-//! - [`Task::cancel`] fails only the task's own gate. A task blocked sending to a local
-//!   downstream task is released when that task's gate fails too (the TaskManager cancels every
-//!   task of the attempt), one sending remotely when the attempt's channels are released.
+//! - A source's `poll_next` itself may block (a socket read); the built-in ones return `Idle`
+//!   instead of waiting long.
+//! - Channel state is stored per checkpoint: a buffer that belongs to two concurrent
+//!   unaligned checkpoints is written twice.
+//! - Restoring channel state at another parallelism is refused (restore a savepoint instead).
 
-use crate::barrier::{Action, BarrierHandler, CheckpointingMode, Input};
-use crate::buffer::{decode_batch, Barrier, Event, Item};
+use crate::barrier::{Action, AlignmentPolicy, BarrierHandler, CheckpointingMode, Input, SnapshotKind};
+use crate::buffer::{decode_batch, encode_batch, Barrier, Event, Item};
 use crate::gate::{GatePoll, InputGate};
-use crate::operators::{build_chain, finish_chain, push_through, OperatorChain, StateConfig};
-use crate::partition::ResultPartition;
+use crate::operators::{build_chain, finish_chain, push_through, ChainOperator, OperatorChain, StateConfig};
+use crate::partition::{OvertakenOutput, ResultPartition};
+use crate::wake::Waker;
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -58,9 +67,9 @@ use std::time::{Duration, Instant};
 use weir_core::graph::Vertex;
 use weir_core::operator::{Collector, ConnectorFactory, OpResult, OperatorError, SourcePoll, SubtaskInfo};
 use weir_core::KeyGroupRange;
+use weir_state::channel_state::ChannelBuffer;
 use weir_state::metadata::{CheckpointMetadata, SubtaskState};
 use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
-
 /// The lifecycle of a task as it reports it: RUNNING, possibly FINISHING, then exactly one of
 /// FINISHED, FAILED or CANCELED.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,10 +112,10 @@ pub enum TaskCommand {
     /// files later checkpoints may reference, then every operator is told (two-phase-commit sinks
     /// commit). Covers every checkpoint up to `n`.
     NotifyCheckpointComplete(u64),
-    /// The coordinator aborted checkpoint `id`. A source sends a cancellation marker for it
-    /// downstream; another task does so only while it aligns no checkpoint, and an alignment in
-    /// progress is not ended by this command: it ends when the marker from upstream, or a newer
-    /// barrier, arrives.
+    /// The coordinator aborted checkpoint `id` (every task of the attempt hears it). The task
+    /// treats it as a cancellation marker: it stops aligning or collecting channel state for
+    /// `id`, ignores its later barriers, and sends a cancellation marker downstream (a priority
+    /// event).
     AbortCheckpoint(u64),
     /// Every task of the job reached the end of its input: snapshot for checkpoint `id`, the
     /// final one, whose completion commits the last output. Only looked at once this task has
@@ -132,6 +141,10 @@ pub struct CheckpointAck {
     /// Bytes of the operator-state files plus the sizes of the keyed state handles; zero when
     /// declined.
     pub size: u64,
+    /// How this task took the checkpoint (aligned, unaligned, switched by the timeout).
+    pub kind: SnapshotKind,
+    /// Bytes of in-flight data persisted as channel state (Arrow IPC, as stored).
+    pub inflight_bytes: u64,
 }
 
 /// How this job checkpoints. A task without them (`TaskDescriptor::checkpointing` is `None`)
@@ -140,6 +153,8 @@ pub struct CheckpointAck {
 pub struct CheckpointSettings {
     /// `execution.checkpointing.mode`: whether the barrier handler aligns (exactly-once) or not.
     pub mode: CheckpointingMode,
+    /// `unaligned.enabled` and `aligned-checkpoint-timeout`: how barriers travel.
+    pub alignment: AlignmentPolicy,
     /// Where snapshots are uploaded.
     pub storage: CheckpointStorage,
     /// `execution.checkpointing.incremental`: RocksDB uploads only files not uploaded before.
@@ -187,10 +202,12 @@ pub struct TaskDescriptor {
 /// The TaskManager's handle on a running task: it commands, cancels and joins it through
 /// this. The task itself runs on its own thread.
 pub struct Task {
-    /// Set by [`Task::cancel`]; the thread checks it between batches.
+    /// Set by [`Task::cancel`]; the thread checks it every round.
     cancelled: Arc<AtomicBool>,
-    /// The task's gate, to interrupt or fail a task that waits for input.
+    /// The task's gate, to fail it on cancel (releasing its senders).
     gate: Option<Arc<InputGate>>,
+    /// The task thread's waker: commands and cancellation notify it.
+    waker: Arc<Waker>,
     /// Commands to the task thread.
     commands: Mutex<Sender<TaskCommand>>,
     /// Whether the chain starts with a source.
@@ -208,12 +225,15 @@ impl Task {
     pub fn spawn(desc: TaskDescriptor, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) -> std::io::Result<Task> {
         let cancelled = Arc::new(AtomicBool::new(false));
         let gate = desc.gate.clone();
+        // A task with inputs wakes on its gate's waker; every output channel notifies it too.
+        let waker = gate.as_ref().map_or_else(|| Arc::new(Waker::new()), |g| g.waker().clone());
+        desc.partition.set_waker(&waker);
         let is_source = desc.vertex.operators.first().is_some_and(|o| o.spec.is_source());
         let (tx, rx) = std::sync::mpsc::channel();
-        let c = cancelled.clone();
+        let (c, w) = (cancelled.clone(), waker.clone());
         let name = format!("{} ({}/{})", desc.vertex.name, desc.info.index + 1, desc.info.parallelism);
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(desc, c, rx, report))?;
-        Ok(Task { cancelled, gate, commands: Mutex::new(tx), is_source, thread: Some(thread) })
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(desc, c, w, rx, report))?;
+        Ok(Task { cancelled, gate, waker, commands: Mutex::new(tx), is_source, thread: Some(thread) })
     }
 
     /// Whether the chain starts with a source: only such a task acts on checkpoint triggers.
@@ -221,23 +241,20 @@ impl Task {
         self.is_source
     }
 
-    /// Hands the task a command; it acts on it between two batches. A task waiting on its gate
-    /// is interrupted so it looks at once; a source looks between two polls of its source; a
-    /// task blocked in a send looks once the send returns.
+    /// Hands the task a command; it acts on it within one batch (a waiting task wakes at once).
     pub fn command(&self, cmd: TaskCommand) {
         let _ = self.commands.lock().send(cmd);
-        if let Some(g) = &self.gate {
-            g.interrupt();
-        }
+        self.waker.notify();
     }
 
-    /// Asks the task to stop; it reports CANCELED unless it already ended. Failing its gate
-    /// wakes a task that waits for input; other tasks see the flag between two batches.
+    /// Asks the task to stop; it reports CANCELED unless it already ended. It sees the flag
+    /// within one batch; its gate is failed so that its upstream senders stop too.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         if let Some(g) = &self.gate {
             g.fail("task canceled");
         }
+        self.waker.notify();
     }
 
     /// Whether the task's thread has ended (or was joined).
@@ -257,12 +274,19 @@ impl Task {
 /// ended. Whatever the outcome, the gate is failed at the end, so upstream senders blocked on
 /// this task's channels are released. The barrier handler's mode comes from the checkpoint
 /// settings (exactly-once when checkpointing is off).
-fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<TaskCommand>, report: Arc<dyn Fn(TaskEvent) + Send + Sync>) {
+fn run(
+    desc: TaskDescriptor,
+    cancelled: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    commands: Receiver<TaskCommand>,
+    report: Arc<dyn Fn(TaskEvent) + Send + Sync>,
+) {
     let (vertex, subtask) = (desc.info.vertex, desc.info.index);
     let event = |state, records_in, records_out| TaskEvent { vertex, subtask, state, records_in, records_out };
     report(event(TaskState::Running, 0, 0));
     let channels = desc.gate.as_ref().map_or(0, |g| g.num_channels());
     let mode = desc.checkpointing.as_ref().map_or(CheckpointingMode::ExactlyOnce, |c| c.mode);
+    let policy = desc.checkpointing.as_ref().map_or(AlignmentPolicy::Aligned, |c| c.alignment);
     let mut runner = Runner {
         report: report.clone(),
         final_checkpoint: None,
@@ -272,13 +296,23 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<Task
         cancelled: cancelled.clone(),
         commands,
         checkpointing: desc.checkpointing,
-        barriers: BarrierHandler::new(mode, channels),
+        barriers: BarrierHandler::new(mode, policy, channels),
+        policy,
         uploaded: Arc::new(Mutex::new(BTreeMap::new())),
+        waker,
+        collecting: BTreeMap::new(),
+        restored_input: VecDeque::new(),
     };
     let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref())
         .and_then(|mut chain| {
             if let Some(r) = &desc.restore {
-                restore(&mut chain, &desc.info, &desc.state, r)?;
+                let channels = restore(&mut chain, &desc.info, &desc.state, r)?;
+                // Output channel state goes out before anything new; input channel state is
+                // processed before any new input.
+                for batch in channels.output {
+                    runner.partition.emit_restored(batch)?;
+                }
+                runner.restored_input = channels.input.into();
             } else if desc.info.attempt > 0 {
                 // A restart with no completed checkpoint: operators drop what the failed
                 // attempt left behind (a transactional sink's uncommitted files).
@@ -305,15 +339,25 @@ fn run(desc: TaskDescriptor, cancelled: Arc<AtomicBool>, commands: Receiver<Task
     report(event(state, runner.records_in, runner.partition.records_out));
 }
 
+/// The channel state a restored task replays before anything new.
+#[derive(Default)]
+struct RestoredChannels {
+    /// Its input channel state: processed before any new input.
+    input: Vec<RecordBatch>,
+    /// Its output channel state: re-sent through the partitioner before anything new.
+    output: Vec<RecordBatch>,
+}
+
 /// Restores every operator of the chain that has state in the checkpoint: keyed state for its
 /// key-group range (from every old subtask whose range overlaps), operator state dealt
-/// round-robin over the new subtasks.
+/// round-robin over the new subtasks, and the task's channel state (unaligned checkpoints;
+/// same parallelism only), which it returns.
 ///
 /// Runs on the task thread, blocking on the TaskManager's runtime for reads. Every operator of
 /// the chain gets `restore_state(n, elements)`, with no elements if the checkpoint has no
 /// operator state for its uid; the source only if the checkpoint has its uid. Keyed handles
 /// of a uid whose operator keeps no keyed state in the new chain are ignored.
-fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r: &RestoreSettings) -> OpResult {
+fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r: &RestoreSettings) -> OpResult<RestoredChannels> {
     let fail = |e: weir_state::StateError| OperatorError::Failed(format!("restoring checkpoint {}: {e}", r.metadata.checkpoint_id));
     let n = r.metadata.checkpoint_id;
     let operator_elements = |uid: &str| -> OpResult<Option<Vec<Vec<u8>>>> {
@@ -366,7 +410,55 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
             *backend = restored;
         }
     }
-    Ok(())
+    // Channel state: input on the chain's first uid, output on its last.
+    let mut channels = RestoredChannels::default();
+    let head = chain.source_uid.clone().or_else(|| chain.uids.first().cloned());
+    let tail = chain.uids.last().cloned().or_else(|| chain.source_uid.clone());
+    for (uid, input) in [(head, true), (tail, false)] {
+        let Some(uid) = uid else { continue };
+        let Some(op) = r.metadata.operators.iter().find(|o| o.uid == uid) else { continue };
+        let has_channel_state = op.subtasks.iter().any(|s| if input { s.input_channels.is_some() } else { s.output_channels.is_some() });
+        if !has_channel_state {
+            continue;
+        }
+        if op.parallelism != info.parallelism {
+            return Err(OperatorError::Failed(format!(
+                "checkpoint {n} holds in-flight data of '{uid}' (an unaligned checkpoint) taken at parallelism {}; it can only be \
+                 restored at that parallelism, not {} (restore from an aligned checkpoint or a savepoint to rescale)",
+                op.parallelism, info.parallelism
+            )));
+        }
+        let Some(sub) = op.subtasks.get(info.index as usize) else { continue };
+        let Some(file) = (if input { &sub.input_channels } else { &sub.output_channels }) else { continue };
+        let buffers = r.runtime.block_on(weir_state::channel_state::read(&r.storage, file)).map_err(fail)?;
+        for b in buffers {
+            let batch = decode_batch(&b.ipc)
+                .map_err(|e| OperatorError::Failed(format!("restoring checkpoint {n}: a buffer in {} does not decode: {e}", file.path)))?;
+            if input {
+                channels.input.push(batch);
+            } else {
+                channels.output.push(batch);
+            }
+        }
+    }
+    Ok(channels)
+}
+/// An unaligned checkpoint this task snapshotted and whose channel state it still collects.
+struct Collecting {
+    /// Aligned time before the switch (zero when unaligned from the start).
+    alignment: Duration,
+    /// Unaligned from the first barrier, or switched by the timeout.
+    kind: SnapshotKind,
+    /// Input buffers of the checkpoint, with their gate channel, in the order they were taken
+    /// or overtaken.
+    input: Vec<(usize, Item)>,
+    /// Output buffers its barrier overtook on remote channels.
+    output: Vec<OvertakenOutput>,
+    /// The upload of its operator and keyed state, started at the snapshot.
+    upload: tokio::task::JoinHandle<Result<Uploaded, weir_state::StateError>>,
+    /// The chain's first uid (input channel state is recorded there) and last (output).
+    head_uid: String,
+    tail_uid: String,
 }
 
 /// The task thread's working state while the chain runs.
@@ -389,15 +481,23 @@ struct Runner {
     checkpointing: Option<CheckpointSettings>,
     /// Alignment state over the gate's channels (none for a source task).
     barriers: BarrierHandler,
+    /// How this job's barriers travel (a source's trigger emits them accordingly).
+    policy: AlignmentPolicy,
     /// Keyed handles uploaded per checkpoint, so RocksDB can reuse their files once complete.
     uploaded: Arc<Mutex<BTreeMap<u64, Vec<(String, KeyedStateHandle)>>>>,
+    /// What the task waits on when it cannot go on.
+    waker: Arc<Waker>,
+    /// Unaligned checkpoints collecting channel state, by id.
+    collecting: BTreeMap<u64, Collecting>,
+    /// Input channel state of the checkpoint this attempt restored: processed first.
+    restored_input: VecDeque<RecordBatch>,
 }
 
 /// Terminal collector of a chain: output goes to the partition (or nowhere, for a sink).
 struct Output<'a>(&'a mut ResultPartition);
 
 impl Collector for Output<'_> {
-    fn collect(&mut self, batch: arrow_array::RecordBatch) -> OpResult {
+    fn collect(&mut self, batch: RecordBatch) -> OpResult {
         self.0.emit(batch)
     }
 }
@@ -462,14 +562,14 @@ impl Runner {
             }
             match self.commands.recv_timeout(Duration::from_millis(50)) {
                 Ok(TaskCommand::FinalCheckpoint(id)) => {
-                    let barrier = Barrier { id, timestamp_ms: 0, savepoint: false };
-                    if let Err(e) = self.checkpoint(chain, source.as_mut(), barrier, Duration::ZERO) {
+                    let barrier = Barrier::new(id, 0, false);
+                    if let Err(e) = self.checkpoint(chain, source.as_mut(), barrier, Duration::ZERO, SnapshotKind::Aligned) {
                         break Err(e);
                     }
                     self.final_checkpoint = Some(id);
                 }
                 Ok(TaskCommand::NotifyCheckpointComplete(n)) => {
-                    if let Err(e) = self.command(chain, TaskCommand::NotifyCheckpointComplete(n)) {
+                    if let Err(e) = self.command(chain, None, TaskCommand::NotifyCheckpointComplete(n)) {
                         break Err(e);
                     }
                     if self.final_checkpoint.is_some_and(|f| n >= f) {
@@ -485,10 +585,42 @@ impl Runner {
         result
     }
 
-    /// The source loop. Each round: stop if cancelled; act on every waiting command (a trigger
-    /// snapshots at once, between two batches, and emits the barrier behind every row emitted
-    /// before it); then one `poll_next`: a batch goes through the chain, an idle source sleeps
-    /// (see the module header), the end of the source returns. Flushes what is due every round.
+    /// Whether the task may take its next input batch: every output channel has room and no
+    /// operator asked for a pause. Otherwise, when it may look again at the latest (`None`:
+    /// when woken).
+    fn input_allowed(&self, chain: &OperatorChain, now: Instant) -> Result<(), Option<Instant>> {
+        if let Some(t) = ChainOperator::chain_ready_at(&chain.operators).filter(|t| *t > now) {
+            return Err(Some(t));
+        }
+        if !self.partition.is_available() {
+            return Err(None);
+        }
+        Ok(())
+    }
+
+    /// The earliest of `deadlines` and the task's own: the next buffer flush and alignment
+    /// timeout.
+    fn deadline(&self, extra: Option<Instant>) -> Option<Instant> {
+        [extra, self.partition.next_flush(), self.barriers.next_deadline()].into_iter().flatten().min()
+    }
+
+    /// The work of every round before input: commands, alignment timeouts, due flushes.
+    fn housekeeping(&mut self, chain: &mut OperatorChain, gate: Option<&InputGate>, now: Instant) -> OpResult {
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.command(chain, gate, cmd)?;
+        }
+        if let Some(gate) = gate {
+            if self.barriers.next_deadline().is_some_and(|d| d <= now) {
+                self.barrier_input(chain, gate, Input::Tick, &[])?;
+            }
+        }
+        self.partition.flush_due(now)
+    }
+
+    /// The source loop. Each round: stop if cancelled; housekeeping (a trigger snapshots at
+    /// once and emits the barrier: behind the rows emitted before it, or ahead of them when
+    /// unaligned); then, if the outputs have room, one `poll_next`: a batch goes through the
+    /// chain, an idle source waits (see the module header), the end of the source returns.
     fn run_source(&mut self, chain: &mut OperatorChain, source: &mut Box<dyn weir_core::operator::SourceReader>) -> OpResult {
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
@@ -496,23 +628,37 @@ impl Runner {
             }
             while let Ok(cmd) = self.commands.try_recv() {
                 match cmd {
-                    TaskCommand::TriggerCheckpoint(b) => self.checkpoint(chain, Some(source), b, Duration::ZERO)?,
-                    other => self.command(chain, other)?,
+                    TaskCommand::TriggerCheckpoint(b) => {
+                        let kind = if self.policy == AlignmentPolicy::Unaligned && !b.savepoint {
+                            SnapshotKind::Unaligned
+                        } else {
+                            SnapshotKind::Aligned
+                        };
+                        self.checkpoint(chain, Some(source), b, Duration::ZERO, kind)?;
+                        if kind == SnapshotKind::Unaligned {
+                            // A source has no input: its channel state is complete at once.
+                            self.finish_channel_state(b.id);
+                        }
+                    }
+                    other => self.command(chain, None, other)?,
                 }
+            }
+            let now = Instant::now();
+            self.partition.flush_due(now)?;
+            match self.input_allowed(chain, now) {
+                Err(until) => {
+                    self.waker.wait(self.deadline(until));
+                    continue;
+                }
+                Ok(()) => {}
             }
             match source.poll_next()? {
                 SourcePoll::Batch(b) => {
                     self.records_in += b.num_rows() as u64;
                     push_through(&mut chain.operators, b, &mut Output(&mut self.partition))?;
-                    self.partition.flush_due(Instant::now())?;
                 }
                 SourcePoll::Idle(wait) => {
-                    self.partition.flush_due(Instant::now())?;
-                    let wait = match self.partition.next_flush() {
-                        Some(t) => wait.min(t.saturating_duration_since(Instant::now())),
-                        None => wait,
-                    };
-                    std::thread::sleep(wait.min(Duration::from_millis(20)));
+                    self.waker.wait(self.deadline(Some(Instant::now() + wait.min(Duration::from_millis(20)))));
                 }
                 SourcePoll::End => return Ok(()),
             }
@@ -520,31 +666,46 @@ impl Runner {
     }
 
     /// The gate loop (see the module header). Returns true once every input ended, false when
-    /// the task was cancelled (its gate failed after [`Task::cancel`]). Any other gate failure,
-    /// or a buffer that does not decode, is an error naming the reason or the channel.
+    /// the task was cancelled. Any other gate failure, or a buffer that does not decode, is an
+    /// error naming the reason or the channel.
     fn run_gate(&mut self, chain: &mut OperatorChain, gate: &InputGate) -> OpResult<bool> {
         loop {
-            match gate.poll(self.partition.next_flush()) {
-                GatePoll::Item(_, Item::Buffer(b)) => self.process(chain, b)?,
-                GatePoll::Item(ch, Item::Encoded(bytes)) => {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let now = Instant::now();
+            self.housekeeping(chain, Some(gate), now)?;
+            let allowed = self.input_allowed(chain, now);
+            if !self.restored_input.is_empty() {
+                // The restored input comes before everything on the gate, priority events too.
+                match allowed {
+                    Ok(()) => {
+                        let batch = self.restored_input.pop_front().expect("not empty");
+                        self.process(chain, batch)?;
+                    }
+                    Err(until) => {
+                        self.waker.wait(self.deadline(until));
+                    }
+                }
+                continue;
+            }
+            match gate.try_poll(allowed.is_ok()) {
+                GatePoll::Item(ch, item @ Item::Buffer(_)) => {
+                    self.record_input(ch, &item);
+                    let Item::Buffer(b) = item else { unreachable!() };
+                    self.process(chain, b)?
+                }
+                GatePoll::Item(ch, item @ Item::Encoded(_)) => {
+                    self.record_input(ch, &item);
+                    let Item::Encoded(bytes) = item else { unreachable!() };
                     let b =
                         decode_batch(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
                     self.process(chain, b)?
                 }
-                GatePoll::Item(channel, Item::Event(Event::EndOfPartition)) => {
-                    self.barrier_input(chain, gate, Input::EndOfPartition { channel })?
-                }
-                GatePoll::Item(channel, Item::Event(Event::Barrier(barrier))) => {
-                    self.barrier_input(chain, gate, Input::Barrier { channel, barrier })?
-                }
-                GatePoll::Item(channel, Item::Event(Event::CancelCheckpoint(id))) => {
-                    self.barrier_input(chain, gate, Input::Cancel { channel, id })?
-                }
-                GatePoll::Timeout => {}
-                GatePoll::Interrupted => {
-                    while let Ok(cmd) = self.commands.try_recv() {
-                        self.command(chain, cmd)?;
-                    }
+                GatePoll::Item(channel, Item::Event(event)) => self.event(chain, gate, channel, event, &[])?,
+                GatePoll::Priority { channel, event, overtaken } => self.event(chain, gate, channel, event, &overtaken)?,
+                GatePoll::Timeout => {
+                    self.waker.wait(self.deadline(allowed.err().flatten()));
                 }
                 GatePoll::Finished => return Ok(true),
                 GatePoll::Failed(reason) => {
@@ -554,24 +715,57 @@ impl Runner {
                     return Err(OperatorError::Failed(reason));
                 }
             }
-            // On every wake, not only when the poll timed out: while input keeps arriving the
-            // poll never times out, and a quiet output channel would wait for a full segment.
-            self.partition.flush_due(Instant::now())?;
         }
     }
 
-    /// Feeds one input event to the barrier handler and performs its actions in order: block or
-    /// unblock a gate channel; take the checkpoint (which forwards the barrier); or abort: send a
-    /// cancellation marker downstream and decline the checkpoint to the JobManager.
-    fn barrier_input(&mut self, chain: &mut OperatorChain, gate: &InputGate, input: Input) -> OpResult {
+    /// Adds a buffer just taken from `channel` to the channel state of every unaligned checkpoint
+    /// whose barrier has not arrived on that channel yet (a cheap check when none collects).
+    fn record_input(&mut self, channel: usize, item: &Item) {
+        if !self.barriers.is_collecting() {
+            return;
+        }
+        for id in self.barriers.records(channel) {
+            if let Some(c) = self.collecting.get_mut(&id) {
+                c.input.push((channel, item.clone()));
+            }
+        }
+    }
+
+    /// Feeds an event taken from the gate to the barrier handler. `overtaken` are the buffers a
+    /// priority event overtook on its channel.
+    fn event(&mut self, chain: &mut OperatorChain, gate: &InputGate, channel: usize, event: Event, overtaken: &[Item]) -> OpResult {
+        let input = match event {
+            Event::EndOfPartition => Input::EndOfPartition { channel },
+            Event::Barrier(barrier) => Input::Barrier { channel, barrier },
+            Event::CancelCheckpoint(id) => Input::Cancel { channel, id },
+        };
+        self.barrier_input(chain, gate, input, overtaken)
+    }
+
+    /// Feeds one input to the barrier handler and performs its actions in order: block or
+    /// unblock a gate channel; move a queued barrier ahead (timeout); take the checkpoint (which
+    /// forwards the barrier); add overtaken buffers to a checkpoint's channel state; finish
+    /// that channel state; or abort: drop what was collected, send a cancellation marker
+    /// downstream (a priority event) and decline the checkpoint to the JobManager.
+    fn barrier_input(&mut self, chain: &mut OperatorChain, gate: &InputGate, input: Input, overtaken: &[Item]) -> OpResult {
         for action in self.barriers.handle(input, Instant::now()) {
             match action {
                 Action::Block(c) => gate.set_blocked(c, true),
                 Action::Unblock(c) => gate.set_blocked(c, false),
-                Action::Snapshot { barrier, alignment } => self.checkpoint(chain, None, barrier, alignment)?,
+                Action::Prioritize { id } => gate.prioritize_barrier(id),
+                Action::Snapshot { barrier, alignment, kind } => self.checkpoint(chain, None, barrier, alignment, kind)?,
+                Action::Persist { id, channel } => {
+                    if let Some(c) = self.collecting.get_mut(&id) {
+                        c.input.extend(overtaken.iter().map(|i| (channel, i.clone())));
+                    }
+                }
+                Action::ChannelStateDone { id } => self.finish_channel_state(id),
                 Action::Abort { id, reason } => {
                     tracing::debug!(task = %self.info.vertex_name, checkpoint = id, "aborting: {reason}");
-                    self.partition.broadcast_event(Event::CancelCheckpoint(id))?;
+                    if let Some(c) = self.collecting.remove(&id) {
+                        c.upload.abort();
+                    }
+                    self.partition.broadcast_priority(Event::CancelCheckpoint(id))?;
                     self.decline(id, reason);
                 }
             }
@@ -582,7 +776,7 @@ impl Runner {
     /// Acts on one command (see [`TaskCommand`]). For a completed checkpoint, the keyed handles
     /// uploaded for every checkpoint up to it are first handed to their backends (incremental
     /// RocksDB checkpoints then reference those files instead of uploading them again).
-    fn command(&mut self, chain: &mut OperatorChain, cmd: TaskCommand) -> OpResult {
+    fn command(&mut self, chain: &mut OperatorChain, gate: Option<&InputGate>, cmd: TaskCommand) -> OpResult {
         match cmd {
             TaskCommand::TriggerCheckpoint(_) | TaskCommand::FinalCheckpoint(_) => Ok(()), // handled where they apply
             TaskCommand::NotifyCheckpointComplete(n) => {
@@ -604,12 +798,17 @@ impl Runner {
                 }
                 Ok(())
             }
-            TaskCommand::AbortCheckpoint(id) => {
-                if chain.source.is_some() || self.barriers.pending().is_empty() {
-                    self.partition.broadcast_event(Event::CancelCheckpoint(id))?;
+            TaskCommand::AbortCheckpoint(id) => match gate {
+                // As if a cancellation marker had arrived: the handler aborts it here (if it is
+                // not over already) and the abort action tells downstream.
+                Some(gate) => self.barrier_input(chain, gate, Input::Cancel { channel: 0, id }, &[]),
+                None => {
+                    if let Some(c) = self.collecting.remove(&id) {
+                        c.upload.abort();
+                    }
+                    self.partition.broadcast_priority(Event::CancelCheckpoint(id)).map(|_| ())
                 }
-                Ok(())
-            }
+            },
         }
     }
 
@@ -623,34 +822,38 @@ impl Runner {
                 result: Err(reason),
                 alignment: Duration::ZERO,
                 size: 0,
+                kind: SnapshotKind::Aligned,
+                inflight_bytes: 0,
             });
         }
     }
 
     /// Takes this task's part of checkpoint `barrier.id`.
     ///
-    /// Synchronous part, on the task thread: flush every output buffer (the barrier must follow
-    /// the rows emitted before it), then snapshot the source position, each operator's operator
-    /// state and each keyed backend. Then the barrier goes to every output channel, unless end
-    /// of partition was sent already (the final checkpoint). Then the upload runs on the
-    /// runtime while the task goes on, and the ack (or a decline naming the upload error) is
-    /// reported when it is done. With checkpointing off, the barrier is only passed on. A
-    /// savepoint barrier makes keyed snapshots full; operator state goes under
-    /// `<job>/chk-<n>/` either way.
+    /// Synchronous part, on the task thread: snapshot the source position, each operator's
+    /// operator state and each keyed backend. Then the barrier goes to every output channel,
+    /// unless end of partition was sent already (the final checkpoint): for an aligned snapshot
+    /// behind every row emitted before it (buffers are flushed first), for an unaligned one
+    /// ahead of the buffers still queued, which become output channel state. Then the upload
+    /// runs on the runtime while the task goes on. An aligned snapshot is acknowledged when the
+    /// upload is done (or declined naming the upload error); an unaligned one once its channel
+    /// state is complete too ([`Runner::finish_channel_state`]). With checkpointing off, the
+    /// barrier is only passed on. A savepoint barrier makes keyed snapshots full; operator
+    /// state goes under `<job>/chk-<n>/` either way.
     fn checkpoint(
         &mut self,
         chain: &mut OperatorChain,
         source: Option<&mut Box<dyn weir_core::operator::SourceReader>>,
         barrier: Barrier,
         alignment: Duration,
+        kind: SnapshotKind,
     ) -> OpResult {
         let Some(settings) = self.checkpointing.clone() else {
             // Checkpointing is off for this job: pass the barrier on untouched.
+            self.partition.flush_all()?;
             return self.partition.broadcast_event(Event::Barrier(barrier));
         };
         let n = barrier.id;
-        // Rows emitted before the barrier leave before it.
-        self.partition.flush_all()?;
         let mut operator_states: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut keyed: Vec<(String, PendingSnapshot)> = Vec::new();
         let mut uids: Vec<String> = Vec::new();
@@ -678,32 +881,123 @@ impl Runner {
                 keyed.push((uid.clone(), pending));
             }
         }
+        let mut output = Vec::new();
         if !self.partition.is_finished() {
-            self.partition.broadcast_event(Event::Barrier(barrier))?;
+            if kind == SnapshotKind::Aligned {
+                // Rows emitted before the barrier leave before it.
+                self.partition.flush_all()?;
+                self.partition.broadcast_event(Event::Barrier(barrier))?;
+            } else {
+                output = self.partition.broadcast_priority(Event::Barrier(Barrier { unaligned: true, ..barrier }))?;
+            }
         }
+        let (head_uid, tail_uid) = (uids.first().cloned().unwrap_or_default(), uids.last().cloned().unwrap_or_default());
 
-        // The asynchronous part: upload, then acknowledge.
-        let (info, uploaded) = (self.info.clone(), self.uploaded.clone());
-        settings.runtime.spawn(async move {
-            let result = upload(&settings.storage, &info, n, uids, operator_states, keyed).await;
-            let (result, size) = match result {
-                Ok((states, handles, size)) => {
-                    uploaded.lock().insert(n, handles);
-                    (Ok(states), size)
-                }
-                Err(e) => (Err(format!("uploading the state of {} ({}/{}): {e}", info.vertex_name, info.index + 1, info.parallelism)), 0),
-            };
-            (settings.report)(CheckpointAck { vertex: info.vertex, subtask: info.index, checkpoint: n, result, alignment, size });
+        // The asynchronous part: upload, then acknowledge (unaligned: once the channel state is
+        // complete too).
+        let (info, uploaded, storage) = (self.info.clone(), self.uploaded.clone(), settings.storage.clone());
+        let upload = settings.runtime.spawn(async move {
+            let result = upload(&storage, &info, n, uids, operator_states, keyed).await;
+            if let Ok((_, handles, _)) = &result {
+                uploaded.lock().insert(n, handles.clone());
+            }
+            result
         });
+        if kind == SnapshotKind::Aligned {
+            let info = self.info.clone();
+            settings.runtime.spawn(async move {
+                let result = upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())));
+                let ack = ack(&info, n, result, alignment, kind, 0);
+                (settings.report)(ack);
+            });
+        } else {
+            self.collecting.insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid });
+        }
         Ok(())
     }
 
+    /// Checkpoint `id`'s channel state is complete: uploads it (input on the chain's first uid,
+    /// output on its last) once the operator-state upload is done, then acknowledges with the
+    /// in-flight bytes. Buffers taken in memory are encoded on the runtime, not on the task
+    /// thread; buffers from the network are written as they arrived.
+    fn finish_channel_state(&mut self, id: u64) {
+        let Some(c) = self.collecting.remove(&id) else { return };
+        let Some(settings) = self.checkpointing.clone() else { return };
+        let info = self.info.clone();
+        settings.runtime.spawn(async move {
+            let result = async {
+                let (mut states, handles, size) =
+                    c.upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())))?;
+                let mut input = Vec::with_capacity(c.input.len());
+                for (channel, item) in c.input {
+                    let ipc = match item {
+                        Item::Buffer(b) => encode_batch(&b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?,
+                        Item::Encoded(bytes) => bytes,
+                        Item::Event(_) => continue,
+                    };
+                    input.push(ChannelBuffer { channel: channel as u32, subchannel: 0, ipc });
+                }
+                let output: Vec<ChannelBuffer> = c
+                    .output
+                    .into_iter()
+                    .flat_map(|o| {
+                        o.buffers.into_iter().map(move |ipc| ChannelBuffer { channel: o.edge as u32, subchannel: o.channel as u32, ipc })
+                    })
+                    .collect();
+                let inflight: u64 = input.iter().chain(&output).map(|b| b.ipc.len() as u64).sum();
+                let dir = weir_state::storage::layout::checkpoint_dir(&info.job_id, id);
+                for (buffers, uid, name) in [(&input, &c.head_uid, "input-channels"), (&output, &c.tail_uid, "output-channels")] {
+                    if buffers.is_empty() {
+                        continue;
+                    }
+                    let rel = format!("{dir}/{uid}-{}/{name}", info.index);
+                    let file = weir_state::channel_state::write(&settings.storage, &rel, buffers).await?;
+                    let entry = match states.iter_mut().find(|(u, _)| u == uid) {
+                        Some((_, s)) => s,
+                        None => {
+                            states.push((uid.clone(), SubtaskState::default()));
+                            &mut states.last_mut().expect("just pushed").1
+                        }
+                    };
+                    if name == "input-channels" {
+                        entry.input_channels = Some(file);
+                    } else {
+                        entry.output_channels = Some(file);
+                    }
+                }
+                Ok((states, handles, size, inflight))
+            }
+            .await;
+            let (result, inflight) = match result {
+                Ok((states, handles, size, inflight)) => (Ok((states, handles, size)), inflight),
+                Err(e) => (Err(e), 0),
+            };
+            (settings.report)(ack(&info, id, result, c.alignment, c.kind, inflight));
+        });
+    }
+
     /// Counts one input batch and pushes it through the chain into the partition.
-    fn process(&mut self, chain: &mut OperatorChain, batch: arrow_array::RecordBatch) -> OpResult {
+    fn process(&mut self, chain: &mut OperatorChain, batch: RecordBatch) -> OpResult {
         self.records_in += batch.num_rows() as u64;
         push_through(&mut chain.operators, batch, &mut Output(&mut self.partition))?;
         Ok(())
     }
+}
+
+/// The acknowledgement (or, for an upload error, the decline) of checkpoint `n` by this task.
+fn ack(
+    info: &SubtaskInfo,
+    n: u64,
+    result: Result<Uploaded, weir_state::StateError>,
+    alignment: Duration,
+    kind: SnapshotKind,
+    inflight_bytes: u64,
+) -> CheckpointAck {
+    let (result, size) = match result {
+        Ok((states, _, size)) => (Ok(states), size + inflight_bytes),
+        Err(e) => (Err(format!("uploading the state of {} ({}/{}): {e}", info.vertex_name, info.index + 1, info.parallelism)), 0),
+    };
+    CheckpointAck { vertex: info.vertex, subtask: info.index, checkpoint: n, result, alignment, size, kind, inflight_bytes }
 }
 
 /// What an upload yields: the state per operator uid (for the ack), the keyed handles (kept

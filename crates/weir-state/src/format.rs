@@ -21,6 +21,8 @@ pub const KEYED_MAGIC: &[u8; 8] = b"WEIRKEYD";
 pub const METADATA_MAGIC: &[u8; 8] = b"WEIRMETA";
 /// Magic of a subtask's operator list state (`operator-state`).
 pub const OPERATOR_MAGIC: &[u8; 8] = b"WEIROPST";
+/// Magic of a task's channel state (`input-channels`, `output-channels`).
+pub const CHANNEL_MAGIC: &[u8; 8] = b"WEIRCHAN";
 /// Bytes before the body: magic, version, body length. The CRC-32 adds 4 more after the body.
 const HEADER: usize = 8 + 2 + 8;
 

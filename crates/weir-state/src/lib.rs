@@ -33,6 +33,7 @@
 //!
 //! `docs/state.md` explains the layout and formats.
 
+pub mod channel_state;
 pub mod format;
 pub mod handle;
 pub mod hashmap;
@@ -94,4 +95,7 @@ pub enum StateError {
     /// differs, or an incremental RocksDB checkpoint is being restored into the hashmap backend.
     #[error("{0}")]
     Incompatible(String),
+    /// An upload task that panicked or was cancelled before it finished.
+    #[error("upload interrupted: {0}")]
+    Interrupted(String),
 }

@@ -18,6 +18,16 @@ pub struct SubtaskState {
     pub keyed: Vec<KeyedStateHandle>,
     /// Operator (non-keyed) list state, e.g. source offsets.
     pub operator: Option<StoredFile>,
+    /// Unaligned checkpoints: the in-flight buffers the subtask's task had taken in but not
+    /// processed at its snapshot (a [`crate::channel_state`] file). Recorded on the first
+    /// operator of the task's chain; replayed before any new input on restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_channels: Option<StoredFile>,
+    /// Unaligned checkpoints: the buffers the task had sent but that had not left for the
+    /// network at its snapshot. Recorded on the last operator of the chain; re-sent through its
+    /// partitioner before anything new on restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_channels: Option<StoredFile>,
 }
 
 /// The state of one operator, across all its subtasks.

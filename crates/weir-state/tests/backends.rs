@@ -238,7 +238,7 @@ async fn metadata_is_written_last_and_read_back_with_its_checksum() {
             uid: "count".into(),
             parallelism: 2,
             max_parallelism: MAX_P,
-            subtasks: handles.into_iter().map(|h| SubtaskState { keyed: vec![h], operator: None }).collect(),
+            subtasks: handles.into_iter().map(|h| SubtaskState { keyed: vec![h], ..Default::default() }).collect(),
         }],
     };
     meta.write(&storage).await.unwrap();

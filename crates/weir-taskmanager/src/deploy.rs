@@ -74,6 +74,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         let (job, attempt) = (job.clone(), req.attempt);
         CheckpointSettings {
             mode: settings.checkpoint.mode,
+            alignment: settings.checkpoint.alignment(),
             storage,
             incremental: settings.checkpoint.incremental,
             runtime: runtime.clone(),

@@ -21,9 +21,10 @@ use weir_core::settings::TaskManagerConfig;
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
 use weir_proto::{
-    AcknowledgeCheckpointRequest, DeclineCheckpointRequest, ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest,
+    AcknowledgeCheckpointRequest, CheckpointKind, DeclineCheckpointRequest, ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest,
     UpdateTaskStateRequest,
 };
+use weir_runtime::barrier::SnapshotKind;
 use weir_runtime::task::CheckpointAck;
 use weir_runtime::{NetworkEnvironment, Task};
 
@@ -252,6 +253,12 @@ async fn forward_acks(mut client: JobManagerServiceClient<Channel>, mut rx: mpsc
                         state,
                         alignment_ms: ack.alignment.as_millis() as u64,
                         size_bytes: ack.size,
+                        inflight_bytes: ack.inflight_bytes,
+                        kind: match ack.kind {
+                            SnapshotKind::Aligned => CheckpointKind::Aligned,
+                            SnapshotKind::Unaligned => CheckpointKind::Unaligned,
+                            SnapshotKind::TimedOut => CheckpointKind::TimedOutToUnaligned,
+                        } as i32,
                     })
                     .await
             }

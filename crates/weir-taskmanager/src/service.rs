@@ -37,7 +37,7 @@ impl TaskManagerService for TaskManagerRpc {
 
     async fn trigger_checkpoint(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
         let r = request.into_inner();
-        let barrier = Barrier { id: r.checkpoint_id, timestamp_ms: r.timestamp_ms, savepoint: r.savepoint };
+        let barrier = Barrier::new(r.checkpoint_id, r.timestamp_ms, r.savepoint);
         self.shared.for_tasks(&r.job_id, r.attempt, |t| {
             if r.final_checkpoint {
                 t.command(TaskCommand::FinalCheckpoint(r.checkpoint_id));
@@ -56,11 +56,7 @@ impl TaskManagerService for TaskManagerRpc {
 
     async fn abort_checkpoint(&self, request: Request<CheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
         let r = request.into_inner();
-        self.shared.for_tasks(&r.job_id, r.attempt, |t| {
-            if t.is_source() {
-                t.command(TaskCommand::AbortCheckpoint(r.checkpoint_id));
-            }
-        });
+        self.shared.for_tasks(&r.job_id, r.attempt, |t| t.command(TaskCommand::AbortCheckpoint(r.checkpoint_id)));
         Ok(Response::new(CheckpointResponse {}))
     }
 }
