@@ -12,7 +12,8 @@ use weir_core::operator::{SourcePoll, SubtaskInfo};
 
 const ROWS: u64 = 40_000;
 
-fn job_yaml(out: &std::path::Path, source_parallelism: u32) -> String {
+/// The job with `extra` steps between the keyed sum and the sink (a throttle, for backpressure).
+fn job_yaml_with(out: &std::path::Path, source_parallelism: u32, extra: &str) -> String {
     format!(
         r#"name: exactly-once
 pipeline:
@@ -28,7 +29,7 @@ pipeline:
   - key_by: key
   - sum: v
     parallelism: 4
-  - sink: file
+{extra}  - sink: file
     path: {}
     parallelism: 4
 "#,
@@ -100,6 +101,19 @@ fn run_with_kills(
     kill_jm: bool,
     s3: Option<&S3Server>,
 ) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
+    run_job_with_kills(mode, source_parallelism, kills, kill_jm, s3, &[], "")
+}
+
+/// [`run_with_kills`] with extra configuration and extra steps before the sink.
+fn run_job_with_kills(
+    mode: &str,
+    source_parallelism: u32,
+    kills: usize,
+    kill_jm: bool,
+    s3: Option<&S3Server>,
+    extra_config: &[&str],
+    extra_steps: &str,
+) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
     let chk = tempfile::tempdir().unwrap();
     let catalog = tempfile::tempdir().unwrap();
     let dir = match s3 {
@@ -119,10 +133,11 @@ fn run_with_kills(
     if let Some(s3) = s3 {
         cfg.extend(s3.config());
     }
+    cfg.extend(extra_config.iter().map(|c| c.to_string()));
     let cfg_refs: Vec<&str> = cfg.iter().map(String::as_str).collect();
     let mut cluster = Cluster::start(3, 2, &cfg_refs);
     let out_dir = cluster.dir.path().join("out");
-    let yaml = job_yaml(&out_dir, source_parallelism);
+    let yaml = job_yaml_with(&out_dir, source_parallelism, extra_steps);
     let job = cluster.write("job.yaml", &yaml);
     let id = cluster.submit(&job, &[]);
     cluster.wait_for_state(&id, "RUNNING");
@@ -222,4 +237,40 @@ fn at_least_once_output_loses_nothing_across_taskmanager_kills() {
         let (gn, gmax) = g.get(k).copied().unwrap_or_default();
         assert!(gn >= *n && gmax >= *max, "key {k}: {gn} updates up to {gmax}, expected at least {n} up to {max}");
     }
+}
+
+/// A throttle behind the shuffle at half the source's rate: the job is backpressured for its
+/// whole run, so barriers have in-flight data to overtake.
+const THROTTLE: &str = "  - throttle: {rows-per-second: 1000}\n    parallelism: 4\n";
+
+/// Checkpoints of `kind` that completed, and the in-flight bytes they persisted.
+fn completed_of_kind(checkpoints: &serde_json::Value, kind: &str) -> (usize, u64) {
+    let of_kind: Vec<&serde_json::Value> =
+        checkpoints.as_array().unwrap().iter().filter(|c| c["status"] == "COMPLETED" && c["kind"] == kind).collect();
+    (of_kind.len(), of_kind.iter().map(|c| c["inflight_bytes"].as_u64().unwrap_or(0)).sum())
+}
+
+#[test]
+fn unaligned_checkpoints_keep_exactly_once_under_backpressure_and_kills() {
+    let cfg = ["execution.checkpointing.unaligned.enabled=true", "execution.checkpointing.max-concurrent-checkpoints=2"];
+    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 3, false, None, &cfg, THROTTLE);
+    assert!(status["attempt"].as_u64().unwrap() >= 2, "the job restarted: {status}");
+    let (unaligned, inflight) = completed_of_kind(&checkpoints, "UNALIGNED");
+    assert!(unaligned >= 1, "unaligned checkpoints completed: {checkpoints}");
+    assert!(inflight > 0, "under backpressure barriers overtook in-flight data: {checkpoints}");
+    assert_same_output(&got, &expected);
+}
+
+#[test]
+fn aligned_checkpoints_switch_to_unaligned_after_the_timeout_and_keep_exactly_once() {
+    let cfg = [
+        "execution.checkpointing.unaligned.enabled=true",
+        "execution.checkpointing.aligned-checkpoint-timeout=30ms",
+        "execution.checkpointing.max-concurrent-checkpoints=2",
+    ];
+    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 2, false, None, &cfg, THROTTLE);
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "the job restarted: {status}");
+    let (switched, _) = completed_of_kind(&checkpoints, "TIMED_OUT_TO_UNALIGNED");
+    assert!(switched >= 1, "some checkpoints switched to unaligned: {checkpoints}");
+    assert_same_output(&got, &expected);
 }

@@ -318,6 +318,11 @@ pub struct CheckpointCoordinator {
     history: Vec<CheckpointRecord>,
     /// Where the running attempt's final checkpoint stands.
     final_checkpoint: FinalCheckpoint,
+    /// Shared files no retained checkpoint references any more, not deleted yet: a checkpoint
+    /// triggered before they became unreferenced (or the next one, whose snapshot may still
+    /// race with the completion notice) may reference them. Each batch is deleted, minus what
+    /// a checkpoint completed since registered again, once every checkpoint up to its id ended.
+    deferred_deletes: Vec<(u64, Vec<String>)>,
 }
 
 impl CheckpointCoordinator {
@@ -337,6 +342,7 @@ impl CheckpointCoordinator {
             registry: SharedStateRegistry::new(),
             history: Vec::new(),
             final_checkpoint: FinalCheckpoint::NotTaken,
+            deferred_deletes: Vec::new(),
         }
     }
 
@@ -576,9 +582,24 @@ impl CheckpointCoordinator {
             let Some(old) = self.retained.pop_front() else { break };
             let unreferenced = self.registry.release(old.checkpoint_id);
             if !unreferenced.is_empty() {
-                out.push(Action::DeleteSharedFiles(unreferenced));
+                // Up to the next checkpoint to be triggered: it too may have been snapshotted
+                // before its task heard that these files were superseded.
+                self.deferred_deletes.push((self.next_id, unreferenced));
             }
             out.push(Action::Discard { id: old.checkpoint_id });
+        }
+        self.delete_settled_files(out);
+    }
+
+    /// Deletes the deferred shared files whose checkpoints have all ended (see
+    /// `deferred_deletes`), except those a checkpoint completed since references again.
+    fn delete_settled_files(&mut self, out: &mut Vec<Action>) {
+        let lowest_open = self.pending.keys().next().copied().unwrap_or(self.next_id);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_deletes).into_iter().partition(|(upto, _)| *upto < lowest_open);
+        self.deferred_deletes = waiting;
+        let paths: Vec<String> = ready.into_iter().flat_map(|(_, p)| p).filter(|p| !self.registry.is_referenced(p)).collect();
+        if !paths.is_empty() {
+            out.push(Action::DeleteSharedFiles(paths));
         }
     }
 
@@ -611,6 +632,7 @@ impl CheckpointCoordinator {
                 )));
             }
         }
+        self.delete_settled_files(out);
     }
 }
 

@@ -87,6 +87,10 @@ pub enum Input {
     /// Time passed: alignments that have lasted longer than the aligned-checkpoint timeout switch
     /// to unaligned.
     Tick,
+    /// An aligned barrier arrived in `channel`'s queue, behind buffers the task has not taken
+    /// yet. In timeout mode its checkpoint's alignment (and timeout) starts now; the barrier is
+    /// still delivered as `Barrier` when the task reaches it. Ignored in other modes.
+    Announce { channel: usize, barrier: Barrier },
 }
 
 /// How a task took its snapshot of a checkpoint; reported to the JobManager.
@@ -315,6 +319,24 @@ impl BarrierHandler {
             Input::EndOfPartition { channel } => {
                 self.ended[channel] = true;
                 self.complete(now, &mut actions);
+            }
+            Input::Announce { barrier, .. } => {
+                let timeout = match self.policy {
+                    AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.savepoint && self.mode == CheckpointingMode::ExactlyOnce => t,
+                    _ => return actions,
+                };
+                if !self.is_over(barrier.id) && !self.pending.contains_key(&barrier.id) {
+                    let channels = self.ended.len();
+                    self.pending.insert(
+                        barrier.id,
+                        Pending {
+                            barrier,
+                            received: vec![false; channels],
+                            started: now,
+                            phase: Phase::Aligning { deadline: Some(now + timeout) },
+                        },
+                    );
+                }
             }
             Input::Tick => {
                 let due: Vec<u64> = self
@@ -624,7 +646,7 @@ mod tests {
                     Input::Barrier { barrier, .. } => { got_barrier[c].insert(barrier.id); }
                     Input::Cancel { id, .. } => { got_cancel.insert(*id); }
                     Input::EndOfPartition { .. } => ended[c] = true,
-                    Input::Tick => {}
+                    Input::Tick | Input::Announce { .. } => {}
                 }
                 for a in h.handle(input, t) {
                     match a {
@@ -776,10 +798,19 @@ mod tests {
                     0 => {
                         let Some(w) = wires[c].pop_front() else { continue };
                         let prio = matches!(w, Wire::Barrier { priority: true, .. } | Wire::Cancel(_));
+                        let announce = match &w {
+                            Wire::Barrier { id, priority: false } => Some(*id),
+                            _ => None,
+                        };
                         if prio {
                             insert_priority(&mut queues[c], w);
                         } else {
                             queues[c].push_back(Queued { wire: w, priority: false, overtook: Vec::new() });
+                        }
+                        if let Some(id) = announce {
+                            // The gate announces an aligned barrier when it arrives.
+                            let actions = h.handle(Input::Announce { channel: c, barrier: b(id) }, now);
+                            prop_assert!(actions.is_empty(), "an announcement only starts a timer: {actions:?}");
                         }
                         // Restore the wire for the reference (it was computed up front).
                         continue;

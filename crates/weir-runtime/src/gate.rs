@@ -93,6 +93,10 @@ struct GateInner {
     failure: Option<String>,
     /// Ends of partition the task took; when it reaches the channel count the gate is finished.
     ended: usize,
+    /// Whether aligned barriers are announced on arrival ([`InputGate::set_announce`]).
+    announce: bool,
+    /// Aligned barriers that arrived and were not announced to the task yet, with their channel.
+    announcements: VecDeque<(usize, crate::buffer::Barrier)>,
 }
 
 /// What [`InputGate::try_poll`] and [`InputGate::poll`] return.
@@ -103,6 +107,9 @@ pub enum GatePoll {
     /// A priority event from `channel`, with the buffers it overtook in that channel's queue
     /// (still queued behind it, and taken normally later).
     Priority { channel: usize, event: Event, overtaken: Vec<Item> },
+    /// An aligned barrier arrived on `channel` (it waits in the queue behind buffers): the task
+    /// may start its alignment timeout now. The barrier itself is taken later, as usual.
+    Announce { channel: usize, barrier: crate::buffer::Barrier },
     /// Nothing to take now (or before the deadline, for [`InputGate::poll`]).
     Timeout,
     /// Every channel has delivered its end of partition.
@@ -145,6 +152,8 @@ impl InputGate {
                 priority: VecDeque::new(),
                 failure: None,
                 ended: 0,
+                announce: false,
+                announcements: VecDeque::new(),
             }),
             waker,
             space: Condvar::new(),
@@ -174,6 +183,13 @@ impl InputGate {
         self.inner.lock().channels[channel].sender = Some(waker);
     }
 
+    /// Announce aligned barriers as they arrive ([`GatePoll::Announce`]): for the
+    /// aligned-checkpoint timeout, which counts from a barrier's arrival, not from when the task
+    /// reaches it behind the buffers queued before it.
+    pub fn set_announce(&self, announce: bool) {
+        self.inner.lock().announce = announce;
+    }
+
     /// Whether local `channel` has a free credit: its sender may take its next input.
     pub fn has_room(&self, channel: usize) -> bool {
         let inner = self.inner.lock();
@@ -187,10 +203,17 @@ impl InputGate {
         if item.is_buffer() {
             q.buffers += 1;
         }
+        let announce = match &item {
+            Item::Event(Event::Barrier(b)) if inner.announce && !b.unaligned => Some(*b),
+            _ => None,
+        };
         q.items.push_back(Entry { item, priority: None });
         if !q.blocked && !q.in_ready {
             q.in_ready = true;
             inner.ready.push_back(channel);
+        }
+        if let Some(b) = announce {
+            inner.announcements.push_back((channel, b));
         }
     }
 
@@ -331,8 +354,8 @@ impl InputGate {
 
     /// Takes the next item without waiting. Called by the task thread only.
     ///
-    /// Checks in this order: a failure, a priority event at the head of any channel (blocked or
-    /// not), then — only if `data` (the task's outputs have room) — the next ready channel's
+    /// Checks in this order: a failure, a barrier announcement, a priority event at the head of
+    /// any channel (blocked or not), then — only if `data` (the task's outputs have room) — the next ready channel's
     /// item, round robin; then the end of every channel. Taking a buffer returns its credit
     /// after the lock is released: a `CREDIT` frame for a remote channel, a wake-up of the local
     /// sender once its channel has room again. Taking an end of partition counts its channel as
@@ -341,6 +364,9 @@ impl InputGate {
         let mut inner = self.inner.lock();
         if let Some(f) = &inner.failure {
             return GatePoll::Failed(f.clone());
+        }
+        if let Some((channel, barrier)) = inner.announcements.pop_front() {
+            return GatePoll::Announce { channel, barrier };
         }
         let ch = match inner.priority.pop_front() {
             Some(ch) => ch,

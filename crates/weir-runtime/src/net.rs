@@ -715,6 +715,28 @@ impl RemoteSubpartition {
         Ok(overtaken)
     }
 
+    /// Whether the aligned barrier of checkpoint `id` still waits in this queue.
+    pub fn holds_barrier(&self, id: u64) -> bool {
+        self.state.lock().queue.iter().any(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))
+    }
+
+    /// Turns the aligned barrier of checkpoint `id`, if it still waits in this queue, into an
+    /// unaligned one sent with priority: it moves ahead of the buffers queued before it (right
+    /// after the last event before it) and is marked unaligned. Returns the buffers it
+    /// overtook (output channel state), or `None` if the barrier already left.
+    pub fn prioritize_barrier(&self, id: u64) -> Option<Vec<Bytes>> {
+        let mut st = self.state.lock();
+        let pos = st.queue.iter().position(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))?;
+        let (_, body) = st.queue.remove(pos).expect("found above");
+        let Ok(Event::Barrier(b)) = Event::decode(&body) else { unreachable!("matched above") };
+        let at = st.queue.range(..pos).rposition(|(k, _)| *k != BUFFER).map_or(0, |i| i + 1);
+        let overtaken = st.queue.range(at..pos).map(|(_, b)| b.clone()).collect();
+        st.queue.insert(at, (PRIORITY_EVENT, Event::Barrier(crate::buffer::Barrier { unaligned: true, ..b }).encode()));
+        drop(st);
+        self.link.notify_writer();
+        Some(overtaken)
+    }
+
     /// Grants `n` credits; the first grant (from the `ANNOUNCE`) also allows sending at all. The
     /// caller wakes the writer.
     fn add_credit(&self, n: u32) {

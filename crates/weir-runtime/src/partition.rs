@@ -348,6 +348,29 @@ impl ResultPartition {
         Ok(out)
     }
 
+    /// Whether the aligned barrier of checkpoint `id` still waits in a remote output queue
+    /// (local channels hand it to the downstream gate at once).
+    pub fn holds_barrier(&self, id: u64) -> bool {
+        self.edges.iter().flat_map(|e| &e.channels).any(|c| matches!(c, ChannelWriter::Remote(sub) if sub.holds_barrier(id)))
+    }
+
+    /// The aligned-checkpoint timeout passed for checkpoint `id` while its barrier still waits in
+    /// remote output queues: there it overtakes the buffers before it and goes with priority,
+    /// marked unaligned. Returns the overtaken buffers (output channel state).
+    pub fn prioritize_barrier(&self, id: u64) -> Vec<OvertakenOutput> {
+        let mut out = Vec::new();
+        for (e, edge) in self.edges.iter().enumerate() {
+            for (c, ch) in edge.channels.iter().enumerate() {
+                if let ChannelWriter::Remote(sub) = ch {
+                    if let Some(buffers) = sub.prioritize_barrier(id).filter(|b| !b.is_empty()) {
+                        out.push(OvertakenOutput { edge: e, channel: c, buffers });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Whether every output channel can take another buffer: the task takes its next input
     /// only then (it may then overdraw a channel by that input's output). A sink (no channel)
     /// is always available.

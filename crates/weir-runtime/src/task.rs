@@ -287,6 +287,10 @@ fn run(
     let channels = desc.gate.as_ref().map_or(0, |g| g.num_channels());
     let mode = desc.checkpointing.as_ref().map_or(CheckpointingMode::ExactlyOnce, |c| c.mode);
     let policy = desc.checkpointing.as_ref().map_or(AlignmentPolicy::Aligned, |c| c.alignment);
+    if let (Some(gate), AlignmentPolicy::AlignedThenUnaligned(_)) = (&desc.gate, policy) {
+        // The timeout counts from a barrier's arrival, not from when the task reaches it.
+        gate.set_announce(true);
+    }
     let mut runner = Runner {
         report: report.clone(),
         final_checkpoint: None,
@@ -459,6 +463,10 @@ struct Collecting {
     /// The chain's first uid (input channel state is recorded there) and last (output).
     head_uid: String,
     tail_uid: String,
+    /// An aligned snapshot under the aligned-checkpoint timeout whose barrier may still wait
+    /// in a remote output queue: acknowledged once it left, or switched to unaligned (its
+    /// overtaken output persisted) at this instant.
+    awaiting_output: Option<Instant>,
 }
 
 /// The task thread's working state while the chain runs.
@@ -601,7 +609,29 @@ impl Runner {
     /// The earliest of `deadlines` and the task's own: the next buffer flush and alignment
     /// timeout.
     fn deadline(&self, extra: Option<Instant>) -> Option<Instant> {
-        [extra, self.partition.next_flush(), self.barriers.next_deadline()].into_iter().flatten().min()
+        // While an aligned barrier may wait in an output queue, look every few milliseconds
+        // whether it left (nothing wakes the task when it does).
+        let output = self.collecting.values().filter_map(|c| c.awaiting_output).min().map(|d| d.min(Instant::now() + Duration::from_millis(5)));
+        [extra, self.partition.next_flush(), self.barriers.next_deadline(), output].into_iter().flatten().min()
+    }
+
+    /// Aligned snapshots under the aligned-checkpoint timeout whose barrier waited in a remote
+    /// output queue: acknowledged once it left; switched to unaligned at the deadline (the
+    /// barrier overtakes the buffers before it, which become output channel state).
+    fn check_output_barriers(&mut self, now: Instant) {
+        let waiting: Vec<(u64, Instant)> = self.collecting.iter().filter_map(|(id, c)| c.awaiting_output.map(|d| (*id, d))).collect();
+        for (id, deadline) in waiting {
+            if !self.partition.holds_barrier(id) {
+                self.finish_channel_state(id);
+            } else if now >= deadline {
+                let output = self.partition.prioritize_barrier(id);
+                if let Some(c) = self.collecting.get_mut(&id) {
+                    c.output.extend(output);
+                    c.kind = SnapshotKind::TimedOut;
+                }
+                self.finish_channel_state(id);
+            }
+        }
     }
 
     /// The work of every round before input: commands, alignment timeouts, due flushes.
@@ -614,6 +644,7 @@ impl Runner {
                 self.barrier_input(chain, gate, Input::Tick, &[])?;
             }
         }
+        self.check_output_barriers(now);
         self.partition.flush_due(now)
     }
 
@@ -644,6 +675,7 @@ impl Runner {
                 }
             }
             let now = Instant::now();
+            self.check_output_barriers(now);
             self.partition.flush_due(now)?;
             match self.input_allowed(chain, now) {
                 Err(until) => {
@@ -704,6 +736,7 @@ impl Runner {
                 }
                 GatePoll::Item(channel, Item::Event(event)) => self.event(chain, gate, channel, event, &[])?,
                 GatePoll::Priority { channel, event, overtaken } => self.event(chain, gate, channel, event, &overtaken)?,
+                GatePoll::Announce { channel, barrier } => self.barrier_input(chain, gate, Input::Announce { channel, barrier }, &[])?,
                 GatePoll::Timeout => {
                     self.waker.wait(self.deadline(allowed.err().flatten()));
                 }
@@ -903,7 +936,13 @@ impl Runner {
             }
             result
         });
-        if kind == SnapshotKind::Aligned {
+        let awaiting_output = match self.policy {
+            AlignmentPolicy::AlignedThenUnaligned(t) if kind == SnapshotKind::Aligned && !barrier.savepoint && self.partition.holds_barrier(n) => {
+                Some(Instant::now() + t)
+            }
+            _ => None,
+        };
+        if kind == SnapshotKind::Aligned && awaiting_output.is_none() {
             let info = self.info.clone();
             settings.runtime.spawn(async move {
                 let result = upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())));
@@ -911,7 +950,7 @@ impl Runner {
                 (settings.report)(ack);
             });
         } else {
-            self.collecting.insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid });
+            self.collecting.insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid, awaiting_output });
         }
         Ok(())
     }

@@ -169,12 +169,21 @@ impl RocksDbBackend {
     /// Records the SSTs a checkpoint uploaded, so later checkpoints can reference them once it
     /// completes.
     ///
-    /// New entries start unconfirmed, and an SST already tracked keeps its first record. Full
-    /// handles record nothing.
+    /// New entries start unconfirmed. An SST uploaded again by a newer checkpoint (one that was
+    /// snapshotted before the older upload was confirmed) takes the newer record, so later
+    /// checkpoints reference the copy that stays retained. A handle that only reuses the tracked
+    /// file changes nothing. Full handles record nothing.
     pub fn record_uploaded(&mut self, n: u64, handle: &KeyedStateHandle) {
         if let KeyedStateHandle::Incremental { shared, .. } = handle {
             for (name, file) in shared {
-                self.uploaded.entry(name.clone()).or_insert(Uploaded { file: file.clone(), checkpoint: n, confirmed: false });
+                // The newest upload of an SST wins once confirmed: older ones belong to
+                // checkpoints that are subsumed and discarded in turn, their files deleted.
+                match self.uploaded.get(name) {
+                    Some(u) if u.checkpoint >= n || u.file.path == file.path => {}
+                    _ => {
+                        self.uploaded.insert(name.clone(), Uploaded { file: file.clone(), checkpoint: n, confirmed: false });
+                    }
+                }
             }
         }
     }
