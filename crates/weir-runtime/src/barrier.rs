@@ -374,6 +374,10 @@ impl BarrierHandler {
                 self.switch(o, SnapshotKind::TimedOut, now, actions);
             }
         }
+        // An older checkpoint not seen here yet (its barrier still queued behind an aligned
+        // one) can no longer snapshot before this one: it is over here, its barriers stale. The
+        // JobManager subsumes it once this one completes.
+        self.settle(id.saturating_sub(1));
         let p = self.pending.get_mut(&id).expect("switching a pending checkpoint");
         p.phase = Phase::Collecting;
         p.barrier.unaligned = true;
