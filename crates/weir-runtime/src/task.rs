@@ -1160,4 +1160,79 @@ mod tests {
         assert!(quiet_arrived, "the quiet channel's row never left");
         assert!(still_feeding, "the input must still be arriving when the quiet row leaves");
     }
+
+    /// The task loop never blocks inside a send: with its only output channel full and never
+    /// drained (a stalled downstream) and its input queue full too, an unaligned barrier still
+    /// reaches it at once, is forwarded ahead of the queued output, and the checkpoint is
+    /// acknowledged with the in-flight buffers it overtook.
+    #[test]
+    fn a_barrier_passes_a_task_whose_downstream_is_stalled() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let rows = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![7i64; 100]))]).unwrap();
+        let vertex = Vertex {
+            id: 1,
+            name: "pass".into(),
+            parallelism: 1,
+            operators: vec![ChainedOperator {
+                name: "select".into(),
+                uid: "select".into(),
+                spec: OperatorSpec::Select { columns: vec!["k".into()] },
+                output_schema: schema.clone(),
+            }],
+        };
+        let input = Arc::new(InputGate::new(4, vec![None]));
+        // Downstream: one credit, and nobody ever takes anything.
+        let output = Arc::new(InputGate::new(1, vec![None]));
+        let edge = OutputEdge::new(Partitioning::Forward, None, 128, vec![ChannelWriter::Local { gate: output.clone(), index: 0 }], 0);
+        let partition = ResultPartition::new(vec![edge], 1, Duration::from_secs(60));
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let storage = CheckpointStorage::open(&format!("file://{}", dir.path().display()), &Default::default()).unwrap();
+        let (acks_tx, acks) = std::sync::mpsc::channel();
+        let acks_tx = Mutex::new(acks_tx);
+        let checkpointing = CheckpointSettings {
+            mode: CheckpointingMode::ExactlyOnce,
+            alignment: AlignmentPolicy::Unaligned,
+            storage,
+            incremental: false,
+            runtime: runtime.handle().clone(),
+            report: Arc::new(move |ack| {
+                let _ = acks_tx.lock().send(ack);
+            }),
+        };
+        let desc = TaskDescriptor {
+            info: info(),
+            vertex,
+            input_schema: schema.clone(),
+            gate: Some(input.clone()),
+            partition,
+            state: Default::default(),
+            checkpointing: Some(checkpointing),
+            restore: None,
+            connectors: Arc::new(crate::operators::test_util::TestConnectors),
+        };
+        let task = Task::spawn(desc, Arc::new(|_| {})).unwrap();
+        let feeder = {
+            let input = input.clone();
+            std::thread::spawn(move || while input.push_blocking(0, Item::Buffer(rows.clone())).is_ok() {})
+        };
+        // Backpressure all the way: the output holds its credit's worth (and the overdraft of
+        // the one batch taken), the input queue is full, the feeder waits.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(output.queued_buffers(0) >= 1 && input.queued_buffers(0) == 4) {
+            assert!(Instant::now() < deadline, "the task never became backpressured");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stalled_output = output.queued_items(0);
+        let barrier = Barrier { unaligned: true, ..Barrier::new(1, 0, false) };
+        assert_eq!(input.push_priority(0, Event::Barrier(barrier)).unwrap(), 4, "the barrier overtook the full input queue");
+        let ack = acks.recv_timeout(Duration::from_secs(30)).expect("the checkpoint is acknowledged while the downstream is stalled");
+        assert_eq!((ack.checkpoint, ack.kind), (1, SnapshotKind::Unaligned));
+        assert!(ack.result.is_ok(), "{:?}", ack.result);
+        assert!(ack.inflight_bytes > 0, "the overtaken input buffers are persisted");
+        assert_eq!(output.queued_items(0), stalled_output + 1, "the barrier was forwarded into the stalled output");
+        task.cancel();
+        feeder.join().unwrap();
+        task.join();
+    }
 }
