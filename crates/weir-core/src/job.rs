@@ -67,7 +67,8 @@ enum RawOp {
     Blackhole,
 }
 
-const TRANSFORMS: &[&str] = &["split", "upper", "lower", "filter", "select", "throttle", "key_by", "rebalance", "count", "sum", "min", "max"];
+const TRANSFORMS: &[&str] =
+    &["split", "upper", "lower", "filter", "select", "throttle", "key_by", "rebalance", "count", "sum", "min", "max"];
 const SOURCES: &[&str] = &["datagen", "socket", "file"];
 const SINKS: &[&str] = &["print", "file", "blackhole"];
 const COMMON_STEP_KEYS: &[&str] = &["parallelism", "uid", "name"];

@@ -529,7 +529,10 @@ impl CheckpointCoordinator {
                             .unwrap_or_default()
                     })
                     .collect();
-                if subtasks.iter().any(|s| !s.keyed.is_empty() || s.operator.is_some() || s.input_channels.is_some() || s.output_channels.is_some()) {
+                if subtasks
+                    .iter()
+                    .any(|s| !s.keyed.is_empty() || s.operator.is_some() || s.input_channels.is_some() || s.output_channels.is_some())
+                {
                     operators.push(OperatorState {
                         uid: op.uid.clone(),
                         parallelism: v.parallelism,
@@ -595,7 +598,8 @@ impl CheckpointCoordinator {
     /// `deferred_deletes`), except those a checkpoint completed since references again.
     fn delete_settled_files(&mut self, out: &mut Vec<Action>) {
         let lowest_open = self.pending.keys().next().copied().unwrap_or(self.next_id);
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred_deletes).into_iter().partition(|(upto, _)| *upto < lowest_open);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred_deletes).into_iter().partition(|(upto, _)| *upto < lowest_open);
         self.deferred_deletes = waiting;
         let paths: Vec<String> = ready.into_iter().flat_map(|(_, p)| p).filter(|p| !self.registry.is_referenced(p)).collect();
         if !paths.is_empty() {

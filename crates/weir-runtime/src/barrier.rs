@@ -198,15 +198,7 @@ impl BarrierHandler {
     /// source task, which gets no barriers through a gate).
     pub fn new(mode: CheckpointingMode, policy: AlignmentPolicy, channels: usize) -> Self {
         let policy = if mode == CheckpointingMode::AtLeastOnce { AlignmentPolicy::Aligned } else { policy };
-        Self {
-            mode,
-            policy,
-            ended: vec![false; channels],
-            pending: BTreeMap::new(),
-            settled: 0,
-            canceled: BTreeSet::new(),
-            collecting: 0,
-        }
+        Self { mode, policy, ended: vec![false; channels], pending: BTreeMap::new(), settled: 0, canceled: BTreeSet::new(), collecting: 0 }
     }
 
     /// Channels that have not delivered their end of partition yet.
@@ -232,10 +224,7 @@ impl BarrierHandler {
     /// checkpoint is collecting.
     pub fn records(&self, channel: usize) -> impl Iterator<Item = u64> + '_ {
         let any = self.collecting > 0;
-        self.pending
-            .iter()
-            .filter(move |(_, p)| any && p.phase == Phase::Collecting && !p.received[channel])
-            .map(|(id, _)| *id)
+        self.pending.iter().filter(move |(_, p)| any && p.phase == Phase::Collecting && !p.received[channel]).map(|(id, _)| *id)
     }
 
     /// Whether some checkpoint is collecting channel state.
@@ -284,10 +273,8 @@ impl BarrierHandler {
                         _ => None,
                     };
                     let channels = self.ended.len();
-                    self.pending.insert(
-                        n,
-                        Pending { barrier, received: vec![false; channels], started: now, phase: Phase::Aligning { deadline } },
-                    );
+                    self.pending
+                        .insert(n, Pending { barrier, received: vec![false; channels], started: now, phase: Phase::Aligning { deadline } });
                     if unaligned {
                         let kind = if self.policy == AlignmentPolicy::Unaligned { SnapshotKind::Unaligned } else { SnapshotKind::TimedOut };
                         self.switch(n, kind, now, &mut actions);
@@ -437,8 +424,7 @@ impl BarrierHandler {
                 }
                 Phase::Aligning { .. } => {
                     // Older incomplete checkpoints are subsumed by a newer complete one.
-                    let older: Vec<u64> =
-                        self.pending.range(..id).filter(|(_, o)| o.phase != Phase::Collecting).map(|(k, _)| *k).collect();
+                    let older: Vec<u64> = self.pending.range(..id).filter(|(_, o)| o.phase != Phase::Collecting).map(|(k, _)| *k).collect();
                     for o in older {
                         self.abort(o, format!("subsumed by checkpoint {id}"), actions);
                     }
@@ -489,7 +475,10 @@ mod tests {
         let done = h.handle(Input::Barrier { channel: 2, barrier: b(1) }, t + Duration::from_millis(5));
         assert_eq!(done[0], Action::Block(2));
         assert!(done.contains(&Action::Unblock(0)) && done.contains(&Action::Unblock(1)) && done.contains(&Action::Unblock(2)));
-        assert_eq!(done.last(), Some(&Action::Snapshot { barrier: b(1), alignment: Duration::from_millis(5), kind: SnapshotKind::Aligned }));
+        assert_eq!(
+            done.last(),
+            Some(&Action::Snapshot { barrier: b(1), alignment: Duration::from_millis(5), kind: SnapshotKind::Aligned })
+        );
         assert!(h.pending().is_empty());
     }
 
@@ -688,7 +677,10 @@ mod tests {
         Buf(u32),
         /// A barrier; `priority` if the upstream sent it unaligned (it overtakes queued buffers
         /// in the receiving gate).
-        Barrier { id: u64, priority: bool },
+        Barrier {
+            id: u64,
+            priority: bool,
+        },
         Cancel(u64),
         End,
     }
@@ -870,14 +862,26 @@ mod tests {
         last_snapshot: &mut u64,
         expected: &BTreeMap<u64, BTreeSet<u32>>,
     ) -> Result<(), TestCaseError> {
-        let check = |id: u64, at_snapshot: &BTreeMap<u64, BTreeSet<u32>>, state: &BTreeMap<u64, BTreeSet<u32>>| -> Result<(), TestCaseError> {
-            let snap = at_snapshot.get(&id).cloned().unwrap_or_default();
-            let st = state.get(&id).cloned().unwrap_or_default();
-            prop_assert!(snap.is_disjoint(&st), "checkpoint {id}: buffers both processed before the snapshot and in channel state: {:?}", snap.intersection(&st).collect::<Vec<_>>());
-            let cut: BTreeSet<u32> = snap.union(&st).copied().collect();
-            prop_assert_eq!(&cut, &expected[&id], "checkpoint {} is not the cut at its barriers (snapshot {:?}, channel state {:?})", id, snap, st);
-            Ok(())
-        };
+        let check =
+            |id: u64, at_snapshot: &BTreeMap<u64, BTreeSet<u32>>, state: &BTreeMap<u64, BTreeSet<u32>>| -> Result<(), TestCaseError> {
+                let snap = at_snapshot.get(&id).cloned().unwrap_or_default();
+                let st = state.get(&id).cloned().unwrap_or_default();
+                prop_assert!(
+                    snap.is_disjoint(&st),
+                    "checkpoint {id}: buffers both processed before the snapshot and in channel state: {:?}",
+                    snap.intersection(&st).collect::<Vec<_>>()
+                );
+                let cut: BTreeSet<u32> = snap.union(&st).copied().collect();
+                prop_assert_eq!(
+                    &cut,
+                    &expected[&id],
+                    "checkpoint {} is not the cut at its barriers (snapshot {:?}, channel state {:?})",
+                    id,
+                    snap,
+                    st
+                );
+                Ok(())
+            };
         for a in actions {
             match a {
                 Action::Block(x) => blocked[*x] = true,

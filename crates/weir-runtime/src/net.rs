@@ -48,13 +48,12 @@
 //! `BUFFER` bodies to the gate still encoded, for the receiving task to decode.
 //!
 //! ## Known limitations
-//! - Only the dialing side gives up (8 attempts, about 4.5 s of backoff in all). The side that
+//! - Only the dialing side gives up (9 attempts, about 4.5 s of backoff in all). The side that
 //!   waits to be dialed has no timeout: its sending tasks block once their queues are full, until
 //!   the connection comes or the job is released.
 //! - An `ANNOUNCE` for a channel whose attempt this side has already released creates a
 //!   sending end that nobody writes to; it stays (and the writer scans it on every wake) until
 //!   the link breaks.
-//! - The accept loop retries a failing `accept` at once, without a pause.
 
 use crate::buffer::{encode_batch, ChannelId, Event, Item};
 use crate::gate::{CreditReturn, InputGate};
@@ -67,6 +66,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use weir_core::retry::{retry, Backoff, Failure};
 
 /// First frame of a connection: the dialer's TaskManager id, UTF-8.
 const HELLO: u8 = 0;
@@ -84,6 +84,8 @@ const ANNOUNCE: u8 = 4;
 /// Channel id + an encoded [`Event`] sent with priority: the receiver queues it ahead of the
 /// buffers waiting in the channel's queue (see [`InputGate::push_priority`]).
 const PRIORITY_EVENT: u8 = 5;
+/// How a link dials its peer: 9 attempts, 50 ms apart doubling up to 1 s (about 4.5 s in all).
+const DIAL_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).with_max_attempts(9);
 /// Upper bound on one frame, against corrupt length prefixes.
 const MAX_FRAME: usize = 256 << 20;
 
@@ -143,7 +145,11 @@ impl NetworkEnvironment {
         let weak = Arc::downgrade(&env);
         tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
+                let Ok((socket, _)) = listener.accept().await else {
+                    // Out of file descriptors, most likely: pause rather than spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 let Some(env) = weak.upgrade() else { return };
                 tokio::spawn(async move { env.accept(socket).await });
             }
@@ -376,29 +382,30 @@ impl PeerLink {
         self.state.lock().subs.retain(|s| &s.id != id);
     }
 
-    /// Connects to the peer at `addr` and sends `HELLO`: 8 attempts, waiting 50 ms doubling up to
-    /// 1 s between them. If all fail, the link breaks, failing every channel on it with a reason
+    /// Connects to the peer at `addr` and sends `HELLO`, retrying per [`DIAL_RETRY`] (the shared
+    /// [`weir_core::retry`] helper). If all fail, the link breaks, failing every channel on it with a reason
     /// naming the peer and the address.
     async fn dial(self: Arc<Self>, env: Arc<NetworkEnvironment>, addr: String) {
-        let mut delay = Duration::from_millis(50);
-        for attempt in 0..8 {
-            match TcpStream::connect(&addr).await {
-                Ok(mut socket) => {
-                    let _ = socket.set_nodelay(true);
-                    let mut frame = BytesMut::new();
-                    put_frame(&mut frame, HELLO, env.tm_id.as_bytes());
-                    if socket.write_all(&frame).await.is_ok() {
-                        self.attach(env, socket);
-                        return;
-                    }
-                }
-                Err(e) => tracing::debug!(peer = %self.peer, %addr, attempt, "dial failed: {e}"),
+        let (addr_ref, env_ref) = (&addr, &env);
+        let connect = || async move {
+            let mut socket = TcpStream::connect(addr_ref).await?;
+            let _ = socket.set_nodelay(true);
+            let mut frame = BytesMut::new();
+            put_frame(&mut frame, HELLO, env_ref.tm_id.as_bytes());
+            socket.write_all(&frame).await?;
+            Ok::<_, std::io::Error>(socket)
+        };
+        let log = |f: &Failure<'_, std::io::Error>| {
+            tracing::debug!(peer = %self.peer, addr = %addr_ref, attempt = f.attempt, "dial failed: {}", f.error);
+            true
+        };
+        match retry(&DIAL_RETRY, connect, log).await {
+            Ok(socket) => self.attach(env, socket),
+            Err(_) => {
+                let reason = format!("cannot open a data connection to TaskManager {} at {addr}", self.peer);
+                self.break_link(&env, &reason);
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
         }
-        let reason = format!("cannot open a data connection to TaskManager {} at {addr}", self.peer);
-        self.break_link(&env, &reason);
     }
 
     /// Marks the link broken (the first reason wins; later calls do nothing), fails its channels
@@ -495,9 +502,7 @@ impl PeerLink {
             }
             for (kind, id, body) in frames.drain(..) {
                 head.clear();
-                head.put_u32((1 + ChannelId::ENCODED_LEN + body.len()) as u32);
-                head.put_u8(kind);
-                id.encode(&mut head);
+                put_frame_header(&mut head, kind, Some(&id), body.len());
                 out.write_all(&head).await?;
                 out.write_all(&body).await?;
             }
@@ -555,9 +560,19 @@ fn invalid(msg: &str) -> std::io::Error {
 
 /// Appends one frame whose body has no channel id (`HELLO`).
 fn put_frame(buf: &mut BytesMut, kind: u8, body: &[u8]) {
-    buf.put_u32(1 + body.len() as u32);
-    buf.put_u8(kind);
+    put_frame_header(buf, kind, None, body.len());
     buf.put_slice(body);
+}
+
+/// Appends a frame's header: `u32 length | u8 kind`, then the channel id if it has one; the body
+/// (`body_len` bytes) follows. The one place the frame layout is written; [`read_frame`] reads it.
+fn put_frame_header(buf: &mut BytesMut, kind: u8, id: Option<&ChannelId>, body_len: usize) {
+    let id_len = if id.is_some() { ChannelId::ENCODED_LEN } else { 0 };
+    buf.put_u32((1 + id_len + body_len) as u32);
+    buf.put_u8(kind);
+    if let Some(id) = id {
+        id.encode(buf);
+    }
 }
 
 /// Reads one frame and returns its kind and the body after it. A length of 0 or above
@@ -726,7 +741,8 @@ impl RemoteSubpartition {
     /// overtook (output channel state), or `None` if the barrier already left.
     pub fn prioritize_barrier(&self, id: u64) -> Option<Vec<Bytes>> {
         let mut st = self.state.lock();
-        let pos = st.queue.iter().position(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))?;
+        let pos =
+            st.queue.iter().position(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))?;
         let (_, body) = st.queue.remove(pos).expect("found above");
         let Ok(Event::Barrier(b)) = Event::decode(&body) else { unreachable!("matched above") };
         let at = st.queue.range(..pos).rposition(|(k, _)| *k != BUFFER).map_or(0, |i| i + 1);

@@ -611,7 +611,8 @@ impl Runner {
     fn deadline(&self, extra: Option<Instant>) -> Option<Instant> {
         // While an aligned barrier may wait in an output queue, look every few milliseconds
         // whether it left (nothing wakes the task when it does).
-        let output = self.collecting.values().filter_map(|c| c.awaiting_output).min().map(|d| d.min(Instant::now() + Duration::from_millis(5)));
+        let output =
+            self.collecting.values().filter_map(|c| c.awaiting_output).min().map(|d| d.min(Instant::now() + Duration::from_millis(5)));
         [extra, self.partition.next_flush(), self.barriers.next_deadline(), output].into_iter().flatten().min()
     }
 
@@ -937,7 +938,9 @@ impl Runner {
             result
         });
         let awaiting_output = match self.policy {
-            AlignmentPolicy::AlignedThenUnaligned(t) if kind == SnapshotKind::Aligned && !barrier.savepoint && self.partition.holds_barrier(n) => {
+            AlignmentPolicy::AlignedThenUnaligned(t)
+                if kind == SnapshotKind::Aligned && !barrier.savepoint && self.partition.holds_barrier(n) =>
+            {
                 Some(Instant::now() + t)
             }
             _ => None,
@@ -950,7 +953,8 @@ impl Runner {
                 (settings.report)(ack);
             });
         } else {
-            self.collecting.insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid, awaiting_output });
+            self.collecting
+                .insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid, awaiting_output });
         }
         Ok(())
     }
@@ -970,7 +974,9 @@ impl Runner {
                 let mut input = Vec::with_capacity(c.input.len());
                 for (channel, item) in c.input {
                     let ipc = match item {
-                        Item::Buffer(b) => encode_batch(&b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?,
+                        Item::Buffer(b) => {
+                            encode_batch(&b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?
+                        }
                         Item::Encoded(bytes) => bytes,
                         Item::Event(_) => continue,
                     };
