@@ -19,7 +19,8 @@ use weir_state::metadata::CheckpointMetadata;
 use weir_state::storage::layout;
 use weir_state::CheckpointStorage;
 
-/// A gRPC client of one TaskManager.
+/// A gRPC client of one TaskManager, built by `tm_client` in `state.rs`: connected lazily,
+/// every call bounded, so an effect never waits forever on a dead TaskManager.
 pub(crate) type TmClient = TaskManagerServiceClient<Channel>;
 
 /// A TaskManager to call: its id (for errors and probes) and its client.
@@ -32,8 +33,11 @@ pub(crate) struct TmTarget {
 /// The checkpoint RPCs of the TaskManager service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CheckpointCall {
+    /// `TriggerCheckpoint`: sources inject a barrier (every task, for the final checkpoint).
     Trigger,
+    /// `NotifyCheckpointComplete`: `_metadata` is written; two-phase-commit sinks commit.
     NotifyComplete,
+    /// `AbortCheckpoint`: tasks drop what they collected for the checkpoint.
     Abort,
 }
 
@@ -49,15 +53,22 @@ impl CheckpointCall {
 
 /// Something the JobManager must do outside its lock.
 pub(crate) enum Effect {
-    /// A checkpoint RPC to each TaskManager in `to`.
+    /// A checkpoint RPC to each TaskManager in `to`, each call a task of its own. A failed
+    /// call is logged and the TaskManager probed; a failed trigger also fails the checkpoint
+    /// at once ([`Event::TriggerFailed`]) rather than at its timeout.
     CheckpointRpc { call: CheckpointCall, to: Vec<TmTarget>, request: CheckpointRequest },
     /// Write a checkpoint's `_metadata`; the outcome comes back as a follow-up.
     WriteMetadata { job_id: String, storage: CheckpointStorage, metadata: CheckpointMetadata },
-    /// Delete a checkpoint's folder.
+    /// Delete a checkpoint's folder (`chk-<id>`, with everything under it). Failures are
+    /// logged only; note that a leftover folder with a `_metadata` is still a candidate when a
+    /// restarted JobManager looks for the newest checkpoint (`recover.rs`).
     DeleteCheckpoint { job_id: String, storage: CheckpointStorage, id: u64 },
     /// Delete files (shared SSTs nothing references any more).
     DeleteFiles { storage: CheckpointStorage, paths: Vec<String> },
-    /// Cancel a job attempt's tasks on each TaskManager in `to`.
+    /// Cancel a job attempt's tasks on each TaskManager in `to`. The request names the
+    /// attempt, so a TaskManager already running a newer one keeps it. Best effort: a failed
+    /// call is logged at debug level, and a TaskManager that cannot be reached is left to the
+    /// heartbeat monitor.
     CancelTasks { to: Vec<TmTarget>, request: CancelTasksRequest },
     /// Write the job's catalog entry (with its sequence number: an older entry never
     /// overwrites a newer one).
@@ -69,6 +80,10 @@ pub(crate) enum Effect {
 }
 
 /// Outcomes and timers that come back to the JobManager's state, routed by the driver.
+///
+/// Sent through [`Executor::send`] (by the executor's own tasks, the scheduler, or an
+/// [`Effect::Followup`] a decision returned) and handled one at a time, in the order sent;
+/// see `driver.rs` for what each one starts.
 #[derive(Debug)]
 pub(crate) enum Followup {
     /// A new job was added: schedule it and start its checkpoint timer.
@@ -105,6 +120,8 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
+    /// An executor that sends follow-ups to the driver's channel and, with
+    /// `jobmanager.catalog.dir`, writes catalog entries to `catalog`.
     pub fn new(followups: UnboundedSender<Followup>, catalog: Option<Catalog>) -> Self {
         Self { followups, catalog }
     }
@@ -122,6 +139,8 @@ impl Executor {
         }
     }
 
+    /// Performs one effect. Only `SaveCatalog` and `Followup` are done before this returns;
+    /// everything else is spawned on the runtime and reports back, if at all, by follow-up.
     fn perform_one(&self, effect: Effect) {
         match effect {
             Effect::CheckpointRpc { call, to, request } => {
@@ -181,6 +200,9 @@ impl Executor {
         }
     }
 
+    /// One checkpoint RPC to one TaskManager. A failure is reported as a follow-up: a
+    /// trigger that did not arrive fails its checkpoint, and any failed call asks for a probe,
+    /// which declares the TaskManager lost if it no longer answers at all.
     async fn checkpoint_rpc(&self, call: CheckpointCall, mut target: TmTarget, request: CheckpointRequest) {
         let id = request.checkpoint_id;
         let job_id = request.job_id.clone();

@@ -3,6 +3,12 @@
 //! checkpoint coordinator. State changes go through [`Job::apply`] (the lifecycle's transition
 //! function) and [`Job::checkpoint`] (the coordinator's); the JobManager's state
 //! (`state.rs`) decides what to do around them.
+//!
+//! A job runs as a sequence of attempts. Each attempt gets its slots and its subtask table
+//! afresh ([`Job::assign_slots`]) and restores from the newest completed checkpoint
+//! ([`Job::next_attempt`]); the coordinator, restart history and catalog sequence number
+//! live as long as the job. Nothing here does I/O, reads a clock or knows other jobs: free
+//! slots, TaskManagers and effects are `state.rs`'s business.
 
 use crate::catalog::JobRecord;
 use crate::coordinator::{Action, CheckpointCoordinator, CoordinatorSettings, Event, Now, SubtaskKey, TaskView};
@@ -21,17 +27,25 @@ use weir_state::CheckpointStorage;
 /// The job file as submitted, and where it came from (kept for the catalog).
 #[derive(Debug, Clone)]
 pub(crate) struct JobDefinition {
+    /// The job file's text, compiled again when a JobManager recovers the job.
     pub text: String,
+    /// Where the text came from (a file name, or `job`), for compile errors.
     pub origin: String,
 }
 
-/// Everything needed to add a job.
+/// Everything needed to add a job, built by a submission (`service.rs`) or by recovery
+/// (`recover.rs`); both compile the job and read its settings before, so a job that exists
+/// is one whose configuration was accepted.
 pub(crate) struct NewJob {
+    /// The job id; recovery keeps the id the job was submitted under.
     pub id: String,
     pub name: String,
     pub graph: JobGraph,
+    /// The effective configuration (cluster, job file, `-D`).
     pub config: Config,
+    /// Its typed settings: checkpointing, restart strategy, state backend.
     pub settings: JobSettings,
+    /// Opened when `execution.checkpointing.dir` is set.
     pub storage: Option<CheckpointStorage>,
     pub definition: JobDefinition,
     /// What the first attempt restores from (`weir run -s`, or a recovered checkpoint).
@@ -194,6 +208,11 @@ impl Job {
     }
 
     /// Moves the lifecycle on. On a terminal state the end time is set.
+    ///
+    /// An event the current state does not allow is refused and changes nothing; callers
+    /// that reached the event by a race (a cancel meanwhile, say) treat that as moot. Only
+    /// the state changes here: freeing slots, canceling tasks, telling the coordinator and
+    /// writing the catalog are up to the caller, from the state returned.
     pub fn apply(&mut self, event: LifecycleEvent, now: Now) -> Result<JobStatus, IllegalTransition> {
         let to = transition(self.status, event)?;
         if to != self.status {
@@ -212,11 +231,16 @@ impl Job {
     }
 
     /// Consults the restart strategy on a failure: the delay before the next attempt, if any.
+    /// A delay counts as a restart granted. How long the attempt ran is measured from the last
+    /// time every subtask ran (or from submission), which exponential-delay compares with its
+    /// reset threshold.
     pub fn restart_delay(&mut self, now: Now) -> Option<std::time::Duration> {
         self.restarts.on_failure(now.instant, now.instant.duration_since(self.running_since))
     }
 
     /// Slots were allocated on these TaskManagers: the attempt's subtasks are deploying.
+    /// `slots[i]` is the TaskManager of slot i, which runs subtask i of every vertex; every
+    /// subtask starts DEPLOYING with zero counters.
     pub fn assign_slots(&mut self, slots: Vec<String>) {
         self.tasks.clear();
         for v in &self.graph.vertices {
@@ -239,6 +263,12 @@ impl Job {
     }
 
     /// A new attempt: restores the newest completed checkpoint (or what the job started from).
+    ///
+    /// Called by the state on RESTARTING → CREATED. The subtask table is emptied, so reports
+    /// still arriving for the old attempt find nothing to update; the coordinator hears of
+    /// the new attempt separately (`Event::AttemptStarted`). Until a checkpoint of its own
+    /// completed (always, without checkpoint storage), the job restarts from what its first
+    /// attempt restored, or from nothing.
     pub fn next_attempt(&mut self) {
         self.attempt += 1;
         self.tasks.clear();
@@ -249,6 +279,8 @@ impl Job {
     }
 
     /// Records a subtask's state; false if the subtask is not one of the attempt's.
+    /// The last subtask to report RUNNING restarts the clock of how long the attempt ran
+    /// (see [`Job::restart_delay`]).
     pub fn record_task(&mut self, key: SubtaskKey, state: TaskState, records: (u64, u64), now: Now) -> bool {
         let Some(t) = self.tasks.get_mut(&key) else { return false };
         *t = TaskEntry { state, records_in: records.0, records_out: records.1 };
@@ -286,7 +318,10 @@ impl Job {
         self.coordinator.handle(now, event)
     }
 
-    /// The job's catalog entry, with the next sequence number.
+    /// The job's catalog entry, with the next sequence number. Every call takes a new
+    /// number, so call it once per entry to be written, at the decision that calls for it:
+    /// the order of the numbers is then the order of the decisions, whatever order the
+    /// writes run in.
     pub fn catalog_record(&mut self) -> (JobRecord, u64) {
         self.catalog_seq += 1;
         let record = JobRecord {
@@ -301,7 +336,8 @@ impl Job {
         (record, self.catalog_seq)
     }
 
-    /// The job as the CLI shows it.
+    /// The job as the CLI shows it (`weir status`, `weir list`): per vertex, how many
+    /// subtasks run and finished, and their summed record counters as last reported.
     pub fn status_view(&self) -> weir_proto::JobStatus {
         let vertices = self
             .graph

@@ -2,6 +2,16 @@
 //! under its id, as a new attempt, restoring the latest checkpoint whose `_metadata` is in
 //! its checkpoint storage (a `_metadata` that does not read is reported and skipped, and the
 //! next older one is tried). It is then scheduled as soon as TaskManagers (re-)register.
+//!
+//! Which jobs come back is decided by the state name of their last catalog entry: FINISHED,
+//! FAILED and CANCELED stay ended; every other state (SUSPENDED after a clean shutdown, or
+//! whatever state the job was in when the JobManager died) is resumed. The job is compiled
+//! again from the job file kept in its entry, with the configuration it ran under (every
+//! explicitly set key: the old cluster's, the job file's, `-D`) applied over this
+//! JobManager's: a key the old cluster set keeps its old value, a key left at its default
+//! takes the new cluster's. Nothing of the previous JobManager's memory survives: restart
+//! history, the checkpoint history of `weir checkpoints`, and what the job was first started
+//! from with `weir run -s` (the entry does not record it) start afresh.
 
 use crate::catalog::{Catalog, JobRecord};
 use crate::effects::Executor;
@@ -15,6 +25,11 @@ use weir_state::CheckpointStorage;
 /// Adds every unfinished job of the catalog again, each as a new attempt from its latest
 /// readable checkpoint. A job that cannot be recovered (its job file no longer compiles, its
 /// storage cannot be opened) is reported and left out; the others still recover.
+///
+/// Called by [`crate::start`] once, after the driver runs and before the RPC server and the
+/// heartbeat monitor start, so no TaskManager is registered yet: every recovered job waits
+/// for slots, and its `slot.request.timeout` counts from here. Its catalog entry is written
+/// again (CREATED, the new attempt) by [`JobManagerState::add_job`].
 pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, catalog: &Catalog) {
     for record in catalog.load().into_iter().filter(|r| !r.is_terminal()) {
         let id = record.id.clone();
@@ -30,6 +45,11 @@ pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, c
 
 /// The job a catalog record describes, compiled under this JobManager's configuration, with
 /// its restore point and the checkpoint id it continues from.
+///
+/// The attempt continues after the recorded one, so that messages of the previous
+/// JobManager's tasks, should any still arrive, never count; checkpoint ids continue after
+/// the restore point. Errors are messages for the log, naming what failed to compile or
+/// open.
 async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Option<u64>), String> {
     let overrides = Config::from_pairs(r.config.iter()).map_err(|e| e.to_string())?;
     let (graph, config) = weir_core::job::compile_job(&r.definition, &r.origin, state.config(), &overrides).map_err(|e| e.to_string())?;
@@ -57,7 +77,9 @@ async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Optio
     Ok((new, checkpoint))
 }
 
-/// The newest readable `_metadata` of `job`.
+/// The newest readable `_metadata` of `job`, found by listing its `chk-<n>/_metadata` files
+/// in `storage`, newest first. `None` if there is none, if none reads, or if the listing
+/// itself fails: the job then starts without state.
 pub(crate) async fn latest_checkpoint(storage: &CheckpointStorage, job: &str) -> Option<CheckpointMetadata> {
     let files = storage.list(job).await.ok()?;
     let mut ids: Vec<u64> = files

@@ -4,7 +4,12 @@
 //! acknowledgements and declines) and the CLI (submit, list, status, cancel, checkpoints,
 //! cluster). Every method only translates: it validates the request, calls the state, and hands
 //! the effects the state returns to the executor. Bad input is `INVALID_ARGUMENT` naming what is
-//! wrong; an unknown job is `NOT_FOUND` naming its id.
+//! wrong; an unknown job asked for by the CLI is `NOT_FOUND` naming its id.
+//!
+//! TaskManager reports (task states, acknowledgements, declines) are answered with success
+//! even when they no longer count: they carry their job id and attempt, and the state
+//! ignores one of an older attempt, or of a job this JobManager does not know (say, one
+//! submitted to an earlier JobManager without a catalog).
 
 use crate::coordinator::{AckStats, Event};
 use crate::effects::Executor;
@@ -21,6 +26,10 @@ use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInf
 use weir_state::CheckpointStorage;
 
 /// Reads the `_metadata` of a retained checkpoint given as `<root>/<job>/chk-<n>[/_metadata]`.
+///
+/// For `weir run -s`. A path without a scheme is a local one (`file://`). Every failure (a
+/// path of another shape, storage that does not open, `_metadata` that does not read) is
+/// `INVALID_ARGUMENT` naming the path, so the submission is refused before a job exists.
 async fn read_restore(path: &str, config: &Config) -> Result<RestoreInfo, Status> {
     let (root, rel) = split_checkpoint_path(path).ok_or_else(|| {
         Status::invalid_argument(format!(
@@ -37,13 +46,20 @@ async fn read_restore(path: &str, config: &Config) -> Result<RestoreInfo, Status
 /// The gRPC service: translates requests into calls on the state and hands the resulting
 /// effects to the executor; it decides nothing itself.
 pub(crate) struct JobManagerRpc {
+    /// Where every request's decision is made.
     pub state: Arc<JobManagerState>,
+    /// Performs the effects a decision returns: catalog entries are written before the RPC
+    /// answers, RPCs to TaskManagers and storage calls go on after it.
     pub executor: Executor,
 }
 
 #[tonic::async_trait]
 impl JobManagerService for JobManagerRpc {
     /// A TaskManager offers its slots; the answer tells it how often to heartbeat.
+    ///
+    /// Zero slots, or an RPC address that does not make an `http://` URI, is `INVALID_ARGUMENT`.
+    /// Registering again under a known id replaces the entry (all its slots free again);
+    /// schedulers waiting for slots look again at once.
 
     async fn register_task_manager(
         &self,
@@ -60,6 +76,7 @@ impl JobManagerService for JobManagerRpc {
 
     /// A TaskManager is alive. `known = false` tells one that was declared lost (or that
     /// registered with an earlier JobManager) to cancel its tasks and register again.
+    /// Only the time of the heartbeat is recorded; the executions it lists are not checked.
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let known = self.state.heartbeat(&request.get_ref().taskmanager_id);
@@ -68,6 +85,9 @@ impl JobManagerService for JobManagerRpc {
 
     /// A subtask changed state (running, finishing, finished, failed, canceled), with its record
     /// counters. A failure is probed before it fails the job (see `failover.rs`).
+    ///
+    /// Which job state a report moves to is decided by `JobManagerState::task_update`. A
+    /// state number this JobManager does not know is recorded as `UNSPECIFIED`.
 
     async fn update_task_state(&self, request: Request<UpdateTaskStateRequest>) -> Result<Response<UpdateTaskStateResponse>, Status> {
         let r = request.into_inner();
@@ -90,6 +110,12 @@ impl JobManagerService for JobManagerRpc {
     /// overrides, reads its typed settings once (a bad combination is refused here, naming the
     /// key), opens its checkpoint storage and, with `-s`, reads the checkpoint it starts from.
     /// The job is then scheduled by the driver.
+    ///
+    /// Every refusal is `INVALID_ARGUMENT`, and no job is added. With checkpointing on or
+    /// `-s` given but no `execution.checkpointing.dir`, the directory defaults to
+    /// `weir-checkpoints` in the JobManager's temporary directory. The answer (the new job's
+    /// id) comes once the job is CREATED and its catalog entry (if any) written, not once it
+    /// runs.
 
     async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobResponse>, Status> {
         let r = request.into_inner();
@@ -140,6 +166,7 @@ impl JobManagerService for JobManagerRpc {
     }
 
     /// Cancels a job: at once if it runs no tasks, else once its tasks stopped.
+    /// Canceling a job that already ended (or is being canceled) succeeds and changes nothing.
 
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
         let effects = self.state.cancel_job(&request.get_ref().job_id).map_err(Status::not_found)?;
@@ -148,6 +175,10 @@ impl JobManagerService for JobManagerRpc {
     }
 
     /// A subtask took checkpoint n and uploaded its state: the handles go to the coordinator.
+    ///
+    /// The handles are JSON (`(operator uid, state)` pairs); handles that do not parse are
+    /// `INVALID_ARGUMENT`. The last acknowledgement of n makes the coordinator write its
+    /// `_metadata`. An unknown snapshot kind is counted as aligned.
 
     async fn acknowledge_checkpoint(
         &self,

@@ -47,9 +47,11 @@ struct TaskManagerEntry {
     used: u32,
     /// When it last heartbeated; silent for `heartbeat.timeout`, it is lost.
     last_heartbeat: Instant,
+    /// Its gRPC client; every effect addressed to it gets a clone (they share one connection).
     client: TmClient,
 }
 
+/// Everything behind the lock.
 #[derive(Default)]
 struct Inner {
     /// Registered TaskManagers by id.
@@ -64,7 +66,7 @@ struct Inner {
 pub(crate) enum Allocation {
     /// The job no longer waits for slots (canceled, ended, or unknown).
     NotWaiting,
-    /// Not enough free slots yet.
+    /// Not enough free slots yet; the numbers are for the message if the wait times out.
     Waiting { needed: u32, free: u32, total: u32, taskmanagers: usize },
     /// Slots taken and the job RUNNING: deploy these.
     Deploy(Vec<DeployCall>),
@@ -73,19 +75,26 @@ pub(crate) enum Allocation {
 /// One deployment RPC.
 pub(crate) struct DeployCall {
     pub taskmanager: TmTarget,
+    /// The subtasks this TaskManager runs, with everything every TaskManager of the attempt
+    /// gets alike: the graph, the configuration, where every subtask runs, the restore point.
     pub request: DeployTasksRequest,
 }
 
 /// What the JobManager knows, behind one lock. See the module header.
 pub struct JobManagerState {
+    /// The cluster configuration jobs are compiled under.
     config: Config,
+    /// Heartbeat interval and timeout, slot request timeout, catalog directory.
     settings: JobManagerConfig,
     inner: Mutex<Inner>,
     /// Signalled when slots may have become free (a TaskManager joined, a job ended).
     slots_changed: Notify,
 }
 
-/// A gRPC client for a TaskManager's RPC address (connected lazily).
+/// A gRPC client for a TaskManager's RPC address (connected lazily). Connecting is bounded
+/// by 3 s and every call by 30 s, so an RPC to a TaskManager that vanished fails instead of
+/// hanging: a deployment then fails its attempt, a checkpoint RPC asks for a probe. `None`
+/// if the address does not make a URI.
 fn tm_client(rpc_address: &str) -> Option<TmClient> {
     let endpoint = Endpoint::from_shared(format!("http://{rpc_address}"))
         .ok()?
@@ -124,6 +133,10 @@ fn save_catalog(job: &mut Job) -> Effect {
 }
 
 /// Hands `event` to the job's coordinator and addresses the resulting actions.
+///
+/// Addresses are the job's TaskManagers as they are now (lost ones left out). The requests
+/// carry the attempt the checkpoint belongs to, and a TaskManager acts only on the tasks of
+/// that attempt.
 fn checkpoint_event(tms: &HashMap<String, TaskManagerEntry>, job: &mut Job, now: Now, event: Event) -> Vec<Effect> {
     let actions = job.checkpoint(now, event);
     if actions.is_empty() {
@@ -141,6 +154,10 @@ fn checkpoint_event(tms: &HashMap<String, TaskManagerEntry>, job: &mut Job, now:
 
 /// Frees the slots of a job's current attempt; with `cancel`, one cancel call per TaskManager
 /// that ran its tasks.
+///
+/// The one way slots go back (see the invariants). Slots on a TaskManager already removed
+/// went with it and are not counted back; calling it twice frees nothing the second time,
+/// since the job no longer holds them.
 fn release_slots(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, cancel: bool) -> Vec<Effect> {
     let slots = job.take_slots();
     let mut to = Vec::new();
@@ -161,6 +178,11 @@ fn release_slots(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, can
 
 /// Moves a job to a terminal state by `event`: its checkpoints are void, its slots freed
 /// (its tasks canceled unless they all finished), and its catalog entry written.
+///
+/// The events that get here: `AllTasksFinished` (→ FINISHED), `AllTasksStopped` and
+/// `CancelRequested` (→ CANCELED), `Failed { restart: false }` (→ FAILED). An event the
+/// job's state does not allow changes nothing and returns no effects. `failure` is empty
+/// except for FAILED, and replaces the reason of the last restart.
 fn end_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, event: LifecycleEvent, failure: &str, now: Now) -> Vec<Effect> {
     let Ok(to) = job.apply(event, now) else { return Vec::new() };
     job.set_failure(failure);
@@ -176,6 +198,11 @@ fn end_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, event: Li
 
 /// A failure of the job's running attempt: it restarts if its strategy allows, and otherwise
 /// ends FAILED. A failure of a job that runs no attempt (restarting, cancelling, ended) is moot.
+///
+/// On restart (CREATED, RUNNING or FINISHING → RESTARTING) the attempt's pending checkpoints
+/// are void (the coordinator's "Attempts" rule), its slots freed, its tasks canceled, its
+/// catalog entry written, and a timer set for the strategy's delay. The attempt number stays
+/// the same until the delay passed.
 fn fail_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, reason: &str, now: Now) -> Vec<Effect> {
     if !matches!(job.status(), JobStatus::Created | JobStatus::Running | JobStatus::Finishing) {
         return Vec::new();
@@ -206,6 +233,7 @@ impl JobManagerState {
         &self.config
     }
 
+    /// The JobManager's typed settings.
     pub(crate) fn settings(&self) -> &JobManagerConfig {
         &self.settings
     }
@@ -216,6 +244,8 @@ impl JobManagerState {
     }
 
     /// Registers (or re-registers) a TaskManager with its slots; waiting jobs may now get them.
+    /// A re-registration replaces the entry: its slots count as free and its heartbeat clock
+    /// starts again. Fails only for an RPC address that does not make a URI.
     pub(crate) fn register_tm(&self, id: &str, rpc_address: &str, data_address: &str, slots: u32) -> Result<(), String> {
         let client = tm_client(rpc_address).ok_or_else(|| format!("bad TaskManager RPC address '{rpc_address}'"))?;
         let entry = TaskManagerEntry {
@@ -267,6 +297,9 @@ impl JobManagerState {
     }
 
     /// Adds a job (CREATED); it is scheduled by the follow-up.
+    ///
+    /// Used by submission and by recovery. The effects write its first catalog entry and send
+    /// `JobAdded`, on which the driver starts the job's scheduler and checkpoint timer.
     pub(crate) fn add_job(&self, new: NewJob) -> Vec<Effect> {
         let id = new.id.clone();
         let mut job = Job::new(new, clock::now());
@@ -294,6 +327,17 @@ impl JobManagerState {
     }
 
     /// A subtask's state changed: records it and moves the job on.
+    ///
+    /// Reports of another attempt or of an unknown subtask are dropped; for an ended job the
+    /// report is recorded (its counters show in `weir status`) but moves nothing. What moves
+    /// the job (every check is over all subtasks of the attempt):
+    /// - a failure while RUNNING or FINISHING: a `TaskFailed` follow-up, which probes the
+    ///   job's TaskManagers before it fails the job (see `failover.rs`);
+    /// - the last subtask FINISHED: RUNNING or FINISHING → FINISHED;
+    /// - the last subtask to end its input (FINISHING or FINISHED; tasks report FINISHING
+    ///   only with checkpointing on): RUNNING → FINISHING, and the coordinator's next tick
+    ///   triggers the final checkpoint;
+    /// - the last subtask stopped (in any way) while CANCELLING: → CANCELED.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn task_update(
         &self,
@@ -340,6 +384,10 @@ impl JobManagerState {
 
     /// The job failed (`attempt`: the attempt the failure belongs to; a failure of an older
     /// attempt is moot).
+    ///
+    /// Called by the driver for `FailJob` follow-ups (scheduling, deployment and checkpoint
+    /// failures) and by `failover::task_failed`. `None` applies the failure to whatever
+    /// attempt is current.
     pub(crate) fn fail_job(&self, job_id: &str, attempt: Option<u32>, reason: &str) -> Vec<Effect> {
         let mut guard = self.inner.lock();
         let Inner { tms, jobs, .. } = &mut *guard;
@@ -354,6 +402,10 @@ impl JobManagerState {
     }
 
     /// The restart delay passed: a new attempt (CREATED) restoring the latest checkpoint.
+    ///
+    /// RESTARTING → CREATED, with the attempt number one higher. The coordinator is told the
+    /// new attempt (older checkpoints still pending are void), the catalog entry records it,
+    /// and the `Schedule` follow-up starts the wait for slots.
     pub(crate) fn restart(&self, job_id: &str) -> Vec<Effect> {
         let now = clock::now();
         let mut guard = self.inner.lock();
@@ -371,6 +423,12 @@ impl JobManagerState {
     }
 
     /// Cancels a job on the user's request.
+    ///
+    /// CREATED or RESTARTING → CANCELED at once (no tasks run; a pending restart timer finds
+    /// the job ended). RUNNING or FINISHING → CANCELLING: the TaskManagers are asked to
+    /// cancel the attempt, and the job holds its slots until every subtask reported that it
+    /// stopped (or its TaskManager was lost). Any other state: nothing to do. Errs only for an
+    /// unknown job.
     pub(crate) fn cancel_job(&self, job_id: &str) -> Result<Vec<Effect>, String> {
         let now = clock::now();
         let mut guard = self.inner.lock();
@@ -396,6 +454,11 @@ impl JobManagerState {
 
     /// Removes a TaskManager; every unfinished job with a subtask on it fails (or, when it was
     /// being canceled, is canceled).
+    ///
+    /// Called by the heartbeat monitor and by probes (`failover.rs`). The failure names the
+    /// TaskManager and `why`, and goes through the restart strategy like any other. A
+    /// TaskManager removed already (two probes racing) changes nothing. It learns that it was
+    /// removed at its next heartbeat.
     pub(crate) fn taskmanager_lost(&self, tm_id: &str, why: &str) -> Vec<Effect> {
         let now = clock::now();
         let mut guard = self.inner.lock();
@@ -423,6 +486,12 @@ impl JobManagerState {
     }
 
     /// Takes slots for a job waiting for them and moves it to RUNNING, or says why not.
+    ///
+    /// CREATED → RUNNING happens here, under the lock, together with taking the slots, so a
+    /// job holds slots exactly while it is RUNNING, FINISHING or CANCELLING (or SUSPENDED, at
+    /// shutdown). The slots are spread over the TaskManagers (see `pick_slots`), and one
+    /// `DeployTasks` request is built per TaskManager, each with the locations of every
+    /// subtask, so that tasks can reach their peers' data plane.
     pub(crate) fn allocate(&self, job_id: &str) -> Allocation {
         let mut guard = self.inner.lock();
         let Inner { tms, jobs, .. } = &mut *guard;
@@ -482,7 +551,9 @@ impl JobManagerState {
         Allocation::Deploy(calls)
     }
 
-    /// A checkpoint timer tick of the job; `None` once the job ended (the timer stops).
+    /// A checkpoint timer tick of the job; `None` once the job ended or was suspended (the
+    /// timer stops). Every tick expires overdue checkpoints; the task view it carries says
+    /// whether a periodic or the final checkpoint may be triggered.
     pub(crate) fn checkpoint_tick(&self, job_id: &str) -> Option<Vec<Effect>> {
         let mut guard = self.inner.lock();
         let Inner { tms, jobs, .. } = &mut *guard;
@@ -499,7 +570,10 @@ impl JobManagerState {
         self.inner.lock().jobs.get(job_id).and_then(|j| j.coordinator().tick_period())
     }
 
-    /// Something happened to a checkpoint of the job.
+    /// Something happened to a checkpoint of the job: an acknowledgement or decline from a
+    /// subtask (`service.rs`), or the outcome of a trigger or `_metadata` write (a follow-up).
+    /// An unknown job changes nothing; the coordinator drops acknowledgements and declines
+    /// of another attempt.
     pub(crate) fn checkpoint_event(&self, job_id: &str, event: Event) -> Vec<Effect> {
         let mut guard = self.inner.lock();
         let Inner { tms, jobs, .. } = &mut *guard;
@@ -509,6 +583,11 @@ impl JobManagerState {
 
     /// The JobManager shuts down: every unfinished job is SUSPENDED in the catalog, so that a
     /// JobManager started on it resumes them.
+    ///
+    /// Called by [`crate::JobManagerHandle::shutdown`]. Only the state and the catalog
+    /// change: tasks are not canceled, slots not freed, checkpoints not aborted. Each
+    /// TaskManager cancels its tasks once the JobManager has not answered its heartbeats for
+    /// `heartbeat.timeout`.
     pub(crate) fn suspend_all(&self) -> Vec<Effect> {
         let now = clock::now();
         let mut inner = self.inner.lock();
