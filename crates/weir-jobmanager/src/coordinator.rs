@@ -14,7 +14,7 @@
 //!   now), older pending checkpoints are subsumed, and retained checkpoints beyond
 //!   `num-retained` are discarded with the shared files no retained checkpoint references.
 //! - **Fail.** A checkpoint past `timeout`, declined by a subtask, whose trigger could not be
-//!   delivered, or whose `_metadata` cannot be written, fails at once: the sources are told to
+//!   delivered, or whose `_metadata` cannot be written, fails at once: every task is told to
 //!   abort it and its files are discarded. More than `tolerable-failed-checkpoints` failures in
 //!   a row fail the job; what says nothing about the job's ability to checkpoint (subsumed, the
 //!   attempt ended, a TaskManager that the trigger did not reach) is not counted.
@@ -35,9 +35,15 @@
 //!   running attempt.
 //!
 //! The coordinator does no I/O and reads no clock: [`CheckpointCoordinator::handle`] takes an
-//! [`Event`] and the time, and returns the [`Action`]s that the driver (`coordinate.rs`) then
-//! performs. Savepoints beside checkpoints, concurrent unaligned checkpoints and settings
-//! changed at run time are meant to arrive as new events and kinds, not new flags.
+//! [`Event`] and the time, and returns the [`Action`]s; `coordinate.rs` addresses them to
+//! TaskManagers and storage as effects, which `effects.rs` performs. Concurrent unaligned
+//! checkpoints need nothing special here (the tasks keep them apart); savepoints beside
+//! checkpoints and settings changed at run time are meant to arrive as new events and kinds,
+//! not new flags.
+//!
+//! Shared files (incremental SSTs, channel-state files) that no retained checkpoint references
+//! are deleted only once every checkpoint that might still reference them has ended: with
+//! concurrent checkpoints, one snapshotted before its task heard of a newer upload may.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -173,7 +179,8 @@ pub enum Action {
     WriteMetadata(CheckpointMetadata),
     /// Tell every task that `id` completed (two-phase-commit sinks commit).
     NotifyComplete { id: u64, attempt: u32 },
-    /// Tell the sources to abort `id` (they forward a cancellation marker downstream).
+    /// Tell every task to abort `id` (each drops what it collected and forwards a cancellation
+    /// marker downstream).
     Abort { id: u64, attempt: u32, reason: FailureReason },
     /// Delete the folder `chk-<id>` (a failed, void or no longer retained checkpoint).
     Discard { id: u64 },
@@ -574,7 +581,7 @@ impl CheckpointCoordinator {
             r.duration_ms = (now.epoch_ms - r.trigger_ms).max(0) as u64;
             r.size = size;
         }
-        self.registry.register(id, meta.keyed_handles());
+        self.registry.register_paths(id, meta.shared_paths());
         self.retained.push_back(meta);
         out.push(Action::NotifyComplete { id, attempt: p.attempt });
         let subsumed: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();

@@ -45,8 +45,8 @@
 //! ## Limitations
 //! - A source's `poll_next` itself may block (a socket read); the built-in ones return `Idle`
 //!   instead of waiting long.
-//! - Channel state is stored per checkpoint: a buffer that belongs to two concurrent
-//!   unaligned checkpoints is written twice.
+//! - A buffer recorded for two unaligned checkpoints more than a few checkpoints apart is
+//!   written twice (the channel-state writer remembers the last few).
 //! - Restoring channel state at another parallelism is refused (restore a savepoint instead).
 
 use crate::barrier::{Action, AlignmentPolicy, BarrierHandler, CheckpointingMode, Input, SnapshotKind};
@@ -58,7 +58,7 @@ use crate::wake::Waker;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -67,8 +67,9 @@ use std::time::{Duration, Instant};
 use weir_core::graph::Vertex;
 use weir_core::operator::{Collector, ConnectorFactory, OpResult, OperatorError, SourcePoll, SubtaskInfo};
 use weir_core::KeyGroupRange;
-use weir_state::channel_state::ChannelBuffer;
+use weir_state::channel_state::{ChannelBuffer, ChannelStateHandle, ChannelStatePart};
 use weir_state::metadata::{CheckpointMetadata, SubtaskState};
+use weir_state::storage::StoredFile;
 use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
 /// The lifecycle of a task as it reports it: RUNNING, possibly FINISHING, then exactly one of
 /// FINISHED, FAILED or CANCELED.
@@ -306,6 +307,7 @@ fn run(
         waker,
         collecting: BTreeMap::new(),
         restored_input: VecDeque::new(),
+        channel_writer: None,
     };
     let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref())
         .and_then(|mut chain| {
@@ -433,11 +435,15 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
             )));
         }
         let Some(sub) = op.subtasks.get(info.index as usize) else { continue };
-        let Some(file) = (if input { &sub.input_channels } else { &sub.output_channels }) else { continue };
-        let buffers = r.runtime.block_on(weir_state::channel_state::read(&r.storage, file)).map_err(fail)?;
+        let Some(handle) = (if input { &sub.input_channels } else { &sub.output_channels }) else { continue };
+        let buffers = r.runtime.block_on(weir_state::channel_state::read_handle(&r.storage, handle)).map_err(fail)?;
         for b in buffers {
-            let batch = decode_batch(&b.ipc)
-                .map_err(|e| OperatorError::Failed(format!("restoring checkpoint {n}: a buffer in {} does not decode: {e}", file.path)))?;
+            let batch = decode_batch(&b.ipc).map_err(|e| {
+                OperatorError::Failed(format!(
+                    "restoring checkpoint {n}: an in-flight buffer in {} does not decode: {e}",
+                    handle.paths().join(", ")
+                ))
+            })?;
             if input {
                 channels.input.push(batch);
             } else {
@@ -499,6 +505,8 @@ struct Runner {
     collecting: BTreeMap<u64, Collecting>,
     /// Input channel state of the checkpoint this attempt restored: processed first.
     restored_input: VecDeque<RecordBatch>,
+    /// Where completed channel state goes to be written; started on first use.
+    channel_writer: Option<tokio::sync::mpsc::UnboundedSender<(u64, Collecting)>>,
 }
 
 /// Terminal collector of a chain: output goes to the partition (or nowhere, for a sink).
@@ -959,66 +967,19 @@ impl Runner {
         Ok(())
     }
 
-    /// Checkpoint `id`'s channel state is complete: uploads it (input on the chain's first uid,
-    /// output on its last) once the operator-state upload is done, then acknowledges with the
-    /// in-flight bytes. Buffers taken in memory are encoded on the runtime, not on the task
-    /// thread; buffers from the network are written as they arrived.
+    /// Checkpoint `id`'s channel state is complete: hands it to the task's channel-state writer
+    /// ([`ChannelStateWriter`], started on first use), which writes it once the checkpoints
+    /// completed before it are written, then acknowledges.
     fn finish_channel_state(&mut self, id: u64) {
         let Some(c) = self.collecting.remove(&id) else { return };
         let Some(settings) = self.checkpointing.clone() else { return };
-        let info = self.info.clone();
-        settings.runtime.spawn(async move {
-            let result = async {
-                let (mut states, handles, size) =
-                    c.upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())))?;
-                let mut input = Vec::with_capacity(c.input.len());
-                for (channel, item) in c.input {
-                    let ipc = match item {
-                        Item::Buffer(b) => {
-                            encode_batch(&b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?
-                        }
-                        Item::Encoded(bytes) => bytes,
-                        Item::Event(_) => continue,
-                    };
-                    input.push(ChannelBuffer { channel: channel as u32, subchannel: 0, ipc });
-                }
-                let output: Vec<ChannelBuffer> = c
-                    .output
-                    .into_iter()
-                    .flat_map(|o| {
-                        o.buffers.into_iter().map(move |ipc| ChannelBuffer { channel: o.edge as u32, subchannel: o.channel as u32, ipc })
-                    })
-                    .collect();
-                let inflight: u64 = input.iter().chain(&output).map(|b| b.ipc.len() as u64).sum();
-                let dir = weir_state::storage::layout::checkpoint_dir(&info.job_id, id);
-                for (buffers, uid, name) in [(&input, &c.head_uid, "input-channels"), (&output, &c.tail_uid, "output-channels")] {
-                    if buffers.is_empty() {
-                        continue;
-                    }
-                    let rel = format!("{dir}/{uid}-{}/{name}", info.index);
-                    let file = weir_state::channel_state::write(&settings.storage, &rel, buffers).await?;
-                    let entry = match states.iter_mut().find(|(u, _)| u == uid) {
-                        Some((_, s)) => s,
-                        None => {
-                            states.push((uid.clone(), SubtaskState::default()));
-                            &mut states.last_mut().expect("just pushed").1
-                        }
-                    };
-                    if name == "input-channels" {
-                        entry.input_channels = Some(file);
-                    } else {
-                        entry.output_channels = Some(file);
-                    }
-                }
-                Ok((states, handles, size, inflight))
-            }
-            .await;
-            let (result, inflight) = match result {
-                Ok((states, handles, size, inflight)) => (Ok((states, handles, size)), inflight),
-                Err(e) => (Err(e), 0),
-            };
-            (settings.report)(ack(&info, id, result, c.alignment, c.kind, inflight));
+        let writer = self.channel_writer.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let w = ChannelStateWriter { info: self.info.clone(), settings: settings.clone(), written: HashMap::new() };
+            settings.runtime.spawn(w.run(rx));
+            tx
         });
+        let _ = writer.send((id, c));
     }
 
     /// Counts one input batch and pushes it through the chain into the partition.
@@ -1026,6 +987,183 @@ impl Runner {
         self.records_in += batch.num_rows() as u64;
         push_through(&mut chain.operators, batch, &mut Output(&mut self.partition))?;
         Ok(())
+    }
+}
+
+/// Identifies a buffer in memory, so that one recorded for several concurrent checkpoints is
+/// stored once. Pointer identity is sound only while the buffer is alive: the writer keeps a
+/// clone of every buffer it remembers, so the allocation cannot be reused meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BufferKey {
+    /// An input buffer on a gate channel: its first data buffer's address and length, its
+    /// offset and row count (so slices of one allocation differ).
+    Input { channel: usize, ptr: usize, len: usize, offset: usize, rows: usize },
+    /// An encoded output buffer on an output edge's channel: its bytes' address and length.
+    Output { edge: usize, channel: usize, ptr: usize, len: usize },
+}
+
+impl BufferKey {
+    /// The key of an input item; `None` for one without a data buffer to tell it by (it is then
+    /// always written).
+    fn input(channel: usize, item: &Item) -> Option<Self> {
+        match item {
+            Item::Encoded(b) => Some(Self::Input { channel, ptr: b.as_ptr() as usize, len: b.len(), offset: 0, rows: 0 }),
+            Item::Buffer(batch) => {
+                let data = batch.columns().first()?.to_data();
+                let buf = data.buffers().first()?;
+                Some(Self::Input { channel, ptr: buf.as_ptr() as usize, len: buf.len(), offset: data.offset(), rows: batch.num_rows() })
+            }
+            Item::Event(_) => None,
+        }
+    }
+}
+
+/// A buffer already written to a channel-state file.
+struct Written {
+    /// The file and the record's index in it.
+    file: StoredFile,
+    record: u32,
+    /// The record's bytes.
+    bytes: u64,
+    /// The checkpoint whose completion wrote it (old entries are forgotten).
+    by: u64,
+    /// Keeps the buffer alive, so its address identifies it (see [`BufferKey`]).
+    _alive: Item,
+}
+
+/// How many checkpoints back the writer remembers what it wrote: a buffer recorded for
+/// checkpoints further apart is written again (correct, only not deduplicated).
+const REMEMBERED_CHECKPOINTS: u64 = 8;
+
+/// Writes a task's completed channel state, one checkpoint after the other, on the
+/// TaskManager's runtime: each buffer once (a buffer recorded for several concurrent unaligned
+/// checkpoints is referenced by the later ones), then acknowledges with the handles.
+struct ChannelStateWriter {
+    info: SubtaskInfo,
+    settings: CheckpointSettings,
+    written: HashMap<BufferKey, Written>,
+}
+
+/// Where one buffer of a checkpoint's channel state is: already in a file, or among the records
+/// of the file this checkpoint writes.
+enum Placed {
+    Existing { file: StoredFile, record: u32, bytes: u64 },
+    New { record: u32, bytes: u64 },
+}
+
+impl ChannelStateWriter {
+    /// Takes completed checkpoints in order until the task is gone.
+    async fn run(mut self, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(u64, Collecting)>) {
+        while let Some((id, c)) = jobs.recv().await {
+            let (alignment, kind) = (c.alignment, c.kind);
+            let (result, inflight) = match self.write(id, c).await {
+                Ok((uploaded, inflight)) => (Ok(uploaded), inflight),
+                Err(e) => (Err(e), 0),
+            };
+            (self.settings.report)(ack(&self.info, id, result, alignment, kind, inflight));
+        }
+    }
+
+    /// Writes checkpoint `id`'s new buffers (encoding in-memory batches here, off the task
+    /// thread; network buffers are written as they arrived), waits for its state upload, and
+    /// returns the state with the channel-state handles and the in-flight bytes.
+    async fn write(&mut self, id: u64, c: Collecting) -> Result<(Uploaded, u64), weir_state::StateError> {
+        let mut records: Vec<ChannelBuffer> = Vec::new();
+        let mut fresh: Vec<(Option<BufferKey>, u32, u64, Item)> = Vec::new();
+        let mut place = |key: Option<BufferKey>,
+                         channel: u32,
+                         subchannel: u32,
+                         ipc: bytes::Bytes,
+                         alive: Item,
+                         written: &HashMap<BufferKey, Written>| {
+            if let Some(w) = key.and_then(|k| written.get(&k)) {
+                return Placed::Existing { file: w.file.clone(), record: w.record, bytes: w.bytes };
+            }
+            let (record, bytes) = (records.len() as u32, ipc.len() as u64);
+            records.push(ChannelBuffer { channel, subchannel, ipc });
+            fresh.push((key, record, bytes, alive));
+            Placed::New { record, bytes }
+        };
+        let mut input = Vec::with_capacity(c.input.len());
+        for (channel, item) in c.input {
+            let key = BufferKey::input(channel, &item);
+            if let Some(w) = key.and_then(|k| self.written.get(&k)) {
+                input.push(Placed::Existing { file: w.file.clone(), record: w.record, bytes: w.bytes });
+                continue;
+            }
+            let ipc = match &item {
+                Item::Buffer(b) => {
+                    encode_batch(b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?
+                }
+                Item::Encoded(bytes) => bytes.clone(),
+                Item::Event(_) => continue,
+            };
+            input.push(place(key, channel as u32, 0, ipc, item, &self.written));
+        }
+        let mut output = Vec::new();
+        for o in c.output {
+            for ipc in o.buffers {
+                let key = BufferKey::Output { edge: o.edge, channel: o.channel, ptr: ipc.as_ptr() as usize, len: ipc.len() };
+                let alive = Item::Encoded(ipc.clone());
+                output.push(place(Some(key), o.edge as u32, o.channel as u32, ipc, alive, &self.written));
+            }
+        }
+        let file = if records.is_empty() {
+            None
+        } else {
+            let rel = weir_state::storage::layout::channel_state_file(
+                &self.info.job_id,
+                self.info.vertex,
+                self.info.index,
+                self.info.attempt,
+                id,
+            );
+            Some(weir_state::channel_state::write(&self.settings.storage, &rel, &records).await?)
+        };
+        if let Some(file) = &file {
+            for (key, record, bytes, alive) in fresh {
+                if let Some(k) = key {
+                    self.written.insert(k, Written { file: file.clone(), record, bytes, by: id, _alive: alive });
+                }
+            }
+        }
+        self.written.retain(|_, w| w.by + REMEMBERED_CHECKPOINTS > id);
+        let handle = |placed: Vec<Placed>| -> Option<ChannelStateHandle> {
+            let mut h = ChannelStateHandle::default();
+            for p in placed {
+                let (f, record, bytes) = match p {
+                    Placed::Existing { file, record, bytes } => (file, record, bytes),
+                    Placed::New { record, bytes } => (file.clone().expect("a new record means a file was written"), record, bytes),
+                };
+                match h.parts.last_mut() {
+                    Some(last) if last.file.path == f.path => {
+                        last.records.push(record);
+                        last.bytes += bytes;
+                    }
+                    _ => h.parts.push(ChannelStatePart { file: f, records: vec![record], bytes }),
+                }
+            }
+            (!h.parts.is_empty()).then_some(h)
+        };
+        let (input, output) = (handle(input), handle(output));
+        let inflight = input.iter().chain(output.iter()).map(|h| h.bytes()).sum();
+        let (mut states, handles, size) = c.upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())))?;
+        for (h, uid, is_input) in [(input, &c.head_uid, true), (output, &c.tail_uid, false)] {
+            let Some(h) = h else { continue };
+            let entry = match states.iter().position(|(u, _)| u == uid) {
+                Some(i) => &mut states[i].1,
+                None => {
+                    states.push((uid.clone(), SubtaskState::default()));
+                    &mut states.last_mut().expect("just pushed").1
+                }
+            };
+            if is_input {
+                entry.input_channels = Some(h);
+            } else {
+                entry.output_channels = Some(h);
+            }
+        }
+        Ok(((states, handles, size), inflight))
     }
 }
 
@@ -1240,5 +1378,57 @@ mod tests {
         task.cancel();
         feeder.join().unwrap();
         task.join();
+    }
+
+    /// A buffer recorded for two concurrent unaligned checkpoints is stored once: the second
+    /// checkpoint's handle references the first one's file for it, and reading either handle
+    /// gives back exactly its own buffers, in order.
+    #[test]
+    fn a_buffer_shared_by_concurrent_checkpoints_is_stored_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = CheckpointStorage::open(&format!("file://{}", dir.path().display()), &Default::default()).unwrap();
+        let settings = CheckpointSettings {
+            mode: CheckpointingMode::ExactlyOnce,
+            alignment: AlignmentPolicy::Unaligned,
+            storage: storage.clone(),
+            incremental: false,
+            runtime: runtime.handle().clone(),
+            report: Arc::new(|_| {}),
+        };
+        let batch = |v: i64| Item::Buffer(RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v; 10])) as _)]).unwrap());
+        let (a, b, c) = (batch(1), batch(2), batch(3));
+        let collecting = |input: Vec<(usize, Item)>| Collecting {
+            alignment: Duration::ZERO,
+            kind: SnapshotKind::Unaligned,
+            input,
+            output: Vec::new(),
+            upload: runtime.spawn(async { Ok((Vec::new(), Vec::new(), 0)) }),
+            head_uid: "op".into(),
+            tail_uid: "op".into(),
+            awaiting_output: None,
+        };
+        let mut writer = ChannelStateWriter { info: info(), settings, written: HashMap::new() };
+        let first = collecting(vec![(0, a.clone()), (1, b.clone())]);
+        let second = collecting(vec![(1, b.clone()), (0, c.clone())]);
+        let ((s1, _, _), bytes1) = runtime.block_on(writer.write(1, first)).unwrap();
+        let ((s2, _, _), bytes2) = runtime.block_on(writer.write(2, second)).unwrap();
+        let h1 = s1[0].1.input_channels.clone().unwrap();
+        let h2 = s2[0].1.input_channels.clone().unwrap();
+        assert_eq!(h1.paths().len(), 1);
+        assert_eq!(h2.paths().len(), 2, "checkpoint 2 references checkpoint 1's file for the shared buffer: {h2:?}");
+        let own2 = h2.parts.iter().find(|p| p.file.path != h1.parts[0].file.path).unwrap();
+        assert_eq!(own2.records.len(), 1, "only the new buffer is written again");
+        assert!(bytes1 > 0 && bytes2 > 0);
+        let values = |h: &ChannelStateHandle| -> Vec<(u32, i64)> {
+            runtime
+                .block_on(weir_state::channel_state::read_handle(&storage, h))
+                .unwrap()
+                .iter()
+                .map(|b| (b.channel, decode_batch(&b.ipc).unwrap().column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0)))
+                .collect()
+        };
+        assert_eq!(values(&h1), vec![(0, 1), (1, 2)]);
+        assert_eq!(values(&h2), vec![(1, 2), (0, 3)]);
     }
 }

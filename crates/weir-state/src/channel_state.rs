@@ -8,8 +8,16 @@
 //! File: a frame under [`CHANNEL_MAGIC`] (magic, version, length, CRC-32) whose body is
 //! `(channel u32, subchannel u32, length u32, Arrow IPC bytes)*`, big-endian. For input state
 //! `channel` is the gate channel and `subchannel` 0; for output state they are the output
-//! edge and the channel within it. The runtime writes `chk-<n>/<uid>-<subtask>/input-channels`
-//! and `.../output-channels`, owned by checkpoint n alone.
+//! edge and the channel within it.
+//!
+//! ## Stored once, referenced by several checkpoints
+//! With concurrent unaligned checkpoints one buffer may belong to several of them. A task
+//! writes one file per checkpoint whose channel state completes, under the job's `shared/`
+//! directory ([`crate::storage::layout::channel_state_file`]), holding only the buffers no
+//! earlier file of it holds; a checkpoint's [`ChannelStateHandle`] lists records in one or more
+//! such files, in replay order. The JobManager's shared-state registry counts the references
+//! to each file, as for incremental RocksDB files, and deletes a file once no retained
+//! checkpoint needs it.
 
 use crate::format::{frame, unframe, CHANNEL_MAGIC};
 use crate::storage::{CheckpointStorage, StoredFile};
@@ -59,6 +67,60 @@ pub fn decode(bytes: &Bytes, path: &str) -> Result<Vec<ChannelBuffer>, StateErro
         // A zero-copy slice of the downloaded file.
         out.push(ChannelBuffer { channel, subchannel, ipc: bytes.slice(offset + pos..offset + pos + len) });
         pos += len;
+    }
+    Ok(out)
+}
+
+/// Where one checkpoint's input or output channel state is: records of channel-state files,
+/// in the order they are replayed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelStateHandle {
+    /// Runs of records, each in one file; several parts may name the same file.
+    pub parts: Vec<ChannelStatePart>,
+}
+
+/// Records of one channel-state file that belong to a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelStatePart {
+    /// The file (in `shared/`), with its size and CRC-32.
+    pub file: StoredFile,
+    /// Indices of the records, in replay order.
+    pub records: Vec<u32>,
+    /// Bytes of those records' buffers.
+    pub bytes: u64,
+}
+
+impl ChannelStateHandle {
+    /// Bytes of in-flight data the handle refers to.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes).sum()
+    }
+
+    /// The files it references (each once).
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.parts.iter().map(|p| p.file.path.clone()).collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+}
+
+/// Reads the buffers a handle refers to, in its order: each file is downloaded and checked once.
+pub async fn read_handle(storage: &CheckpointStorage, handle: &ChannelStateHandle) -> Result<Vec<ChannelBuffer>, StateError> {
+    let mut files: std::collections::HashMap<String, Vec<ChannelBuffer>> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for part in &handle.parts {
+        if !files.contains_key(&part.file.path) {
+            files.insert(part.file.path.clone(), read(storage, &part.file).await?);
+        }
+        let records = &files[&part.file.path];
+        for r in &part.records {
+            let b = records.get(*r as usize).ok_or_else(|| StateError::Corrupt {
+                path: storage.display(&part.file.path),
+                reason: format!("record {r} is missing (the file holds {})", records.len()),
+            })?;
+            out.push(b.clone());
+        }
     }
     Ok(out)
 }

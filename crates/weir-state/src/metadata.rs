@@ -2,6 +2,7 @@
 //! presence is what makes the checkpoint complete) and read on restore. JSON inside a framed
 //! file (magic, version, CRC-32), so a damaged `_metadata` is reported, not half-read.
 
+use crate::channel_state::ChannelStateHandle;
 use crate::format::{frame, unframe, METADATA_MAGIC};
 use crate::handle::KeyedStateHandle;
 use crate::storage::{layout, CheckpointStorage, StoredFile};
@@ -19,15 +20,15 @@ pub struct SubtaskState {
     /// Operator (non-keyed) list state, e.g. source offsets.
     pub operator: Option<StoredFile>,
     /// Unaligned checkpoints: the in-flight buffers the subtask's task had taken in but not
-    /// processed at its snapshot (a [`crate::channel_state`] file). Recorded on the first
-    /// operator of the task's chain; replayed before any new input on restore.
+    /// processed at its snapshot (records of [`crate::channel_state`] files). Recorded on the
+    /// first operator of the task's chain; replayed before any new input on restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_channels: Option<StoredFile>,
+    pub input_channels: Option<ChannelStateHandle>,
     /// Unaligned checkpoints: the buffers the task had sent but that had not left for the
     /// network at its snapshot. Recorded on the last operator of the chain; re-sent through its
     /// partitioner before anything new on restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_channels: Option<StoredFile>,
+    pub output_channels: Option<ChannelStateHandle>,
 }
 
 /// The state of one operator, across all its subtasks.
@@ -101,12 +102,28 @@ impl CheckpointMetadata {
         self.operators.iter().flat_map(|o| o.subtasks.iter()).flat_map(|s| s.keyed.iter())
     }
 
-    /// Bytes referenced by the checkpoint, keyed and operator state. Shared SSTs count in full for
-    /// every checkpoint that references them, so this says how large a restore is, not what the
-    /// checkpoint added to storage.
+    /// The channel-state handles (unaligned checkpoints), input and output.
+    pub fn channel_handles(&self) -> impl Iterator<Item = &ChannelStateHandle> {
+        self.operators.iter().flat_map(|o| o.subtasks.iter()).flat_map(|s| s.input_channels.iter().chain(s.output_channels.iter()))
+    }
+
+    /// Every file in `shared/` the checkpoint references (incremental SSTs, channel-state
+    /// files), each once: what the shared-state registry counts.
+    pub fn shared_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> =
+            self.keyed_handles().flat_map(|h| h.shared_paths()).chain(self.channel_handles().flat_map(|h| h.paths())).collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
+    /// Bytes referenced by the checkpoint: keyed, operator and channel state. Shared files count
+    /// in full for every checkpoint that references them, so this says how large a restore is,
+    /// not what the checkpoint added to storage.
     pub fn size(&self) -> u64 {
         self.keyed_handles().map(|h| h.size()).sum::<u64>()
             + self.operators.iter().flat_map(|o| &o.subtasks).filter_map(|s| s.operator.as_ref()).map(|f| f.size).sum::<u64>()
+            + self.channel_handles().map(|h| h.bytes()).sum::<u64>()
     }
 
     /// Writes `<job>/chk-<n>/_metadata`. The JobManager writes it only after every task has

@@ -38,7 +38,13 @@ impl SharedStateRegistry {
     /// checkpoint once, when it completes: registering `n` twice would count its paths twice, and a
     /// single `release` would not undo it.
     pub fn register<'a>(&mut self, n: u64, handles: impl IntoIterator<Item = &'a KeyedStateHandle>) {
-        let mut paths: Vec<String> = handles.into_iter().flat_map(|h| h.shared_paths()).collect();
+        self.register_paths(n, handles.into_iter().flat_map(|h| h.shared_paths()).collect());
+    }
+
+    /// Registers checkpoint `n` and the shared files it references, given as paths (what
+    /// [`crate::metadata::CheckpointMetadata::shared_paths`] returns: SSTs and channel-state
+    /// files). The same rules as [`SharedStateRegistry::register`].
+    pub fn register_paths(&mut self, n: u64, mut paths: Vec<String>) {
         paths.sort();
         paths.dedup();
         for p in &paths {

@@ -303,6 +303,12 @@ pub mod layout {
     pub fn shared_dir(job: &str) -> String {
         format!("{job}/shared")
     }
+    /// `<job>/shared/channel-<vertex>-<subtask>-a<attempt>-<n>`: the channel-state buffers a task
+    /// wrote when checkpoint n's channel state completed, referenced by n and by concurrent
+    /// checkpoints that share buffers with it.
+    pub fn channel_state_file(job: &str, vertex: u32, subtask: u32, attempt: u32, n: u64) -> String {
+        format!("{job}/shared/channel-{vertex}-{subtask}-a{attempt}-{n}")
+    }
     /// `<job>/taskowned`: files owned by the TaskManagers, as in Flink's layout. Nothing in Weir
     /// writes there at present.
     pub fn taskowned_dir(job: &str) -> String {
