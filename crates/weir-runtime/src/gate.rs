@@ -221,21 +221,19 @@ impl InputGate {
     /// [`InputGate::has_room`] before producing it and may overdraw by one input batch's
     /// output. Returns an error if the gate failed (the receiving task is gone).
     pub fn push(&self, channel: usize, item: Item) -> Result<(), String> {
-        let mut inner = self.inner.lock();
-        if let Some(f) = &inner.failure {
-            return Err(f.clone());
-        }
-        Self::enqueue(&mut inner, channel, item);
-        drop(inner);
-        self.waker.notify();
-        Ok(())
+        self.push_inner(channel, item, false)
     }
 
     /// Queues an item, waiting while the channel has no free credit: for feeders that are not
     /// tasks (tests). Returns an error if the gate failed.
     pub fn push_blocking(&self, channel: usize, item: Item) -> Result<(), String> {
+        self.push_inner(channel, item, true)
+    }
+
+    /// Queues an item, first waiting for a free credit if `wait` and it is a buffer.
+    fn push_inner(&self, channel: usize, item: Item, wait: bool) -> Result<(), String> {
         let mut inner = self.inner.lock();
-        if item.is_buffer() {
+        if wait && item.is_buffer() {
             while inner.channels[channel].buffers >= self.credits && inner.failure.is_none() {
                 self.space.wait(&mut inner);
             }

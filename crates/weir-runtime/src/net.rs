@@ -649,23 +649,20 @@ impl RemoteSubpartition {
     /// produces it. Queuing an end of partition marks the channel ended: once it is sent, the
     /// sending end is dropped.
     pub fn push(&self, item: Item) -> Result<(), String> {
-        let (kind, body) = Self::encode(item)?;
-        let mut st = self.state.lock();
-        if let Some(f) = &st.failure {
-            return Err(f.clone());
-        }
-        Self::enqueue(&mut st, kind, body);
-        drop(st);
-        self.link.notify_writer();
-        Ok(())
+        self.push_inner(item, false)
     }
 
     /// Queues an item, waiting while `sender-queue-buffers` buffers already wait for credit: for
     /// senders that are not tasks (tests). Events never wait.
     pub fn push_blocking(&self, item: Item) -> Result<(), String> {
+        self.push_inner(item, true)
+    }
+
+    /// Queues an item, first waiting for queue room if `wait` and it is a buffer.
+    fn push_inner(&self, item: Item, wait: bool) -> Result<(), String> {
         let (kind, body) = Self::encode(item)?;
         let mut st = self.state.lock();
-        if kind == BUFFER {
+        if wait && kind == BUFFER {
             while st.buffers >= st.capacity && st.failure.is_none() {
                 self.space.wait(&mut st);
             }
@@ -732,7 +729,12 @@ impl RemoteSubpartition {
 
     /// Whether the aligned barrier of checkpoint `id` still waits in this queue.
     pub fn holds_barrier(&self, id: u64) -> bool {
-        self.state.lock().queue.iter().any(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))
+        Self::barrier_position(&self.state.lock(), id).is_some()
+    }
+
+    /// Where the aligned barrier of checkpoint `id` waits in the queue, if it does.
+    fn barrier_position(st: &SubState, id: u64) -> Option<usize> {
+        st.queue.iter().position(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))
     }
 
     /// Turns the aligned barrier of checkpoint `id`, if it still waits in this queue, into an

@@ -1236,6 +1236,21 @@ mod tests {
         }
     }
 
+    /// A one-operator vertex that passes column `k` through.
+    fn pass_vertex(schema: &SchemaRef) -> Vertex {
+        Vertex {
+            id: 1,
+            name: "pass".into(),
+            parallelism: 1,
+            operators: vec![ChainedOperator {
+                name: "select".into(),
+                uid: "select".into(),
+                spec: OperatorSpec::Select { columns: vec!["k".into()] },
+                output_schema: schema.clone(),
+            }],
+        }
+    }
+
     /// A key that hash partitioning over two channels sends to `channel`.
     fn key_for(channel: usize) -> i64 {
         (0..).find(|k| subtask_for_key_group(128, 2, key_group_for_hash(hash_i64(*k), 128)) as usize == channel).expect("some key")
@@ -1249,17 +1264,7 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let rows = |k: i64, n: usize| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![k; n]))]).unwrap();
         let (quiet, busy) = (key_for(0), key_for(1));
-        let vertex = Vertex {
-            id: 1,
-            name: "pass".into(),
-            parallelism: 1,
-            operators: vec![ChainedOperator {
-                name: "select".into(),
-                uid: "select".into(),
-                spec: OperatorSpec::Select { columns: vec!["k".into()] },
-                output_schema: schema.clone(),
-            }],
-        };
+        let vertex = pass_vertex(&schema);
         // The feeder only clones one large batch, the task hashes every row of it: the input
         // queue stays full, so the task's poll never times out.
         let input = Arc::new(InputGate::new(1024, vec![None]));
@@ -1313,17 +1318,7 @@ mod tests {
     fn a_barrier_passes_a_task_whose_downstream_is_stalled() {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let rows = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![7i64; 100]))]).unwrap();
-        let vertex = Vertex {
-            id: 1,
-            name: "pass".into(),
-            parallelism: 1,
-            operators: vec![ChainedOperator {
-                name: "select".into(),
-                uid: "select".into(),
-                spec: OperatorSpec::Select { columns: vec!["k".into()] },
-                output_schema: schema.clone(),
-            }],
-        };
+        let vertex = pass_vertex(&schema);
         let input = Arc::new(InputGate::new(4, vec![None]));
         // Downstream: one credit, and nobody ever takes anything.
         let output = Arc::new(InputGate::new(1, vec![None]));
