@@ -516,4 +516,34 @@ mod tests {
         let counts = counted.0[0].column(1).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(counts.values().to_vec(), vec![1, 1, 1, 1, 2, 2]);
     }
+
+    /// A throttle passes every row on at once and then asks for no input until those rows are
+    /// due at its rate; it never sleeps. In a job file it is a step like any other, and a rate
+    /// of zero is refused.
+    #[test]
+    fn throttle_passes_rows_and_pauses_the_input_for_their_time() {
+        let yaml = "pipeline:\n  - source: socket\n    port: 1\n  - throttle: {rows-per-second: 1000}\n  - sink: blackhole\n";
+        let (graph, _) = weir_core::job::compile_job(yaml, "t", &Default::default(), &Default::default()).unwrap();
+        assert_eq!(graph.vertices[0].operators[1].spec, OperatorSpec::Throttle { rows_per_second: 1000 });
+        let zero = yaml.replace("1000", "0");
+        let err = weir_core::job::compile_job(&zero, "t", &Default::default(), &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("rows-per-second"), "{err}");
+
+        let mut ops = vec![ChainOperator::Plain(Box::new(Throttle { rows_per_second: 1000, due: None }))];
+        assert_eq!(ChainOperator::chain_ready_at(&ops), None, "ready before any input");
+        let rows = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![1i64; 500])) as _)]).unwrap();
+        let before = std::time::Instant::now();
+        let mut out = Sink(Vec::new());
+        push_through(&mut ops, rows.clone(), &mut out).unwrap();
+        let after = std::time::Instant::now();
+        assert_eq!(out.0.len(), 1, "the batch is passed on at once");
+        let due = ChainOperator::chain_ready_at(&ops).expect("a pause after 500 rows");
+        assert!(
+            due >= before + std::time::Duration::from_millis(500) && due <= after + std::time::Duration::from_millis(500),
+            "500 rows at 1000/s"
+        );
+        // The next batch's time adds up behind the first one's.
+        push_through(&mut ops, rows, &mut out).unwrap();
+        assert_eq!(ChainOperator::chain_ready_at(&ops), Some(due + std::time::Duration::from_millis(500)));
+    }
 }
