@@ -3,16 +3,14 @@
 //!
 //! A buffer is a batch of rows bounded in bytes (`taskmanager.memory.segment-size`); between
 //! TaskManagers it travels as an Arrow IPC message. Events (end of partition, checkpoint
-//! barriers, cancellation markers) need no credit and may be sent with priority, ahead of
-//! queued buffers; the primitives for that exist, but nothing in the runtime sends with
-//! priority yet (see [`crate::gate`]).
+//! barriers, cancellation markers) need no credit. Unaligned barriers and cancellation markers
+//! are sent with priority, ahead of queued buffers (see [`crate::gate`] and [`crate::net`]).
 //!
 //! ## Event encoding
 //! One tag byte, then big-endian fields: `1` end of partition (1 byte); `2` barrier (`u64` id,
-//! `i64` trigger time in ms, `u8` flags — bit 0 savepoint, bit 1 unaligned: 18 bytes); `3` cancellation marker (`u64` id:
-//! 9 bytes). Nothing on the wire marks an event as priority: priority is only a position in a
-//! queue, so an event that overtook buffers at the sender is queued in arrival order at the
-//! receiver.
+//! `i64` trigger time in ms, `u8` flags — bit 0 savepoint, bit 1 unaligned: 18 bytes); `3`
+//! cancellation marker (`u64` id: 9 bytes). Whether an event goes with priority is not part of
+//! the event: it is the frame kind on the wire (`PRIORITY_EVENT`) and a position in a queue.
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;

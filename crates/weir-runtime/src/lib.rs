@@ -10,17 +10,18 @@
 //! - [`gate`]: the receiving end of a task's channels: credits, priority, blocking.
 //! - [`partition`]: the sending end: partitioning, output batching, flush deadlines.
 //! - [`net`]: the TCP exchange between TaskManagers: one connection per pair, credit frames.
-//! - [`barrier`]: the barrier handler, the pure state machine of checkpoint alignment.
-//! - [`operators`]: the built-in transforms and the operator chain.
-//! - [`task`]: the thread that runs one subtask and takes its part of each checkpoint.
+//! - [`barrier`]: the barrier handler, the pure state machine of checkpoint alignment: aligned,
+//!   unaligned, and aligned until a timeout.
+//! - [`operators`]: the built-in transforms (the throttle included) and the operator chain.
+//! - [`task`]: the thread that runs one subtask, never blocking in a send, and takes its part of
+//!   each checkpoint (channel state included).
+//! - [`wake`]: the one thing a task waits on.
 //!
-//! ## Not built yet
-//! Checkpoints are exactly-once with aligned barriers, or at-least-once without alignment.
-//! Unaligned checkpoints and the aligned-checkpoint timeout are not built: barriers travel in
-//! order behind the data, and a task blocks inside a send while its output has no room. The
-//! priority primitives ([`InputGate::push_priority`](gate::InputGate::push_priority),
-//! [`RemoteSubpartition::push_priority`](net::RemoteSubpartition::push_priority)) exist and
-//! are tested, but nothing uses them yet. See `docs/checkpointing.md`, "Not yet".
+//! ## Checkpoints
+//! Exactly-once with aligned barriers, unaligned barriers (priority events that overtake
+//! in-flight data, which is stored as channel state), or aligned barriers that turn unaligned
+//! after `aligned-checkpoint-timeout`; or at-least-once without alignment. See
+//! `docs/checkpointing.md`.
 
 pub mod barrier;
 pub mod buffer;
