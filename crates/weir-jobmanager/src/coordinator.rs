@@ -607,8 +607,11 @@ impl CheckpointCoordinator {
         let lowest_open = self.pending.keys().next().copied().unwrap_or(self.next_id);
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.deferred_deletes).into_iter().partition(|(upto, _)| *upto < lowest_open);
+        // A path that became unreferenced again later waits for that later batch.
+        let later: std::collections::HashSet<&String> = waiting.iter().flat_map(|(_, p)| p).collect();
+        let paths: Vec<String> =
+            ready.into_iter().flat_map(|(_, p)| p).filter(|p| !self.registry.is_referenced(p) && !later.contains(p)).collect();
         self.deferred_deletes = waiting;
-        let paths: Vec<String> = ready.into_iter().flat_map(|(_, p)| p).filter(|p| !self.registry.is_referenced(p)).collect();
         if !paths.is_empty() {
             out.push(Action::DeleteSharedFiles(paths));
         }
@@ -1043,5 +1046,66 @@ mod tests {
                 prop_assert_eq!(h.c.latest().map(|m| m.checkpoint_id), (last_completed > 0).then_some(last_completed));
             }
         }
+    }
+
+    /// With concurrent checkpoints, a shared file that the retained checkpoints stop referencing
+    /// is not deleted while a checkpoint triggered before that moment (or the next one) may
+    /// still reference it; once one that does completes, it is referenced again; it goes once
+    /// nothing references it and every such checkpoint has ended.
+    #[test]
+    fn a_superseded_shared_file_outlives_the_checkpoints_that_may_still_reference_it() {
+        use weir_state::handle::KeyedStateHandle;
+        use weir_state::storage::StoredFile;
+        let mut h = Harness::new(CoordinatorSettings { max_concurrent: 2, ..settings() });
+        let count_uid = h.c.graph.vertices[1].operators[0].uid.clone();
+        let count_vertex = h.c.graph.vertices[1].id;
+        // Every subtask acknowledges; subtask 0 of the count references `files`.
+        let ack_with = |h: &mut Harness, id: u64, files: &[&str]| -> Vec<Action> {
+            let mut last = Vec::new();
+            for i in 0..h.total as u32 {
+                let mut e = ack(0, id, i);
+                if let Event::Acknowledged { subtask, states, .. } = &mut e {
+                    *subtask = (i, 0);
+                    if (i, 0) == (count_vertex, 0) {
+                        let shared = files.iter().map(|f| (f.to_string(), StoredFile { path: f.to_string(), size: 1, crc32: 0 })).collect();
+                        let handle = KeyedStateHandle::Incremental {
+                            range: weir_core::KeyGroupRange::new(0, 64),
+                            max_parallelism: 128,
+                            shared,
+                            private: Vec::new(),
+                        };
+                        states.push((count_uid.clone(), SubtaskState { keyed: vec![handle], ..Default::default() }));
+                    }
+                }
+                last = h.handle(e);
+            }
+            last
+        };
+        let deleted = |actions: &[Action]| -> Vec<String> {
+            actions.iter().filter_map(|a| if let Action::DeleteSharedFiles(p) = a { Some(p.clone()) } else { None }).flatten().collect()
+        };
+        let mut all = Vec::new();
+        assert_eq!(triggered(&h.at(0).tick()), vec![1]);
+        assert_eq!(triggered(&h.at(100).tick()), vec![2]);
+        ack_with(&mut h, 1, &["A"]);
+        all.extend(deleted(&h.handle(written(1))));
+        // Checkpoint 3 starts after 1 completed: its task may reuse A.
+        assert_eq!(triggered(&h.at(200).tick()), vec![3]);
+        ack_with(&mut h, 2, &["B"]);
+        all.extend(deleted(&h.handle(written(2))));
+        assert!(all.is_empty(), "A is unreferenced by the retained checkpoint 2, but 3 may still use it: {all:?}");
+        ack_with(&mut h, 3, &["A"]);
+        all.extend(deleted(&h.handle(written(3))));
+        assert!(!all.contains(&"A".to_string()), "3 references A: {all:?}");
+        for (id, t) in [(4, 300), (5, 400)] {
+            assert_eq!(triggered(&h.at(t).tick()), vec![id]);
+            ack_with(&mut h, id, &["C"]);
+            all.extend(deleted(&h.handle(written(id))));
+        }
+        assert_eq!(triggered(&h.at(500).tick()), vec![6]);
+        ack_with(&mut h, 6, &["C"]);
+        all.extend(deleted(&h.handle(written(6))));
+        all.sort();
+        assert_eq!(all, vec!["A".to_string(), "B".to_string()], "once nothing can reference them, both go, once");
     }
 }
