@@ -116,3 +116,28 @@ fn an_unreachable_jobmanager_is_an_error_not_a_fallback() {
     let (ok, _, stderr) = run(dir.path(), &["list"]);
     assert!(!ok && stderr.contains("no JobManager configured"), "{stderr}");
 }
+
+/// `weir … | head` must not panic when the reader goes away before the output is written: the
+/// process ends quietly, as Unix tools do on a closed pipe.
+#[test]
+fn a_closed_stdout_pipe_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "name: gen\npipeline:\n  - source: datagen\n    number-of-rows: 1000\n    fields:\n      - {name: k, kind: sequence, start: 0}\n  - sink: blackhole\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(WEIR)
+        .current_dir(dir.path())
+        .args(["run", "job.yaml", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the job ends and its status is printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

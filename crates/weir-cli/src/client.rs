@@ -119,9 +119,9 @@ fn table<R: TextRow>(rows: &[R]) -> String {
 /// Prints a listing: a JSON array, or a table (`empty` instead when there are no rows).
 fn print_rows<R: TextRow + Serialize>(rows: &[R], output: Output, empty: &str) -> Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string(rows)?),
-        Output::Text if rows.is_empty() => println!("{empty}"),
-        Output::Text => println!("{}", table(rows)),
+        Output::Json => outln!("{}", serde_json::to_string(rows)?),
+        Output::Text if rows.is_empty() => outln!("{empty}"),
+        Output::Text => outln!("{}", table(rows)),
     }
     Ok(())
 }
@@ -342,8 +342,8 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
     let id = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner().job_id;
     if detached {
         match output {
-            Output::Json => println!("{}", serde_json::to_string(&Submitted { id: &id })?),
-            Output::Text => println!("{id}"),
+            Output::Json => outln!("{}", serde_json::to_string(&Submitted { id: &id })?),
+            Output::Text => outln!("{id}"),
         }
         return Ok(0);
     }
@@ -358,7 +358,7 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
     let ok = JobState::try_from(status.state) == Ok(JobState::Finished);
     let job = JobRow::now(&status);
     match output {
-        Output::Json => println!("{}", serde_json::to_string(&job)?),
+        Output::Json => outln!("{}", serde_json::to_string(&job)?),
         Output::Text => {
             let secs = job.duration_ms as f64 / 1000.0;
             eprintln!("Job {} ({}) {} after {secs:.3}s", job.name, job.id, job.state);
@@ -386,8 +386,8 @@ pub async fn status(address: &str, job_id: &str, output: Output) -> Result<i32> 
     let j = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
     let job = JobRow::now(&j);
     match output {
-        Output::Json => println!("{}", serde_json::to_string(&job)?),
-        Output::Text => println!("{}", status_text(&job)),
+        Output::Json => outln!("{}", serde_json::to_string(&job)?),
+        Output::Text => outln!("{}", status_text(&job)),
     }
     Ok(0)
 }
@@ -409,8 +409,8 @@ pub async fn cancel(address: &str, job_id: &str, output: Output) -> Result<i32> 
     let mut client = connect(address).await?;
     client.cancel_job(CancelJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string(&CancelRequested { id: job_id, cancel_requested: true })?),
-        Output::Text => println!("Cancellation of job {job_id} requested."),
+        Output::Json => outln!("{}", serde_json::to_string(&CancelRequested { id: job_id, cancel_requested: true })?),
+        Output::Text => outln!("Cancellation of job {job_id} requested."),
     }
     Ok(0)
 }

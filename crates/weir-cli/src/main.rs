@@ -1,6 +1,14 @@
 //! The `weir` binary: clap commands wired to the JobManager, the TaskManager, the embedded
 //! mini cluster and the gRPC client. Nothing but wiring lives here.
 
+/// Prints a line on stdout like `println!`, but a closed pipe (`weir list | head -1`) ends the
+/// process quietly with exit code 141, as a Unix tool killed by SIGPIPE, instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod client;
 mod minicluster;
 
@@ -199,7 +207,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let settings = JobManagerConfig::from_config(&cfg);
             let bind = format!("{}:{}", settings.bind_host, settings.port);
             let jm = weir_jobmanager::start(cfg, &bind).await?;
-            println!("JobManager listening on {}", jm.rpc_addr);
+            outln!("JobManager listening on {}", jm.rpc_addr);
             wait_for_signal().await;
             jm.shutdown();
             Ok(0)
@@ -211,7 +219,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 .ok_or_else(|| anyhow!("no JobManager: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))?;
             let settings = weir_taskmanager::TaskManagerSettings::from_config(&cfg, &jm);
             let tm = weir_taskmanager::start(settings).await?;
-            println!("TaskManager {} rpc {} data {}", tm.id, tm.rpc_addr, tm.data_addr);
+            outln!("TaskManager {} rpc {} data {}", tm.id, tm.rpc_addr, tm.data_addr);
             wait_for_signal().await;
             tm.shutdown();
             Ok(0)
@@ -220,7 +228,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "info");
             let cluster = minicluster::MiniCluster::start(&cfg, None).await?;
-            println!("Local cluster: JobManager at {}", cluster.address());
+            outln!("Local cluster: JobManager at {}", cluster.address());
             wait_for_signal().await;
             cluster.shutdown();
             Ok(0)
@@ -281,4 +289,16 @@ async fn run(cli: Cli) -> Result<i32> {
 fn require_jm(client: &ClientArgs, cfg: &Config) -> Result<String> {
     jobmanager_address(&client.jobmanager, cfg)
         .ok_or_else(|| anyhow!("no JobManager configured: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))
+}
+
+/// Writes one line to stdout for [`outln!`]; see there.
+fn stdout_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
 }

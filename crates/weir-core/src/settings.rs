@@ -77,10 +77,25 @@ impl CheckpointConfig {
                 origin: String::new(),
             });
         }
+        // As in Flink: below 10 ms checkpoints would only churn storage (hundreds of folders a
+        // second) and every one would time out.
+        const MIN: Duration = Duration::from_millis(10);
+        let interval = c.optional_duration(keys::CHECKPOINT_INTERVAL);
+        let timeout = c.duration(keys::CHECKPOINT_TIMEOUT);
+        for (key, value) in [(keys::CHECKPOINT_INTERVAL, interval), (keys::CHECKPOINT_TIMEOUT, Some(timeout))] {
+            if let Some(v) = value.filter(|v| *v < MIN) {
+                return Err(ConfigError::BadValue {
+                    key: key.into(),
+                    value: format!("{}ms", v.as_millis()),
+                    reason: "must be at least 10ms".into(),
+                    origin: String::new(),
+                });
+            }
+        }
         Ok(Self {
-            interval: c.optional_duration(keys::CHECKPOINT_INTERVAL),
+            interval,
             mode,
-            timeout: c.duration(keys::CHECKPOINT_TIMEOUT),
+            timeout,
             min_pause: c.duration(keys::CHECKPOINT_MIN_PAUSE),
             max_concurrent: c.int(keys::CHECKPOINT_MAX_CONCURRENT) as usize,
             unaligned,
@@ -381,6 +396,15 @@ mod tests {
         assert_eq!(job.checkpoint.mode, CheckpointingMode::AtLeastOnce);
         assert_eq!(job.checkpoint.max_concurrent, 3);
         assert_eq!(job.state_backend, StateBackendKind::RocksDb);
+    }
+
+    #[test]
+    fn an_interval_or_timeout_below_10ms_is_an_error_naming_the_key() {
+        for key in [keys::CHECKPOINT_INTERVAL, keys::CHECKPOINT_TIMEOUT] {
+            let err = CheckpointConfig::from_config(&config(&[(key, "0ms")])).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("10ms"), "{err}");
+            assert!(CheckpointConfig::from_config(&config(&[(key, "10ms")])).is_ok());
+        }
     }
 
     #[test]
