@@ -1236,9 +1236,14 @@ mod tests {
         }
     }
 
-    /// A one-operator vertex that passes column `k` through.
-    fn pass_vertex(schema: &SchemaRef) -> Vertex {
-        Vertex {
+    /// A task of one operator that passes column `k` from `input` to `partition`.
+    fn pass_task(
+        schema: &SchemaRef,
+        input: &Arc<InputGate>,
+        partition: ResultPartition,
+        checkpointing: Option<CheckpointSettings>,
+    ) -> TaskDescriptor {
+        let vertex = Vertex {
             id: 1,
             name: "pass".into(),
             parallelism: 1,
@@ -1248,6 +1253,17 @@ mod tests {
                 spec: OperatorSpec::Select { columns: vec!["k".into()] },
                 output_schema: schema.clone(),
             }],
+        };
+        TaskDescriptor {
+            info: info(),
+            vertex,
+            input_schema: schema.clone(),
+            gate: Some(input.clone()),
+            partition,
+            state: Default::default(),
+            checkpointing,
+            restore: None,
+            connectors: Arc::new(crate::operators::test_util::TestConnectors),
         }
     }
 
@@ -1264,7 +1280,6 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let rows = |k: i64, n: usize| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![k; n]))]).unwrap();
         let (quiet, busy) = (key_for(0), key_for(1));
-        let vertex = pass_vertex(&schema);
         // The feeder only clones one large batch, the task hashes every row of it: the input
         // queue stays full, so the task's poll never times out.
         let input = Arc::new(InputGate::new(1024, vec![None]));
@@ -1272,17 +1287,7 @@ mod tests {
         let channels = (0..2).map(|index| ChannelWriter::Local { gate: output.clone(), index }).collect();
         let edge = OutputEdge::new(Partitioning::Hash { key: "k".into() }, Some(0), 128, channels, 0);
         let partition = ResultPartition::new(vec![edge], 1 << 20, Duration::from_millis(20));
-        let desc = TaskDescriptor {
-            info: info(),
-            vertex,
-            input_schema: schema.clone(),
-            gate: Some(input.clone()),
-            partition,
-            state: Default::default(),
-            checkpointing: None,
-            restore: None,
-            connectors: Arc::new(crate::operators::test_util::TestConnectors),
-        };
+        let desc = pass_task(&schema, &input, partition, None);
         let task = Task::spawn(desc, Arc::new(|_| {})).unwrap();
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -1318,7 +1323,6 @@ mod tests {
     fn a_barrier_passes_a_task_whose_downstream_is_stalled() {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let rows = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![7i64; 100]))]).unwrap();
-        let vertex = pass_vertex(&schema);
         let input = Arc::new(InputGate::new(4, vec![None]));
         // Downstream: one credit, and nobody ever takes anything.
         let output = Arc::new(InputGate::new(1, vec![None]));
@@ -1339,17 +1343,7 @@ mod tests {
                 let _ = acks_tx.lock().send(ack);
             }),
         };
-        let desc = TaskDescriptor {
-            info: info(),
-            vertex,
-            input_schema: schema.clone(),
-            gate: Some(input.clone()),
-            partition,
-            state: Default::default(),
-            checkpointing: Some(checkpointing),
-            restore: None,
-            connectors: Arc::new(crate::operators::test_util::TestConnectors),
-        };
+        let desc = pass_task(&schema, &input, partition, Some(checkpointing));
         let task = Task::spawn(desc, Arc::new(|_| {})).unwrap();
         let feeder = {
             let input = input.clone();
