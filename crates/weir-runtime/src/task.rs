@@ -1070,15 +1070,11 @@ impl ChannelStateWriter {
     async fn write(&mut self, id: u64, c: Collecting) -> Result<(Uploaded, u64), weir_state::StateError> {
         let mut records: Vec<ChannelBuffer> = Vec::new();
         let mut fresh: Vec<(Option<BufferKey>, u32, u64, Item)> = Vec::new();
-        let mut place = |key: Option<BufferKey>,
-                         channel: u32,
-                         subchannel: u32,
-                         ipc: bytes::Bytes,
-                         alive: Item,
-                         written: &HashMap<BufferKey, Written>| {
-            if let Some(w) = key.and_then(|k| written.get(&k)) {
-                return Placed::Existing { file: w.file.clone(), record: w.record, bytes: w.bytes };
-            }
+        // A buffer an earlier file holds is referenced there; any other becomes a new record.
+        let existing = |written: &HashMap<BufferKey, Written>, key: Option<BufferKey>| {
+            key.and_then(|k| written.get(&k)).map(|w| Placed::Existing { file: w.file.clone(), record: w.record, bytes: w.bytes })
+        };
+        let mut add = |key: Option<BufferKey>, channel: u32, subchannel: u32, ipc: bytes::Bytes, alive: Item| {
             let (record, bytes) = (records.len() as u32, ipc.len() as u64);
             records.push(ChannelBuffer { channel, subchannel, ipc });
             fresh.push((key, record, bytes, alive));
@@ -1087,8 +1083,8 @@ impl ChannelStateWriter {
         let mut input = Vec::with_capacity(c.input.len());
         for (channel, item) in c.input {
             let key = BufferKey::input(channel, &item);
-            if let Some(w) = key.and_then(|k| self.written.get(&k)) {
-                input.push(Placed::Existing { file: w.file.clone(), record: w.record, bytes: w.bytes });
+            if let Some(p) = existing(&self.written, key) {
+                input.push(p);
                 continue;
             }
             let ipc = match &item {
@@ -1098,14 +1094,16 @@ impl ChannelStateWriter {
                 Item::Encoded(bytes) => bytes.clone(),
                 Item::Event(_) => continue,
             };
-            input.push(place(key, channel as u32, 0, ipc, item, &self.written));
+            input.push(add(key, channel as u32, 0, ipc, item));
         }
         let mut output = Vec::new();
         for o in c.output {
             for ipc in o.buffers {
-                let key = BufferKey::Output { edge: o.edge, channel: o.channel, ptr: ipc.as_ptr() as usize, len: ipc.len() };
-                let alive = Item::Encoded(ipc.clone());
-                output.push(place(Some(key), o.edge as u32, o.channel as u32, ipc, alive, &self.written));
+                let key = Some(BufferKey::Output { edge: o.edge, channel: o.channel, ptr: ipc.as_ptr() as usize, len: ipc.len() });
+                match existing(&self.written, key) {
+                    Some(p) => output.push(p),
+                    None => output.push(add(key, o.edge as u32, o.channel as u32, ipc.clone(), Item::Encoded(ipc))),
+                }
             }
         }
         let file = if records.is_empty() {
