@@ -36,6 +36,7 @@ bench: deps
 	python3 bench/run.py $(WEIR_RELEASE)
 	python3 bench/checkpoints.py $(WEIR_RELEASE)
 	python3 bench/unaligned.py $(WEIR_RELEASE)
+	python3 bench/savepoints.py $(WEIR_RELEASE)
 	$(CARGO) run --release -q -p weir-state --example state_bench
 
 clean:

@@ -678,6 +678,15 @@ pub fn compile_job(text: &str, origin: &str, base: &Config, overrides: &Config) 
     Ok((graph, cfg))
 }
 
+impl JobFile {
+    /// The uids Weir derived (`<step name>-<position>`) for steps the job file gave no `uid`.
+    /// State restored from a savepoint is matched to operators by uid, so a derived one no
+    /// longer matches once steps are added, removed or reordered before it.
+    pub fn derived_uids(&self) -> Vec<String> {
+        self.steps.iter().filter(|s| s.uid.is_none()).map(|s| format!("{}-{}", s.name, s.index)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,9 @@
 //! (`coordinator.rs`) decides; this only addresses, and the [`crate::effects::Executor`]
 //! performs.
 
-use crate::coordinator::{Action, CheckpointKind, TriggerTarget};
+use crate::coordinator::{Action, CheckpointKind, SavepointRequest, StopMode, TriggerTarget};
 use crate::effects::{CheckpointCall, Effect, Followup, TmTarget};
+use weir_core::config::Config;
 use weir_proto::CheckpointRequest;
 use weir_state::CheckpointStorage;
 
@@ -18,12 +19,26 @@ pub(crate) struct Targets<'a> {
     /// Every TaskManager running a subtask of the job.
     pub all: Vec<TmTarget>,
     pub storage: Option<&'a CheckpointStorage>,
+    /// The job's configuration: savepoint folders are opened with it (S3 credentials).
+    pub config: &'a Config,
 }
 
 /// The request every checkpoint RPC carries; `final_checkpoint` asks every task (not only
 /// sources) to take the final checkpoint.
 fn request(job_id: &str, attempt: u32, id: u64, timestamp_ms: i64, final_checkpoint: bool) -> CheckpointRequest {
-    CheckpointRequest { job_id: job_id.to_string(), attempt, checkpoint_id: id, timestamp_ms, savepoint: false, final_checkpoint }
+    CheckpointRequest { job_id: job_id.to_string(), attempt, checkpoint_id: id, timestamp_ms, final_checkpoint, ..Default::default() }
+}
+
+/// A savepoint's trigger carries its folder and format, and for `weir stop` (without
+/// `--drain`) asks the sources to stop after its barrier.
+fn with_savepoint(mut request: CheckpointRequest, savepoint: Option<&SavepointRequest>) -> CheckpointRequest {
+    if let Some(s) = savepoint {
+        request.savepoint = true;
+        request.savepoint_location = s.location.clone();
+        request.native = s.native;
+        request.stop = s.stop == Some(StopMode::Suspend);
+    }
+    request
 }
 
 /// The effects that carry out `actions`, in order:
@@ -38,15 +53,37 @@ pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> 
     let mut out = Vec::with_capacity(actions.len());
     for action in actions {
         match action {
-            Action::Trigger { id, attempt, timestamp_ms, kind, target } => {
+            Action::Trigger { id, attempt, timestamp_ms, kind, target, savepoint } => {
                 let to = match target {
                     TriggerTarget::Sources => t.sources.clone(),
                     TriggerTarget::AllTasks => t.all.clone(),
                 };
-                let request = request(t.job_id, attempt, id, timestamp_ms, kind == CheckpointKind::Final);
+                if let Some(s) = &savepoint {
+                    tracing::info!(job = %t.job_id, checkpoint = id, location = %s.location, "triggering a savepoint");
+                }
+                let request =
+                    with_savepoint(request(t.job_id, attempt, id, timestamp_ms, kind == CheckpointKind::Final), savepoint.as_ref());
                 out.push(Effect::CheckpointRpc { call: CheckpointCall::Trigger, to, request });
             }
-            Action::WriteMetadata(metadata) => match t.storage {
+            Action::EndInput { attempt } => {
+                tracing::info!(job = %t.job_id, "stopping with drain: the sources end their input");
+                let request = CheckpointRequest { end_input: true, ..request(t.job_id, attempt, 0, now_ms, false) };
+                out.push(Effect::CheckpointRpc { call: CheckpointCall::Trigger, to: t.sources.clone(), request });
+            }
+            Action::SavepointDone { ticket, result } => {
+                match &result {
+                    Ok((id, path)) => tracing::info!(job = %t.job_id, checkpoint = id, path = %path, "savepoint completed"),
+                    Err(why) => tracing::warn!(job = %t.job_id, "savepoint failed: {why}"),
+                }
+                out.push(Effect::SavepointDone { job_id: t.job_id.to_string(), ticket, result });
+            }
+            Action::DiscardSavepoint { location } => {
+                out.push(Effect::DeleteSavepoint { location, config: t.config.clone() });
+            }
+            Action::WriteMetadata { metadata, savepoint: Some(location) } => {
+                out.push(Effect::WriteSavepointMetadata { job_id: t.job_id.to_string(), location, config: t.config.clone(), metadata });
+            }
+            Action::WriteMetadata { metadata, savepoint: None } => match t.storage {
                 Some(storage) => out.push(Effect::WriteMetadata { job_id: t.job_id.to_string(), storage: storage.clone(), metadata }),
                 // Without storage no checkpoint is triggered; should one get here, it fails.
                 None => out.push(Effect::Followup(Followup::Checkpoint {

@@ -22,6 +22,16 @@
 //!   collecting acknowledgements can no longer complete (their barriers cannot pass finished
 //!   inputs): they are aborted and one final checkpoint is triggered on every task. Its
 //!   completion lets the sinks commit the tail of the output and the tasks finish.
+//! - **Savepoints.** A user's savepoint starts at once, whatever the interval, min-pause and
+//!   max-concurrent say, beside the checkpoints already pending, which go on undisturbed. Its
+//!   barrier is aligned and its files go to a folder of its own. While it is pending no
+//!   periodic checkpoint starts, so no newer (possibly unaligned) barrier overtakes it: that
+//!   is how the coordinator keeps an aligned savepoint apart from unaligned checkpoints. An
+//!   intermediate savepoint commits nothing and is no restore point (as in Flink since 1.15);
+//!   a stop-with-savepoint commits (the tasks are told) and stays the restore point until a
+//!   newer checkpoint completes; with `--drain` the sources end first and the final checkpoint
+//!   is the savepoint. A failed savepoint is answered, its folder deleted, and not counted
+//!   against `tolerable-failed-checkpoints`.
 //! - **Attempts.** When an attempt ends (failure, cancel), every pending checkpoint is void,
 //!   finalizing ones included: a restart that already chose its restore point must never see a
 //!   newer checkpoint appear behind it.
@@ -37,9 +47,8 @@
 //! The coordinator does no I/O and reads no clock: [`CheckpointCoordinator::handle`] takes an
 //! [`Event`] and the time, and returns the [`Action`]s; `coordinate.rs` addresses them to
 //! TaskManagers and storage as effects, which `effects.rs` performs. Concurrent unaligned
-//! checkpoints need nothing special here (the tasks keep them apart); savepoints beside
-//! checkpoints and settings changed at run time are meant to arrive as new events and kinds,
-//! not new flags.
+//! checkpoints need nothing special here (the tasks keep them apart); savepoints arrive as an
+//! event and a kind, and settings changed at run time are meant to arrive the same way.
 //!
 //! Shared files (incremental SSTs, channel-state files) that no retained checkpoint references
 //! are deleted only once every checkpoint that might still reference them has ended: with
@@ -95,6 +104,44 @@ pub enum CheckpointKind {
     Periodic,
     /// Once every task's input ended: commits the tail of the output.
     Final,
+    /// Asked for by a user (`weir savepoint`, `weir stop`): always aligned, full and
+    /// self-contained, written to its own folder.
+    Savepoint,
+}
+
+/// How `weir stop` ends the job after its savepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// The sources stop emitting right after the savepoint's barrier and end their input once
+    /// it completed; should it fail, they go on.
+    Suspend,
+    /// `--drain`: the sources end their input first, the job flushes, and the final checkpoint
+    /// is the savepoint.
+    Drain,
+}
+
+/// A savepoint a user asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavepointRequest {
+    /// Identifies the request, so that its outcome finds the caller waiting for it.
+    pub ticket: u64,
+    /// The savepoint's own folder (a storage URL), created for it by the JobManager. Every
+    /// path its `_metadata` records is relative to this folder.
+    pub location: String,
+    /// RocksDB writes its native files instead of the canonical key-group file.
+    pub native: bool,
+    /// `weir stop`: how the job ends after the savepoint.
+    pub stop: Option<StopMode>,
+}
+
+/// A savepoint whose completion committed the sinks' output (a stop-with-savepoint): until a
+/// newer checkpoint completes, it is the job's restore point, since restoring an older
+/// checkpoint would replay rows the sinks already committed.
+#[derive(Debug, Clone)]
+pub struct SyncSavepoint {
+    /// The savepoint's folder: the storage its metadata's paths resolve against.
+    pub location: String,
+    pub metadata: CheckpointMetadata,
 }
 
 /// Which tasks receive a trigger.
@@ -167,16 +214,28 @@ pub enum Event {
     AttemptEnded { reason: String },
     /// Attempt `attempt` is deployed: it may take (and finish with) checkpoints of its own.
     AttemptStarted { attempt: u32 },
+    /// A user asked for a savepoint (with `stop`: to stop the job after it); `tasks` is the job's
+    /// task view now. The outcome comes back as [`Action::SavepointDone`] with the request's
+    /// ticket.
+    TriggerSavepoint { request: SavepointRequest, tasks: TaskView },
 }
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send a trigger for `id` to `target`; a delivery failure comes back as
-    /// [`Event::TriggerFailed`].
-    Trigger { id: u64, attempt: u32, timestamp_ms: i64, kind: CheckpointKind, target: TriggerTarget },
-    /// Write this `_metadata`; the outcome comes back as [`Event::MetadataWritten`].
-    WriteMetadata(CheckpointMetadata),
+    /// [`Event::TriggerFailed`]. `savepoint` is set for a savepoint (its folder, format and
+    /// whether the sources stop after it).
+    Trigger { id: u64, attempt: u32, timestamp_ms: i64, kind: CheckpointKind, target: TriggerTarget, savepoint: Option<SavepointRequest> },
+    /// Write this `_metadata` (into the savepoint's folder when `savepoint` is set, else into
+    /// `chk-<n>/`); the outcome comes back as [`Event::MetadataWritten`].
+    WriteMetadata { metadata: CheckpointMetadata, savepoint: Option<String> },
+    /// `weir stop --drain`: tell the source tasks of `attempt` to end their input now.
+    EndInput { attempt: u32 },
+    /// A savepoint request ended: `Ok((checkpoint id, folder))` or why it failed.
+    SavepointDone { ticket: u64, result: Result<(u64, String), String> },
+    /// Delete a failed savepoint's folder, with everything under it.
+    DiscardSavepoint { location: String },
     /// Tell every task that `id` completed (two-phase-commit sinks commit).
     NotifyComplete { id: u64, attempt: u32 },
     /// Tell every task to abort `id` (each drops what it collected and forwards a cancellation
@@ -227,6 +286,8 @@ enum Phase {
 #[derive(Debug)]
 struct PendingCheckpoint {
     kind: CheckpointKind,
+    /// Set for a savepoint (and for a final checkpoint that is `weir stop --drain`'s savepoint).
+    savepoint: Option<SavepointRequest>,
     /// The attempt it was triggered for: acknowledgements of any other are ignored.
     attempt: u32,
     /// When it was triggered (the timeout counts from here).
@@ -278,6 +339,9 @@ pub struct CheckpointRecord {
     pub kind: SnapshotKind,
     /// In-flight bytes stored as channel state, over the subtasks that acknowledged.
     pub inflight_bytes: u64,
+    /// A savepoint, and its folder once complete.
+    pub savepoint: bool,
+    pub path: String,
 }
 
 impl CheckpointRecord {
@@ -294,6 +358,8 @@ impl CheckpointRecord {
             total: self.total,
             kind: self.kind as i32,
             inflight_bytes: self.inflight_bytes,
+            savepoint: self.savepoint,
+            path: self.path.clone(),
         }
     }
 }
@@ -330,6 +396,16 @@ pub struct CheckpointCoordinator {
     /// race with the completion notice) may reference them. Each batch is deleted, minus what
     /// a checkpoint completed since registered again, once every checkpoint up to its id ended.
     deferred_deletes: Vec<(u64, Vec<String>)>,
+    /// The `weir stop` under way: it holds periodic checkpoints back and, with `--drain`,
+    /// turns the final checkpoint into its savepoint.
+    stop: Option<SavepointRequest>,
+    /// The last stop-with-savepoint that completed (see [`SyncSavepoint`]).
+    sync_savepoint: Option<SyncSavepoint>,
+    /// The folder of the last savepoint that completed, for `weir list`.
+    last_savepoint: Option<String>,
+    /// Savepoints that failed while their `_metadata` was being written, by id: the answer of
+    /// that write deletes their folder.
+    void_savepoints: HashMap<u64, String>,
 }
 
 impl CheckpointCoordinator {
@@ -350,12 +426,36 @@ impl CheckpointCoordinator {
             history: Vec::new(),
             final_checkpoint: FinalCheckpoint::NotTaken,
             deferred_deletes: Vec::new(),
+            stop: None,
+            sync_savepoint: None,
+            last_savepoint: None,
+            void_savepoints: HashMap::new(),
         }
     }
 
-    /// The newest completed checkpoint: the restore point of the next attempt.
+    /// The newest completed checkpoint: the restore point of the next attempt (but see
+    /// [`restore_point`](Self::restore_point)). Tests only: the job asks for the restore point.
+    #[cfg(test)]
     pub fn latest(&self) -> Option<&CheckpointMetadata> {
         self.retained.back()
+    }
+
+    /// What the next attempt restores from: the newest completed checkpoint, or a newer
+    /// stop-with-savepoint, whose completion committed the sinks' output. The location is
+    /// `Some(folder)` for a savepoint, `None` for the job's checkpoint storage.
+    pub fn restore_point(&self) -> Option<(Option<&str>, &CheckpointMetadata)> {
+        let checkpoint = self.retained.back();
+        match &self.sync_savepoint {
+            Some(s) if checkpoint.is_none_or(|c| c.checkpoint_id < s.metadata.checkpoint_id) => {
+                Some((Some(s.location.as_str()), &s.metadata))
+            }
+            _ => checkpoint.map(|c| (None, c)),
+        }
+    }
+
+    /// The folder of the last savepoint that completed.
+    pub fn last_savepoint(&self) -> Option<&str> {
+        self.last_savepoint.as_deref()
     }
 
     /// Every checkpoint of the job so far, oldest first.
@@ -404,9 +504,58 @@ impl CheckpointCoordinator {
                 }
                 self.attempt = attempt;
                 self.final_checkpoint = FinalCheckpoint::NotTaken;
+                if let Some(stop) = self.stop.take() {
+                    // A drain whose sources ended in the failed attempt: the new one runs on.
+                    let why = format!("the job restarted (attempt {attempt}) before the stop completed");
+                    out.push(Action::SavepointDone { ticket: stop.ticket, result: Err(why) });
+                }
             }
+            Event::TriggerSavepoint { request, tasks } => self.trigger_savepoint(now, request, tasks, &mut out),
         }
         out
+    }
+
+    /// A savepoint (or stop-with-savepoint) request. Refused unless checkpointing is on, every
+    /// task runs and no stop is under way. A savepoint starts at once, beside the pending
+    /// checkpoints, which it does not count against `max-concurrent-checkpoints` and does not
+    /// disturb; while it is pending no periodic checkpoint starts, so a newer (possibly
+    /// unaligned) barrier never overtakes the savepoint's aligned one. `--drain` ends the
+    /// sources' input first; its savepoint is the final checkpoint.
+    fn trigger_savepoint(&mut self, now: Now, request: SavepointRequest, tasks: TaskView, out: &mut Vec<Action>) {
+        let refuse = |why: &str, out: &mut Vec<Action>| {
+            out.push(Action::SavepointDone { ticket: request.ticket, result: Err(why.to_string()) });
+        };
+        if !self.enabled() {
+            return refuse("savepoints need checkpointing: set execution.checkpointing.interval", out);
+        }
+        if self.stop.is_some() {
+            return refuse("the job is already stopping with a savepoint", out);
+        }
+        if !tasks.all_running() {
+            return refuse("the job's tasks are not all running", out);
+        }
+        if request.stop.is_some() {
+            self.stop = Some(request.clone());
+        }
+        if request.stop == Some(StopMode::Drain) {
+            out.push(Action::EndInput { attempt: self.attempt });
+            return;
+        }
+        let id = self.start(CheckpointKind::Savepoint, tasks.total, now);
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.savepoint = Some(request.clone());
+        }
+        if let Some(r) = self.record(id) {
+            r.savepoint = true;
+        }
+        out.push(Action::Trigger {
+            id,
+            attempt: self.attempt,
+            timestamp_ms: now.epoch_ms,
+            kind: CheckpointKind::Savepoint,
+            target: TriggerTarget::Sources,
+            savepoint: Some(request),
+        });
     }
 
     fn tick(&mut self, now: Now, view: TaskView, out: &mut Vec<Action>) {
@@ -426,12 +575,21 @@ impl CheckpointCoordinator {
             }
             let id = self.start(CheckpointKind::Final, view.finishing, now);
             self.final_checkpoint = FinalCheckpoint::InFlight(id);
+            // `weir stop --drain`: the final checkpoint is its savepoint.
+            let savepoint = self.stop.clone().filter(|s| s.stop == Some(StopMode::Drain));
+            if let Some(p) = self.pending.get_mut(&id) {
+                p.savepoint = savepoint.clone();
+            }
+            if let (Some(r), true) = (self.record(id), savepoint.is_some()) {
+                r.savepoint = true;
+            }
             out.push(Action::Trigger {
                 id,
                 attempt: self.attempt,
                 timestamp_ms: now.epoch_ms,
                 kind: CheckpointKind::Final,
                 target: TriggerTarget::AllTasks,
+                savepoint,
             });
         } else if view.all_running() && self.due(now.instant) {
             let id = self.start(CheckpointKind::Periodic, view.total, now);
@@ -441,15 +599,21 @@ impl CheckpointCoordinator {
                 timestamp_ms: now.epoch_ms,
                 kind: CheckpointKind::Periodic,
                 target: TriggerTarget::Sources,
+                savepoint: None,
             });
         }
     }
 
     /// Whether a periodic checkpoint is due: interval since the last trigger, min-pause since
     /// the last completion, and room under max-concurrent (finalizing checkpoints count).
+    /// A pending savepoint, or a stop under way, holds periodic checkpoints back (savepoints do
+    /// not count against max-concurrent).
     fn due(&self, now: Instant) -> bool {
         let Some(interval) = self.settings.interval else { return false };
-        if self.pending.len() >= self.settings.max_concurrent {
+        if self.stop.is_some() || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint) {
+            return false;
+        }
+        if self.pending.values().filter(|p| p.kind != CheckpointKind::Savepoint).count() >= self.settings.max_concurrent {
             return false;
         }
         if self.last_completion.is_some_and(|t| now < t + self.settings.min_pause) {
@@ -463,7 +627,7 @@ impl CheckpointCoordinator {
         self.next_id += 1;
         self.last_trigger = Some(now.instant);
         let phase = Phase::Collecting { acks: HashMap::new(), total };
-        self.pending.insert(id, PendingCheckpoint { kind, attempt: self.attempt, started: now.instant, phase });
+        self.pending.insert(id, PendingCheckpoint { kind, savepoint: None, attempt: self.attempt, started: now.instant, phase });
         self.history.push(CheckpointRecord {
             id,
             status: CheckpointStatus::InProgress,
@@ -476,6 +640,8 @@ impl CheckpointCoordinator {
             total: total as u32,
             kind: SnapshotKind::Aligned,
             inflight_bytes: 0,
+            savepoint: false,
+            path: String::new(),
         });
         id
     }
@@ -515,11 +681,14 @@ impl CheckpointCoordinator {
             r.kind = r.kind.max(stats.kind);
         }
         if let Some(acks) = all_acknowledged {
-            let metadata = self.metadata(id, &acks, now.epoch_ms);
+            let mut metadata = self.metadata(id, &acks, now.epoch_ms);
+            let mut savepoint = None;
             if let Some(p) = self.pending.get_mut(&id) {
+                savepoint = p.savepoint.as_ref().map(|s| s.location.clone());
+                metadata.savepoint = savepoint.is_some();
                 p.phase = Phase::Finalizing(metadata.clone());
             }
-            out.push(Action::WriteMetadata(metadata));
+            out.push(Action::WriteMetadata { metadata, savepoint });
         }
     }
 
@@ -554,14 +723,18 @@ impl CheckpointCoordinator {
 
     fn metadata_written(&mut self, now: Now, id: u64, result: Result<(), String>, out: &mut Vec<Action>) {
         let finalizing = self.pending.get(&id).map(|p| matches!(p.phase, Phase::Finalizing(_)));
+        let discard = |c: &mut Self, id: u64| match c.void_savepoints.remove(&id) {
+            Some(location) => Action::DiscardSavepoint { location },
+            None => Action::Discard { id },
+        };
         match (finalizing, result) {
             // Void meanwhile (subsumed, expired, its attempt ended): whatever was written goes.
-            (None, _) => out.push(Action::Discard { id }),
+            (None, _) => out.push(discard(self, id)),
             // Only a finalizing checkpoint has a write in flight.
             (Some(false), _) => {}
             (Some(true), Err(why)) => {
                 self.fail(now, id, FailureReason::MetadataWriteFailed(why), out);
-                out.push(Action::Discard { id });
+                out.push(discard(self, id));
             }
             (Some(true), Ok(())) => self.complete(now, id, out),
         }
@@ -572,6 +745,9 @@ impl CheckpointCoordinator {
         let Phase::Finalizing(meta) = p.phase else { return };
         if p.kind == CheckpointKind::Final {
             self.final_checkpoint = FinalCheckpoint::Completed(id);
+        }
+        if let Some(request) = p.savepoint {
+            return self.complete_savepoint(now, id, p.attempt, request, meta, out);
         }
         self.consecutive_failures = 0;
         self.last_completion = Some(now.instant);
@@ -584,7 +760,8 @@ impl CheckpointCoordinator {
         self.registry.register_paths(id, meta.shared_paths());
         self.retained.push_back(meta);
         out.push(Action::NotifyComplete { id, attempt: p.attempt });
-        let subsumed: Vec<u64> = self.pending.range(..id).map(|(k, _)| *k).collect();
+        // A savepoint is not subsumed: it is not a restore point, and its user waits for it.
+        let subsumed: Vec<u64> = self.pending.range(..id).filter(|(_, p)| p.kind != CheckpointKind::Savepoint).map(|(k, _)| *k).collect();
         for s in subsumed {
             self.fail(now, s, FailureReason::Subsumed { by: id }, out);
         }
@@ -598,6 +775,37 @@ impl CheckpointCoordinator {
             }
             out.push(Action::Discard { id: old.checkpoint_id });
         }
+        self.delete_settled_files(out);
+    }
+
+    /// A savepoint's `_metadata` is written. An intermediate savepoint only answers its caller:
+    /// it is not retained, subsumes nothing, and the tasks are not told, so sinks commit
+    /// nothing for it (as in Flink since 1.15; the next checkpoint commits those rows) and
+    /// failover never restores it. A stop-with-savepoint is different: the tasks are told (the
+    /// sinks commit exactly up to it, and the stopped sources end their input) and it becomes
+    /// the restore point until a newer checkpoint completes.
+    fn complete_savepoint(
+        &mut self,
+        now: Now,
+        id: u64,
+        attempt: u32,
+        request: SavepointRequest,
+        meta: CheckpointMetadata,
+        out: &mut Vec<Action>,
+    ) {
+        let size = meta.size();
+        if let Some(r) = self.record(id) {
+            r.status = CheckpointStatus::Completed;
+            r.duration_ms = (now.epoch_ms - r.trigger_ms).max(0) as u64;
+            r.size = size;
+            r.path = request.location.clone();
+        }
+        self.last_savepoint = Some(request.location.clone());
+        if request.stop.is_some() {
+            self.sync_savepoint = Some(SyncSavepoint { location: request.location.clone(), metadata: meta });
+            out.push(Action::NotifyComplete { id, attempt });
+        }
+        out.push(Action::SavepointDone { ticket: request.ticket, result: Ok((id, request.location)) });
         self.delete_settled_files(out);
     }
 
@@ -618,8 +826,18 @@ impl CheckpointCoordinator {
     }
 
     /// Fails pending checkpoint `id` for `reason`.
+    ///
+    /// A failed savepoint answers its caller, deletes its folder, and counts as no checkpoint
+    /// failure (it says nothing of the job's periodic checkpoints). A failed stop ends the stop:
+    /// the sources go on.
     fn fail(&mut self, now: Now, id: u64, reason: FailureReason, out: &mut Vec<Action>) {
         let Some(p) = self.pending.remove(&id) else { return };
+        if let Some(request) = &p.savepoint {
+            if self.stop.as_ref().is_some_and(|s| s.ticket == request.ticket) {
+                self.stop = None;
+            }
+            out.push(Action::SavepointDone { ticket: request.ticket, result: Err(reason.to_string()) });
+        }
         if self.final_checkpoint == FinalCheckpoint::InFlight(id) {
             self.final_checkpoint = FinalCheckpoint::NotTaken;
         }
@@ -635,10 +853,16 @@ impl CheckpointCoordinator {
         }
         // A finalizing checkpoint's `_metadata` may still be written: the answer of that write
         // discards it. Otherwise whatever the tasks uploaded goes now.
-        if matches!(p.phase, Phase::Collecting { .. }) {
-            out.push(Action::Discard { id });
+        match (&p.phase, &p.savepoint) {
+            (Phase::Collecting { .. }, Some(s)) => out.push(Action::DiscardSavepoint { location: s.location.clone() }),
+            (Phase::Collecting { .. }, None) => out.push(Action::Discard { id }),
+            // The answer of the write in flight discards the folder.
+            (Phase::Finalizing(_), Some(s)) => {
+                self.void_savepoints.insert(id, s.location.clone());
+            }
+            (Phase::Finalizing(_), None) => {}
         }
-        if reason.counts_as_failure() {
+        if reason.counts_as_failure() && p.savepoint.is_none() {
             self.consecutive_failures += 1;
             if self.consecutive_failures > self.settings.tolerable_failures {
                 out.push(Action::FailJob(format!(
@@ -757,7 +981,8 @@ mod tests {
                 attempt: 0,
                 timestamp_ms: 1_000_000,
                 kind: CheckpointKind::Periodic,
-                target: TriggerTarget::Sources
+                target: TriggerTarget::Sources,
+                savepoint: None,
             }]
         );
         h.ack_all(1);
@@ -776,7 +1001,7 @@ mod tests {
         // A duplicate acknowledgement counts once.
         assert!(h.handle(ack(0, 1, 0)).is_empty());
         let last = h.handle(ack(0, 1, h.total as u32 - 1));
-        assert!(matches!(&last[..], [Action::WriteMetadata(m)] if m.checkpoint_id == 1 && m.job_id == "job"));
+        assert!(matches!(&last[..], [Action::WriteMetadata { metadata: m, savepoint: None }] if m.checkpoint_id == 1 && m.job_id == "job"));
         assert!(h.c.latest().is_none(), "not complete before _metadata is written");
         assert_eq!(h.handle(written(1)), [Action::NotifyComplete { id: 1, attempt: 0 }]);
         assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(1));
@@ -926,7 +1151,8 @@ mod tests {
             attempt: 0,
             timestamp_ms: 1_000_150,
             kind: CheckpointKind::Final,
-            target: TriggerTarget::AllTasks
+            target: TriggerTarget::AllTasks,
+            savepoint: None,
         }));
         assert!(!fails_job(&actions));
         assert!(h.at(300).handle(Event::Tick(ended)).is_empty(), "triggered once");
@@ -972,6 +1198,128 @@ mod tests {
             3 => (any::<usize>(), prop::bool::weighted(0.85)).prop_map(|(pick, ok)| Step::Write { pick, ok }),
             1 => Just(Step::Restart),
         ]
+    }
+
+    fn savepoint(ticket: u64, stop: Option<StopMode>) -> SavepointRequest {
+        SavepointRequest { ticket, location: format!("memory://sp-{ticket}"), native: false, stop }
+    }
+
+    fn outcome(actions: &[Action]) -> Option<Result<(u64, String), String>> {
+        actions.iter().find_map(|a| if let Action::SavepointDone { result, .. } = a { Some(result.clone()) } else { None })
+    }
+
+    fn notified(actions: &[Action]) -> Vec<u64> {
+        actions.iter().filter_map(|a| if let Action::NotifyComplete { id, .. } = a { Some(*id) } else { None }).collect()
+    }
+
+    #[test]
+    fn a_savepoint_runs_beside_checkpoints_and_holds_new_ones_back() {
+        let mut h = Harness::new(settings());
+        assert_eq!(triggered(&h.tick()), [1]);
+        let view = h.running();
+        let actions = h.at(10).handle(Event::TriggerSavepoint { request: savepoint(7, None), tasks: view });
+        assert!(
+            matches!(&actions[..], [Action::Trigger { id: 2, kind: CheckpointKind::Savepoint, target: TriggerTarget::Sources, savepoint: Some(s), .. }] if s.ticket == 7),
+            "started at once, beside checkpoint 1 and above max-concurrent 1: {actions:?}"
+        );
+        assert!(triggered(&h.at(300).tick()).is_empty(), "no periodic checkpoint while the savepoint is pending");
+        // Checkpoint 1 completes and subsumes nothing: the newer savepoint is not its to subsume.
+        h.ack_all(1);
+        let done = h.handle(written(1));
+        assert_eq!(notified(&done), [1]);
+        assert!(!done.iter().any(|a| matches!(a, Action::Abort { .. })), "{done:?}");
+        // The savepoint's metadata goes to its own folder.
+        let last = h.ack_all(2);
+        assert!(
+            matches!(&last[..], [Action::WriteMetadata { metadata, savepoint: Some(l) }] if metadata.savepoint && l == "memory://sp-7"),
+            "{last:?}"
+        );
+        let done = h.at(320).handle(written(2));
+        assert_eq!(outcome(&done), Some(Ok((2, "memory://sp-7".to_string()))));
+        assert!(notified(&done).is_empty(), "an intermediate savepoint commits nothing");
+        assert!(!done.iter().any(|a| matches!(a, Action::Discard { .. })), "no retained checkpoint is discarded for it: {done:?}");
+        assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(1), "a savepoint is no failover restore point");
+        assert_eq!(h.c.last_savepoint(), Some("memory://sp-7"));
+        let record = h.c.history().iter().find(|r| r.id == 2).unwrap();
+        assert!(record.savepoint && record.path == "memory://sp-7" && record.status == CheckpointStatus::Completed);
+        assert_eq!(triggered(&h.at(400).tick()), [3], "periodic checkpoints go on");
+    }
+
+    #[test]
+    fn a_failed_savepoint_answers_deletes_its_folder_and_fails_no_job() {
+        let mut h = Harness::new(settings()); // tolerable failures: 0
+        let view = h.running();
+        h.handle(Event::TriggerSavepoint { request: savepoint(1, None), tasks: view });
+        let actions = h.handle(Event::Declined { attempt: 0, id: 1, reason: "disk full".into() });
+        assert!(matches!(outcome(&actions), Some(Err(why)) if why.contains("disk full")), "{actions:?}");
+        assert!(actions.contains(&Action::DiscardSavepoint { location: "memory://sp-1".into() }));
+        assert!(actions.iter().any(|a| matches!(a, Action::Abort { id: 1, .. })));
+        assert!(!fails_job(&actions));
+        // Failed while its metadata was written: the answer of that write deletes the folder.
+        h.handle(Event::TriggerSavepoint { request: savepoint(2, None), tasks: view });
+        h.ack_all(2);
+        h.handle(Event::AttemptEnded { reason: "job restarting".into() });
+        let late = h.handle(written(2));
+        assert_eq!(late, [Action::DiscardSavepoint { location: "memory://sp-2".into() }]);
+    }
+
+    #[test]
+    fn savepoints_are_refused_unless_every_task_runs_and_no_stop_is_under_way() {
+        let mut h = Harness::new(settings());
+        let starting = TaskView { job_active: true, total: h.total, running: 1, finishing: 0, finished: 0 };
+        let actions = h.handle(Event::TriggerSavepoint { request: savepoint(1, None), tasks: starting });
+        assert!(matches!(outcome(&actions), Some(Err(why)) if why.contains("not all running")), "{actions:?}");
+        let view = h.running();
+        h.handle(Event::TriggerSavepoint { request: savepoint(2, Some(StopMode::Suspend)), tasks: view });
+        let actions = h.handle(Event::TriggerSavepoint { request: savepoint(3, None), tasks: view });
+        assert!(matches!(outcome(&actions), Some(Err(why)) if why.contains("already stopping")), "{actions:?}");
+        let mut off = Harness::new(CoordinatorSettings { interval: None, ..settings() });
+        let actions = off.handle(Event::TriggerSavepoint { request: savepoint(4, None), tasks: view });
+        assert!(matches!(outcome(&actions), Some(Err(why)) if why.contains("execution.checkpointing.interval")), "{actions:?}");
+    }
+
+    #[test]
+    fn a_stop_savepoint_commits_and_is_the_restore_point_until_a_newer_checkpoint() {
+        let mut h = Harness::new(settings());
+        h.tick();
+        h.ack_all(1);
+        h.handle(written(1));
+        let view = h.running();
+        let actions = h.at(50).handle(Event::TriggerSavepoint { request: savepoint(9, Some(StopMode::Suspend)), tasks: view });
+        assert!(matches!(&actions[..], [Action::Trigger { id: 2, savepoint: Some(s), .. }] if s.stop == Some(StopMode::Suspend)));
+        h.ack_all(2);
+        let done = h.at(60).handle(written(2));
+        assert_eq!(notified(&done), [2], "the sinks commit exactly up to the stop savepoint");
+        assert_eq!(outcome(&done), Some(Ok((2, "memory://sp-9".to_string()))));
+        let (location, meta) = h.c.restore_point().unwrap();
+        assert_eq!((location, meta.checkpoint_id), (Some("memory://sp-9"), 2));
+        assert!(triggered(&h.at(500).tick()).is_empty(), "no periodic checkpoint once stopping");
+        // The stopped sources end their input; the final checkpoint follows and takes over.
+        let ended = TaskView { job_active: true, total: h.total, running: 0, finishing: h.total, finished: 0 };
+        assert_eq!(triggered(&h.at(510).handle(Event::Tick(ended))), [3]);
+        h.ack_all(3);
+        h.handle(written(3));
+        let (location, meta) = h.c.restore_point().unwrap();
+        assert_eq!((location, meta.checkpoint_id), (None, 3));
+    }
+
+    #[test]
+    fn a_drain_ends_the_input_and_the_final_checkpoint_is_its_savepoint() {
+        let mut h = Harness::new(settings());
+        let view = h.running();
+        let actions = h.handle(Event::TriggerSavepoint { request: savepoint(5, Some(StopMode::Drain)), tasks: view });
+        assert_eq!(actions, [Action::EndInput { attempt: 0 }]);
+        let ended = TaskView { job_active: true, total: h.total, running: 0, finishing: h.total, finished: 0 };
+        let actions = h.at(10).handle(Event::Tick(ended));
+        assert!(
+            matches!(&actions[..], [Action::Trigger { id: 1, kind: CheckpointKind::Final, target: TriggerTarget::AllTasks, savepoint: Some(s), .. }] if s.ticket == 5),
+            "{actions:?}"
+        );
+        let last = h.ack_all(1);
+        assert!(matches!(&last[..], [Action::WriteMetadata { savepoint: Some(_), .. }]), "{last:?}");
+        let done = h.handle(written(1));
+        assert_eq!(notified(&done), [1]);
+        assert_eq!(outcome(&done), Some(Ok((1, "memory://sp-5".to_string()))));
     }
 
     proptest! {
@@ -1030,7 +1378,7 @@ mod tests {
                 };
                 for a in &actions {
                     match a {
-                        Action::WriteMetadata(m) => writes.push(m.checkpoint_id),
+                        Action::WriteMetadata { metadata: m, .. } => writes.push(m.checkpoint_id),
                         Action::NotifyComplete { id, attempt: a } => {
                             prop_assert_eq!(Some(*id), just_written, "completed without its _metadata written");
                             prop_assert!(*id > last_completed, "checkpoint {} completed after {}", id, last_completed);

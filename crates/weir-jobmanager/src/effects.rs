@@ -10,9 +10,14 @@
 
 use crate::catalog::{Catalog, JobRecord};
 use crate::coordinator::Event;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
+use weir_core::config::Config;
 use weir_proto::task_manager_service_client::TaskManagerServiceClient;
 use weir_proto::{CancelTasksRequest, CheckpointRequest};
 use weir_state::metadata::CheckpointMetadata;
@@ -65,6 +70,13 @@ pub(crate) enum Effect {
     DeleteCheckpoint { job_id: String, storage: CheckpointStorage, id: u64 },
     /// Delete files (shared SSTs nothing references any more).
     DeleteFiles { storage: CheckpointStorage, paths: Vec<String> },
+    /// Write a savepoint's `_metadata` at the root of its folder (opened with the job's
+    /// configuration); the outcome comes back as a follow-up, as for checkpoints.
+    WriteSavepointMetadata { job_id: String, location: String, config: Config, metadata: CheckpointMetadata },
+    /// Delete a failed savepoint's folder. Failures are logged only.
+    DeleteSavepoint { location: String, config: Config },
+    /// A savepoint request ended: hand the outcome to whoever waits for `ticket`.
+    SavepointDone { job_id: String, ticket: u64, result: Result<(u64, String), String> },
     /// Cancel a job attempt's tasks on each TaskManager in `to`. The request names the
     /// attempt, so a TaskManager already running a newer one keeps it. Best effort: a failed
     /// call is logged at debug level, and a TaskManager that cannot be reached is left to the
@@ -117,13 +129,41 @@ impl std::fmt::Debug for TmTarget {
 pub(crate) struct Executor {
     followups: UnboundedSender<Followup>,
     catalog: Option<Catalog>,
+    savepoints: Arc<Mutex<SavepointWaiters>>,
+}
+
+/// The outcome of a savepoint request: `(checkpoint id, folder)` or why it failed.
+pub(crate) type SavepointResult = Result<(u64, String), String>;
+
+/// Callers waiting for savepoints (the `TriggerSavepoint` and `StopJob` RPCs), by (job,
+/// ticket), and outcomes that arrived before their caller started waiting.
+#[derive(Default)]
+struct SavepointWaiters {
+    waiting: HashMap<(String, u64), oneshot::Sender<SavepointResult>>,
+    early: HashMap<(String, u64), SavepointResult>,
 }
 
 impl Executor {
     /// An executor that sends follow-ups to the driver's channel and, with
     /// `jobmanager.catalog.dir`, writes catalog entries to `catalog`.
     pub fn new(followups: UnboundedSender<Followup>, catalog: Option<Catalog>) -> Self {
-        Self { followups, catalog }
+        Self { followups, catalog, savepoints: Arc::default() }
+    }
+
+    /// Waits for the outcome of savepoint request `ticket` of `job_id` (which may already be
+    /// known). Errs if the JobManager drops the request (it shuts down).
+    pub async fn savepoint_outcome(&self, job_id: &str, ticket: u64) -> SavepointResult {
+        let key = (job_id.to_string(), ticket);
+        let rx = {
+            let mut w = self.savepoints.lock();
+            if let Some(result) = w.early.remove(&key) {
+                return result;
+            }
+            let (tx, rx) = oneshot::channel();
+            w.waiting.insert(key, tx);
+            rx
+        };
+        rx.await.unwrap_or_else(|_| Err("the JobManager dropped the savepoint request".into()))
     }
 
     /// Queues a follow-up for the driver (dropped only when the JobManager shuts down).
@@ -173,6 +213,40 @@ impl Executor {
                         }
                     }
                 });
+            }
+            Effect::WriteSavepointMetadata { job_id, location, config, metadata } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let id = metadata.checkpoint_id;
+                    let result = match CheckpointStorage::open(&location, &config) {
+                        Ok(storage) => metadata.write_at(&storage, "_metadata").await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    this.send(Followup::Checkpoint { job_id, event: Event::MetadataWritten { id, result } });
+                });
+            }
+            Effect::DeleteSavepoint { location, config } => {
+                tokio::spawn(async move {
+                    let result = match CheckpointStorage::open(&location, &config) {
+                        Ok(storage) => storage.delete_prefix("").await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(location = %location, "cannot delete a failed savepoint: {e}");
+                    }
+                });
+            }
+            Effect::SavepointDone { job_id, ticket, result } => {
+                let key = (job_id, ticket);
+                let mut w = self.savepoints.lock();
+                match w.waiting.remove(&key) {
+                    Some(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    None => {
+                        w.early.insert(key, result);
+                    }
+                }
             }
             Effect::CancelTasks { to, request } => {
                 for mut target in to {

@@ -272,8 +272,10 @@ impl Job {
     pub fn next_attempt(&mut self) {
         self.attempt += 1;
         self.tasks.clear();
-        self.restore = match (self.coordinator.latest(), self.storage.as_ref()) {
-            (Some(meta), Some(storage)) => Some(RestoreInfo { storage_url: storage.url().to_string(), metadata: meta.clone() }),
+        self.restore = match (self.coordinator.restore_point(), self.storage.as_ref()) {
+            // A stop-with-savepoint that completed (its sinks committed): its own folder.
+            (Some((Some(location), meta)), _) => Some(RestoreInfo { storage_url: location.to_string(), metadata: meta.clone() }),
+            (Some((None, meta)), Some(storage)) => Some(RestoreInfo { storage_url: storage.url().to_string(), metadata: meta.clone() }),
             _ => self.initial_restore.clone(),
         };
     }
@@ -366,6 +368,7 @@ impl Job {
             vertices,
             attempt: self.attempt,
             restarts: self.restarts.restarts(),
+            savepoint_path: self.coordinator.last_savepoint().unwrap_or_default().to_string(),
         }
     }
 }

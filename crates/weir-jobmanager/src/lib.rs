@@ -31,6 +31,7 @@ mod job;
 mod lifecycle;
 mod recover;
 mod restart;
+mod savepoint;
 mod scheduler;
 mod service;
 mod state;

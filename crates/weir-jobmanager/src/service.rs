@@ -11,9 +11,11 @@
 //! ignores one of an older attempt, or of a job this JobManager does not know (say, one
 //! submitted to an earlier JobManager without a catalog).
 
+use crate::coordinator::StopMode;
 use crate::coordinator::{AckStats, Event};
 use crate::effects::Executor;
 use crate::job::{JobDefinition, NewJob};
+use crate::savepoint;
 use crate::state::JobManagerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -22,26 +24,8 @@ use weir_core::job::compile_job;
 use weir_core::settings::{resolve_checkpoint_dir, JobSettings};
 use weir_proto::job_manager_service_server::JobManagerService;
 use weir_proto::*;
-use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInfo, SubtaskState};
+use weir_state::metadata::SubtaskState;
 use weir_state::CheckpointStorage;
-
-/// Reads the `_metadata` of a retained checkpoint given as `<root>/<job>/chk-<n>[/_metadata]`.
-///
-/// For `weir run -s`. A path without a scheme is a local one (`file://`). Every failure (a
-/// path of another shape, storage that does not open, `_metadata` that does not read) is
-/// `INVALID_ARGUMENT` naming the path, so the submission is refused before a job exists.
-async fn read_restore(path: &str, config: &Config) -> Result<RestoreInfo, Status> {
-    let (root, rel) = split_checkpoint_path(path).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "'{path}' is not a checkpoint directory: expected <dir>/<job-id>/chk-<n>, e.g. file:///tmp/weir-checkpoints/<job-id>/chk-3"
-        ))
-    })?;
-    let root = if root.contains("://") { root } else { format!("file://{root}") };
-    let storage = CheckpointStorage::open(&root, config).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let metadata =
-        CheckpointMetadata::read(&storage, &rel).await.map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
-    Ok(RestoreInfo { storage_url: root, metadata })
-}
 
 /// The gRPC service: translates requests into calls on the state and hands the resulting
 /// effects to the executor; it decides nothing itself.
@@ -132,7 +116,33 @@ impl JobManagerService for JobManagerRpc {
             Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| Status::invalid_argument(e.to_string()))?),
             None => None,
         };
-        let restore = if r.restore_path.is_empty() { None } else { Some(read_restore(&r.restore_path, &config).await?) };
+        let mut warnings = Vec::new();
+        let restore = if r.restore_path.is_empty() {
+            None
+        } else {
+            let (storage, mut info) = savepoint::read_metadata(&r.restore_path, &config).await?;
+            warnings = savepoint::check_restore(&r.restore_path, &graph, &mut info, r.allow_non_restored_state)?;
+            savepoint::verify_files(&r.restore_path, &storage, &info).await?;
+            Some(info)
+        };
+        if restore.is_some() || settings.checkpoint.enabled() {
+            // Stateful steps whose uid Weir derived from their position.
+            let derived = weir_core::job::JobFile::parse(&r.job_definition, origin).map(|f| f.derived_uids()).unwrap_or_default();
+            for v in &graph.vertices {
+                for op in v.operators.iter().filter(|o| derived.contains(&o.uid)) {
+                    if op.spec.is_stateful() || op.spec.is_source() || matches!(op.spec, weir_core::graph::OperatorSpec::FileSink { .. }) {
+                        warnings.push(format!(
+                            "step '{}' keeps state but has no uid: its state is matched by the derived uid '{}', which changes \
+                             when steps are added or removed before it; set `uid:` on the step to keep its state across changes",
+                            op.name, op.uid
+                        ));
+                    }
+                }
+            }
+        }
+        for w in &warnings {
+            tracing::warn!("job {}: {w}", graph.name);
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = graph.name.clone();
         let new = NewJob {
@@ -149,7 +159,7 @@ impl JobManagerService for JobManagerRpc {
         };
         tracing::info!(job = %id, name = %name, "job submitted");
         self.executor.perform(self.state.add_job(new));
-        Ok(Response::new(SubmitJobResponse { job_id: id }))
+        Ok(Response::new(SubmitJobResponse { job_id: id, warnings }))
     }
 
     /// Every job, in submission order.
@@ -225,9 +235,53 @@ impl JobManagerService for JobManagerRpc {
         Ok(Response::new(ListCheckpointsResponse { checkpoints }))
     }
 
+    /// Takes a savepoint into a new folder under the given directory (or the job's
+    /// `execution.checkpointing.savepoint-dir`) and answers once its `_metadata` is written.
+    /// A job that is not RUNNING is `FAILED_PRECONDITION`; a savepoint that fails (declined,
+    /// expired, the job restarted meanwhile) is `ABORTED` with the reason.
+
+    async fn trigger_savepoint(&self, request: Request<TriggerSavepointRequest>) -> Result<Response<SavepointResponse>, Status> {
+        let r = request.into_inner();
+        let native = r.format == SavepointFormat::Native as i32;
+        self.savepoint(&r.job_id, &r.directory, native, None).await.map(Response::new)
+    }
+
+    /// Stops a job with a savepoint: answers once the savepoint is complete; the job then
+    /// ends FINISHED on its own (after a final checkpoint). Errors as for `trigger_savepoint`;
+    /// a stop that fails leaves the job running.
+
+    async fn stop_job(&self, request: Request<StopJobRequest>) -> Result<Response<SavepointResponse>, Status> {
+        let r = request.into_inner();
+        let native = r.format == SavepointFormat::Native as i32;
+        let mode = if r.drain { StopMode::Drain } else { StopMode::Suspend };
+        self.savepoint(&r.job_id, &r.directory, native, Some(mode)).await.map(Response::new)
+    }
+
+    /// Deletes a savepoint folder; refused for anything whose `_metadata` is not a savepoint's.
+
+    async fn dispose_savepoint(&self, request: Request<DisposeSavepointRequest>) -> Result<Response<DisposeSavepointResponse>, Status> {
+        let files_deleted = savepoint::dispose(&request.get_ref().path, self.state.config()).await?;
+        tracing::info!(path = %request.get_ref().path, files = files_deleted, "savepoint disposed");
+        Ok(Response::new(DisposeSavepointResponse { files_deleted }))
+    }
+
     /// The registered TaskManagers and their free slots.
 
     async fn cluster_overview(&self, _request: Request<ClusterOverviewRequest>) -> Result<Response<ClusterOverviewResponse>, Status> {
         Ok(Response::new(ClusterOverviewResponse { taskmanagers: self.state.overview() }))
+    }
+}
+
+impl JobManagerRpc {
+    /// A savepoint (with `stop`: a stop-with-savepoint) of a job, from the request to its outcome.
+    async fn savepoint(&self, job_id: &str, directory: &str, native: bool, stop: Option<StopMode>) -> Result<SavepointResponse, Status> {
+        let config = self.state.job_config(job_id).ok_or_else(|| Status::not_found(format!("no job with id {job_id}")))?;
+        let location = savepoint::new_location(job_id, directory, &config)?;
+        let (ticket, effects) = self.state.trigger_savepoint(job_id, location, native, stop)?;
+        self.executor.perform(effects);
+        match self.executor.savepoint_outcome(job_id, ticket).await {
+            Ok((checkpoint_id, path)) => Ok(SavepointResponse { path, checkpoint_id }),
+            Err(why) => Err(Status::aborted(format!("savepoint of job {job_id} failed: {why}"))),
+        }
     }
 }

@@ -23,7 +23,7 @@
 
 use crate::clock::{self, humanize};
 use crate::coordinate::{effects_of, Targets};
-use crate::coordinator::{Event, Now};
+use crate::coordinator::{Event, Now, SavepointRequest, StopMode};
 use crate::effects::{Effect, Followup, TmClient, TmTarget};
 use crate::job::{Job, NewJob};
 use crate::lifecycle::{JobStatus, LifecycleEvent};
@@ -60,6 +60,8 @@ struct Inner {
     jobs: HashMap<String, Job>,
     /// Job ids in submission order.
     job_order: Vec<String>,
+    /// The last savepoint request's ticket (tickets are unique per JobManager).
+    next_ticket: u64,
 }
 
 /// The outcome of a slot request for a job.
@@ -148,6 +150,7 @@ fn checkpoint_event(tms: &HashMap<String, TaskManagerEntry>, job: &mut Job, now:
         sources: targets(tms, job.source_taskmanagers()),
         all: targets(tms, job.taskmanagers()),
         storage: job.storage(),
+        config: job.config(),
     };
     effects_of(actions, &t, now.epoch_ms)
 }
@@ -563,6 +566,36 @@ impl JobManagerState {
         }
         let view = job.task_view();
         Some(checkpoint_event(tms, job, clock::now(), Event::Tick(view)))
+    }
+
+    /// The effective configuration of a job.
+    pub(crate) fn job_config(&self, job_id: &str) -> Option<Config> {
+        self.inner.lock().jobs.get(job_id).map(|j| j.config().clone())
+    }
+
+    /// Asks the job's coordinator for a savepoint (`stop`: then to stop the job) into a new
+    /// folder `location`; returns the request's ticket, whose outcome
+    /// [`Executor::savepoint_outcome`](crate::effects::Executor::savepoint_outcome) waits for.
+    /// A job that does not exist, or is not RUNNING, is refused naming its state.
+    pub(crate) fn trigger_savepoint(
+        &self,
+        job_id: &str,
+        location: String,
+        native: bool,
+        stop: Option<StopMode>,
+    ) -> Result<(u64, Vec<Effect>), tonic::Status> {
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, next_ticket, .. } = &mut *guard;
+        let job = jobs.get_mut(job_id).ok_or_else(|| tonic::Status::not_found(format!("no job {job_id}")))?;
+        if job.status() != JobStatus::Running {
+            return Err(tonic::Status::failed_precondition(format!("job {job_id} is {}: a savepoint needs a RUNNING job", job.status())));
+        }
+        *next_ticket += 1;
+        let ticket = *next_ticket;
+        let request = SavepointRequest { ticket, location, native, stop };
+        let tasks = job.task_view();
+        let effects = checkpoint_event(tms, job, clock::now(), Event::TriggerSavepoint { request, tasks });
+        Ok((ticket, effects))
     }
 
     /// The tick period of the job's checkpoint timer; `None` when checkpointing is off.

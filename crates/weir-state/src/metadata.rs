@@ -130,9 +130,24 @@ impl CheckpointMetadata {
     /// acknowledged, because its existence is what makes the checkpoint complete. It therefore
     /// has to be the last file of the checkpoint.
     pub async fn write(&self, storage: &CheckpointStorage) -> Result<(), StateError> {
+        self.write_at(storage, &layout::metadata(&self.job_id, self.checkpoint_id)).await
+    }
+
+    /// Writes the metadata to `rel` in `storage`: a savepoint's goes to `_metadata` at the root
+    /// of its own folder, against which all its paths resolve.
+    pub async fn write_at(&self, storage: &CheckpointStorage, rel: &str) -> Result<(), StateError> {
         let json = serde_json::to_vec(self).map_err(|e| StateError::Codec(e.to_string()))?;
-        storage.put_bytes(&layout::metadata(&self.job_id, self.checkpoint_id), frame(METADATA_MAGIC, &json)).await?;
+        storage.put_bytes(rel, frame(METADATA_MAGIC, &json)).await?;
         Ok(())
+    }
+
+    /// Every file the metadata references (keyed, operator and channel state), for a
+    /// verification before a restore, or a disposal.
+    pub fn files(&self) -> Vec<&StoredFile> {
+        let mut out: Vec<&StoredFile> = self.keyed_handles().flat_map(|h| h.files()).collect();
+        out.extend(self.operators.iter().flat_map(|o| &o.subtasks).filter_map(|s| s.operator.as_ref()));
+        out.extend(self.channel_handles().flat_map(|h| h.parts.iter().map(|p| &p.file)));
+        out
     }
 
     /// Reads `_metadata` at a relative path (e.g. `<job>/chk-7/_metadata`).

@@ -1,0 +1,204 @@
+//! Savepoints and restores as the JobManager's RPCs see them: where a new savepoint's folder
+//! goes, what `weir run -s` may restore (and the check of every file before a job is
+//! accepted), and the disposal of a savepoint folder.
+//!
+//! A savepoint is a folder of its own, `<dir>/savepoint-<job id prefix>-<random>/`, with its
+//! `_metadata` at the root and every state file below it, each recorded relative to the folder:
+//! the folder can be moved or copied (also between `file://` and `s3://`) and restored where it
+//! lands. A retained checkpoint is `<root>/<job>/chk-<n>/`, with paths relative to `<root>` (its
+//! incremental files are in `<root>/<job>/shared/`).
+//!
+//! Restores are checked before a job is accepted, so that a bad restore starts nothing: every
+//! operator state must have an operator with its uid in the new job (or be dropped with
+//! `--allow-non-restored-state`), the max parallelism must match, in-flight data of an unaligned
+//! checkpoint cannot be rescaled, and every file is read and checked against its recorded size
+//! and CRC-32.
+
+use std::collections::HashSet;
+use tonic::Status;
+use weir_core::config::{keys, Config};
+use weir_core::graph::JobGraph;
+use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInfo};
+use weir_state::CheckpointStorage;
+
+/// A user-given location as a storage URL: one with a scheme is kept, an absolute local path
+/// becomes `file://`. A relative path is refused: the JobManager's working directory means
+/// nothing to the user (the CLI makes local paths absolute before it sends them).
+pub(crate) fn storage_url(path: &str, what: &str) -> Result<String, Status> {
+    let path = path.trim_end_matches('/');
+    if path.contains("://") {
+        Ok(path.to_string())
+    } else if path.starts_with('/') {
+        Ok(format!("file://{path}"))
+    } else {
+        Err(Status::invalid_argument(format!("{what} '{path}' is not absolute: give /an/absolute/path, file:///path or s3://bucket/path")))
+    }
+}
+
+/// The folder of a new savepoint of `job_id`: under `directory`, or else the job's
+/// `execution.checkpointing.savepoint-dir`; `savepoint-<first 6 characters of the job id>-<12
+/// random hex digits>`, as Flink names them. Checks that the storage opens, so that a bad
+/// directory is refused before the job is touched.
+pub(crate) fn new_location(job_id: &str, directory: &str, config: &Config) -> Result<String, Status> {
+    let dir = match (directory.is_empty(), config.text(keys::SAVEPOINT_DIR)) {
+        (false, _) => directory.to_string(),
+        (true, Some(d)) => d.to_string(),
+        (true, None) => {
+            return Err(Status::invalid_argument(format!(
+                "no savepoint directory: give one (weir savepoint {job_id} DIR) or set {}",
+                keys::SAVEPOINT_DIR
+            )))
+        }
+    };
+    let dir = storage_url(&dir, "savepoint directory")?;
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let location = format!("{dir}/savepoint-{}-{}", &job_id[..job_id.len().min(6)], &random[..12]);
+    CheckpointStorage::open(&location, config).map_err(|e| Status::invalid_argument(format!("savepoint directory {dir}: {e}")))?;
+    Ok(location)
+}
+
+/// Where a restore path points: the storage root its metadata's paths resolve against, and the
+/// relative path of `_metadata` in it. `<root>/<job>/chk-<n>` (or its `_metadata`) is a
+/// retained checkpoint; any other folder (or its `_metadata`) is taken as a savepoint.
+fn locate(path: &str) -> Result<(String, String), Status> {
+    let url = storage_url(path, "restore path")?;
+    let url = url.strip_suffix("/_metadata").unwrap_or(&url).to_string();
+    if let Some((root, rel)) = split_checkpoint_path(&url) {
+        return Ok((root, rel));
+    }
+    Ok((url, "_metadata".to_string()))
+}
+
+/// Reads the `_metadata` a restore path points to (see [`locate`]). Every failure is
+/// `INVALID_ARGUMENT` naming the path; a local folder that does not exist is named as such
+/// (and not created).
+pub(crate) async fn read_metadata(path: &str, config: &Config) -> Result<(CheckpointStorage, RestoreInfo), Status> {
+    let (root, rel) = locate(path)?;
+    if let Some(local) = root.strip_prefix("file://") {
+        if !std::path::Path::new(local).is_dir() {
+            return Err(Status::invalid_argument(format!("cannot restore from {path}: {local} is not a directory")));
+        }
+    }
+    let storage =
+        CheckpointStorage::open(&root, config).map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
+    let metadata =
+        CheckpointMetadata::read(&storage, &rel).await.map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
+    Ok((storage, RestoreInfo { storage_url: root, metadata }))
+}
+
+/// Checks that `info` can be restored into `graph`, and returns the warnings to show.
+///
+/// State of an operator the job no longer has (by uid) is refused naming the uid, or dropped
+/// from `info` with `allow_non_restored`. A different max parallelism is refused (key groups
+/// cannot be remapped), and so is in-flight data (an unaligned checkpoint) of an operator
+/// whose parallelism changed.
+pub(crate) fn check_restore(path: &str, graph: &JobGraph, info: &mut RestoreInfo, allow_non_restored: bool) -> Result<Vec<String>, Status> {
+    let mut warnings = Vec::new();
+    let refuse = |why: String| Status::invalid_argument(format!("cannot restore from {path}: {why}"));
+    let known: Vec<&str> = graph.vertices.iter().flat_map(|v| v.operators.iter().map(|o| o.uid.as_str())).collect();
+    let mut kept = Vec::new();
+    for op in std::mem::take(&mut info.metadata.operators) {
+        let Some(vertex) = graph.vertices.iter().find(|v| v.operators.iter().any(|o| o.uid == op.uid)) else {
+            if allow_non_restored {
+                warnings.push(format!("the state of operator '{}' is not restored: the job has no operator with that uid", op.uid));
+                continue;
+            }
+            return Err(refuse(format!(
+                "it holds state of operator '{}', which this job does not have (its operators' uids: {}); pass \
+                 --allow-non-restored-state to start without that state",
+                op.uid,
+                known.join(", ")
+            )));
+        };
+        if op.max_parallelism != graph.max_parallelism {
+            return Err(refuse(format!(
+                "operator '{}' was checkpointed with pipeline.max-parallelism {}, the job has {}: key groups cannot be remapped",
+                op.uid, op.max_parallelism, graph.max_parallelism
+            )));
+        }
+        let in_flight = op.subtasks.iter().any(|s| s.input_channels.is_some() || s.output_channels.is_some());
+        if in_flight && op.parallelism != vertex.parallelism {
+            return Err(refuse(format!(
+                "operator '{}' holds in-flight data of an unaligned checkpoint taken at parallelism {}, which cannot be restored \
+                 at parallelism {} yet: take a savepoint (weir savepoint JOB_ID), which is always aligned, and rescale from it",
+                op.uid, op.parallelism, vertex.parallelism
+            )));
+        }
+        kept.push(op);
+    }
+    info.metadata.operators = kept;
+    Ok(warnings)
+}
+
+/// Reads every file `info` references and checks it against its recorded size and CRC-32, so
+/// that a damaged or missing file refuses the restore (naming the file) before anything starts.
+/// Costs one read of the whole state on the JobManager, once per `weir run -s`.
+pub(crate) async fn verify_files(path: &str, storage: &CheckpointStorage, info: &RestoreInfo) -> Result<(), Status> {
+    let mut seen = HashSet::new();
+    for file in info.metadata.files() {
+        if !seen.insert(file.path.clone()) {
+            continue;
+        }
+        storage.get_bytes_checked(file).await.map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Deletes the savepoint at `path` (its folder or its `_metadata`): refused unless its
+/// `_metadata` reads and says it is a savepoint, so a checkpoint directory or another folder is
+/// never deleted by mistake. Returns how many objects were deleted. A local folder is removed
+/// with its (then empty) directories.
+pub(crate) async fn dispose(path: &str, config: &Config) -> Result<u32, Status> {
+    let url = storage_url(path, "savepoint path")?;
+    let url = url.strip_suffix("/_metadata").unwrap_or(&url).to_string();
+    if let Some(local) = url.strip_prefix("file://") {
+        if !std::path::Path::new(local).is_dir() {
+            return Err(Status::not_found(format!("no savepoint at {path}: {local} is not a directory")));
+        }
+    }
+    let storage = CheckpointStorage::open(&url, config).map_err(|e| Status::invalid_argument(format!("savepoint {path}: {e}")))?;
+    let metadata = CheckpointMetadata::read(&storage, "_metadata")
+        .await
+        .map_err(|e| Status::invalid_argument(format!("{path} is not a savepoint: {e}")))?;
+    if !metadata.savepoint {
+        return Err(Status::invalid_argument(format!(
+            "{path} holds checkpoint {} of job {}, not a savepoint: checkpoints are deleted by their job (num-retained)",
+            metadata.checkpoint_id, metadata.job_id
+        )));
+    }
+    let files = storage.list("").await.map_err(|e| Status::unavailable(format!("savepoint {path}: {e}")))?;
+    // The metadata goes last: a disposal cut short leaves a folder that is still recognised.
+    let (meta, rest): (Vec<String>, Vec<String>) = files.into_iter().partition(|f| f == "_metadata");
+    for f in rest.iter().chain(&meta) {
+        storage.delete(f).await.map_err(|e| Status::unavailable(format!("savepoint {path}: {e}")))?;
+    }
+    if let Some(local) = url.strip_prefix("file://") {
+        std::fs::remove_dir_all(local).map_err(|e| Status::internal(format!("removing {local}: {e}")))?;
+    }
+    Ok((rest.len() + meta.len()) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_paths_are_checkpoints_or_savepoint_folders() {
+        assert_eq!(locate("/tmp/cp/job1/chk-7").unwrap(), ("file:///tmp/cp".into(), "job1/chk-7/_metadata".into()));
+        assert_eq!(locate("s3://b/sp/savepoint-abc-123/").unwrap(), ("s3://b/sp/savepoint-abc-123".into(), "_metadata".into()));
+        assert_eq!(locate("file:///sp/savepoint-abc-123/_metadata").unwrap(), ("file:///sp/savepoint-abc-123".into(), "_metadata".into()));
+        assert!(locate("relative/dir").unwrap_err().message().contains("not absolute"));
+    }
+
+    #[test]
+    fn a_new_savepoint_gets_a_folder_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let a = new_location("0123456789abcdef", &d, &Config::new()).unwrap();
+        let b = new_location("0123456789abcdef", &d, &Config::new()).unwrap();
+        assert!(a.starts_with(&format!("file://{d}/savepoint-012345-")), "{a}");
+        assert_ne!(a, b);
+        let e = new_location("0123456789abcdef", "", &Config::new()).unwrap_err();
+        assert!(e.message().contains(keys::SAVEPOINT_DIR), "{}", e.message());
+    }
+}
