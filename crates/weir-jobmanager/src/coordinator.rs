@@ -396,9 +396,12 @@ pub struct CheckpointCoordinator {
     /// race with the completion notice) may reference them. Each batch is deleted, minus what
     /// a checkpoint completed since registered again, once every checkpoint up to its id ended.
     deferred_deletes: Vec<(u64, Vec<String>)>,
-    /// The `weir stop` under way: it holds periodic checkpoints back and, with `--drain`,
-    /// turns the final checkpoint into its savepoint.
+    /// The `weir stop` under way, not answered yet: it holds periodic checkpoints back and,
+    /// with `--drain`, turns the final checkpoint into its savepoint.
     stop: Option<SavepointRequest>,
+    /// A stop's savepoint completed: the job is ending, no periodic checkpoint starts (until a
+    /// restart, which runs the job on from that savepoint).
+    stopping: bool,
     /// The last stop-with-savepoint that completed (see [`SyncSavepoint`]).
     sync_savepoint: Option<SyncSavepoint>,
     /// The folder of the last savepoint that completed, for `weir list`.
@@ -427,6 +430,7 @@ impl CheckpointCoordinator {
             final_checkpoint: FinalCheckpoint::NotTaken,
             deferred_deletes: Vec::new(),
             stop: None,
+            stopping: false,
             sync_savepoint: None,
             last_savepoint: None,
             void_savepoints: HashMap::new(),
@@ -504,6 +508,7 @@ impl CheckpointCoordinator {
                 }
                 self.attempt = attempt;
                 self.final_checkpoint = FinalCheckpoint::NotTaken;
+                self.stopping = false;
                 if let Some(stop) = self.stop.take() {
                     // A drain whose sources ended in the failed attempt: the new one runs on.
                     let why = format!("the job restarted (attempt {attempt}) before the stop completed");
@@ -528,7 +533,7 @@ impl CheckpointCoordinator {
         if !self.enabled() {
             return refuse("savepoints need checkpointing: set execution.checkpointing.interval", out);
         }
-        if self.stop.is_some() {
+        if self.stop.is_some() || self.stopping {
             return refuse("the job is already stopping with a savepoint", out);
         }
         if !tasks.all_running() {
@@ -610,7 +615,7 @@ impl CheckpointCoordinator {
     /// not count against max-concurrent).
     fn due(&self, now: Instant) -> bool {
         let Some(interval) = self.settings.interval else { return false };
-        if self.stop.is_some() || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint) {
+        if self.stop.is_some() || self.stopping || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint) {
             return false;
         }
         if self.pending.values().filter(|p| p.kind != CheckpointKind::Savepoint).count() >= self.settings.max_concurrent {
@@ -801,11 +806,20 @@ impl CheckpointCoordinator {
             r.path = request.location.clone();
         }
         self.last_savepoint = Some(request.location.clone());
+        out.push(Action::SavepointDone { ticket: request.ticket, result: Ok((id, request.location.clone())) });
         if request.stop.is_some() {
-            self.sync_savepoint = Some(SyncSavepoint { location: request.location.clone(), metadata: meta });
+            self.stop = None;
+            self.stopping = true;
+            self.sync_savepoint = Some(SyncSavepoint { location: request.location, metadata: meta });
             out.push(Action::NotifyComplete { id, attempt });
+            // Like a completed checkpoint, it subsumes the older ones: an older checkpoint never
+            // completes over a newer restore point.
+            let subsumed: Vec<u64> =
+                self.pending.range(..id).filter(|(_, p)| p.kind != CheckpointKind::Savepoint).map(|(k, _)| *k).collect();
+            for s in subsumed {
+                self.fail(now, s, FailureReason::Subsumed { by: id }, out);
+            }
         }
-        out.push(Action::SavepointDone { ticket: request.ticket, result: Ok((id, request.location)) });
         self.delete_settled_files(out);
     }
 
@@ -1188,6 +1202,7 @@ mod tests {
         Decline(usize),
         Write { pick: usize, ok: bool },
         Restart,
+        Savepoint(Option<StopMode>),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1197,6 +1212,7 @@ mod tests {
             1 => any::<usize>().prop_map(Step::Decline),
             3 => (any::<usize>(), prop::bool::weighted(0.85)).prop_map(|(pick, ok)| Step::Write { pick, ok }),
             1 => Just(Step::Restart),
+            1 => prop_oneof![Just(None), Just(Some(StopMode::Suspend)), Just(Some(StopMode::Drain))].prop_map(Step::Savepoint),
         ]
     }
 
@@ -1304,6 +1320,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_savepoint_subsumes_older_pending_checkpoints() {
+        let mut h = Harness::new(settings());
+        assert_eq!(triggered(&h.tick()), [1]);
+        let view = h.running();
+        h.at(10).handle(Event::TriggerSavepoint { request: savepoint(3, Some(StopMode::Suspend)), tasks: view });
+        h.ack_all(2);
+        let done = h.at(20).handle(written(2));
+        assert!(done.iter().any(|a| matches!(a, Action::Abort { id: 1, reason: FailureReason::Subsumed { by: 2 }, .. })), "{done:?}");
+        // Its late acknowledgements change nothing: 1 never completes over the stop savepoint.
+        assert!(notified(&h.ack_all(1)).is_empty());
+        assert_eq!(h.c.restore_point().map(|(_, m)| m.checkpoint_id), Some(2));
+    }
+
+    #[test]
     fn a_drain_ends_the_input_and_the_final_checkpoint_is_its_savepoint() {
         let mut h = Harness::new(settings());
         let view = h.running();
@@ -1323,10 +1353,12 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the interleaving of ticks, acknowledgements, declines, `_metadata` writes
-        /// and restarts: max-concurrent holds (finalizing included), completions only move
-        /// forward, only written checkpoints of the running attempt complete, and the restore
-        /// point is the newest completion.
+        /// Whatever the interleaving of ticks, acknowledgements, declines, `_metadata` writes,
+        /// restarts and savepoints (plain, stop, drain): max-concurrent holds for checkpoints
+        /// (finalizing included; savepoints come on top), completions only move forward, only
+        /// written checkpoints of the running attempt complete, the restore point is the newest
+        /// completion, every savepoint request is answered at most once, and a completed
+        /// savepoint was written.
         #[test]
         fn invariants_hold_over_any_interleaving(
             max_concurrent in 1usize..4,
@@ -1343,6 +1375,8 @@ mod tests {
             let mut clock = 0u64;
             let mut writes: Vec<u64> = Vec::new(); // _metadata writes in flight
             let mut last_completed = 0u64;
+            let mut tickets = 0u64;
+            let mut answered = std::collections::HashSet::new();
             for s in steps {
                 let mut just_written = None;
                 let actions = match s {
@@ -1375,6 +1409,11 @@ mod tests {
                         a.extend(h.handle(Event::AttemptStarted { attempt }));
                         a
                     }
+                    Step::Savepoint(stop) => {
+                        tickets += 1;
+                        let tasks = h.running();
+                        h.handle(Event::TriggerSavepoint { request: savepoint(tickets, stop), tasks })
+                    }
                 };
                 for a in &actions {
                     match a {
@@ -1385,13 +1424,20 @@ mod tests {
                             prop_assert_eq!(*a, attempt, "a checkpoint of an old attempt completed");
                             last_completed = *id;
                         }
-                        Action::Discard { id } => prop_assert_ne!(Some(*id), h.c.latest().map(|m| m.checkpoint_id)),
+                        Action::Discard { id } => prop_assert_ne!(Some(*id), h.c.restore_point().map(|(_, m)| m.checkpoint_id)),
                         Action::FailJob(_) => prop_assert!(false, "failures are tolerated here"),
+                        Action::SavepointDone { ticket, result } => {
+                            prop_assert!(answered.insert(*ticket), "savepoint request {} answered twice", ticket);
+                            if let Ok((id, _)) = result {
+                                prop_assert_eq!(Some(*id), just_written, "savepoint completed without its _metadata written");
+                            }
+                        }
                         _ => {}
                     }
                 }
-                prop_assert!(h.c.pending_ids().len() <= max_concurrent);
-                prop_assert_eq!(h.c.latest().map(|m| m.checkpoint_id), (last_completed > 0).then_some(last_completed));
+                let savepoints = h.c.history().iter().filter(|r| r.savepoint && r.status == CheckpointStatus::InProgress).count();
+                prop_assert!(h.c.pending_ids().len() <= max_concurrent + savepoints);
+                prop_assert_eq!(h.c.restore_point().map(|(_, m)| m.checkpoint_id), (last_completed > 0).then_some(last_completed));
             }
         }
     }
