@@ -1,4 +1,5 @@
-//! The gRPC client side of the CLI: submit, wait, list, status, cancel, checkpoints, cluster.
+//! The gRPC client side of the CLI: submit, wait, list, status, cancel, savepoint, stop,
+//! dispose a savepoint, checkpoints, cluster.
 //!
 //! Every listing is a `#[derive(Serialize)]` row struct built once from the RPC answer:
 //! `--output json` serializes the rows, `--output text` renders the same rows as a table. The
@@ -14,13 +15,21 @@ use weir_core::config::Config;
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::*;
 
+/// How long an ordinary request may take; savepoints get their own, longer deadline.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects to the JobManager, failing clearly if it does not answer.
 async fn connect(address: &str) -> Result<JobManagerServiceClient<Channel>> {
+    connect_with_timeout(address, REQUEST_TIMEOUT).await
+}
+
+/// [`connect`] with a per-request deadline of `timeout`.
+async fn connect_with_timeout(address: &str, timeout: Duration) -> Result<JobManagerServiceClient<Channel>> {
     let uri = if address.starts_with("http://") { address.to_string() } else { format!("http://{address}") };
     let endpoint = Endpoint::from_shared(uri).map_err(|_| anyhow!("bad JobManager address '{address}'"))?;
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .connect()
         .await
         .map_err(|e| anyhow!("cannot reach the JobManager at {address}: {}", source_chain(&e)))?;
@@ -40,6 +49,9 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 fn rpc_error(address: &str, status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::Unavailable => anyhow!("cannot reach the JobManager at {address}: {}", status.message()),
+        tonic::Code::Unimplemented => {
+            anyhow!("the JobManager at {address} does not support this request (is it an older Weir?): {}", status.message())
+        }
         _ => anyhow!("{}", status.message()),
     }
 }
@@ -140,6 +152,8 @@ struct JobRow {
     parallelism: u32,
     attempt: u32,
     restarts: u32,
+    /// The job's last completed savepoint (`weir stop`, `weir savepoint`), to resume from.
+    savepoint_path: Option<String>,
     vertices: Vec<VertexRow>,
 }
 
@@ -157,6 +171,7 @@ impl JobRow {
             parallelism: j.parallelism,
             attempt: j.attempt,
             restarts: j.restarts,
+            savepoint_path: non_empty(&j.savepoint_path),
             vertices: j.vertices.iter().map(VertexRow::from).collect(),
         }
     }
@@ -167,10 +182,10 @@ impl JobRow {
 }
 
 impl TextRow for JobRow {
-    const COLUMNS: &'static [(&'static str, CellAlignment)] = &[("id", LEFT), ("state", LEFT), ("name", LEFT)];
+    const COLUMNS: &'static [(&'static str, CellAlignment)] = &[("id", LEFT), ("state", LEFT), ("name", LEFT), ("savepoint", LEFT)];
 
     fn cells(&self) -> Vec<String> {
-        vec![self.id.clone(), self.state.to_string(), self.name.clone()]
+        vec![self.id.clone(), self.state.to_string(), self.name.clone(), self.savepoint_path.clone().unwrap_or_default()]
     }
 }
 
@@ -208,10 +223,12 @@ impl TextRow for VertexRow {
     }
 }
 
-/// One checkpoint of a job, as `weir checkpoints` prints it.
+/// One checkpoint or savepoint of a job, as `weir checkpoints` prints it.
 #[derive(Debug, Serialize)]
 struct CheckpointRow {
     id: u64,
+    /// A savepoint (`weir savepoint`, `weir stop`) rather than a periodic checkpoint.
+    savepoint: bool,
     status: &'static str,
     /// `ALIGNED`, `UNALIGNED` or `TIMED_OUT_TO_UNALIGNED`.
     kind: &'static str,
@@ -224,12 +241,15 @@ struct CheckpointRow {
     acknowledged: u32,
     total: u32,
     failure: Option<String>,
+    /// A savepoint's folder, once it completed.
+    path: Option<String>,
 }
 
 impl From<&CheckpointInfo> for CheckpointRow {
     fn from(c: &CheckpointInfo) -> Self {
         CheckpointRow {
             id: c.id,
+            savepoint: c.savepoint,
             status: checkpoint_status_name(c.status),
             kind: checkpoint_kind_name(c.kind),
             trigger_time: rfc3339(c.trigger_time_ms),
@@ -240,6 +260,7 @@ impl From<&CheckpointInfo> for CheckpointRow {
             acknowledged: c.acknowledged,
             total: c.total,
             failure: non_empty(&c.failure),
+            path: non_empty(&c.path),
         }
     }
 }
@@ -247,6 +268,7 @@ impl From<&CheckpointInfo> for CheckpointRow {
 impl TextRow for CheckpointRow {
     const COLUMNS: &'static [(&'static str, CellAlignment)] = &[
         ("id", RIGHT),
+        ("type", LEFT),
         ("status", LEFT),
         ("kind", LEFT),
         ("trigger time", LEFT),
@@ -256,11 +278,13 @@ impl TextRow for CheckpointRow {
         ("alignment", RIGHT),
         ("acks", RIGHT),
         ("failure", LEFT),
+        ("path", LEFT),
     ];
 
     fn cells(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
+            if self.savepoint { "savepoint" } else { "checkpoint" }.to_string(),
             self.status.to_string(),
             self.kind.to_string(),
             self.trigger_time.clone().unwrap_or_default(),
@@ -270,6 +294,7 @@ impl TextRow for CheckpointRow {
             format!("{}ms", self.alignment_ms),
             format!("{}/{}", self.acknowledged, self.total),
             self.failure.clone().unwrap_or_default(),
+            self.path.clone().unwrap_or_default(),
         ]
     }
 }
@@ -318,6 +343,20 @@ struct CancelRequested<'a> {
     cancel_requested: bool,
 }
 
+/// What `weir savepoint --output json` and `weir stop --output json` print.
+#[derive(Serialize)]
+struct SavepointCompleted<'a> {
+    path: &'a str,
+    checkpoint_id: u64,
+}
+
+/// What `weir savepoints dispose --output json` prints.
+#[derive(Serialize)]
+struct SavepointDisposed<'a> {
+    path: &'a str,
+    files_deleted: u32,
+}
+
 fn is_terminal(state: i32) -> bool {
     matches!(JobState::try_from(state), Ok(JobState::Finished | JobState::Failed | JobState::Canceled))
 }
@@ -328,6 +367,7 @@ pub struct Submit<'a> {
     pub origin: &'a str,
     pub overrides: &'a Config,
     pub restore: Option<&'a str>,
+    pub allow_non_restored_state: bool,
 }
 
 /// Submits a job; unless detached, waits for it to end and returns the exit code.
@@ -338,8 +378,12 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
         config: submit.overrides.explicit().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         source_name: submit.origin.to_string(),
         restore_path: submit.restore.unwrap_or_default().to_string(),
+        allow_non_restored_state: submit.allow_non_restored_state,
     };
-    let id = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner().job_id;
+    let SubmitJobResponse { job_id: id, warnings } = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner();
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
     if detached {
         match output {
             Output::Json => outln!("{}", serde_json::to_string(&Submitted { id: &id })?),
@@ -398,6 +442,9 @@ fn status_text(job: &JobRow) -> String {
     if let Some(failure) = &job.failure {
         text.push_str(&format!("\nFailure: {failure}"));
     }
+    if let Some(path) = &job.savepoint_path {
+        text.push_str(&format!("\nSavepoint: {path}"));
+    }
     if !job.vertices.is_empty() {
         text.push('\n');
         text.push_str(&table(&job.vertices));
@@ -411,6 +458,105 @@ pub async fn cancel(address: &str, job_id: &str, output: Output) -> Result<i32> 
     match output {
         Output::Json => outln!("{}", serde_json::to_string(&CancelRequested { id: job_id, cancel_requested: true })?),
         Output::Text => outln!("Cancellation of job {job_id} requested."),
+    }
+    Ok(0)
+}
+
+/// What `weir savepoint` and `weir stop` ask for.
+pub struct SavepointRequest<'a> {
+    pub job_id: &'a str,
+    /// Empty: the job's `execution.checkpointing.savepoint-dir`.
+    pub directory: &'a str,
+    pub format: SavepointFormat,
+}
+
+/// A savepoint request failed: the JobManager's reason, or that it did not answer in time.
+fn savepoint_error(address: &str, job_id: &str, timeout: Duration, status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => anyhow!(
+            "no answer from the JobManager at {address} within {} for the savepoint of job {job_id}; it may still complete \
+             (see `weir checkpoints {job_id}`), or pass a longer --timeout",
+            humanize(timeout)
+        ),
+        _ => rpc_error(address, status),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn print_savepoint(done: &SavepointResponse, output: Output) -> Result<()> {
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string(&SavepointCompleted { path: &done.path, checkpoint_id: done.checkpoint_id })?),
+        Output::Text => outln!("Savepoint completed. Path: {}", done.path),
+    }
+    Ok(())
+}
+
+/// `weir savepoint`: answers once the savepoint's `_metadata` is written.
+pub async fn savepoint(address: &str, request: SavepointRequest<'_>, timeout: Duration, output: Output) -> Result<i32> {
+    let mut client = connect_with_timeout(address, timeout).await?;
+    let req = TriggerSavepointRequest {
+        job_id: request.job_id.to_string(),
+        directory: request.directory.to_string(),
+        format: request.format as i32,
+    };
+    let done = client.trigger_savepoint(req).await.map_err(|e| savepoint_error(address, request.job_id, timeout, e))?.into_inner();
+    print_savepoint(&done, output)?;
+    Ok(0)
+}
+
+/// `weir stop`: the savepoint, then the wait until the job ended (it finishes on its own after
+/// the savepoint). A job that ends otherwise than FINISHED is an error, though the savepoint
+/// itself completed and is named.
+pub async fn stop(address: &str, request: SavepointRequest<'_>, drain: bool, timeout: Duration, output: Output) -> Result<i32> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let job_id = request.job_id;
+    let mut client = connect_with_timeout(address, timeout).await?;
+    let req = StopJobRequest { job_id: job_id.to_string(), directory: request.directory.to_string(), drain, format: request.format as i32 };
+    let done = client.stop_job(req).await.map_err(|e| savepoint_error(address, job_id, timeout, e))?.into_inner();
+    if output == Output::Text {
+        print_savepoint(&done, output)?;
+    }
+    let status = loop {
+        let s = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
+        if is_terminal(s.state) {
+            break s;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "savepoint {} completed, but job {job_id} is still {} after {}",
+                done.path,
+                state_name(s.state),
+                humanize(timeout)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if JobState::try_from(status.state) != Ok(JobState::Finished) {
+        let cause = non_empty(&status.failure).map(|f| format!(": {f}")).unwrap_or_default();
+        return Err(anyhow!("savepoint {} completed, but job {job_id} ended {}{cause}", done.path, state_name(status.state)));
+    }
+    match output {
+        Output::Json => print_savepoint(&done, output)?,
+        Output::Text => eprintln!("Job {job_id} stopped (FINISHED)."),
+    }
+    Ok(0)
+}
+
+/// `weir savepoints dispose`.
+pub async fn dispose_savepoint(address: &str, path: &str, output: Output) -> Result<i32> {
+    let mut client = connect(address).await?;
+    let done =
+        client.dispose_savepoint(DisposeSavepointRequest { path: path.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string(&SavepointDisposed { path, files_deleted: done.files_deleted })?),
+        Output::Text => outln!("Savepoint {path} disposed ({} files deleted).", done.files_deleted),
     }
     Ok(0)
 }
@@ -460,6 +606,7 @@ mod tests {
             }],
             attempt: 2,
             restarts: 1,
+            savepoint_path: String::new(),
         }
     }
 
@@ -476,6 +623,8 @@ mod tests {
             total: 9,
             kind: kind as i32,
             inflight_bytes: 4096,
+            savepoint: false,
+            path: String::new(),
         }
     }
 
@@ -488,7 +637,7 @@ mod tests {
             json!({
                 "id": "3f2c", "name": "wordcount", "state": "FAILED", "failure": "TaskManager tm-1 lost",
                 "start_time": "2025-01-01T12:00:00+00:00", "end_time": "2025-01-01T12:00:01.250+00:00",
-                "duration_ms": 1250, "parallelism": 4, "attempt": 2, "restarts": 1,
+                "duration_ms": 1250, "parallelism": 4, "attempt": 2, "restarts": 1, "savepoint_path": null,
                 "vertices": [{"name": "file -> split", "parallelism": 4, "running": 0, "finished": 4,
                               "records_in": 80, "records_out": 512}]
             })
@@ -508,9 +657,9 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&row).expect("serializes"),
             json!({
-                "id": 3, "status": "COMPLETED", "kind": "TIMED_OUT_TO_UNALIGNED",
+                "id": 3, "savepoint": false, "status": "COMPLETED", "kind": "TIMED_OUT_TO_UNALIGNED",
                 "trigger_time": "2026-11-18T11:06:40.003+00:00", "duration_ms": 41, "size_bytes": 183467,
-                "inflight_bytes": 4096, "alignment_ms": 2, "acknowledged": 9, "total": 9, "failure": null
+                "inflight_bytes": 4096, "alignment_ms": 2, "acknowledged": 9, "total": 9, "failure": null, "path": null
             })
         );
         let failed = CheckpointRow::from(&checkpoint(0, CheckpointStatus::CheckpointFailed, CheckpointKind::Unspecified, "declined"));
@@ -527,11 +676,78 @@ mod tests {
         ];
         let text = table(&rows);
         let expected = [
-            "id  status     kind       trigger time                   duration    size  in-flight  alignment  acks  failure",
-            " 1  COMPLETED  ALIGNED    2026-11-18T11:06:40.001+00:00      41ms  183467       4096        2ms   9/9",
-            "12  FAILED     UNALIGNED  2026-11-18T11:06:40.012+00:00      41ms  183467       4096        2ms   9/9  job restarting",
+            "id  type        status     kind       trigger time                   duration    size  in-flight  alignment  acks  failure         path",
+            " 1  checkpoint  COMPLETED  ALIGNED    2026-11-18T11:06:40.001+00:00      41ms  183467       4096        2ms   9/9",
+            "12  checkpoint  FAILED     UNALIGNED  2026-11-18T11:06:40.012+00:00      41ms  183467       4096        2ms   9/9  job restarting",
         ];
         assert_eq!(text, expected.join("\n"));
+    }
+
+    fn savepoint(id: u64) -> CheckpointInfo {
+        CheckpointInfo {
+            savepoint: true,
+            path: format!("file:///sp/savepoint-3f2c-{id:012x}"),
+            ..checkpoint(id, CheckpointStatus::Completed, CheckpointKind::Aligned, "")
+        }
+    }
+
+    #[test]
+    fn a_savepoint_serializes_marked_with_its_path() {
+        let value = serde_json::to_value(CheckpointRow::from(&savepoint(7))).expect("serializes");
+        assert_eq!((&value["savepoint"], &value["path"]), (&json!(true), &json!("file:///sp/savepoint-3f2c-000000000007")));
+        // One still in progress has no path yet.
+        let pending = CheckpointInfo { path: String::new(), status: CheckpointStatus::InProgress as i32, ..savepoint(8) };
+        let value = serde_json::to_value(CheckpointRow::from(&pending)).expect("serializes");
+        assert_eq!((&value["savepoint"], &value["path"]), (&json!(true), &json!(null)));
+    }
+
+    #[test]
+    fn savepoints_are_marked_among_checkpoints_in_the_table() {
+        let rows = [
+            CheckpointRow::from(&checkpoint(6, CheckpointStatus::Completed, CheckpointKind::Aligned, "")),
+            CheckpointRow::from(&savepoint(7)),
+        ];
+        let expected = [
+            "id  type        status     kind     trigger time                   duration    size  in-flight  alignment  acks  failure  path",
+            " 6  checkpoint  COMPLETED  ALIGNED  2026-11-18T11:06:40.006+00:00      41ms  183467       4096        2ms   9/9",
+            " 7  savepoint   COMPLETED  ALIGNED  2026-11-18T11:06:40.007+00:00      41ms  183467       4096        2ms   9/9           file:///sp/savepoint-3f2c-000000000007",
+        ];
+        assert_eq!(table(&rows), expected.join("\n"));
+    }
+
+    #[test]
+    fn a_stopped_job_shows_its_savepoint_in_status_list_and_json() {
+        let stopped = JobStatus {
+            state: JobState::Finished as i32,
+            failure: String::new(),
+            savepoint_path: "file:///sp/savepoint-3f2c-00000000000c".into(),
+            vertices: vec![],
+            ..job()
+        };
+        let row = JobRow::new(&stopped, 0);
+        assert_eq!(serde_json::to_value(&row).expect("serializes")["savepoint_path"], "file:///sp/savepoint-3f2c-00000000000c");
+        assert_eq!(status_text(&row), "Job wordcount (3f2c)\nState: FINISHED\nSavepoint: file:///sp/savepoint-3f2c-00000000000c");
+        let running = JobRow::new(&JobStatus { state: JobState::Running as i32, job_id: "77aa".into(), ..job() }, 0);
+        let expected = [
+            "id    state     name       savepoint",
+            "3f2c  FINISHED  wordcount  file:///sp/savepoint-3f2c-00000000000c",
+            "77aa  RUNNING   wordcount",
+        ];
+        assert_eq!(table(&[row, running]), expected.join("\n"));
+    }
+
+    #[test]
+    fn savepoint_answers_serialize_with_path_and_checkpoint_id() {
+        let done = SavepointCompleted { path: "file:///sp/savepoint-3f2c-00000000000c", checkpoint_id: 12 };
+        assert_eq!(
+            serde_json::to_value(&done).expect("serializes"),
+            json!({"path": "file:///sp/savepoint-3f2c-00000000000c", "checkpoint_id": 12})
+        );
+        let disposed = SavepointDisposed { path: "file:///sp/savepoint-3f2c-00000000000c", files_deleted: 5 };
+        assert_eq!(
+            serde_json::to_value(&disposed).expect("serializes"),
+            json!({"path": "file:///sp/savepoint-3f2c-00000000000c", "files_deleted": 5})
+        );
     }
 
     #[test]

@@ -15,8 +15,10 @@ mod minicluster;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
-use weir_core::config::{keys, Config};
+use std::time::Duration;
+use weir_core::config::{keys, parse_duration, Config};
 use weir_core::settings::{ClientConfig, JobManagerConfig};
+use weir_proto::SavepointFormat;
 
 #[derive(Parser)]
 #[command(name = "weir", version, about = "Weir: a distributed stream processor with consistent checkpoints")]
@@ -41,6 +43,35 @@ enum LogFormat {
 pub enum Output {
     Text,
     Json,
+}
+
+/// How a savepoint stores keyed state (`--type`).
+#[derive(Clone, Copy, ValueEnum)]
+enum SavepointType {
+    /// The canonical key-group files: restore into either backend, at any parallelism.
+    Canonical,
+    /// The backend's own files (RocksDB SSTs): faster for large state, same backend only.
+    Native,
+}
+
+impl From<SavepointType> for SavepointFormat {
+    fn from(t: SavepointType) -> Self {
+        match t {
+            SavepointType::Canonical => SavepointFormat::Canonical,
+            SavepointType::Native => SavepointFormat::Native,
+        }
+    }
+}
+
+/// What `weir savepoint` and `weir stop` have in common.
+#[derive(Args, Clone)]
+struct SavepointArgs {
+    /// How keyed state is written.
+    #[arg(long = "type", value_enum, default_value = "canonical")]
+    format: SavepointType,
+    /// How long to wait for the JobManager's answer (and, for `stop`, for the job to finish).
+    #[arg(long, value_name = "DURATION", default_value = "10min", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args, Clone, Default)]
@@ -90,9 +121,14 @@ enum Command {
         /// Print the job id and return instead of waiting for the job to end.
         #[arg(long)]
         detached: bool,
-        /// Start from a retained checkpoint: <dir>/<job-id>/chk-<n> (or its _metadata).
-        #[arg(short = 's', long = "from-checkpoint", value_name = "PATH")]
+        /// Start from a savepoint folder or a retained checkpoint <dir>/<job-id>/chk-<n> (or
+        /// their _metadata). A path without a scheme is a local file path.
+        #[arg(short = 's', long = "from-savepoint", visible_alias = "from-checkpoint", value_name = "PATH")]
         restore: Option<String>,
+        /// With -s: skip the state of operators (uids) the job no longer has instead of
+        /// refusing the job.
+        #[arg(short = 'n', long, requires = "restore")]
+        allow_non_restored_state: bool,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -121,7 +157,43 @@ enum Command {
         #[command(flatten)]
         dynamic: Dynamic,
     },
-    /// List a job's checkpoints: id, status, trigger time, duration, size, alignment.
+    /// Take a savepoint of a running job and print its path (the job goes on running).
+    Savepoint {
+        job_id: String,
+        /// Directory to create the savepoint's folder in (default:
+        /// execution.checkpointing.savepoint-dir). A path without a scheme is a local file path.
+        directory: Option<String>,
+        #[command(flatten)]
+        savepoint: SavepointArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Stop a job with a savepoint: sinks commit exactly up to it; waits until the job finished.
+    Stop {
+        job_id: String,
+        /// Directory to create the savepoint's folder in (default:
+        /// execution.checkpointing.savepoint-dir).
+        #[arg(long, value_name = "DIR")]
+        savepoint_dir: Option<String>,
+        /// End the sources first and let the job flush everything before the savepoint.
+        #[arg(long)]
+        drain: bool,
+        #[command(flatten)]
+        savepoint: SavepointArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+    /// Manage savepoints.
+    Savepoints {
+        #[command(subcommand)]
+        command: SavepointsCommand,
+    },
+    /// List a job's checkpoints and savepoints: id, type, status, kind, trigger time, duration,
+    /// size, alignment, path.
     Checkpoints {
         job_id: String,
         #[command(flatten)]
@@ -131,6 +203,19 @@ enum Command {
     },
     /// Show the cluster's TaskManagers and their slots.
     Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
+}
+
+#[derive(Subcommand)]
+enum SavepointsCommand {
+    /// Delete a savepoint's folder (after the JobManager checked that it is a savepoint).
+    Dispose {
+        /// The savepoint's folder, as `weir savepoint` printed it.
+        path: String,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -233,7 +318,7 @@ async fn run(cli: Cli) -> Result<i32> {
             cluster.shutdown();
             Ok(0)
         }
-        Command::Run { jobfile, parallelism, detached, restore, client, mut dynamic } => {
+        Command::Run { jobfile, parallelism, detached, restore, allow_non_restored_state, client, mut dynamic } => {
             if let Some(p) = parallelism {
                 dynamic.properties.push(format!("{}={p}", keys::PARALLELISM));
             }
@@ -251,7 +336,14 @@ async fn run(cli: Cli) -> Result<i32> {
                     (cluster.address(), Some(cluster))
                 }
             };
-            let submit = client::Submit { text: &text, origin: &origin, overrides: &overrides, restore: restore.as_deref() };
+            let restore = restore.as_deref().map(storage_location).transpose()?;
+            let submit = client::Submit {
+                text: &text,
+                origin: &origin,
+                overrides: &overrides,
+                restore: restore.as_deref(),
+                allow_non_restored_state,
+            };
             let result = client::run_job(&address, submit, detached && cluster.is_none(), client.output).await;
             if let Some(c) = cluster {
                 c.shutdown();
@@ -273,6 +365,25 @@ async fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.log_format, "warn");
             client::cancel(&require_jm(&client, &cfg)?, &job_id, client.output).await
         }
+        Command::Savepoint { job_id, directory, savepoint, client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            let directory = savepoint_directory(directory, &cfg)?;
+            let request = client::SavepointRequest { job_id: &job_id, directory: &directory, format: savepoint.format.into() };
+            client::savepoint(&require_jm(&client, &cfg)?, request, savepoint.timeout, client.output).await
+        }
+        Command::Stop { job_id, savepoint_dir, drain, savepoint, client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            let directory = savepoint_directory(savepoint_dir, &cfg)?;
+            let request = client::SavepointRequest { job_id: &job_id, directory: &directory, format: savepoint.format.into() };
+            client::stop(&require_jm(&client, &cfg)?, request, drain, savepoint.timeout, client.output).await
+        }
+        Command::Savepoints { command: SavepointsCommand::Dispose { path, client, dynamic } } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            client::dispose_savepoint(&require_jm(&client, &cfg)?, &storage_location(&path)?, client.output).await
+        }
         Command::Checkpoints { job_id, client, dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "warn");
@@ -291,6 +402,27 @@ fn require_jm(client: &ClientArgs, cfg: &Config) -> Result<String> {
         .ok_or_else(|| anyhow!("no JobManager configured: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))
 }
 
+/// A storage location as the JobManager should read it: a URL (`file://`, `s3://`, …) as
+/// given, a local path made absolute against this command's working directory (the
+/// JobManager runs elsewhere, so a relative path would mean its directory, not the user's).
+fn storage_location(location: &str) -> Result<String> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    let absolute = std::path::absolute(location).with_context(|| format!("bad path '{location}'"))?;
+    Ok(absolute.display().to_string())
+}
+
+/// The savepoint directory to ask for: the argument, else `execution.checkpointing.savepoint-dir`
+/// from this command's configuration (file, WEIR_PROPERTIES, -D), else empty, which lets the
+/// JobManager use the job's own setting.
+fn savepoint_directory(arg: Option<String>, cfg: &Config) -> Result<String> {
+    match arg.or_else(|| cfg.text(keys::SAVEPOINT_DIR).map(str::to_string)) {
+        Some(dir) => storage_location(&dir),
+        None => Ok(String::new()),
+    }
+}
+
 /// Writes one line to stdout for [`outln!`]; see there.
 fn stdout_line(args: std::fmt::Arguments) {
     use std::io::Write;
@@ -300,5 +432,55 @@ fn stdout_line(args: std::fmt::Arguments) {
         }
         eprintln!("error: cannot write to stdout: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pass_as_given_and_local_paths_become_absolute() {
+        assert_eq!(storage_location("s3://bucket/savepoints").unwrap(), "s3://bucket/savepoints");
+        assert_eq!(storage_location("file:///sp/savepoint-1").unwrap(), "file:///sp/savepoint-1");
+        assert_eq!(storage_location("/sp/savepoint-1").unwrap(), "/sp/savepoint-1");
+        let relative = storage_location("sp/savepoint-1").unwrap();
+        assert_eq!(PathBuf::from(&relative), std::env::current_dir().unwrap().join("sp/savepoint-1"));
+    }
+
+    #[test]
+    fn the_savepoint_directory_comes_from_the_argument_then_the_configuration_then_the_job() {
+        let mut cfg = Config::new();
+        assert_eq!(savepoint_directory(None, &cfg).unwrap(), "");
+        cfg.apply_dynamic("execution.checkpointing.savepoint-dir=s3://b/sp").unwrap();
+        assert_eq!(savepoint_directory(None, &cfg).unwrap(), "s3://b/sp");
+        assert_eq!(savepoint_directory(Some("file:///elsewhere".into()), &cfg).unwrap(), "file:///elsewhere");
+    }
+
+    #[test]
+    fn savepoint_commands_parse_like_flinks() {
+        let cli = Cli::try_parse_from(["weir", "savepoint", "3f2c", "/sp", "--type", "native"]).unwrap();
+        let Command::Savepoint { job_id, directory, savepoint, .. } = cli.command else { panic!("savepoint expected") };
+        assert_eq!((job_id.as_str(), directory.as_deref()), ("3f2c", Some("/sp")));
+        assert_eq!(SavepointFormat::from(savepoint.format), SavepointFormat::Native);
+        assert_eq!(savepoint.timeout, Duration::from_secs(600));
+
+        let cli = Cli::try_parse_from(["weir", "stop", "3f2c", "--drain", "--savepoint-dir", "/sp", "--timeout", "30s"]).unwrap();
+        let Command::Stop { drain, savepoint_dir, savepoint, .. } = cli.command else { panic!("stop expected") };
+        assert!(drain);
+        assert_eq!(savepoint_dir.as_deref(), Some("/sp"));
+        assert_eq!(SavepointFormat::from(savepoint.format), SavepointFormat::Canonical);
+        assert_eq!(savepoint.timeout, Duration::from_secs(30));
+
+        let cli = Cli::try_parse_from(["weir", "savepoints", "dispose", "/sp/savepoint-1"]).unwrap();
+        assert!(matches!(cli.command, Command::Savepoints { command: SavepointsCommand::Dispose { .. } }));
+
+        let cli =
+            Cli::try_parse_from(["weir", "run", "job.yaml", "-s", "/sp/savepoint-1", "-p", "3", "--allow-non-restored-state"]).unwrap();
+        let Command::Run { restore, allow_non_restored_state, parallelism, .. } = cli.command else { panic!("run expected") };
+        assert_eq!((restore.as_deref(), allow_non_restored_state, parallelism), (Some("/sp/savepoint-1"), true, Some(3)));
+        // The old spelling still works; skipping state needs something to restore.
+        assert!(Cli::try_parse_from(["weir", "run", "job.yaml", "--from-checkpoint", "/chk-3"]).is_ok());
+        assert!(Cli::try_parse_from(["weir", "run", "job.yaml", "--allow-non-restored-state"]).is_err());
     }
 }
