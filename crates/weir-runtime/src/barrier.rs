@@ -266,10 +266,10 @@ impl BarrierHandler {
                 }
                 if !self.pending.contains_key(&n) {
                     let unaligned = self.mode == CheckpointingMode::ExactlyOnce
-                        && !barrier.savepoint
+                        && !barrier.is_savepoint()
                         && (self.policy == AlignmentPolicy::Unaligned || barrier.unaligned);
                     let deadline = match self.policy {
-                        AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.savepoint => Some(now + t),
+                        AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.is_savepoint() => Some(now + t),
                         _ => None,
                     };
                     let channels = self.ended.len();
@@ -279,7 +279,7 @@ impl BarrierHandler {
                         let kind = if self.policy == AlignmentPolicy::Unaligned { SnapshotKind::Unaligned } else { SnapshotKind::TimedOut };
                         self.switch(n, kind, now, &mut actions);
                     }
-                } else if barrier.unaligned && !barrier.savepoint && self.mode == CheckpointingMode::ExactlyOnce {
+                } else if barrier.unaligned && !barrier.is_savepoint() && self.mode == CheckpointingMode::ExactlyOnce {
                     // An upstream task already switched this checkpoint: aligning here would
                     // only wait for what upstream persists anyway.
                     if matches!(self.pending[&n].phase, Phase::Aligning { .. }) {
@@ -309,7 +309,7 @@ impl BarrierHandler {
             }
             Input::Announce { barrier, .. } => {
                 let timeout = match self.policy {
-                    AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.savepoint && self.mode == CheckpointingMode::ExactlyOnce => t,
+                    AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.is_savepoint() && self.mode == CheckpointingMode::ExactlyOnce => t,
                     _ => return actions,
                 };
                 if !self.is_over(barrier.id) && !self.pending.contains_key(&barrier.id) {
@@ -352,7 +352,7 @@ impl BarrierHandler {
             .pending
             .range(..id)
             .filter(|(_, p)| matches!(p.phase, Phase::Aligning { .. }))
-            .map(|(k, p)| (*k, p.barrier.savepoint))
+            .map(|(k, p)| (*k, p.barrier.is_savepoint()))
             .collect();
         for (o, savepoint) in older {
             if savepoint {
@@ -369,7 +369,7 @@ impl BarrierHandler {
         p.phase = Phase::Collecting;
         p.barrier.unaligned = true;
         self.collecting += 1;
-        let (barrier, alignment) = (p.barrier, now.saturating_duration_since(p.started));
+        let (barrier, alignment) = (p.barrier.clone(), now.saturating_duration_since(p.started));
         let received = p.received.clone();
         self.release(&received, actions);
         actions.push(Action::Snapshot { barrier, alignment, kind });
@@ -453,7 +453,7 @@ mod tests {
     use std::collections::{BTreeSet, VecDeque};
 
     fn b(id: u64) -> Barrier {
-        Barrier::new(id, 0, false)
+        Barrier::new(id, 0)
     }
 
     fn snapshots(actions: &[Action]) -> Vec<u64> {

@@ -8,8 +8,11 @@
 //!
 //! ## Event encoding
 //! One tag byte, then big-endian fields: `1` end of partition (1 byte); `2` barrier (`u64` id,
-//! `i64` trigger time in ms, `u8` flags — bit 0 savepoint, bit 1 unaligned: 18 bytes); `3`
-//! cancellation marker (`u64` id: 9 bytes). Whether an event goes with priority is not part of
+//! `i64` trigger time in ms, `u8` flags — bit 0 savepoint, bit 1 unaligned, bit 2 native
+//! savepoint format: 18 bytes; a savepoint barrier then carries its target folder, a `u16`
+//! length and that many bytes of UTF-8 storage URL); `3` cancellation marker (`u64` id: 9
+//! bytes). Decoding refuses unknown tags, truncated events, a location that is not UTF-8 and
+//! the native bit without the savepoint bit. Whether an event goes with priority is not part of
 //! the event: it is the frame kind on the wire (`PRIORITY_EVENT`) and a position in a queue.
 
 use arrow_array::RecordBatch;
@@ -17,6 +20,9 @@ use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io::Cursor;
+use std::sync::Arc;
+/// Re-exported: the format a savepoint barrier carries.
+pub use weir_state::SavepointFormat;
 
 /// Identifies one logical channel: one upstream subtask to one downstream subtask, on one
 /// edge of one attempt of one job. Many channels share one TCP connection.
@@ -74,28 +80,57 @@ pub enum Event {
 
 /// A checkpoint barrier: cuts a channel's stream into what belongs to checkpoint `id` (before
 /// it) and what comes after.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A savepoint's barrier carries where the savepoint goes, as Flink's barrier carries its
+/// checkpoint options with a storage location reference: every task it reaches writes its
+/// snapshot there, with no other message from the JobManager.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Barrier {
     /// The checkpoint id. Ids increase, and each channel delivers barriers in increasing id order
     /// (the barrier handler relies on this).
     pub id: u64,
     /// Trigger time at the JobManager (ms since the epoch).
     pub timestamp_ms: i64,
-    /// Whether the checkpoint is a savepoint: keyed state is then snapshotted full and
-    /// self-contained, never incremental, and its barriers are always aligned. The JobManager
-    /// always sends `false` today.
-    pub savepoint: bool,
+    /// `Some` for a savepoint: keyed state is then snapshotted full and self-contained into the
+    /// savepoint's folder, never incremental, and its barriers are always aligned. Shared (an
+    /// `Arc`) because the barrier is cloned into every output channel.
+    pub savepoint: Option<Arc<SavepointOptions>>,
     /// The barrier overtook in-flight data (it travels as a priority event): its checkpoint is
     /// unaligned from the task that sent it on, and every task it reaches takes it unaligned.
     pub unaligned: bool,
 }
 
+/// Where and how a savepoint is written: what its barrier carries to every task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavepointOptions {
+    /// The savepoint's folder, a storage URL (`file:///...`, `s3://bucket/...`). Every path in
+    /// the tasks' acknowledgements is relative to it, so the folder can be moved as a whole.
+    pub location: String,
+    /// Canonical (portable) or the backend's native files (RocksDB SSTs).
+    pub format: SavepointFormat,
+}
+
 impl Barrier {
     /// An aligned barrier for checkpoint `id` triggered at `timestamp_ms`.
-    pub fn new(id: u64, timestamp_ms: i64, savepoint: bool) -> Self {
-        Self { id, timestamp_ms, savepoint, unaligned: false }
+    pub fn new(id: u64, timestamp_ms: i64) -> Self {
+        Self { id, timestamp_ms, savepoint: None, unaligned: false }
+    }
+
+    /// The barrier of savepoint `id` triggered at `timestamp_ms`, to be written to `options`.
+    pub fn savepoint(id: u64, timestamp_ms: i64, options: SavepointOptions) -> Self {
+        Self { id, timestamp_ms, savepoint: Some(Arc::new(options)), unaligned: false }
+    }
+
+    /// Whether this is a savepoint's barrier.
+    pub fn is_savepoint(&self) -> bool {
+        self.savepoint.is_some()
     }
 }
+
+/// Flag bits of an encoded barrier.
+const SAVEPOINT: u8 = 1;
+const UNALIGNED: u8 = 2;
+const NATIVE: u8 = 4;
 
 impl Event {
     /// The event's wire form (see the module header): what follows the channel id in an `EVENT`
@@ -104,11 +139,26 @@ impl Event {
         match self {
             Event::EndOfPartition => Bytes::from_static(&[1]),
             Event::Barrier(b) => {
-                let mut buf = BytesMut::with_capacity(18);
+                let location = b.savepoint.as_ref().map_or(&[][..], |s| s.location.as_bytes());
+                let mut buf = BytesMut::with_capacity(18 + 2 + location.len());
                 buf.put_u8(2);
                 buf.put_u64(b.id);
                 buf.put_i64(b.timestamp_ms);
-                buf.put_u8(b.savepoint as u8 | (b.unaligned as u8) << 1);
+                let mut flags = if b.unaligned { UNALIGNED } else { 0 };
+                if let Some(s) = &b.savepoint {
+                    flags |= SAVEPOINT;
+                    if s.format == SavepointFormat::Native {
+                        flags |= NATIVE;
+                    }
+                }
+                buf.put_u8(flags);
+                if b.savepoint.is_some() {
+                    // A storage URL longer than 64 KiB is refused where the savepoint is
+                    // triggered; cut it here rather than write a length that lies.
+                    let len = location.len().min(u16::MAX as usize);
+                    buf.put_u16(len as u16);
+                    buf.put_slice(&location[..len]);
+                }
                 buf.freeze()
             }
             Event::CancelCheckpoint(id) => {
@@ -130,7 +180,25 @@ impl Event {
             Some(2) if b.len() >= 18 => {
                 b.advance(1);
                 let (id, timestamp_ms, flags) = (b.get_u64(), b.get_i64(), b.get_u8());
-                Ok(Event::Barrier(Barrier { id, timestamp_ms, savepoint: flags & 1 != 0, unaligned: flags & 2 != 0 }))
+                let savepoint = if flags & SAVEPOINT != 0 {
+                    if b.len() < 2 {
+                        return Err(short());
+                    }
+                    let len = b.get_u16() as usize;
+                    if b.len() < len {
+                        return Err(short());
+                    }
+                    let location = std::str::from_utf8(&b[..len])
+                        .map_err(|e| format!("the location of savepoint {id} is not UTF-8: {e}"))?
+                        .to_string();
+                    let format = if flags & NATIVE != 0 { SavepointFormat::Native } else { SavepointFormat::Canonical };
+                    Some(Arc::new(SavepointOptions { location, format }))
+                } else if flags & NATIVE != 0 {
+                    return Err(format!("barrier {id} has the native-format flag but is no savepoint"));
+                } else {
+                    None
+                };
+                Ok(Event::Barrier(Barrier { id, timestamp_ms, savepoint, unaligned: flags & UNALIGNED != 0 }))
             }
             Some(3) if b.len() >= 9 => {
                 b.advance(1);
@@ -188,7 +256,6 @@ pub fn decode_batch(bytes: &Bytes) -> Result<RecordBatch, arrow_schema::ArrowErr
 mod tests {
     use super::*;
     use arrow_array::{Int64Array, StringArray};
-    use std::sync::Arc;
 
     #[test]
     fn batches_and_channel_ids_round_trip() {
@@ -203,14 +270,54 @@ mod tests {
         id.encode(&mut buf);
         assert_eq!(buf.len(), ChannelId::ENCODED_LEN);
         assert_eq!(ChannelId::decode(&mut buf.freeze()), Some(id));
-        for ev in [
-            Event::EndOfPartition,
-            Event::Barrier(Barrier { id: 42, timestamp_ms: 1_700_000_000_000, savepoint: true, unaligned: false }),
-            Event::Barrier(Barrier { id: 43, timestamp_ms: 1_700_000_000_000, savepoint: false, unaligned: true }),
-            Event::CancelCheckpoint(7),
-        ] {
+        for ev in [Event::EndOfPartition, Event::CancelCheckpoint(7)] {
             assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);
         }
         assert!(Event::decode(&[2, 0]).is_err());
+    }
+
+    fn enc(b: &Barrier) -> Bytes {
+        Event::Barrier(b.clone()).encode()
+    }
+
+    fn savepoint_barrier(location: &str, format: SavepointFormat) -> Barrier {
+        Barrier::savepoint(42, 1_700_000_000_000, SavepointOptions { location: location.into(), format })
+    }
+
+    #[test]
+    fn barriers_round_trip_with_their_savepoint_location_and_format() {
+        let barriers = [
+            Barrier::new(41, 1_700_000_000_000),
+            Barrier { unaligned: true, ..Barrier::new(43, -5) },
+            savepoint_barrier("file:///var/weir/savepoints/savepoint-7f3a", SavepointFormat::Canonical),
+            savepoint_barrier("s3://bucket/sp/savepoint-ü", SavepointFormat::Native),
+            savepoint_barrier("", SavepointFormat::Canonical),
+        ];
+        for b in barriers {
+            let bytes = enc(&b);
+            let expected_len = 18 + b.savepoint.as_ref().map_or(0, |s| 2 + s.location.len());
+            assert_eq!(bytes.len(), expected_len, "{b:?}");
+            assert_eq!(Event::decode(&bytes).unwrap(), Event::Barrier(b));
+        }
+        // The flags: savepoint, unaligned, native.
+        assert_eq!(enc(&Barrier::new(1, 0))[17], 0);
+        assert_eq!(enc(&savepoint_barrier("x", SavepointFormat::Native))[17], 1 | 4);
+        assert_eq!(enc(&Barrier { unaligned: true, ..Barrier::new(1, 0) })[17], 2);
+    }
+
+    #[test]
+    fn a_truncated_or_malformed_savepoint_barrier_is_an_error() {
+        let full = enc(&savepoint_barrier("file:///tmp/savepoint-1", SavepointFormat::Canonical));
+        for len in [17, 18, 19, 20, full.len() - 1] {
+            let err = Event::decode(&full[..len]).unwrap_err();
+            assert!(err.contains("truncated"), "{len} bytes: {err}");
+        }
+        let mut not_utf8 = full[..20].to_vec();
+        not_utf8[18..20].copy_from_slice(&2u16.to_be_bytes());
+        not_utf8.extend_from_slice(&[0xff, 0xfe]);
+        assert!(Event::decode(&not_utf8).unwrap_err().contains("UTF-8"));
+        let mut native_only = enc(&Barrier::new(3, 0)).to_vec();
+        native_only[17] = 4;
+        assert!(Event::decode(&native_only).unwrap_err().contains("native"));
     }
 }

@@ -204,7 +204,7 @@ impl InputGate {
             q.buffers += 1;
         }
         let announce = match &item {
-            Item::Event(Event::Barrier(b)) if inner.announce && !b.unaligned => Some(*b),
+            Item::Event(Event::Barrier(b)) if inner.announce && !b.unaligned => Some(b.clone()),
             _ => None,
         };
         q.items.push_back(Entry { item, priority: None });
@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn priority_events_keep_their_order_and_never_overtake_an_earlier_event() {
         let gate = InputGate::new(8, vec![None]);
-        let barrier = |id| Event::Barrier(crate::buffer::Barrier { unaligned: true, ..crate::buffer::Barrier::new(id, 0, false) });
+        let barrier = |id| Event::Barrier(crate::buffer::Barrier { unaligned: true, ..crate::buffer::Barrier::new(id, 0) });
         gate.push_blocking(0, batch(1)).unwrap();
         assert_eq!(gate.push_priority(0, barrier(1)).unwrap(), 1);
         gate.push_blocking(0, batch(2)).unwrap();
@@ -563,7 +563,7 @@ mod tests {
         let gate = InputGate::new(8, vec![None, None]);
         gate.push_blocking(0, batch(1)).unwrap();
         gate.push_blocking(0, batch(2)).unwrap();
-        gate.push_blocking(0, Item::Event(Event::Barrier(crate::buffer::Barrier::new(5, 0, false)))).unwrap();
+        gate.push_blocking(0, Item::Event(Event::Barrier(crate::buffer::Barrier::new(5, 0)))).unwrap();
         gate.push_blocking(0, batch(3)).unwrap();
         gate.prioritize_barrier(5);
         let GatePoll::Priority { channel: 0, event: Event::Barrier(b), overtaken } = gate.try_poll(false) else { panic!() };

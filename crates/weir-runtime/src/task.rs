@@ -15,6 +15,23 @@
 //! overtook, and those taken from a channel before its barrier arrived — and acknowledges once
 //! the last barrier arrived and that state is written too.
 //!
+//! ## Savepoints
+//! A savepoint's barrier carries its folder (a storage URL) and format. Every task it reaches
+//! takes its snapshot aligned and uploads it to a storage opened at that folder
+//! ([`CheckpointSettings::open_storage`]), under `<uid>-<subtask>/`, so the acknowledged paths
+//! are relative to the folder (see [`weir_state::snapshot`]); a folder that cannot be opened
+//! declines the savepoint naming it. A savepoint's RocksDB files are never reused by later
+//! checkpoints, and its completion only tells the operators (sinks commit), not the keyed
+//! backends' reuse bookkeeping.
+//!
+//! ## Stopping a source
+//! A source task runs through [`SourcePhase`]s. [`TaskCommand::StopWithSavepoint`] takes the
+//! savepoint and emits its barrier like a trigger, then suspends the source: it is no longer
+//! polled, while the task still takes commands, flushes and notices cancellation (new triggers
+//! are declined). The savepoint's completion ends the input exactly as an exhausted source does
+//! (below); its abort resumes polling. [`TaskCommand::EndInput`] ends the input at once (stop
+//! with drain: the final checkpoint that follows is then the savepoint).
+//!
 //! ## The loop: availability-driven, never blocking
 //! Like Flink's mailbox, a task never blocks inside an operator or a send. Each round it takes
 //! its commands, switches alignments whose timeout passed, flushes what is due, and then takes
@@ -58,7 +75,7 @@ use crate::wake::Waker;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -70,7 +87,7 @@ use weir_core::KeyGroupRange;
 use weir_state::channel_state::{ChannelBuffer, ChannelStateHandle, ChannelStatePart};
 use weir_state::metadata::{CheckpointMetadata, SubtaskState};
 use weir_state::storage::StoredFile;
-use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
+use weir_state::{CheckpointStorage, KeyedStateHandle, PendingSnapshot, SnapshotTarget, SnapshotType, StateBackend};
 /// The lifecycle of a task as it reports it: RUNNING, possibly FINISHING, then exactly one of
 /// FINISHED, FAILED or CANCELED.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +123,19 @@ pub struct TaskEvent {
 /// acted on between two batches.
 #[derive(Debug, Clone)]
 pub enum TaskCommand {
-    /// Sources only: take checkpoint `barrier.id` now and emit its barrier. Other tasks (their
-    /// barriers come through the gate) and tasks past the end of their input ignore it.
+    /// Sources only: take checkpoint (or savepoint) `barrier.id` now and emit its barrier. Other
+    /// tasks (their barriers come through the gate) and tasks past the end of their input ignore
+    /// it; a source suspended by [`StopWithSavepoint`](Self::StopWithSavepoint) declines it.
     TriggerCheckpoint(Barrier),
+    /// Sources only (stop with savepoint): take savepoint `barrier.id` and emit its barrier as
+    /// for a trigger, then stop polling the source. Its completion (a
+    /// [`NotifyCheckpointComplete`](Self::NotifyCheckpointComplete) of it or a later id) ends
+    /// the input as if the source were exhausted; an [`AbortCheckpoint`](Self::AbortCheckpoint)
+    /// of it resumes polling. Other tasks ignore it.
+    StopWithSavepoint(Barrier),
+    /// Sources only (stop with drain): end the input now, as if the source were exhausted. Other
+    /// tasks ignore it.
+    EndInput,
     /// Checkpoint `n` completed everywhere: the keyed backends learn which of their uploaded
     /// files later checkpoints may reference, then every operator is told (two-phase-commit sinks
     /// commit). Covers every checkpoint up to `n`.
@@ -118,10 +145,11 @@ pub enum TaskCommand {
     /// `id`, ignores its later barriers, and sends a cancellation marker downstream (a priority
     /// event).
     AbortCheckpoint(u64),
-    /// Every task of the job reached the end of its input: snapshot for checkpoint `id`, the
-    /// final one, whose completion commits the last output. Only looked at once this task has
-    /// reached the end of its input; one that arrives earlier is dropped.
-    FinalCheckpoint(u64),
+    /// Every task of the job reached the end of its input: snapshot for `barrier.id`, the final
+    /// checkpoint, whose completion commits the last output (a savepoint when the barrier says
+    /// so: stop with drain). No barrier flows: the outputs have ended. Only looked at once this
+    /// task has reached the end of its input; one that arrives earlier is dropped.
+    FinalCheckpoint(Barrier),
 }
 
 /// The result of one subtask's part of a checkpoint, reported through
@@ -156,8 +184,11 @@ pub struct CheckpointSettings {
     pub mode: CheckpointingMode,
     /// `unaligned.enabled` and `aligned-checkpoint-timeout`: how barriers travel.
     pub alignment: AlignmentPolicy,
-    /// Where snapshots are uploaded.
+    /// Where checkpoints are uploaded.
     pub storage: CheckpointStorage,
+    /// Opens the storage at a savepoint's folder (a URL from its barrier) with the job's
+    /// configuration (S3 endpoint and credentials); savepoints are uploaded there.
+    pub open_storage: OpenStorage,
     /// `execution.checkpointing.incremental`: RocksDB uploads only files not uploaded before.
     pub incremental: bool,
     /// The TaskManager's async runtime: uploads run there, off the task thread.
@@ -166,6 +197,9 @@ pub struct CheckpointSettings {
     /// done, from the task thread for a decline.
     pub report: Arc<dyn Fn(CheckpointAck) + Send + Sync>,
 }
+
+/// Opens a checkpoint storage for a URL: [`CheckpointSettings::open_storage`].
+pub type OpenStorage = Arc<dyn Fn(&str) -> Result<CheckpointStorage, weir_state::StateError> + Send + Sync>;
 
 /// The checkpoint a restarted job resumes from.
 #[derive(Clone)]
@@ -304,6 +338,7 @@ fn run(
         barriers: BarrierHandler::new(mode, policy, channels),
         policy,
         uploaded: Arc::new(Mutex::new(BTreeMap::new())),
+        savepoints: BTreeSet::new(),
         waker,
         collecting: BTreeMap::new(),
         restored_input: VecDeque::new(),
@@ -475,6 +510,17 @@ struct Collecting {
     awaiting_output: Option<Instant>,
 }
 
+/// Where a source task is with its input ([`Runner::source_command`] is the transition
+/// function; the end of the input is leaving the source loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourcePhase {
+    /// Polling the source between commands.
+    Polling,
+    /// Stop with savepoint: the savepoint's barrier is out and the source is not polled until
+    /// the savepoint completes (the input ends) or is aborted (polling resumes).
+    Suspended { savepoint: u64 },
+}
+
 /// The task thread's working state while the chain runs.
 struct Runner {
     /// Reports state changes (FINISHING, from here).
@@ -498,7 +544,11 @@ struct Runner {
     /// How this job's barriers travel (a source's trigger emits them accordingly).
     policy: AlignmentPolicy,
     /// Keyed handles uploaded per checkpoint, so RocksDB can reuse their files once complete.
+    /// Never a savepoint's: its files are in the user's folder.
     uploaded: Arc<Mutex<BTreeMap<u64, Vec<(String, KeyedStateHandle)>>>>,
+    /// Savepoints this task took that have not completed: their completion is not a
+    /// checkpoint's for the keyed backends (see [`Runner::command`]).
+    savepoints: BTreeSet<u64>,
     /// What the task waits on when it cannot go on.
     waker: Arc<Waker>,
     /// Unaligned checkpoints collecting channel state, by id.
@@ -577,8 +627,8 @@ impl Runner {
                 break Ok(());
             }
             match self.commands.recv_timeout(Duration::from_millis(50)) {
-                Ok(TaskCommand::FinalCheckpoint(id)) => {
-                    let barrier = Barrier::new(id, 0, false);
+                Ok(TaskCommand::FinalCheckpoint(barrier)) => {
+                    let id = barrier.id;
                     if let Err(e) = self.checkpoint(chain, source.as_mut(), barrier, Duration::ZERO, SnapshotKind::Aligned) {
                         break Err(e);
                     }
@@ -657,35 +707,31 @@ impl Runner {
         self.partition.flush_due(now)
     }
 
-    /// The source loop. Each round: stop if cancelled; housekeeping (a trigger snapshots at
-    /// once and emits the barrier: behind the rows emitted before it, or ahead of them when
-    /// unaligned); then, if the outputs have room, one `poll_next`: a batch goes through the
-    /// chain, an idle source waits (see the module header), the end of the source returns.
+    /// The source loop. Each round: stop if cancelled; take the commands ([`Runner::source_command`]:
+    /// a trigger snapshots at once and emits the barrier, behind the rows emitted before it or
+    /// ahead of them when unaligned); flush what is due; then, if the source is polling and the
+    /// outputs have room, one `poll_next`: a batch goes through the chain, an idle source waits
+    /// (see the module header), the end of the source returns. A suspended source only waits for
+    /// its next command or deadline.
     fn run_source(&mut self, chain: &mut OperatorChain, source: &mut Box<dyn weir_core::operator::SourceReader>) -> OpResult {
+        let mut phase = SourcePhase::Polling;
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Ok(());
             }
             while let Ok(cmd) = self.commands.try_recv() {
-                match cmd {
-                    TaskCommand::TriggerCheckpoint(b) => {
-                        let kind = if self.policy == AlignmentPolicy::Unaligned && !b.savepoint {
-                            SnapshotKind::Unaligned
-                        } else {
-                            SnapshotKind::Aligned
-                        };
-                        self.checkpoint(chain, Some(source), b, Duration::ZERO, kind)?;
-                        if kind == SnapshotKind::Unaligned {
-                            // A source has no input: its channel state is complete at once.
-                            self.finish_channel_state(b.id);
-                        }
-                    }
-                    other => self.command(chain, None, other)?,
+                match self.source_command(chain, source, phase, cmd)? {
+                    Some(next) => phase = next,
+                    None => return Ok(()),
                 }
             }
             let now = Instant::now();
             self.check_output_barriers(now);
             self.partition.flush_due(now)?;
+            if let SourcePhase::Suspended { .. } = phase {
+                self.waker.wait(self.deadline(None));
+                continue;
+            }
             match self.input_allowed(chain, now) {
                 Err(until) => {
                     self.waker.wait(self.deadline(until));
@@ -704,6 +750,63 @@ impl Runner {
                 SourcePoll::End => return Ok(()),
             }
         }
+    }
+
+    /// The source task's transition function: acts on one command in `phase` and returns the
+    /// next phase, or `None` when the input ends here (stop with drain, or the completion of the
+    /// savepoint a stop waited for).
+    fn source_command(
+        &mut self,
+        chain: &mut OperatorChain,
+        source: &mut Box<dyn weir_core::operator::SourceReader>,
+        phase: SourcePhase,
+        cmd: TaskCommand,
+    ) -> OpResult<Option<SourcePhase>> {
+        use SourcePhase::*;
+        Ok(match (phase, cmd) {
+            (Polling, TaskCommand::TriggerCheckpoint(b)) => {
+                self.trigger(chain, source, b)?;
+                Some(Polling)
+            }
+            (Polling, TaskCommand::StopWithSavepoint(b)) => {
+                let savepoint = b.id;
+                self.trigger(chain, source, b)?;
+                Some(Suspended { savepoint })
+            }
+            (Suspended { savepoint }, TaskCommand::TriggerCheckpoint(b) | TaskCommand::StopWithSavepoint(b)) => {
+                self.cannot_take(b.id, format!("the source is stopping with savepoint {savepoint}"))?;
+                Some(phase)
+            }
+            (_, TaskCommand::EndInput) => None,
+            (Suspended { savepoint }, TaskCommand::NotifyCheckpointComplete(n)) if n >= savepoint => {
+                self.command(chain, None, TaskCommand::NotifyCheckpointComplete(n))?;
+                tracing::info!(task = %self.info.vertex_name, subtask = self.info.index, "savepoint {savepoint} completed; stopping the source");
+                None
+            }
+            (Suspended { savepoint }, TaskCommand::AbortCheckpoint(id)) if id == savepoint => {
+                self.command(chain, None, TaskCommand::AbortCheckpoint(id))?;
+                tracing::info!(task = %self.info.vertex_name, subtask = self.info.index, "savepoint {savepoint} aborted; the source goes on");
+                Some(Polling)
+            }
+            (phase, other) => {
+                self.command(chain, None, other)?;
+                Some(phase)
+            }
+        })
+    }
+
+    /// A source takes checkpoint (or savepoint) `b.id` and emits its barrier: unaligned under an
+    /// unaligned policy, except for savepoints, which are always aligned.
+    fn trigger(&mut self, chain: &mut OperatorChain, source: &mut Box<dyn weir_core::operator::SourceReader>, b: Barrier) -> OpResult {
+        let kind =
+            if self.policy == AlignmentPolicy::Unaligned && !b.is_savepoint() { SnapshotKind::Unaligned } else { SnapshotKind::Aligned };
+        let id = b.id;
+        self.checkpoint(chain, Some(source), b, Duration::ZERO, kind)?;
+        if kind == SnapshotKind::Unaligned {
+            // A source has no input: its channel state is complete at once.
+            self.finish_channel_state(id);
+        }
+        Ok(())
     }
 
     /// The gate loop (see the module header). Returns true once every input ended, false when
@@ -817,11 +920,27 @@ impl Runner {
 
     /// Acts on one command (see [`TaskCommand`]). For a completed checkpoint, the keyed handles
     /// uploaded for every checkpoint up to it are first handed to their backends (incremental
-    /// RocksDB checkpoints then reference those files instead of uploading them again).
+    /// RocksDB checkpoints then reference those files instead of uploading them again). A
+    /// completed savepoint is only told to the operators.
     fn command(&mut self, chain: &mut OperatorChain, gate: Option<&InputGate>, cmd: TaskCommand) -> OpResult {
         match cmd {
-            TaskCommand::TriggerCheckpoint(_) | TaskCommand::FinalCheckpoint(_) => Ok(()), // handled where they apply
+            // Handled where they apply (source loop, end of input); ignored elsewhere.
+            TaskCommand::TriggerCheckpoint(_)
+            | TaskCommand::FinalCheckpoint(_)
+            | TaskCommand::StopWithSavepoint(_)
+            | TaskCommand::EndInput => Ok(()),
+            TaskCommand::NotifyCheckpointComplete(n) if self.savepoints.contains(&n) => {
+                // A savepoint's completion commits the operators (sinks) up to it, but confirms
+                // no checkpoint's uploads for reuse: checkpoints before it may still be aborted,
+                // and the savepoint's own files are not reusable.
+                self.savepoints = self.savepoints.split_off(&(n + 1));
+                for op in chain.operators.iter_mut() {
+                    op.operator().notify_checkpoint_complete(n)?;
+                }
+                Ok(())
+            }
             TaskCommand::NotifyCheckpointComplete(n) => {
+                self.savepoints = self.savepoints.split_off(&(n + 1));
                 let done: Vec<(u64, Vec<(String, KeyedStateHandle)>)> = {
                     let mut up = self.uploaded.lock();
                     let keep = up.split_off(&(n + 1));
@@ -854,6 +973,17 @@ impl Runner {
         }
     }
 
+    /// This task cannot take checkpoint `id`: a cancellation marker goes downstream (a priority
+    /// event, so nobody aligns for it) unless the outputs ended, and the checkpoint is declined.
+    fn cannot_take(&mut self, id: u64, reason: String) -> OpResult {
+        tracing::debug!(task = %self.info.vertex_name, checkpoint = id, "declining: {reason}");
+        if !self.partition.is_finished() {
+            self.partition.broadcast_priority(Event::CancelCheckpoint(id))?;
+        }
+        self.decline(id, reason);
+        Ok(())
+    }
+
     /// Reports checkpoint `id` as declined with `reason`; nothing with checkpointing off.
     fn decline(&self, id: u64, reason: String) {
         if let Some(c) = &self.checkpointing {
@@ -880,8 +1010,9 @@ impl Runner {
     /// runs on the runtime while the task goes on. An aligned snapshot is acknowledged when the
     /// upload is done (or declined naming the upload error); an unaligned one once its channel
     /// state is complete too ([`Runner::finish_channel_state`]). With checkpointing off, the
-    /// barrier is only passed on. A savepoint barrier makes keyed snapshots full; operator
-    /// state goes under `<job>/chk-<n>/` either way.
+    /// barrier is only passed on. A savepoint's barrier sends every file to a storage opened at
+    /// its folder, under `<uid>-<subtask>/` (a checkpoint's go under `<job>/chk-<n>/`); a
+    /// folder that cannot be opened declines the savepoint ([`Runner::cannot_take`]).
     fn checkpoint(
         &mut self,
         chain: &mut OperatorChain,
@@ -896,6 +1027,18 @@ impl Runner {
             return self.partition.broadcast_event(Event::Barrier(barrier));
         };
         let n = barrier.id;
+        let (snapshot, storage) = match &barrier.savepoint {
+            None => {
+                (SnapshotType::Checkpoint { job: self.info.job_id.clone(), incremental: settings.incremental }, settings.storage.clone())
+            }
+            Some(sp) => match (settings.open_storage)(&sp.location) {
+                Ok(storage) => (SnapshotType::Savepoint(sp.format), storage),
+                Err(e) => return self.cannot_take(n, format!("cannot open the folder {} of savepoint {n}: {e}", sp.location)),
+            },
+        };
+        if barrier.is_savepoint() {
+            self.savepoints.insert(n);
+        }
         let mut operator_states: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut keyed: Vec<(String, PendingSnapshot)> = Vec::new();
         let mut uids: Vec<String> = Vec::new();
@@ -911,18 +1054,12 @@ impl Runner {
                 operator_states.push((uid.clone(), elements));
             }
             if let Some(backend) = op.keyed_state() {
-                let target = SnapshotTarget {
-                    job: self.info.job_id.clone(),
-                    checkpoint: n,
-                    operator: uid.clone(),
-                    subtask: self.info.index,
-                    savepoint: barrier.savepoint,
-                    incremental: settings.incremental,
-                };
+                let target = SnapshotTarget { snapshot: snapshot.clone(), checkpoint: n, operator: uid.clone(), subtask: self.info.index };
                 let pending = backend.snapshot(target).map_err(|e| OperatorError::Failed(format!("snapshot of {uid}: {e}")))?;
                 keyed.push((uid.clone(), pending));
             }
         }
+        let is_savepoint = barrier.is_savepoint();
         let mut output = Vec::new();
         if !self.partition.is_finished() {
             if kind == SnapshotKind::Aligned {
@@ -937,17 +1074,21 @@ impl Runner {
 
         // The asynchronous part: upload, then acknowledge (unaligned: once the channel state is
         // complete too).
-        let (info, uploaded, storage) = (self.info.clone(), self.uploaded.clone(), settings.storage.clone());
+        let (info, uploaded) = (self.info.clone(), self.uploaded.clone());
         let upload = settings.runtime.spawn(async move {
-            let result = upload(&storage, &info, n, uids, operator_states, keyed).await;
-            if let Ok((_, handles, _)) = &result {
-                uploaded.lock().insert(n, handles.clone());
+            let result = upload(&storage, &snapshot, &info, n, uids, operator_states, keyed).await;
+            match &result {
+                // A savepoint's files are the user's: no checkpoint may reference them.
+                Ok((_, handles, _)) if !is_savepoint => {
+                    uploaded.lock().insert(n, handles.clone());
+                }
+                _ => {}
             }
             result
         });
         let awaiting_output = match self.policy {
             AlignmentPolicy::AlignedThenUnaligned(t)
-                if kind == SnapshotKind::Aligned && !barrier.savepoint && self.partition.holds_barrier(n) =>
+                if kind == SnapshotKind::Aligned && !is_savepoint && self.partition.holds_barrier(n) =>
             {
                 Some(Instant::now() + t)
             }
@@ -1185,10 +1326,13 @@ fn ack(
 /// until the checkpoint completes), and the bytes written.
 type Uploaded = (Vec<(String, SubtaskState)>, Vec<(String, KeyedStateHandle)>, u64);
 
-/// Writes each operator state list to `<job>/chk-<n>/<uid>-<subtask>/operator-state` and
-/// uploads each keyed snapshot. Every uid of the chain gets an entry, empty if it has no state.
+/// Writes each operator state list to `operator-state` in its uid's exclusive directory
+/// (`<job>/chk-<n>/<uid>-<subtask>/` for a checkpoint, `<uid>-<subtask>/` in a savepoint's
+/// folder, which `storage` is then opened at) and uploads each keyed snapshot. Every uid of the
+/// chain gets an entry, empty if it has no state.
 async fn upload(
     storage: &CheckpointStorage,
+    snapshot: &SnapshotType,
     info: &SubtaskInfo,
     n: u64,
     uids: Vec<String>,
@@ -1199,7 +1343,8 @@ async fn upload(
     let mut handles = Vec::new();
     let mut size = 0;
     for (uid, elements) in operator_states {
-        let rel = format!("{}/{}-{}/operator-state", weir_state::storage::layout::checkpoint_dir(&info.job_id, n), uid, info.index);
+        let target = SnapshotTarget { snapshot: snapshot.clone(), checkpoint: n, operator: uid.clone(), subtask: info.index };
+        let rel = format!("{}/operator-state", target.exclusive_dir());
         let file = weir_state::operator_state::write_list(storage, &rel, &elements).await?;
         size += file.size;
         states.entry(uid).or_default().operator = Some(file);
@@ -1216,6 +1361,7 @@ async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::SavepointOptions;
     use crate::partition::{ChannelWriter, OutputEdge};
     use arrow_array::{Int64Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
@@ -1263,6 +1409,11 @@ mod tests {
             restore: None,
             connectors: Arc::new(crate::operators::test_util::TestConnectors),
         }
+    }
+
+    /// Opens storages as the TaskManager does, with a default configuration.
+    fn open_file_storage() -> OpenStorage {
+        Arc::new(|url: &str| CheckpointStorage::open(url, &Default::default()))
     }
 
     /// A key that hash partitioning over two channels sends to `channel`.
@@ -1335,6 +1486,7 @@ mod tests {
             mode: CheckpointingMode::ExactlyOnce,
             alignment: AlignmentPolicy::Unaligned,
             storage,
+            open_storage: open_file_storage(),
             incremental: false,
             runtime: runtime.handle().clone(),
             report: Arc::new(move |ack| {
@@ -1355,7 +1507,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let stalled_output = output.queued_items(0);
-        let barrier = Barrier { unaligned: true, ..Barrier::new(1, 0, false) };
+        let barrier = Barrier { unaligned: true, ..Barrier::new(1, 0) };
         assert_eq!(input.push_priority(0, Event::Barrier(barrier)).unwrap(), 4, "the barrier overtook the full input queue");
         let ack = acks.recv_timeout(Duration::from_secs(30)).expect("the checkpoint is acknowledged while the downstream is stalled");
         assert_eq!((ack.checkpoint, ack.kind), (1, SnapshotKind::Unaligned));
@@ -1379,6 +1531,7 @@ mod tests {
             mode: CheckpointingMode::ExactlyOnce,
             alignment: AlignmentPolicy::Unaligned,
             storage: storage.clone(),
+            open_storage: open_file_storage(),
             incremental: false,
             runtime: runtime.handle().clone(),
             report: Arc::new(|_| {}),
@@ -1417,5 +1570,256 @@ mod tests {
         };
         assert_eq!(values(&h1), vec![(0, 1), (1, 2)]);
         assert_eq!(values(&h2), vec![(1, 2), (0, 3)]);
+    }
+
+    /// A source that emits one row per poll, numbered from 0, and snapshots how many it emitted.
+    struct CountingSource {
+        schema: SchemaRef,
+        next: Arc<std::sync::atomic::AtomicI64>,
+    }
+
+    impl weir_core::operator::SourceReader for CountingSource {
+        fn poll_next(&mut self) -> OpResult<SourcePoll> {
+            let n = self.next.fetch_add(1, Ordering::SeqCst);
+            Ok(SourcePoll::Batch(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()))
+        }
+
+        fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+            Ok(Some(vec![self.next.load(Ordering::SeqCst).to_be_bytes().to_vec()]))
+        }
+    }
+
+    /// Builds [`CountingSource`]s sharing one counter (of rows polled), and no sinks.
+    struct CountingConnectors(Arc<std::sync::atomic::AtomicI64>);
+
+    impl ConnectorFactory for CountingConnectors {
+        fn source(
+            &self,
+            op: &weir_core::graph::ChainedOperator,
+            _info: &SubtaskInfo,
+        ) -> OpResult<Box<dyn weir_core::operator::SourceReader>> {
+            Ok(Box::new(CountingSource { schema: op.output_schema.clone(), next: self.0.clone() }))
+        }
+
+        fn sink(&self, op: &weir_core::graph::ChainedOperator, _info: &SubtaskInfo) -> OpResult<Box<dyn weir_core::operator::Operator>> {
+            Err(OperatorError::NotAConnector { name: op.name.clone(), uid: op.uid.clone(), expected: "sink" })
+        }
+    }
+
+    /// What the downstream of the source task sees, in order.
+    #[derive(Debug)]
+    enum Seen {
+        Rows(usize),
+        Barrier(Barrier),
+        Cancel(u64),
+        End,
+    }
+
+    /// A running source task (uid `src`) whose one output channel the test drains, with its
+    /// acknowledgements, its state changes and its source's row counter.
+    struct SourceHarness {
+        task: Option<Task>,
+        output: Arc<InputGate>,
+        acks: Receiver<CheckpointAck>,
+        states: Receiver<TaskState>,
+        polled: Arc<std::sync::atomic::AtomicI64>,
+        dir: tempfile::TempDir,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    impl SourceHarness {
+        fn start() -> Self {
+            let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+            let output = Arc::new(InputGate::new(16, vec![None]));
+            let edge = OutputEdge::new(Partitioning::Forward, None, 128, vec![ChannelWriter::Local { gate: output.clone(), index: 0 }], 0);
+            // One buffer per row: every row leaves at once.
+            let partition = ResultPartition::new(vec![edge], 1, Duration::from_millis(5));
+            let dir = tempfile::tempdir().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let storage = CheckpointStorage::open(&format!("file://{}/checkpoints", dir.path().display()), &Default::default()).unwrap();
+            let (acks_tx, acks) = std::sync::mpsc::channel();
+            let acks_tx = Mutex::new(acks_tx);
+            let checkpointing = CheckpointSettings {
+                mode: CheckpointingMode::ExactlyOnce,
+                alignment: AlignmentPolicy::Aligned,
+                storage,
+                open_storage: open_file_storage(),
+                incremental: false,
+                runtime: runtime.handle().clone(),
+                report: Arc::new(move |ack| {
+                    let _ = acks_tx.lock().send(ack);
+                }),
+            };
+            let vertex = Vertex {
+                id: 1,
+                name: "source".into(),
+                parallelism: 1,
+                operators: vec![ChainedOperator {
+                    name: "source".into(),
+                    uid: "src".into(),
+                    spec: OperatorSpec::FileSource { path: "unused".into() },
+                    output_schema: schema.clone(),
+                }],
+            };
+            let polled = Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let desc = TaskDescriptor {
+                info: SubtaskInfo { vertex_name: "source".into(), ..info() },
+                vertex,
+                input_schema: schema,
+                gate: None,
+                partition,
+                state: Default::default(),
+                checkpointing: Some(checkpointing),
+                restore: None,
+                connectors: Arc::new(CountingConnectors(polled.clone())),
+            };
+            let (states_tx, states) = std::sync::mpsc::channel();
+            let states_tx = Mutex::new(states_tx);
+            let task = Task::spawn(
+                desc,
+                Arc::new(move |ev: TaskEvent| {
+                    let _ = states_tx.lock().send(ev.state);
+                }),
+            )
+            .unwrap();
+            Self { task: Some(task), output, acks, states, polled, dir, _runtime: runtime }
+        }
+
+        fn task(&self) -> &Task {
+            self.task.as_ref().expect("running")
+        }
+
+        /// The next thing downstream receives; panics if nothing comes within 30 s.
+        fn next(&self) -> Seen {
+            match self.output.poll(Some(Instant::now() + Duration::from_secs(30))) {
+                GatePoll::Item(_, Item::Buffer(b)) => Seen::Rows(b.num_rows()),
+                GatePoll::Item(_, Item::Encoded(bytes)) => Seen::Rows(decode_batch(&bytes).unwrap().num_rows()),
+                GatePoll::Item(_, Item::Event(Event::Barrier(b))) => Seen::Barrier(b),
+                GatePoll::Item(_, Item::Event(Event::CancelCheckpoint(id))) => Seen::Cancel(id),
+                GatePoll::Priority { event: Event::CancelCheckpoint(id), .. } => Seen::Cancel(id),
+                GatePoll::Item(_, Item::Event(Event::EndOfPartition)) => Seen::End,
+                other => panic!("unexpected downstream: {other:?}"),
+            }
+        }
+
+        /// Takes rows until `rows` more arrived; returns how many it took.
+        fn take_rows(&self, rows: usize) -> usize {
+            let mut got = 0;
+            while got < rows {
+                match self.next() {
+                    Seen::Rows(n) => got += n,
+                    other => panic!("expected rows, got {other:?}"),
+                }
+            }
+            got
+        }
+
+        fn ack(&self, id: u64) -> CheckpointAck {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ack = self.acks.recv_timeout(left).unwrap_or_else(|_| panic!("checkpoint {id} was never acknowledged or declined"));
+                if ack.checkpoint == id {
+                    return ack;
+                }
+            }
+        }
+
+        fn await_state(&self, wanted: TaskState) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let state = self.states.recv_timeout(left).unwrap_or_else(|_| panic!("the task never reported {wanted:?}"));
+                if state == wanted {
+                    return;
+                }
+            }
+        }
+
+        fn savepoint_barrier(&self, id: u64) -> Barrier {
+            let location = format!("file://{}/savepoints/savepoint-{id}", self.dir.path().display());
+            Barrier::savepoint(id, 0, SavepointOptions { location, format: weir_state::SavepointFormat::Canonical })
+        }
+    }
+
+    impl Drop for SourceHarness {
+        fn drop(&mut self) {
+            if let Some(task) = self.task.take() {
+                task.cancel();
+                task.join();
+            }
+        }
+    }
+
+    /// Stop with savepoint: the source snapshots into the savepoint's folder (paths relative to
+    /// it), emits the savepoint's barrier and then nothing more while the savepoint is pending;
+    /// a trigger meanwhile is declined. Its completion ends the input as an exhausted source
+    /// does: end of partition, FINISHING, the final checkpoint, FINISHED.
+    #[test]
+    fn a_source_stopped_with_a_savepoint_emits_nothing_after_its_barrier_and_ends_once_it_completes() {
+        let h = SourceHarness::start();
+        let mut before = h.take_rows(5);
+        let sp = h.savepoint_barrier(7);
+        h.task().command(TaskCommand::StopWithSavepoint(sp.clone()));
+        loop {
+            match h.next() {
+                Seen::Rows(n) => before += n,
+                Seen::Barrier(b) => {
+                    assert_eq!(b, sp, "the savepoint's barrier carries its folder, aligned");
+                    break;
+                }
+                other => panic!("unexpected before the savepoint's barrier: {other:?}"),
+            }
+        }
+        let ack = h.ack(7);
+        let states = ack.result.expect("the savepoint is acknowledged");
+        let operator = states.iter().find(|(uid, _)| uid == "src").and_then(|(_, s)| s.operator.clone()).expect("the source position");
+        assert_eq!(operator.path, "src-0/operator-state", "relative to the savepoint's folder");
+        assert!(h.dir.path().join("savepoints/savepoint-7/src-0/operator-state").exists());
+        assert!(!h.dir.path().join("checkpoints/j").exists(), "nothing of the savepoint in the checkpoint directory");
+
+        // Suspended: a checkpoint triggered meanwhile is declined, and downstream told.
+        h.task().command(TaskCommand::TriggerCheckpoint(Barrier::new(8, 0)));
+        let declined = h.ack(8);
+        assert!(declined.result.unwrap_err().contains("stopping with savepoint 7"));
+        assert!(matches!(h.next(), Seen::Cancel(8)));
+
+        h.task().command(TaskCommand::NotifyCheckpointComplete(7));
+        assert!(matches!(h.next(), Seen::End), "the input ends right after the savepoint's barrier");
+        h.await_state(TaskState::Finishing);
+        h.task().command(TaskCommand::FinalCheckpoint(Barrier::new(9, 0)));
+        assert!(h.ack(9).result.is_ok());
+        h.task().command(TaskCommand::NotifyCheckpointComplete(9));
+        h.await_state(TaskState::Finished);
+        assert_eq!(h.polled.load(Ordering::SeqCst), before as i64, "the source was not polled after the savepoint's barrier");
+    }
+
+    /// An aborted stop-with-savepoint leaves the job running: the source emits again. A
+    /// savepoint whose folder cannot be opened is declined naming the folder.
+    #[test]
+    fn a_source_resumes_when_its_stop_with_savepoint_is_aborted() {
+        let h = SourceHarness::start();
+        h.take_rows(3);
+        let bad = Barrier::savepoint(2, 0, SavepointOptions { location: "ftp://nowhere/sp".into(), format: Default::default() });
+        h.task().command(TaskCommand::TriggerCheckpoint(bad));
+        let err = h.ack(2).result.unwrap_err();
+        assert!(err.contains("ftp://nowhere/sp"), "{err}");
+
+        let sp = h.savepoint_barrier(3);
+        h.task().command(TaskCommand::StopWithSavepoint(sp.clone()));
+        loop {
+            match h.next() {
+                Seen::Rows(_) => {}
+                Seen::Barrier(b) if b.id == 3 => break,
+                Seen::Cancel(2) => {}
+                other => panic!("unexpected before the savepoint's barrier: {other:?}"),
+            }
+        }
+        assert!(h.ack(3).result.is_ok());
+        let polled_at_barrier = h.polled.load(Ordering::SeqCst);
+        h.task().command(TaskCommand::AbortCheckpoint(3));
+        assert!(matches!(h.next(), Seen::Cancel(3)), "downstream hears of the abort");
+        h.take_rows(5);
+        assert!(h.polled.load(Ordering::SeqCst) >= polled_at_barrier + 5, "the source is polled again");
     }
 }

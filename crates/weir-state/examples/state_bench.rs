@@ -31,7 +31,12 @@ fn update(b: &mut StateBackend, keys: impl Iterator<Item = i64>) -> (u64, f64) {
 
 async fn snapshot(b: &mut StateBackend, storage: &CheckpointStorage, n: u64, incremental: bool) -> (f64, f64, u64, KeyedStateHandle) {
     let before: u64 = 0;
-    let t = SnapshotTarget { job: "bench".into(), checkpoint: n, operator: "count".into(), subtask: 0, savepoint: false, incremental };
+    let t = SnapshotTarget {
+        snapshot: SnapshotType::Checkpoint { job: "bench".into(), incremental },
+        checkpoint: n,
+        operator: "count".into(),
+        subtask: 0,
+    };
     let start = Instant::now();
     let pending = b.snapshot(t).unwrap();
     let sync = start.elapsed().as_secs_f64();

@@ -30,15 +30,18 @@ pub struct LocalFile {
 /// to pick the handles that overlap a new subtask. It refuses a different max parallelism,
 /// because key groups cannot be remapped.
 ///
-/// All paths in [`StoredFile`]s are relative to the checkpoint storage root.
+/// All paths in [`StoredFile`]s are relative to the storage they were uploaded to: the job's
+/// checkpoint storage root for a checkpoint (`<job>/chk-<n>/...`, `<job>/shared/...`), the
+/// savepoint's own folder for a savepoint (`<uid>-<subtask>/...`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum KeyedStateHandle {
-    /// The canonical key-group file: hashmap snapshots, full RocksDB snapshots, savepoints.
+    /// The canonical key-group file: hashmap snapshots, full RocksDB snapshots, canonical
+    /// savepoints.
     ///
-    /// One self-contained file in the checkpoint's own directory
-    /// (`chk-<n>/<uid>-<subtask>/keyed-state`). Either backend can restore it, so it is the
-    /// format for switching backends.
+    /// One self-contained file in the snapshot's own directory
+    /// (`<job>/chk-<n>/<uid>-<subtask>/keyed-state`, in a savepoint `<uid>-<subtask>/keyed-state`).
+    /// Either backend can restore it, so it is the format for switching backends.
     Full { range: KeyGroupRange, max_parallelism: u32, file: StoredFile },
     /// A RocksDB checkpoint: SSTs in `shared/` (by local file name), the rest private.
     ///
@@ -48,6 +51,10 @@ pub enum KeyedStateHandle {
     /// counts references to them. `private` holds MANIFEST, CURRENT, OPTIONS and other non-SST
     /// files, under `chk-<n>/`; those belong to this checkpoint alone. Only the RocksDB backend
     /// can restore it.
+    ///
+    /// A native savepoint has the same shape, but every file, SSTs included, lies in the
+    /// savepoint's `<uid>-<subtask>/` under its RocksDB name: nothing in it is shared with
+    /// anything, so its `shared` paths must not be counted by a checkpoint's registry.
     Incremental { range: KeyGroupRange, max_parallelism: u32, shared: Vec<(String, StoredFile)>, private: Vec<(String, StoredFile)> },
 }
 

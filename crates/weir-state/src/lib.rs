@@ -30,6 +30,8 @@
 //! - **Layout.** Per job, `chk-<n>/` holds the files that belong to checkpoint n alone, `shared/`
 //!   the incremental SSTs and `taskowned/` the TaskManagers' files. `chk-<n>/_metadata` is
 //!   written last, by the JobManager: a checkpoint is complete when its `_metadata` exists.
+//!   A savepoint is one self-contained folder of its own (`<uid>-<subtask>/` per operator
+//!   subtask, `_metadata`), every path relative to the folder, nothing shared.
 //!
 //! `docs/state.md` explains the layout and formats.
 
@@ -48,7 +50,7 @@ pub mod storage;
 /// The state API operators use, re-exported at the crate root.
 pub use keyed::{KeyContext, KeyedStateBackend, Keys, ListState, MapState, ReducingState, StateCodec, ValueState};
 /// Taking, uploading and restoring snapshots.
-pub use snapshot::{BackendKind, KeyedStateHandle, PendingSnapshot, SnapshotTarget, StateBackend};
+pub use snapshot::{BackendKind, KeyedStateHandle, PendingSnapshot, SavepointFormat, SnapshotTarget, SnapshotType, StateBackend};
 /// Checkpoint storage and the record of one stored file.
 pub use storage::{CheckpointStorage, StoredFile};
 

@@ -7,8 +7,11 @@
 //!   *completed* checkpoint are uploaded (to `shared/`), the others are referenced. MANIFEST,
 //!   CURRENT and OPTIONS go to the checkpoint's own directory. An SST uploaded by a checkpoint
 //!   that never completed is not trusted for reuse: it may have been deleted.
-//! - **full** (and savepoints): every entry in the canonical key-group file, readable by both
-//!   backends.
+//! - **full** (and canonical savepoints): every entry in the canonical key-group file, readable
+//!   by both backends.
+//! - **native savepoints**: a RocksDB checkpoint as for an incremental one, but every file of it
+//!   (SSTs included) is uploaded into the savepoint's folder: nothing is reused from checkpoints,
+//!   and nothing the savepoint uploaded is ever recorded for reuse (the folder is the user's).
 //!
 //! Restore: one incremental handle covering exactly this range is downloaded and opened as the
 //! database (the first checkpoint after a restore uploads its SSTs anew, as Flink's NO_CLAIM
@@ -130,6 +133,19 @@ impl RocksDbBackend {
     /// always go to the private list. An SST is reused only if its upload was confirmed by a
     /// completed checkpoint.
     pub fn incremental_checkpoint(&self, n: u64) -> Result<IncrementalSnapshot, StateError> {
+        self.rocksdb_checkpoint(n, true)
+    }
+
+    /// Takes a RocksDB checkpoint for native savepoint `n`: as
+    /// [`incremental_checkpoint`](Self::incremental_checkpoint), but every SST is listed for
+    /// upload, none reused, so the savepoint holds every file it needs.
+    pub fn native_snapshot(&self, n: u64) -> Result<IncrementalSnapshot, StateError> {
+        self.rocksdb_checkpoint(n, false)
+    }
+
+    /// The RocksDB checkpoint behind both: `reuse` references SSTs a completed checkpoint
+    /// uploaded instead of listing them for upload.
+    fn rocksdb_checkpoint(&self, n: u64, reuse: bool) -> Result<IncrementalSnapshot, StateError> {
         // Beside the instance directory, not inside it: the upload may outlive this backend
         // (its task can end while the last checkpoint's files are still being uploaded), and
         // the upload deletes the directory when it is done.
@@ -147,7 +163,7 @@ impl RocksDbBackend {
             let local = LocalFile { name: name.clone(), path: entry.path() };
             if name.ends_with(".sst") {
                 match self.uploaded.get(&name) {
-                    Some(u) if u.confirmed => reused.push((name, u.file.clone())),
+                    Some(u) if u.confirmed && reuse => reused.push((name, u.file.clone())),
                     _ => to_upload.push(local),
                 }
             } else {
@@ -172,7 +188,8 @@ impl RocksDbBackend {
     /// New entries start unconfirmed. An SST uploaded again by a newer checkpoint (one that was
     /// snapshotted before the older upload was confirmed) takes the newer record, so later
     /// checkpoints reference the copy that stays retained. A handle that only reuses the tracked
-    /// file changes nothing. Full handles record nothing.
+    /// file changes nothing. Full handles record nothing. A native savepoint's handle must never
+    /// come here: its files are in the user's savepoint folder.
     pub fn record_uploaded(&mut self, n: u64, handle: &KeyedStateHandle) {
         if let KeyedStateHandle::Incremental { shared, .. } = handle {
             for (name, file) in shared {
@@ -316,9 +333,9 @@ pub struct IncrementalSnapshot {
     /// SSTs a completed checkpoint already uploaded: (local name, stored file). They are
     /// referenced, not uploaded.
     pub reused: Vec<(String, StoredFile)>,
-    /// SSTs to upload to `shared/`.
+    /// SSTs to upload: to `shared/` (a checkpoint) or the savepoint's folder (a native savepoint).
     pub to_upload: Vec<LocalFile>,
-    /// Files that are not SSTs (MANIFEST, CURRENT, OPTIONS), for the checkpoint's own directory.
+    /// Files that are not SSTs (MANIFEST, CURRENT, OPTIONS), for the snapshot's own directory.
     pub private: Vec<LocalFile>,
 }
 

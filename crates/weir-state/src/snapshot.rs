@@ -5,6 +5,15 @@
 //! the hashmap backend's groups, or a RocksDB checkpoint of hard links), and an asynchronous
 //! part that uploads files while the task goes on processing. The handle that comes out is what
 //! the task acknowledges to the JobManager and what `_metadata` records.
+//!
+//! Checkpoints and savepoints differ in where their files go ([`SnapshotType`]). A checkpoint
+//! writes into the job's checkpoint storage, `<job>/chk-<n>/<uid>-<subtask>/`, and an incremental
+//! RocksDB checkpoint shares SSTs with other checkpoints through `<job>/shared/`. A savepoint is
+//! a self-contained folder: the task uploads to a storage opened at that folder, every file goes
+//! under `<uid>-<subtask>/` (`keyed-state`, `operator-state`, or, in the native format, every
+//! file of a RocksDB checkpoint), and so every path its handles record is relative to the folder.
+//! Nothing of a savepoint is shared or reused, so the folder can be moved, copied between
+//! `file://` and `s3://`, restored at another parallelism, or deleted by its owner.
 
 use crate::hashmap::HashMapBackend;
 use crate::keyed::KeyedStateBackend;
@@ -19,30 +28,79 @@ pub use crate::handle::{KeyedStateHandle, LocalFile};
 /// Which backend (`state.backend.type`): the typed setting of `weir_core::settings`.
 pub use weir_core::settings::StateBackendKind as BackendKind;
 
-/// Where a snapshot goes.
+/// How a savepoint stores keyed state (Flink's savepoint format types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SavepointFormat {
+    /// The canonical key-group file ([`KeyedStateHandle::Full`]): portable between backends,
+    /// versions and parallelisms.
+    #[default]
+    Canonical,
+    /// The backend's own files: RocksDB copies every file of a RocksDB checkpoint into the
+    /// savepoint ([`KeyedStateHandle::Incremental`], nothing shared). Faster to take and to
+    /// restore for large state, but only RocksDB restores it. The hashmap backend has no native
+    /// format and writes the canonical one.
+    Native,
+}
+
+/// What a snapshot is: decides where its files go and whether it may share files with others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotType {
+    /// A checkpoint of job `job`, written to the job's checkpoint storage: its own files under
+    /// `<job>/chk-<n>/<uid>-<subtask>/`, the new SSTs of an incremental RocksDB snapshot under
+    /// `<job>/shared/`, and SSTs an earlier completed checkpoint uploaded referenced, not copied.
+    /// `incremental` is `execution.checkpointing.incremental` (RocksDB only).
+    Checkpoint { job: String, incremental: bool },
+    /// A savepoint, written to a storage opened at the savepoint's own folder: every file under
+    /// `<uid>-<subtask>/`, so every path in its handles is relative to the folder and the folder
+    /// can be moved (or copied between stores) and restored. Nothing in it is shared with, or
+    /// reused from, any checkpoint, and nothing later reuses its files.
+    Savepoint(SavepointFormat),
+}
+
+/// Where one operator subtask's snapshot goes: names the snapshot's files.
 ///
-/// Names the snapshot's files: its own files go to `<job>/chk-<n>/<operator>-<subtask>/`, and
-/// new SSTs of an incremental snapshot go to `<job>/shared/`.
+/// Paths are relative to the storage the snapshot is uploaded to: the job's checkpoint storage
+/// for a checkpoint, the savepoint's folder for a savepoint (see [`SnapshotType`]).
 #[derive(Debug, Clone)]
 pub struct SnapshotTarget {
-    /// The job id, the first component of every path.
-    pub job: String,
-    /// The checkpoint id n.
+    /// Checkpoint or savepoint, and how it stores keyed state.
+    pub snapshot: SnapshotType,
+    /// The checkpoint id n (savepoints take ids from the same sequence).
     pub checkpoint: u64,
     /// The operator's uid.
     pub operator: String,
     /// The subtask index.
     pub subtask: u32,
-    /// Savepoints are full and self-contained, whatever the backend.
-    pub savepoint: bool,
-    /// `execution.checkpointing.incremental` (RocksDB only).
-    pub incremental: bool,
 }
 
 impl SnapshotTarget {
-    /// `<job>/chk-<n>/<operator>-<subtask>`: files that belong to this snapshot alone.
-    fn exclusive_dir(&self) -> String {
-        format!("{}/{}-{}", layout::checkpoint_dir(&self.job, self.checkpoint), self.operator, self.subtask)
+    /// The directory of the files that belong to this snapshot alone:
+    /// `<job>/chk-<n>/<uid>-<subtask>` for a checkpoint, `<uid>-<subtask>` for a savepoint.
+    /// Keyed state goes to `keyed-state` in it (or RocksDB's files), operator state to
+    /// `operator-state`.
+    pub fn exclusive_dir(&self) -> String {
+        match &self.snapshot {
+            SnapshotType::Checkpoint { job, .. } => {
+                format!("{}/{}-{}", layout::checkpoint_dir(job, self.checkpoint), self.operator, self.subtask)
+            }
+            SnapshotType::Savepoint(_) => format!("{}-{}", self.operator, self.subtask),
+        }
+    }
+
+    /// Where new SSTs of an incremental RocksDB snapshot go, shared with later checkpoints:
+    /// `<job>/shared` for a checkpoint; `None` for a savepoint, whose files all stay in
+    /// [`exclusive_dir`](Self::exclusive_dir).
+    fn shared_dir(&self) -> Option<String> {
+        match &self.snapshot {
+            SnapshotType::Checkpoint { job, .. } => Some(layout::shared_dir(job)),
+            SnapshotType::Savepoint(_) => None,
+        }
+    }
+
+    /// Whether this is a savepoint: its handles must never be recorded for reuse
+    /// ([`StateBackend::snapshot_uploaded`]).
+    pub fn is_savepoint(&self) -> bool {
+        matches!(self.snapshot, SnapshotType::Savepoint(_))
     }
 }
 
@@ -63,10 +121,10 @@ pub enum StateBackend {
 /// processing (and changing its state) during the upload.
 pub enum PendingSnapshot {
     /// A canonical key-group file, complete in memory: hashmap snapshots, full RocksDB snapshots,
-    /// savepoints. It becomes a [`KeyedStateHandle::Full`].
+    /// canonical savepoints. It becomes a [`KeyedStateHandle::Full`].
     Bytes { target: SnapshotTarget, range: KeyGroupRange, max_parallelism: u32, bytes: Vec<u8> },
-    /// A RocksDB checkpoint on local disk, with its SSTs already split into reused and to-upload.
-    /// It becomes a [`KeyedStateHandle::Incremental`].
+    /// A RocksDB checkpoint on local disk, with its SSTs already split into reused and to-upload
+    /// (a native savepoint reuses none). It becomes a [`KeyedStateHandle::Incremental`].
     Incremental { target: SnapshotTarget, snapshot: IncrementalSnapshot },
 }
 
@@ -100,24 +158,34 @@ impl StateBackend {
     /// The synchronous part of a snapshot.
     ///
     /// Runs on the task thread between two batches. The state may change as soon as it returns. The
-    /// hashmap backend always writes a full copy. RocksDB writes the full key-group file for
-    /// savepoints and when `incremental` is off, and takes a RocksDB checkpoint otherwise.
+    /// hashmap backend always writes a full copy (the canonical format). RocksDB writes the
+    /// canonical key-group file for canonical savepoints and when `incremental` is off, takes a
+    /// RocksDB checkpoint whose files are all uploaded for a native savepoint, and an incremental
+    /// RocksDB checkpoint otherwise.
     pub fn snapshot(&self, target: SnapshotTarget) -> Result<PendingSnapshot, StateError> {
         let kb = self.keyed_ref();
         let (range, max_parallelism) = (kb.key_group_range(), kb.max_parallelism());
-        Ok(match self {
-            Self::HashMap(b) => PendingSnapshot::Bytes { target, range, max_parallelism, bytes: b.snapshot_bytes() },
-            Self::RocksDb(b) if target.savepoint || !target.incremental => {
-                PendingSnapshot::Bytes { target, range, max_parallelism, bytes: b.snapshot_bytes()? }
+        Ok(match (self, &target.snapshot) {
+            (Self::HashMap(b), _) => PendingSnapshot::Bytes { target, range, max_parallelism, bytes: b.snapshot_bytes() },
+            (
+                Self::RocksDb(b),
+                SnapshotType::Checkpoint { incremental: false, .. } | SnapshotType::Savepoint(SavepointFormat::Canonical),
+            ) => PendingSnapshot::Bytes { target, range, max_parallelism, bytes: b.snapshot_bytes()? },
+            (Self::RocksDb(b), SnapshotType::Savepoint(SavepointFormat::Native)) => {
+                PendingSnapshot::Incremental { snapshot: b.native_snapshot(target.checkpoint)?, target }
             }
-            Self::RocksDb(b) => PendingSnapshot::Incremental { snapshot: b.incremental_checkpoint(target.checkpoint)?, target },
+            (Self::RocksDb(b), SnapshotType::Checkpoint { incremental: true, .. }) => {
+                PendingSnapshot::Incremental { snapshot: b.incremental_checkpoint(target.checkpoint)?, target }
+            }
         })
     }
 
-    /// Records what a finished snapshot uploaded (RocksDB reuses it once `n` completes).
+    /// Records what a finished checkpoint uploaded (RocksDB reuses it once `n` completes).
     ///
-    /// Call it after [`PendingSnapshot::upload`] succeeded, with the returned handle. It does
-    /// nothing for the hashmap backend.
+    /// Call it after [`PendingSnapshot::upload`] of a checkpoint succeeded, with the returned
+    /// handle; never with a savepoint's handle: a savepoint's folder belongs to the user, who may
+    /// move or delete it, so no checkpoint may reference its files. It does nothing for the
+    /// hashmap backend.
     pub fn snapshot_uploaded(&mut self, n: u64, handle: &KeyedStateHandle) {
         if let Self::RocksDb(b) = self {
             b.record_uploaded(n, handle);
@@ -139,8 +207,10 @@ impl StateBackend {
     /// Each new subtask's `range` can overlap several old handles after a rescale. All files are
     /// downloaded and checked first (incremental ones into `<local_dir>/download-<uuid>/`); then
     /// the backend is built. Fails with [`StateError::Incompatible`] if an overlapping handle was
-    /// written with another max parallelism, or if an incremental handle meets the hashmap backend
-    /// (restore from a savepoint to switch backends). Full handles restore into either backend.
+    /// written with another max parallelism, or if a RocksDB handle (an incremental checkpoint or
+    /// a native savepoint) meets the hashmap backend (restore from a canonical savepoint to switch
+    /// backends). Full handles restore into either backend. Paths resolve against `storage`:
+    /// the checkpoint storage for a checkpoint, the savepoint's folder for a savepoint.
     pub async fn restore(
         kind: BackendKind,
         local_dir: &Path,
@@ -167,7 +237,7 @@ impl StateBackend {
                     }
                     if kind == BackendKind::HashMap {
                         return Err(StateError::Incompatible(
-                            "an incremental RocksDB checkpoint cannot be restored into the hashmap backend; restore from a savepoint (self-contained) to switch backends".into(),
+                            "RocksDB's native files (an incremental checkpoint or a native savepoint) cannot be restored into the hashmap backend; take a canonical savepoint (`--type canonical`) to switch backends".into(),
                         ));
                     }
                     let dir = local_dir.join(format!("download-{}", uuid::Uuid::new_v4().simple()));
@@ -208,10 +278,13 @@ fn check_max_parallelism(stored: u32, wanted: u32, path: &str) -> Result<(), Sta
 impl PendingSnapshot {
     /// Uploads the snapshot's files; the returned handle goes into the acknowledgement.
     ///
-    /// `Bytes` becomes one file, `<job>/chk-<n>/<uid>-<subtask>/keyed-state`. `Incremental` uploads
-    /// new SSTs to `shared/` and the other files to the checkpoint's directory. The local
-    /// checkpoint directory is deleted afterwards, whether the upload succeeded or not. Afterwards,
-    /// pass the handle to [`StateBackend::snapshot_uploaded`] so that RocksDB can reuse the SSTs.
+    /// `Bytes` becomes one file, `keyed-state` in the target's
+    /// [exclusive directory](SnapshotTarget::exclusive_dir). `Incremental` uploads new SSTs to
+    /// `<job>/shared/` (a checkpoint) or the exclusive directory (a native savepoint), and the
+    /// other files to the exclusive directory. The local checkpoint directory is deleted
+    /// afterwards, whether the upload succeeded or not. Afterwards, pass a checkpoint's handle
+    /// (never a savepoint's) to [`StateBackend::snapshot_uploaded`] so that RocksDB can reuse the
+    /// SSTs.
     pub async fn upload(self, storage: &CheckpointStorage) -> Result<KeyedStateHandle, StateError> {
         match self {
             PendingSnapshot::Bytes { target, range, max_parallelism, bytes } => {
@@ -228,9 +301,10 @@ impl PendingSnapshot {
     }
 }
 
-/// The asynchronous part of an incremental snapshot. New SSTs go to
-/// `shared/<instance>-<n>-<name>`, private files to the checkpoint's directory, one file at a
-/// time. The handle lists reused and new SSTs together, sorted by local name.
+/// The asynchronous part of an incremental snapshot or a native savepoint. New SSTs go to
+/// `<job>/shared/<instance>-<n>-<name>` (a savepoint: `<uid>-<subtask>/<name>`), private files to
+/// the exclusive directory, one file at a time. The handle lists reused and new SSTs together,
+/// sorted by local name.
 async fn upload_incremental(
     storage: &CheckpointStorage,
     target: &SnapshotTarget,
@@ -238,8 +312,12 @@ async fn upload_incremental(
 ) -> Result<KeyedStateHandle, StateError> {
     let mut shared = s.reused.clone();
     for f in &s.to_upload {
-        // Unique per instance and checkpoint: never overwrite a file another checkpoint uses.
-        let rel = format!("{}/{}-{}-{}", layout::shared_dir(&target.job), s.instance, s.checkpoint, f.name);
+        let rel = match target.shared_dir() {
+            // Unique per instance and checkpoint: never overwrite a file another checkpoint uses.
+            Some(dir) => format!("{dir}/{}-{}-{}", s.instance, s.checkpoint, f.name),
+            // A savepoint's folder holds one RocksDB checkpoint per operator subtask.
+            None => format!("{}/{}", target.exclusive_dir(), f.name),
+        };
         shared.push((f.name.clone(), storage.put_file(&rel, &f.path).await?));
     }
     let mut private = Vec::new();

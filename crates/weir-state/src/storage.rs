@@ -11,6 +11,16 @@
 //! <dir>/<job-id>/taskowned/...         files owned by the TaskManagers
 //! ```
 //!
+//! A savepoint is a folder of its own, opened as a storage of its own (its URL is the folder),
+//! so every path it records is relative to the folder and the folder can be moved:
+//!
+//! ```text
+//! <folder>/_metadata                    written last, by the JobManager
+//! <folder>/<uid>-<subtask>/keyed-state  canonical keyed state
+//! <folder>/<uid>-<subtask>/operator-state
+//! <folder>/<uid>-<subtask>/<file>       native format: every file of a RocksDB checkpoint
+//! ```
+//!
 //! Large files are uploaded as multipart uploads streamed from disk, never held whole in memory.
 
 use crate::StateError;

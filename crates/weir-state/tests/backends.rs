@@ -97,8 +97,12 @@ fn fill(kind: BackendKind, dir: &Path, parallelism: u32, n: usize) -> (Vec<State
 async fn snapshot_all(backends: &mut [StateBackend], storage: &CheckpointStorage, n: u64, incremental: bool) -> Vec<KeyedStateHandle> {
     let mut handles = Vec::new();
     for (i, b) in backends.iter_mut().enumerate() {
-        let target =
-            SnapshotTarget { job: "job".into(), checkpoint: n, operator: "count".into(), subtask: i as u32, savepoint: false, incremental };
+        let target = SnapshotTarget {
+            snapshot: SnapshotType::Checkpoint { job: "job".into(), incremental },
+            checkpoint: n,
+            operator: "count".into(),
+            subtask: i as u32,
+        };
         let pending = b.snapshot(target).unwrap();
         let h = pending.upload(storage).await.unwrap();
         b.snapshot_uploaded(n, &h);

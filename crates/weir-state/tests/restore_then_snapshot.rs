@@ -19,7 +19,12 @@ async fn restored_rocksdb_checkpoints_keep_their_files_until_uploaded() {
             c.set_key(&(k * n as i64).to_le_bytes(), 128);
             value.update(b.keyed(), &c, &k).unwrap();
         }
-        let t = SnapshotTarget { job: "j".into(), checkpoint: n, operator: "op".into(), subtask: 0, savepoint: false, incremental: true };
+        let t = SnapshotTarget {
+            snapshot: SnapshotType::Checkpoint { job: "j".into(), incremental: true },
+            checkpoint: n,
+            operator: "op".into(),
+            subtask: 0,
+        };
         let h = b.snapshot(t).unwrap().upload(&storage).await.unwrap();
         b.snapshot_uploaded(n, &h);
         b.notify_checkpoint_complete(n);
@@ -33,7 +38,12 @@ async fn restored_rocksdb_checkpoints_keep_their_files_until_uploaded() {
             value.update(r.keyed(), &c, &k).unwrap();
         }
         let n = 10 + round;
-        let t = SnapshotTarget { job: "j".into(), checkpoint: n, operator: "op".into(), subtask: 0, savepoint: false, incremental: true };
+        let t = SnapshotTarget {
+            snapshot: SnapshotType::Checkpoint { job: "j".into(), incremental: true },
+            checkpoint: n,
+            operator: "op".into(),
+            subtask: 0,
+        };
         let pending = r.snapshot(t).unwrap();
         // A slow upload: background compactions get time to run first.
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -53,7 +63,12 @@ async fn an_upload_completes_after_its_backend_is_gone() {
         c.set_key(&k.to_le_bytes(), 128);
         value.update(b.keyed(), &c, &k).unwrap();
     }
-    let t = SnapshotTarget { job: "j".into(), checkpoint: 1, operator: "op".into(), subtask: 0, savepoint: false, incremental: true };
+    let t = SnapshotTarget {
+        snapshot: SnapshotType::Checkpoint { job: "j".into(), incremental: true },
+        checkpoint: 1,
+        operator: "op".into(),
+        subtask: 0,
+    };
     let pending = b.snapshot(t).unwrap();
     drop(b); // the task ended (its input finished) before the asynchronous part ran
     let h = pending.upload(&storage).await.expect("the local checkpoint outlives its backend");

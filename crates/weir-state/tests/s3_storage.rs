@@ -89,12 +89,10 @@ async fn snapshots_round_trip_through_s3_at_another_parallelism() {
             let mut handles = Vec::new();
             for (i, b) in old.iter_mut().enumerate() {
                 let t = SnapshotTarget {
-                    job: job.clone(),
+                    snapshot: SnapshotType::Checkpoint { job: job.clone(), incremental },
                     checkpoint: 1,
                     operator: "op".into(),
                     subtask: i as u32,
-                    savepoint: false,
-                    incremental,
                 };
                 handles.push(b.snapshot(t).unwrap().upload(&storage).await.unwrap());
             }

@@ -72,10 +72,13 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     let checkpointing = checkpoint_storage.map(|storage| {
         let acks = shared.acks.clone();
         let (job, attempt) = (job.clone(), req.attempt);
+        // Savepoint folders are opened with the job's configuration (S3 endpoint, credentials).
+        let job_config = config.clone();
         CheckpointSettings {
             mode: settings.checkpoint.mode,
             alignment: settings.checkpoint.alignment(),
             storage,
+            open_storage: Arc::new(move |url: &str| CheckpointStorage::open(url, &job_config)),
             incremental: settings.checkpoint.incremental,
             runtime: runtime.clone(),
             report: Arc::new(move |ack| {
