@@ -101,10 +101,13 @@ fn run_with_kills(
     kill_jm: bool,
     s3: Option<&S3Server>,
 ) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
-    run_job_with_kills(mode, source_parallelism, kills, kill_jm, s3, &[], "")
+    run_job_with_kills(mode, source_parallelism, kills, kill_jm, s3, &[], "", false)
 }
 
-/// [`run_with_kills`] with extra configuration and extra steps before the sink.
+/// [`run_with_kills`] with extra configuration and extra steps before the sink; with
+/// `savepoints`, a savepoint (`weir savepoint`, into the cluster's folder `savepoints`) is
+/// taken before every kill, and must complete.
+#[allow(clippy::too_many_arguments)]
 fn run_job_with_kills(
     mode: &str,
     source_parallelism: u32,
@@ -113,6 +116,7 @@ fn run_job_with_kills(
     s3: Option<&S3Server>,
     extra_config: &[&str],
     extra_steps: &str,
+    savepoints: bool,
 ) -> (Vec<String>, Vec<String>, serde_json::Value, serde_json::Value) {
     let chk = tempfile::tempdir().unwrap();
     let catalog = tempfile::tempdir().unwrap();
@@ -148,6 +152,13 @@ fn run_job_with_kills(
         wait_for("a further completed checkpoint", || (completed_checkpoints(&cluster, &id) > before).then_some(()));
         if cluster.try_job_status(&id).is_some_and(|s| s["state"] == "FINISHED") {
             break;
+        }
+        if savepoints {
+            let dir = cluster.dir.path().join("savepoints");
+            let out = cluster.weir(&["savepoint", &id, dir.to_str().unwrap(), "--output", "json"]);
+            assert!(out.status.success(), "savepoint {k} failed: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            eprintln!("savepoint {k}: {}", v["path"]);
         }
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -253,7 +264,7 @@ fn completed_of_kind(checkpoints: &serde_json::Value, kind: &str) -> (usize, u64
 #[test]
 fn unaligned_checkpoints_keep_exactly_once_under_backpressure_and_kills() {
     let cfg = ["execution.checkpointing.unaligned.enabled=true", "execution.checkpointing.max-concurrent-checkpoints=2"];
-    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 3, false, None, &cfg, THROTTLE);
+    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 3, false, None, &cfg, THROTTLE, false);
     assert!(status["attempt"].as_u64().unwrap() >= 2, "the job restarted: {status}");
     let (unaligned, inflight) = completed_of_kind(&checkpoints, "UNALIGNED");
     assert!(unaligned >= 1, "unaligned checkpoints completed: {checkpoints}");
@@ -268,9 +279,31 @@ fn aligned_checkpoints_switch_to_unaligned_after_the_timeout_and_keep_exactly_on
         "execution.checkpointing.aligned-checkpoint-timeout=30ms",
         "execution.checkpointing.max-concurrent-checkpoints=2",
     ];
-    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 2, false, None, &cfg, THROTTLE);
+    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 2, false, None, &cfg, THROTTLE, false);
     assert!(status["restarts"].as_u64().unwrap() >= 1, "the job restarted: {status}");
     let (switched, _) = completed_of_kind(&checkpoints, "TIMED_OUT_TO_UNALIGNED");
     assert!(switched >= 1, "some checkpoints switched to unaligned: {checkpoints}");
+    assert_same_output(&got, &expected);
+}
+
+/// Past Flink's limits: aligned savepoints taken while concurrent unaligned checkpoints run
+/// under backpressure, with TaskManagers killed after each. Every savepoint completes, aligned
+/// and without in-flight data; the unaligned checkpoints go on around them; and the committed
+/// output is exact (an intermediate savepoint commits nothing, so it cannot duplicate a row).
+#[test]
+fn aligned_savepoints_beside_unaligned_checkpoints_keep_exactly_once() {
+    let cfg = ["execution.checkpointing.unaligned.enabled=true", "execution.checkpointing.max-concurrent-checkpoints=2"];
+    let (got, expected, status, checkpoints) = run_job_with_kills("EXACTLY_ONCE", 1, 2, false, None, &cfg, THROTTLE, true);
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "the job restarted: {status}");
+    let all = checkpoints.as_array().unwrap();
+    let savepoints: Vec<&serde_json::Value> = all.iter().filter(|c| c["savepoint"] == true && c["status"] == "COMPLETED").collect();
+    assert!(!savepoints.is_empty(), "savepoints completed: {checkpoints}");
+    for sp in &savepoints {
+        assert_eq!(sp["kind"], "ALIGNED", "a savepoint is aligned: {sp}");
+        assert_eq!(sp["inflight_bytes"].as_u64(), Some(0), "a savepoint stores no in-flight data: {sp}");
+        assert!(sp["path"].as_str().unwrap().contains("/savepoints/savepoint-"), "its folder: {sp}");
+    }
+    let (unaligned, _) = completed_of_kind(&checkpoints, "UNALIGNED");
+    assert!(unaligned >= 1, "unaligned checkpoints completed beside the savepoints: {checkpoints}");
     assert_same_output(&got, &expected);
 }
