@@ -513,7 +513,8 @@ pub async fn savepoint(address: &str, request: SavepointRequest<'_>, timeout: Du
 
 /// `weir stop`: the savepoint, then the wait until the job ended (it finishes on its own after
 /// the savepoint). A job that ends otherwise than FINISHED is an error, though the savepoint
-/// itself completed and is named.
+/// itself completed and is named; so is a job that restarted after the savepoint (it then runs
+/// on, restored from the savepoint, instead of finishing).
 pub async fn stop(address: &str, request: SavepointRequest<'_>, drain: bool, timeout: Duration, output: Output) -> Result<i32> {
     let deadline = tokio::time::Instant::now() + timeout;
     let job_id = request.job_id;
@@ -523,10 +524,19 @@ pub async fn stop(address: &str, request: SavepointRequest<'_>, drain: bool, tim
     if output == Output::Text {
         print_savepoint(&done, output)?;
     }
+    let mut attempt = None;
     let status = loop {
         let s = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
         if is_terminal(s.state) {
             break s;
+        }
+        if *attempt.get_or_insert(s.attempt) != s.attempt {
+            return Err(anyhow!(
+                "savepoint {} completed, but job {job_id} restarted (attempt {}) before it finished: it runs on from the savepoint; \
+                 stop it again",
+                done.path,
+                s.attempt
+            ));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(anyhow!(
