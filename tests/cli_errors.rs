@@ -102,6 +102,9 @@ fn an_unreachable_jobmanager_is_an_error_not_a_fallback() {
         vec!["list", "--jobmanager", &address],
         vec!["status", "0123", "--jobmanager", &address],
         vec!["cancel", "0123", "--jobmanager", &address],
+        vec!["savepoint", "0123", "/tmp/sp", "--jobmanager", &address],
+        vec!["stop", "0123", "--jobmanager", &address],
+        vec!["savepoints", "dispose", "/tmp/sp/savepoint-0123-0", "--jobmanager", &address],
     ] {
         let (ok, _, stderr) = run(dir.path(), &args);
         assert!(!ok, "{args:?} must fail");
