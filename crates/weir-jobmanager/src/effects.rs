@@ -227,11 +227,7 @@ impl Executor {
             }
             Effect::DeleteSavepoint { location, config } => {
                 tokio::spawn(async move {
-                    let result = match CheckpointStorage::open(&location, &config) {
-                        Ok(storage) => storage.delete_prefix("").await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = result {
+                    if let Err(e) = crate::savepoint::delete_folder(&location, &config).await {
                         tracing::warn!(location = %location, "cannot delete a failed savepoint: {e}");
                     }
                 });

@@ -37,8 +37,9 @@ pub(crate) fn storage_url(path: &str, what: &str) -> Result<String, Status> {
 
 /// The folder of a new savepoint of `job_id`: under `directory`, or else the job's
 /// `execution.checkpointing.savepoint-dir`; `savepoint-<first 6 characters of the job id>-<12
-/// random hex digits>`, as Flink names them. Checks that the storage opens, so that a bad
-/// directory is refused before the job is touched.
+/// random hex digits>`, as Flink names them. Checks that the directory's storage opens, so
+/// that a bad directory is refused before the job is touched; the folder itself is created
+/// only by the first file written into it, so a refused savepoint leaves nothing behind.
 pub(crate) fn new_location(job_id: &str, directory: &str, config: &Config) -> Result<String, Status> {
     let dir = match (directory.is_empty(), config.text(keys::SAVEPOINT_DIR)) {
         (false, _) => directory.to_string(),
@@ -52,9 +53,8 @@ pub(crate) fn new_location(job_id: &str, directory: &str, config: &Config) -> Re
     };
     let dir = storage_url(&dir, "savepoint directory")?;
     let random = uuid::Uuid::new_v4().simple().to_string();
-    let location = format!("{dir}/savepoint-{}-{}", &job_id[..job_id.len().min(6)], &random[..12]);
-    CheckpointStorage::open(&location, config).map_err(|e| Status::invalid_argument(format!("savepoint directory {dir}: {e}")))?;
-    Ok(location)
+    CheckpointStorage::open(&dir, config).map_err(|e| Status::invalid_argument(format!("savepoint directory {dir}: {e}")))?;
+    Ok(format!("{dir}/savepoint-{}-{}", &job_id[..job_id.len().min(6)], &random[..12]))
 }
 
 /// Where a restore path points: the storage root its metadata's paths resolve against, and the
@@ -114,6 +114,14 @@ pub(crate) fn check_restore(path: &str, graph: &JobGraph, info: &mut RestoreInfo
             return Err(refuse(format!(
                 "operator '{}' was checkpointed with pipeline.max-parallelism {}, the job has {}: key groups cannot be remapped",
                 op.uid, op.max_parallelism, graph.max_parallelism
+            )));
+        }
+        let is_source = vertex.operators.iter().any(|o| o.uid == op.uid && o.spec.is_source());
+        if is_source && op.parallelism != vertex.parallelism && op.subtasks.iter().any(|s| s.operator.is_some()) {
+            return Err(refuse(format!(
+                "source '{}' was checkpointed at parallelism {} and cannot resume at {}: its read position is kept per \
+                 subtask; keep the source's own `parallelism: {}` and rescale the steps after it",
+                op.uid, op.parallelism, vertex.parallelism, op.parallelism
             )));
         }
         let in_flight = op.subtasks.iter().any(|s| s.input_channels.is_some() || s.output_channels.is_some());
@@ -178,6 +186,17 @@ pub(crate) async fn dispose(path: &str, config: &Config) -> Result<u32, Status> 
     Ok((rest.len() + meta.len()) as u32)
 }
 
+/// Deletes a failed savepoint's folder: its objects, and for `file://` the directory itself.
+pub(crate) async fn delete_folder(location: &str, config: &Config) -> Result<(), weir_state::StateError> {
+    if let Some(local) = location.strip_prefix("file://") {
+        return match std::fs::remove_dir_all(local) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(weir_state::StateError::Io { path: local.to_string(), source: e }),
+            _ => Ok(()),
+        };
+    }
+    CheckpointStorage::open(location, config)?.delete_prefix("").await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +217,65 @@ mod tests {
         let b = new_location("0123456789abcdef", &d, &Config::new()).unwrap();
         assert!(a.starts_with(&format!("file://{d}/savepoint-012345-")), "{a}");
         assert_ne!(a, b);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no folder before a file is written into it");
         let e = new_location("0123456789abcdef", "", &Config::new()).unwrap_err();
         assert!(e.message().contains(keys::SAVEPOINT_DIR), "{}", e.message());
+    }
+
+    const JOB: &str = "name: t\nparallelism: 3\npipeline:\n  - source: datagen\n    uid: gen\n    fields:\n      - {name: key, kind: random, min: 0, max: 9}\n  - key_by: key\n  - count: {}\n    uid: counter\n  - sink: blackhole\n";
+
+    fn graph() -> JobGraph {
+        weir_core::job::compile_job(JOB, "t", &Config::new(), &Config::new()).unwrap().0
+    }
+
+    /// A restore of operators `(uid, parallelism, with operator state, with channel state)`.
+    fn info(ops: &[(&str, u32, bool, bool)]) -> RestoreInfo {
+        use weir_state::channel_state::ChannelStateHandle;
+        use weir_state::metadata::{OperatorState, SubtaskState};
+        use weir_state::StoredFile;
+        let file = StoredFile { path: "f".into(), size: 1, crc32: 0 };
+        let operators = ops
+            .iter()
+            .map(|(uid, p, operator, channels)| OperatorState {
+                uid: uid.to_string(),
+                parallelism: *p,
+                max_parallelism: 128,
+                subtasks: (0..*p)
+                    .map(|_| SubtaskState {
+                        operator: operator.then(|| file.clone()),
+                        input_channels: channels.then(|| ChannelStateHandle { parts: Vec::new() }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+            .collect();
+        RestoreInfo {
+            storage_url: "memory://".into(),
+            metadata: CheckpointMetadata { job_id: "j".into(), checkpoint_id: 1, timestamp_ms: 0, savepoint: true, operators },
+        }
+    }
+
+    #[test]
+    fn state_of_an_unknown_uid_is_refused_or_dropped_with_a_warning() {
+        let mut i = info(&[("counter", 2, false, false), ("old-step", 2, true, false)]);
+        let e = check_restore("sp", &graph(), &mut i.clone(), false).unwrap_err();
+        assert!(e.message().contains("'old-step'") && e.message().contains("--allow-non-restored-state"), "{}", e.message());
+        let warnings = check_restore("sp", &graph(), &mut i, true).unwrap();
+        assert!(warnings.len() == 1 && warnings[0].contains("old-step"), "{warnings:?}");
+        let kept: Vec<&str> = i.metadata.operators.iter().map(|o| o.uid.as_str()).collect();
+        assert_eq!(kept, ["counter"], "keyed state rescales from 2 to 3");
+    }
+
+    #[test]
+    fn sources_and_in_flight_data_do_not_rescale_and_key_groups_stay() {
+        let e = check_restore("sp", &graph(), &mut info(&[("gen", 2, true, false)]), false).unwrap_err();
+        assert!(e.message().contains("source 'gen'") && e.message().contains("parallelism: 2"), "{}", e.message());
+        assert!(check_restore("sp", &graph(), &mut info(&[("gen", 3, true, false)]), false).is_ok());
+        let e = check_restore("sp", &graph(), &mut info(&[("counter", 2, false, true)]), false).unwrap_err();
+        assert!(e.message().contains("unaligned") && e.message().contains("weir savepoint"), "{}", e.message());
+        let mut other_max = info(&[("counter", 3, false, false)]);
+        other_max.metadata.operators[0].max_parallelism = 256;
+        let e = check_restore("sp", &graph(), &mut other_max, false).unwrap_err();
+        assert!(e.message().contains("max-parallelism 256"), "{}", e.message());
     }
 }
