@@ -546,13 +546,7 @@ impl CheckpointCoordinator {
             out.push(Action::EndInput { attempt: self.attempt });
             return;
         }
-        let id = self.start(CheckpointKind::Savepoint, tasks.total, now);
-        if let Some(p) = self.pending.get_mut(&id) {
-            p.savepoint = Some(request.clone());
-        }
-        if let Some(r) = self.record(id) {
-            r.savepoint = true;
-        }
+        let id = self.start(CheckpointKind::Savepoint, tasks.total, now, Some(request.clone()));
         out.push(Action::Trigger {
             id,
             attempt: self.attempt,
@@ -578,16 +572,10 @@ impl CheckpointCoordinator {
             for id in collecting {
                 self.fail(now, id, FailureReason::InputEnded, out);
             }
-            let id = self.start(CheckpointKind::Final, view.finishing, now);
-            self.final_checkpoint = FinalCheckpoint::InFlight(id);
             // `weir stop --drain`: the final checkpoint is its savepoint.
             let savepoint = self.stop.clone().filter(|s| s.stop == Some(StopMode::Drain));
-            if let Some(p) = self.pending.get_mut(&id) {
-                p.savepoint = savepoint.clone();
-            }
-            if let (Some(r), true) = (self.record(id), savepoint.is_some()) {
-                r.savepoint = true;
-            }
+            let id = self.start(CheckpointKind::Final, view.finishing, now, savepoint.clone());
+            self.final_checkpoint = FinalCheckpoint::InFlight(id);
             out.push(Action::Trigger {
                 id,
                 attempt: self.attempt,
@@ -597,7 +585,7 @@ impl CheckpointCoordinator {
                 savepoint,
             });
         } else if view.all_running() && self.due(now.instant) {
-            let id = self.start(CheckpointKind::Periodic, view.total, now);
+            let id = self.start(CheckpointKind::Periodic, view.total, now, None);
             out.push(Action::Trigger {
                 id,
                 attempt: self.attempt,
@@ -627,12 +615,14 @@ impl CheckpointCoordinator {
         self.last_trigger.is_none_or(|t| now >= t + interval)
     }
 
-    fn start(&mut self, kind: CheckpointKind, total: usize, now: Now) -> u64 {
+    /// Starts checkpoint `id` (the next one) of `total` subtasks, a savepoint's with `savepoint`.
+    fn start(&mut self, kind: CheckpointKind, total: usize, now: Now, savepoint: Option<SavepointRequest>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.last_trigger = Some(now.instant);
         let phase = Phase::Collecting { acks: HashMap::new(), total };
-        self.pending.insert(id, PendingCheckpoint { kind, savepoint: None, attempt: self.attempt, started: now.instant, phase });
+        let is_savepoint = savepoint.is_some();
+        self.pending.insert(id, PendingCheckpoint { kind, savepoint, attempt: self.attempt, started: now.instant, phase });
         self.history.push(CheckpointRecord {
             id,
             status: CheckpointStatus::InProgress,
@@ -645,7 +635,7 @@ impl CheckpointCoordinator {
             total: total as u32,
             kind: SnapshotKind::Aligned,
             inflight_bytes: 0,
-            savepoint: false,
+            savepoint: is_savepoint,
             path: String::new(),
         });
         id

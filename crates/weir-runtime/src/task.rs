@@ -1416,6 +1416,29 @@ mod tests {
         Arc::new(|url: &str| CheckpointStorage::open(url, &Default::default()))
     }
 
+    /// Exactly-once checkpoint settings under `alignment` into `storage`, with the task's
+    /// acknowledgements on the returned channel.
+    fn test_checkpointing(
+        alignment: AlignmentPolicy,
+        storage: CheckpointStorage,
+        runtime: &tokio::runtime::Runtime,
+    ) -> (CheckpointSettings, std::sync::mpsc::Receiver<CheckpointAck>) {
+        let (acks_tx, acks) = std::sync::mpsc::channel();
+        let acks_tx = Mutex::new(acks_tx);
+        let settings = CheckpointSettings {
+            mode: CheckpointingMode::ExactlyOnce,
+            alignment,
+            storage,
+            open_storage: open_file_storage(),
+            incremental: false,
+            runtime: runtime.handle().clone(),
+            report: Arc::new(move |ack| {
+                let _ = acks_tx.lock().send(ack);
+            }),
+        };
+        (settings, acks)
+    }
+
     /// A key that hash partitioning over two channels sends to `channel`.
     fn key_for(channel: usize) -> i64 {
         (0..).find(|k| subtask_for_key_group(128, 2, key_group_for_hash(hash_i64(*k), 128)) as usize == channel).expect("some key")
@@ -1480,19 +1503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let storage = CheckpointStorage::open(&format!("file://{}", dir.path().display()), &Default::default()).unwrap();
-        let (acks_tx, acks) = std::sync::mpsc::channel();
-        let acks_tx = Mutex::new(acks_tx);
-        let checkpointing = CheckpointSettings {
-            mode: CheckpointingMode::ExactlyOnce,
-            alignment: AlignmentPolicy::Unaligned,
-            storage,
-            open_storage: open_file_storage(),
-            incremental: false,
-            runtime: runtime.handle().clone(),
-            report: Arc::new(move |ack| {
-                let _ = acks_tx.lock().send(ack);
-            }),
-        };
+        let (checkpointing, acks) = test_checkpointing(AlignmentPolicy::Unaligned, storage, &runtime);
         let desc = pass_task(&schema, &input, partition, Some(checkpointing));
         let task = Task::spawn(desc, Arc::new(|_| {})).unwrap();
         let feeder = {
@@ -1637,19 +1648,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             let storage = CheckpointStorage::open(&format!("file://{}/checkpoints", dir.path().display()), &Default::default()).unwrap();
-            let (acks_tx, acks) = std::sync::mpsc::channel();
-            let acks_tx = Mutex::new(acks_tx);
-            let checkpointing = CheckpointSettings {
-                mode: CheckpointingMode::ExactlyOnce,
-                alignment: AlignmentPolicy::Aligned,
-                storage,
-                open_storage: open_file_storage(),
-                incremental: false,
-                runtime: runtime.handle().clone(),
-                report: Arc::new(move |ack| {
-                    let _ = acks_tx.lock().send(ack);
-                }),
-            };
+            let (checkpointing, acks) = test_checkpointing(AlignmentPolicy::Aligned, storage, &runtime);
             let vertex = Vertex {
                 id: 1,
                 name: "source".into(),
