@@ -7,14 +7,23 @@
 //! range end to finish its last line. So every line is read by exactly one subtask without
 //! any coordination between them.
 //!
-//! The reader is replayable: its checkpoint state is the file it is in (with the byte offset
-//! of the next line it has not emitted and its range end) and the files it has still to read.
+//! A subtask's work is a queue of [`FileSplit`]s (at a fresh start, its range of every file):
+//! each not started yet (a byte range, cut from the file's size when the split is opened) or
+//! resumed (the offset of a line start and the range end). The reader is replayable and, like Flink's FLIP-27 file source,
+//! rescalable: its checkpoint state is one element per split it has still to read — the one it
+//! is in, as a resumed split at the first line it has not emitted, then the ones it has not
+//! opened. No element names a subtask, so the runtime may deal the elements of all old subtasks
+//! over any number of new ones (round-robin, `weir_state::operator_state::redistribute_round_robin`):
+//! each split is read by exactly one new subtask, and as a split keeps its range's
+//! line-ownership rule, every line is still emitted exactly once. Splits are not cut again: a
+//! new subtask that is dealt no split has nothing to read and ends at once.
 
-use crate::state::{self, rescale_error, StoredPath};
+use crate::state::{self, StoredPath};
 use crate::text::Utf8Column;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -28,29 +37,43 @@ const BATCH_LINES: usize = 4096;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Magic of a file source state element (a [`FileSourcePosition`]).
-const STATE_MAGIC: &[u8; 4] = b"WFS2";
+/// Magic of a file source state element (a [`FileSplit`]). `WFS2` (one position per subtask,
+/// restorable only at its parallelism) is refused by name.
+const STATE_MAGIC: &[u8; 4] = b"WFS3";
 
-/// A file source subtask's checkpoint state: which subtask it is, where it is in its current
-/// file, and the files it has still to read.
+/// Part of one file still to read; a checkpoint holds one per split as a state element.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileSourcePosition {
-    parallelism: u32,
-    index: u32,
-    /// The file being read, if one is open.
-    current: Option<SplitPosition>,
-    /// The files still to read, in order.
-    rest: Vec<StoredPath>,
+struct FileSplit {
+    file: StoredPath,
+    start: SplitStart,
 }
 
-/// Where a subtask is in one file's byte range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct SplitPosition {
-    file: StoredPath,
-    /// Offset of the next line not emitted yet.
-    pos: u64,
-    /// End of the subtask's byte range.
-    end: u64,
+/// Where a split starts reading, and so which lines it owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum SplitStart {
+    /// Not opened yet: byte range `index` of `parallelism` equal ranges of the file, cut from
+    /// its size when opened. It owns the lines whose first byte is in the range, so unless it
+    /// starts at offset 0 it skips the line it starts inside of.
+    Range { index: u32, parallelism: u32 },
+    /// Opened and partly read: `pos` is the first byte of the next line not emitted (that
+    /// line is read), `end` the end of the range it was opened with.
+    Resume { pos: u64, end: u64 },
+}
+
+impl FileSplit {
+    /// Decodes one state element, refusing a range no fresh start could have made.
+    fn decode(element: &[u8]) -> OpResult<Self> {
+        let split: Self = state::decode(element, STATE_MAGIC, "file source")?;
+        if let SplitStart::Range { index, parallelism } = split.start {
+            if index >= parallelism {
+                return Err(OperatorError::Failed(format!(
+                    "file source cannot restore: its split of '{}' is range {index} of {parallelism}, which does not exist",
+                    split.file.0.display()
+                )));
+            }
+        }
+        Ok(split)
+    }
 }
 
 /// The files under `path`: the path itself if it is a file, else the regular files directly
@@ -85,7 +108,7 @@ fn list_input_files(path: &str) -> OpResult<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// This subtask's byte range of one open file.
+/// An open split: a file positioned at the next line to read.
 struct Split {
     file: PathBuf,
     /// The path as text, for error messages.
@@ -97,55 +120,58 @@ struct Split {
 }
 
 impl Split {
-    /// Opens `path` and positions it at the first line starting in range `index` of
-    /// `parallelism`; None when that range holds no line start.
-    fn open(path: &Path, index: u32, parallelism: u32) -> OpResult<Option<Self>> {
+    /// Opens `split`'s file at its first line to read; None when it is a range that holds no
+    /// line start.
+    fn open(split: &FileSplit) -> OpResult<Option<Self>> {
+        let path: &Path = &split.file.0;
         let name = path.display().to_string();
         let io_err = |what, e| OperatorError::io(what, name.clone(), e);
         let file = File::open(path).map_err(|e| io_err("file source cannot open", e))?;
-        let size = file.metadata().map_err(|e| io_err("file source cannot read", e))?.len();
-        let cut = |i: u32| (u128::from(size) * u128::from(i) / u128::from(parallelism)) as u64;
-        let (start, end) = (cut(index), cut(index + 1));
+        let (start, end) = match split.start {
+            SplitStart::Resume { pos, end } => (pos, end),
+            SplitStart::Range { index, parallelism } => {
+                let size = file.metadata().map_err(|e| io_err("file source cannot read", e))?.len();
+                let cut = |i: u32| (u128::from(size) * u128::from(i) / u128::from(parallelism)) as u64;
+                (cut(index), cut(index + 1))
+            }
+        };
         if start >= end {
             return Ok(None);
         }
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
-        let mut pos = 0;
-        if start > 0 {
-            // The line holding byte start-1 belongs to the previous range (if start-1 is a
-            // '\n', that line ends right there and ours begins at start).
-            pos = start - 1;
-            reader.seek(SeekFrom::Start(pos)).map_err(|e| io_err("file source cannot seek in", e))?;
-            loop {
-                let buf = reader.fill_buf().map_err(|e| io_err("file source cannot read", e))?;
-                if buf.is_empty() {
-                    break;
-                }
-                match buf.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        reader.consume(i + 1);
-                        pos += i as u64 + 1;
+        let pos = match split.start {
+            SplitStart::Resume { pos, .. } => {
+                reader.seek(SeekFrom::Start(pos)).map_err(|e| io_err("file source cannot seek in", e))?;
+                pos
+            }
+            SplitStart::Range { .. } if start == 0 => 0,
+            SplitStart::Range { .. } => {
+                // The line holding byte start-1 belongs to the previous range (if start-1 is
+                // a '\n', that line ends right there and ours begins at start).
+                let mut pos = start - 1;
+                reader.seek(SeekFrom::Start(pos)).map_err(|e| io_err("file source cannot seek in", e))?;
+                loop {
+                    let buf = reader.fill_buf().map_err(|e| io_err("file source cannot read", e))?;
+                    if buf.is_empty() {
                         break;
                     }
-                    None => {
-                        let n = buf.len();
-                        reader.consume(n);
-                        pos += n as u64;
+                    match buf.iter().position(|&b| b == b'\n') {
+                        Some(i) => {
+                            reader.consume(i + 1);
+                            pos += i as u64 + 1;
+                            break;
+                        }
+                        None => {
+                            let n = buf.len();
+                            reader.consume(n);
+                            pos += n as u64;
+                        }
                     }
                 }
+                pos
             }
-        }
+        };
         Ok(Some(Self { file: path.to_path_buf(), path: name, reader, pos, end }))
-    }
-
-    /// Reopens a split where a snapshot left it: `pos` is the first byte of the next line to
-    /// read, `end` the range end computed when the split was first opened.
-    fn resume(path: &Path, pos: u64, end: u64) -> OpResult<Self> {
-        let name = path.display().to_string();
-        let file = File::open(path).map_err(|e| OperatorError::io("file source cannot reopen", name.clone(), e))?;
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
-        reader.seek(SeekFrom::Start(pos)).map_err(|e| OperatorError::io("file source cannot seek in", name.clone(), e))?;
-        Ok(Self { file: path.to_path_buf(), path: name, reader, pos, end })
     }
 
     /// Reads lines into `col` until it is full; true when the split is done.
@@ -172,35 +198,42 @@ impl Split {
         }
         Ok(self.pos >= self.end)
     }
+
+    /// The rest of this split, as a split to resume: from the next line not read.
+    fn remaining(&self) -> FileSplit {
+        FileSplit { file: StoredPath(self.file.clone()), start: SplitStart::Resume { pos: self.pos, end: self.end } }
+    }
 }
 
 pub struct FileReader {
     schema: SchemaRef,
-    files: Vec<PathBuf>,
-    next_file: usize,
+    /// The split being read, if one is open.
     current: Option<Split>,
+    /// The splits still to open, in order.
+    pending: VecDeque<FileSplit>,
     index: u32,
-    parallelism: u32,
 }
 
 impl FileReader {
+    /// A reader of range `info.index` of `info.parallelism` of every file under `path`.
     pub fn new(path: &str, info: &SubtaskInfo, schema: SchemaRef) -> OpResult<Self> {
         let files = list_input_files(path)?;
         tracing::debug!(path, files = files.len(), index = info.index, "file source listed its input");
-        Ok(Self { schema, files, next_file: 0, current: None, index: info.index, parallelism: info.parallelism.max(1) })
+        let start = SplitStart::Range { index: info.index, parallelism: info.parallelism.max(1) };
+        let pending = files.into_iter().map(|f| FileSplit { file: StoredPath(f), start }).collect();
+        Ok(Self { schema, current: None, pending, index: info.index })
     }
 }
 
 impl SourceReader for FileReader {
     fn poll_next(&mut self) -> OpResult<SourcePoll> {
         let mut col = Utf8Column::with_capacity(BATCH_LINES, 64 * 1024);
-        // Fill one batch, moving on to the next file when one is done, so small files do
+        // Fill one batch, moving on to the next split when one is done, so small files do
         // not each make a small batch.
         while col.len() < BATCH_LINES && col.value_bytes() < BATCH_BYTES {
             if self.current.is_none() {
-                let Some(path) = self.files.get(self.next_file) else { break };
-                self.next_file += 1;
-                self.current = Split::open(path, self.index, self.parallelism)?;
+                let Some(next) = self.pending.pop_front() else { break };
+                self.current = Split::open(&next)?;
             }
             let Some(split) = self.current.as_mut() else { continue };
             if split.read_into(&mut col)? {
@@ -214,53 +247,25 @@ impl SourceReader for FileReader {
         Ok(SourcePoll::Batch(batch))
     }
 
-    /// One element. Each poll emits whole lines only and `Split::pos` advances per emitted
-    /// line (whatever the `BufReader` read ahead), so between two polls it is the offset of
-    /// the first line not emitted yet.
+    /// One element per split still to read: the open one first, then the others in order
+    /// (none once everything is read). Each poll emits whole lines only and `Split::pos`
+    /// advances per emitted line (whatever the `BufReader` read ahead), so between two polls
+    /// the open split resumes at the first line not emitted yet.
     fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
-        let position = FileSourcePosition {
-            parallelism: self.parallelism,
-            index: self.index,
-            current: self.current.as_ref().map(|split| SplitPosition {
-                file: StoredPath(split.file.clone()),
-                pos: split.pos,
-                end: split.end,
-            }),
-            rest: self.files[self.next_file.min(self.files.len())..].iter().cloned().map(StoredPath).collect(),
-        };
-        Ok(Some(vec![state::encode(STATE_MAGIC, &position, "file source")?]))
+        let current = self.current.as_ref().map(Split::remaining);
+        let elements = current.iter().chain(&self.pending).map(|split| state::encode(STATE_MAGIC, split, "file source"));
+        Ok(Some(elements.collect::<OpResult<Vec<_>>>()?))
     }
 
-    /// Resumes exactly where the snapshot was taken, with the checkpoint's file list (files
-    /// that appeared in the directory since the job first listed it are not read). Only the
-    /// subtask's own position at the same parallelism is accepted: byte ranges depend on the
-    /// parallelism.
+    /// Reads exactly the splits given, in their order, and nothing else: at the same
+    /// parallelism the subtask's own (so it resumes where the snapshot was taken), at another
+    /// one whichever splits the runtime dealt it. The checkpoint's file list is kept (files
+    /// that appeared in the directory since the job first listed it are not read).
     fn restore_state(&mut self, elements: Vec<Vec<u8>>) -> OpResult {
-        let mut positions =
-            elements.iter().map(|e| state::decode::<FileSourcePosition>(e, STATE_MAGIC, "file source")).collect::<OpResult<Vec<_>>>()?;
-        let now = self.parallelism;
-        let (current, rest) = match positions.pop() {
-            None => return Err(rescale_error("file source", &format!("at most {}", self.index), now)),
-            Some(p) if p.parallelism != now => return Err(rescale_error("file source", &p.parallelism.to_string(), now)),
-            Some(p) if p.index == self.index && positions.is_empty() => (p.current, p.rest),
-            Some(last) => {
-                positions.push(last);
-                let got: Vec<String> = positions.iter().map(|p| format!("{} of {}", p.index, p.parallelism)).collect();
-                return Err(OperatorError::Failed(format!(
-                    "file source subtask {} of {} cannot restore from the positions of subtasks [{}]",
-                    self.index,
-                    self.parallelism,
-                    got.join(", ")
-                )));
-            }
-        };
-        self.current = match current {
-            Some(SplitPosition { file, pos, end }) => Some(Split::resume(&file.0, pos, end)?),
-            None => None,
-        };
-        tracing::debug!(index = self.index, files = rest.len(), "file source restored its position");
-        self.files = rest.into_iter().map(|p| p.0).collect();
-        self.next_file = 0;
+        let splits = elements.iter().map(|e| FileSplit::decode(e)).collect::<OpResult<VecDeque<_>>>()?;
+        tracing::debug!(index = self.index, splits = splits.len(), "file source restored its splits");
+        self.current = None;
+        self.pending = splits;
         Ok(())
     }
 }
@@ -398,7 +403,6 @@ mod tests {
             lines.extend(lines_of(first.poll_next().expect("poll")).unwrap_or_default());
         }
         let state = first.snapshot_state(7).expect("snapshot").expect("file source has state");
-        assert_eq!(state.len(), 1, "one element per subtask");
         for _ in 0..lost {
             first.poll_next().expect("poll");
         }
@@ -464,32 +468,164 @@ mod tests {
         assert_eq!(lines, uninterrupted);
     }
 
+    /// Files that exercise the splitting: lines long enough that batches end on the byte
+    /// limit and lines crossing range boundaries, more lines than a batch holds, tiny files, an
+    /// empty one, and last lines without a newline. Returns the directory's path and every
+    /// line of every file.
+    fn split_test_input(dir: &Path) -> (String, Vec<String>) {
+        let (a_lines, a_text) = assorted("a", 3_000);
+        let b_lines: Vec<String> = (0..10_000).map(|i| format!("many {i}")).collect();
+        let b_text: String = b_lines.iter().map(|l| format!("{l}\n")).collect();
+        let (e_lines, e_text) = assorted("e", 50);
+        let f_line = format!("f {}", "one long line".repeat(500));
+        fs::write(dir.join("a.txt"), a_text).expect("write");
+        fs::write(dir.join("b.txt"), b_text).expect("write");
+        fs::write(dir.join("c.txt"), "x\r\ny\n\nz").expect("write");
+        fs::write(dir.join("d.txt"), "").expect("write");
+        fs::write(dir.join("e.txt"), e_text).expect("write");
+        fs::write(dir.join("f.txt"), &f_line).expect("write");
+        let mut all = a_lines;
+        all.extend(b_lines);
+        all.extend(["x", "y", "", "z"].map(String::from));
+        all.extend(e_lines);
+        all.push(f_line);
+        (dir.to_str().expect("utf-8 path").to_string(), all)
+    }
+
+    /// Readers of every subtask of `parallelism`, restored from `dealt` (one list per subtask)
+    /// or fresh when `dealt` is None.
+    fn readers(path: &str, parallelism: u32, dealt: Option<Vec<Vec<Vec<u8>>>>) -> Vec<FileReader> {
+        let mut readers: Vec<FileReader> =
+            (0..parallelism).map(|i| FileReader::new(path, &info(i, parallelism), line_schema()).expect("open")).collect();
+        if let Some(dealt) = dealt {
+            assert_eq!(dealt.len(), readers.len());
+            for (reader, elements) in readers.iter_mut().zip(dealt) {
+                reader.restore_state(elements).expect("restore");
+            }
+        }
+        readers
+    }
+
+    /// Polls each reader `polls[i]` times (or to its end), adding what it emits to `lines`.
+    fn poll_each(readers: &mut [FileReader], polls: &[usize], lines: &mut Vec<String>) {
+        for (reader, &n) in readers.iter_mut().zip(polls.iter().cycle()) {
+            for _ in 0..n {
+                let Some(batch) = lines_of(reader.poll_next().expect("poll")) else { break };
+                assert!(!batch.is_empty() && batch.len() <= BATCH_LINES);
+                lines.extend(batch);
+            }
+        }
+    }
+
+    /// Every reader's state, dealt over `parallelism` new subtasks as the runtime deals it
+    /// when the parallelism changed: element i of the old lists, taken in subtask order, goes
+    /// to new subtask `i % parallelism` (`weir_state::operator_state::redistribute_round_robin`,
+    /// which this crate does not depend on).
+    fn snapshot_and_deal(readers: &mut [FileReader], parallelism: u32) -> Vec<Vec<Vec<u8>>> {
+        let mut dealt = vec![Vec::new(); parallelism as usize];
+        let old = readers.iter_mut().flat_map(|r| r.snapshot_state(3).expect("snapshot").expect("file source has state"));
+        for (i, element) in old.enumerate() {
+            dealt[i % parallelism as usize].push(element);
+        }
+        dealt
+    }
+
     #[test]
-    fn file_reader_restore_at_another_parallelism_is_an_error() {
+    fn file_reader_restored_at_another_parallelism_reads_every_line_exactly_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, all) = split_test_input(dir.path());
+        let expected = sorted(all);
+        // Batches each old subtask reads before the snapshot: none, inside its first file,
+        // inside its big files, everything.
+        for before in [[0, 0], [1, 0], [0, 2], [1, 1], [2, 3], [3, 1], [50, 50]] {
+            for new_parallelism in [1, 3, 4, 16] {
+                let mut old = readers(&path, 2, None);
+                let mut lines = Vec::new();
+                poll_each(&mut old, &before, &mut lines);
+                let dealt = snapshot_and_deal(&mut old, new_parallelism);
+                // What the old subtasks emit after the snapshot is lost in the failover.
+                poll_each(&mut old, &[1], &mut Vec::new());
+                let mut new = readers(&path, new_parallelism, Some(dealt));
+                poll_each(&mut new, &[usize::MAX], &mut lines);
+                assert_eq!(sorted(lines), expected, "2 -> {new_parallelism} after {before:?} batches");
+            }
+        }
+    }
+
+    #[test]
+    fn file_reader_rescaled_twice_reads_every_line_exactly_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, all) = split_test_input(dir.path());
+        for (first, second) in [(3, 1), (3, 2), (1, 3), (5, 2)] {
+            let mut lines = Vec::new();
+            let mut old = readers(&path, 2, None);
+            poll_each(&mut old, &[1, 2], &mut lines);
+            let dealt = snapshot_and_deal(&mut old, first);
+            let mut middle = readers(&path, first, Some(dealt));
+            poll_each(&mut middle, &[1, 0, 2], &mut lines);
+            let dealt = snapshot_and_deal(&mut middle, second);
+            let mut last = readers(&path, second, Some(dealt));
+            poll_each(&mut last, &[usize::MAX], &mut lines);
+            assert_eq!(sorted(lines), sorted(all.clone()), "2 -> {first} -> {second}");
+        }
+    }
+
+    #[test]
+    fn file_reader_state_is_one_element_per_split_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _) = split_test_input(dir.path());
+        let mut reader = FileReader::new(&path, &info(0, 2), line_schema()).expect("open");
+        let splits = |r: &mut FileReader| -> Vec<FileSplit> {
+            let state = r.snapshot_state(1).expect("snapshot").expect("state");
+            state.iter().map(|e| FileSplit::decode(e).expect("decode")).collect()
+        };
+        let names = |splits: &[FileSplit]| -> Vec<String> {
+            splits.iter().map(|s| s.file.0.file_name().expect("a file").to_string_lossy().into_owned()).collect()
+        };
+        let range = SplitStart::Range { index: 0, parallelism: 2 };
+        let fresh = splits(&mut reader);
+        assert_eq!(names(&fresh), ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.txt"]);
+        assert!(fresh.iter().all(|s| s.start == range), "{fresh:?}");
+        // The first batch holds all of range 0 of a.txt (about 1500 lines) and ends inside
+        // range 0 of b.txt.
+        let first = lines_of(reader.poll_next().expect("poll")).expect("a batch");
+        assert_eq!(first.len(), BATCH_LINES);
+        let left = splits(&mut reader);
+        assert_eq!(names(&left), ["b.txt", "c.txt", "d.txt", "e.txt", "f.txt"]);
+        assert!(matches!(left[0].start, SplitStart::Resume { pos, end } if pos > 0 && pos < end), "{:?}", left[0]);
+        assert!(left[1..].iter().all(|s| s.start == range), "{left:?}");
+        while lines_of(reader.poll_next().expect("poll")).is_some() {}
+        assert!(splits(&mut reader).is_empty(), "nothing left once read to the end");
+        // A subtask dealt no split reads nothing.
+        let mut idle = FileReader::new(&path, &info(2, 3), line_schema()).expect("open");
+        idle.restore_state(Vec::new()).expect("restore");
+        assert!(lines_of(idle.poll_next().expect("poll")).is_none());
+    }
+
+    #[test]
+    fn file_reader_refuses_old_corrupt_and_impossible_state() {
         let dir = tempfile::tempdir().expect("tempdir");
         let many: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
         fs::write(dir.path().join("a.txt"), &many).expect("write");
         let path = dir.path().to_str().expect("utf-8 path");
-        let snapshot = |index, parallelism| {
-            let mut reader = FileReader::new(path, &info(index, parallelism), line_schema()).expect("open");
-            reader.poll_next().expect("poll");
-            reader.snapshot_state(1).expect("snapshot").expect("state").remove(0)
-        };
-        let restore = |index, parallelism, elements: Vec<Vec<u8>>| {
-            let mut reader = FileReader::new(path, &info(index, parallelism), line_schema()).expect("open");
+        let restore = |elements: Vec<Vec<u8>>| {
+            let mut reader = FileReader::new(path, &info(0, 1), line_schema()).expect("open");
             reader.restore_state(elements).expect_err("restore must fail").to_string()
         };
-        let err = restore(1, 3, vec![snapshot(1, 2)]);
-        assert!(err.contains("file source cannot be restored at a different parallelism (was 2, now 3)"), "{err}");
-        let err = restore(2, 3, vec![]);
-        assert!(err.contains("file source cannot be restored at a different parallelism (was at most 2, now 3)"), "{err}");
-        let err = restore(0, 1, vec![snapshot(0, 2), snapshot(1, 2)]);
-        assert!(err.contains("file source cannot be restored at a different parallelism (was 2, now 1)"), "{err}");
-        let err = restore(1, 2, vec![snapshot(0, 2)]);
-        assert!(err.contains("subtasks [0 of 2]"), "{err}");
-        let mut corrupt = snapshot(0, 1);
+        let mut reader = FileReader::new(path, &info(0, 1), line_schema()).expect("open");
+        reader.poll_next().expect("poll");
+        let good = reader.snapshot_state(1).expect("snapshot").expect("state").remove(0);
+        // A position of the previous format (one per subtask), which ties it to its index.
+        let mut old = good.clone();
+        old[..4].copy_from_slice(b"WFS2");
+        let err = restore(vec![good.clone(), old]);
+        assert!(err.contains("file source cannot restore") && err.contains("unknown format or version"), "{err}");
+        let mut corrupt = good.clone();
         corrupt.truncate(corrupt.len() - 3);
-        let err = restore(0, 1, vec![corrupt]);
+        let err = restore(vec![corrupt]);
         assert!(err.contains("truncated or corrupt"), "{err}");
+        let impossible = FileSplit { file: StoredPath(dir.path().join("a.txt")), start: SplitStart::Range { index: 2, parallelism: 2 } };
+        let err = restore(vec![state::encode(STATE_MAGIC, &impossible, "file source").expect("encode")]);
+        assert!(err.contains("a.txt") && err.contains("range 2 of 2"), "{err}");
     }
 }

@@ -165,6 +165,14 @@ impl OperatorSpec {
         matches!(self, Self::DatagenSource(_) | Self::SocketSource { .. } | Self::FileSource { .. })
     }
 
+    /// Whether a source's checkpointed position can be restored at another parallelism. The
+    /// file source's is a list of splits, one state element each, that the runtime deals over
+    /// the new subtasks; datagen's sequences are cut per subtask, and the socket source keeps
+    /// no position (and runs at parallelism 1).
+    pub fn source_rescalable(&self) -> bool {
+        matches!(self, Self::FileSource { .. })
+    }
+
     pub fn is_sink(&self) -> bool {
         matches!(self, Self::PrintSink | Self::FileSink { .. } | Self::BlackholeSink)
     }

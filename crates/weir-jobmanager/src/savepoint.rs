@@ -10,9 +10,9 @@
 //!
 //! Restores are checked before a job is accepted, so that a bad restore starts nothing: every
 //! operator state must have an operator with its uid in the new job (or be dropped with
-//! `--allow-non-restored-state`), the max parallelism must match, in-flight data of an unaligned
-//! checkpoint cannot be rescaled, and every file is read and checked against its recorded size
-//! and CRC-32.
+//! `--allow-non-restored-state`), the max parallelism must match, a source whose position
+//! cannot be redistributed (datagen) and in-flight data of an unaligned checkpoint cannot be
+//! rescaled, and every file is read and checked against its recorded size and CRC-32.
 
 use std::collections::HashSet;
 use tonic::Status;
@@ -90,8 +90,9 @@ pub(crate) async fn read_metadata(path: &str, config: &Config) -> Result<(Checkp
 ///
 /// State of an operator the job no longer has (by uid) is refused naming the uid, or dropped
 /// from `info` with `allow_non_restored`. A different max parallelism is refused (key groups
-/// cannot be remapped), and so is in-flight data (an unaligned checkpoint) of an operator
-/// whose parallelism changed.
+/// cannot be remapped), and so are the position of a source that cannot rescale (see
+/// `OperatorSpec::source_rescalable`) and in-flight data (an unaligned checkpoint) of an
+/// operator whose parallelism changed.
 pub(crate) fn check_restore(path: &str, graph: &JobGraph, info: &mut RestoreInfo, allow_non_restored: bool) -> Result<Vec<String>, Status> {
     let mut warnings = Vec::new();
     let refuse = |why: String| Status::invalid_argument(format!("cannot restore from {path}: {why}"));
@@ -116,8 +117,8 @@ pub(crate) fn check_restore(path: &str, graph: &JobGraph, info: &mut RestoreInfo
                 op.uid, op.max_parallelism, graph.max_parallelism
             )));
         }
-        let is_source = vertex.operators.iter().any(|o| o.uid == op.uid && o.spec.is_source());
-        if is_source && op.parallelism != vertex.parallelism && op.subtasks.iter().any(|s| s.operator.is_some()) {
+        let fixed_source = vertex.operators.iter().any(|o| o.uid == op.uid && o.spec.is_source() && !o.spec.source_rescalable());
+        if fixed_source && op.parallelism != vertex.parallelism && op.subtasks.iter().any(|s| s.operator.is_some()) {
             return Err(refuse(format!(
                 "source '{}' was checkpointed at parallelism {} and cannot resume at {}: its read position is kept per \
                  subtask; keep the source's own `parallelism: {}` and rescale the steps after it",
@@ -266,11 +267,21 @@ mod tests {
         assert_eq!(kept, ["counter"], "keyed state rescales from 2 to 3");
     }
 
+    const FILE_JOB: &str =
+        "name: t\nparallelism: 3\npipeline:\n  - source: file\n    uid: lines\n    path: /data/in\n  - sink: blackhole\n";
+
     #[test]
-    fn sources_and_in_flight_data_do_not_rescale_and_key_groups_stay() {
+    fn datagen_and_in_flight_data_do_not_rescale_file_sources_do_and_key_groups_stay() {
         let e = check_restore("sp", &graph(), &mut info(&[("gen", 2, true, false)]), false).unwrap_err();
         assert!(e.message().contains("source 'gen'") && e.message().contains("parallelism: 2"), "{}", e.message());
         assert!(check_restore("sp", &graph(), &mut info(&[("gen", 3, true, false)]), false).is_ok());
+        // The file source's splits are dealt over the new subtasks.
+        let file_graph = weir_core::job::compile_job(FILE_JOB, "t", &Config::new(), &Config::new()).unwrap().0;
+        for p in [1, 2, 3, 5] {
+            let mut i = info(&[("lines", p, true, false)]);
+            assert!(check_restore("sp", &file_graph, &mut i, false).unwrap().is_empty(), "file source from parallelism {p}");
+            assert_eq!(i.metadata.operators.len(), 1, "its state is kept");
+        }
         let e = check_restore("sp", &graph(), &mut info(&[("counter", 2, false, true)]), false).unwrap_err();
         assert!(e.message().contains("unaligned") && e.message().contains("weir savepoint"), "{}", e.message());
         let mut other_max = info(&[("counter", 3, false, false)]);
