@@ -70,6 +70,10 @@ pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> 
                 let request = CheckpointRequest { end_input: true, ..request(t.job_id, attempt, 0, now_ms, false) };
                 out.push(Effect::CheckpointRpc { call: CheckpointCall::Trigger, to: t.sources.clone(), request });
             }
+            Action::RemindComplete { id, attempt } => {
+                let request = request(t.job_id, attempt, id, now_ms, false);
+                out.push(Effect::CheckpointRpc { call: CheckpointCall::NotifyComplete, to: t.all.clone(), request });
+            }
             Action::SavepointDone { ticket, result } => {
                 match &result {
                     Ok((id, path)) => tracing::info!(job = %t.job_id, checkpoint = id, path = %path, "savepoint completed"),

@@ -236,6 +236,9 @@ pub enum Action {
     SavepointDone { ticket: u64, result: Result<(u64, String), String> },
     /// Delete a failed savepoint's folder, with everything under it.
     DiscardSavepoint { location: String },
+    /// Tell every task again that stop savepoint `id` completed: a stopped source that missed
+    /// the notice would otherwise wait for it forever (the notice is idempotent).
+    RemindComplete { id: u64, attempt: u32 },
     /// Tell every task that `id` completed (two-phase-commit sinks commit).
     NotifyComplete { id: u64, attempt: u32 },
     /// Tell every task to abort `id` (each drops what it collected and forwards a cancellation
@@ -409,7 +412,14 @@ pub struct CheckpointCoordinator {
     /// Savepoints that failed while their `_metadata` was being written, by id: the answer of
     /// that write deletes their folder.
     void_savepoints: HashMap<u64, String>,
+    /// When a stop last told the tasks to end their input (drain) or that its savepoint
+    /// completed: repeated every [`STOP_REMINDER`] while tasks still run, since a lost call
+    /// would otherwise leave the job waiting forever.
+    stop_signal_at: Option<Instant>,
 }
+
+/// How often a stop repeats its signal to tasks that still run.
+const STOP_REMINDER: Duration = Duration::from_secs(2);
 
 impl CheckpointCoordinator {
     /// A coordinator for `attempt` of the job, whose checkpoint ids continue at `next_id`.
@@ -434,6 +444,7 @@ impl CheckpointCoordinator {
             sync_savepoint: None,
             last_savepoint: None,
             void_savepoints: HashMap::new(),
+            stop_signal_at: None,
         }
     }
 
@@ -501,6 +512,11 @@ impl CheckpointCoordinator {
                 for id in self.pending_ids() {
                     self.fail(now, id, FailureReason::AttemptEnded(reason.clone()), &mut out);
                 }
+                if let Some(stop) = self.stop.take() {
+                    // A drain whose final savepoint had not started yet.
+                    let why = format!("the job's attempt ended before the stop completed ({reason})");
+                    out.push(Action::SavepointDone { ticket: stop.ticket, result: Err(why) });
+                }
             }
             Event::AttemptStarted { attempt } => {
                 for id in self.pending_ids() {
@@ -543,6 +559,7 @@ impl CheckpointCoordinator {
             self.stop = Some(request.clone());
         }
         if request.stop == Some(StopMode::Drain) {
+            self.stop_signal_at = Some(now.instant);
             out.push(Action::EndInput { attempt: self.attempt });
             return;
         }
@@ -566,6 +583,7 @@ impl CheckpointCoordinator {
         if !self.enabled() {
             return;
         }
+        self.remind_stop(now, view, out);
         if view.inputs_ended() && self.final_checkpoint == FinalCheckpoint::NotTaken {
             let collecting: Vec<u64> =
                 self.pending.iter().filter(|(_, p)| matches!(p.phase, Phase::Collecting { .. })).map(|(id, _)| *id).collect();
@@ -599,6 +617,23 @@ impl CheckpointCoordinator {
 
     /// Whether a periodic checkpoint is due: interval since the last trigger, min-pause since
     /// the last completion, and room under max-concurrent (finalizing checkpoints count).
+    /// Repeats a stop's signal every [`STOP_REMINDER`] while tasks still run: `--drain`'s end of
+    /// input until every input ended, and a completed stop savepoint's notice.
+    fn remind_stop(&mut self, now: Now, view: TaskView, out: &mut Vec<Action>) {
+        if view.running == 0 || !view.job_active || self.stop_signal_at.is_some_and(|t| now.instant < t + STOP_REMINDER) {
+            return;
+        }
+        let draining = self.stop.as_ref().is_some_and(|s| s.stop == Some(StopMode::Drain)) && !view.inputs_ended();
+        if draining {
+            out.push(Action::EndInput { attempt: self.attempt });
+        } else if let (true, Some(s)) = (self.stopping, &self.sync_savepoint) {
+            out.push(Action::RemindComplete { id: s.metadata.checkpoint_id, attempt: self.attempt });
+        } else {
+            return;
+        }
+        self.stop_signal_at = Some(now.instant);
+    }
+
     /// A pending savepoint, or a stop under way, holds periodic checkpoints back (savepoints do
     /// not count against max-concurrent).
     fn due(&self, now: Instant) -> bool {
@@ -800,6 +835,7 @@ impl CheckpointCoordinator {
         if request.stop.is_some() {
             self.stop = None;
             self.stopping = true;
+            self.stop_signal_at = Some(now.instant);
             self.sync_savepoint = Some(SyncSavepoint { location: request.location, metadata: meta });
             out.push(Action::NotifyComplete { id, attempt });
             // Like a completed checkpoint, it subsumes the older ones: an older checkpoint never
@@ -1300,6 +1336,9 @@ mod tests {
         let (location, meta) = h.c.restore_point().unwrap();
         assert_eq!((location, meta.checkpoint_id), (Some("memory://sp-9"), 2));
         assert!(triggered(&h.at(500).tick()).is_empty(), "no periodic checkpoint once stopping");
+        // A stopped source that missed the notice would wait forever: it is repeated while tasks run.
+        assert_eq!(h.at(2_100).tick(), [Action::RemindComplete { id: 2, attempt: 0 }]);
+        assert!(h.at(2_200).tick().is_empty());
         // The stopped sources end their input; the final checkpoint follows and takes over.
         let ended = TaskView { job_active: true, total: h.total, running: 0, finishing: h.total, finished: 0 };
         assert_eq!(triggered(&h.at(510).handle(Event::Tick(ended))), [3]);
@@ -1307,6 +1346,15 @@ mod tests {
         h.handle(written(3));
         let (location, meta) = h.c.restore_point().unwrap();
         assert_eq!((location, meta.checkpoint_id), (None, 3));
+    }
+
+    #[test]
+    fn a_drain_whose_attempt_ends_is_answered() {
+        let mut h = Harness::new(settings());
+        let view = h.running();
+        h.handle(Event::TriggerSavepoint { request: savepoint(4, Some(StopMode::Drain)), tasks: view });
+        let actions = h.handle(Event::AttemptEnded { reason: "job CANCELED".into() });
+        assert!(matches!(outcome(&actions), Some(Err(why)) if why.contains("CANCELED")), "{actions:?}");
     }
 
     #[test]
@@ -1329,6 +1377,10 @@ mod tests {
         let view = h.running();
         let actions = h.handle(Event::TriggerSavepoint { request: savepoint(5, Some(StopMode::Drain)), tasks: view });
         assert_eq!(actions, [Action::EndInput { attempt: 0 }]);
+        // A lost call must not leave the job waiting: the end of input is repeated while tasks run.
+        assert!(h.at(1_000).tick().is_empty());
+        assert_eq!(h.at(2_100).tick(), [Action::EndInput { attempt: 0 }]);
+        h.elapsed = Duration::ZERO;
         let ended = TaskView { job_active: true, total: h.total, running: 0, finishing: h.total, finished: 0 };
         let actions = h.at(10).handle(Event::Tick(ended));
         assert!(

@@ -341,6 +341,7 @@ fn run(
         savepoints: BTreeSet::new(),
         waker,
         collecting: BTreeMap::new(),
+        aligned_uploads: BTreeMap::new(),
         restored_input: VecDeque::new(),
         channel_writer: None,
     };
@@ -553,6 +554,8 @@ struct Runner {
     waker: Arc<Waker>,
     /// Unaligned checkpoints collecting channel state, by id.
     collecting: BTreeMap<u64, Collecting>,
+    /// Uploads of aligned snapshots that may still run, by checkpoint id: an abort stops them.
+    aligned_uploads: BTreeMap<u64, tokio::task::AbortHandle>,
     /// Input channel state of the checkpoint this attempt restored: processed first.
     restored_input: VecDeque<RecordBatch>,
     /// Where completed channel state goes to be written; started on first use.
@@ -959,17 +962,27 @@ impl Runner {
                 }
                 Ok(())
             }
-            TaskCommand::AbortCheckpoint(id) => match gate {
-                // As if a cancellation marker had arrived: the handler aborts it here (if it is
-                // not over already) and the abort action tells downstream.
-                Some(gate) => self.barrier_input(chain, gate, Input::Cancel { channel: 0, id }, &[]),
-                None => {
-                    if let Some(c) = self.collecting.remove(&id) {
-                        c.upload.abort();
-                    }
-                    self.partition.broadcast_priority(Event::CancelCheckpoint(id)).map(|_| ())
+            TaskCommand::AbortCheckpoint(id) => {
+                if let Some(upload) = self.aligned_uploads.remove(&id) {
+                    upload.abort();
                 }
-            },
+                self.abort_checkpoint(chain, gate, id)
+            }
+        }
+    }
+
+    /// The coordinator aborted checkpoint `id`: as if a cancellation marker had arrived.
+    fn abort_checkpoint(&mut self, chain: &mut OperatorChain, gate: Option<&InputGate>, id: u64) -> OpResult {
+        match gate {
+            // As if a cancellation marker had arrived: the handler aborts it here (if it is
+            // not over already) and the abort action tells downstream.
+            Some(gate) => self.barrier_input(chain, gate, Input::Cancel { channel: 0, id }, &[]),
+            None => {
+                if let Some(c) = self.collecting.remove(&id) {
+                    c.upload.abort();
+                }
+                self.partition.broadcast_priority(Event::CancelCheckpoint(id)).map(|_| ())
+            }
         }
     }
 
@@ -1095,6 +1108,10 @@ impl Runner {
             _ => None,
         };
         if kind == SnapshotKind::Aligned && awaiting_output.is_none() {
+            // An abort stops the upload: a failed savepoint's folder must not fill up after the
+            // JobManager deleted it.
+            self.aligned_uploads.retain(|_, h| !h.is_finished());
+            self.aligned_uploads.insert(n, upload.abort_handle());
             let info = self.info.clone();
             settings.runtime.spawn(async move {
                 let result = upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())));
