@@ -24,6 +24,10 @@ pub(crate) struct JobRecord {
     pub attempt: u32,
     /// A state name (`RUNNING`, `FINISHED`, ...).
     pub state: String,
+    /// The folder of a completed stop-with-savepoint, which committed the sinks' output: a
+    /// recovery restores it rather than an older checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_savepoint: Option<String>,
 }
 
 impl JobRecord {

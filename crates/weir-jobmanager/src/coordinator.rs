@@ -468,6 +468,11 @@ impl CheckpointCoordinator {
         }
     }
 
+    /// The last completed stop-with-savepoint, while it is the restore point or was.
+    pub fn sync_savepoint(&self) -> Option<&SyncSavepoint> {
+        self.sync_savepoint.as_ref()
+    }
+
     /// The folder of the last savepoint that completed.
     pub fn last_savepoint(&self) -> Option<&str> {
         self.last_savepoint.as_deref()

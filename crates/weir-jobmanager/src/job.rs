@@ -334,6 +334,7 @@ impl Job {
             config: self.config.explicit().clone(),
             attempt: self.attempt,
             state: self.status.name().to_string(),
+            restore_savepoint: self.coordinator.sync_savepoint().map(|s| s.location.clone()),
         };
         (record, self.catalog_seq)
     }

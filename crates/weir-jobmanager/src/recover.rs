@@ -61,6 +61,15 @@ async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Optio
         restore = latest_checkpoint(&s, &r.id).await.map(|metadata| RestoreInfo { storage_url: url.clone(), metadata });
         storage = Some(s);
     }
+    // A completed stop savepoint newer than the latest checkpoint committed the sinks' output
+    // up to it: restoring anything older would commit rows twice.
+    if let Some(location) = &r.restore_savepoint {
+        let s = CheckpointStorage::open(location, &config).map_err(|e| e.to_string())?;
+        let metadata = CheckpointMetadata::read(&s, "_metadata").await.map_err(|e| format!("its stop savepoint {location}: {e}"))?;
+        if restore.as_ref().is_none_or(|x| x.metadata.checkpoint_id < metadata.checkpoint_id) {
+            restore = Some(RestoreInfo { storage_url: location.clone(), metadata });
+        }
+    }
     let checkpoint = restore.as_ref().map(|x| x.metadata.checkpoint_id);
     let new = NewJob {
         id: r.id,
@@ -95,4 +104,53 @@ pub(crate) async fn latest_checkpoint(storage: &CheckpointStorage, job: &str) ->
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::settings::JobManagerConfig;
+
+    const JOB: &str =
+        "name: t\npipeline:\n  - source: datagen\n    fields:\n      - {name: k, kind: sequence, start: 0}\n  - sink: blackhole\n";
+
+    fn metadata(job: &str, id: u64, savepoint: bool) -> CheckpointMetadata {
+        CheckpointMetadata { job_id: job.into(), checkpoint_id: id, timestamp_ms: 0, savepoint, operators: Vec::new() }
+    }
+
+    /// A job recovered after its stop savepoint completed restores that savepoint, not the
+    /// older checkpoint (whose restore would commit rows twice); a newer checkpoint wins.
+    #[tokio::test]
+    async fn a_recovered_job_restores_its_stop_savepoint_when_it_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = format!("file://{}/chk", dir.path().display());
+        let savepoint = format!("file://{}/sp/savepoint-j1-0", dir.path().display());
+        let storage = CheckpointStorage::open(&checkpoints, &Config::new()).unwrap();
+        metadata("j1", 3, false).write(&storage).await.unwrap();
+        let sp = CheckpointStorage::open(&savepoint, &Config::new()).unwrap();
+        metadata("j1", 5, true).write_at(&sp, "_metadata").await.unwrap();
+        let state = JobManagerState::new(Config::new(), JobManagerConfig::from_config(&Config::new()));
+        let record = |restore_savepoint: Option<String>| JobRecord {
+            id: "j1".into(),
+            name: "t".into(),
+            definition: JOB.into(),
+            origin: "t".into(),
+            config: [
+                ("execution.checkpointing.dir".to_string(), checkpoints.clone()),
+                ("execution.checkpointing.interval".to_string(), "1s".to_string()),
+            ]
+            .into(),
+            attempt: 0,
+            state: "RUNNING".into(),
+            restore_savepoint,
+        };
+        let (new, id) = recover(&state, record(Some(savepoint.clone()))).await.unwrap();
+        let restore = new.restore.unwrap();
+        assert_eq!((restore.storage_url.as_str(), id, new.next_checkpoint), (savepoint.as_str(), Some(5), 6));
+        let (new, id) = recover(&state, record(None)).await.unwrap();
+        assert_eq!((new.restore.unwrap().storage_url, id), (checkpoints.clone(), Some(3)));
+        metadata("j1", 7, false).write(&storage).await.unwrap();
+        let (_, id) = recover(&state, record(Some(savepoint))).await.unwrap();
+        assert_eq!(id, Some(7), "a checkpoint newer than the stop savepoint is the restore point");
+    }
 }

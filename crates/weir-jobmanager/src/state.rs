@@ -139,10 +139,19 @@ fn save_catalog(job: &mut Job) -> Effect {
 /// Addresses are the job's TaskManagers as they are now (lost ones left out). The requests
 /// carry the attempt the checkpoint belongs to, and a TaskManager acts only on the tasks of
 /// that attempt.
+///
+/// A stop savepoint that completed is recorded in the catalog before the tasks hear of it
+/// (the catalog entry is written before `perform` returns, the RPCs after): its notice commits
+/// the sinks' output, so a JobManager recovered from then on must restore it.
 fn checkpoint_event(tms: &HashMap<String, TaskManagerEntry>, job: &mut Job, now: Now, event: Event) -> Vec<Effect> {
+    let sync_before = job.coordinator().sync_savepoint().map(|s| s.metadata.checkpoint_id);
     let actions = job.checkpoint(now, event);
     if actions.is_empty() {
         return Vec::new();
+    }
+    let mut effects = Vec::new();
+    if job.coordinator().sync_savepoint().map(|s| s.metadata.checkpoint_id) != sync_before {
+        effects.push(save_catalog(job));
     }
     let t = Targets {
         job_id: job.id(),
@@ -152,7 +161,8 @@ fn checkpoint_event(tms: &HashMap<String, TaskManagerEntry>, job: &mut Job, now:
         storage: job.storage(),
         config: job.config(),
     };
-    effects_of(actions, &t, now.epoch_ms)
+    effects.extend(effects_of(actions, &t, now.epoch_ms));
+    effects
 }
 
 /// Frees the slots of a job's current attempt; with `cancel`, one cancel call per TaskManager
