@@ -17,6 +17,10 @@
 //! each split is read by exactly one new subtask, and as a split keeps its range's
 //! line-ownership rule, every line is still emitted exactly once. Splits are not cut again: a
 //! new subtask that is dealt no split has nothing to read and ends at once.
+//!
+//! Checkpoints of the previous format (`WFS2`, one position per subtask: its current file and
+//! the files it had not opened) still restore, at any parallelism: each such element is read as
+//! the splits it stands for (see `FileSourcePositionV2`).
 
 use crate::state::{self, StoredPath};
 use crate::text::Utf8Column;
@@ -37,9 +41,10 @@ const BATCH_LINES: usize = 4096;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Magic of a file source state element (a [`FileSplit`]). `WFS2` (one position per subtask,
-/// restorable only at its parallelism) is refused by name.
+/// Magic of a file source state element (a [`FileSplit`]).
 const STATE_MAGIC: &[u8; 4] = b"WFS3";
+/// Magic of the previous format's element (a [`FileSourcePositionV2`]): read, never written.
+const STATE_MAGIC_V2: &[u8; 4] = b"WFS2";
 
 /// Part of one file still to read; a checkpoint holds one per split as a state element.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +78,60 @@ impl FileSplit {
             }
         }
         Ok(split)
+    }
+
+    /// The splits one state element stands for: one for a [`FileSplit`] (`WFS3`), the
+    /// subtask's whole remaining work for a position of the previous format (`WFS2`).
+    fn decode_element(element: &[u8]) -> OpResult<Vec<Self>> {
+        if element.starts_with(STATE_MAGIC_V2) {
+            state::decode::<FileSourcePositionV2>(element, STATE_MAGIC_V2, "file source")?.into_splits()
+        } else {
+            Ok(vec![Self::decode(element)?])
+        }
+    }
+}
+
+/// A subtask's checkpoint state in the previous format (`WFS2`, before splits were state
+/// elements): which subtask of which parallelism it was, where it was in the file it had open,
+/// and the files it had not opened yet. Read so that retained checkpoints and savepoints taken
+/// by the previous version still restore; the field order is its encoding, so it must not
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct FileSourcePositionV2 {
+    parallelism: u32,
+    index: u32,
+    /// The file being read, if one was open.
+    current: Option<SplitPositionV2>,
+    /// The files still to open, in order.
+    rest: Vec<StoredPath>,
+}
+
+/// Where a `WFS2` subtask was in its open file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct SplitPositionV2 {
+    file: StoredPath,
+    /// Offset of the next line not emitted yet.
+    pos: u64,
+    /// End of the subtask's byte range.
+    end: u64,
+}
+
+impl FileSourcePositionV2 {
+    /// The same work as splits: the open file resumes at `pos` up to `end`, and every file not
+    /// opened yet is range `index` of `parallelism` of it, the range the old subtask would
+    /// have read. The splits keep the old subtask's line ownership, so they can go to any new
+    /// subtask, or with other old subtasks' splits to one.
+    fn into_splits(self) -> OpResult<Vec<FileSplit>> {
+        let Self { parallelism, index, current, rest } = self;
+        if index >= parallelism {
+            return Err(OperatorError::Failed(format!(
+                "file source cannot restore: a position of the previous format (WFS2) is of subtask {index} of {parallelism}, \
+                 which does not exist"
+            )));
+        }
+        let resumed = current.map(|c| FileSplit { file: c.file, start: SplitStart::Resume { pos: c.pos, end: c.end } });
+        let range = SplitStart::Range { index, parallelism };
+        Ok(resumed.into_iter().chain(rest.into_iter().map(|file| FileSplit { file, start: range })).collect())
     }
 }
 
@@ -260,9 +319,13 @@ impl SourceReader for FileReader {
     /// Reads exactly the splits given, in their order, and nothing else: at the same
     /// parallelism the subtask's own (so it resumes where the snapshot was taken), at another
     /// one whichever splits the runtime dealt it. The checkpoint's file list is kept (files
-    /// that appeared in the directory since the job first listed it are not read).
+    /// that appeared in the directory since the job first listed it are not read). Elements of
+    /// the previous format are read as the splits they stand for.
     fn restore_state(&mut self, elements: Vec<Vec<u8>>) -> OpResult {
-        let splits = elements.iter().map(|e| FileSplit::decode(e)).collect::<OpResult<VecDeque<_>>>()?;
+        let mut splits = VecDeque::new();
+        for element in &elements {
+            splits.extend(FileSplit::decode_element(element)?);
+        }
         tracing::debug!(index = self.index, splits = splits.len(), "file source restored its splits");
         self.current = None;
         self.pending = splits;
@@ -615,11 +678,13 @@ mod tests {
         let mut reader = FileReader::new(path, &info(0, 1), line_schema()).expect("open");
         reader.poll_next().expect("poll");
         let good = reader.snapshot_state(1).expect("snapshot").expect("state").remove(0);
-        // A position of the previous format (one per subtask), which ties it to its index.
-        let mut old = good.clone();
-        old[..4].copy_from_slice(b"WFS2");
-        let err = restore(vec![good.clone(), old]);
-        assert!(err.contains("file source cannot restore") && err.contains("unknown format or version"), "{err}");
+        // A format this version does not know (older than WFS2, or newer than WFS3).
+        for magic in [b"WFS1", b"WFS4"] {
+            let mut unknown = good.clone();
+            unknown[..4].copy_from_slice(magic);
+            let err = restore(vec![good.clone(), unknown]);
+            assert!(err.contains("file source cannot restore") && err.contains("unknown format or version"), "{err}");
+        }
         let mut corrupt = good.clone();
         corrupt.truncate(corrupt.len() - 3);
         let err = restore(vec![corrupt]);
@@ -627,5 +692,94 @@ mod tests {
         let impossible = FileSplit { file: StoredPath(dir.path().join("a.txt")), start: SplitStart::Range { index: 2, parallelism: 2 } };
         let err = restore(vec![state::encode(STATE_MAGIC, &impossible, "file source").expect("encode")]);
         assert!(err.contains("a.txt") && err.contains("range 2 of 2"), "{err}");
+        let impossible_v2 = OldFileSourcePosition { parallelism: 2, index: 2, current: None, rest: Vec::new() };
+        let err = restore(vec![state::encode(b"WFS2", &impossible_v2, "file source").expect("encode")]);
+        assert!(err.contains("WFS2") && err.contains("subtask 2 of 2"), "{err}");
+        let mut corrupt_v2 = state::encode(b"WFS2", &impossible_v2, "file source").expect("encode");
+        corrupt_v2.push(0);
+        assert!(restore(vec![corrupt_v2]).contains("truncated or corrupt"));
+    }
+
+    /// The element of the previous format (`WFS2`) as the previous version declared it (`git
+    /// show baaee40:crates/weir-connectors/src/file_source.rs`), to write state as it wrote it.
+    #[derive(Serialize)]
+    struct OldFileSourcePosition {
+        parallelism: u32,
+        index: u32,
+        current: Option<OldSplitPosition>,
+        rest: Vec<StoredPath>,
+    }
+
+    #[derive(Serialize)]
+    struct OldSplitPosition {
+        file: StoredPath,
+        pos: u64,
+        end: u64,
+    }
+
+    /// The `WFS2` element the previous version would have written for `reader`, subtask
+    /// `index` of `parallelism`: it read the same lines (the ranges and the line ownership
+    /// did not change), so its open file and the files it had not opened are the reader's
+    /// splits.
+    fn old_position(reader: &mut FileReader, index: u32, parallelism: u32) -> Vec<u8> {
+        let state = reader.snapshot_state(1).expect("snapshot").expect("state");
+        let mut splits: VecDeque<FileSplit> = state.iter().map(|e| FileSplit::decode(e).expect("decode")).collect();
+        let current = match splits.front().map(|s| s.start) {
+            Some(SplitStart::Resume { pos, end }) => {
+                let file = splits.pop_front().expect("a split").file;
+                Some(OldSplitPosition { file, pos, end })
+            }
+            _ => None,
+        };
+        let own = SplitStart::Range { index, parallelism };
+        assert!(splits.iter().all(|s| s.start == own), "{splits:?}");
+        let rest = splits.into_iter().map(|s| s.file).collect();
+        let position = OldFileSourcePosition { parallelism, index, current, rest };
+        state::encode(b"WFS2", &position, "file source").expect("encode")
+    }
+
+    #[test]
+    fn a_position_of_the_previous_format_is_read_as_its_splits() {
+        let position = OldFileSourcePosition {
+            parallelism: 3,
+            index: 1,
+            current: Some(OldSplitPosition { file: StoredPath("/in/a.txt".into()), pos: 10, end: 20 }),
+            rest: vec![StoredPath("/in/b.txt".into()), StoredPath("/in/c.txt".into())],
+        };
+        let element = state::encode(b"WFS2", &position, "file source").expect("encode");
+        let split = |f: &str, start| FileSplit { file: StoredPath(f.into()), start };
+        let range = SplitStart::Range { index: 1, parallelism: 3 };
+        assert_eq!(
+            FileSplit::decode_element(&element).expect("decode"),
+            [split("/in/a.txt", SplitStart::Resume { pos: 10, end: 20 }), split("/in/b.txt", range), split("/in/c.txt", range)]
+        );
+        let done = OldFileSourcePosition { parallelism: 3, index: 2, current: None, rest: Vec::new() };
+        let element = state::encode(b"WFS2", &done, "file source").expect("encode");
+        assert!(FileSplit::decode_element(&element).expect("decode").is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_previous_format_restores_at_any_parallelism_reading_every_line_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, all) = split_test_input(dir.path());
+        let expected = sorted(all);
+        // Batches each old subtask reads before the snapshot: none, inside its first file,
+        // inside its big files, everything.
+        for before in [[0, 0], [1, 0], [0, 2], [1, 1], [2, 3], [50, 50]] {
+            for new_parallelism in [1, 2, 3] {
+                let mut old = readers(&path, 2, None);
+                let mut lines = Vec::new();
+                poll_each(&mut old, &before, &mut lines);
+                // One element per old subtask, dealt round-robin as the runtime deals them.
+                let mut dealt = vec![Vec::new(); new_parallelism as usize];
+                for (i, reader) in old.iter_mut().enumerate() {
+                    dealt[i % new_parallelism as usize].push(old_position(reader, i as u32, 2));
+                }
+                poll_each(&mut old, &[1], &mut Vec::new());
+                let mut new = readers(&path, new_parallelism, Some(dealt));
+                poll_each(&mut new, &[usize::MAX], &mut lines);
+                assert_eq!(sorted(lines), expected, "WFS2 at 2 -> {new_parallelism} after {before:?} batches");
+            }
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! runtime may deal elements of several old subtasks to any new subtask.
 //!
 //! Changing an element type changes its encoding: bump the version in its magic, so an old
-//! checkpoint is refused by name instead of misread.
+//! element is never misread. Keep decoding the old version where it converts to the new one, so
+//! that retained checkpoints and savepoints still restore (the file source reads `WFS2`
+//! positions as splits); a version a connector does not read is refused by name.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
