@@ -12,14 +12,15 @@
 //! operator state must have an operator with its uid in the new job (or be dropped with
 //! `--allow-non-restored-state`), the max parallelism must match, a source whose position
 //! cannot be redistributed (datagen) and in-flight data of an unaligned checkpoint cannot be
-//! rescaled, and every file is read and checked against its recorded size and CRC-32.
+//! rescaled, RocksDB's native files cannot go into the hashmap backend, and every file is read
+//! and checked against its recorded size and CRC-32.
 
 use std::collections::HashSet;
 use tonic::Status;
 use weir_core::config::{keys, Config};
 use weir_core::graph::JobGraph;
 use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInfo};
-use weir_state::CheckpointStorage;
+use weir_state::{BackendKind, CheckpointStorage, KeyedStateHandle};
 
 /// A user-given location as a storage URL: one with a scheme is kept, an absolute local path
 /// becomes `file://`. A relative path is refused: the JobManager's working directory means
@@ -92,8 +93,16 @@ pub(crate) async fn read_metadata(path: &str, config: &Config) -> Result<(Checkp
 /// from `info` with `allow_non_restored`. A different max parallelism is refused (key groups
 /// cannot be remapped), and so are the position of a source that cannot rescale (see
 /// `OperatorSpec::source_rescalable`) and in-flight data (an unaligned checkpoint) of an
-/// operator whose parallelism changed.
-pub(crate) fn check_restore(path: &str, graph: &JobGraph, info: &mut RestoreInfo, allow_non_restored: bool) -> Result<Vec<String>, Status> {
+/// operator whose parallelism changed. RocksDB's native files (a native savepoint or an
+/// incremental checkpoint) are refused when the new job's `backend` is the hashmap one, which
+/// cannot read them: here, naming the operator, rather than when its tasks deploy.
+pub(crate) fn check_restore(
+    path: &str,
+    graph: &JobGraph,
+    backend: BackendKind,
+    info: &mut RestoreInfo,
+    allow_non_restored: bool,
+) -> Result<Vec<String>, Status> {
     let mut warnings = Vec::new();
     let refuse = |why: String| Status::invalid_argument(format!("cannot restore from {path}: {why}"));
     let known: Vec<&str> = graph.vertices.iter().flat_map(|v| v.operators.iter().map(|o| o.uid.as_str())).collect();
@@ -123,6 +132,17 @@ pub(crate) fn check_restore(path: &str, graph: &JobGraph, info: &mut RestoreInfo
                 "source '{}' was checkpointed at parallelism {} and cannot resume at {}: its read position is kept per \
                  subtask; keep the source's own `parallelism: {}` and rescale the steps after it",
                 op.uid, op.parallelism, vertex.parallelism, op.parallelism
+            )));
+        }
+        let native = op.subtasks.iter().flat_map(|s| &s.keyed).any(|h| matches!(h, KeyedStateHandle::Incremental { .. }));
+        if native && backend == BackendKind::HashMap {
+            return Err(refuse(format!(
+                "the keyed state of operator '{}' is RocksDB's native files (a native savepoint or an incremental \
+                 checkpoint), which the job's state backend, hashmap ({}), cannot restore: take a canonical savepoint \
+                 (weir savepoint JOB --type canonical) and restore from it, or run the job with {}=rocksdb",
+                op.uid,
+                keys::STATE_BACKEND,
+                keys::STATE_BACKEND
             )));
         }
         let in_flight = op.subtasks.iter().any(|s| s.input_channels.is_some() || s.output_channels.is_some());
@@ -259,9 +279,9 @@ mod tests {
     #[test]
     fn state_of_an_unknown_uid_is_refused_or_dropped_with_a_warning() {
         let mut i = info(&[("counter", 2, false, false), ("old-step", 2, true, false)]);
-        let e = check_restore("sp", &graph(), &mut i.clone(), false).unwrap_err();
+        let e = check_restore("sp", &graph(), BackendKind::HashMap, &mut i.clone(), false).unwrap_err();
         assert!(e.message().contains("'old-step'") && e.message().contains("--allow-non-restored-state"), "{}", e.message());
-        let warnings = check_restore("sp", &graph(), &mut i, true).unwrap();
+        let warnings = check_restore("sp", &graph(), BackendKind::HashMap, &mut i, true).unwrap();
         assert!(warnings.len() == 1 && warnings[0].contains("old-step"), "{warnings:?}");
         let kept: Vec<&str> = i.metadata.operators.iter().map(|o| o.uid.as_str()).collect();
         assert_eq!(kept, ["counter"], "keyed state rescales from 2 to 3");
@@ -272,21 +292,69 @@ mod tests {
 
     #[test]
     fn datagen_and_in_flight_data_do_not_rescale_file_sources_do_and_key_groups_stay() {
-        let e = check_restore("sp", &graph(), &mut info(&[("gen", 2, true, false)]), false).unwrap_err();
+        let e = check_restore("sp", &graph(), BackendKind::HashMap, &mut info(&[("gen", 2, true, false)]), false).unwrap_err();
         assert!(e.message().contains("source 'gen'") && e.message().contains("parallelism: 2"), "{}", e.message());
-        assert!(check_restore("sp", &graph(), &mut info(&[("gen", 3, true, false)]), false).is_ok());
+        assert!(check_restore("sp", &graph(), BackendKind::HashMap, &mut info(&[("gen", 3, true, false)]), false).is_ok());
         // The file source's splits are dealt over the new subtasks.
         let file_graph = weir_core::job::compile_job(FILE_JOB, "t", &Config::new(), &Config::new()).unwrap().0;
         for p in [1, 2, 3, 5] {
             let mut i = info(&[("lines", p, true, false)]);
-            assert!(check_restore("sp", &file_graph, &mut i, false).unwrap().is_empty(), "file source from parallelism {p}");
+            assert!(
+                check_restore("sp", &file_graph, BackendKind::HashMap, &mut i, false).unwrap().is_empty(),
+                "file source from parallelism {p}"
+            );
             assert_eq!(i.metadata.operators.len(), 1, "its state is kept");
         }
-        let e = check_restore("sp", &graph(), &mut info(&[("counter", 2, false, true)]), false).unwrap_err();
+        let e = check_restore("sp", &graph(), BackendKind::HashMap, &mut info(&[("counter", 2, false, true)]), false).unwrap_err();
         assert!(e.message().contains("unaligned") && e.message().contains("weir savepoint"), "{}", e.message());
         let mut other_max = info(&[("counter", 3, false, false)]);
         other_max.metadata.operators[0].max_parallelism = 256;
-        let e = check_restore("sp", &graph(), &mut other_max, false).unwrap_err();
+        let e = check_restore("sp", &graph(), BackendKind::HashMap, &mut other_max, false).unwrap_err();
         assert!(e.message().contains("max-parallelism 256"), "{}", e.message());
+    }
+
+    /// `info(ops)` with keyed state in every subtask of operator `uid`: RocksDB's native
+    /// files, or else the canonical key-group file.
+    fn with_keyed(mut i: RestoreInfo, uid: &str, native: bool) -> RestoreInfo {
+        use weir_core::KeyGroupRange;
+        use weir_state::StoredFile;
+        let file = |p: &str| StoredFile { path: p.into(), size: 1, crc32: 0 };
+        let op = i.metadata.operators.iter_mut().find(|o| o.uid == uid).unwrap();
+        for (n, subtask) in op.subtasks.iter_mut().enumerate() {
+            let range = KeyGroupRange::new(n as u32 * 10, n as u32 * 10 + 10);
+            subtask.keyed = vec![if native {
+                KeyedStateHandle::Incremental {
+                    range,
+                    max_parallelism: 128,
+                    shared: vec![("000012.sst".into(), file("counter-0/000012.sst"))],
+                    private: vec![("MANIFEST-000005".into(), file("counter-0/MANIFEST-000005"))],
+                }
+            } else {
+                KeyedStateHandle::Full { range, max_parallelism: 128, file: file("counter-0/keyed-state") }
+            }];
+        }
+        i
+    }
+
+    #[test]
+    fn native_rocksdb_state_into_the_hashmap_backend_is_refused_at_submission_naming_the_operator() {
+        let native = with_keyed(info(&[("counter", 2, false, false)]), "counter", true);
+        let e = check_restore("sp", &graph(), BackendKind::HashMap, &mut native.clone(), false).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.message();
+        assert!(m.contains("cannot restore from sp") && m.contains("operator 'counter'"), "{m}");
+        assert!(m.contains("hashmap") && m.contains(keys::STATE_BACKEND), "{m}");
+        assert!(m.contains("weir savepoint JOB --type canonical"), "{m}");
+        // RocksDB reads its own files, at any parallelism.
+        assert!(check_restore("sp", &graph(), BackendKind::RocksDb, &mut native.clone(), false).is_ok());
+        // Either backend reads the canonical format.
+        for backend in [BackendKind::HashMap, BackendKind::RocksDb] {
+            let mut canonical = with_keyed(info(&[("counter", 2, false, false)]), "counter", false);
+            assert!(check_restore("sp", &graph(), backend, &mut canonical, false).is_ok(), "{backend:?}");
+        }
+        // Native state that is not restored (its operator is gone) is no obstacle.
+        let mut dropped = with_keyed(info(&[("old-counter", 2, false, false)]), "old-counter", true);
+        let warnings = check_restore("sp", &graph(), BackendKind::HashMap, &mut dropped, true).unwrap();
+        assert!(warnings.len() == 1 && dropped.metadata.operators.is_empty(), "{warnings:?}");
     }
 }

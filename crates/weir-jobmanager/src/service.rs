@@ -121,7 +121,7 @@ impl JobManagerService for JobManagerRpc {
             None
         } else {
             let (storage, mut info) = savepoint::read_metadata(&r.restore_path, &config).await?;
-            warnings = savepoint::check_restore(&r.restore_path, &graph, &mut info, r.allow_non_restored_state)?;
+            warnings = savepoint::check_restore(&r.restore_path, &graph, settings.state_backend, &mut info, r.allow_non_restored_state)?;
             savepoint::verify_files(&r.restore_path, &storage, &info).await?;
             Some(info)
         };
