@@ -22,6 +22,10 @@ use weir_core::graph::JobGraph;
 use weir_state::metadata::{split_checkpoint_path, CheckpointMetadata, RestoreInfo};
 use weir_state::{BackendKind, CheckpointStorage, KeyedStateHandle};
 
+/// The longest savepoint folder URL: a savepoint's barrier carries it with a `u16` length
+/// (see `weir_runtime::buffer`).
+const MAX_LOCATION_BYTES: usize = u16::MAX as usize;
+
 /// A user-given location as a storage URL: one with a scheme is kept, an absolute local path
 /// becomes `file://`. A relative path is refused: the JobManager's working directory means
 /// nothing to the user (the CLI makes local paths absolute before it sends them).
@@ -38,9 +42,10 @@ pub(crate) fn storage_url(path: &str, what: &str) -> Result<String, Status> {
 
 /// The folder of a new savepoint of `job_id`: under `directory`, or else the job's
 /// `execution.checkpointing.savepoint-dir`; `savepoint-<first 6 characters of the job id>-<12
-/// random hex digits>`, as Flink names them. Checks that the directory's storage opens, so
-/// that a bad directory is refused before the job is touched; the folder itself is created
-/// only by the first file written into it, so a refused savepoint leaves nothing behind.
+/// random hex digits>`, as Flink names them. Checks that the directory's storage opens and
+/// that the folder's URL fits in a barrier ([`MAX_LOCATION_BYTES`]), so that a bad directory is
+/// refused before the job is touched; the folder itself is created only by the first file
+/// written into it, so a refused savepoint leaves nothing behind.
 pub(crate) fn new_location(job_id: &str, directory: &str, config: &Config) -> Result<String, Status> {
     let dir = match (directory.is_empty(), config.text(keys::SAVEPOINT_DIR)) {
         (false, _) => directory.to_string(),
@@ -54,8 +59,16 @@ pub(crate) fn new_location(job_id: &str, directory: &str, config: &Config) -> Re
     };
     let dir = storage_url(&dir, "savepoint directory")?;
     let random = uuid::Uuid::new_v4().simple().to_string();
+    let location = format!("{dir}/savepoint-{}-{}", &job_id[..job_id.len().min(6)], &random[..12]);
+    if location.len() > MAX_LOCATION_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "savepoint directory is too long: the savepoint folder's URL would be {} bytes, more than the limit of \
+             {MAX_LOCATION_BYTES} bytes",
+            location.len()
+        )));
+    }
     CheckpointStorage::open(&dir, config).map_err(|e| Status::invalid_argument(format!("savepoint directory {dir}: {e}")))?;
-    Ok(format!("{dir}/savepoint-{}-{}", &job_id[..job_id.len().min(6)], &random[..12]))
+    Ok(location)
 }
 
 /// Where a restore path points: the storage root its metadata's paths resolve against, and the
@@ -241,6 +254,23 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no folder before a file is written into it");
         let e = new_location("0123456789abcdef", "", &Config::new()).unwrap_err();
         assert!(e.message().contains(keys::SAVEPOINT_DIR), "{}", e.message());
+    }
+
+    #[test]
+    fn a_savepoint_folder_url_longer_than_a_barrier_carries_is_refused() {
+        // "/savepoint-012345-" and 12 random digits follow the directory: 30 bytes.
+        let dir = |len: usize| format!("memory://{}", "d".repeat(len - "memory://".len()));
+        let longest = new_location("0123456789abcdef", &dir(MAX_LOCATION_BYTES - 30), &Config::new()).unwrap();
+        assert_eq!(longest.len(), MAX_LOCATION_BYTES);
+        let e = new_location("0123456789abcdef", &dir(MAX_LOCATION_BYTES - 29), &Config::new()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("65535 bytes") && e.message().contains("65536 bytes"), "{}", e.message());
+        // Local directories too, before anything is created.
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("x".repeat(MAX_LOCATION_BYTES));
+        let e = new_location("0123456789abcdef", &deep.display().to_string(), &Config::new()).unwrap_err();
+        assert!(e.message().contains("65535"), "{}", e.message());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
     const JOB: &str = "name: t\nparallelism: 3\npipeline:\n  - source: datagen\n    uid: gen\n    fields:\n      - {name: key, kind: random, min: 0, max: 9}\n  - key_by: key\n  - count: {}\n    uid: counter\n  - sink: blackhole\n";

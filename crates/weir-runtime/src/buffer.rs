@@ -11,9 +11,12 @@
 //! `i64` trigger time in ms, `u8` flags — bit 0 savepoint, bit 1 unaligned, bit 2 native
 //! savepoint format: 18 bytes; a savepoint barrier then carries its target folder, a `u16`
 //! length and that many bytes of UTF-8 storage URL); `3` cancellation marker (`u64` id: 9
-//! bytes). Decoding refuses unknown tags, truncated events, a location that is not UTF-8 and
-//! the native bit without the savepoint bit. Whether an event goes with priority is not part of
-//! the event: it is the frame kind on the wire (`PRIORITY_EVENT`) and a position in a queue.
+//! bytes). Decoding is strict, so that a frame from a peer that encodes events differently
+//! breaks the connection instead of being misread: it refuses unknown tags, unknown flag bits,
+//! truncated events, bytes after a complete event (a frame carries exactly one event), a
+//! location that is not UTF-8 and the native bit without the savepoint bit. Whether an event
+//! goes with priority is not part of the event: it is the frame kind on the wire
+//! (`PRIORITY_EVENT`) and a position in a queue.
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
@@ -131,6 +134,8 @@ impl Barrier {
 const SAVEPOINT: u8 = 1;
 const UNALIGNED: u8 = 2;
 const NATIVE: u8 = 4;
+/// Every flag bit this version knows.
+const KNOWN_FLAGS: u8 = SAVEPOINT | UNALIGNED | NATIVE;
 
 impl Event {
     /// The event's wire form (see the module header): what follows the channel id in an `EVENT`
@@ -153,8 +158,9 @@ impl Event {
                 }
                 buf.put_u8(flags);
                 if b.savepoint.is_some() {
-                    // A storage URL longer than 64 KiB is refused where the savepoint is
-                    // triggered; cut it here rather than write a length that lies.
+                    // A storage URL longer than 65535 bytes is refused where the savepoint is
+                    // triggered (the JobManager's savepoint folder check); cut it here rather
+                    // than write a length that lies.
                     let len = location.len().min(u16::MAX as usize);
                     buf.put_u16(len as u16);
                     buf.put_slice(&location[..len]);
@@ -170,16 +176,22 @@ impl Event {
         }
     }
 
-    /// Parses what [`Event::encode`] wrote. Errors name an unknown tag or a truncated event; bytes
-    /// after a complete event are ignored.
+    /// Parses what [`Event::encode`] wrote: exactly one event, nothing after it. Errors name an
+    /// unknown tag, unknown flag bits, a truncated event or the bytes after a complete one.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let mut b = bytes;
         let short = || "truncated event".to_string();
-        match b.first() {
-            Some(1) => Ok(Event::EndOfPartition),
+        let event = match b.first() {
+            Some(1) => {
+                b.advance(1);
+                Event::EndOfPartition
+            }
             Some(2) if b.len() >= 18 => {
                 b.advance(1);
                 let (id, timestamp_ms, flags) = (b.get_u64(), b.get_i64(), b.get_u8());
+                if flags & !KNOWN_FLAGS != 0 {
+                    return Err(format!("barrier {id} has unknown flag bits {:#04x} (flags {flags:#04x})", flags & !KNOWN_FLAGS));
+                }
                 let savepoint = if flags & SAVEPOINT != 0 {
                     if b.len() < 2 {
                         return Err(short());
@@ -191,6 +203,7 @@ impl Event {
                     let location = std::str::from_utf8(&b[..len])
                         .map_err(|e| format!("the location of savepoint {id} is not UTF-8: {e}"))?
                         .to_string();
+                    b.advance(len);
                     let format = if flags & NATIVE != 0 { SavepointFormat::Native } else { SavepointFormat::Canonical };
                     Some(Arc::new(SavepointOptions { location, format }))
                 } else if flags & NATIVE != 0 {
@@ -198,15 +211,24 @@ impl Event {
                 } else {
                     None
                 };
-                Ok(Event::Barrier(Barrier { id, timestamp_ms, savepoint, unaligned: flags & UNALIGNED != 0 }))
+                Event::Barrier(Barrier { id, timestamp_ms, savepoint, unaligned: flags & UNALIGNED != 0 })
             }
             Some(3) if b.len() >= 9 => {
                 b.advance(1);
-                Ok(Event::CancelCheckpoint(b.get_u64()))
+                Event::CancelCheckpoint(b.get_u64())
             }
-            Some(2) | Some(3) => Err(short()),
-            other => Err(format!("unknown event tag {other:?}")),
+            Some(2) | Some(3) => return Err(short()),
+            other => return Err(format!("unknown event tag {other:?}")),
+        };
+        if !b.is_empty() {
+            let what = match &event {
+                Event::EndOfPartition => "end of partition".to_string(),
+                Event::Barrier(barrier) => format!("barrier {}", barrier.id),
+                Event::CancelCheckpoint(id) => format!("cancellation marker {id}"),
+            };
+            return Err(format!("{} bytes after a complete event ({what})", b.len()));
         }
+        Ok(event)
     }
 }
 
@@ -319,5 +341,42 @@ mod tests {
         let mut native_only = enc(&Barrier::new(3, 0)).to_vec();
         native_only[17] = 4;
         assert!(Event::decode(&native_only).unwrap_err().contains("native"));
+    }
+
+    #[test]
+    fn unknown_barrier_flag_bits_are_an_error() {
+        let barriers = [
+            Barrier::new(3, 0),
+            Barrier { unaligned: true, ..Barrier::new(3, 0) },
+            savepoint_barrier("file:///tmp/savepoint-1", SavepointFormat::Native),
+        ];
+        for b in barriers {
+            for bit in [8u8, 16, 32, 64, 128] {
+                let mut bytes = enc(&b).to_vec();
+                bytes[17] |= bit;
+                let err = Event::decode(&bytes).unwrap_err();
+                assert!(err.contains("unknown flag bits") && err.contains(&format!("{bit:#04x}")), "{b:?} with {bit}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_after_a_complete_event_are_an_error() {
+        let events = [
+            Event::EndOfPartition,
+            Event::CancelCheckpoint(7),
+            Event::Barrier(Barrier::new(41, 1_700_000_000_000)),
+            Event::Barrier(Barrier { unaligned: true, ..Barrier::new(43, -5) }),
+            Event::Barrier(savepoint_barrier("s3://bucket/sp/savepoint-ü", SavepointFormat::Native)),
+            Event::Barrier(savepoint_barrier("", SavepointFormat::Canonical)),
+        ];
+        for ev in events {
+            for extra in [&[0u8][..], &[1], &[2, 0, 0]] {
+                let mut bytes = ev.encode().to_vec();
+                bytes.extend_from_slice(extra);
+                let err = Event::decode(&bytes).unwrap_err();
+                assert!(err.contains(&format!("{} bytes after a complete event", extra.len())), "{ev:?} + {extra:?}: {err}");
+            }
+        }
     }
 }
