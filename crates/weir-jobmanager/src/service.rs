@@ -141,7 +141,8 @@ impl JobManagerService for JobManagerRpc {
             }
         }
         for w in &warnings {
-            tracing::warn!("job {}: {w}", graph.name);
+            // The client shows them to the user; the log keeps a record.
+            tracing::info!("job {}: {w}", graph.name);
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = graph.name.clone();
