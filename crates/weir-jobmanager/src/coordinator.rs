@@ -367,6 +367,18 @@ impl CheckpointRecord {
     }
 }
 
+/// Where a `weir stop` of the running attempt stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StopPhase {
+    /// No stop asked for.
+    Running,
+    /// A stop under way, not answered yet; with `--drain` the final checkpoint is its savepoint.
+    Requested(SavepointRequest),
+    /// Its savepoint completed: the job is ending (until a restart, which runs the job on from
+    /// that savepoint).
+    Stopping,
+}
+
 /// The checkpoint coordinator of one job. See the module header for the protocol.
 pub struct CheckpointCoordinator {
     /// The job, for `_metadata`.
@@ -399,12 +411,8 @@ pub struct CheckpointCoordinator {
     /// race with the completion notice) may reference them. Each batch is deleted, minus what
     /// a checkpoint completed since registered again, once every checkpoint up to its id ended.
     deferred_deletes: Vec<(u64, Vec<String>)>,
-    /// The `weir stop` under way, not answered yet: it holds periodic checkpoints back and,
-    /// with `--drain`, turns the final checkpoint into its savepoint.
-    stop: Option<SavepointRequest>,
-    /// A stop's savepoint completed: the job is ending, no periodic checkpoint starts (until a
-    /// restart, which runs the job on from that savepoint).
-    stopping: bool,
+    /// Where a `weir stop` stands; any but `Running` holds periodic checkpoints back.
+    stop: StopPhase,
     /// The last stop-with-savepoint that completed (see [`SyncSavepoint`]).
     sync_savepoint: Option<SyncSavepoint>,
     /// The folder of the last savepoint that completed, for `weir list`.
@@ -439,8 +447,7 @@ impl CheckpointCoordinator {
             history: Vec::new(),
             final_checkpoint: FinalCheckpoint::NotTaken,
             deferred_deletes: Vec::new(),
-            stop: None,
-            stopping: false,
+            stop: StopPhase::Running,
             sync_savepoint: None,
             last_savepoint: None,
             void_savepoints: HashMap::new(),
@@ -517,11 +524,8 @@ impl CheckpointCoordinator {
                 for id in self.pending_ids() {
                     self.fail(now, id, FailureReason::AttemptEnded(reason.clone()), &mut out);
                 }
-                if let Some(stop) = self.stop.take() {
-                    // A drain whose final savepoint had not started yet.
-                    let why = format!("the job's attempt ended before the stop completed ({reason})");
-                    out.push(Action::SavepointDone { ticket: stop.ticket, result: Err(why) });
-                }
+                // A drain whose final savepoint had not started yet.
+                self.end_stop_request(format!("the job's attempt ended before the stop completed ({reason})"), &mut out);
             }
             Event::AttemptStarted { attempt } => {
                 for id in self.pending_ids() {
@@ -529,16 +533,29 @@ impl CheckpointCoordinator {
                 }
                 self.attempt = attempt;
                 self.final_checkpoint = FinalCheckpoint::NotTaken;
-                self.stopping = false;
-                if let Some(stop) = self.stop.take() {
-                    // A drain whose sources ended in the failed attempt: the new one runs on.
-                    let why = format!("the job restarted (attempt {attempt}) before the stop completed");
-                    out.push(Action::SavepointDone { ticket: stop.ticket, result: Err(why) });
-                }
+                // A drain whose sources ended in the failed attempt: the new one runs on.
+                self.end_stop_request(format!("the job restarted (attempt {attempt}) before the stop completed"), &mut out);
+                self.stop = StopPhase::Running;
             }
             Event::TriggerSavepoint { request, tasks } => self.trigger_savepoint(now, request, tasks, &mut out),
         }
         out
+    }
+
+    /// Answers a stop still under way with `why` and ends it (a completed one stays `Stopping`).
+    fn end_stop_request(&mut self, why: String, out: &mut Vec<Action>) {
+        if let StopPhase::Requested(stop) = &self.stop {
+            out.push(Action::SavepointDone { ticket: stop.ticket, result: Err(why) });
+            self.stop = StopPhase::Running;
+        }
+    }
+
+    /// The `--drain` stop under way, if any.
+    fn drain_request(&self) -> Option<&SavepointRequest> {
+        match &self.stop {
+            StopPhase::Requested(s) if s.stop == Some(StopMode::Drain) => Some(s),
+            _ => None,
+        }
     }
 
     /// A savepoint (or stop-with-savepoint) request. Refused unless checkpointing is on, every
@@ -554,14 +571,14 @@ impl CheckpointCoordinator {
         if !self.enabled() {
             return refuse("savepoints need checkpointing: set execution.checkpointing.interval", out);
         }
-        if self.stop.is_some() || self.stopping {
+        if self.stop != StopPhase::Running {
             return refuse("the job is already stopping with a savepoint", out);
         }
         if !tasks.all_running() {
             return refuse("the job's tasks are not all running", out);
         }
         if request.stop.is_some() {
-            self.stop = Some(request.clone());
+            self.stop = StopPhase::Requested(request.clone());
         }
         if request.stop == Some(StopMode::Drain) {
             self.stop_signal_at = Some(now.instant);
@@ -596,7 +613,7 @@ impl CheckpointCoordinator {
                 self.fail(now, id, FailureReason::InputEnded, out);
             }
             // `weir stop --drain`: the final checkpoint is its savepoint.
-            let savepoint = self.stop.clone().filter(|s| s.stop == Some(StopMode::Drain));
+            let savepoint = self.drain_request().cloned();
             let id = self.start(CheckpointKind::Final, view.finishing, now, savepoint.clone());
             self.final_checkpoint = FinalCheckpoint::InFlight(id);
             out.push(Action::Trigger {
@@ -628,10 +645,10 @@ impl CheckpointCoordinator {
         if view.running == 0 || !view.job_active || self.stop_signal_at.is_some_and(|t| now.instant < t + STOP_REMINDER) {
             return;
         }
-        let draining = self.stop.as_ref().is_some_and(|s| s.stop == Some(StopMode::Drain)) && !view.inputs_ended();
+        let draining = self.drain_request().is_some() && !view.inputs_ended();
         if draining {
             out.push(Action::EndInput { attempt: self.attempt });
-        } else if let (true, Some(s)) = (self.stopping, &self.sync_savepoint) {
+        } else if let (StopPhase::Stopping, Some(s)) = (&self.stop, &self.sync_savepoint) {
             out.push(Action::RemindComplete { id: s.metadata.checkpoint_id, attempt: self.attempt });
         } else {
             return;
@@ -643,7 +660,7 @@ impl CheckpointCoordinator {
     /// not count against max-concurrent).
     fn due(&self, now: Instant) -> bool {
         let Some(interval) = self.settings.interval else { return false };
-        if self.stop.is_some() || self.stopping || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint) {
+        if self.stop != StopPhase::Running || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint) {
             return false;
         }
         if self.pending.values().filter(|p| p.kind != CheckpointKind::Savepoint).count() >= self.settings.max_concurrent {
@@ -838,8 +855,7 @@ impl CheckpointCoordinator {
         self.last_savepoint = Some(request.location.clone());
         out.push(Action::SavepointDone { ticket: request.ticket, result: Ok((id, request.location.clone())) });
         if request.stop.is_some() {
-            self.stop = None;
-            self.stopping = true;
+            self.stop = StopPhase::Stopping;
             self.stop_signal_at = Some(now.instant);
             self.sync_savepoint = Some(SyncSavepoint { location: request.location, metadata: meta });
             out.push(Action::NotifyComplete { id, attempt });
@@ -878,8 +894,8 @@ impl CheckpointCoordinator {
     fn fail(&mut self, now: Now, id: u64, reason: FailureReason, out: &mut Vec<Action>) {
         let Some(p) = self.pending.remove(&id) else { return };
         if let Some(request) = &p.savepoint {
-            if self.stop.as_ref().is_some_and(|s| s.ticket == request.ticket) {
-                self.stop = None;
+            if matches!(&self.stop, StopPhase::Requested(s) if s.ticket == request.ticket) {
+                self.stop = StopPhase::Running;
             }
             out.push(Action::SavepointDone { ticket: request.ticket, result: Err(reason.to_string()) });
         }
