@@ -130,8 +130,10 @@ keys! {
         "JobManager gRPC port; 0 picks a free port.";
     JOBMANAGER_CATALOG_DIR = "jobmanager.catalog.dir", "none", Text,
         "Directory where the JobManager records submitted jobs; a JobManager restarted on it resumes them from their latest checkpoint. `none`: no recovery.";
-    JOBMANAGER_BIND_HOST = "jobmanager.bind-host", "0.0.0.0", Text,
-        "Address the JobManager's gRPC server binds.";
+    JOBMANAGER_BIND_HOST = "jobmanager.bind-host", "none", Text,
+        "Address the JobManager's gRPC server binds; `none`: jobmanager.rpc.address when set, else 0.0.0.0.";
+    JOB_MAX_SIZE = "jobmanager.job.max-size", "4mb", Size,
+        "Largest job definition the JobManager accepts; a larger one is refused naming this key.";
     REST_PORT = "rest.port", "8081", Port,
         "Port of the REST API (reserved: served from the REST issue on).";
     HEARTBEAT_INTERVAL = "heartbeat.interval", "1s", Duration,
@@ -151,6 +153,16 @@ keys! {
     S3_REGION = "s3.region", "us-east-1", Text, "S3 region.";
     S3_PATH_STYLE = "s3.path.style.access", "false", Bool,
         "Address buckets as path segments (needed by MinIO and most S3-compatible stores).";
+    SECURITY_TOKEN = "security.token", "none", Text,
+        "Shared secret every gRPC call and data-plane connection must prove; also WEIR_SECURITY_TOKEN. `none`: no authentication.";
+    SSL_INTERNAL_ENABLED = "security.ssl.internal.enabled", "false", Bool,
+        "TLS with mutual authentication on gRPC and the data plane between JobManager, TaskManagers and clients.";
+    SSL_INTERNAL_CERT = "security.ssl.internal.cert", "none", Text,
+        "PEM file with this process's certificate chain (internal TLS).";
+    SSL_INTERNAL_KEY = "security.ssl.internal.key", "none", Text,
+        "PEM file with this process's private key (internal TLS).";
+    SSL_INTERNAL_TRUST_CERT = "security.ssl.internal.trust-cert", "none", Text,
+        "PEM file with the CA certificate(s) a peer's certificate must chain to (internal TLS).";
 }
 
 /// A configuration error: always names the key, and where the value came from when known.

@@ -279,7 +279,10 @@ impl S3Config {
 /// What a JobManager process needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobManagerConfig {
+    /// `jobmanager.bind-host`, else `jobmanager.rpc.address`, else `0.0.0.0`.
     pub bind_host: String,
+    /// `jobmanager.job.max-size`: the largest job definition accepted, in bytes.
+    pub job_max_size: usize,
     pub port: u16,
     /// Where submitted jobs are recorded for recovery; `None`: no recovery.
     pub catalog_dir: Option<String>,
@@ -291,7 +294,12 @@ pub struct JobManagerConfig {
 impl JobManagerConfig {
     pub fn from_config(c: &Config) -> Self {
         Self {
-            bind_host: c.get(keys::JOBMANAGER_BIND_HOST).to_string(),
+            bind_host: c
+                .text(keys::JOBMANAGER_BIND_HOST)
+                .or_else(|| c.text(keys::JOBMANAGER_ADDRESS))
+                .unwrap_or("0.0.0.0")
+                .to_string(),
+            job_max_size: c.size(keys::JOB_MAX_SIZE) as usize,
             port: c.int(keys::JOBMANAGER_PORT) as u16,
             catalog_dir: c.text(keys::JOBMANAGER_CATALOG_DIR).map(str::to_string),
             heartbeat_interval: c.duration(keys::HEARTBEAT_INTERVAL),
@@ -327,6 +335,70 @@ impl TaskManagerConfig {
             network: NetworkConfig::from_config(c),
             tmp_dir: c.text(keys::TASKMANAGER_TMP_DIRS).map(str::to_string),
         }
+    }
+}
+
+/// `security.*`: how processes of one cluster prove themselves to each other. Shared by every
+/// process and the CLI; never part of a job's configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// `security.token`, else the `WEIR_SECURITY_TOKEN` environment variable; `None`: no
+    /// authentication.
+    pub token: Option<String>,
+    /// `security.ssl.internal.*` when enabled: PEM paths for TLS with mutual authentication.
+    pub tls: Option<TlsPaths>,
+}
+
+/// PEM files of internal TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// This process's certificate chain.
+    pub cert: String,
+    /// This process's private key.
+    pub key: String,
+    /// The CA certificate(s) a peer's certificate must chain to.
+    pub trust_cert: String,
+}
+
+/// The environment variable a token may come from instead of `security.token`.
+pub const TOKEN_ENV: &str = "WEIR_SECURITY_TOKEN";
+
+/// Configuration keys that belong to the cluster, never to a job: a job file or submission
+/// that sets one is refused.
+pub fn is_cluster_only_key(key: &str) -> bool {
+    key.starts_with("security.")
+}
+
+impl SecurityConfig {
+    /// Reads `security.*` (and [`TOKEN_ENV`]); with TLS enabled, each of its three paths must be
+    /// set, else the error names the missing key.
+    pub fn from_config(c: &Config) -> Result<Self, ConfigError> {
+        let token = c.text(keys::SECURITY_TOKEN).map(str::to_string).or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()));
+        let tls = if c.bool(keys::SSL_INTERNAL_ENABLED) {
+            let path = |key: &str| {
+                c.text(key).map(str::to_string).ok_or_else(|| ConfigError::BadValue {
+                    key: key.to_string(),
+                    value: "none".to_string(),
+                    reason: format!("a PEM file is required when {} is true", keys::SSL_INTERNAL_ENABLED),
+                    origin: String::new(),
+                })
+            };
+            Some(TlsPaths {
+                cert: path(keys::SSL_INTERNAL_CERT)?,
+                key: path(keys::SSL_INTERNAL_KEY)?,
+                trust_cert: path(keys::SSL_INTERNAL_TRUST_CERT)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self { token, tls })
+    }
+}
+
+/// The token is a secret: debug output never shows it.
+impl std::fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityConfig").field("token", &self.token.as_ref().map(|_| "<set>")).field("tls", &self.tls).finish()
     }
 }
 
