@@ -95,7 +95,7 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
-            .add_service(JobManagerServiceServer::new(service))
+            .add_service(JobManagerServiceServer::new(service).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_shutdown.wait_for(|s| *s).await;
             })

@@ -195,7 +195,7 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
-            .add_service(TaskManagerServiceServer::new(service))
+            .add_service(TaskManagerServiceServer::new(service).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = srx.wait_for(|s| *s).await;
             })
