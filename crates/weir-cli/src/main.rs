@@ -302,7 +302,7 @@ async fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.log_format, "info");
             let jm = jobmanager_address(&jobmanager, &cfg)
                 .ok_or_else(|| anyhow!("no JobManager: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))?;
-            let settings = weir_taskmanager::TaskManagerSettings::from_config(&cfg, &jm);
+            let settings = weir_taskmanager::TaskManagerSettings::from_config(&cfg, &jm)?;
             let tm = weir_taskmanager::start(settings).await?;
             outln!("TaskManager {} rpc {} data {}", tm.id, tm.rpc_addr, tm.data_addr);
             wait_for_signal().await;

@@ -20,7 +20,7 @@ impl MiniCluster {
         let per_tm = TaskManagerConfig::from_config(cfg).slots.max(slots_needed.unwrap_or(0).div_ceil(n));
         let mut tms = Vec::new();
         for _ in 0..n {
-            let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string());
+            let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string())?;
             settings.config.host = "127.0.0.1".into();
             settings.config.slots = per_tm;
             tms.push(weir_taskmanager::start(settings).await?);

@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use weir_core::config::Config;
 use weir_core::operator::ConnectorFactory;
 use weir_core::retry::{retry, Backoff, Failure};
-use weir_core::settings::TaskManagerConfig;
+use weir_core::settings::{SecurityConfig, TaskManagerConfig};
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
 use weir_proto::{
@@ -49,17 +49,23 @@ pub struct TaskManagerSettings {
     pub config: TaskManagerConfig,
     /// Working directory for state (RocksDB instances), from `taskmanager.tmp.dirs`.
     pub local_dir: std::path::PathBuf,
+    /// `security.*`: the token and TLS files of its gRPC server, its JobManager client and its
+    /// data plane.
+    pub security: SecurityConfig,
 }
 
 impl TaskManagerSettings {
-    pub fn from_config(config: &Config, jobmanager: &str) -> Self {
+    /// Fails only for `security.*` settings that do not hold together (TLS without its files).
+    pub fn from_config(config: &Config, jobmanager: &str) -> Result<Self, weir_core::ConfigError> {
+        let security = SecurityConfig::from_config(config)?;
         let config = TaskManagerConfig::from_config(config);
-        Self {
+        Ok(Self {
             id: format!("tm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             jobmanager: jobmanager.to_string(),
             local_dir: config.tmp_dir.clone().map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir),
             config,
-        }
+            security,
+        })
     }
 }
 
