@@ -248,9 +248,21 @@ impl InputGate {
     }
 
     /// Queues an item from the network. The remote sender only sends buffers against credits
-    /// this gate granted, so this never waits. Items arriving after the gate failed are dropped.
-    pub fn push_remote(&self, channel: usize, item: Item) {
-        let _ = self.push(channel, item);
+    /// this gate granted, so this never waits: a buffer beyond them is an error (the sender
+    /// ignores flow control; the caller closes its connection). Items arriving after the gate
+    /// failed are dropped.
+    pub fn push_remote(&self, channel: usize, item: Item) -> Result<(), String> {
+        let mut inner = self.inner.lock();
+        if inner.failure.is_some() {
+            return Ok(());
+        }
+        if item.is_buffer() && inner.channels[channel].buffers >= self.credits {
+            return Err(format!("a buffer beyond the {} credits granted", self.credits));
+        }
+        Self::enqueue(&mut inner, channel, item);
+        drop(inner);
+        self.waker.notify();
+        Ok(())
     }
 
     /// Puts `event` ahead of the buffers queued on `channel`, right after the last queued event,
@@ -593,8 +605,8 @@ mod tests {
         }
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let gate = InputGate::new(2, vec![Some(counter.clone() as Arc<dyn CreditReturn>)]);
-        gate.push_remote(0, batch(1));
-        gate.push_remote(0, Item::Event(Event::EndOfPartition));
+        gate.push_remote(0, batch(1)).unwrap();
+        gate.push_remote(0, Item::Event(Event::EndOfPartition)).unwrap();
         assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
         assert!(matches!(gate.poll(None), GatePoll::Item(0, Item::Event(_))));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "events take no credit");

@@ -4,17 +4,38 @@
 //! One TCP connection per pair of TaskManagers carries every logical channel between them, in
 //! both directions. To make "one per pair" hold without a race, only the TaskManager with the
 //! smaller id dials; the other waits for it. A [`PeerLink`] is the logical link to one peer: it
-//! exists from the moment a channel needs it, queues work until the socket is up, and then
-//! runs one writer and one reader task on it.
+//! exists from the moment a channel needs it, queues work until the connection is up, and then
+//! runs one writer (buffered) and one reader (buffered) task on it.
+//!
+//! A new connection first runs TLS with mutual authentication if `security.ssl.internal.enabled`,
+//! then the handshake of [`handshake`]: the acceptor sends a nonce, the dialer answers with its
+//! TaskManager id and, with `security.token`, an HMAC of the nonce and its id under the token;
+//! the acceptor answers with its own proof. A peer that fails any step is refused, with a log
+//! on both sides naming the other; the whole exchange has 10 s. See `docs/security.md`.
 //!
 //! ## Frames
-//! `u32 length | u8 kind | body`, big-endian. Kinds: `HELLO` (the dialer's TaskManager id),
+//! `u32 length | u8 kind | body`, big-endian (see [`frame`]). Kinds after the handshake:
 //! `BUFFER` (channel id + Arrow IPC batch), `EVENT` and `PRIORITY_EVENT` (channel id + event),
-//! `ANNOUNCE` and `CREDIT` (channel id + u32 count).
+//! `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel id
+//! (32 bytes, [`ChannelId::encode`]).
 //!
-//! `length` counts the kind byte and the body; 0 or more than 256 MiB is taken for a corrupt
-//! stream and breaks the connection. `HELLO` is the first frame a dialer sends, and the only
-//! one whose body does not start with a channel id (32 bytes, [`ChannelId::encode`]).
+//! `length` counts the kind byte and the body. It is checked before anything is allocated:
+//! during the handshake no frame may exceed 1 KiB; after it, a buffer may be up to
+//! [`frame::max_buffer_len`] (64 × `taskmanager.memory.segment-size`, at least 64 MiB: a
+//! buffer is about a segment, but one wide row or schema may exceed it). A larger length, an
+//! unknown kind, a truncated channel id or a body that does not parse is a protocol violation:
+//! that connection closes, with a warning naming the peer, and only the channels on it fail.
+//! Even a frame within the limit is allocated as its bytes arrive, not as announced. A sending
+//! task whose buffer exceeds the limit fails with an error saying so.
+//!
+//! ## Who may send what
+//! A frame about a channel is taken only from the TaskManager that owns its other end: data and
+//! events only from the peer the input channel was registered with
+//! ([`NetworkEnvironment::register_input`]), `ANNOUNCE` and `CREDIT` only from the peer the
+//! sending end sends to. A frame naming a channel another peer owns, or a buffer beyond the
+//! credits granted, is a protocol violation (the connection closes); a frame for a channel
+//! nobody registered (a released attempt) is dropped.
+//!
 //! `ANNOUNCE` and `CREDIT` flow from the receiving TaskManager to the sending one, against the
 //! channel's data. A `PRIORITY_EVENT` overtook the buffers queued at the sender, and the
 //! receiver queues it ahead of the buffers waiting in its gate too.
@@ -28,18 +49,18 @@
 //! no further input once `taskmanager.network.sender-queue-buffers` buffers wait for credit
 //! (it never blocks in the send itself): that is backpressure.
 //!
-//! The announcement may arrive before the sending task is deployed, so it creates the sending
-//! end; a returned credit never does. Once its end of partition went out, a subpartition is
-//! dropped, and the credits the receiver still returns for the buffers it takes afterwards are
-//! ignored: they cannot bring back a channel that would never end.
+//! The announcement may arrive before the sending task is deployed: it is then kept on its link
+//! as a pending announcement, which the sending end takes when it is registered for that peer.
+//! A returned credit never creates anything. Once its end of partition went out, a subpartition
+//! is dropped, and the credits the receiver still returns for the buffers it takes afterwards
+//! are ignored: they cannot bring back a channel that would never end.
 //!
 //! A broken connection fails every channel that used it, on both ends, naming the peer.
 //!
 //! ## Attempts
 //! A channel id includes the job's attempt. After a restart, frames and credits of the failed
 //! attempt that are still in flight name channels nobody registered any more: data is
-//! dropped, credits are ignored. They never reach the new attempt's gates or senders (but see
-//! the `ANNOUNCE` limitation below).
+//! dropped, credits are ignored. They never reach the new attempt's gates or senders.
 //!
 //! ## Threads
 //! Each link has one writer and one reader, tokio tasks on the runtime `start` ran in. Task
@@ -48,46 +69,47 @@
 //! `BUFFER` bodies to the gate still encoded, for the receiving task to decode.
 //!
 //! ## Known limitations
-//! - Only the dialing side gives up (9 attempts, about 4.5 s of backoff in all). The side that
-//!   waits to be dialed has no timeout: its sending tasks block once their queues are full, until
-//!   the connection comes or the job is released.
-//! - An `ANNOUNCE` for a channel whose attempt this side has already released creates a
-//!   sending end that nobody writes to; it stays (and the writer scans it on every wake) until
-//!   the link breaks.
+//! - Only the dialing side gives up (9 attempts, about 4.5 s of backoff in all; at once if it
+//!   was refused). The side that waits to be dialed has no timeout: its sending tasks block once
+//!   their queues are full, until the connection comes or the job is released.
+//! - An `ANNOUNCE` for a channel whose attempt this side has already released stays a pending
+//!   announcement until the link breaks (at most [`MAX_PENDING_ANNOUNCES`] per link; more is
+//!   a protocol violation).
+//! - Without a token, a TaskManager id in `HELLO` is claimed, not proven: whoever reaches the
+//!   data port first as a given id holds that peer's link.
+
+mod frame;
+mod handshake;
+#[cfg(test)]
+mod hostile_peers;
+
+pub use frame::max_buffer_len;
+pub use handshake::{NetSecurity, SecurityError};
 
 use crate::buffer::{encode_batch, ChannelId, Event, Item};
 use crate::gate::{CreditReturn, InputGate};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT};
+use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, HANDSHAKE_TIMEOUT};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use weir_core::retry::{retry, Backoff, Failure};
+use weir_core::settings::NetworkConfig;
 
-/// First frame of a connection: the dialer's TaskManager id, UTF-8.
-const HELLO: u8 = 0;
-/// Channel id + one Arrow IPC-encoded batch; sent only against a credit.
-const BUFFER: u8 = 1;
-/// Channel id + an encoded [`Event`]; needs no credit.
-const EVENT: u8 = 2;
-/// Channel id + `u32` n: the receiver took n buffers off the channel (always 1 today), so the
-/// sender may send n more. Ignored if the sending end is gone.
-const CREDIT: u8 = 3;
-/// Channel id + `u32` n: the receiving channel is registered and grants n credits. The sender
-/// sends nothing on a channel before this; it creates the sending end if the sending task is
-/// not deployed yet.
-const ANNOUNCE: u8 = 4;
-/// Channel id + an encoded [`Event`] sent with priority: the receiver queues it ahead of the
-/// buffers waiting in the channel's queue (see [`InputGate::push_priority`]).
-const PRIORITY_EVENT: u8 = 5;
 /// How a link dials its peer: 9 attempts, 50 ms apart doubling up to 1 s (about 4.5 s in all).
 const DIAL_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1)).with_max_attempts(9);
-/// Upper bound on one frame, against corrupt length prefixes.
-const MAX_FRAME: usize = 256 << 20;
+/// Announcements a link keeps for sending ends not registered yet. Far above what two
+/// TaskManagers need (a channel waits only until its sending task is deployed), low enough that
+/// a peer cannot fill memory with announcements of channels that never come.
+pub const MAX_PENDING_ANNOUNCES: usize = 1 << 18;
+/// The reader's buffer: many small frames (credits, events) per system call.
+const READ_BUFFER: usize = 64 << 10;
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +117,17 @@ pub enum NetError {
     /// The data port could not be bound (in use, not permitted, not an address of this host).
     #[error("cannot bind the data port {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    /// `security.*` could not be loaded (a PEM file, a TLS configuration).
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
-/// Where the frames of a registered remote input channel go: channel `index` of `gate`.
+/// Where the frames of a registered remote input channel go: channel `index` of `gate`, fed by
+/// TaskManager `peer` only.
 struct InputRegistration {
     gate: Arc<InputGate>,
     index: usize,
+    peer: String,
 }
 
 /// A TaskManager's data-plane endpoint: its listener, its links to peers, and the channels
@@ -113,13 +140,17 @@ pub struct NetworkEnvironment {
     /// `taskmanager.network.sender-queue-buffers`: buffers one remote subpartition queues beyond
     /// its credits before its sending task blocks.
     sender_queue_buffers: usize,
+    /// The largest buffer body sent or received ([`frame::max_buffer_len`] of the segment size).
+    max_buffer: usize,
+    /// Token and TLS of every connection.
+    security: NetSecurity,
     /// The current link per peer id. A broken link is removed, and replaced on next use.
     peers: Mutex<HashMap<String, Arc<PeerLink>>>,
     /// Remote input channels registered here. Data for any other channel id is dropped.
     inputs: Mutex<HashMap<ChannelId, InputRegistration>>,
-    /// Sending ends by channel id, created by `register_output` or by an `ANNOUNCE`, whichever
-    /// comes first; removed once their end of partition went out, on release, or when their link
-    /// breaks.
+    /// Sending ends by channel id, created by `register_output` (taking the announcement if it
+    /// came first); removed once their end of partition went out, on release, or when their
+    /// link breaks.
     outputs: Mutex<HashMap<ChannelId, Arc<RemoteSubpartition>>>,
     /// The runtime that dials run on (callers of `link` may be threads outside any runtime).
     runtime: tokio::runtime::Handle,
@@ -128,15 +159,26 @@ pub struct NetworkEnvironment {
 impl NetworkEnvironment {
     /// Binds the data port and starts accepting peers. Must be called inside a tokio runtime,
     /// which then runs every link's writer and reader. `bind` is `host:port`; port 0 picks a
-    /// free port (see [`NetworkEnvironment::local_addr`]). The accept loop ends once the
-    /// environment is dropped (at the next accepted connection).
-    pub async fn start(tm_id: &str, bind: &str, sender_queue_buffers: usize) -> Result<Arc<Self>, NetError> {
+    /// free port (see [`NetworkEnvironment::local_addr`]). `network` gives the segment size
+    /// (hence the frame limit) and the sender queues; `security` the token and TLS of every
+    /// connection. The accept loop ends once the environment is dropped (at the next accepted
+    /// connection).
+    pub async fn start(tm_id: &str, bind: &str, network: &NetworkConfig, security: NetSecurity) -> Result<Arc<Self>, NetError> {
         let listener = TcpListener::bind(bind).await.map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
         let local_addr = listener.local_addr().map_err(|source| NetError::Bind { addr: bind.to_string(), source })?;
+        if !security.has_token() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local_addr,
+                "the data port listens on a non-loopback address without {}: anyone who reaches it can join as a TaskManager",
+                weir_core::config::keys::SECURITY_TOKEN
+            );
+        }
         let env = Arc::new(Self {
             tm_id: tm_id.to_string(),
             local_addr,
-            sender_queue_buffers,
+            sender_queue_buffers: network.sender_queue_buffers,
+            max_buffer: max_buffer_len(network.segment_size),
+            security,
             peers: Mutex::new(HashMap::new()),
             inputs: Mutex::new(HashMap::new()),
             outputs: Mutex::new(HashMap::new()),
@@ -145,13 +187,13 @@ impl NetworkEnvironment {
         let weak = Arc::downgrade(&env);
         tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else {
+                let Ok((socket, remote)) = listener.accept().await else {
                     // Out of file descriptors, most likely: pause rather than spin.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 let Some(env) = weak.upgrade() else { return };
-                tokio::spawn(async move { env.accept(socket).await });
+                tokio::spawn(async move { env.accept(socket, remote).await });
             }
         });
         Ok(env)
@@ -167,18 +209,41 @@ impl NetworkEnvironment {
         &self.tm_id
     }
 
-    /// An incoming connection: reads `HELLO` (within 30 s, else the socket is dropped), then
-    /// attaches the socket to the link for that peer, creating the link if no channel needed it
-    /// yet. A connection for a link that already has one is dropped.
-    async fn accept(self: Arc<Self>, mut socket: TcpStream) {
+    /// An incoming connection: runs TLS (if enabled) and the accepting side of the handshake
+    /// within [`HANDSHAKE_TIMEOUT`], then attaches the connection to the link for that peer,
+    /// creating the link if no channel needed it yet. A refused connection is logged with the
+    /// remote address and closed.
+    async fn accept(self: Arc<Self>, socket: TcpStream, remote: SocketAddr) {
         let _ = socket.set_nodelay(true);
-        let hello = match tokio::time::timeout(Duration::from_secs(30), read_frame(&mut socket)).await {
-            Ok(Ok((HELLO, body))) => body,
-            _ => return,
+        let env = &self;
+        let handshake = async move {
+            let mut conn = env.security.server(socket).await?;
+            let peer = handshake::accept(&mut conn, &env.security, &env.tm_id, |peer| env.admit(peer)).await?;
+            Ok::<_, HandshakeError>((conn, peer))
         };
-        let Ok(peer_id) = std::str::from_utf8(&hello) else { return };
-        let link = self.link(peer_id, None);
-        link.attach(self.clone(), socket);
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok((conn, peer))) => {
+                let link = self.link(&peer, None);
+                link.attach(self.clone(), conn, remote);
+            }
+            Ok(Err(e)) => tracing::warn!(%remote, "refused a data connection: {e}"),
+            Err(_) => tracing::warn!(%remote, "refused a data connection: no handshake within {HANDSHAKE_TIMEOUT:?}"),
+        }
+    }
+
+    /// Whether a peer that passed the handshake may have a connection: it must be the side that
+    /// dials (the smaller id), and have none open already.
+    fn admit(&self, peer: &str) -> Result<(), String> {
+        if peer >= self.tm_id.as_str() {
+            return Err(format!("TaskManager {peer} dialed TaskManager {}: only the smaller id dials", self.tm_id));
+        }
+        if let Some(link) = self.peers.lock().get(peer) {
+            let st = link.state.lock();
+            if st.attached && st.broken.is_none() {
+                return Err(format!("TaskManager {} already has a data connection from TaskManager {peer}", self.tm_id));
+            }
+        }
+        Ok(())
     }
 
     /// The link to `peer`, created (and, if this side dials, connected) on first use.
@@ -206,13 +271,14 @@ impl NetworkEnvironment {
     }
 
     /// Registers input channel `index` of `gate`, fed by `peer`, and announces its credits.
+    /// Frames for this channel are then taken from `peer`'s connection only.
     ///
     /// The `ANNOUNCE` frame grants the gate's credits per channel and tells the sender the
     /// channel exists; data may follow at once, so the gate must be ready and registered before
     /// its task runs (the TaskManager registers every remote input, then starts the tasks).
     pub fn register_input(self: &Arc<Self>, id: ChannelId, gate: Arc<InputGate>, index: usize, peer: &str, peer_addr: &str) {
         let credits = gate.credits_per_channel() as u32;
-        self.inputs.lock().insert(id, InputRegistration { gate, index });
+        self.inputs.lock().insert(id, InputRegistration { gate, index, peer: peer.to_string() });
         let link = self.link(peer, Some(peer_addr));
         link.push_credit(ANNOUNCE, id, credits);
     }
@@ -225,16 +291,10 @@ impl NetworkEnvironment {
         Arc::new(RemoteCredits { links })
     }
 
-    /// The sending end of channel `id` towards `peer`. If the receiver's `ANNOUNCE` came first,
-    /// this is the end it created. Nothing is sent before the announcement.
+    /// The sending end of channel `id` towards `peer`. If `peer`'s `ANNOUNCE` came first, the
+    /// end starts with its credits. Nothing is sent before the announcement.
     pub fn register_output(self: &Arc<Self>, id: ChannelId, peer: &str, peer_addr: &str) -> Arc<RemoteSubpartition> {
         let link = self.link(peer, Some(peer_addr));
-        self.output(id, &link)
-    }
-
-    /// Gets or creates the sending end of `id` and adds it to `link`'s writer (on a broken link,
-    /// it fails at once with the link's reason).
-    fn output(&self, id: ChannelId, link: &Arc<PeerLink>) -> Arc<RemoteSubpartition> {
         let mut outputs = self.outputs.lock();
         let sub = outputs
             .entry(id)
@@ -244,18 +304,25 @@ impl NetworkEnvironment {
                     state: Mutex::new(SubState { capacity: self.sender_queue_buffers, ..Default::default() }),
                     space: Condvar::new(),
                     link: link.clone(),
+                    max_buffer: self.max_buffer,
                 })
             })
             .clone();
+        // Under the outputs lock, as the reader's `announce`: an announcement is either pending
+        // here or finds the sending end.
+        let pending = link.state.lock().pending_announces.remove(&id);
         drop(outputs);
+        if let Some(n) = pending {
+            sub.add_credit(n);
+        }
         link.add_subpartition(&sub);
         sub
     }
 
     /// Drops every channel of one job attempt: queued data is discarded and blocked senders are
-    /// released with `reason`; the input registrations are removed, so later data for them is
-    /// dropped. Gates are not failed here: the TaskManager cancels the attempt's tasks, which
-    /// fails their gates, before calling this.
+    /// released with `reason`; pending announcements and input registrations are removed, so
+    /// later data for them is dropped. Gates are not failed here: the TaskManager cancels the
+    /// attempt's tasks, which fails their gates, before calling this.
     pub fn release_job(&self, job: u128, attempt: u32, reason: &str) {
         let subs: Vec<_> = {
             let mut outputs = self.outputs.lock();
@@ -265,6 +332,10 @@ impl NetworkEnvironment {
         for s in subs {
             s.fail(reason);
             s.link.remove_subpartition(&s.id);
+        }
+        let links: Vec<_> = self.peers.lock().values().cloned().collect();
+        for link in links {
+            link.state.lock().pending_announces.retain(|k, _| !(k.job == job && k.attempt == attempt));
         }
         self.release_inputs(job, attempt);
     }
@@ -289,7 +360,11 @@ impl NetworkEnvironment {
                 peers.remove(&link.peer);
             }
         }
-        let subs: Vec<_> = link.state.lock().subs.drain(..).collect();
+        let subs: Vec<_> = {
+            let mut st = link.state.lock();
+            st.pending_announces.clear();
+            st.subs.drain(..).collect()
+        };
         for s in &subs {
             s.fail(reason);
             self.outputs.lock().remove(&s.id);
@@ -304,20 +379,66 @@ impl NetworkEnvironment {
         }
     }
 
-    /// Hands an incoming buffer or event to its registered gate channel, in arrival order.
-    fn deliver(&self, id: ChannelId, item: Item) {
-        if let Some(reg) = self.inputs.lock().get(&id) {
-            reg.gate.push_remote(reg.index, item);
+    /// Hands a buffer or event that arrived from `peer` to its registered gate channel, in
+    /// arrival order. A channel nobody registered belongs to a cancelled or finished task: the
+    /// item is dropped. A channel another peer feeds, or a buffer beyond the credits granted,
+    /// is an error: the connection is not the channel's.
+    fn deliver(&self, peer: &str, id: ChannelId, item: Item) -> Result<(), String> {
+        let inputs = self.inputs.lock();
+        let Some(reg) = inputs.get(&id) else { return Ok(()) };
+        if reg.peer != peer {
+            return Err(format!("TaskManager {peer} sent data for channel {id:?}, which TaskManager {} feeds", reg.peer));
         }
-        // A channel that is not registered belongs to a cancelled or finished task: dropped.
+        reg.gate.push_remote(reg.index, item).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
     }
 
-    /// Hands an incoming priority event to its registered gate channel, ahead of its queued
-    /// buffers.
-    fn deliver_priority(&self, id: ChannelId, event: Event) {
-        if let Some(reg) = self.inputs.lock().get(&id) {
-            let _ = reg.gate.push_priority(reg.index, event);
+    /// Hands a priority event that arrived from `peer` to its registered gate channel, ahead of
+    /// its queued buffers; checked as [`NetworkEnvironment::deliver`].
+    fn deliver_priority(&self, peer: &str, id: ChannelId, event: Event) -> Result<(), String> {
+        let inputs = self.inputs.lock();
+        let Some(reg) = inputs.get(&id) else { return Ok(()) };
+        if reg.peer != peer {
+            return Err(format!("TaskManager {peer} sent an event for channel {id:?}, which TaskManager {} feeds", reg.peer));
         }
+        let _ = reg.gate.push_priority(reg.index, event);
+        Ok(())
+    }
+
+    /// An `ANNOUNCE` from `link`'s peer: grants credits to the sending end if it exists (it must
+    /// send to that peer), else keeps the announcement on the link until it is registered.
+    fn announce(&self, link: &PeerLink, id: ChannelId, n: u32) -> Result<(), String> {
+        let outputs = self.outputs.lock();
+        if let Some(sub) = outputs.get(&id) {
+            if sub.link.peer != link.peer {
+                return Err(format!("TaskManager {} announced channel {id:?}, which sends to TaskManager {}", link.peer, sub.link.peer));
+            }
+            sub.add_credit(n);
+            drop(outputs);
+            link.notify_writer();
+            return Ok(());
+        }
+        let mut st = link.state.lock();
+        if st.pending_announces.len() >= MAX_PENDING_ANNOUNCES && !st.pending_announces.contains_key(&id) {
+            return Err(format!("TaskManager {} announced more than {MAX_PENDING_ANNOUNCES} channels not deployed here", link.peer));
+        }
+        let credits = st.pending_announces.entry(id).or_default();
+        *credits = credits.saturating_add(n);
+        Ok(())
+    }
+
+    /// A `CREDIT` from `link`'s peer: grants credits to the sending end, which must send to that
+    /// peer; ignored if the end is gone (its end of partition went out, or it was released).
+    fn credit(&self, link: &PeerLink, id: ChannelId, n: u32) -> Result<(), String> {
+        let Some(sub) = self.outputs.lock().get(&id).cloned() else { return Ok(()) };
+        if sub.link.peer != link.peer {
+            return Err(format!(
+                "TaskManager {} returned a credit for channel {id:?}, which sends to TaskManager {}",
+                link.peer, sub.link.peer
+            ));
+        }
+        sub.add_credit(n);
+        link.notify_writer();
+        Ok(())
     }
 }
 
@@ -330,14 +451,18 @@ struct LinkState {
     subs: Vec<Arc<RemoteSubpartition>>,
     /// Input channels whose credits went out on this link (their data comes back on it).
     input_channels: Vec<ChannelId>,
+    /// Credits the peer announced for channels whose sending end is not registered yet.
+    pending_announces: HashMap<ChannelId, u32>,
     /// Why the link broke; set once. A broken link is never used again.
     broken: Option<String>,
-    /// A socket is attached; another one for this link is dropped.
+    /// A connection is attached; another one for this link is dropped.
     attached: bool,
+    /// The attached connection's remote address, for logs.
+    remote: Option<SocketAddr>,
 }
 
 /// The logical link to one peer TaskManager: exists as soon as a channel needs it, queues
-/// credits and data until its socket is attached, then runs one writer and one reader on it.
+/// credits and data until its connection is attached, then runs one writer and one reader on it.
 pub struct PeerLink {
     /// The peer's TaskManager id.
     peer: String,
@@ -382,27 +507,35 @@ impl PeerLink {
         self.state.lock().subs.retain(|s| &s.id != id);
     }
 
-    /// Connects to the peer at `addr` and sends `HELLO`, retrying per [`DIAL_RETRY`] (the shared
-    /// [`weir_core::retry`] helper). If all fail, the link breaks, failing every channel on it with a reason
-    /// naming the peer and the address.
+    /// Connects to the peer at `addr` and runs TLS (if enabled) and the dialing side of the
+    /// handshake within [`HANDSHAKE_TIMEOUT`], retrying per [`DIAL_RETRY`] (the shared
+    /// [`weir_core::retry`] helper) while the failure may pass (not after a refusal or a TLS
+    /// error). If all fail, the link breaks, failing every channel on it with a reason naming the
+    /// peer, the address and the last error.
     async fn dial(self: Arc<Self>, env: Arc<NetworkEnvironment>, addr: String) {
-        let (addr_ref, env_ref) = (&addr, &env);
+        let (addr_ref, env_ref, peer) = (&addr, &env, self.peer.as_str());
         let connect = || async move {
-            let mut socket = TcpStream::connect(addr_ref).await?;
-            let _ = socket.set_nodelay(true);
-            let mut frame = BytesMut::new();
-            put_frame(&mut frame, HELLO, env_ref.tm_id.as_bytes());
-            socket.write_all(&frame).await?;
-            Ok::<_, std::io::Error>(socket)
+            let attempt = async {
+                let socket = TcpStream::connect(addr_ref).await?;
+                let _ = socket.set_nodelay(true);
+                let remote = socket.peer_addr()?;
+                let mut conn = env_ref.security.client(socket, addr_ref).await?;
+                handshake::dial(&mut conn, &env_ref.security, &env_ref.tm_id, peer).await?;
+                Ok::<_, HandshakeError>((conn, remote))
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(HandshakeError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake within 10 s"))),
+            }
         };
-        let log = |f: &Failure<'_, std::io::Error>| {
+        let log = |f: &Failure<'_, HandshakeError>| {
             tracing::debug!(peer = %self.peer, addr = %addr_ref, attempt = f.attempt, "dial failed: {}", f.error);
-            true
+            f.error.is_transient()
         };
         match retry(&DIAL_RETRY, connect, log).await {
-            Ok(socket) => self.attach(env, socket),
-            Err(_) => {
-                let reason = format!("cannot open a data connection to TaskManager {} at {addr}", self.peer);
+            Ok((conn, remote)) => self.attach(env, conn, remote),
+            Err(e) => {
+                let reason = format!("cannot open a data connection to TaskManager {} at {addr}: {e}", self.peer);
                 self.break_link(&env, &reason);
             }
         }
@@ -412,43 +545,49 @@ impl PeerLink {
     /// on this side, and wakes the writer so it exits. The peer notices the closed socket and
     /// fails its side.
     fn break_link(&self, env: &NetworkEnvironment, reason: &str) {
-        {
+        let remote = {
             let mut st = self.state.lock();
             if st.broken.is_some() {
                 return;
             }
             st.broken = Some(reason.to_string());
+            st.remote
+        };
+        match remote {
+            Some(remote) => tracing::warn!(peer = %self.peer, %remote, "{reason}"),
+            None => tracing::warn!(peer = %self.peer, "{reason}"),
         }
-        tracing::warn!(peer = %self.peer, "{reason}");
         env.on_link_broken(self, reason);
         self.notify.notify_one();
     }
 
-    /// Starts the writer and reader on `socket`, unless a socket is already attached or the link
-    /// broke. A writer error, or the reader's end (closed by the peer, or an error), breaks the
-    /// link; a writer that stops because the link broke does nothing more.
-    fn attach(self: Arc<Self>, env: Arc<NetworkEnvironment>, socket: TcpStream) {
+    /// Starts the writer and reader on `conn` (from `remote`), unless a connection is already
+    /// attached or the link broke. A writer error, or the reader's end (closed by the peer, an
+    /// error, a protocol violation), breaks the link; a writer that stops because the link broke
+    /// does nothing more.
+    fn attach(self: Arc<Self>, env: Arc<NetworkEnvironment>, conn: Connection, remote: SocketAddr) {
         {
             let mut st = self.state.lock();
             if st.attached || st.broken.is_some() {
                 return; // one connection per pair: a duplicate is dropped
             }
             st.attached = true;
+            st.remote = Some(remote);
         }
-        let (read, write) = socket.into_split();
+        let (read, write) = conn.into_split();
         self.notify_writer();
         let (link, env2) = (self.clone(), env.clone());
         tokio::spawn(async move {
             let reason = match link.clone().write_loop(&env2, write).await {
                 Ok(()) => return,
-                Err(e) => format!("data connection to TaskManager {} lost: {e}", link.peer),
+                Err(e) => format!("data connection to TaskManager {} at {remote} lost: {e}", link.peer),
             };
             link.break_link(&env2, &reason);
         });
         tokio::spawn(async move {
             let reason = match self.clone().read_loop(&env, read).await {
-                Ok(()) => format!("data connection to TaskManager {} closed", self.peer),
-                Err(e) => format!("data connection to TaskManager {} lost: {e}", self.peer),
+                Ok(()) => format!("data connection to TaskManager {} at {remote} closed", self.peer),
+                Err(e) => format!("data connection to TaskManager {} at {remote} failed: {e}", self.peer),
             };
             self.break_link(&env, &reason);
         });
@@ -466,7 +605,7 @@ impl PeerLink {
     /// sending end whose end of partition went out is dropped, from the link and from `outputs`,
     /// so late credits for it find nothing. Each round scans every sending end of the link.
     /// Returns `Ok` only when the link broke.
-    async fn write_loop(self: Arc<Self>, env: &NetworkEnvironment, write: tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+    async fn write_loop(self: Arc<Self>, env: &NetworkEnvironment, write: WriteHalf) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(256 << 10, write);
         let mut frames: Vec<(u8, ChannelId, Bytes)> = Vec::new();
         let mut head = BytesMut::with_capacity(64);
@@ -502,91 +641,35 @@ impl PeerLink {
             }
             for (kind, id, body) in frames.drain(..) {
                 head.clear();
-                put_frame_header(&mut head, kind, Some(&id), body.len());
+                frame::put_frame_header(&mut head, kind, Some(&id), body.len());
                 out.write_all(&head).await?;
                 out.write_all(&body).await?;
             }
         }
     }
 
-    /// The reader: dispatches frames until the peer closes (`Ok`) or an error. `BUFFER` and
-    /// `EVENT` go to the registered gate channel (dropped if none); `ANNOUNCE` creates the sending
-    /// end if needed and grants credits; `CREDIT` grants credits to an existing sending end only.
-    /// A malformed frame is an error, which breaks the link.
-    async fn read_loop(self: Arc<Self>, env: &Arc<NetworkEnvironment>, mut read: tokio::net::tcp::OwnedReadHalf) -> std::io::Result<()> {
+    /// The reader: dispatches frames until the peer closes (`Ok`) or an error, which names what
+    /// the peer did wrong. Data and events go to the registered gate channel (dropped if none),
+    /// `ANNOUNCE` and `CREDIT` to the sending end; each only if this peer owns the channel's
+    /// other end (see the module header). Any violation is an error, which breaks the link.
+    async fn read_loop(self: Arc<Self>, env: &Arc<NetworkEnvironment>, read: ReadHalf) -> Result<(), String> {
+        let mut read = BufReader::with_capacity(READ_BUFFER, read);
+        let max = env.max_buffer + FRAME_OVERHEAD;
         loop {
-            let (kind, mut body) = match read_frame(&mut read).await {
+            let (kind, body) = match read_frame(&mut read, max).await {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
+                Err(FrameError::Closed) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
             };
-            let id = ChannelId::decode(&mut body).ok_or_else(|| invalid("frame without a channel id"))?;
-            match kind {
-                BUFFER => env.deliver(id, Item::Encoded(body)),
-                EVENT => {
-                    let ev = Event::decode(&body).map_err(|e| invalid(&e))?;
-                    env.deliver(id, Item::Event(ev));
-                }
-                PRIORITY_EVENT => {
-                    let ev = Event::decode(&body).map_err(|e| invalid(&e))?;
-                    env.deliver_priority(id, ev);
-                }
-                ANNOUNCE | CREDIT => {
-                    if body.len() < 4 {
-                        return Err(invalid("short credit frame"));
-                    }
-                    let n = body.get_u32();
-                    let sub = if kind == ANNOUNCE {
-                        Some(env.output(id, &self))
-                    } else {
-                        // None: the channel already sent its end of partition, or was released.
-                        env.outputs.lock().get(&id).cloned()
-                    };
-                    if let Some(sub) = sub {
-                        sub.add_credit(n);
-                        self.notify_writer();
-                    }
-                }
-                other => return Err(invalid(&format!("unknown frame kind {other}"))),
+            match Frame::decode(kind, body).map_err(|e| e.to_string())? {
+                Frame::Buffer(id, body) => env.deliver(&self.peer, id, Item::Encoded(body))?,
+                Frame::Event(id, event) => env.deliver(&self.peer, id, Item::Event(event))?,
+                Frame::PriorityEvent(id, event) => env.deliver_priority(&self.peer, id, event)?,
+                Frame::Announce(id, n) => env.announce(&self, id, n)?,
+                Frame::Credit(id, n) => env.credit(&self, id, n)?,
             }
         }
     }
-}
-
-/// A protocol violation, as an I/O error that breaks the link.
-fn invalid(msg: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
-}
-
-/// Appends one frame whose body has no channel id (`HELLO`).
-fn put_frame(buf: &mut BytesMut, kind: u8, body: &[u8]) {
-    put_frame_header(buf, kind, None, body.len());
-    buf.put_slice(body);
-}
-
-/// Appends a frame's header: `u32 length | u8 kind`, then the channel id if it has one; the body
-/// (`body_len` bytes) follows. The one place the frame layout is written; [`read_frame`] reads it.
-fn put_frame_header(buf: &mut BytesMut, kind: u8, id: Option<&ChannelId>, body_len: usize) {
-    let id_len = if id.is_some() { ChannelId::ENCODED_LEN } else { 0 };
-    buf.put_u32((1 + id_len + body_len) as u32);
-    buf.put_u8(kind);
-    if let Some(id) = id {
-        id.encode(buf);
-    }
-}
-
-/// Reads one frame and returns its kind and the body after it. A length of 0 or above
-/// `MAX_FRAME` is an error.
-async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, Bytes)> {
-    let len = r.read_u32().await? as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err(invalid(&format!("bad frame length {len}")));
-    }
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await?;
-    let mut buf = buf.freeze();
-    let kind = buf.get_u8();
-    Ok((kind, buf))
 }
 
 /// The [`CreditReturn`] of a gate with remote channels: each buffer taken queues a `CREDIT(1)`
@@ -641,6 +724,8 @@ pub struct RemoteSubpartition {
     space: Condvar,
     /// The link whose writer sends this channel's frames.
     link: Arc<PeerLink>,
+    /// The largest buffer body the data plane carries: a larger buffer fails the push.
+    max_buffer: usize,
 }
 
 impl RemoteSubpartition {
@@ -658,9 +743,20 @@ impl RemoteSubpartition {
         self.push_inner(item, true)
     }
 
-    /// Queues an item, first waiting for queue room if `wait` and it is a buffer.
+    /// Queues an item, first waiting for queue room if `wait` and it is a buffer. A buffer
+    /// above the frame limit is an error (the receiver would close the connection for it).
     fn push_inner(&self, item: Item, wait: bool) -> Result<(), String> {
         let (kind, body) = Self::encode(item)?;
+        if kind == BUFFER && body.len() > self.max_buffer {
+            return Err(format!(
+                "a buffer of {} bytes for channel {:?} exceeds the data plane's limit of {} bytes \
+                 (64 times {}, at least 64 MiB): a row this large cannot go to another TaskManager",
+                body.len(),
+                self.id,
+                self.max_buffer,
+                weir_core::config::keys::SEGMENT_SIZE
+            ));
+        }
         let mut st = self.state.lock();
         if wait && kind == BUFFER {
             while st.buffers >= st.capacity && st.failure.is_none() {
@@ -759,7 +855,7 @@ impl RemoteSubpartition {
     /// caller wakes the writer.
     fn add_credit(&self, n: u32) {
         let mut st = self.state.lock();
-        st.credits += n;
+        st.credits = st.credits.saturating_add(n);
         st.announced = true;
     }
 
@@ -832,6 +928,15 @@ mod tests {
         Item::Buffer(RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v])) as _)]).unwrap())
     }
 
+    fn network(sender_queue_buffers: usize) -> NetworkConfig {
+        NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 2, sender_queue_buffers, buffer_timeout: Duration::from_millis(10) }
+    }
+
+    /// An environment on a free loopback port, without token or TLS.
+    async fn start(id: &str, sender_queue_buffers: usize) -> Arc<NetworkEnvironment> {
+        NetworkEnvironment::start(id, "127.0.0.1:0", &network(sender_queue_buffers), NetSecurity::none()).await.unwrap()
+    }
+
     async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cond() {
@@ -845,8 +950,8 @@ mod tests {
     /// than its credits, and everything arrives in order once the receiver drains.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn credits_bound_in_flight_buffers_across_tcp() {
-        let a = NetworkEnvironment::start("tm-a", "127.0.0.1:0", 2).await.unwrap();
-        let b = NetworkEnvironment::start("tm-b", "127.0.0.1:0", 2).await.unwrap();
+        let a = start("tm-a", 2).await;
+        let b = start("tm-b", 2).await;
         let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
         let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
         let gate = Arc::new(InputGate::new(2, vec![Some(credits)]));
@@ -889,8 +994,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn priority_event_overtakes_buffers_waiting_for_credit() {
-        let a = NetworkEnvironment::start("tm-a", "127.0.0.1:0", 8).await.unwrap();
-        let b = NetworkEnvironment::start("tm-b", "127.0.0.1:0", 8).await.unwrap();
+        let a = start("tm-a", 8).await;
+        let b = start("tm-b", 8).await;
         let id = ChannelId { job: 2, attempt: 0, edge: 0, from: 0, to: 0 };
         let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
         let gate = Arc::new(InputGate::new(1, vec![Some(credits)]));
@@ -919,8 +1024,8 @@ mod tests {
     /// output that never ends (and that the writer would scan on every wake from then on).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn credits_returned_after_end_of_partition_do_not_revive_the_channel() {
-        let a = NetworkEnvironment::start("tm-a", "127.0.0.1:0", 8).await.unwrap();
-        let b = NetworkEnvironment::start("tm-b", "127.0.0.1:0", 8).await.unwrap();
+        let a = start("tm-a", 8).await;
+        let b = start("tm-b", 8).await;
         let a_addr = a.local_addr().to_string();
         let id = ChannelId { job: 4, attempt: 0, edge: 0, from: 0, to: 0 };
         let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))]);
@@ -949,11 +1054,14 @@ mod tests {
         let later = ChannelId { edge: 1, ..id };
         let gate2 = Arc::new(InputGate::new(4, vec![None]));
         b.register_input(later, gate2, 0, "tm-a", &a_addr);
-        wait_until("the second channel's announcement", || a.outputs.lock().contains_key(&later)).await;
-        let outputs: Vec<ChannelId> = a.outputs.lock().keys().copied().collect();
-        assert_eq!(outputs, vec![later], "the finished channel came back");
+        // Its sending task is not deployed: the announcement waits on the link.
         let link = a.peers.lock().get("tm-b").cloned().unwrap();
-        assert_eq!(link.state.lock().subs.len(), 1);
+        wait_until("the second channel's announcement", || link.state.lock().pending_announces.contains_key(&later)).await;
+        assert!(a.outputs.lock().is_empty(), "the finished channel came back");
+        assert!(link.state.lock().subs.is_empty());
+        let sub = a.register_output(later, "tm-b", &b.local_addr().to_string());
+        assert_eq!(sub.state.lock().credits, 4, "the sending end takes the pending announcement");
+        assert!(link.state.lock().pending_announces.is_empty());
 
         // The receiver forgets the job's input channels when the job ends there.
         b.release_inputs(4, 0);
@@ -963,7 +1071,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lost_peer_fails_channels_naming_it() {
-        let a = NetworkEnvironment::start("tm-a", "127.0.0.1:0", 2).await.unwrap();
+        let a = start("tm-a", 2).await;
         // Nothing listens on this port.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let id = ChannelId { job: 3, attempt: 0, edge: 0, from: 0, to: 0 };

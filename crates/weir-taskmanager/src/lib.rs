@@ -180,7 +180,8 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     let net = NetworkEnvironment::start(
         &settings.id,
         &format!("{}:{}", settings.config.host, settings.config.data_port),
-        settings.config.network.sender_queue_buffers,
+        &settings.config.network,
+        weir_runtime::net::NetSecurity::from_config(&settings.security)?,
     )
     .await?;
     let data_addr = net.local_addr();
