@@ -171,3 +171,95 @@ fn a_new_job_starts_from_a_retained_checkpoint_and_bad_paths_are_named() {
     assert!(!out.status.success() && err.contains("_metadata") && err.contains("corrupted"), "{err}");
     cluster.weir(&["cancel", &second]);
 }
+
+#[test]
+fn cancel_ends_a_job_in_every_state_and_its_exit_code_says_so() {
+    let cluster = Cluster::start(1, 1, &[]);
+    let cancel = |id: &str| {
+        let out = cluster.weir(&["cancel", id, "--timeout", "2min"]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let endless = cluster.write("endless.yaml", ENDLESS);
+    let running = cluster.submit(&endless, &[]);
+    cluster.wait_for_state(&running, "RUNNING");
+
+    // Waiting for a slot (CREATED): ends at once, the running job is untouched.
+    let waiting = cluster.submit(&endless, &[]);
+    assert_eq!(cluster.job_status(&waiting)["state"], "CREATED");
+    let (code, out) = cancel(&waiting);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("Job {waiting} canceled.")), "{out}");
+    assert_eq!(cluster.job_status(&waiting)["state"], "CANCELED");
+    assert_eq!(cluster.job_status(&running)["state"], "RUNNING");
+
+    // RUNNING: the command returns once its tasks stopped.
+    let (code, out) = cancel(&running);
+    assert_eq!((code, cluster.job_status(&running)["state"].as_str()), (Some(0), Some("CANCELED")), "{out}");
+
+    // RESTARTING: a source that cannot connect, and an hour between restarts.
+    let port = free_port();
+    let failing = cluster.write(
+        "failing.yaml",
+        &format!(
+            "name: failing\nconfig:\n  restart-strategy.type: fixed-delay\n  restart-strategy.fixed-delay.delay: 1h\n\
+             pipeline:\n  - source: socket\n    host: 127.0.0.1\n    port: {port}\n  - sink: blackhole\n"
+        ),
+    );
+    let restarting = cluster.submit(&failing, &[]);
+    cluster.wait_for_state(&restarting, "RESTARTING");
+    let (code, out) = cancel(&restarting);
+    assert_eq!((code, cluster.job_status(&restarting)["state"].as_str()), (Some(0), Some("CANCELED")), "{out}");
+
+    // A job that already FINISHED is not canceled: exit code 1, and the state is named.
+    let bounded = cluster.write(
+        "bounded.yaml",
+        "name: bounded\npipeline:\n  - source: datagen\n    number-of-rows: 10\n    fields:\n      - {name: k, kind: sequence, start: 1, end: 10}\n  - sink: blackhole\n",
+    );
+    let out = cluster.weir(&["run", bounded.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let finished = cluster.weir(&["list", "--output", "json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&finished.stdout).unwrap();
+    let finished = jobs.as_array().unwrap().iter().find(|j| j["name"] == "bounded").unwrap()["id"].as_str().unwrap().to_string();
+    let (code, out) = cancel(&finished);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FINISHED"), "{out}");
+    let out = cluster.weir(&["cancel", &finished, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["state"].as_str(), v["canceled"].as_bool()), (Some("FINISHED"), Some(false)));
+}
+
+/// A job of 240 000 `upper` steps (~3 MiB), as in the issue that found it: it compiles off the
+/// JobManager's async runtime in linear time and is refused because its deployment would not
+/// fit in a message; a running job and the TaskManagers are not disturbed. A job over
+/// `jobmanager.job.max-size` is refused naming the key.
+#[test]
+fn an_oversized_job_is_refused_and_does_not_stall_the_cluster() {
+    let cluster = Cluster::start(1, 2, &["jobmanager.job.max-size=8mb"]);
+    let endless = cluster.write("endless.yaml", ENDLESS);
+    let running = cluster.submit(&endless, &[]);
+    cluster.wait_for_state(&running, "RUNNING");
+
+    let mut huge = String::from("name: huge\npipeline:\n  - source: datagen\n    fields:\n      - {name: w, kind: random, length: 4}\n");
+    for _ in 0..240_000 {
+        huge.push_str("  - upper: {}\n");
+    }
+    huge.push_str("  - sink: blackhole\n");
+    let huge_path = cluster.write("huge.yaml", &huge);
+    let out = cluster.weir(&["run", huge_path.to_str().unwrap(), "--detached"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("deployment") && err.contains("split it"), "{err}");
+
+    // The TaskManager stayed registered and the running job kept running.
+    cluster.wait_for_taskmanagers(1);
+    assert_eq!(cluster.job_status(&running)["state"], "RUNNING");
+    assert_eq!(cluster.job_status(&running)["restarts"], 0);
+
+    let small_limit = Cluster::start(0, 1, &["jobmanager.job.max-size=1kb"]);
+    let mut big = String::from("name: big\npipeline:\n  - source: datagen\n    fields:\n      - {name: w, kind: random, length: 4}\n");
+    big.push_str(&"  - upper: {}\n".repeat(100));
+    big.push_str("  - sink: blackhole\n");
+    let path = small_limit.write("big.yaml", &big);
+    let out = small_limit.weir(&["run", path.to_str().unwrap(), "--detached"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("jobmanager.job.max-size") && err.contains("bytes"), "{err}");
+}

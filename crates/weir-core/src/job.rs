@@ -8,6 +8,7 @@
 
 use crate::config::{keys, Config, ConfigError};
 use crate::graph::*;
+use crate::settings::is_cluster_only_key;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde_norway::{Mapping, Value};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub enum JobError {
     Step { origin: String, step: usize, name: String, reason: String },
     #[error("{origin}: {reason}")]
     Pipeline { origin: String, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
 }
 
@@ -99,6 +100,11 @@ impl JobFile {
                 return Err(syntax("`config` must be a mapping of configuration keys to values".into()));
             }
             config.apply_yaml(c, &format!("{origin}: config"))?;
+            if let Some(key) = config.explicit().keys().find(|k| is_cluster_only_key(k)) {
+                return Err(syntax(format!(
+                    "`config` sets '{key}', a cluster setting: set it in the cluster's configuration, not in a job"
+                )));
+            }
         }
         let pipeline = map
             .get("pipeline")
@@ -214,11 +220,9 @@ impl JobFile {
                 }
             };
             match partitioning {
-                None if !vertices.is_empty() => {
-                    let v = vertices.last_mut().expect("vertices is not empty");
-                    v.name = format!("{} -> {}", v.name, chained.name);
-                    v.operators.push(chained);
-                }
+                // The vertex's name (`a -> b -> c`) is joined once at the end: appending here
+                // would copy it once per chained step, quadratic in a long chain.
+                None if !vertices.is_empty() => vertices.last_mut().expect("vertices is not empty").operators.push(chained),
                 _ => {
                     let id = vertices.len() as u32;
                     if let Some(p) = partitioning {
@@ -239,6 +243,9 @@ impl JobFile {
         }
         if !finished {
             return Err(pipe_err(format!("the pipeline must end with a sink ({})", SINKS.join(", "))));
+        }
+        for v in &mut vertices {
+            v.name = v.operators.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(" -> ");
         }
         Ok(JobGraph { name: self.name.clone(), max_parallelism: max_p, vertices, edges })
     }
@@ -670,15 +677,20 @@ pub fn output_schema(spec: &OperatorSpec, input: &SchemaRef) -> SchemaRef {
 /// Parses and compiles a job file in one step, with `base` as the cluster's configuration and
 /// `overrides` applied last. Returns the effective configuration with the graph.
 pub fn compile_job(text: &str, origin: &str, base: &Config, overrides: &Config) -> Result<(JobGraph, Config), JobError> {
-    let file = JobFile::parse(text, origin)?;
-    let mut cfg = base.clone();
-    cfg.merge(&file.config);
-    cfg.merge(overrides);
-    let graph = file.compile(&cfg)?;
-    Ok((graph, cfg))
+    JobFile::parse(text, origin)?.compile_under(base, overrides)
 }
 
 impl JobFile {
+    /// Compiles under `base` (the cluster's configuration) with this file's `config:` section
+    /// and then `overrides` applied. Returns the effective configuration with the graph.
+    pub fn compile_under(&self, base: &Config, overrides: &Config) -> Result<(JobGraph, Config), JobError> {
+        let mut cfg = base.clone();
+        cfg.merge(&self.config);
+        cfg.merge(overrides);
+        let graph = self.compile(&cfg)?;
+        Ok((graph, cfg))
+    }
+
     /// The uids Weir derived (`<step name>-<position>`) for steps the job file gave no `uid`.
     /// State restored from a savepoint is matched to operators by uid, so a derived one no
     /// longer matches once steps are added, removed or reordered before it.

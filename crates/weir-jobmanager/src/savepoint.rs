@@ -92,6 +92,14 @@ pub(crate) async fn read_metadata(path: &str, config: &Config) -> Result<(Checkp
         if !std::path::Path::new(local).is_dir() {
             return Err(Status::invalid_argument(format!("cannot restore from {path}: {local} is not a directory")));
         }
+        // object_store reports a directory where a file should be as a missing file.
+        let file = std::path::Path::new(local).join(&rel);
+        if file.is_dir() {
+            return Err(Status::invalid_argument(format!(
+                "cannot restore from {path}: {} is a directory, not a checkpoint's _metadata file",
+                file.display()
+            )));
+        }
     }
     let storage =
         CheckpointStorage::open(&root, config).map_err(|e| Status::invalid_argument(format!("cannot restore from {path}: {e}")))?;
@@ -241,6 +249,21 @@ mod tests {
         assert_eq!(locate("s3://b/sp/savepoint-abc-123/").unwrap(), ("s3://b/sp/savepoint-abc-123".into(), "_metadata".into()));
         assert_eq!(locate("file:///sp/savepoint-abc-123/_metadata").unwrap(), ("file:///sp/savepoint-abc-123".into(), "_metadata".into()));
         assert!(locate("relative/dir").unwrap_err().message().contains("not absolute"));
+    }
+
+    #[tokio::test]
+    async fn a_metadata_that_is_a_directory_is_named_as_such_and_an_uncreatable_storage_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let chk = dir.path().join("job1").join("chk-3");
+        std::fs::create_dir_all(chk.join("_metadata")).unwrap();
+        let e = read_metadata(chk.to_str().unwrap(), &Config::new()).await.unwrap_err();
+        assert!(e.message().contains("is a directory, not a checkpoint's _metadata file"), "{}", e.message());
+
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let url = format!("file://{}/below", blocker.display());
+        let e = CheckpointStorage::open(&url, &Config::new()).unwrap_err().to_string();
+        assert!(e.contains(keys::CHECKPOINT_DIR) && e.contains("cannot create the directory"), "{e}");
     }
 
     #[test]

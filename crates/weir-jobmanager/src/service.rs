@@ -20,7 +20,6 @@ use crate::state::JobManagerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use weir_core::config::Config;
-use weir_core::job::compile_job;
 use weir_core::settings::{resolve_checkpoint_dir, JobSettings};
 use weir_proto::job_manager_service_server::JobManagerService;
 use weir_proto::*;
@@ -103,43 +102,39 @@ impl JobManagerService for JobManagerRpc {
 
     async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobResponse>, Status> {
         let r = request.into_inner();
-        let mut overrides = Config::new();
-        for (k, v) in &r.config {
-            overrides.set(k, v, "-D").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let limit = self.state.settings().job_max_size;
+        if r.job_definition.len() > limit {
+            return Err(Status::invalid_argument(format!(
+                "the job definition is {} bytes, more than {} allows ({limit} bytes)",
+                r.job_definition.len(),
+                weir_core::config::keys::JOB_MAX_SIZE
+            )));
         }
-        let origin = if r.source_name.is_empty() { "job" } else { r.source_name.as_str() };
-        let (graph, mut config) =
-            compile_job(&r.job_definition, origin, self.state.config(), &overrides).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        resolve_checkpoint_dir(&mut config, !r.restore_path.is_empty()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let settings = JobSettings::from_config(&config).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let origin = if r.source_name.is_empty() { "job".to_string() } else { r.source_name.clone() };
+        // Compilation is CPU work proportional to the job's size: it runs on the blocking
+        // pool, a few at a time, so that heartbeats and every other RPC keep being answered.
+        let _permit = COMPILING.acquire().await.map_err(|_| Status::unavailable("the JobManager is shutting down"))?;
+        let (text, base, pairs, restoring) = (r.job_definition.clone(), self.state.config().clone(), r.config.clone(), !r.restore_path.is_empty());
+        let compiled = tokio::task::spawn_blocking(move || compile_submission(&text, &origin, &base, &pairs, restoring))
+            .await
+            .map_err(|e| Status::internal(format!("job compilation panicked: {e}")))?
+            .map_err(Status::invalid_argument)?;
+        let Compiled { graph, config, settings, origin, mut warnings } = compiled;
         let storage = match &settings.checkpoint.dir {
             Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| Status::invalid_argument(e.to_string()))?),
             None => None,
         };
-        let mut warnings = Vec::new();
         let restore = if r.restore_path.is_empty() {
             None
         } else {
             let (storage, mut info) = savepoint::read_metadata(&r.restore_path, &config).await?;
-            warnings = savepoint::check_restore(&r.restore_path, &graph, settings.state_backend, &mut info, r.allow_non_restored_state)?;
+            let mut restore_warnings =
+                savepoint::check_restore(&r.restore_path, &graph, settings.state_backend, &mut info, r.allow_non_restored_state)?;
             savepoint::verify_files(&r.restore_path, &storage, &info).await?;
+            restore_warnings.append(&mut warnings);
+            warnings = restore_warnings;
             Some(info)
         };
-        if restore.is_some() || settings.checkpoint.enabled() {
-            // Stateful steps whose uid Weir derived from their position.
-            let derived = weir_core::job::JobFile::parse(&r.job_definition, origin).map(|f| f.derived_uids()).unwrap_or_default();
-            for v in &graph.vertices {
-                for op in v.operators.iter().filter(|o| derived.contains(&o.uid)) {
-                    if op.spec.is_stateful() || op.spec.is_source() || matches!(op.spec, weir_core::graph::OperatorSpec::FileSink { .. }) {
-                        warnings.push(format!(
-                            "step '{}' keeps state but has no uid: its state is matched by the derived uid '{}', which changes \
-                             when steps are added or removed before it; set `uid:` on the step to keep its state across changes",
-                            op.name, op.uid
-                        ));
-                    }
-                }
-            }
-        }
         for w in &warnings {
             // The client shows them to the user; the log keeps a record.
             tracing::info!("job {}: {w}", graph.name);
@@ -153,7 +148,7 @@ impl JobManagerService for JobManagerRpc {
             config,
             settings,
             storage,
-            definition: JobDefinition { text: r.job_definition.clone(), origin: origin.to_string() },
+            definition: JobDefinition { text: r.job_definition, origin },
             restore,
             attempt: 0,
             next_checkpoint: 1,
@@ -285,4 +280,75 @@ impl JobManagerRpc {
             Err(why) => Err(Status::aborted(format!("savepoint of job {job_id} failed: {why}"))),
         }
     }
+}
+
+/// Job compilations running at once; more submissions wait their turn (each holds a whole
+/// job's parse tree in memory).
+static COMPILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// The largest compiled JobGraph (JSON) a deployment may carry: a TaskManager accepts RPC
+/// messages of up to [`weir_proto::MAX_MESSAGE_BYTES`], and the rest of the message (the
+/// locations of every subtask, the checkpoint to restore) needs room beside the graph.
+const MAX_GRAPH_BYTES: usize = weir_proto::MAX_MESSAGE_BYTES / 4;
+
+/// A submission compiled: what `submit_job` needs to add the job.
+struct Compiled {
+    graph: weir_core::graph::JobGraph,
+    config: Config,
+    settings: JobSettings,
+    origin: String,
+    warnings: Vec<String>,
+}
+
+/// Everything in a submission that costs CPU in proportion to the job's size, run on the
+/// blocking pool: parse and compile the job file under the cluster's configuration plus the
+/// client's overrides, read its typed settings, check that its deployment fits in an RPC
+/// message, and warn about stateful steps without a uid. Linear in the job's size. Errors are
+/// the message of an `INVALID_ARGUMENT`.
+fn compile_submission(
+    text: &str,
+    origin: &str,
+    base: &Config,
+    pairs: &std::collections::HashMap<String, String>,
+    restoring: bool,
+) -> Result<Compiled, String> {
+    let mut overrides = Config::new();
+    for (k, v) in pairs {
+        if weir_core::settings::is_cluster_only_key(k) {
+            return Err(format!("'{k}' is a cluster setting: it cannot be set for one job"));
+        }
+        overrides.set(k, v, "-D").map_err(|e| e.to_string())?;
+    }
+    let file = weir_core::job::JobFile::parse(text, origin).map_err(|e| e.to_string())?;
+    let (graph, mut config) = file.compile_under(base, &overrides).map_err(|e| e.to_string())?;
+    resolve_checkpoint_dir(&mut config, restoring).map_err(|e| e.to_string())?;
+    let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
+    let graph_bytes = graph.to_json().len();
+    if graph_bytes > MAX_GRAPH_BYTES {
+        return Err(format!(
+            "the job compiles to a {} KiB graph, more than a TaskManager deployment carries ({} KiB): \
+             it has {} steps in {} vertices; split it into smaller jobs",
+            graph_bytes / 1024,
+            MAX_GRAPH_BYTES / 1024,
+            graph.vertices.iter().map(|v| v.operators.len()).sum::<usize>(),
+            graph.vertices.len()
+        ));
+    }
+    let mut warnings = Vec::new();
+    if restoring || settings.checkpoint.enabled() {
+        // Stateful steps whose uid Weir derived from their position.
+        let derived: std::collections::HashSet<String> = file.derived_uids().into_iter().collect();
+        for v in &graph.vertices {
+            for op in v.operators.iter().filter(|o| derived.contains(&o.uid)) {
+                if op.spec.is_stateful() || op.spec.is_source() || matches!(op.spec, weir_core::graph::OperatorSpec::FileSink { .. }) {
+                    warnings.push(format!(
+                        "step '{}' keeps state but has no uid: its state is matched by the derived uid '{}', which changes \
+                         when steps are added or removed before it; set `uid:` on the step to keep its state across changes",
+                        op.name, op.uid
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Compiled { graph, config, settings, origin: origin.to_string(), warnings })
 }
