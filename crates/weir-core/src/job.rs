@@ -751,6 +751,18 @@ pipeline:
     fn job_config_section_is_validated() {
         let err = compile("name: x\nconfig:\n  execution.checkpointing.intreval: 10s\npipeline: []\n").unwrap_err();
         assert!(err.to_string().contains("unknown configuration key 'execution.checkpointing.intreval'"), "{err}");
+        let err = compile("name: x\nconfig:\n  security.token: guess\npipeline: []\n").unwrap_err().to_string();
+        assert!(err.contains("'security.token', a cluster setting") && !err.contains("guess"), "{err}");
+    }
+
+    #[test]
+    fn a_long_chain_compiles_to_one_vertex_named_by_its_steps() {
+        let mut text = String::from("pipeline:\n  - source: socket\n    host: h\n    port: 1\n");
+        text.push_str(&"  - upper: {}\n".repeat(20_000));
+        text.push_str("  - sink: blackhole\n");
+        let g = compile(&text).unwrap();
+        assert_eq!((g.vertices.len(), g.vertices[0].operators.len()), (1, 20_002));
+        assert!(g.vertices[0].name.starts_with("socket -> upper -> upper") && g.vertices[0].name.ends_with("upper -> blackhole"));
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl JobManagerService for JobManagerRpc {
         // Compilation is CPU work proportional to the job's size: it runs on the blocking
         // pool, a few at a time, so that heartbeats and every other RPC keep being answered.
         let _permit = COMPILING.acquire().await.map_err(|_| Status::unavailable("the JobManager is shutting down"))?;
-        let (text, base, pairs, restoring) = (r.job_definition.clone(), self.state.config().clone(), r.config.clone(), !r.restore_path.is_empty());
+        let (text, base, pairs, restoring) =
+            (r.job_definition.clone(), self.state.config().clone(), r.config.clone(), !r.restore_path.is_empty());
         let compiled = tokio::task::spawn_blocking(move || compile_submission(&text, &origin, &base, &pairs, restoring))
             .await
             .map_err(|e| Status::internal(format!("job compilation panicked: {e}")))?
@@ -351,4 +352,29 @@ fn compile_submission(
         }
     }
     Ok(Compiled { graph, config, settings, origin: origin.to_string(), warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const JOB: &str = "name: j\npipeline:\n  - source: socket\n    host: h\n    port: 1\n  - sink: blackhole\n";
+
+    #[test]
+    fn a_cluster_setting_in_the_overrides_is_refused_without_echoing_it() {
+        let pairs = HashMap::from([("security.token".to_string(), "guess".to_string())]);
+        let err = compile_submission(JOB, "j.yaml", &Config::new(), &pairs, false).err().unwrap();
+        assert!(err.contains("'security.token' is a cluster setting") && !err.contains("guess"), "{err}");
+        assert!(compile_submission(JOB, "j.yaml", &Config::new(), &HashMap::new(), false).is_ok());
+    }
+
+    #[test]
+    fn a_graph_too_large_to_deploy_is_refused_with_its_size() {
+        let mut text = String::from("name: j\npipeline:\n  - source: socket\n    host: h\n    port: 1\n");
+        text.push_str(&"  - upper: {}\n".repeat(240_000));
+        text.push_str("  - sink: blackhole\n");
+        let err = compile_submission(&text, "j.yaml", &Config::new(), &HashMap::new(), false).err().unwrap();
+        assert!(err.contains("more than a TaskManager deployment carries") && err.contains("240002 steps in 1 vertices"), "{err}");
+    }
 }
