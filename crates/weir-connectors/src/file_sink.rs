@@ -1,28 +1,39 @@
 //! The `file` sink: each subtask writes part files (CSV or JSON lines) into the output
 //! directory, exactly once across failures when checkpointing is on (two-phase commit).
 //!
+//! ## Part names
+//! A part file is named `part-{job}-{attempt}-{i}-{s}` (committed), `.part-…-{s}.inprogress`
+//! or `.part-…-{s}.pending`: the job id, the attempt that wrote it, the subtask index `i` and
+//! a sequence number `s`, as Flink's `part-<uuid>-<subtask>-<n>`. So no two jobs, and no two
+//! attempts of one job, ever write the same name: several jobs can share an output directory,
+//! and a committed file is never overwritten. The sink touches only files of its own job
+//! (deletes leftovers, numbers after them); another job's files, hidden or committed, are
+//! never renamed or deleted, except that a restore commits the pending files its checkpoint
+//! lists, whoever wrote them.
+//!
 //! ## File life cycle (subtask `i`, file sequence number `s`)
-//! - Rows go to `.part-{i}-{s}.inprogress`, opened at the first batch after a roll.
+//! - Rows go to `.part-{job}-{attempt}-{i}-{s}.inprogress`, opened at the first batch after a
+//!   roll.
 //! - At a checkpoint barrier ([`Operator::snapshot_state`] for checkpoint n) that file is
-//!   flushed, fsynced and renamed to `.part-{i}-{s}.pending` (an empty one is deleted), and
+//!   flushed, fsynced and renamed to `.part-…-{s}.pending` (an empty one is deleted), and
 //!   the next batch opens `s + 1`. The pending file is *pre-committed*: durable, invisible.
 //! - When checkpoint n completed everywhere ([`Operator::notify_checkpoint_complete`]) every
-//!   pending file of a checkpoint `<= n` is renamed to `part-{i}-{s}`: committed, and never
+//!   pending file of a checkpoint `<= n` is renamed to `part-…-{s}`: committed, and never
 //!   touched again.
 //! - At the end of bounded input (`finish()`) the in-progress and all pending files are
 //!   committed. A subtask that committed nothing commits an empty file, so a finished job's
-//!   directory holds at least one part file per subtask (one, `part-{i}-0`, without
-//!   checkpoints).
+//!   directory holds at least one part file per subtask (one, `part-{job}-{attempt}-{i}-0`,
+//!   without checkpoints).
 //! - On a restore from checkpoint n, the pending files listed in the state (all of
-//!   checkpoints `<= n`, which completed) are committed if they are not already, and this
-//!   subtask's leftovers (in-progress files, and pending files not listed: rows written after
-//!   checkpoint n, which the replay produces again) are deleted. Numbering continues after
-//!   the highest sequence number of the subtask found in the directory. After scaling
-//!   down, the subtask that receives an old subtask's header also cleans that index.
-//! - A restart without a completed checkpoint (`restore_state(0, [])`) deletes every file of
-//!   the subtask, committed ones included: the replay writes its whole output again. A first
-//!   run deletes the subtask's uncommitted leftovers and numbers from 0, so a commit replaces
-//!   a same-named file of an earlier run.
+//!   checkpoints `<= n`, which completed) are committed if they are not already, and only
+//!   those: this job's leftovers of the subtask (in-progress files, and pending files not
+//!   listed: rows written after checkpoint n, which the replay produces again) are deleted.
+//!   Numbering continues after the highest sequence number of the job's files of the
+//!   subtask. After scaling down, the subtask that receives an old subtask's header also
+//!   cleans that index.
+//! - A restart without a completed checkpoint (`restore_state(0, [])`) deletes every file the
+//!   job wrote for the subtask, committed ones included: the replay writes its whole output
+//!   again. A first run deletes the job's uncommitted leftovers of the subtask.
 //!
 //! Readers (including Weir's own file source) skip names starting with '.' or '_', so they
 //! only ever see committed files.
@@ -34,7 +45,7 @@
 //!   received every pending file of its index, i.e. whether an unlisted pending file of its
 //!   index is garbage or listed at another subtask (after rescaling).
 //! - a pending file, one per file not yet committed: checkpoint id and the file name
-//!   (`.part-{i}-{s}.pending`).
+//!   (`.part-{job}-{attempt}-{i}-{s}.pending`).
 
 use arrow_array::RecordBatch;
 use arrow_json::writer::LineDelimited;
@@ -61,28 +72,53 @@ enum Stage {
     Committed,
 }
 
-fn part_name(stage: Stage, index: u32, seq: u64) -> String {
-    match stage {
-        Stage::InProgress => format!(".part-{index}-{seq}.inprogress"),
-        Stage::Pending => format!(".part-{index}-{seq}.pending"),
-        Stage::Committed => format!("part-{index}-{seq}"),
-    }
+/// A part file's name, parsed (see "Part names" above).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PartName {
+    stage: Stage,
+    /// The job that wrote it.
+    job: String,
+    /// The attempt of the job that wrote it.
+    attempt: u32,
+    /// The subtask index that wrote it.
+    index: u32,
+    seq: u64,
 }
 
-/// The stage, subtask index and sequence number of a part file name; None for any other
-/// name (including non-canonical spellings of the numbers).
-fn parse_part_name(name: &str) -> Option<(Stage, u32, u64)> {
-    let (stage, core) = match name.strip_prefix('.') {
-        Some(hidden) => match (hidden.strip_suffix(".pending"), hidden.strip_suffix(".inprogress")) {
-            (Some(core), _) => (Stage::Pending, core),
-            (None, Some(core)) => (Stage::InProgress, core),
-            (None, None) => return None,
-        },
-        None => (Stage::Committed, name),
-    };
-    let (index, seq) = core.strip_prefix("part-")?.split_once('-')?;
-    let parsed = (stage, index.parse().ok()?, seq.parse().ok()?);
-    (part_name(parsed.0, parsed.1, parsed.2) == name).then_some(parsed)
+impl PartName {
+    fn file_name(&self) -> String {
+        let core = format!("part-{}-{}-{}-{}", self.job, self.attempt, self.index, self.seq);
+        match self.stage {
+            Stage::InProgress => format!(".{core}.inprogress"),
+            Stage::Pending => format!(".{core}.pending"),
+            Stage::Committed => core,
+        }
+    }
+
+    fn at(&self, stage: Stage) -> Self {
+        Self { stage, ..self.clone() }
+    }
+
+    /// Parses a part file name; None for any other name (including non-canonical spellings
+    /// of the numbers). The job id may contain '-': the numbers are read from the right.
+    fn parse(name: &str) -> Option<Self> {
+        let (stage, core) = match name.strip_prefix('.') {
+            Some(hidden) => match (hidden.strip_suffix(".pending"), hidden.strip_suffix(".inprogress")) {
+                (Some(core), _) => (Stage::Pending, core),
+                (None, Some(core)) => (Stage::InProgress, core),
+                (None, None) => return None,
+            },
+            None => (Stage::Committed, name),
+        };
+        let mut parts = core.strip_prefix("part-")?.rsplitn(4, '-');
+        let (seq, index, attempt, job) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if job.is_empty() {
+            return None;
+        }
+        let parsed =
+            Self { stage, job: job.to_string(), attempt: attempt.parse().ok()?, index: index.parse().ok()?, seq: seq.parse().ok()? };
+        (parsed.file_name() == name).then_some(parsed)
+    }
 }
 
 /// The file currently being written.
@@ -101,6 +137,9 @@ struct PendingFile {
 
 pub struct FileSink {
     dir: PathBuf,
+    /// The job and attempt, part of every name this instance writes.
+    job: String,
+    attempt: u32,
     index: u32,
     parallelism: u32,
     format: FileFormat,
@@ -123,6 +162,8 @@ impl FileSink {
         fs::create_dir_all(path).map_err(|e| OperatorError::io("file sink cannot create directory", path, e))?;
         Ok(Self {
             dir: PathBuf::from(path),
+            job: info.job_id.clone(),
+            attempt: info.attempt,
             index: info.index,
             parallelism: info.parallelism.max(1),
             format,
@@ -135,12 +176,18 @@ impl FileSink {
         })
     }
 
-    fn path_of(&self, stage: Stage, seq: u64) -> PathBuf {
-        self.dir.join(part_name(stage, self.index, seq))
+    /// The name of this instance's part file `seq` at `stage`.
+    fn name_of(&self, stage: Stage, seq: u64) -> PartName {
+        PartName { stage, job: self.job.clone(), attempt: self.attempt, index: self.index, seq }
     }
 
-    /// The part files in the directory: (file name, stage, index, seq).
-    fn list_parts(&self) -> OpResult<Vec<(String, Stage, u32, u64)>> {
+    fn path_of(&self, stage: Stage, seq: u64) -> PathBuf {
+        self.dir.join(self.name_of(stage, seq).file_name())
+    }
+
+    /// The part files this job wrote in the directory, any attempt, any subtask: (file name,
+    /// parsed). Other jobs' files are not the sink's to touch.
+    fn list_parts(&self) -> OpResult<Vec<(String, PartName)>> {
         let dir = self.dir.display().to_string();
         let entries = fs::read_dir(&self.dir).map_err(|e| OperatorError::io("file sink cannot list", dir.clone(), e))?;
         let mut parts = Vec::new();
@@ -148,8 +195,9 @@ impl FileSink {
             let entry = entry.map_err(|e| OperatorError::io("file sink cannot list", dir.clone(), e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some((stage, index, seq)) = parse_part_name(name) {
-                parts.push((name.to_string(), stage, index, seq));
+            match PartName::parse(name) {
+                Some(part) if part.job == self.job => parts.push((name.to_string(), part)),
+                _ => {}
             }
         }
         Ok(parts)
@@ -167,36 +215,33 @@ impl FileSink {
     }
 
     /// Before the first write of a run that is not restored from a checkpoint: what earlier
-    /// attempts left uncommitted will be produced again, so it goes. Numbering starts at 0
-    /// and a commit replaces a committed file of the same name (as a re-run always did).
+    /// attempts of the job left uncommitted will be produced again, so it goes.
     fn prepare(&mut self) -> OpResult {
         if self.prepared {
             return Ok(());
         }
-        for (name, stage, index, _) in self.list_parts()? {
-            if index == self.index && stage != Stage::Committed {
+        for (name, part) in self.list_parts()? {
+            if part.index == self.index && part.stage != Stage::Committed {
                 self.remove(&self.dir.join(name))?;
             }
         }
-        // The name used before part files had sequence numbers.
-        self.remove(&self.dir.join(format!(".part-{}.inprogress", self.index)))?;
         self.prepared = true;
         Ok(())
     }
 
     /// A restart with no completed checkpoint (`restore_state(0, _)`): the replay produces
-    /// this subtask's whole output again, so everything its earlier attempts wrote goes,
-    /// committed files included (those of a subtask that finished before another failed).
+    /// this subtask's whole output again, so everything the job's earlier attempts wrote for
+    /// it goes, committed files included (those of a subtask that finished before another
+    /// failed).
     fn start_over(&mut self, elements: usize) -> OpResult {
         if elements > 0 {
             tracing::warn!(index = self.index, elements, "file sink ignores state handed over without a checkpoint");
         }
-        for (name, _, index, _) in self.list_parts()? {
-            if index == self.index {
+        for (name, part) in self.list_parts()? {
+            if part.index == self.index {
                 self.remove(&self.dir.join(name))?;
             }
         }
-        self.remove(&self.dir.join(format!(".part-{}.inprogress", self.index)))?;
         self.sync_dir();
         self.next_seq = 0;
         self.current = None;
@@ -272,9 +317,8 @@ impl FileSink {
                 i += 1;
                 continue;
             }
-            let seq = file.seq;
-            let pending = part_name(Stage::Pending, self.index, seq);
-            if let Err(e) = self.commit_pending(&pending, &part_name(Stage::Committed, self.index, seq)) {
+            let pending = self.name_of(Stage::Pending, file.seq);
+            if let Err(e) = self.commit_pending(&pending.file_name(), &pending.at(Stage::Committed).file_name()) {
                 break Err(e);
             }
             self.pending.remove(i);
@@ -297,7 +341,7 @@ impl FileSink {
         let pending = self
             .pending
             .iter()
-            .map(|file| StoredElement::Pending { checkpoint: file.checkpoint, name: part_name(Stage::Pending, self.index, file.seq) });
+            .map(|file| StoredElement::Pending { checkpoint: file.checkpoint, name: self.name_of(Stage::Pending, file.seq).file_name() });
         std::iter::once(header).chain(pending).map(|element| state::encode(STATE_MAGIC, &element, "file sink")).collect()
     }
 }
@@ -315,14 +359,14 @@ enum StoredElement {
 /// A decoded state element, its file name checked and parsed.
 enum SinkElement {
     Header { parallelism: u32, index: u32, pending: u32 },
-    Pending { checkpoint: u64, name: String, index: u32, seq: u64 },
+    Pending { checkpoint: u64, part: PartName },
 }
 
 fn decode_element(element: &[u8]) -> OpResult<SinkElement> {
     match state::decode(element, STATE_MAGIC, "file sink")? {
         StoredElement::Header { parallelism, index, pending, next_seq: _ } => Ok(SinkElement::Header { parallelism, index, pending }),
-        StoredElement::Pending { checkpoint, name } => match parse_part_name(&name) {
-            Some((Stage::Pending, index, seq)) => Ok(SinkElement::Pending { checkpoint, name, index, seq }),
+        StoredElement::Pending { checkpoint, name } => match PartName::parse(&name) {
+            Some(part) if part.stage == Stage::Pending => Ok(SinkElement::Pending { checkpoint, part }),
             _ => Err(OperatorError::Failed(format!(
                 "file sink cannot restore: '{name}' in its checkpoint state is not a pending part file name"
             ))),
@@ -469,14 +513,18 @@ impl Operator for FileSink {
         let mut listed = HashSet::new();
         let mut listed_per_index: HashMap<u32, u64> = HashMap::new();
         for element in &elements {
-            let SinkElement::Pending { checkpoint: cp, name, index, seq } = element else { continue };
+            let SinkElement::Pending { checkpoint: cp, part } = element else { continue };
+            let name = part.file_name();
             if *cp > checkpoint {
                 tracing::warn!(file = %name, checkpoint = cp, restored = checkpoint, "file sink state lists a file of a later checkpoint; not committing it");
                 continue;
             }
-            self.commit_pending(name, &part_name(Stage::Committed, *index, *seq))?;
-            listed.insert(name.clone());
-            *listed_per_index.entry(*index).or_default() += 1;
+            self.commit_pending(&name, &part.at(Stage::Committed).file_name())?;
+            if part.index == self.index {
+                self.has_output = true;
+            }
+            listed.insert(name);
+            *listed_per_index.entry(part.index).or_default() += 1;
         }
         // 2. Which pending files are garbage. Each old subtask's header says how many pending
         //    files it listed; if all of them were listed here, an unlisted pending file of that
@@ -497,23 +545,23 @@ impl Operator for FileSink {
         // Leftovers this subtask cleans: its own index's, and those of an old subtask index no
         // new subtask has (scaled down) whose header it received (exactly one subtask does).
         let responsible = |k: u32| k == self.index || (k >= self.parallelism && headers.contains_key(&k));
-        // 3. Delete the leftovers and continue the numbering.
+        // 3. Delete the job's leftovers and continue the numbering.
         let mut highest = None;
         let mut kept = 0;
-        for (name, stage, index, seq) in self.list_parts()? {
-            if index == self.index {
-                highest = highest.max(Some(seq));
-                if stage == Stage::Committed {
+        for (name, part) in self.list_parts()? {
+            if part.index == self.index {
+                highest = highest.max(Some(part.seq));
+                if part.stage == Stage::Committed {
                     self.has_output = true;
                 }
             }
-            if !responsible(index) {
+            if !responsible(part.index) {
                 continue;
             }
-            let delete = match stage {
+            let delete = match part.stage {
                 Stage::InProgress => true,
                 Stage::Pending if listed.contains(&name) => false,
-                Stage::Pending if complete(index) => true,
+                Stage::Pending if complete(part.index) => true,
                 Stage::Pending => {
                     kept += 1;
                     false
@@ -531,7 +579,6 @@ impl Operator for FileSink {
                 "file sink kept unlisted pending files that may be listed at another subtask (restored at another parallelism); they stay hidden"
             );
         }
-        self.remove(&self.dir.join(format!(".part-{}.inprogress", self.index)))?;
         self.sync_dir();
         self.next_seq = highest.map_or(0, |s: u64| s + 1);
         self.current = None;
@@ -552,6 +599,7 @@ mod tests {
         ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, ListArray, StringArray, TimestampMillisecondArray, UInt8Array,
     };
     use std::sync::Arc;
+    use weir_core::operator::SubtaskInfo;
 
     fn rows() -> RecordBatch {
         let ids: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(-22), None, Some(4)]));
@@ -587,11 +635,21 @@ mod tests {
 
     #[test]
     fn part_names_parse_only_canonical_spellings() {
-        assert_eq!(parse_part_name("part-3-17"), Some((Stage::Committed, 3, 17)));
-        assert_eq!(parse_part_name(".part-0-2.pending"), Some((Stage::Pending, 0, 2)));
-        assert_eq!(parse_part_name(".part-12-0.inprogress"), Some((Stage::InProgress, 12, 0)));
-        for other in ["part-1", ".part-1.inprogress", "part-01-2", "part-1-+2", "part-1-2.pending", ".part-1-2", "x"] {
-            assert_eq!(parse_part_name(other), None, "{other}");
+        let part = |stage, job: &str, attempt, index, seq| Some(PartName { stage, job: job.into(), attempt, index, seq });
+        assert_eq!(PartName::parse("part-job-0-3-17"), part(Stage::Committed, "job", 0, 3, 17));
+        assert_eq!(PartName::parse(".part-a-b-2-0-2.pending"), part(Stage::Pending, "a-b", 2, 0, 2));
+        assert_eq!(PartName::parse(".part-5f0c-1-12-0.inprogress"), part(Stage::InProgress, "5f0c", 1, 12, 0));
+        for other in [
+            "part-1-2",
+            "part--0-1-2",
+            ".part-1.inprogress",
+            "part-j-0-01-2",
+            "part-j-0-1-+2",
+            "part-j-0-1-2.pending",
+            ".part-j-0-1-2",
+            "x",
+        ] {
+            assert_eq!(PartName::parse(other), None, "{other}");
         }
     }
 
@@ -600,27 +658,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("nested").join("out");
         let out_str = out.to_str().expect("utf-8 path");
-        // Uncommitted files of an earlier attempt (old and new naming) are started over;
-        // other subtasks' files are left alone.
+        // Uncommitted files of an earlier attempt of the job are started over; other
+        // subtasks' and other jobs' files are left alone.
         fs::create_dir_all(&out).expect("mkdir");
-        fs::write(out.join(".part-1.inprogress"), "stale rows\n").expect("write");
-        fs::write(out.join(".part-1-0.inprogress"), "stale rows\n").expect("write");
-        fs::write(out.join(".part-1-4.pending"), "stale rows\n").expect("write");
-        fs::write(out.join(".part-0-0.pending"), "other subtask\n").expect("write");
+        fs::write(out.join(".part-other-0-1-0.inprogress"), "another job\n").expect("write");
+        fs::write(out.join(".part-job-0-1-0.inprogress"), "stale rows\n").expect("write");
+        fs::write(out.join(".part-job-0-1-4.pending"), "stale rows\n").expect("write");
+        fs::write(out.join(".part-job-0-0-0.pending"), "other subtask\n").expect("write");
 
         let mut sink = FileSink::new(out_str, FileFormat::Csv, &info(1, 2)).expect("open");
         sink.process_batch(rows(), &mut NoOutput).expect("write");
         sink.process_batch(rows().slice(0, 1), &mut NoOutput).expect("write");
-        assert_eq!(names(&out), vec![".part-0-0.pending", ".part-1-0.inprogress"]);
+        assert_eq!(names(&out), vec![".part-job-0-0-0.pending", ".part-job-0-1-0.inprogress", ".part-other-0-1-0.inprogress"]);
 
         sink.finish(&mut NoOutput).expect("finish");
-        assert_eq!(names(&out), vec![".part-0-0.pending", "part-1-0"]);
-        let text = read(&out, "part-1-0");
+        assert_eq!(names(&out), vec![".part-job-0-0-0.pending", ".part-other-0-1-0.inprogress", "part-job-0-1-0"]);
+        let text = read(&out, "part-job-0-1-0");
         assert_eq!(text, "1,plain\n-22,\"a,b \"\"quoted\"\"\"\n,\"two\nlines\r\"\n4,\n1,plain\n");
         // A second finish is harmless; writing after commit is an error.
         sink.finish(&mut NoOutput).expect("finish again");
         assert!(sink.process_batch(rows(), &mut NoOutput).is_err());
-        assert_eq!(read(&out, "part-1-0"), text);
+        assert_eq!(read(&out, "part-job-0-1-0"), text);
     }
 
     #[test]
@@ -630,7 +688,7 @@ mod tests {
         let mut sink = crate::file_sink(out.to_str().expect("utf-8 path"), FileFormat::Json, &info(0, 1)).expect("open");
         sink.process_batch(rows(), &mut NoOutput).expect("write");
         sink.finish(&mut NoOutput).expect("finish");
-        let text = read(&out, "part-0-0");
+        let text = read(&out, "part-job-0-0-0");
         assert_eq!(
             text,
             concat!(
@@ -669,7 +727,7 @@ mod tests {
         sink.process_batch(RecordBatch::try_from_iter([("text", lone)]).expect("batch"), &mut NoOutput).expect("write");
         sink.finish(&mut NoOutput).expect("finish");
         assert_eq!(
-            read(dir.path(), "part-0-0"),
+            read(dir.path(), "part-job-0-0-0"),
             concat!(
                 "1.5,true,2023-11-14T22:13:20.123,,2023-11-14,255\n",
                 "-0.25,,1970-01-01T00:00:00,2023-11-14T22:13:20Z,,0\n",
@@ -689,7 +747,7 @@ mod tests {
         sink.process_batch(typed_rows(), &mut NoOutput).expect("write");
         sink.finish(&mut NoOutput).expect("finish");
         assert_eq!(
-            read(&out, "part-0-0"),
+            read(&out, "part-job-0-0-0"),
             concat!(
                 "{\"ratio\":1.5,\"flag\":true,\"at\":\"2023-11-14T22:13:20.123\",\"at_utc\":null,\"day\":\"2023-11-14\",\"small\":255}\n",
                 "{\"ratio\":-0.25,\"flag\":null,\"at\":\"1970-01-01T00:00:00\",\"at_utc\":\"2023-11-14T22:13:20Z\",\"day\":null,\"small\":0}\n",
@@ -721,9 +779,9 @@ mod tests {
         checkpointed.snapshot_state(2).expect("snapshot");
         checkpointed.notify_checkpoint_complete(2).expect("notify");
         checkpointed.finish(&mut NoOutput).expect("finish");
-        assert_eq!(names(dir.path()), vec!["part-2-0", "part-3-1"]);
-        assert_eq!(read(dir.path(), "part-2-0"), "");
-        assert_eq!(read(dir.path(), "part-3-1"), "");
+        assert_eq!(names(dir.path()), vec!["part-job-0-2-0", "part-job-0-3-1"]);
+        assert_eq!(read(dir.path(), "part-job-0-2-0"), "");
+        assert_eq!(read(dir.path(), "part-job-0-3-1"), "");
     }
 
     #[test]
@@ -734,27 +792,27 @@ mod tests {
         sink.process_batch(ids(10..20), &mut NoOutput).expect("write");
         let state1 = sink.snapshot_state(1).expect("snapshot").expect("state");
         // Pending, durable, not visible; nothing committed yet.
-        assert_eq!(names(dir.path()), vec![".part-0-0.pending"]);
-        assert_eq!(read(dir.path(), ".part-0-0.pending"), lines(0..20));
+        assert_eq!(names(dir.path()), vec![".part-job-0-0-0.pending"]);
+        assert_eq!(read(dir.path(), ".part-job-0-0-0.pending"), lines(0..20));
         assert_eq!(state1.len(), 2, "a header and the one pending file");
 
         // Checkpoint 2 is taken before 1 completes; a checkpoint with no rows pends nothing.
         sink.process_batch(ids(20..30), &mut NoOutput).expect("write");
-        assert_eq!(names(dir.path()), vec![".part-0-0.pending", ".part-0-1.inprogress"]);
+        assert_eq!(names(dir.path()), vec![".part-job-0-0-0.pending", ".part-job-0-0-1.inprogress"]);
         let state2 = sink.snapshot_state(2).expect("snapshot").expect("state");
         assert_eq!(state2.len(), 3, "both pending files await their commit");
         let state3 = sink.snapshot_state(3).expect("snapshot").expect("state");
         assert_eq!(state3.len(), 3);
-        assert_eq!(names(dir.path()), vec![".part-0-0.pending", ".part-0-1.pending"]);
+        assert_eq!(names(dir.path()), vec![".part-job-0-0-0.pending", ".part-job-0-0-1.pending"]);
 
         sink.notify_checkpoint_complete(1).expect("notify");
-        assert_eq!(names(dir.path()), vec![".part-0-1.pending", "part-0-0"]);
-        assert_eq!(read(dir.path(), "part-0-0"), lines(0..20));
+        assert_eq!(names(dir.path()), vec![".part-job-0-0-1.pending", "part-job-0-0-0"]);
+        assert_eq!(read(dir.path(), "part-job-0-0-0"), lines(0..20));
         assert_eq!(sink.snapshot_state(4).expect("snapshot").expect("state").len(), 2);
         // A later notification covers every earlier checkpoint.
         sink.notify_checkpoint_complete(4).expect("notify");
-        assert_eq!(names(dir.path()), vec!["part-0-0", "part-0-1"]);
-        assert_eq!(read(dir.path(), "part-0-1"), lines(20..30));
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0", "part-job-0-0-1"]);
+        assert_eq!(read(dir.path(), "part-job-0-0-1"), lines(20..30));
         sink.notify_checkpoint_complete(4).expect("a repeated notification is harmless");
     }
 
@@ -768,10 +826,10 @@ mod tests {
         sink.snapshot_state(2).expect("snapshot");
         sink.notify_checkpoint_complete(1).expect("notify");
         sink.process_batch(ids(10..15), &mut NoOutput).expect("write");
-        assert_eq!(names(dir.path()), vec![".part-1-1.pending", ".part-1-2.inprogress", "part-1-0"]);
+        assert_eq!(names(dir.path()), vec![".part-job-0-1-1.pending", ".part-job-0-1-2.inprogress", "part-job-0-1-0"]);
         sink.finish(&mut NoOutput).expect("finish");
-        assert_eq!(names(dir.path()), vec!["part-1-0", "part-1-1", "part-1-2"]);
-        let all: String = ["part-1-0", "part-1-1", "part-1-2"].iter().map(|n| read(dir.path(), n)).collect();
+        assert_eq!(names(dir.path()), vec!["part-job-0-1-0", "part-job-0-1-1", "part-job-0-1-2"]);
+        let all: String = ["part-job-0-1-0", "part-job-0-1-1", "part-job-0-1-2"].iter().map(|n| read(dir.path(), n)).collect();
         assert_eq!(all, lines(0..15));
         // Nothing is pending any more.
         assert_eq!(sink.snapshot_state(3).expect("snapshot").expect("state").len(), 1);
@@ -790,17 +848,17 @@ mod tests {
         first.snapshot_state(2).expect("snapshot");
         first.process_batch(ids(20..30), &mut NoOutput).expect("write");
         drop(first); // a crash: no finish
-        assert_eq!(names(dir.path()), vec![".part-0-1.pending", ".part-0-2.inprogress", "part-0-0"]);
+        assert_eq!(names(dir.path()), vec![".part-job-0-0-1.pending", ".part-job-0-0-2.inprogress", "part-job-0-0-0"]);
 
         let mut restored = sink(dir.path(), 0, 1);
         restored.restore_state(1, state1).expect("restore");
-        assert_eq!(names(dir.path()), vec!["part-0-0"]);
-        assert_eq!(read(dir.path(), "part-0-0"), lines(0..10));
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0"]);
+        assert_eq!(read(dir.path(), "part-job-0-0-0"), lines(0..10));
         // The replay writes the rows after checkpoint 1 again, under new names.
         restored.process_batch(ids(10..30), &mut NoOutput).expect("write");
         restored.finish(&mut NoOutput).expect("finish");
-        assert_eq!(names(dir.path()), vec!["part-0-0", "part-0-3"]);
-        assert_eq!(read(dir.path(), "part-0-3"), lines(10..30));
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0", "part-job-0-0-3"]);
+        assert_eq!(read(dir.path(), "part-job-0-0-3"), lines(10..30));
     }
 
     #[test]
@@ -812,26 +870,26 @@ mod tests {
         first.process_batch(ids(10..20), &mut NoOutput).expect("write");
         // Checkpoint 1 completed, but the process died before the notification arrived.
         drop(first);
-        assert_eq!(names(dir.path()), vec![".part-0-0.pending", ".part-0-1.inprogress"]);
+        assert_eq!(names(dir.path()), vec![".part-job-0-0-0.pending", ".part-job-0-0-1.inprogress"]);
 
         let mut restored = sink(dir.path(), 0, 1);
         restored.restore_state(1, state1.clone()).expect("restore");
-        assert_eq!(names(dir.path()), vec!["part-0-0"]);
-        assert_eq!(read(dir.path(), "part-0-0"), lines(0..10));
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0"]);
+        assert_eq!(read(dir.path(), "part-job-0-0-0"), lines(0..10));
         // Restoring the same checkpoint again (the restored attempt failed too) is idempotent.
         restored.process_batch(ids(10..15), &mut NoOutput).expect("write");
         drop(restored);
         let mut again = sink(dir.path(), 0, 1);
         again.restore_state(1, state1.clone()).expect("restore again");
-        assert_eq!(names(dir.path()), vec!["part-0-0"]);
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0"]);
         again.finish(&mut NoOutput).expect("finish");
-        // The restored run committed nothing new, but part-0-0 is its output: no empty file.
-        assert_eq!(names(dir.path()), vec!["part-0-0"]);
+        // The restored run committed nothing new, but part-job-0-0-0 is its output: no empty file.
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0"]);
 
         // A listed file that exists neither pending nor committed is lost output: an error.
-        fs::remove_file(dir.path().join("part-0-0")).expect("remove");
+        fs::remove_file(dir.path().join("part-job-0-0-0")).expect("remove");
         let err = sink(dir.path(), 0, 1).restore_state(1, state1).expect_err("missing file").to_string();
-        assert!(err.contains("part-0-0"), "{err}");
+        assert!(err.contains("part-job-0-0-0"), "{err}");
     }
 
     #[test]
@@ -849,7 +907,7 @@ mod tests {
         failed.snapshot_state(1).expect("snapshot");
         failed.process_batch(ids(105..110), &mut NoOutput).expect("write");
         drop(failed);
-        assert_eq!(names(dir.path()), vec![".part-1-0.pending", ".part-1-1.inprogress", "part-0-0", "part-0-1"]);
+        assert_eq!(names(dir.path()), vec![".part-job-0-1-0.pending", ".part-job-0-1-1.inprogress", "part-job-0-0-0", "part-job-0-0-1"]);
 
         // Attempt 1 replays everything from the start.
         let mut sinks: Vec<FileSink> = (0..2).map(|i| sink(dir.path(), i, 2)).collect();
@@ -862,7 +920,7 @@ mod tests {
         for s in &mut sinks {
             s.finish(&mut NoOutput).expect("finish");
         }
-        assert_eq!(names(dir.path()), vec!["part-0-0", "part-1-0"]);
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0", "part-job-0-1-0"]);
         assert_eq!(committed_lines(dir.path()), (0..10).chain(100..110).collect::<Vec<i64>>());
     }
 
@@ -876,6 +934,60 @@ mod tests {
         let element = state::encode(STATE_MAGIC, &outside, "file sink").expect("encode");
         let err = sink(dir.path(), 0, 1).restore_state(1, vec![element]).expect_err("bad").to_string();
         assert!(err.contains("not a pending part file name"), "{err}");
+    }
+
+    fn sink_of(dir: &Path, job: &str, attempt: u32, index: u32) -> FileSink {
+        let info = SubtaskInfo { job_id: job.into(), attempt, ..info(index, 1) };
+        FileSink::new(dir.to_str().expect("utf-8 path"), FileFormat::Csv, &info).expect("open")
+    }
+
+    /// Two jobs write to one directory, one of them crashing and restarting with and without
+    /// a checkpoint: each keeps all its output, and neither touches the other's files.
+    #[test]
+    fn two_jobs_on_one_directory_both_keep_all_their_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = sink_of(dir.path(), "a", 0, 0);
+        let mut b = sink_of(dir.path(), "b", 0, 0);
+        a.process_batch(ids(0..10), &mut NoOutput).expect("write");
+        b.process_batch(ids(100..110), &mut NoOutput).expect("write");
+        let a_state = a.snapshot_state(1).expect("snapshot").expect("state");
+        b.snapshot_state(1).expect("snapshot");
+        a.notify_checkpoint_complete(1).expect("commit");
+        b.notify_checkpoint_complete(1).expect("commit");
+        a.process_batch(ids(10..20), &mut NoOutput).expect("write");
+        b.process_batch(ids(110..120), &mut NoOutput).expect("write");
+        b.snapshot_state(2).expect("snapshot");
+        // Job a crashes and restores checkpoint 1 in attempt 1: its leftovers go, b's stay.
+        drop(a);
+        let mut a = sink_of(dir.path(), "a", 1, 0);
+        a.restore_state(1, a_state).expect("restore");
+        assert_eq!(names(dir.path()), vec![".part-b-0-0-1.pending", "part-a-0-0-0", "part-b-0-0-0"]);
+        a.process_batch(ids(10..20), &mut NoOutput).expect("write");
+        a.finish(&mut NoOutput).expect("finish");
+        b.finish(&mut NoOutput).expect("finish");
+        assert_eq!(names(dir.path()), vec!["part-a-0-0-0", "part-a-1-0-2", "part-b-0-0-0", "part-b-0-0-1"]);
+        assert_eq!(committed_lines(dir.path()), (0..20).chain(100..120).collect::<Vec<_>>());
+        // A restart of job b without a checkpoint starts b over; a's output stays.
+        let mut b = sink_of(dir.path(), "b", 1, 0);
+        b.restore_state(0, Vec::new()).expect("start over");
+        assert_eq!(names(dir.path()), vec!["part-a-0-0-0", "part-a-1-0-2"]);
+    }
+
+    /// A restore commits the pending files its checkpoint lists and nothing else: a pending
+    /// file of a later checkpoint of the job is deleted, another job's stays hidden.
+    #[test]
+    fn a_restore_commits_only_the_files_its_checkpoint_lists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = sink_of(dir.path(), "a", 0, 0);
+        s.process_batch(ids(0..10), &mut NoOutput).expect("write");
+        let state = s.snapshot_state(1).expect("snapshot").expect("state");
+        s.process_batch(ids(10..20), &mut NoOutput).expect("write");
+        s.snapshot_state(2).expect("snapshot");
+        fs::write(dir.path().join(".part-b-0-0-0.pending"), "another job\n").expect("write");
+        drop(s);
+        sink_of(dir.path(), "a", 1, 0).restore_state(1, state).expect("restore");
+        assert_eq!(names(dir.path()), vec![".part-b-0-0-0.pending", "part-a-0-0-0"]);
+        assert_eq!(committed_lines(dir.path()), (0..10).collect::<Vec<_>>());
     }
 
     /// Two old subtasks of a job that dies after checkpoint 2 completed but before any
@@ -922,7 +1034,7 @@ mod tests {
         let states = two_crashed_subtasks(dir.path());
         let dealt = deal(&states, 1);
         sink(dir.path(), 0, 1).restore_state(2, dealt[0].clone()).expect("restore");
-        assert_eq!(names(dir.path()), vec!["part-0-0", "part-0-1", "part-1-0", "part-1-1"]);
+        assert_eq!(names(dir.path()), vec!["part-job-0-0-0", "part-job-0-0-1", "part-job-0-1-0", "part-job-0-1-1"]);
         let expected: Vec<i64> = (0..20).chain(1000..1020).collect();
         assert_eq!(committed_lines(dir.path()), expected);
     }
@@ -947,6 +1059,17 @@ mod tests {
             s.finish(&mut NoOutput).expect("finish");
         }
         let committed: Vec<String> = names(dir.path()).into_iter().filter(|n| !n.starts_with('.')).collect();
-        assert_eq!(committed, vec!["part-0-0", "part-0-1", "part-0-4", "part-1-0", "part-1-1", "part-1-4", "part-2-0"]);
+        assert_eq!(
+            committed,
+            vec![
+                "part-job-0-0-0",
+                "part-job-0-0-1",
+                "part-job-0-0-4",
+                "part-job-0-1-0",
+                "part-job-0-1-1",
+                "part-job-0-1-4",
+                "part-job-0-2-0"
+            ]
+        );
     }
 }

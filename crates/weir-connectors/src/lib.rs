@@ -77,10 +77,11 @@ pub fn print_sink(info: &SubtaskInfo) -> Box<dyn Operator> {
     Box::new(print::PrintSink::new(info))
 }
 
-/// The `file` sink: writes `part-{index}-{seq}` files (CSV or JSON lines) into the directory
-/// `path`. A file is hidden (`.part-{index}-{seq}.inprogress`, then `.pending` once a
+/// The `file` sink: writes `part-{job}-{attempt}-{index}-{seq}` files (CSV or JSON lines) into
+/// the directory `path`. A file is hidden (`.part-….inprogress`, then `.pending` once a
 /// checkpoint pre-committed it) until its checkpoint completes or `finish()` commits it:
-/// exactly-once output with checkpoints, one `part-{index}-0` per subtask without.
+/// exactly-once output with checkpoints, one `part-{job}-{attempt}-{index}-0` per subtask
+/// without. It never touches another job's files.
 pub fn file_sink(path: &str, format: FileFormat, info: &SubtaskInfo) -> OpResult<Box<dyn Operator>> {
     Ok(Box::new(file_sink::FileSink::new(path, format, info)?))
 }

@@ -124,6 +124,11 @@ pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> 
                     out.push(Effect::DeleteFiles { storage: storage.clone(), paths });
                 }
             }
+            Action::CollectGarbage { sweep, repeat } => {
+                if let Some(storage) = t.storage {
+                    out.push(Effect::CollectGarbage { storage: storage.clone(), sweep, repeat });
+                }
+            }
             Action::FailJob(reason) => {
                 out.push(Effect::Followup(Followup::FailJob { job_id: t.job_id.to_string(), attempt: Some(t.attempt), reason }));
             }

@@ -52,7 +52,20 @@
 //!
 //! Shared files (incremental SSTs, channel-state files) that no retained checkpoint references
 //! are deleted only once every checkpoint that might still reference them has ended: with
-//! concurrent checkpoints, one snapshotted before its task heard of a newer upload may.
+//! concurrent checkpoints, one snapshotted before its task heard of a newer upload may. When the
+//! attempt ends, nothing of it can reference anything any more (a restored task reuses no
+//! uploaded file), so everything deferred goes then.
+//!
+//! ## Cleanup (long form: `docs/state.md`)
+//! A discarded checkpoint's folder goes at once ([`Action::Discard`]), unreferenced shared files
+//! as above ([`Action::DeleteSharedFiles`]). What no acknowledgement named (files a failed
+//! checkpoint's tasks uploaded before it failed, uploads that landed after their checkpoint was
+//! aborted) only a listing finds: a failure asks for a [`Sweep`] of the job's storage, sent once
+//! no checkpoint is pending (a pending one may share a failed checkpoint's channel-state file),
+//! and once more at the next such moment for uploads still landing during the first. Each
+//! attempt's end and a JobManager's recovery sweep too, and again a little later (canceled
+//! tasks may still be uploading). A sweep keeps the retained checkpoints and every shared file
+//! the registry or a deferred deletion holds.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -61,6 +74,7 @@ use std::time::{Duration, Instant};
 use weir_core::graph::JobGraph;
 use weir_core::settings::CheckpointConfig;
 use weir_proto::{CheckpointInfo, CheckpointStatus};
+use weir_state::cleanup::Sweep;
 use weir_state::metadata::{CheckpointMetadata, OperatorState, SubtaskState};
 use weir_state::registry::SharedStateRegistry;
 
@@ -218,6 +232,11 @@ pub enum Event {
     /// task view now. The outcome comes back as [`Action::SavepointDone`] with the request's
     /// ticket.
     TriggerSavepoint { request: SavepointRequest, tasks: TaskView },
+    /// A recovered JobManager found these completed checkpoints of the job in its storage
+    /// (`recover.rs`): they are retained again (the newest `num-retained`; older ones are
+    /// discarded), their shared files registered, and the storage swept of what the previous
+    /// JobManager left behind.
+    Recovered { checkpoints: Vec<CheckpointMetadata> },
 }
 
 /// What the driver must do.
@@ -248,6 +267,10 @@ pub enum Action {
     Discard { id: u64 },
     /// Delete shared files (incremental SSTs) no retained checkpoint references any more.
     DeleteSharedFiles(Vec<String>),
+    /// List the job's checkpoint storage and delete what `sweep` calls garbage (see the module
+    /// header's "Cleanup"). With `repeat` (an attempt ended, a JobManager recovered) the sweep
+    /// runs again a little later, for uploads of canceled tasks still landing.
+    CollectGarbage { sweep: Sweep, repeat: bool },
     /// Checkpoint failures exceeded `tolerable-failed-checkpoints`.
     FailJob(String),
 }
@@ -411,6 +434,13 @@ pub struct CheckpointCoordinator {
     /// race with the completion notice) may reference them. Each batch is deleted, minus what
     /// a checkpoint completed since registered again, once every checkpoint up to its id ended.
     deferred_deletes: Vec<(u64, Vec<String>)>,
+    /// Checkpoint ids up to here belong to attempts that ended (or to a previous JobManager):
+    /// no running task can reference what they released, so deferred deletions up to it are
+    /// settled.
+    attempt_floor: u64,
+    /// Sweeps still owed for failed checkpoints, each sent at the next moment no checkpoint
+    /// is pending (see the module header's "Cleanup").
+    sweeps_due: u32,
     /// Where a `weir stop` stands; any but `Running` holds periodic checkpoints back.
     stop: StopPhase,
     /// The last stop-with-savepoint that completed (see [`SyncSavepoint`]).
@@ -428,6 +458,10 @@ pub struct CheckpointCoordinator {
 
 /// How often a stop repeats its signal to tasks that still run.
 const STOP_REMINDER: Duration = Duration::from_secs(2);
+
+/// Sweeps after a failed checkpoint: the first finds what its tasks uploaded, the second what
+/// was still landing during the first.
+const SWEEPS_AFTER_FAILURE: u32 = 2;
 
 impl CheckpointCoordinator {
     /// A coordinator for `attempt` of the job, whose checkpoint ids continue at `next_id`.
@@ -447,6 +481,8 @@ impl CheckpointCoordinator {
             history: Vec::new(),
             final_checkpoint: FinalCheckpoint::NotTaken,
             deferred_deletes: Vec::new(),
+            attempt_floor: 0,
+            sweeps_due: 0,
             stop: StopPhase::Running,
             sync_savepoint: None,
             last_savepoint: None,
@@ -526,6 +562,7 @@ impl CheckpointCoordinator {
                 }
                 // A drain whose final savepoint had not started yet.
                 self.end_stop_request(format!("the job's attempt ended before the stop completed ({reason})"), &mut out);
+                self.attempt_ended(&mut out);
             }
             Event::AttemptStarted { attempt } => {
                 for id in self.pending_ids() {
@@ -538,8 +575,61 @@ impl CheckpointCoordinator {
                 self.stop = StopPhase::Running;
             }
             Event::TriggerSavepoint { request, tasks } => self.trigger_savepoint(now, request, tasks, &mut out),
+            Event::Recovered { checkpoints } => self.recovered(checkpoints, &mut out),
         }
         out
+    }
+
+    /// The attempt's tasks are gone: what its checkpoints released or left behind can go now,
+    /// and a sweep (repeated) finds what no acknowledgement named.
+    fn attempt_ended(&mut self, out: &mut Vec<Action>) {
+        self.attempt_floor = self.attempt_floor.max(self.next_id);
+        let owed = std::mem::take(&mut self.sweeps_due);
+        self.delete_settled_files(out);
+        // This sweep, repeated, replaces one the failures of the attempt's checkpoints asked for.
+        out.retain(|a| !matches!(a, Action::CollectGarbage { repeat: false, .. }));
+        if self.enabled() && (owed > 0 || !self.history.is_empty()) {
+            out.push(Action::CollectGarbage { sweep: self.sweep(), repeat: true });
+        }
+    }
+
+    /// Retains the checkpoints a recovered JobManager found (see [`Event::Recovered`]).
+    fn recovered(&mut self, mut checkpoints: Vec<CheckpointMetadata>, out: &mut Vec<Action>) {
+        checkpoints.sort_by_key(|m| m.checkpoint_id);
+        for meta in checkpoints {
+            let id = meta.checkpoint_id;
+            if id >= self.next_id || meta.savepoint || self.retained.iter().any(|r| r.checkpoint_id == id) {
+                continue;
+            }
+            self.registry.register_paths(id, meta.shared_paths());
+            let at = self.retained.partition_point(|r| r.checkpoint_id < id);
+            self.retained.insert(at, meta);
+        }
+        // The previous JobManager's tasks are not this JobManager's: nothing they run counts.
+        self.attempt_floor = self.attempt_floor.max(self.next_id);
+        self.discard_beyond_retention(out);
+        self.delete_settled_files(out);
+        out.push(Action::CollectGarbage { sweep: self.sweep(), repeat: true });
+    }
+
+    /// What a sweep now keeps: the retained checkpoints, every shared file the registry, a
+    /// deferred deletion or a pending checkpoint's acknowledgement holds, and everything of the
+    /// pending checkpoints and later ones.
+    fn sweep(&self) -> Sweep {
+        let below = self.pending.keys().next().copied().unwrap_or(self.next_id);
+        let mut keep: std::collections::HashSet<String> = self.registry.referenced().cloned().collect();
+        keep.extend(self.deferred_deletes.iter().flat_map(|(_, p)| p.iter().cloned()));
+        for p in self.pending.values() {
+            match &p.phase {
+                Phase::Collecting { acks, .. } => {
+                    for states in acks.values() {
+                        keep.extend(states.iter().flat_map(|(_, s)| s.shared_paths()));
+                    }
+                }
+                Phase::Finalizing(meta) => keep.extend(meta.shared_paths()),
+            }
+        }
+        Sweep { job: self.job_id.clone(), below, retained: self.retained.iter().map(|m| m.checkpoint_id).collect(), keep }
     }
 
     /// Answers a stop still under way with `why` and ends it (a completed one stays `Stopping`).
@@ -817,6 +907,13 @@ impl CheckpointCoordinator {
         for s in subsumed {
             self.fail(now, s, FailureReason::Subsumed { by: id }, out);
         }
+        self.discard_beyond_retention(out);
+        self.delete_settled_files(out);
+    }
+
+    /// Discards the oldest retained checkpoints beyond `num-retained`; the shared files only
+    /// they referenced are deferred (see `deferred_deletes`).
+    fn discard_beyond_retention(&mut self, out: &mut Vec<Action>) {
         while self.retained.len() > self.settings.num_retained {
             let Some(old) = self.retained.pop_front() else { break };
             let unreferenced = self.registry.release(old.checkpoint_id);
@@ -827,7 +924,6 @@ impl CheckpointCoordinator {
             }
             out.push(Action::Discard { id: old.checkpoint_id });
         }
-        self.delete_settled_files(out);
     }
 
     /// A savepoint's `_metadata` is written. An intermediate savepoint only answers its caller:
@@ -871,11 +967,13 @@ impl CheckpointCoordinator {
     }
 
     /// Deletes the deferred shared files whose checkpoints have all ended (see
-    /// `deferred_deletes`), except those a checkpoint completed since references again.
+    /// `deferred_deletes`), except those a checkpoint completed since references again; then,
+    /// if a sweep is owed and no checkpoint is pending, asks for it.
     fn delete_settled_files(&mut self, out: &mut Vec<Action>) {
         let lowest_open = self.pending.keys().next().copied().unwrap_or(self.next_id);
+        let floor = self.attempt_floor;
         let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.deferred_deletes).into_iter().partition(|(upto, _)| *upto < lowest_open);
+            std::mem::take(&mut self.deferred_deletes).into_iter().partition(|(upto, _)| *upto < lowest_open || *upto <= floor);
         // A path that became unreferenced again later waits for that later batch.
         let later: std::collections::HashSet<&String> = waiting.iter().flat_map(|(_, p)| p).collect();
         let paths: Vec<String> =
@@ -883,6 +981,10 @@ impl CheckpointCoordinator {
         self.deferred_deletes = waiting;
         if !paths.is_empty() {
             out.push(Action::DeleteSharedFiles(paths));
+        }
+        if self.sweeps_due > 0 && self.pending.is_empty() {
+            self.sweeps_due -= 1;
+            out.push(Action::CollectGarbage { sweep: self.sweep(), repeat: false });
         }
     }
 
@@ -923,6 +1025,11 @@ impl CheckpointCoordinator {
             }
             (Phase::Finalizing(_), None) => {}
         }
+        if p.savepoint.is_none() {
+            // Its tasks may have uploaded shared files no acknowledgement named.
+            self.sweeps_due = SWEEPS_AFTER_FAILURE;
+        }
+        self.delete_settled_files(out);
         if reason.counts_as_failure() && p.savepoint.is_none() {
             self.consecutive_failures += 1;
             if self.consecutive_failures > self.settings.tolerable_failures {
@@ -931,7 +1038,6 @@ impl CheckpointCoordinator {
                 )));
             }
         }
-        self.delete_settled_files(out);
     }
 }
 
@@ -952,6 +1058,11 @@ mod tests {
             tolerable_failures: 0,
             num_retained: 1,
         }
+    }
+
+    /// The actions without the cleanup sweeps.
+    fn sans_sweeps(actions: &[Action]) -> Vec<Action> {
+        actions.iter().filter(|a| !matches!(a, Action::CollectGarbage { .. })).cloned().collect()
     }
 
     fn graph() -> Arc<JobGraph> {
@@ -1177,7 +1288,9 @@ mod tests {
         let ended = h.handle(Event::AttemptEnded { reason: "job restarting".into() });
         assert!(!fails_job(&ended), "an ended attempt is not a checkpoint failure");
         assert!(!ended.iter().any(|a| matches!(a, Action::Abort { .. })), "nobody to tell");
-        assert_eq!(ended, [Action::Discard { id: 2 }]);
+        assert_eq!(sans_sweeps(&ended), [Action::Discard { id: 2 }]);
+        let sweeps: Vec<&Action> = ended.iter().filter(|a| matches!(a, Action::CollectGarbage { .. })).collect();
+        assert!(matches!(sweeps[..], [Action::CollectGarbage { repeat: true, .. }]), "one sweep, repeated: {sweeps:?}");
         // 1's _metadata lands after the restart chose its restore point: discarded, not filed.
         assert_eq!(h.handle(written(1)), [Action::Discard { id: 1 }]);
         assert!(h.c.latest().is_none());
@@ -1225,7 +1338,7 @@ mod tests {
         }
         // Checkpoint 1 was still finalizing: the newer final checkpoint subsumes it.
         assert_eq!(
-            h.handle(written(4)),
+            sans_sweeps(&h.handle(written(4))),
             [Action::NotifyComplete { id: 4, attempt: 0 }, Action::Abort { id: 1, attempt: 0, reason: FailureReason::Subsumed { by: 4 } }]
         );
         assert!(h.at(400).handle(Event::Tick(ended)).is_empty(), "completed: never again in this attempt");

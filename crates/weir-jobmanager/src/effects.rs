@@ -16,17 +16,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use weir_core::config::Config;
 use weir_proto::task_manager_service_client::TaskManagerServiceClient;
 use weir_proto::{CancelTasksRequest, CheckpointRequest};
+use weir_state::cleanup::Sweep;
 use weir_state::metadata::CheckpointMetadata;
 use weir_state::storage::layout;
 use weir_state::CheckpointStorage;
 
+/// When a repeated sweep runs again, after the first: uploads of canceled tasks may still be
+/// landing when an attempt ends.
+const SWEEP_REPEATS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(20)];
+
 /// A gRPC client of one TaskManager, built by `tm_client` in `state.rs`: connected lazily,
 /// every call bounded, so an effect never waits forever on a dead TaskManager.
-pub(crate) type TmClient = TaskManagerServiceClient<Channel>;
+pub(crate) type TmClient = TaskManagerServiceClient<weir_proto::security::GrpcChannel>;
 
 /// A TaskManager to call: its id (for errors and probes) and its client.
 #[derive(Clone)]
@@ -64,12 +68,16 @@ pub(crate) enum Effect {
     CheckpointRpc { call: CheckpointCall, to: Vec<TmTarget>, request: CheckpointRequest },
     /// Write a checkpoint's `_metadata`; the outcome comes back as a follow-up.
     WriteMetadata { job_id: String, storage: CheckpointStorage, metadata: CheckpointMetadata },
-    /// Delete a checkpoint's folder (`chk-<id>`, with everything under it). Failures are
-    /// logged only; note that a leftover folder with a `_metadata` is still a candidate when a
-    /// restarted JobManager looks for the newest checkpoint (`recover.rs`).
+    /// Delete a checkpoint's folder (`chk-<id>`, with everything under it; on `file://`
+    /// storage its directories too). Failures are logged only, naming the path; note that a
+    /// leftover folder with a `_metadata` is still a candidate when a restarted JobManager
+    /// looks for the newest checkpoint (`recover.rs`), and a later sweep retries the rest.
     DeleteCheckpoint { job_id: String, storage: CheckpointStorage, id: u64 },
-    /// Delete files (shared SSTs nothing references any more).
+    /// Delete files (shared SSTs nothing references any more). Failures are logged only.
     DeleteFiles { storage: CheckpointStorage, paths: Vec<String> },
+    /// Sweep the job's checkpoint storage of garbage (see `weir_state::cleanup`); with
+    /// `repeat`, again after each of [`SWEEP_REPEATS`]. Failures are logged only.
+    CollectGarbage { storage: CheckpointStorage, sweep: Sweep, repeat: bool },
     /// Write a savepoint's `_metadata` at the root of its folder (opened with the job's
     /// configuration); the outcome comes back as a follow-up, as for checkpoints.
     WriteSavepointMetadata { job_id: String, location: String, config: Config, metadata: CheckpointMetadata },
@@ -200,16 +208,35 @@ impl Executor {
             }
             Effect::DeleteCheckpoint { job_id, storage, id } => {
                 tokio::spawn(async move {
-                    if let Err(e) = storage.delete_prefix(&layout::checkpoint_dir(&job_id, id)).await {
-                        tracing::warn!(job = %job_id, checkpoint = id, "cannot delete a discarded checkpoint: {e}");
+                    let dir = layout::checkpoint_dir(&job_id, id);
+                    match storage.delete_dir(&dir).await {
+                        Ok(failed) => {
+                            for (_, e) in failed {
+                                tracing::warn!(job = %job_id, checkpoint = id, "cannot delete a file of a discarded checkpoint: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %job_id, checkpoint = id, "cannot delete the discarded checkpoint {}: {e}", storage.display(&dir))
+                        }
                     }
                 });
             }
             Effect::DeleteFiles { storage, paths } => {
                 tokio::spawn(async move {
-                    for p in paths {
-                        if let Err(e) = storage.delete(&p).await {
-                            tracing::warn!(path = %p, "cannot delete an unreferenced shared file: {e}");
+                    for (_, e) in storage.delete_files(&paths).await {
+                        tracing::warn!("cannot delete an unreferenced shared file: {e}");
+                    }
+                });
+            }
+            Effect::CollectGarbage { storage, sweep, repeat } => {
+                tokio::spawn(async move {
+                    collect_garbage(&storage, &sweep).await;
+                    if repeat {
+                        let mut waited = Duration::ZERO;
+                        for after in SWEEP_REPEATS {
+                            tokio::time::sleep(after - waited).await;
+                            waited = after;
+                            collect_garbage(&storage, &sweep).await;
                         }
                     }
                 });
@@ -289,5 +316,20 @@ impl Executor {
             self.send(Followup::Checkpoint { job_id, event: Event::TriggerFailed { id, reason } });
         }
         self.send(Followup::Probe { taskmanager: target });
+    }
+}
+
+/// Runs one sweep, logging what it deleted and, as warnings naming the path, what it could not.
+async fn collect_garbage(storage: &CheckpointStorage, sweep: &Sweep) {
+    match sweep.run(storage).await {
+        Ok(outcome) => {
+            if !outcome.deleted.is_empty() {
+                tracing::debug!(job = %sweep.job, files = outcome.deleted.len(), "deleted leftover checkpoint files");
+            }
+            for (_, e) in outcome.failed {
+                tracing::warn!(job = %sweep.job, "cannot delete a leftover checkpoint file: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(job = %sweep.job, "cannot list checkpoint storage for cleanup: {e}"),
     }
 }

@@ -2,6 +2,10 @@
 //! under its id, as a new attempt, restoring the latest checkpoint whose `_metadata` is in
 //! its checkpoint storage (a `_metadata` that does not read is reported and skipped, and the
 //! next older one is tried). It is then scheduled as soon as TaskManagers (re-)register.
+//! The newest `num-retained` readable checkpoints are handed to its checkpoint coordinator
+//! ([`Event::Recovered`]): they are retained as before, their shared files registered (so
+//! they are deleted once unreferenced, and never while referenced), and everything else the
+//! previous JobManager left in the job's storage is swept away.
 //!
 //! Which jobs come back is decided by the state name of their last catalog entry: FINISHED,
 //! FAILED and CANCELED stay ended; every other state (SUSPENDED after a clean shutdown, or
@@ -14,7 +18,8 @@
 //! from with `weir run -s` (the entry does not record it) start afresh.
 
 use crate::catalog::{Catalog, JobRecord};
-use crate::effects::Executor;
+use crate::coordinator::Event;
+use crate::effects::{Executor, Followup};
 use crate::job::{JobDefinition, NewJob};
 use crate::state::JobManagerState;
 use weir_core::config::Config;
@@ -34,9 +39,12 @@ pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, c
     for record in catalog.load().into_iter().filter(|r| !r.is_terminal()) {
         let id = record.id.clone();
         match recover(state, record).await {
-            Ok((new, checkpoint)) => {
+            Ok((new, checkpoint, checkpoints)) => {
                 tracing::info!(job = %id, checkpoint, "recovered job from the catalog");
                 executor.perform(state.add_job(new));
+                if !checkpoints.is_empty() {
+                    executor.send(Followup::Checkpoint { job_id: id, event: Event::Recovered { checkpoints } });
+                }
             }
             Err(e) => tracing::error!(job = %id, "cannot recover job: {e}"),
         }
@@ -44,21 +52,24 @@ pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, c
 }
 
 /// The job a catalog record describes, compiled under this JobManager's configuration, with
-/// its restore point and the checkpoint id it continues from.
+/// its restore point, the checkpoint id it continues from, and the checkpoints it retains
+/// (newest first).
 ///
 /// The attempt continues after the recorded one, so that messages of the previous
 /// JobManager's tasks, should any still arrive, never count; checkpoint ids continue after
 /// the restore point. Errors are messages for the log, naming what failed to compile or
 /// open.
-async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Option<u64>), String> {
+async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Option<u64>, Vec<CheckpointMetadata>), String> {
     let overrides = Config::from_pairs(r.config.iter()).map_err(|e| e.to_string())?;
     let (graph, config) = weir_core::job::compile_job(&r.definition, &r.origin, state.config(), &overrides).map_err(|e| e.to_string())?;
     let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
     let mut restore = None;
     let mut storage = None;
+    let mut retained = Vec::new();
     if let Some(url) = &settings.checkpoint.dir {
         let s = CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?;
-        restore = latest_checkpoint(&s, &r.id).await.map(|metadata| RestoreInfo { storage_url: url.clone(), metadata });
+        retained = latest_checkpoints(&s, &r.id, settings.checkpoint.num_retained.max(1)).await;
+        restore = retained.first().map(|metadata| RestoreInfo { storage_url: url.clone(), metadata: metadata.clone() });
         storage = Some(s);
     }
     // A completed stop savepoint newer than the latest checkpoint committed the sinks' output
@@ -83,27 +94,31 @@ async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Optio
         attempt: r.attempt + 1,
         next_checkpoint: checkpoint.map_or(1, |c| c + 1),
     };
-    Ok((new, checkpoint))
+    Ok((new, checkpoint, retained))
 }
 
-/// The newest readable `_metadata` of `job`, found by listing its `chk-<n>/_metadata` files
-/// in `storage`, newest first. `None` if there is none, if none reads, or if the listing
-/// itself fails: the job then starts without state.
-pub(crate) async fn latest_checkpoint(storage: &CheckpointStorage, job: &str) -> Option<CheckpointMetadata> {
-    let files = storage.list(job).await.ok()?;
+/// The newest `count` readable `_metadata` of `job`, newest first, found by listing its
+/// `chk-<n>/_metadata` files in `storage`. Empty if there is none, if none reads, or if the
+/// listing itself fails: the job then starts without state. The first is the restore point.
+pub(crate) async fn latest_checkpoints(storage: &CheckpointStorage, job: &str, count: usize) -> Vec<CheckpointMetadata> {
+    let Ok(files) = storage.list(job).await else { return Vec::new() };
     let mut ids: Vec<u64> = files
         .iter()
         .filter_map(|p| p.strip_suffix("/_metadata"))
         .filter_map(|p| p.rsplit_once("/chk-").and_then(|(_, n)| n.parse().ok()))
         .collect();
     ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = Vec::new();
     for n in ids {
+        if out.len() == count {
+            break;
+        }
         match CheckpointMetadata::read(storage, &weir_state::storage::layout::metadata(job, n)).await {
-            Ok(m) => return Some(m),
+            Ok(m) => out.push(m),
             Err(e) => tracing::error!(job, checkpoint = n, "skipping an unreadable checkpoint: {e}"),
         }
     }
-    None
+    out
 }
 
 #[cfg(test)]
@@ -129,7 +144,8 @@ mod tests {
         metadata("j1", 3, false).write(&storage).await.unwrap();
         let sp = CheckpointStorage::open(&savepoint, &Config::new()).unwrap();
         metadata("j1", 5, true).write_at(&sp, "_metadata").await.unwrap();
-        let state = JobManagerState::new(Config::new(), JobManagerConfig::from_config(&Config::new()));
+        let state =
+            JobManagerState::new(Config::new(), JobManagerConfig::from_config(&Config::new()), weir_proto::security::Dialer::plaintext());
         let record = |restore_savepoint: Option<String>| JobRecord {
             id: "j1".into(),
             name: "t".into(),
@@ -144,13 +160,14 @@ mod tests {
             state: "RUNNING".into(),
             restore_savepoint,
         };
-        let (new, id) = recover(&state, record(Some(savepoint.clone()))).await.unwrap();
+        let (new, id, _) = recover(&state, record(Some(savepoint.clone()))).await.unwrap();
         let restore = new.restore.unwrap();
         assert_eq!((restore.storage_url.as_str(), id, new.next_checkpoint), (savepoint.as_str(), Some(5), 6));
-        let (new, id) = recover(&state, record(None)).await.unwrap();
+        let (new, id, retained) = recover(&state, record(None)).await.unwrap();
         assert_eq!((new.restore.unwrap().storage_url, id), (checkpoints.clone(), Some(3)));
+        assert_eq!(retained.iter().map(|m| m.checkpoint_id).collect::<Vec<_>>(), [3], "the retained checkpoints go to the coordinator");
         metadata("j1", 7, false).write(&storage).await.unwrap();
-        let (_, id) = recover(&state, record(Some(savepoint))).await.unwrap();
+        let (_, id, _) = recover(&state, record(Some(savepoint))).await.unwrap();
         assert_eq!(id, Some(7), "a checkpoint newer than the stop savepoint is the restore point");
     }
 }

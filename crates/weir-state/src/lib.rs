@@ -7,7 +7,8 @@
 //! - [`storage`]: `file://`, `s3://` and `memory://` checkpoint storage via `object_store`;
 //! - [`format`]: framed files with magic, version and checksum;
 //! - [`metadata`], [`registry`], [`operator_state`]: `_metadata`, shared-file reference counts,
-//!   operator list state.
+//!   operator list state;
+//! - [`cleanup`]: what of a job's checkpoint storage is garbage, and the sweep that deletes it.
 //!
 //! # What a newcomer needs to know
 //!
@@ -36,6 +37,7 @@
 //! `docs/state.md` explains the layout and formats.
 
 pub mod channel_state;
+pub mod cleanup;
 pub mod format;
 pub mod handle;
 pub mod hashmap;

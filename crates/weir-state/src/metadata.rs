@@ -31,6 +31,16 @@ pub struct SubtaskState {
     pub output_channels: Option<ChannelStateHandle>,
 }
 
+impl SubtaskState {
+    /// The files in `shared/` it references (incremental SSTs, channel-state files).
+    pub fn shared_paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.keyed
+            .iter()
+            .flat_map(|h| h.shared_paths())
+            .chain(self.input_channels.iter().chain(self.output_channels.iter()).flat_map(|h| h.paths()))
+    }
+}
+
 /// The state of one operator, across all its subtasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorState {
@@ -156,8 +166,14 @@ impl CheckpointMetadata {
     /// unreadable JSON is [`StateError::Corrupt`].
     pub async fn read(storage: &CheckpointStorage, rel: &str) -> Result<Self, StateError> {
         let bytes = storage.get_bytes(rel).await?;
-        let path = storage.display(rel);
-        let body = unframe(METADATA_MAGIC, &bytes, &path)?;
-        serde_json::from_slice(body).map_err(|e| StateError::Corrupt { path, reason: format!("unreadable metadata: {e}") })
+        Self::decode(&bytes, &storage.display(rel))
+    }
+
+    /// Decodes the bytes of a `_metadata` file: the frame, then the JSON. `path` names the file
+    /// in errors; any damage is [`StateError::Corrupt`], never a panic (a fuzz target checks it).
+    pub fn decode(bytes: &[u8], path: &str) -> Result<Self, StateError> {
+        let body = unframe(METADATA_MAGIC, bytes, path)?;
+        serde_json::from_slice(body)
+            .map_err(|e| StateError::Corrupt { path: path.to_string(), reason: format!("unreadable metadata: {e}") })
     }
 }

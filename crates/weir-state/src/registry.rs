@@ -71,6 +71,11 @@ impl SharedStateRegistry {
         unreferenced
     }
 
+    /// Every shared file a registered checkpoint references (what a cleanup sweep must keep).
+    pub fn referenced(&self) -> impl Iterator<Item = &String> {
+        self.refs.keys()
+    }
+
     /// Whether any registered checkpoint references the shared file `path`.
     pub fn is_referenced(&self, path: &str) -> bool {
         self.refs.contains_key(path)

@@ -205,13 +205,18 @@ impl RocksDbBackend {
         }
     }
 
-    /// Checkpoint `n` completed: the SSTs it (or an earlier one) uploaded may now be reused.
+    /// Checkpoint `n` completed: the SSTs its handle lists may now be reused.
+    ///
+    /// Only records of `n` itself are confirmed. A record of an older checkpoint that is still
+    /// unconfirmed belongs to one that failed (or whose notice was lost): a failed checkpoint's
+    /// files are deleted by the JobManager's cleanup, so nothing may reference them. An SST it
+    /// shares with `n` already carries `n`'s record (see [`record_uploaded`](Self::record_uploaded)).
     ///
     /// It also forgets SSTs the database no longer has (compacted away). If the live-file list
     /// cannot be read, or is empty, nothing is forgotten.
     pub fn notify_checkpoint_complete(&mut self, n: u64) {
         for u in self.uploaded.values_mut() {
-            if u.checkpoint <= n {
+            if u.checkpoint == n {
                 u.confirmed = true;
             }
         }

@@ -25,7 +25,7 @@
 
 use crate::StateError;
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -55,6 +55,9 @@ pub struct CheckpointStorage {
     url: String,
     /// Prefix inside the store (the S3 key prefix; empty for file and memory).
     base: Path,
+    /// The root directory of `file://` storage: deleting there also removes the directories
+    /// that become empty (object stores have no directories, a file system keeps them).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// Where a file of a snapshot lives, relative to the storage root, with what protects it.
@@ -86,12 +89,13 @@ impl CheckpointStorage {
             if !path.starts_with('/') {
                 return Err(bad(format!("'{url}': file URLs need an absolute path, like file:///var/weir/checkpoints")));
             }
-            std::fs::create_dir_all(path).map_err(|e| StateError::Io { path: path.to_string(), source: e })?;
+            std::fs::create_dir_all(path).map_err(|e| bad(format!("cannot create the directory '{path}': {e}")))?;
             let store = LocalFileSystem::new_with_prefix(path).map_err(|e| StateError::Storage { path: url.to_string(), source: e })?;
-            return Ok(Self { store: Arc::new(store), url: url.to_string(), base: Path::default() });
+            let local_root = Some(std::path::PathBuf::from(path));
+            return Ok(Self { store: Arc::new(store), url: url.to_string(), base: Path::default(), local_root });
         }
         if url == "memory://" || url.starts_with("memory://") {
-            return Ok(Self { store: Arc::new(InMemory::new()), url: url.to_string(), base: Path::default() });
+            return Ok(Self { store: Arc::new(InMemory::new()), url: url.to_string(), base: Path::default(), local_root: None });
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -118,7 +122,7 @@ impl CheckpointStorage {
                 b = b.with_secret_access_key(s);
             }
             let store = b.build().map_err(|e| bad(format!("'{url}': {e}")))?;
-            return Ok(Self { store: Arc::new(store), url: url.to_string(), base: Path::from(prefix) });
+            return Ok(Self { store: Arc::new(store), url: url.to_string(), base: Path::from(prefix), local_root: None });
         }
         Err(bad(format!("'{url}': unsupported scheme (use file:///path, s3://bucket/path or memory://)")))
     }
@@ -273,22 +277,132 @@ impl CheckpointStorage {
     }
 
     /// Deletes one object. An object that is already gone is not an error, so discarding a
-    /// checkpoint can be retried.
+    /// checkpoint can be retried. On `file://` storage the directories that become empty go
+    /// too, up to the path's first component (the job's directory), which stays.
     pub async fn delete(&self, rel: &str) -> Result<(), StateError> {
+        self.delete_object(rel).await?;
+        self.remove_empty_parents(rel, first_component(rel)).await;
+        Ok(())
+    }
+
+    /// Deletes one object; already gone is fine.
+    async fn delete_object(&self, rel: &str) -> Result<(), StateError> {
         match self.store.delete(&self.full(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(rel, e)),
         }
     }
 
-    /// Deletes everything under `prefix`.
+    /// Deletes every path of `paths`, a few requests at a time, going on past failures.
     ///
-    /// Lists, then deletes the objects one request at a time.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StateError> {
-        for p in self.list(prefix).await? {
-            self.delete(&p).await?;
+    /// On `file://` storage the directories that become empty go too, up to the first
+    /// component of each path (the job's directory), which stays. Returns what could not be
+    /// deleted, by path, each error naming its path too: the caller logs them (a leftover file
+    /// never fails a job).
+    pub async fn delete_files(&self, paths: &[String]) -> Vec<(String, StateError)> {
+        self.delete_all(paths, None).await
+    }
+
+    /// Deletes everything under `prefix`, as [`delete_files`](Self::delete_files) does; on
+    /// `file://` storage the directories under `prefix` that become empty go too, `prefix`'s own
+    /// included, never anything above it. Returns the failures, or the listing's error.
+    pub async fn delete_dir(&self, prefix: &str) -> Result<Vec<(String, StateError)>, StateError> {
+        let paths = self.list(prefix).await?;
+        let stop = prefix.trim_end_matches('/').rsplit_once('/').map(|(parent, _)| parent.to_string()).unwrap_or_default();
+        let mut failed = self.delete_all(&paths, Some(&stop)).await;
+        // A folder with no file left (or none ever) but with directories in it.
+        if let Some(root) = &self.local_root {
+            let dir = root.join(prefix);
+            if let Err(e) = remove_empty_tree(&dir).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    failed.push((prefix.to_string(), StateError::Io { path: dir.display().to_string(), source: e }));
+                }
+            }
         }
-        Ok(())
+        Ok(failed)
+    }
+
+    /// Deletes everything under `prefix`, stopping at the first failure.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), StateError> {
+        match self.delete_dir(prefix).await?.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes `paths` with at most [`DELETE_CONCURRENCY`] requests in flight; then, on
+    /// `file://` storage, removes each one's parent directories while they are empty, below
+    /// `stop` (a directory relative to the root, never removed itself; `None`: each path's first
+    /// component).
+    async fn delete_all(&self, paths: &[String], stop: Option<&str>) -> Vec<(String, StateError)> {
+        let deletes = paths.iter().cloned().map(|p| {
+            let this = self.clone();
+            async move {
+                let result = this.delete_object(&p).await;
+                (p, result)
+            }
+        });
+        let results: Vec<(String, Result<(), StateError>)> =
+            futures::stream::iter(deletes).buffer_unordered(DELETE_CONCURRENCY).collect().await;
+        let mut failed = Vec::new();
+        for (p, r) in results {
+            match r {
+                Ok(()) => {
+                    let stop = stop.unwrap_or_else(|| first_component(&p)).to_string();
+                    self.remove_empty_parents(&p, &stop).await
+                }
+                Err(e) => failed.push((p, e)),
+            }
+        }
+        failed
+    }
+
+    /// On `file://` storage: removes the parent directories of `rel` while they are empty,
+    /// from the innermost up to, not including, `stop`. A directory that is not empty (or
+    /// already gone) ends the walk; nothing here is an error.
+    async fn remove_empty_parents(&self, rel: &str, stop: &str) {
+        let Some(root) = &self.local_root else { return };
+        let stop = root.join(stop);
+        let mut dir = root.join(rel);
+        while let Some(parent) = dir.parent() {
+            if parent == stop || !parent.starts_with(&stop) || parent == root.as_path() {
+                break;
+            }
+            if tokio::fs::remove_dir(parent).await.is_err() {
+                break;
+            }
+            dir = parent.to_path_buf();
+        }
+    }
+}
+
+/// Deletes issued at once by [`CheckpointStorage::delete_files`]: enough to hide S3's latency,
+/// few enough not to be throttled.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// The first component of a relative path: the job's directory in the per-job layout.
+fn first_component(rel: &str) -> &str {
+    rel.split('/').next().unwrap_or("")
+}
+
+/// Removes `dir` and every directory under it, if no file is left anywhere in it. Files are
+/// never removed: a directory with a file in it (say, an upload still landing) stays, with
+/// the directories leading to it.
+async fn remove_empty_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || remove_empty_tree_blocking(&dir)).await.map_err(std::io::Error::other)?
+}
+
+fn remove_empty_tree_blocking(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let _ = remove_empty_tree_blocking(&entry.path());
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
+        other => other,
     }
 }
 
@@ -318,6 +432,29 @@ pub mod layout {
     /// checkpoints that share buffers with it.
     pub fn channel_state_file(job: &str, vertex: u32, subtask: u32, attempt: u32, n: u64) -> String {
         format!("{job}/shared/channel-{vertex}-{subtask}-a{attempt}-{n}")
+    }
+    /// The checkpoint that wrote the shared file at `path` (relative to the storage root, or
+    /// its file name alone), read from the two names Weir gives files in `shared/`: an SST,
+    /// `<instance>-<n>-<file>` (instance: 16 hex digits), and a channel-state file,
+    /// `channel-<vertex>-<subtask>-a<attempt>-<n>`. `None` for any other name: cleanup leaves
+    /// such a file alone.
+    pub fn shared_file_checkpoint(path: &str) -> Option<u64> {
+        let name = path.rsplit('/').next()?;
+        if let Some(rest) = name.strip_prefix("channel-") {
+            let mut parts = rest.split('-');
+            let (vertex, subtask, attempt, n) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            if parts.next().is_some() || !numeric(vertex) || !numeric(subtask) || !attempt.strip_prefix('a').is_some_and(numeric) {
+                return None;
+            }
+            return n.parse().ok();
+        }
+        let (instance, rest) = name.split_once('-')?;
+        let (n, file) = rest.split_once('-')?;
+        if instance.len() != 16 || !instance.bytes().all(|b| b.is_ascii_hexdigit()) || file.is_empty() {
+            return None;
+        }
+        n.parse().ok()
     }
     /// `<job>/taskowned`: files owned by the TaskManagers, as in Flink's layout. Nothing in Weir
     /// writes there at present.
