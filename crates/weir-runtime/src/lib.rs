@@ -9,7 +9,8 @@
 //! - [`buffer`]: what a channel carries (buffers, events) and their encoding.
 //! - [`gate`]: the receiving end of a task's channels: credits, priority, blocking.
 //! - [`partition`]: the sending end: partitioning, output batching, flush deadlines.
-//! - [`net`]: the TCP exchange between TaskManagers: one connection per pair, credit frames.
+//! - [`net`]: the TCP exchange between TaskManagers: one connection per pair, credit frames,
+//!   the handshake (token, TLS) and the checks every frame passes.
 //! - [`barrier`]: the barrier handler, the pure state machine of checkpoint alignment: aligned,
 //!   unaligned, and aligned until a timeout.
 //! - [`operators`]: the built-in transforms (the throttle included) and the operator chain.
