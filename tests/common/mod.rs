@@ -208,6 +208,19 @@ pub fn weir(dir: &Path, args: &[String]) -> Output {
         .unwrap()
 }
 
+/// [`weir`] with extra environment variables (e.g. `WEIR_SECURITY_TOKEN`).
+pub fn weir_with_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Output {
+    Command::new(WEIR)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WEIR_CONF_DIR")
+        .env_remove("WEIR_PROPERTIES")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// Deterministic text: `lines` lines of words drawn from a small vocabulary.
 pub fn generate_text(lines: usize, seed: u64) -> String {
     const WORDS: &[&str] = &[

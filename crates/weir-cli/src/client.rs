@@ -10,30 +10,86 @@ use anyhow::{anyhow, Result};
 use comfy_table::{presets, CellAlignment, Table};
 use serde::Serialize;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 use weir_core::config::Config;
+use weir_core::settings::{is_cluster_only_key, SecurityConfig};
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
+use weir_proto::security::{Dialer, GrpcChannel, SecurityError, Timeouts};
 use weir_proto::*;
 
 /// How long an ordinary request may take; savepoints get their own, longer deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The JobManager a command calls, and how: its address and this command's `security.*`
+/// (token and TLS files from the configuration file, `WEIR_PROPERTIES`, `-D` or
+/// `WEIR_SECURITY_TOKEN`). Shows as its address.
+pub struct JobManagerEndpoint {
+    pub address: String,
+    pub security: SecurityConfig,
+}
+
+impl std::fmt::Display for JobManagerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address)
+    }
+}
+
 /// Connects to the JobManager, failing clearly if it does not answer.
-async fn connect(address: &str) -> Result<JobManagerServiceClient<Channel>> {
+async fn connect(address: &JobManagerEndpoint) -> Result<JobManagerServiceClient<GrpcChannel>> {
     connect_with_timeout(address, REQUEST_TIMEOUT).await
 }
 
 /// [`connect`] with a per-request deadline of `timeout`.
-async fn connect_with_timeout(address: &str, timeout: Duration) -> Result<JobManagerServiceClient<Channel>> {
-    let uri = if address.starts_with("http://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = Endpoint::from_shared(uri).map_err(|_| anyhow!("bad JobManager address '{address}'"))?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| anyhow!("cannot reach the JobManager at {address}: {}", source_chain(&e)))?;
+async fn connect_with_timeout(address: &JobManagerEndpoint, timeout: Duration) -> Result<JobManagerServiceClient<GrpcChannel>> {
+    let dialer = Dialer::new(&address.security)?;
+    let channel = match dialer.connect(&address.address, Timeouts { connect: Duration::from_secs(5), request: timeout }).await {
+        Ok(channel) => channel,
+        Err(SecurityError::Connect { source: e, .. }) => {
+            // A TLS server drops a plaintext client, a plaintext server fails a TLS handshake:
+            // both look like an unreachable JobManager, so say which setting to check (unless
+            // nothing listens there at all).
+            let hint = if connection_refused(&e) { "" } else { tls_hint(address) };
+            return Err(anyhow!("cannot reach the JobManager at {address}: {}{hint}", source_chain(&e)));
+        }
+        Err(SecurityError::Address(_)) => return Err(anyhow!("bad JobManager address '{address}'")),
+        Err(e) => return Err(e.into()),
+    };
     Ok(JobManagerServiceClient::new(channel))
+}
+
+/// What to check when a connection broke before any answer: a TLS server drops a plaintext
+/// client, and a plaintext server fails a TLS handshake.
+fn tls_hint(address: &JobManagerEndpoint) -> &'static str {
+    match &address.security.tls {
+        Some(_) => {
+            "; check that the JobManager uses TLS, and that its certificate names this address and chains to \
+             security.ssl.internal.trust-cert"
+        }
+        None => "; if the cluster uses TLS, set security.ssl.internal.enabled and its files",
+    }
+}
+
+/// Nothing listens at the address: the OS refused the connection.
+fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether `e` or one of its sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -46,8 +102,16 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-fn rpc_error(address: &str, status: tonic::Status) -> anyhow::Error {
+fn rpc_error(address: &JobManagerEndpoint, status: tonic::Status) -> anyhow::Error {
+    // A status with a source was made on this side from a broken connection (an HTTP/2 or
+    // transport error, whatever code it got), not answered by the JobManager; a timeout is
+    // one too, but says so itself.
+    let broken = std::error::Error::source(&status).filter(|cause| !caused_by::<tonic::TimeoutExpired>(*cause)).map(source_chain);
     match status.code() {
+        tonic::Code::Unauthenticated => anyhow!("authentication refused by the JobManager at {address}: {}", status.message()),
+        _ if broken.is_some() => {
+            anyhow!("cannot reach the JobManager at {address}: {}{}", broken.unwrap_or_default(), tls_hint(address))
+        }
         tonic::Code::Unavailable => anyhow!("cannot reach the JobManager at {address}: {}", status.message()),
         tonic::Code::Unimplemented => {
             anyhow!("the JobManager at {address} does not support this request (is it an older Weir?): {}", status.message())
@@ -371,11 +435,12 @@ pub struct Submit<'a> {
 }
 
 /// Submits a job; unless detached, waits for it to end and returns the exit code.
-pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: Output) -> Result<i32> {
+pub async fn run_job(address: &JobManagerEndpoint, submit: Submit<'_>, detached: bool, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let req = SubmitJobRequest {
         job_definition: submit.text.to_string(),
-        config: submit.overrides.explicit().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        // The token and TLS files are this client's, never part of the job.
+        config: submit.overrides.explicit().iter().filter(|(k, _)| !is_cluster_only_key(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
         source_name: submit.origin.to_string(),
         restore_path: submit.restore.unwrap_or_default().to_string(),
         allow_non_restored_state: submit.allow_non_restored_state,
@@ -417,7 +482,7 @@ pub async fn run_job(address: &str, submit: Submit<'_>, detached: bool, output: 
     Ok(if ok { 0 } else { 1 })
 }
 
-pub async fn list(address: &str, output: Output) -> Result<i32> {
+pub async fn list(address: &JobManagerEndpoint, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let jobs = client.list_jobs(ListJobsRequest {}).await.map_err(|e| rpc_error(address, e))?.into_inner().jobs;
     let rows: Vec<JobRow> = jobs.iter().map(JobRow::now).collect();
@@ -425,7 +490,7 @@ pub async fn list(address: &str, output: Output) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn status(address: &str, job_id: &str, output: Output) -> Result<i32> {
+pub async fn status(address: &JobManagerEndpoint, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let j = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
     let job = JobRow::now(&j);
@@ -452,7 +517,7 @@ fn status_text(job: &JobRow) -> String {
     text
 }
 
-pub async fn cancel(address: &str, job_id: &str, output: Output) -> Result<i32> {
+pub async fn cancel(address: &JobManagerEndpoint, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     client.cancel_job(CancelJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?;
     match output {
@@ -471,7 +536,7 @@ pub struct SavepointRequest<'a> {
 }
 
 /// A savepoint request failed: the JobManager's reason, or that it did not answer in time.
-fn savepoint_error(address: &str, job_id: &str, timeout: Duration, status: tonic::Status) -> anyhow::Error {
+fn savepoint_error(address: &JobManagerEndpoint, job_id: &str, timeout: Duration, status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => anyhow!(
             "no answer from the JobManager at {address} within {} for the savepoint of job {job_id}; it may still complete \
@@ -499,7 +564,7 @@ fn print_savepoint(done: &SavepointResponse, output: Output) -> Result<()> {
 }
 
 /// `weir savepoint`: answers once the savepoint's `_metadata` is written.
-pub async fn savepoint(address: &str, request: SavepointRequest<'_>, timeout: Duration, output: Output) -> Result<i32> {
+pub async fn savepoint(address: &JobManagerEndpoint, request: SavepointRequest<'_>, timeout: Duration, output: Output) -> Result<i32> {
     let mut client = connect_with_timeout(address, timeout).await?;
     let req = TriggerSavepointRequest {
         job_id: request.job_id.to_string(),
@@ -515,7 +580,13 @@ pub async fn savepoint(address: &str, request: SavepointRequest<'_>, timeout: Du
 /// the savepoint). A job that ends otherwise than FINISHED is an error, though the savepoint
 /// itself completed and is named; so is a job that restarted after the savepoint (it then runs
 /// on, restored from the savepoint, instead of finishing).
-pub async fn stop(address: &str, request: SavepointRequest<'_>, drain: bool, timeout: Duration, output: Output) -> Result<i32> {
+pub async fn stop(
+    address: &JobManagerEndpoint,
+    request: SavepointRequest<'_>,
+    drain: bool,
+    timeout: Duration,
+    output: Output,
+) -> Result<i32> {
     let deadline = tokio::time::Instant::now() + timeout;
     let job_id = request.job_id;
     let mut client = connect_with_timeout(address, timeout).await?;
@@ -560,7 +631,7 @@ pub async fn stop(address: &str, request: SavepointRequest<'_>, drain: bool, tim
 }
 
 /// `weir savepoints dispose`.
-pub async fn dispose_savepoint(address: &str, path: &str, output: Output) -> Result<i32> {
+pub async fn dispose_savepoint(address: &JobManagerEndpoint, path: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let done =
         client.dispose_savepoint(DisposeSavepointRequest { path: path.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
@@ -571,7 +642,7 @@ pub async fn dispose_savepoint(address: &str, path: &str, output: Output) -> Res
     Ok(0)
 }
 
-pub async fn checkpoints(address: &str, job_id: &str, output: Output) -> Result<i32> {
+pub async fn checkpoints(address: &JobManagerEndpoint, job_id: &str, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let list = client
         .list_checkpoints(ListCheckpointsRequest { job_id: job_id.to_string() })
@@ -584,7 +655,7 @@ pub async fn checkpoints(address: &str, job_id: &str, output: Output) -> Result<
     Ok(0)
 }
 
-pub async fn cluster(address: &str, output: Output) -> Result<i32> {
+pub async fn cluster(address: &JobManagerEndpoint, output: Output) -> Result<i32> {
     let mut client = connect(address).await?;
     let tms = client.cluster_overview(ClusterOverviewRequest {}).await.map_err(|e| rpc_error(address, e))?.into_inner().taskmanagers;
     let rows: Vec<TaskManagerRow> = tms.iter().map(TaskManagerRow::from).collect();

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 use weir_core::config::{keys, parse_duration, Config};
-use weir_core::settings::{ClientConfig, JobManagerConfig};
+use weir_core::settings::{ClientConfig, JobManagerConfig, SecurityConfig};
 use weir_proto::SavepointFormat;
 
 #[derive(Parser)]
@@ -329,6 +329,7 @@ async fn run(cli: Cli) -> Result<i32> {
             // Compile here too, so a bad job file fails before anything starts.
             let (graph, job_cfg) = weir_core::job::compile_job(&text, &origin, &cfg, &overrides)?;
             weir_core::settings::JobSettings::from_config(&job_cfg)?;
+            let security = SecurityConfig::from_config(&cfg)?;
             let (address, cluster) = match jobmanager_address(&client.jobmanager, &cfg) {
                 Some(a) => (a, None),
                 None => {
@@ -336,6 +337,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     (cluster.address(), Some(cluster))
                 }
             };
+            let address = client::JobManagerEndpoint { address, security };
             let restore = restore.as_deref().map(storage_location).transpose()?;
             let submit = client::Submit {
                 text: &text,
@@ -397,9 +399,12 @@ async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn require_jm(client: &ClientArgs, cfg: &Config) -> Result<String> {
-    jobmanager_address(&client.jobmanager, cfg)
-        .ok_or_else(|| anyhow!("no JobManager configured: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))
+/// The JobManager to call: its address from the flag or the configuration, and this command's
+/// `security.*` settings.
+fn require_jm(client: &ClientArgs, cfg: &Config) -> Result<client::JobManagerEndpoint> {
+    let address = jobmanager_address(&client.jobmanager, cfg)
+        .ok_or_else(|| anyhow!("no JobManager configured: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))?;
+    Ok(client::JobManagerEndpoint { address, security: SecurityConfig::from_config(cfg)? })
 }
 
 /// A storage location as the JobManager should read it: a URL (`file://`, `s3://`, …) as

@@ -41,8 +41,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use weir_core::config::Config;
-use weir_core::settings::JobManagerConfig;
+use weir_core::settings::{JobManagerConfig, SecurityConfig};
 use weir_proto::job_manager_service_server::JobManagerServiceServer;
+use weir_proto::security::{self, Dialer, TokenCheck};
 
 pub use state::JobManagerState;
 
@@ -52,6 +53,10 @@ pub enum JobManagerError {
     Bind { addr: String, source: std::io::Error },
     #[error("cannot open the job catalog jobmanager.catalog.dir = {dir}: {source}")]
     Catalog { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] weir_core::ConfigError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
 }
 
 /// A started JobManager.
@@ -72,9 +77,14 @@ impl JobManagerHandle {
 }
 
 /// Starts the JobManager's gRPC server on `bind` (host:port; port 0 picks a free one) with the
-/// cluster configuration `config`.
+/// cluster configuration `config`. With `security.token` every call must carry the token,
+/// with `security.ssl.internal.enabled` it is TLS with client certificates; the JobManager
+/// calls its TaskManagers the same way.
 pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobManagerError> {
     let settings = JobManagerConfig::from_config(&config);
+    let security = SecurityConfig::from_config(&config)?;
+    let mut server = security::server(&security)?;
+    let dialer = Dialer::new(&security)?;
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| JobManagerError::Bind { addr: bind.to_string(), source })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -84,7 +94,7 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
     };
     let (followups_tx, followups_rx) = tokio::sync::mpsc::unbounded_channel();
     let executor = Executor::new(followups_tx, catalog.clone());
-    let state = Arc::new(JobManagerState::new(config, settings));
+    let state = Arc::new(JobManagerState::new(config, settings, dialer));
     tokio::spawn(driver::run(state.clone(), executor.clone(), followups_rx, shutdown_rx.clone()));
     if let Some(catalog) = &catalog {
         recover::recover_jobs(&state, &executor, catalog).await;
@@ -92,10 +102,12 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
     tokio::spawn(failover::heartbeat_monitor(state.clone(), executor.clone(), shutdown_rx.clone()));
     let service = service::JobManagerRpc { state: state.clone(), executor: executor.clone() };
     let mut server_shutdown = shutdown_rx;
+    let token_check = TokenCheck::new(&security);
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = tonic::transport::Server::builder()
-            .add_service(JobManagerServiceServer::new(service).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES))
+        let service = JobManagerServiceServer::new(service).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES);
+        let result = server
+            .add_service(tonic::service::interceptor::InterceptedService::new(service, token_check))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_shutdown.wait_for(|s| *s).await;
             })
@@ -104,6 +116,7 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
             tracing::error!("JobManager RPC server failed: {e}");
         }
     });
-    tracing::info!(rpc = %rpc_addr, "JobManager started");
+    tracing::info!(rpc = %rpc_addr, tls = security.tls.is_some(), token = security.token.is_some(), "JobManager started");
+    security::warn_if_open("The JobManager", rpc_addr, &security);
     Ok(JobManagerHandle { rpc_addr, state, executor, shutdown: shutdown_tx })
 }

@@ -31,9 +31,9 @@ use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tonic::transport::Endpoint;
 use weir_core::settings::JobManagerConfig;
 use weir_core::Config;
+use weir_proto::security::{Dialer, Timeouts};
 use weir_proto::{CancelTasksRequest, CheckpointInfo, DeployTasksRequest, SubtaskLocation, SubtaskRef, TaskManagerInfo, TaskState};
 
 /// A registered TaskManager.
@@ -88,6 +88,8 @@ pub struct JobManagerState {
     config: Config,
     /// Heartbeat interval and timeout, slot request timeout, catalog directory.
     settings: JobManagerConfig,
+    /// How it calls TaskManagers: the cluster's token and TLS files.
+    dialer: Dialer,
     inner: Mutex<Inner>,
     /// Signalled when slots may have become free (a TaskManager joined, a job ended).
     slots_changed: Notify,
@@ -97,12 +99,9 @@ pub struct JobManagerState {
 /// by 3 s and every call by 30 s, so an RPC to a TaskManager that vanished fails instead of
 /// hanging: a deployment then fails its attempt, a checkpoint RPC asks for a probe. `None`
 /// if the address does not make a URI.
-fn tm_client(rpc_address: &str) -> Option<TmClient> {
-    let endpoint = Endpoint::from_shared(format!("http://{rpc_address}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30));
-    Some(TmClient::new(endpoint.connect_lazy()))
+fn tm_client(dialer: &Dialer, rpc_address: &str) -> Option<TmClient> {
+    let timeouts = Timeouts { connect: Duration::from_secs(3), request: Duration::from_secs(30) };
+    dialer.connect_lazy(rpc_address, timeouts).ok().map(TmClient::new)
 }
 
 /// Picks `needed` slots, one at a time from the TaskManager with the most free slots, so
@@ -237,8 +236,8 @@ fn fail_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, reason: 
 
 impl JobManagerState {
     /// An empty cluster with the JobManager's configuration.
-    pub(crate) fn new(config: Config, settings: JobManagerConfig) -> Self {
-        Self { config, settings, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
+    pub(crate) fn new(config: Config, settings: JobManagerConfig, dialer: Dialer) -> Self {
+        Self { config, settings, dialer, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
     }
 
     /// The cluster configuration jobs are compiled under.
@@ -260,7 +259,7 @@ impl JobManagerState {
     /// A re-registration replaces the entry: its slots count as free and its heartbeat clock
     /// starts again. Fails only for an RPC address that does not make a URI.
     pub(crate) fn register_tm(&self, id: &str, rpc_address: &str, data_address: &str, slots: u32) -> Result<(), String> {
-        let client = tm_client(rpc_address).ok_or_else(|| format!("bad TaskManager RPC address '{rpc_address}'"))?;
+        let client = tm_client(&self.dialer, rpc_address).ok_or_else(|| format!("bad TaskManager RPC address '{rpc_address}'"))?;
         let entry = TaskManagerEntry {
             rpc_address: rpc_address.to_string(),
             data_address: data_address.to_string(),

@@ -1,6 +1,10 @@
-//! Generated tonic/prost code for Weir's control plane (`proto/weir/v1`), and nothing else.
-#![allow(clippy::all)]
+//! Weir's control plane on the wire: the tonic/prost code generated from `proto/weir/v1`, and
+//! how every gRPC server and client of the cluster authenticates and encrypts it
+//! ([`security`]).
 
+pub mod security;
+
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("weir.v1");
 }

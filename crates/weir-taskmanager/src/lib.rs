@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Channel, Endpoint};
 use weir_core::config::Config;
 use weir_core::operator::ConnectorFactory;
 use weir_core::retry::{retry, Backoff, Failure};
 use weir_core::settings::{SecurityConfig, TaskManagerConfig};
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
+use weir_proto::security::{self, Dialer, GrpcChannel, SecurityError, Timeouts, TokenCheck};
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
 use weir_proto::{
     AcknowledgeCheckpointRequest, CheckpointKind, DeclineCheckpointRequest, ExecutionId, HeartbeatRequest, RegisterTaskManagerRequest,
@@ -36,6 +36,8 @@ pub enum TaskManagerError {
     Net(#[from] weir_runtime::net::NetError),
     #[error("bad JobManager address '{0}'")]
     JobManagerAddress(String),
+    #[error(transparent)]
+    Security(SecurityError),
 }
 
 /// A TaskManager's settings: its typed configuration plus what it is given at start.
@@ -162,17 +164,23 @@ impl TaskManagerHandle {
     }
 }
 
-fn jobmanager_endpoint(addr: &str) -> Result<Endpoint, TaskManagerError> {
-    let uri = if addr.starts_with("http://") { addr.to_string() } else { format!("http://{addr}") };
-    Endpoint::from_shared(uri)
-        .map(|e| e.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)))
-        .map_err(|_| TaskManagerError::JobManagerAddress(addr.to_string()))
+/// The channel to the JobManager (connected on first use), with this TaskManager's token and
+/// TLS files.
+fn jobmanager_channel(addr: &str, dialer: &Dialer) -> Result<GrpcChannel, TaskManagerError> {
+    let timeouts = Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(10) };
+    dialer.connect_lazy(addr, timeouts).map_err(|e| match e {
+        SecurityError::Address(_) => TaskManagerError::JobManagerAddress(addr.to_string()),
+        e => TaskManagerError::Security(e),
+    })
 }
 
 /// Starts a TaskManager: binds its RPC and data ports, then registers with the JobManager
 /// (retrying until it answers) and heartbeats it.
 pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, TaskManagerError> {
-    let endpoint = jobmanager_endpoint(&settings.jobmanager)?;
+    let dialer = Dialer::new(&settings.security).map_err(TaskManagerError::Security)?;
+    let jobmanager = jobmanager_channel(&settings.jobmanager, &dialer)?;
+    let mut server = security::server(&settings.security).map_err(TaskManagerError::Security)?;
+    let token_check = TokenCheck::new(&settings.security);
     let rpc_bind = format!("{}:{}", settings.config.host, settings.config.rpc_port);
     let listener =
         tokio::net::TcpListener::bind(&rpc_bind).await.map_err(|source| TaskManagerError::Bind { addr: rpc_bind.clone(), source })?;
@@ -201,8 +209,9 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
     let mut srx = shutdown_rx.clone();
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = tonic::transport::Server::builder()
-            .add_service(TaskManagerServiceServer::new(service).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES))
+        let service = TaskManagerServiceServer::new(service).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES);
+        let result = server
+            .add_service(tonic::service::interceptor::InterceptedService::new(service, token_check))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = srx.wait_for(|s| *s).await;
             })
@@ -212,11 +221,12 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
         }
     });
 
-    let client = JobManagerServiceClient::new(endpoint.connect_lazy());
+    let client = JobManagerServiceClient::new(jobmanager);
     tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
     tokio::spawn(forward_acks(client.clone(), acks_rx));
     tokio::spawn(heartbeat_loop(shared.clone(), client, rpc_addr, data_addr, shutdown_rx));
     tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.config.slots, "TaskManager started");
+    security::warn_if_open("The TaskManager", rpc_addr, &settings.security);
     Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
 }
 
@@ -227,7 +237,7 @@ const TASK_STATE_REPORT_RETRY: Backoff = Backoff::new(Duration::from_millis(100)
 
 /// Sends task state changes to the JobManager in order, retrying while it is unreachable.
 async fn forward_updates(
-    client: JobManagerServiceClient<Channel>,
+    client: JobManagerServiceClient<GrpcChannel>,
     mut rx: mpsc::UnboundedReceiver<UpdateTaskStateRequest>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -247,7 +257,7 @@ async fn forward_updates(
 }
 
 /// Sends checkpoint acknowledgements and declines to the JobManager.
-async fn forward_acks(mut client: JobManagerServiceClient<Channel>, mut rx: mpsc::UnboundedReceiver<(String, u32, CheckpointAck)>) {
+async fn forward_acks(mut client: JobManagerServiceClient<GrpcChannel>, mut rx: mpsc::UnboundedReceiver<(String, u32, CheckpointAck)>) {
     while let Some((job_id, attempt, ack)) = rx.recv().await {
         let execution = Some(ExecutionId { job_id, attempt, vertex: ack.vertex, subtask: ack.subtask });
         let result = match ack.result {
@@ -285,7 +295,7 @@ const REGISTRATION_FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Registers with the JobManager, retrying with backoff until it answers; false if the
 /// TaskManager shuts down first. The first failure of each round is a warning, the rest debug.
 async fn register_with_jobmanager(
-    client: &JobManagerServiceClient<Channel>,
+    client: &JobManagerServiceClient<GrpcChannel>,
     request: &RegisterTaskManagerRequest,
     settings: &TaskManagerSettings,
     shutdown: &mut watch::Receiver<bool>,
@@ -323,7 +333,7 @@ async fn register_with_jobmanager(
 
 async fn heartbeat_loop(
     shared: Arc<Shared>,
-    mut client: JobManagerServiceClient<Channel>,
+    mut client: JobManagerServiceClient<GrpcChannel>,
     rpc_addr: SocketAddr,
     data_addr: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
