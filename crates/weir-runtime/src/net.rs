@@ -78,8 +78,8 @@
 //! - Without a token, a TaskManager id in `HELLO` is claimed, not proven: whoever reaches the
 //!   data port first as a given id holds that peer's link.
 
-mod frame;
-mod handshake;
+pub mod frame;
+pub mod handshake;
 #[cfg(test)]
 mod hostile_peers;
 
