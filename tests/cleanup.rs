@@ -207,11 +207,17 @@ fn timed_out_checkpoints_leave_no_orphans() {
     assert_only_retained_left(chk.path(), &id, &retained(&completed));
 }
 
-/// A minimal S3 client for moto: ListObjectsV2 and GetObject, unsigned (moto accepts that).
+/// A minimal S3 client for moto: ListObjectsV2 and GetObject with a dummy signature (moto
+/// checks none).
 fn s3_get(port: u16, path_and_query: &str) -> Vec<u8> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").unwrap();
+    // moto checks no signature, but serves objects only to a request that carries one.
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: AWS testing:unchecked\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP response");
