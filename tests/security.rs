@@ -167,7 +167,8 @@ fn assert_wordcount_finishes(name: &str, out_dir: &Path, input: &str, run: Outpu
 #[test]
 fn a_cluster_with_a_token_refuses_clients_without_it_and_serves_those_with_it() {
     let token = format!("security.token={TOKEN}");
-    let cluster = SecureCluster::start(1, std::slice::from_ref(&token));
+    let catalog = tempfile::tempdir().unwrap();
+    let cluster = SecureCluster::start(1, &[token.clone(), format!("jobmanager.catalog.dir={}", catalog.path().display())]);
     let with_token = [token.clone()];
     cluster.wait_for_taskmanagers(&with_token, 1);
 
@@ -205,10 +206,18 @@ fn a_cluster_with_a_token_refuses_clients_without_it_and_serves_those_with_it() 
     let jobs = cluster.weir(&with_token, &["list", "--output", "json"]);
     let jobs: Value = serde_json::from_slice(&jobs.stdout).unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 2, "only the two authenticated submissions exist: {jobs}");
-    // Bound to loopback with a token: no warning; and the token is never logged.
+    // Bound to loopback with a token: no warning; and the token is never logged, nor part of a
+    // job's configuration (the catalog records it).
     let logs = cluster.logs();
     assert!(!logs.contains("WITHOUT AUTHENTICATION"), "{logs}");
     assert!(!logs.contains(TOKEN), "the token appears in a log");
+    let mut recorded = 0;
+    for entry in std::fs::read_dir(catalog.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        recorded += usize::from(text.contains("by-define") || text.contains("by-env"));
+        assert!(!text.contains(TOKEN), "the token is in the job catalog: {text}");
+    }
+    assert_eq!(recorded, 2, "both jobs are in the catalog");
 }
 
 #[test]

@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use weir_core::config::Config;
-use weir_core::settings::{JobManagerConfig, SecurityConfig};
+use weir_core::settings::{is_cluster_only_key, JobManagerConfig, SecurityConfig};
 use weir_proto::job_manager_service_server::JobManagerServiceServer;
 use weir_proto::security::{self, Dialer, TokenCheck};
 
@@ -94,7 +94,10 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
     };
     let (followups_tx, followups_rx) = tokio::sync::mpsc::unbounded_channel();
     let executor = Executor::new(followups_tx, catalog.clone());
-    let state = Arc::new(JobManagerState::new(config, settings, dialer));
+    // The cluster's secrets stay with this process: jobs are compiled under the rest, so no
+    // job's configuration (deployed to TaskManagers, recorded in the catalog) carries them.
+    let job_base = Config::from_pairs(config.explicit().iter().filter(|(key, _)| !is_cluster_only_key(key)))?;
+    let state = Arc::new(JobManagerState::new(job_base, settings, dialer));
     tokio::spawn(driver::run(state.clone(), executor.clone(), followups_rx, shutdown_rx.clone()));
     if let Some(catalog) = &catalog {
         recover::recover_jobs(&state, &executor, catalog).await;
