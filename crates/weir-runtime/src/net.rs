@@ -11,7 +11,8 @@
 //! then the handshake of [`handshake`]: the acceptor sends a nonce, the dialer answers with its
 //! TaskManager id and, with `security.token`, an HMAC of the nonce and its id under the token;
 //! the acceptor answers with its own proof. A peer that fails any step is refused, with a log
-//! on both sides naming the other; the whole exchange has 10 s. See `docs/security.md`.
+//! on both sides naming the other; the whole exchange has 10 s, and at most
+//! [`MAX_PENDING_HANDSHAKES`] connections may be in it at once. See `docs/security.md`.
 //!
 //! ## Frames
 //! `u32 length | u8 kind | body`, big-endian (see [`frame`]). Kinds after the handshake:
@@ -77,6 +78,8 @@
 //!   a protocol violation).
 //! - Without a token, a TaskManager id in `HELLO` is claimed, not proven: whoever reaches the
 //!   data port first as a given id holds that peer's link.
+//! - Events take no credit: the TaskManager that feeds a channel (it passed the handshake) can
+//!   queue events on it without bound.
 
 pub mod frame;
 pub mod handshake;
@@ -110,6 +113,10 @@ const DIAL_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::fr
 pub const MAX_PENDING_ANNOUNCES: usize = 1 << 18;
 /// The reader's buffer: many small frames (credits, events) per system call.
 const READ_BUFFER: usize = 64 << 10;
+/// Connections in their handshake at once; more are closed at once. A TaskManager dials each
+/// peer once, so this is far above what a cluster needs, and bounds what strangers that connect
+/// and say nothing cost until their handshake times out.
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +192,7 @@ impl NetworkEnvironment {
             runtime: tokio::runtime::Handle::current(),
         });
         let weak = Arc::downgrade(&env);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let Ok((socket, remote)) = listener.accept().await else {
@@ -193,7 +201,13 @@ impl NetworkEnvironment {
                     continue;
                 };
                 let Some(env) = weak.upgrade() else { return };
-                tokio::spawn(async move { env.accept(socket, remote).await });
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%remote, "{MAX_PENDING_HANDSHAKES} data connections in their handshake: closed");
+                    continue;
+                };
+                tokio::spawn(async move {
+                    env.accept(socket, remote, permit).await;
+                });
             }
         });
         Ok(env)
@@ -210,10 +224,10 @@ impl NetworkEnvironment {
     }
 
     /// An incoming connection: runs TLS (if enabled) and the accepting side of the handshake
-    /// within [`HANDSHAKE_TIMEOUT`], then attaches the connection to the link for that peer,
+    /// within [`HANDSHAKE_TIMEOUT`], holding one of [`MAX_PENDING_HANDSHAKES`] permits, then attaches the connection to the link for that peer,
     /// creating the link if no channel needed it yet. A refused connection is logged with the
     /// remote address and closed.
-    async fn accept(self: Arc<Self>, socket: TcpStream, remote: SocketAddr) {
+    async fn accept(self: Arc<Self>, socket: TcpStream, remote: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
         let _ = socket.set_nodelay(true);
         let env = &self;
         let handshake = async move {
@@ -221,7 +235,9 @@ impl NetworkEnvironment {
             let peer = handshake::accept(&mut conn, &env.security, &env.tm_id, |peer| env.admit(peer)).await?;
             Ok::<_, HandshakeError>((conn, peer))
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+        drop(permit);
+        match outcome {
             Ok(Ok((conn, peer))) => {
                 let link = self.link(&peer, None);
                 link.attach(self.clone(), conn, remote);
