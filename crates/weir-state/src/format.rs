@@ -58,14 +58,13 @@ pub fn unframe<'a>(magic: &[u8; 8], bytes: &'a [u8], path: &str) -> Result<&'a [
     if version != FORMAT_VERSION {
         return Err(corrupt(format!("format version {version}, this build reads version {FORMAT_VERSION}")));
     }
-    let len = u64::from_be_bytes(bytes[10..18].try_into().expect("8 bytes")) as usize;
-    if bytes.len() != HEADER + len + 4 {
-        return Err(corrupt(format!(
-            "truncated or padded: header says {} body bytes, file has {}",
-            len,
-            bytes.len().saturating_sub(HEADER + 4)
-        )));
+    let len = u64::from_be_bytes(bytes[10..18].try_into().expect("8 bytes"));
+    // The body length is compared as a u64: a forged length near 2^64 must not wrap around.
+    let body_bytes = bytes.len() - (HEADER + 4);
+    if len != body_bytes as u64 {
+        return Err(corrupt(format!("truncated or padded: header says {len} body bytes, file has {body_bytes}")));
     }
+    let len = body_bytes;
     let body = &bytes[HEADER..HEADER + len];
     let crc = u32::from_be_bytes(bytes[HEADER + len..].try_into().expect("4 bytes"));
     if crc32fast::hash(body) != crc {
@@ -256,6 +255,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(only7, 1);
+    }
+
+    #[test]
+    fn a_body_length_that_overflows_is_corrupt_not_a_panic() {
+        // Found by the `state_files` fuzz target: header + length + CRC overflowed.
+        let mut bytes = frame(OPERATOR_MAGIC, &[0; 40]);
+        bytes[10..18].copy_from_slice(&u64::MAX.to_be_bytes());
+        let err = unframe(OPERATOR_MAGIC, &bytes, "chk-1/op/0/operator-state").unwrap_err().to_string();
+        assert!(err.contains("chk-1/op/0/operator-state") && err.contains("truncated or padded"), "{err}");
+        for len in [u64::MAX - 17, u64::MAX - 21, 1 << 63, 41, 39] {
+            bytes[10..18].copy_from_slice(&len.to_be_bytes());
+            assert!(unframe(OPERATOR_MAGIC, &bytes, "f").is_err(), "length {len}");
+        }
     }
 
     #[test]
