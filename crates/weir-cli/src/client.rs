@@ -402,9 +402,11 @@ struct Submitted<'a> {
 
 /// What `weir cancel --output json` prints.
 #[derive(Serialize)]
-struct CancelRequested<'a> {
+struct Canceled<'a> {
     id: &'a str,
-    cancel_requested: bool,
+    /// The state the job ended in: CANCELED, or FINISHED/FAILED when it ended first.
+    state: &'a str,
+    canceled: bool,
 }
 
 /// What `weir savepoint --output json` and `weir stop --output json` print.
@@ -517,14 +519,37 @@ fn status_text(job: &JobRow) -> String {
     text
 }
 
-pub async fn cancel(address: &JobManagerEndpoint, job_id: &str, output: Output) -> Result<i32> {
-    let mut client = connect(address).await?;
+pub async fn cancel(address: &JobManagerEndpoint, job_id: &str, timeout: Duration, output: Output) -> Result<i32> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut client = connect_with_timeout(address, timeout).await?;
     client.cancel_job(CancelJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?;
+    // The request is only the start: wait until the job ended, and say how.
+    let status = loop {
+        let s = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
+        if is_terminal(s.state) {
+            break s;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "cancellation of job {job_id} requested, but it is still {} after {}",
+                state_name(s.state),
+                humanize(timeout)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let canceled = JobState::try_from(status.state) == Ok(JobState::Canceled);
     match output {
-        Output::Json => outln!("{}", serde_json::to_string(&CancelRequested { id: job_id, cancel_requested: true })?),
-        Output::Text => outln!("Cancellation of job {job_id} requested."),
+        Output::Json => {
+            outln!("{}", serde_json::to_string(&Canceled { id: job_id, state: state_name(status.state), canceled })?)
+        }
+        Output::Text if canceled => outln!("Job {job_id} canceled."),
+        Output::Text => {
+            let cause = non_empty(&status.failure).map(|f| format!(": {f}")).unwrap_or_default();
+            eprintln!("Job {job_id} ended {} before the cancellation took effect{cause}", state_name(status.state));
+        }
     }
-    Ok(0)
+    Ok(if canceled { 0 } else { 1 })
 }
 
 /// What `weir savepoint` and `weir stop` ask for.

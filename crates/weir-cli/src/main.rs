@@ -149,9 +149,12 @@ enum Command {
         #[command(flatten)]
         dynamic: Dynamic,
     },
-    /// Cancel a job.
+    /// Cancel a job and wait until it ended: exit 0 once it is CANCELED, 1 if it ended otherwise.
     Cancel {
         job_id: String,
+        /// How long to wait for the job to end.
+        #[arg(long, value_name = "DURATION", default_value = "1min", value_parser = parse_duration)]
+        timeout: Duration,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -278,10 +281,24 @@ async fn main() {
     match run(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             std::process::exit(1);
         }
     }
+}
+
+/// An error and its causes as one line, `outer: cause: …`, leaving out a cause whose text the
+/// line already holds (many errors print their source in their own message).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -362,10 +379,10 @@ async fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.log_format, "warn");
             client::status(&require_jm(&client, &cfg)?, &job_id, client.output).await
         }
-        Command::Cancel { job_id, client, dynamic } => {
+        Command::Cancel { job_id, timeout, client, dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "warn");
-            client::cancel(&require_jm(&client, &cfg)?, &job_id, client.output).await
+            client::cancel(&require_jm(&client, &cfg)?, &job_id, timeout, client.output).await
         }
         Command::Savepoint { job_id, directory, savepoint, client, dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
@@ -443,6 +460,16 @@ fn stdout_line(args: std::fmt::Arguments) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let bind = weir_jobmanager::JobManagerError::Bind { addr: "0.0.0.0:6123".into(), source: io };
+        let e = anyhow::Error::new(bind).context("cannot start the JobManager");
+        assert_eq!(error_text(&e), "cannot start the JobManager: cannot bind the JobManager RPC port 0.0.0.0:6123: address in use");
+        let e = anyhow!("outer").context("top");
+        assert_eq!(error_text(&e), "top: outer");
+    }
 
     #[test]
     fn urls_pass_as_given_and_local_paths_become_absolute() {
