@@ -294,11 +294,7 @@ pub struct JobManagerConfig {
 impl JobManagerConfig {
     pub fn from_config(c: &Config) -> Self {
         Self {
-            bind_host: c
-                .text(keys::JOBMANAGER_BIND_HOST)
-                .or_else(|| c.text(keys::JOBMANAGER_ADDRESS))
-                .unwrap_or("0.0.0.0")
-                .to_string(),
+            bind_host: c.text(keys::JOBMANAGER_BIND_HOST).or_else(|| c.text(keys::JOBMANAGER_ADDRESS)).unwrap_or("0.0.0.0").to_string(),
             job_max_size: c.size(keys::JOB_MAX_SIZE) as usize,
             port: c.int(keys::JOBMANAGER_PORT) as u16,
             catalog_dir: c.text(keys::JOBMANAGER_CATALOG_DIR).map(str::to_string),
