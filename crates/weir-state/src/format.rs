@@ -159,8 +159,10 @@ impl KeyedStateWriter {
 /// Returns the max parallelism and the key-group range recorded in the file. The caller checks
 /// them (a restore refuses another max parallelism). Entries outside `wanted` are skipped. That
 /// is how a restore at another parallelism takes only its own key groups from an old subtask's
-/// file. Groups outside the file's own range, and entries that run past the end, are corruption.
-/// The first error returned by `f` stops the read.
+/// file. Groups outside the file's own range, entries that run past the end, and keys that do not
+/// start with their group's key group (big-endian `u16`, as every composite key does) are
+/// corruption: the RocksDB backend orders entries by that prefix and reads each entry's key group
+/// back from it. The first error returned by `f` stops the read.
 pub fn read_keyed_state(
     bytes: &[u8],
     path: &str,
@@ -185,6 +187,9 @@ pub fn read_keyed_state(
         for _ in 0..n {
             let k = r.slice().ok_or_else(|| corrupt("truncated entry"))?;
             let v = r.slice().ok_or_else(|| corrupt("truncated entry"))?;
+            if k.get(..2).map(|p| u16::from_be_bytes([p[0], p[1]]) as u32) != Some(kg) {
+                return Err(corrupt("an entry's key does not start with its key group"));
+            }
             if wanted.contains(kg) {
                 f(kg, k, v)?;
             }
@@ -231,10 +236,24 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut w = KeyedStateWriter::new(128, KeyGroupRange::new(4, 8));
-        w.add(5, b"a", b"1");
-        w.add(5, b"b", b"2");
-        w.add(7, b"c", b"3");
+        w.add(5, b"\0\x05a", b"1");
+        w.add(5, b"\0\x05b", b"2");
+        w.add(7, b"\0\x07c", b"3");
         w.finish()
+    }
+
+    #[test]
+    fn a_key_that_does_not_start_with_its_key_group_is_corrupt() {
+        // Found by the `state_files` fuzz target: an empty key restored into RocksDB made its next
+        // snapshot panic reading the key group back from the key.
+        for key in [&b""[..], b"\0", b"\0\x06a", b"\x01\x05a"] {
+            let mut w = KeyedStateWriter::new(128, KeyGroupRange::new(4, 8));
+            w.add(5, key, b"1");
+            let err = read_keyed_state(&w.finish(), "chk-1/op/0/keyed-state", KeyGroupRange::new(0, 128), |_, _, _| Ok(()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("chk-1/op/0/keyed-state") && err.contains("does not start with its key group"), "{key:?}: {err}");
+        }
     }
 
     #[test]
