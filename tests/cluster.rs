@@ -4,32 +4,13 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
-
-/// The exact output of the word count: for a word seen n times, the lines `word,1` ..
-/// `word,n` (each update of its count), in any order across part files.
-fn expected_wordcount_lines(text: &str) -> Vec<String> {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    let mut lines = Vec::new();
-    for w in text.split_whitespace() {
-        let c = counts.entry(w).or_default();
-        *c += 1;
-        lines.push(format!("{w},{c}"));
-    }
-    lines.sort();
-    lines
-}
 
 fn read_committed_lines(dir: &std::path::Path) -> Vec<String> {
-    let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
         assert!(!name.starts_with('.') && !name.starts_with('_'), "uncommitted file {name} left after the job finished");
-        lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
     }
-    lines.sort();
-    lines
+    committed_lines(dir)
 }
 
 #[test]

@@ -71,20 +71,6 @@ fn expected_lines(yaml: &str) -> Vec<String> {
     lines
 }
 
-fn committed_lines(dir: &std::path::Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') || name.starts_with('_') {
-            continue; // in progress or pending: not output
-        }
-        lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
-    }
-    lines.sort();
-    lines
-}
-
 fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
     let out = cluster.weir(&["checkpoints", id, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);

@@ -66,21 +66,6 @@ fn lines_in_row_order(yaml: &str, limit: u64) -> Vec<String> {
     lines
 }
 
-/// The committed lines in the sink's directory, sorted; names starting with '.' or '_' are
-/// in progress or pending, not output.
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !name.starts_with('.') && !name.starts_with('_') {
-            lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
-}
-
 /// Asserts that the committed output is exactly that of the first `m` rows, for the `m` its
 /// length says (one line per row), and returns `m`.
 fn assert_exact_prefix(committed: &[String], in_row_order: &[String], when: &str) -> usize {

@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
 
@@ -126,34 +125,6 @@ fn defines(config: &[String]) -> Vec<String> {
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// The exact output of the word count: for a word seen n times, the lines `word,1` ..
-/// `word,n`, in any order across part files.
-fn expected_wordcount_lines(text: &str) -> Vec<String> {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    let mut lines = Vec::new();
-    for w in text.split_whitespace() {
-        let c = counts.entry(w).or_default();
-        *c += 1;
-        lines.push(format!("{w},{c}"));
-    }
-    lines.sort();
-    lines
-}
-
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') || name.starts_with('_') {
-            continue;
-        }
-        lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
-    }
-    lines.sort();
-    lines
 }
 
 /// Runs the word count attached through `run` and checks it FINISHED with exact output.

@@ -305,3 +305,32 @@ impl S3Server {
         ]
     }
 }
+
+/// The exact output of the word count: for a word seen n times, the lines `word,1` ..
+/// `word,n` (each update of its count), sorted.
+pub fn expected_wordcount_lines(text: &str) -> Vec<String> {
+    let mut counts: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut lines = Vec::new();
+    for w in text.split_whitespace() {
+        let c = counts.entry(w).or_default();
+        *c += 1;
+        lines.push(format!("{w},{c}"));
+    }
+    lines.sort();
+    lines
+}
+
+/// The committed lines of a file sink's directory, sorted. Names starting with '.' or '_' are
+/// in progress or pending, not output; a directory that does not exist holds none.
+pub fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with('.') && !name.starts_with('_') {
+            lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}

@@ -48,7 +48,7 @@ async fn connect_with_timeout(address: &JobManagerEndpoint, timeout: Duration) -
             // both look like an unreachable JobManager, so say which setting to check (unless
             // nothing listens there at all).
             let hint = if connection_refused(&e) { "" } else { tls_hint(address) };
-            return Err(anyhow!("cannot reach the JobManager at {address}: {}{hint}", source_chain(&e)));
+            return Err(anyhow!("cannot reach the JobManager at {address}: {}{hint}", weir_core::error_chain(&e)));
         }
         Err(SecurityError::Address(_)) => return Err(anyhow!("bad JobManager address '{address}'")),
         Err(e) => return Err(e.into()),
@@ -92,21 +92,11 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
     false
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg = format!("{msg}: {s}");
-        cur = s.source();
-    }
-    msg
-}
-
 fn rpc_error(address: &JobManagerEndpoint, status: tonic::Status) -> anyhow::Error {
     // A status with a source was made on this side from a broken connection (an HTTP/2 or
     // transport error, whatever code it got), not answered by the JobManager; a timeout is
     // one too, but says so itself.
-    let broken = std::error::Error::source(&status).filter(|cause| !caused_by::<tonic::TimeoutExpired>(*cause)).map(source_chain);
+    let broken = std::error::Error::source(&status).filter(|cause| !caused_by::<tonic::TimeoutExpired>(*cause)).map(weir_core::error_chain);
     match status.code() {
         tonic::Code::Unauthenticated => anyhow!("authentication refused by the JobManager at {address}: {}", status.message()),
         _ if broken.is_some() => {

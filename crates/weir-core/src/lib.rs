@@ -14,3 +14,14 @@ pub use config::{Config, ConfigError};
 pub use graph::{Edge, JobGraph, OperatorSpec, Partitioning, Vertex};
 pub use job::JobError;
 pub use keygroup::KeyGroupRange;
+
+/// An error and every source below it as one line: `outer: cause: root cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg = format!("{msg}: {s}");
+        cur = s.source();
+    }
+    msg
+}

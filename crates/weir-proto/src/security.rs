@@ -196,7 +196,7 @@ impl Dialer {
         };
         let mut endpoint = Endpoint::from_shared(uri).map_err(|_| SecurityError::Address(addr.to_string()))?;
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| SecurityError::Tls { detail: source_chain(&e) })?;
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| SecurityError::Tls { detail: weir_core::error_chain(&e) })?;
         }
         Ok(endpoint.connect_timeout(timeouts.connect).timeout(timeouts.request))
     }
@@ -234,7 +234,7 @@ pub fn server(security: &SecurityConfig) -> Result<Server, SecurityError> {
                 .identity(Identity::from_pem(pems.cert, pems.key))
                 .client_ca_root(Certificate::from_pem(pems.trust))
                 .timeout(Duration::from_secs(10));
-            builder.tls_config(tls).map_err(|e| SecurityError::Tls { detail: source_chain(&e) })
+            builder.tls_config(tls).map_err(|e| SecurityError::Tls { detail: weir_core::error_chain(&e) })
         }
         None => Ok(builder),
     }
@@ -282,16 +282,6 @@ impl Pems {
         }
         Ok(Self { cert, key, trust })
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg = format!("{msg}: {s}");
-        cur = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]
