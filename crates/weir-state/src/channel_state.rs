@@ -91,9 +91,10 @@ pub struct ChannelStatePart {
 }
 
 impl ChannelStateHandle {
-    /// Bytes of in-flight data the handle refers to.
+    /// Bytes of in-flight data the handle refers to (saturating: the counts may come from a forged
+    /// `_metadata` or acknowledgement).
     pub fn bytes(&self) -> u64 {
-        self.parts.iter().map(|p| p.bytes).sum()
+        self.parts.iter().map(|p| p.bytes).fold(0, u64::saturating_add)
     }
 
     /// The files it references (each once).

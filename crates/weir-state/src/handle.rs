@@ -73,7 +73,8 @@ impl KeyedStateHandle {
     pub fn size(&self) -> u64 {
         match self {
             Self::Full { file, .. } => file.size,
-            Self::Incremental { shared, private, .. } => shared.iter().chain(private).map(|(_, f)| f.size).sum(),
+            // Saturates: the sizes may come from a forged `_metadata` or acknowledgement.
+            Self::Incremental { shared, private, .. } => shared.iter().chain(private).map(|(_, f)| f.size).fold(0, u64::saturating_add),
         }
     }
 

@@ -130,10 +130,14 @@ impl CheckpointMetadata {
     /// Bytes referenced by the checkpoint: keyed, operator and channel state. Shared files count
     /// in full for every checkpoint that references them, so this says how large a restore is,
     /// not what the checkpoint added to storage.
+    ///
+    /// Sizes come from the tasks' acknowledgements or a `_metadata` file, so the sum saturates at
+    /// `u64::MAX` rather than overflow on forged ones.
     pub fn size(&self) -> u64 {
-        self.keyed_handles().map(|h| h.size()).sum::<u64>()
-            + self.operators.iter().flat_map(|o| &o.subtasks).filter_map(|s| s.operator.as_ref()).map(|f| f.size).sum::<u64>()
-            + self.channel_handles().map(|h| h.bytes()).sum::<u64>()
+        let keyed = self.keyed_handles().map(|h| h.size());
+        let operator = self.operators.iter().flat_map(|o| &o.subtasks).filter_map(|s| s.operator.as_ref()).map(|f| f.size);
+        let channels = self.channel_handles().map(|h| h.bytes());
+        keyed.chain(operator).chain(channels).fold(0, u64::saturating_add)
     }
 
     /// Writes `<job>/chk-<n>/_metadata`. The JobManager writes it only after every task has
@@ -175,5 +179,50 @@ impl CheckpointMetadata {
         let body = unframe(METADATA_MAGIC, bytes, path)?;
         serde_json::from_slice(body)
             .map_err(|e| StateError::Corrupt { path: path.to_string(), reason: format!("unreadable metadata: {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel_state::ChannelStatePart;
+    use weir_core::KeyGroupRange;
+
+    #[test]
+    fn forged_sizes_saturate_instead_of_overflowing() {
+        // Found by the `checkpoint_metadata` fuzz target: sizes near u64::MAX made `size` overflow.
+        let file = |path: &str| StoredFile { path: path.into(), size: u64::MAX, crc32: 0 };
+        let range = KeyGroupRange::new(0, 128);
+        let subtask = SubtaskState {
+            keyed: vec![
+                KeyedStateHandle::Full { range, max_parallelism: 128, file: file("a") },
+                KeyedStateHandle::Incremental {
+                    range,
+                    max_parallelism: 128,
+                    shared: vec![("1.sst".into(), file("b")), ("2.sst".into(), file("c"))],
+                    private: vec![],
+                },
+            ],
+            operator: Some(file("d")),
+            input_channels: Some(ChannelStateHandle {
+                parts: vec![ChannelStatePart { file: file("e"), records: vec![0], bytes: u64::MAX }; 2],
+            }),
+            output_channels: None,
+        };
+        let metadata = CheckpointMetadata {
+            job_id: "j".into(),
+            checkpoint_id: 1,
+            timestamp_ms: 0,
+            savepoint: false,
+            operators: vec![OperatorState { uid: "u".into(), parallelism: 1, max_parallelism: 128, subtasks: vec![subtask] }],
+        };
+        let bytes = frame(METADATA_MAGIC, &serde_json::to_vec(&metadata).unwrap());
+        let decoded = CheckpointMetadata::decode(&bytes, "j/chk-1/_metadata").unwrap();
+        assert_eq!(decoded, metadata);
+        assert_eq!(decoded.size(), u64::MAX);
+        assert_eq!(decoded.keyed_handles().nth(1).unwrap().size(), u64::MAX);
+        assert_eq!(decoded.channel_handles().next().unwrap().bytes(), u64::MAX);
+        let err = CheckpointMetadata::decode(&bytes[..bytes.len() - 1], "j/chk-1/_metadata").unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { ref path, .. } if path == "j/chk-1/_metadata"), "{err}");
     }
 }
