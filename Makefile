@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WEIR = $${CARGO_TARGET_DIR:-target}/debug/weir
 WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
 
-.PHONY: deps build demo test bench clean
+.PHONY: deps build demo test bench fuzz fuzz-seeds clean
 
 # protoc for the gRPC code, clang/libclang for RocksDB's bindings, moto as the S3 server of the tests.
 deps:
@@ -38,6 +38,29 @@ bench: deps
 	python3 bench/unaligned.py $(WEIR_RELEASE)
 	python3 bench/savepoints.py $(WEIR_RELEASE)
 	$(CARGO) run --release -q -p weir-state --example state_bench
+
+# Fuzzing, not part of `make test`: every cargo-fuzz target in fuzz/ (the decoders of job files,
+# data-plane frames, `_metadata` and state files) for FUZZ_SECONDS each, on the nightly
+# toolchain, starting from the committed corpus in fuzz/corpus/<target>. Inputs the fuzzer finds
+# go to fuzz/scratch/ (not committed); the first crash, panic, timeout or oversized allocation
+# fails the run and leaves its input in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = job_file data_plane_event data_plane_buffer checkpoint_metadata state_files
+FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512
+
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "--- fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  mkdir -p fuzz/scratch/$$t; \
+	  $(CARGO) +nightly fuzz run $$t fuzz/scratch/$$t fuzz/corpus/$$t -- $(FUZZ_FLAGS) || exit 1; \
+	done
+
+# Rewrites the seed-* files of fuzz/corpus from Weir's own encoders (fuzz/src/write_seeds.rs).
+fuzz-seeds: deps
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) +nightly fuzz build write_seeds
+	$${CARGO_TARGET_DIR:-fuzz/target}/x86_64-unknown-linux-gnu/release/write_seeds fuzz/corpus
 
 clean:
 	$(CARGO) clean
