@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-/// `weir-x` → its weir dependencies, as `docs/architecture.md` lists them under "## Crates",
+/// `weir-x` (and the `weir` facade) → its weir dependencies, as `docs/architecture.md` lists them under "## Crates",
 /// one line per crate: "- `weir-runtime` → core, state — ...".
 fn documented() -> BTreeMap<String, BTreeSet<String>> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/architecture.md");
     let doc = std::fs::read_to_string(path).expect("docs/architecture.md exists");
     let section = doc.split("## Crates").nth(1).expect("a '## Crates' section").split("\n## ").next().unwrap_or_default();
     let mut out = BTreeMap::new();
-    for line in section.lines().filter(|l| l.starts_with("- `weir-")) {
+    for line in section.lines().filter(|l| l.starts_with("- `weir-") || l.starts_with("- `weir`")) {
         let name = line.trim_start_matches("- `").split('`').next().unwrap_or_default().to_string();
         let rest = line.split_once('`').and_then(|(_, r)| r.split_once('`')).map(|(_, r)| r).unwrap_or_default();
         let deps: BTreeSet<String> = match rest.trim_start().strip_prefix('→') {
@@ -21,7 +21,7 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
                 .next()
                 .unwrap_or_default()
                 .split(',')
-                .map(|d| format!("weir-{}", d.trim()))
+                .map(|d| if d.trim() == "weir" { "weir".to_string() } else { format!("weir-{}", d.trim()) })
                 .filter(|d| d != "weir-")
                 .collect(),
             None => BTreeSet::new(),
@@ -50,7 +50,7 @@ fn actual() -> BTreeMap<String, BTreeSet<String>> {
             .iter()
             .filter(|d| d["kind"].is_null())
             .filter_map(|d| d["name"].as_str())
-            .filter(|d| d.starts_with("weir-"))
+            .filter(|d| d.starts_with("weir-") || *d == "weir")
             .map(str::to_string)
             .collect();
         out.insert(name, deps);

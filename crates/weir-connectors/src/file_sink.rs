@@ -381,6 +381,10 @@ fn unwritable_column(format: FileFormat, schema: &Schema) -> Option<&Field> {
     match format {
         FileFormat::Csv => schema.fields().iter().find(|f| f.data_type().is_nested()).map(|f| f.as_ref()),
         FileFormat::Json => None,
+        FileFormat::Text => match schema.fields().first() {
+            Some(f) if schema.fields().len() == 1 && f.data_type() == &arrow_schema::DataType::Utf8 => None,
+            first => first.map(|f| f.as_ref()),
+        },
     }
 }
 
@@ -390,6 +394,7 @@ fn unwritable_column(format: FileFormat, schema: &Schema) -> Option<&Field> {
 ///   it holds a delimiter, quote or line break; a null is an empty field (a record of one
 ///   empty field is written `""`, so it is not an empty line).
 /// - JSON lines: one object per row, the columns in schema order, nulls written as `null`.
+/// - Text: the one text column, a row per line as it is (CSV that never quotes).
 ///
 /// Neither format keeps state between batches (no header, no enclosing array), so a writer is
 /// made per batch over the part file's buffer.
@@ -398,6 +403,9 @@ fn write_batch(format: FileFormat, out: &mut BufWriter<File>, batch: &RecordBatc
     match format {
         FileFormat::Csv => arrow_csv::WriterBuilder::new().with_header(false).build(out).write(batch),
         FileFormat::Json => arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(out).write(batch),
+        FileFormat::Text => {
+            arrow_csv::WriterBuilder::new().with_header(false).with_quote_style(arrow_csv::QuoteStyle::Never).build(out).write(batch)
+        }
     }
 }
 
@@ -429,8 +437,12 @@ impl Operator for FileSink {
             )));
         }
         if let Some(field) = unwritable_column(self.format, &batch.schema()) {
+            let why = match self.format {
+                FileFormat::Text => "as text: the text format writes exactly one text column",
+                _ => "as CSV: nested values have no CSV form (format: json writes them)",
+            };
             return Err(OperatorError::Failed(format!(
-                "file sink '{}' cannot write column '{}' of type {} as CSV: nested values have no CSV form (format: json writes them)",
+                "file sink '{}' cannot write column '{}' of type {} {why}",
                 self.dir.display(),
                 field.name(),
                 field.data_type()

@@ -107,6 +107,26 @@ pub enum Literal {
 pub enum FileFormat {
     Csv,
     Json,
+    /// One line per row of a single text column, written as it is (no quoting): what the
+    /// DataStream API's `write_as_text` produces.
+    Text,
+}
+
+/// What part of a job a user function (DataStream API) plays; the runtime builds it through
+/// the user-function registry its TaskManager was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserKind {
+    /// A source whose reader the function builds; `max_parallelism` caps it (1 for a source
+    /// that cannot be split).
+    Source { max_parallelism: Option<u32> },
+    /// A stateless batch transform (map, flat_map, filter, formatting).
+    Transform,
+    /// A transform that keeps keyed state in the job's state backend (reduce); its input
+    /// arrives hash-partitioned on the hidden key column `key`.
+    Keyed { key: String },
+    /// A sink.
+    Sink,
 }
 
 /// A built-in operator and its parameters.
@@ -158,11 +178,20 @@ pub enum OperatorSpec {
         format: FileFormat,
     },
     BlackholeSink,
+    /// A function of a DataStream program, resolved by `function` (an id derived from the
+    /// operator's uid, so the same program built in another process resolves the same ids).
+    User {
+        function: String,
+        kind: UserKind,
+    },
 }
 
 impl OperatorSpec {
     pub fn is_source(&self) -> bool {
-        matches!(self, Self::DatagenSource(_) | Self::SocketSource { .. } | Self::FileSource { .. })
+        matches!(
+            self,
+            Self::DatagenSource(_) | Self::SocketSource { .. } | Self::FileSource { .. } | Self::User { kind: UserKind::Source { .. }, .. }
+        )
     }
 
     /// Whether a source's checkpointed position can be restored at another parallelism. The
@@ -174,18 +203,19 @@ impl OperatorSpec {
     }
 
     pub fn is_sink(&self) -> bool {
-        matches!(self, Self::PrintSink | Self::FileSink { .. } | Self::BlackholeSink)
+        matches!(self, Self::PrintSink | Self::FileSink { .. } | Self::BlackholeSink | Self::User { kind: UserKind::Sink, .. })
     }
 
     /// Whether the operator keeps keyed state (and so needs a stable uid).
     pub fn is_stateful(&self) -> bool {
-        matches!(self, Self::KeyedAggregate { .. })
+        matches!(self, Self::KeyedAggregate { .. } | Self::User { kind: UserKind::Keyed { .. }, .. })
     }
 
     /// Sources that cannot run in parallel (the socket source reads one connection).
     pub fn max_parallelism(&self) -> Option<u32> {
         match self {
             Self::SocketSource { .. } => Some(1),
+            Self::User { kind: UserKind::Source { max_parallelism }, .. } => *max_parallelism,
             _ => None,
         }
     }
@@ -283,6 +313,7 @@ mod schema_serde {
                 ty: match f.data_type() {
                     DataType::Int64 => "int64".into(),
                     DataType::Utf8 => "utf8".into(),
+                    DataType::Binary => "binary".into(),
                     other => format!("{other}"),
                 },
             })
@@ -297,6 +328,7 @@ mod schema_serde {
             let ty = match f.ty.as_str() {
                 "int64" => DataType::Int64,
                 "utf8" => DataType::Utf8,
+                "binary" => DataType::Binary,
                 other => return Err(serde::de::Error::custom(format!("unsupported column type {other}"))),
             };
             out.push(Field::new(f.name, ty, false));

@@ -671,6 +671,8 @@ pub fn output_schema(spec: &OperatorSpec, input: &SchemaRef) -> SchemaRef {
             Arc::new(Schema::new(vec![key_field, int(&value_name)]))
         }
         OperatorSpec::PrintSink | OperatorSpec::FileSink { .. } | OperatorSpec::BlackholeSink => Arc::new(Schema::empty()),
+        // Not a job-file step: a DataStream program gives its functions their schemas.
+        OperatorSpec::User { .. } => input.clone(),
     }
 }
 

@@ -57,6 +57,9 @@ pub enum JobManagerError {
     Config(#[from] weir_core::ConfigError),
     #[error(transparent)]
     Security(#[from] security::SecurityError),
+    /// A program's job the JobManager did not accept.
+    #[error("job not accepted: {0}")]
+    Submit(String),
 }
 
 /// A started JobManager.
@@ -73,6 +76,23 @@ impl JobManagerHandle {
     pub fn shutdown(&self) {
         self.executor.perform(self.state.suspend_all());
         let _ = self.shutdown.send(true);
+    }
+
+    /// Submits a JobGraph built in this process by a DataStream program, under the cluster's
+    /// configuration plus `overrides`; returns the job id. Its TaskManagers must have been
+    /// started with the program's functions.
+    pub fn submit_graph(&self, graph: weir_core::graph::JobGraph, overrides: &Config) -> Result<String, JobManagerError> {
+        service::submit_graph(&self.state, &self.executor, graph, overrides).map_err(JobManagerError::Submit)
+    }
+
+    /// A job's state, failure and counters, as `GetJob` answers; `None` for an unknown id.
+    pub fn job_status(&self, id: &str) -> Option<weir_proto::JobStatus> {
+        self.state.job_status(id)
+    }
+
+    /// A job's checkpoint history, as `ListCheckpoints` answers; `None` for an unknown id.
+    pub fn checkpoints(&self, id: &str) -> Option<Vec<weir_proto::CheckpointInfo>> {
+        self.state.checkpoint_history(id)
     }
 }
 

@@ -20,6 +20,7 @@ use crate::state::JobManagerState;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use weir_core::config::Config;
+use weir_core::graph::JobGraph;
 use weir_core::settings::{resolve_checkpoint_dir, JobSettings};
 use weir_proto::job_manager_service_server::JobManagerService;
 use weir_proto::*;
@@ -299,6 +300,52 @@ struct Compiled {
     settings: JobSettings,
     origin: String,
     warnings: Vec<String>,
+}
+
+/// Accepts a JobGraph built by a DataStream program in this process (its embedded cluster),
+/// under the cluster's configuration plus the program's `overrides`. There is no job file:
+/// the catalog records the graph's JSON, which a recovering JobManager cannot compile (a
+/// program's job ends with its process for now). Errors name the bad key or the graph's size.
+pub(crate) fn submit_graph(state: &JobManagerState, executor: &Executor, graph: JobGraph, overrides: &Config) -> Result<String, String> {
+    for k in overrides.explicit().keys() {
+        if weir_core::settings::is_cluster_only_key(k) {
+            return Err(format!("'{k}' is a cluster setting: it cannot be set for one job"));
+        }
+    }
+    let mut config = state.config().clone();
+    config.merge(overrides);
+    resolve_checkpoint_dir(&mut config, false).map_err(|e| e.to_string())?;
+    let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
+    let json = graph.to_json();
+    if json.len() > MAX_GRAPH_BYTES {
+        return Err(format!(
+            "the program's graph is {} KiB, more than a deployment carries ({} KiB)",
+            json.len() / 1024,
+            MAX_GRAPH_BYTES / 1024
+        ));
+    }
+    let storage = match &settings.checkpoint.dir {
+        Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let name = graph.name.clone();
+    let definition = JobDefinition { text: String::from_utf8_lossy(&json).into_owned(), origin: format!("program '{name}'") };
+    let new = NewJob {
+        id: id.clone(),
+        name: name.clone(),
+        graph,
+        config,
+        settings,
+        storage,
+        definition,
+        restore: None,
+        attempt: 0,
+        next_checkpoint: 1,
+    };
+    tracing::info!(job = %id, name = %name, "program job submitted");
+    executor.perform(state.add_job(new));
+    Ok(id)
 }
 
 /// Everything in a submission that costs CPU in proportion to the job's size, run on the

@@ -16,6 +16,8 @@
 //! - [`operators`]: the built-in transforms (the throttle included) and the operator chain.
 //! - [`task`]: the thread that runs one subtask, never blocking in a send, and takes its part of
 //!   each checkpoint (channel state included).
+//! - [`user`]: the functions of a DataStream program, resolved through the registry the
+//!   TaskManager hands in, with panics in user code turned into task failures.
 //! - [`wake`]: the one thing a task waits on.
 //!
 //! ## Checkpoints
@@ -31,6 +33,7 @@ pub mod net;
 pub mod operators;
 pub mod partition;
 pub mod task;
+pub mod user;
 pub mod wake;
 pub mod wiring;
 

@@ -11,12 +11,13 @@
 //! Operators of one chain call each other directly ([`push_through`]): a batch runs through the
 //! whole chain before the task takes the next one, with no queue and no thread between them.
 
+use crate::user::{build_user, BuiltUser, UserFunctions};
 use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow_buffer::Buffer;
 use arrow_schema::SchemaRef;
 use std::sync::Arc;
-use weir_core::graph::{AggKind, CompareOp, Literal, OperatorSpec, Vertex};
+use weir_core::graph::{AggKind, ChainedOperator, CompareOp, Literal, OperatorSpec, Vertex};
 use weir_core::operator::{Collector, ConnectorFactory, OpResult, Operator, OperatorError, SourceReader, SubtaskInfo};
 use weir_core::KeyGroupRange;
 use weir_state::{BackendKind, Keys, StateBackend};
@@ -329,7 +330,7 @@ impl Default for StateConfig {
 
 /// Builds the operators of `vertex` for subtask `info`. `input_schema` is the schema of the
 /// rows arriving from upstream (empty for a source vertex); `connectors` builds its source
-/// and sinks.
+/// and sinks, `functions` the functions of a DataStream program.
 ///
 /// Each operator's columns are resolved against the output schema of the operator before it,
 /// so a missing column fails here, naming it. A keyed operator gets a new, empty state backend
@@ -340,6 +341,7 @@ pub fn build_chain(
     input_schema: SchemaRef,
     state: &StateConfig,
     connectors: &dyn ConnectorFactory,
+    functions: &dyn UserFunctions,
 ) -> OpResult<OperatorChain> {
     let mut source = None;
     let mut source_uid = None;
@@ -377,14 +379,16 @@ pub fn build_chain(
             OperatorSpec::Throttle { rows_per_second } => {
                 operators.push(plain(Box::new(Throttle { rows_per_second: *rows_per_second, due: None })))
             }
+            OperatorSpec::User { function, .. } => match build_user(functions, function, op, info, || new_backend(op, info, state))? {
+                BuiltUser::Source(reader) => source = Some(reader),
+                BuiltUser::Chained(chained) => operators.push(chained),
+            },
             OperatorSpec::KeyedAggregate { kind, key, field } => {
                 let field = match field {
                     Some(f) => Some(column_index(&schema, f)?),
                     None => None,
                 };
-                let range = KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.index);
-                let backend = StateBackend::create(state.backend, &state.local_dir, info.max_parallelism, range)
-                    .map_err(|e| OperatorError::Failed(format!("cannot create the state backend of {}: {e}", op.uid)))?;
+                let backend = new_backend(op, info, state)?;
                 debug_assert!(field.is_some() || *kind == AggKind::Count);
                 operators.push(ChainOperator::Keyed(Box::new(KeyedAggregate {
                     kind: *kind,
@@ -402,6 +406,14 @@ pub fn build_chain(
         schema = out_schema;
     }
     Ok(OperatorChain { source, source_uid, operators, uids })
+}
+
+/// A new, empty state backend for keyed operator `op` in subtask `info`, covering the
+/// subtask's key-group range.
+fn new_backend(op: &ChainedOperator, info: &SubtaskInfo, state: &StateConfig) -> OpResult<StateBackend> {
+    let range = KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.index);
+    StateBackend::create(state.backend, &state.local_dir, info.max_parallelism, range)
+        .map_err(|e| OperatorError::Failed(format!("cannot create the state backend of {}: {e}", op.uid)))
 }
 
 /// Pushes a batch through `ops`, then into `out`. Each operator's collector is the rest of the
@@ -440,7 +452,6 @@ impl Collector for ChainCollector<'_> {
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::*;
-    use weir_core::graph::ChainedOperator;
 
     /// Builds no source, and sinks that drop everything.
     pub struct TestConnectors;
@@ -499,14 +510,16 @@ mod tests {
         let mut v0 = graph.vertices[0].clone();
         v0.operators.remove(0);
         let line_schema = graph.vertices[0].operators[0].output_schema.clone();
-        let mut chain = build_chain(&v0, &info, line_schema.clone(), &StateConfig::default(), &TestConnectors).unwrap();
+        let mut chain =
+            build_chain(&v0, &info, line_schema.clone(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions).unwrap();
         let lines = RecordBatch::try_new(line_schema, vec![Arc::new(StringArray::from(vec!["To be OR", "not to skip be"]))]).unwrap();
         let mut out = Sink(Vec::new());
         push_through(&mut chain.operators, lines, &mut out).unwrap();
         assert_eq!(text(&out.0[0], 0), vec!["to", "be", "or", "not", "to", "be"]);
 
         let v1 = &graph.vertices[1];
-        let mut chain = build_chain(v1, &info, v0.output_schema(), &StateConfig::default(), &TestConnectors).unwrap();
+        let mut chain =
+            build_chain(v1, &info, v0.output_schema(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions).unwrap();
         assert!(matches!(chain.operators.last(), Some(ChainOperator::Plain(_))), "the sink comes from the factory");
         assert!(chain.operators[0].keyed_state().is_some(), "the count keeps keyed state");
         let mut counted = Sink(Vec::new());

@@ -35,7 +35,7 @@ use crate::buffer::{Event, Item};
 use crate::gate::InputGate;
 use crate::net::RemoteSubpartition;
 use crate::wake::Waker;
-use arrow_array::{Array, Int64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow_select::take::take_record_batch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,7 +209,7 @@ impl ResultPartition {
     /// Partitions and buffers one batch on every edge: `forward` to the edge's one channel,
     /// `rebalance` the whole batch to the next channel in turn, `broadcast` to every channel (a
     /// clone that shares the buffers), `hash` each row to the subtask owning its key's key group.
-    /// Hash keys must be `Utf8` or `Int64`; another type fails the task. May block when a
+    /// Hash keys must be `Utf8`, `Int64` or `Binary`; another type fails the task. May block when a
     /// buffer fills up and its channel has no room (see [`ChannelWriter`]).
     pub fn emit(&mut self, batch: RecordBatch) -> OpResult {
         if batch.num_rows() == 0 {
@@ -253,6 +253,11 @@ impl ResultPartition {
                     } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
                         for (i, v) in a.values().iter().enumerate() {
                             edge.scratch[target(hash_i64(*v))].push(i as u32);
+                        }
+                    } else if let Some(a) = col.as_any().downcast_ref::<BinaryArray>() {
+                        // The DataStream API's hidden key column: the key's encoded bytes.
+                        for i in 0..a.len() {
+                            edge.scratch[target(hash_bytes(a.value(i)))].push(i as u32);
                         }
                     } else {
                         return Err(OperatorError::Failed(format!("cannot hash a key of type {}", col.data_type())));

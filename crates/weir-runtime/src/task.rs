@@ -71,6 +71,7 @@ use crate::buffer::{decode_batch, encode_batch, Barrier, Event, Item};
 use crate::gate::{GatePoll, InputGate};
 use crate::operators::{build_chain, finish_chain, push_through, ChainOperator, OperatorChain, StateConfig};
 use crate::partition::{OvertakenOutput, ResultPartition};
+use crate::user::UserFunctions;
 use crate::wake::Waker;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -232,6 +233,8 @@ pub struct TaskDescriptor {
     pub restore: Option<RestoreSettings>,
     /// Builds the chain's source and sinks.
     pub connectors: Arc<dyn ConnectorFactory>,
+    /// Builds the functions of a DataStream program.
+    pub functions: Arc<dyn UserFunctions>,
 }
 
 /// The TaskManager's handle on a running task: it commands, cancels and joins it through
@@ -345,26 +348,27 @@ fn run(
         restored_input: VecDeque::new(),
         channel_writer: None,
     };
-    let result = build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref())
-        .and_then(|mut chain| {
-            if let Some(r) = &desc.restore {
-                let channels = restore(&mut chain, &desc.info, &desc.state, r)?;
-                // Output channel state goes out before anything new; input channel state is
-                // processed before any new input.
-                for batch in channels.output {
-                    runner.partition.emit_restored(batch)?;
+    let result =
+        build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref(), desc.functions.as_ref())
+            .and_then(|mut chain| {
+                if let Some(r) = &desc.restore {
+                    let channels = restore(&mut chain, &desc.info, &desc.state, r)?;
+                    // Output channel state goes out before anything new; input channel state is
+                    // processed before any new input.
+                    for batch in channels.output {
+                        runner.partition.emit_restored(batch)?;
+                    }
+                    runner.restored_input = channels.input.into();
+                } else if desc.info.attempt > 0 {
+                    // A restart with no completed checkpoint: operators drop what the failed
+                    // attempt left behind (a transactional sink's uncommitted files).
+                    for op in chain.operators.iter_mut() {
+                        op.operator().restore_state(0, Vec::new())?;
+                    }
                 }
-                runner.restored_input = channels.input.into();
-            } else if desc.info.attempt > 0 {
-                // A restart with no completed checkpoint: operators drop what the failed
-                // attempt left behind (a transactional sink's uncommitted files).
-                for op in chain.operators.iter_mut() {
-                    op.operator().restore_state(0, Vec::new())?;
-                }
-            }
-            Ok(chain)
-        })
-        .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
+                Ok(chain)
+            })
+            .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
     let state = match result {
         Ok(()) if cancelled.load(Ordering::SeqCst) => TaskState::Canceled,
         Ok(()) => TaskState::Finished,
@@ -1425,6 +1429,7 @@ mod tests {
             checkpointing,
             restore: None,
             connectors: Arc::new(crate::operators::test_util::TestConnectors),
+            functions: Arc::new(crate::user::NoUserFunctions),
         }
     }
 
@@ -1688,6 +1693,7 @@ mod tests {
                 checkpointing: Some(checkpointing),
                 restore: None,
                 connectors: Arc::new(CountingConnectors(polled.clone())),
+                functions: Arc::new(crate::user::NoUserFunctions),
             };
             let (states_tx, states) = std::sync::mpsc::channel();
             let states_tx = Mutex::new(states_tx);

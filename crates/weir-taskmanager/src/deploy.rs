@@ -166,6 +166,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             checkpointing: checkpointing.clone(),
             restore: restore.clone(),
             connectors: shared.connectors.clone(),
+            functions: shared.functions.clone(),
         });
     }
 

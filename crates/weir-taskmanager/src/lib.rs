@@ -26,6 +26,7 @@ use weir_proto::{
 };
 use weir_runtime::barrier::SnapshotKind;
 use weir_runtime::task::CheckpointAck;
+use weir_runtime::user::{NoUserFunctions, UserFunctions};
 use weir_runtime::{NetworkEnvironment, Task};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,8 @@ pub(crate) struct Shared {
     pub net: Arc<NetworkEnvironment>,
     /// Builds the sources and sinks of deployed tasks.
     pub connectors: Arc<dyn ConnectorFactory>,
+    /// Builds the functions of DataStream programs: empty in the `weir` binary's TaskManagers.
+    pub functions: Arc<dyn UserFunctions>,
     pub jobs: Mutex<HashMap<(String, u32), JobTasks>>,
     pub updates: mpsc::UnboundedSender<UpdateTaskStateRequest>,
     pub acks: mpsc::UnboundedSender<(String, u32, CheckpointAck)>,
@@ -175,8 +178,19 @@ fn jobmanager_channel(addr: &str, dialer: &Dialer) -> Result<GrpcChannel, TaskMa
 }
 
 /// Starts a TaskManager: binds its RPC and data ports, then registers with the JobManager
-/// (retrying until it answers) and heartbeats it.
+/// (retrying until it answers) and heartbeats it. It runs job files and SQL jobs; a DataStream
+/// program's functions need [`start_with_functions`].
 pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, TaskManagerError> {
+    start_with_functions(settings, Arc::new(NoUserFunctions)).await
+}
+
+/// Starts a TaskManager that also runs the functions of the program that registered them in
+/// `functions` (the embedded cluster of a DataStream program, or its application
+/// TaskManagers).
+pub async fn start_with_functions(
+    settings: TaskManagerSettings,
+    functions: Arc<dyn UserFunctions>,
+) -> Result<TaskManagerHandle, TaskManagerError> {
     let dialer = Dialer::new(&settings.security).map_err(TaskManagerError::Security)?;
     let jobmanager = jobmanager_channel(&settings.jobmanager, &dialer)?;
     let mut server = security::server(&settings.security).map_err(TaskManagerError::Security)?;
@@ -199,6 +213,7 @@ pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, T
         settings: settings.clone(),
         net,
         connectors: Arc::new(weir_connectors::BuiltinConnectors),
+        functions,
         jobs: Mutex::new(HashMap::new()),
         updates: updates_tx,
         acks: acks_tx,

@@ -1,0 +1,70 @@
+//! The embedded mini cluster: a JobManager and TaskManagers in this process, talking the same
+//! gRPC and TCP protocols over loopback as a real cluster. `weir run` without a JobManager
+//! and a DataStream program's `execute` both run on it; a program's TaskManagers carry its
+//! functions.
+
+use std::sync::Arc;
+use weir_core::config::Config;
+use weir_core::settings::{ClientConfig, TaskManagerConfig};
+use weir_jobmanager::{JobManagerError, JobManagerHandle};
+use weir_runtime::user::{NoUserFunctions, UserFunctions};
+use weir_taskmanager::{TaskManagerError, TaskManagerHandle, TaskManagerSettings};
+
+/// Why the mini cluster did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MiniClusterError {
+    #[error("embedded JobManager: {0}")]
+    JobManager(#[from] JobManagerError),
+    #[error("embedded TaskManager: {0}")]
+    TaskManager(#[from] TaskManagerError),
+    #[error(transparent)]
+    Config(#[from] weir_core::ConfigError),
+}
+
+pub struct MiniCluster {
+    jm: JobManagerHandle,
+    tms: Vec<TaskManagerHandle>,
+}
+
+impl MiniCluster {
+    /// Starts `minicluster.taskmanagers` TaskManagers with enough slots for `slots_needed`;
+    /// they run job files and SQL only.
+    pub async fn start(cfg: &Config, slots_needed: Option<u32>) -> Result<Self, MiniClusterError> {
+        Self::start_with_functions(cfg, slots_needed, Arc::new(NoUserFunctions)).await
+    }
+
+    /// Starts the cluster with TaskManagers that also run the functions in `functions`.
+    pub async fn start_with_functions(
+        cfg: &Config,
+        slots_needed: Option<u32>,
+        functions: Arc<dyn UserFunctions>,
+    ) -> Result<Self, MiniClusterError> {
+        let jm = weir_jobmanager::start(cfg.clone(), "127.0.0.1:0").await?;
+        let n = ClientConfig::from_config(cfg).minicluster_taskmanagers;
+        let per_tm = TaskManagerConfig::from_config(cfg).slots.max(slots_needed.unwrap_or(0).div_ceil(n));
+        let mut tms = Vec::new();
+        for _ in 0..n {
+            let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string())?;
+            settings.config.host = "127.0.0.1".into();
+            settings.config.slots = per_tm;
+            tms.push(weir_taskmanager::start_with_functions(settings, functions.clone()).await?);
+        }
+        Ok(Self { jm, tms })
+    }
+
+    pub fn address(&self) -> String {
+        self.jm.rpc_addr.to_string()
+    }
+
+    /// The embedded JobManager, for in-process submission and status.
+    pub fn jobmanager(&self) -> &JobManagerHandle {
+        &self.jm
+    }
+
+    pub fn shutdown(&self) {
+        for tm in &self.tms {
+            tm.shutdown();
+        }
+        self.jm.shutdown();
+    }
+}
