@@ -141,3 +141,46 @@ impl Program {
         Ok((graph, functions))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::prelude::*;
+    use weir_core::graph::{OperatorSpec, Partitioning, UserKind};
+
+    fn settings(env: &StreamExecutionEnvironment) -> weir_core::settings::JobSettings {
+        env.all_settings().to_config().unwrap().1
+    }
+
+    /// Operators chain while the edge is forward at one parallelism; `key_by` hashes on the
+    /// hidden key column, a change of parallelism rebalances, and function ids are the uids.
+    #[test]
+    fn operators_chain_into_vertices_as_job_file_steps_do() {
+        let mut env = StreamExecutionEnvironment::get_execution_environment();
+        env.set_parallelism(2);
+        env.from_iter(vec!["a b".to_string()])
+            .flat_map(|l: String, out: &mut Vec<String>| out.extend(l.split(' ').map(str::to_string)))
+            .key_by(|w: &String| w.clone())
+            .reduce(|a: String, _b: String| a)
+            .uid("words")
+            .print();
+        let (graph, functions) = env.program.borrow().build("t", &settings(&env)).unwrap();
+        let names: Vec<Vec<&str>> = graph.vertices.iter().map(|v| v.operators.iter().map(|o| o.name.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["from_iter"], vec!["flat_map", "key_by"], vec!["reduce", "to_text", "print"]]);
+        assert_eq!(graph.vertices.iter().map(|v| v.parallelism).collect::<Vec<_>>(), vec![1, 2, 2]);
+        assert_eq!(graph.edges[0].partitioning, Partitioning::Rebalance);
+        assert_eq!(graph.edges[1].partitioning, Partitioning::Hash { key: "key".into() });
+        let reduce = &graph.vertices[2].operators[0];
+        assert_eq!(reduce.spec, OperatorSpec::User { function: "words".into(), kind: UserKind::Keyed { key: "key".into() } });
+        assert_eq!(functions.ids().collect::<Vec<_>>(), vec!["flat_map-1", "from_iter-0", "key_by-2", "to_text-4", "words"]);
+        // The graph travels as JSON, binary columns included.
+        assert_eq!(weir_core::graph::JobGraph::from_json(&graph.to_json()).unwrap(), graph);
+    }
+
+    #[test]
+    fn a_duplicate_uid_is_refused_naming_it() {
+        let env = StreamExecutionEnvironment::get_execution_environment();
+        env.from_iter(vec![1i64]).map(|x: i64| x).uid("same").map(|x: i64| x).uid("same").blackhole();
+        let err = env.program.borrow().build("t", &settings(&env)).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("'same'"), "{err}");
+    }
+}
