@@ -7,7 +7,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use weir_runtime::buffer::{decode_batch, encode_batch};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: weir_fuzz::let_arrow_panics_unwind(), |data: &[u8]| {
     if let Ok(batch) = decode_batch(&Bytes::copy_from_slice(data)) {
         let _ = batch.get_array_memory_size();
         let again = encode_batch(&batch).expect("a decoded batch encodes again");

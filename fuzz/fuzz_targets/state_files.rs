@@ -20,7 +20,7 @@ use weir_state::{channel_state, operator_state};
 /// The max parallelism and key-group range of the backends the snapshots are restored into.
 const MAX_PARALLELISM: u32 = 128;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: weir_fuzz::let_arrow_panics_unwind(), |data: &[u8]| {
     keyed_state(data);
     keyed_state(&frame(KEYED_MAGIC, data));
     let _ = operator_state::decode_list(data, "fuzz/operator-state");
