@@ -436,6 +436,7 @@ pub async fn run_job(address: &JobManagerEndpoint, submit: Submit<'_>, detached:
         source_name: submit.origin.to_string(),
         restore_path: submit.restore.unwrap_or_default().to_string(),
         allow_non_restored_state: submit.allow_non_restored_state,
+        job_graph: String::new(),
     };
     let SubmitJobResponse { job_id: id, warnings } = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner();
     for warning in &warnings {

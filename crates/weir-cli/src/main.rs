@@ -16,8 +16,9 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
+use weir::application::{init_logging, start_jobmanager, wait_for_signal, LogFormat};
 use weir_core::config::{keys, parse_duration, Config};
-use weir_core::settings::{ClientConfig, JobManagerConfig, SecurityConfig};
+use weir_core::settings::{ClientConfig, SecurityConfig};
 use weir_proto::SavepointFormat;
 
 #[derive(Parser)]
@@ -31,12 +32,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -228,51 +223,12 @@ enum SavepointsCommand {
 
 /// Loads the configuration layers: defaults, config file, WEIR_PROPERTIES, then -D.
 fn load_config(file: &Option<PathBuf>, dynamic: &Dynamic) -> Result<(Config, Config)> {
-    let path = match file {
-        Some(p) => Some(p.clone()),
-        None => std::env::var_os("WEIR_CONF_DIR").map(|d| PathBuf::from(d).join("config.yaml")).filter(|p| p.exists()),
-    };
-    let mut cfg = match &path {
-        Some(p) => Config::from_yaml_file(p)?,
-        None => Config::new(),
-    };
-    if let Ok(props) = std::env::var("WEIR_PROPERTIES") {
-        cfg.apply_properties(&props, "WEIR_PROPERTIES")?;
-    }
-    let mut overrides = Config::new();
-    for d in &dynamic.properties {
-        overrides.apply_dynamic(d)?;
-    }
-    cfg.merge(&overrides);
-    Ok((cfg, overrides))
-}
-
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    Ok(Config::load_layers(file.as_deref(), &dynamic.properties)?)
 }
 
 /// The JobManager address from the flag or the configuration, if any.
 fn jobmanager_address(flag: &Option<String>, cfg: &Config) -> Option<String> {
     flag.clone().or_else(|| ClientConfig::from_config(cfg).jobmanager)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[tokio::main]
@@ -306,9 +262,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Jobmanager { dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "info");
-            let settings = JobManagerConfig::from_config(&cfg);
-            let bind = format!("{}:{}", settings.bind_host, settings.port);
-            let jm = weir_jobmanager::start(cfg, &bind).await?;
+            let jm = start_jobmanager(cfg).await?;
             outln!("JobManager listening on {}", jm.rpc_addr);
             wait_for_signal().await;
             jm.shutdown();

@@ -316,6 +316,31 @@ impl Config {
         self.values.contains_key(key)
     }
 
+    /// The configuration of a process started from the command line (the `weir` binary and a
+    /// DataStream application's), layer by layer: defaults, the configuration file (`file`, else
+    /// `$WEIR_CONF_DIR/config.yaml` when it exists), `WEIR_PROPERTIES`, then the `-D key=value`
+    /// arguments `dynamic`. Returns the merged configuration and the `-D` layer alone (what a
+    /// submitted job carries as its overrides).
+    pub fn load_layers(file: Option<&Path>, dynamic: &[String]) -> Result<(Config, Config), ConfigError> {
+        let path = match file {
+            Some(p) => Some(p.to_path_buf()),
+            None => std::env::var_os("WEIR_CONF_DIR").map(|d| Path::new(&d).join("config.yaml")).filter(|p| p.exists()),
+        };
+        let mut cfg = match &path {
+            Some(p) => Config::from_yaml_file(p)?,
+            None => Config::new(),
+        };
+        if let Ok(props) = std::env::var("WEIR_PROPERTIES") {
+            cfg.apply_properties(&props, "WEIR_PROPERTIES")?;
+        }
+        let mut overrides = Config::new();
+        for d in dynamic {
+            overrides.apply_dynamic(d)?;
+        }
+        cfg.merge(&overrides);
+        Ok((cfg, overrides))
+    }
+
     /// Builds a configuration from already-validated pairs (shipped between processes).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Result<Self, ConfigError> {
         let mut cfg = Config::new();

@@ -15,8 +15,11 @@ pub(crate) struct JobRecord {
     pub id: String,
     /// The job's name, from the job file.
     pub name: String,
-    /// The job file as submitted, and where it came from.
+    /// The job file as submitted (or a program's JobGraph JSON), and where it came from.
     pub definition: String,
+    /// How `definition` reads; entries written before programs existed are job files.
+    #[serde(default)]
+    pub kind: crate::job::DefinitionKind,
     pub origin: String,
     /// The job's effective configuration (explicitly set keys).
     pub config: BTreeMap<String, String>,

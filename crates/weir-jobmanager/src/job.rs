@@ -24,13 +24,27 @@ use weir_proto::{TaskState, VertexStatus};
 use weir_state::metadata::RestoreInfo;
 use weir_state::CheckpointStorage;
 
-/// The job file as submitted, and where it came from (kept for the catalog).
+/// What a job was submitted as, and where it came from (kept for the catalog, from which a
+/// recovering JobManager builds the job again).
 #[derive(Debug, Clone)]
 pub(crate) struct JobDefinition {
-    /// The job file's text, compiled again when a JobManager recovers the job.
+    pub kind: DefinitionKind,
+    /// The job file's text, or the program's JobGraph as JSON.
     pub text: String,
-    /// Where the text came from (a file name, or `job`), for compile errors.
+    /// Where the text came from (a file name, `job`, or `program '<name>'`), for errors.
     pub origin: String,
+}
+
+/// How a job's definition text reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DefinitionKind {
+    /// A YAML job file, compiled again on recovery.
+    #[default]
+    JobFile,
+    /// A JobGraph compiled by a DataStream program, as JSON; its user operators need
+    /// TaskManagers that carry the program's functions.
+    JobGraph,
 }
 
 /// Everything needed to add a job, built by a submission (`service.rs`) or by recovery
@@ -330,6 +344,7 @@ impl Job {
             id: self.id.clone(),
             name: self.name.clone(),
             definition: self.definition.text.clone(),
+            kind: self.definition.kind,
             origin: self.definition.origin.clone(),
             config: self.config.explicit().clone(),
             attempt: self.attempt,

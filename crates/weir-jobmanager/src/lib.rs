@@ -8,6 +8,7 @@
 //!  lib ── service, recover ──┐
 //!  driver ── scheduler, failover ──┐
 //!                          state ── job ── lifecycle, coordinator, restart
+//!                            ├── program (program jobs: functions, placement, refusal)
 //!                            └── coordinate ── effects ── catalog
 //! ```
 //! - Pure state machines: `lifecycle` (job states), `coordinator` (checkpoints), `restart`
@@ -29,6 +30,7 @@ mod effects;
 mod failover;
 mod job;
 mod lifecycle;
+mod program;
 mod recover;
 mod restart;
 mod savepoint;

@@ -10,7 +10,8 @@
 //! Which jobs come back is decided by the state name of their last catalog entry: FINISHED,
 //! FAILED and CANCELED stay ended; every other state (SUSPENDED after a clean shutdown, or
 //! whatever state the job was in when the JobManager died) is resumed. The job is compiled
-//! again from the job file kept in its entry, with the configuration it ran under (every
+//! again from the job file kept in its entry (a program's job is read back from its graph's
+//! JSON, and waits for TaskManagers that carry its functions), with the configuration it ran under (every
 //! explicitly set key: the old cluster's, the job file's, `-D`) applied over this
 //! JobManager's: a key the old cluster set keeps its old value, a key left at its default
 //! takes the new cluster's. Nothing of the previous JobManager's memory survives: restart
@@ -20,7 +21,8 @@
 use crate::catalog::{Catalog, JobRecord};
 use crate::coordinator::Event;
 use crate::effects::{Executor, Followup};
-use crate::job::{JobDefinition, NewJob};
+use crate::job::{DefinitionKind, JobDefinition, NewJob};
+use crate::program;
 use crate::state::JobManagerState;
 use weir_core::config::Config;
 use weir_core::settings::JobSettings;
@@ -61,8 +63,22 @@ pub(crate) async fn recover_jobs(state: &JobManagerState, executor: &Executor, c
 /// open.
 async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Option<u64>, Vec<CheckpointMetadata>), String> {
     let overrides = Config::from_pairs(r.config.iter()).map_err(|e| e.to_string())?;
-    let (graph, config) = weir_core::job::compile_job(&r.definition, &r.origin, state.config(), &overrides).map_err(|e| e.to_string())?;
-    let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
+    let (graph, config, settings) = match r.kind {
+        DefinitionKind::JobFile => {
+            let (graph, config) =
+                weir_core::job::compile_job(&r.definition, &r.origin, state.config(), &overrides).map_err(|e| e.to_string())?;
+            let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
+            (graph, config, settings)
+        }
+        // A program's graph is kept as it was compiled; its functions come back with the
+        // application's TaskManagers when they register again.
+        DefinitionKind::JobGraph => {
+            let graph = weir_core::graph::JobGraph::from_json(r.definition.as_bytes())
+                .map_err(|e| format!("its job graph ({}) does not parse: {e}", r.origin))?;
+            let (config, settings) = program::job_config(state.config(), &overrides, false)?;
+            (graph, config, settings)
+        }
+    };
     let mut restore = None;
     let mut storage = None;
     let mut retained = Vec::new();
@@ -89,7 +105,7 @@ async fn recover(state: &JobManagerState, r: JobRecord) -> Result<(NewJob, Optio
         config,
         settings,
         storage,
-        definition: JobDefinition { text: r.definition, origin: r.origin },
+        definition: JobDefinition { kind: r.kind, text: r.definition, origin: r.origin },
         restore,
         attempt: r.attempt + 1,
         next_checkpoint: checkpoint.map_or(1, |c| c + 1),
@@ -150,6 +166,7 @@ mod tests {
             id: "j1".into(),
             name: "t".into(),
             definition: JOB.into(),
+            kind: DefinitionKind::JobFile,
             origin: "t".into(),
             config: [
                 ("execution.checkpointing.dir".to_string(), checkpoints.clone()),

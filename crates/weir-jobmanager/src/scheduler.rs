@@ -38,10 +38,14 @@ pub(crate) async fn schedule(state: Arc<JobManagerState>, executor: Executor, jo
             // Canceled, failed or deployed meanwhile: nothing left to do for this attempt.
             Allocation::NotWaiting => return,
             Allocation::Deploy(calls) => break calls,
-            Allocation::Waiting { needed, free, total, taskmanagers } => {
+            Allocation::Waiting { needed, free, total, taskmanagers, program_functions } => {
                 if Instant::now() >= deadline {
+                    let which = match program_functions {
+                        0 => "",
+                        _ => " carrying the program's functions (started from the application's binary)",
+                    };
                     return fail(format!(
-                        "could not get {needed} slots within slot.request.timeout ({}): {free} free of {total} on {taskmanagers} TaskManager(s)",
+                        "could not get {needed} slots within slot.request.timeout ({}): {free} free of {total} on {taskmanagers} TaskManager(s){which}",
                         humanize(timeout),
                     ));
                 }

@@ -14,7 +14,8 @@
 use crate::coordinator::StopMode;
 use crate::coordinator::{AckStats, Event};
 use crate::effects::Executor;
-use crate::job::{JobDefinition, NewJob};
+use crate::job::{DefinitionKind, JobDefinition, NewJob};
+use crate::program;
 use crate::savepoint;
 use crate::state::JobManagerState;
 use std::sync::Arc;
@@ -53,7 +54,9 @@ impl JobManagerService for JobManagerRpc {
         if r.slots == 0 {
             return Err(Status::invalid_argument("a TaskManager must offer at least one slot"));
         }
-        self.state.register_tm(&r.taskmanager_id, &r.rpc_address, &r.data_address, r.slots).map_err(Status::invalid_argument)?;
+        self.state
+            .register_tm(&r.taskmanager_id, &r.rpc_address, &r.data_address, r.slots, r.user_functions)
+            .map_err(Status::invalid_argument)?;
         let interval = self.state.settings().heartbeat_interval;
         Ok(Response::new(RegisterTaskManagerResponse { cluster_id: String::new(), heartbeat_interval_ms: interval.as_millis() as u64 }))
     }
@@ -102,12 +105,17 @@ impl JobManagerService for JobManagerRpc {
     /// runs.
 
     async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        let (kind, text, what) = match (r.job_definition.is_empty(), r.job_graph.is_empty()) {
+            (_, true) => (DefinitionKind::JobFile, std::mem::take(&mut r.job_definition), "job definition"),
+            (true, false) => (DefinitionKind::JobGraph, std::mem::take(&mut r.job_graph), "program's job graph"),
+            (false, false) => return Err(Status::invalid_argument("a submission carries a job file or a program's job graph, not both")),
+        };
         let limit = self.state.settings().job_max_size;
-        if r.job_definition.len() > limit {
+        if text.len() > limit {
             return Err(Status::invalid_argument(format!(
-                "the job definition is {} bytes, more than {} allows ({limit} bytes)",
-                r.job_definition.len(),
+                "the {what} is {} bytes, more than {} allows ({limit} bytes)",
+                text.len(),
                 weir_core::config::keys::JOB_MAX_SIZE
             )));
         }
@@ -115,13 +123,21 @@ impl JobManagerService for JobManagerRpc {
         // Compilation is CPU work proportional to the job's size: it runs on the blocking
         // pool, a few at a time, so that heartbeats and every other RPC keep being answered.
         let _permit = COMPILING.acquire().await.map_err(|_| Status::unavailable("the JobManager is shutting down"))?;
-        let (text, base, pairs, restoring) =
-            (r.job_definition.clone(), self.state.config().clone(), r.config.clone(), !r.restore_path.is_empty());
-        let compiled = tokio::task::spawn_blocking(move || compile_submission(&text, &origin, &base, &pairs, restoring))
-            .await
-            .map_err(|e| Status::internal(format!("job compilation panicked: {e}")))?
-            .map_err(Status::invalid_argument)?;
-        let Compiled { graph, config, settings, origin, mut warnings } = compiled;
+        let (base, pairs, restoring) = (self.state.config().clone(), r.config.clone(), !r.restore_path.is_empty());
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compiled = match kind {
+                DefinitionKind::JobFile => compile_submission(&text, &origin, &base, &pairs, restoring),
+                DefinitionKind::JobGraph => compile_program(&text, &origin, &base, &pairs, restoring),
+            };
+            compiled.map(|c| (c, text))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job compilation panicked: {e}")))?
+        .map_err(Status::invalid_argument)?;
+        let (Compiled { graph, config, settings, origin, mut warnings }, text) = compiled;
+        if let Some(why) = self.state.program_refusal(&graph) {
+            return Err(Status::failed_precondition(format!("program job '{}' refused: {why}", graph.name)));
+        }
         let storage = match &settings.checkpoint.dir {
             Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| Status::invalid_argument(e.to_string()))?),
             None => None,
@@ -150,7 +166,7 @@ impl JobManagerService for JobManagerRpc {
             config,
             settings,
             storage,
-            definition: JobDefinition { text: r.job_definition, origin },
+            definition: JobDefinition { kind, text, origin },
             restore,
             attempt: 0,
             next_checkpoint: 1,
@@ -303,34 +319,25 @@ struct Compiled {
 }
 
 /// Accepts a JobGraph built by a DataStream program in this process (its embedded cluster),
-/// under the cluster's configuration plus the program's `overrides`. There is no job file:
-/// the catalog records the graph's JSON, which a recovering JobManager cannot compile (a
-/// program's job ends with its process for now). Errors name the bad key or the graph's size.
+/// under the cluster's configuration plus the program's `overrides`. The catalog records the
+/// graph's JSON, from which a recovering JobManager builds the job again. It is not refused
+/// for want of TaskManagers carrying its functions: the embedded cluster's TaskManagers may
+/// not have registered yet (see `program.rs`). Errors name the bad key or the graph's size.
 pub(crate) fn submit_graph(state: &JobManagerState, executor: &Executor, graph: JobGraph, overrides: &Config) -> Result<String, String> {
-    for k in overrides.explicit().keys() {
-        if weir_core::settings::is_cluster_only_key(k) {
-            return Err(format!("'{k}' is a cluster setting: it cannot be set for one job"));
-        }
-    }
-    let mut config = state.config().clone();
-    config.merge(overrides);
-    resolve_checkpoint_dir(&mut config, false).map_err(|e| e.to_string())?;
-    let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
+    let (config, settings) = program::job_config(state.config(), overrides, false)?;
     let json = graph.to_json();
-    if json.len() > MAX_GRAPH_BYTES {
-        return Err(format!(
-            "the program's graph is {} KiB, more than a deployment carries ({} KiB)",
-            json.len() / 1024,
-            MAX_GRAPH_BYTES / 1024
-        ));
-    }
+    check_graph_size(json.len())?;
     let storage = match &settings.checkpoint.dir {
         Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?),
         None => None,
     };
     let id = uuid::Uuid::new_v4().simple().to_string();
     let name = graph.name.clone();
-    let definition = JobDefinition { text: String::from_utf8_lossy(&json).into_owned(), origin: format!("program '{name}'") };
+    let definition = JobDefinition {
+        kind: DefinitionKind::JobGraph,
+        text: String::from_utf8_lossy(&json).into_owned(),
+        origin: format!("program '{name}'"),
+    };
     let new = NewJob {
         id: id.clone(),
         name: name.clone(),
@@ -346,6 +353,72 @@ pub(crate) fn submit_graph(state: &JobManagerState, executor: &Executor, graph: 
     tracing::info!(job = %id, name = %name, "program job submitted");
     executor.perform(state.add_job(new));
     Ok(id)
+}
+
+/// A program's graph of `bytes` JSON bytes fits in a deployment, or the error says its size.
+fn check_graph_size(bytes: usize) -> Result<(), String> {
+    if bytes > MAX_GRAPH_BYTES {
+        return Err(format!(
+            "the program's graph is {} KiB, more than a TaskManager deployment carries ({} KiB)",
+            bytes / 1024,
+            MAX_GRAPH_BYTES / 1024
+        ));
+    }
+    Ok(())
+}
+
+/// The [`compile_submission`] of a program's JobGraph (JSON, as `my-job run --jobmanager`
+/// sends it): parse it, check that its vertices and edges hold together (a graph from the
+/// network is input like a job file), and read its configuration: the cluster's with the
+/// program's `pairs` over it. Errors are the message of an `INVALID_ARGUMENT`.
+fn compile_program(
+    json: &str,
+    origin: &str,
+    base: &Config,
+    pairs: &std::collections::HashMap<String, String>,
+    restoring: bool,
+) -> Result<Compiled, String> {
+    check_graph_size(json.len())?;
+    let graph = JobGraph::from_json(json.as_bytes()).map_err(|e| format!("the program's job graph ({origin}) does not parse: {e}"))?;
+    check_graph(&graph).map_err(|e| format!("the program's job graph ({origin}) is not valid: {e}"))?;
+    let mut program = Config::new();
+    for (k, v) in pairs {
+        if weir_core::settings::is_cluster_only_key(k) {
+            return Err(format!("'{k}' is a cluster setting: it cannot be set for one job"));
+        }
+        program.set(k, v, origin).map_err(|e| e.to_string())?;
+    }
+    let (config, settings) = program::job_config(base, &program, restoring)?;
+    Ok(Compiled { graph, config, settings, origin: origin.to_string(), warnings: Vec::new() })
+}
+
+/// What the JobManager relies on in a graph it did not compile itself: vertex ids are their
+/// positions, edges join existing vertices, parallelisms are within 1..=max parallelism.
+fn check_graph(graph: &JobGraph) -> Result<(), String> {
+    if graph.vertices.is_empty() {
+        return Err("it has no vertices".into());
+    }
+    if graph.max_parallelism == 0 {
+        return Err("its max parallelism is 0".into());
+    }
+    for (i, v) in graph.vertices.iter().enumerate() {
+        if v.id as usize != i {
+            return Err(format!("vertex {i} has id {}", v.id));
+        }
+        if v.operators.is_empty() {
+            return Err(format!("vertex '{}' has no operators", v.name));
+        }
+        if v.parallelism == 0 || v.parallelism > graph.max_parallelism {
+            return Err(format!("vertex '{}' has parallelism {} (max parallelism {})", v.name, v.parallelism, graph.max_parallelism));
+        }
+    }
+    let n = graph.vertices.len() as u32;
+    for e in &graph.edges {
+        if e.source >= n || e.target >= n || e.source == e.target {
+            return Err(format!("edge {} joins vertex {} to vertex {} (the graph has {n} vertices)", e.id, e.source, e.target));
+        }
+    }
+    Ok(())
 }
 
 /// Everything in a submission that costs CPU in proportion to the job's size, run on the

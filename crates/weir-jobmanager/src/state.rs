@@ -27,6 +27,7 @@ use crate::coordinator::{Event, Now, SavepointRequest, StopMode};
 use crate::effects::{Effect, Followup, TmClient, TmTarget};
 use crate::job::{Job, NewJob};
 use crate::lifecycle::{JobStatus, LifecycleEvent};
+use crate::program;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -49,6 +50,9 @@ struct TaskManagerEntry {
     last_heartbeat: Instant,
     /// Its gRPC client; every effect addressed to it gets a clone (they share one connection).
     client: TmClient,
+    /// The ids of the program functions it runs (empty for a session TaskManager): program
+    /// jobs are placed only where all of theirs are (see `program.rs`).
+    functions: HashSet<String>,
 }
 
 /// Everything behind the lock.
@@ -69,7 +73,8 @@ pub(crate) enum Allocation {
     /// The job no longer waits for slots (canceled, ended, or unknown).
     NotWaiting,
     /// Not enough free slots yet; the numbers are for the message if the wait times out.
-    Waiting { needed: u32, free: u32, total: u32, taskmanagers: usize },
+    /// For a program job, only the TaskManagers carrying its `program_functions` (> 0) count.
+    Waiting { needed: u32, free: u32, total: u32, taskmanagers: usize, program_functions: usize },
     /// Slots taken and the job RUNNING: deploy these.
     Deploy(Vec<DeployCall>),
 }
@@ -258,7 +263,14 @@ impl JobManagerState {
     /// Registers (or re-registers) a TaskManager with its slots; waiting jobs may now get them.
     /// A re-registration replaces the entry: its slots count as free and its heartbeat clock
     /// starts again. Fails only for an RPC address that does not make a URI.
-    pub(crate) fn register_tm(&self, id: &str, rpc_address: &str, data_address: &str, slots: u32) -> Result<(), String> {
+    pub(crate) fn register_tm(
+        &self,
+        id: &str,
+        rpc_address: &str,
+        data_address: &str,
+        slots: u32,
+        functions: Vec<String>,
+    ) -> Result<(), String> {
         let client = tm_client(&self.dialer, rpc_address).ok_or_else(|| format!("bad TaskManager RPC address '{rpc_address}'"))?;
         let entry = TaskManagerEntry {
             rpc_address: rpc_address.to_string(),
@@ -267,9 +279,11 @@ impl JobManagerState {
             used: 0,
             last_heartbeat: Instant::now(),
             client,
+            functions: functions.into_iter().collect(),
         };
+        let carried = entry.functions.len();
         self.inner.lock().tms.insert(id.to_string(), entry);
-        tracing::info!(taskmanager = id, rpc = rpc_address, slots, "TaskManager registered");
+        tracing::info!(taskmanager = id, rpc = rpc_address, slots, functions = carried, "TaskManager registered");
         self.slots_changed.notify_waiters();
         Ok(())
     }
@@ -288,6 +302,14 @@ impl JobManagerState {
     /// TaskManagers silent for longer than `timeout`.
     pub(crate) fn silent_taskmanagers(&self, timeout: Duration) -> Vec<String> {
         self.inner.lock().tms.iter().filter(|(_, t)| t.last_heartbeat.elapsed() > timeout).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Why a program job needing the functions of `graph` cannot be accepted now: no
+    /// registered TaskManager carries them all (see `program.rs`). `None` if one does, or if
+    /// the graph has no user operators.
+    pub(crate) fn program_refusal(&self, graph: &weir_core::graph::JobGraph) -> Option<String> {
+        let inner = self.inner.lock();
+        program::refusal(&program::required_functions(graph), inner.tms.values().map(|t| &t.functions))
     }
 
     /// The registered TaskManagers and their free slots, for `weir cluster`.
@@ -512,14 +534,18 @@ impl JobManagerState {
             return Allocation::NotWaiting;
         }
         let needed = job.graph().slots_needed();
-        let mut free: Vec<(String, u32)> = tms.iter().map(|(id, t)| (id.clone(), t.slots - t.used)).collect();
+        // A program job's subtasks go only to TaskManagers that carry its functions.
+        let required = program::required_functions(job.graph());
+        let eligible = || tms.iter().filter(|(_, t)| program::carries(&t.functions, &required));
+        let mut free: Vec<(String, u32)> = eligible().map(|(id, t)| (id.clone(), t.slots - t.used)).collect();
         free.sort();
         let Some(slots) = pick_slots(&mut free, needed) else {
             return Allocation::Waiting {
                 needed,
                 free: free.iter().map(|(_, f)| f).sum(),
-                total: tms.values().map(|t| t.slots).sum(),
-                taskmanagers: tms.len(),
+                total: eligible().map(|(_, t)| t.slots).sum(),
+                taskmanagers: eligible().count(),
+                program_functions: required.len(),
             };
         };
         if job.apply(LifecycleEvent::SlotsAllocated, clock::now()).is_err() {

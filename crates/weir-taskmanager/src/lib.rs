@@ -181,15 +181,18 @@ fn jobmanager_channel(addr: &str, dialer: &Dialer) -> Result<GrpcChannel, TaskMa
 /// (retrying until it answers) and heartbeats it. It runs job files and SQL jobs; a DataStream
 /// program's functions need [`start_with_functions`].
 pub async fn start(settings: TaskManagerSettings) -> Result<TaskManagerHandle, TaskManagerError> {
-    start_with_functions(settings, Arc::new(NoUserFunctions)).await
+    start_with_functions(settings, Arc::new(NoUserFunctions), Vec::new()).await
 }
 
 /// Starts a TaskManager that also runs the functions of the program that registered them in
 /// `functions` (the embedded cluster of a DataStream program, or its application
-/// TaskManagers).
+/// TaskManagers). `function_ids` are the ids `functions` resolves: the TaskManager lists them
+/// when it registers, and the JobManager places a program's job only on TaskManagers that
+/// list all of its functions.
 pub async fn start_with_functions(
     settings: TaskManagerSettings,
     functions: Arc<dyn UserFunctions>,
+    function_ids: Vec<String>,
 ) -> Result<TaskManagerHandle, TaskManagerError> {
     let dialer = Dialer::new(&settings.security).map_err(TaskManagerError::Security)?;
     let jobmanager = jobmanager_channel(&settings.jobmanager, &dialer)?;
@@ -239,7 +242,7 @@ pub async fn start_with_functions(
     let client = JobManagerServiceClient::new(jobmanager);
     tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
     tokio::spawn(forward_acks(client.clone(), acks_rx));
-    tokio::spawn(heartbeat_loop(shared.clone(), client, rpc_addr, data_addr, shutdown_rx));
+    tokio::spawn(heartbeat_loop(shared.clone(), client, (rpc_addr, data_addr), function_ids, shutdown_rx));
     tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.config.slots, "TaskManager started");
     security::warn_if_open("The TaskManager", rpc_addr, &settings.security);
     Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
@@ -349,8 +352,8 @@ async fn register_with_jobmanager(
 async fn heartbeat_loop(
     shared: Arc<Shared>,
     mut client: JobManagerServiceClient<GrpcChannel>,
-    rpc_addr: SocketAddr,
-    data_addr: SocketAddr,
+    (rpc_addr, data_addr): (SocketAddr, SocketAddr),
+    user_functions: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let s = &shared.settings;
@@ -359,6 +362,7 @@ async fn heartbeat_loop(
         rpc_address: rpc_addr.to_string(),
         data_address: data_addr.to_string(),
         slots: s.config.slots,
+        user_functions,
     };
     let mut registered = false;
     let mut last_ok = Instant::now();

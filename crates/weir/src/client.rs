@@ -26,8 +26,9 @@ impl JobClient {
             .build()
             .map_err(|e| ApiError::Cluster(format!("cannot start the embedded cluster's runtime: {e}")))?;
         let slots = graph.slots_needed();
+        let ids = functions.ids().map(str::to_string).collect();
         let cluster = runtime
-            .block_on(MiniCluster::start_with_functions(&config, Some(slots), Arc::new(functions)))
+            .block_on(MiniCluster::start_with_functions(&config, Some(slots), Arc::new(functions), ids))
             .map_err(|e| ApiError::Cluster(e.to_string()))?;
         // The cluster was started with the program's configuration; the job carries the same
         // keys, minus the cluster's own secrets (`security.*`).
@@ -93,5 +94,99 @@ impl Drop for JobClient {
     fn drop(&mut self) {
         let _guard = self.runtime.enter();
         self.cluster.shutdown();
+    }
+}
+
+/// A program's job submitted to a running JobManager over gRPC (`my-job run --jobmanager`):
+/// the graph travels as JSON with the program's configuration, and the JobManager refuses it
+/// unless a registered TaskManager carries the program's functions.
+pub(crate) mod remote {
+    use crate::ApiError;
+    use std::time::Duration;
+    use weir_core::config::Config;
+    use weir_core::graph::JobGraph;
+    use weir_core::settings::{is_cluster_only_key, SecurityConfig};
+    use weir_proto::job_manager_service_client::JobManagerServiceClient;
+    use weir_proto::security::{Dialer, GrpcChannel, Timeouts};
+    use weir_proto::{GetJobRequest, JobState, JobStatus, SubmitJobRequest};
+
+    /// A connection to the JobManager at `address`, with the process's `security.*`.
+    pub struct RemoteJobManager {
+        address: String,
+        client: JobManagerServiceClient<GrpcChannel>,
+    }
+
+    impl RemoteJobManager {
+        pub async fn connect(address: &str, security: &SecurityConfig) -> Result<Self, ApiError> {
+            let dialer = Dialer::new(security).map_err(|e| ApiError::Cluster(e.to_string()))?;
+            let timeouts = Timeouts { connect: Duration::from_secs(5), request: Duration::from_secs(60) };
+            let channel = dialer
+                .connect(address, timeouts)
+                .await
+                .map_err(|e| ApiError::Cluster(format!("cannot reach the JobManager at {address}: {}", weir_core::error_chain(&e))))?;
+            let client = JobManagerServiceClient::new(channel).max_decoding_message_size(weir_proto::MAX_MESSAGE_BYTES);
+            Ok(Self { address: address.to_string(), client })
+        }
+
+        /// Submits `graph` with the job's configuration `job_config` (its cluster-only keys
+        /// left out: the token and TLS files are this client's); returns the job id and the
+        /// JobManager's warnings.
+        pub async fn submit(&mut self, graph: &JobGraph, job_config: &Config) -> Result<(String, Vec<String>), ApiError> {
+            let request = SubmitJobRequest {
+                job_graph: String::from_utf8_lossy(&graph.to_json()).into_owned(),
+                config: job_config
+                    .explicit()
+                    .iter()
+                    .filter(|(k, _)| !is_cluster_only_key(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                source_name: format!("program '{}'", graph.name),
+                ..Default::default()
+            };
+            let response = self
+                .client
+                .submit_job(request)
+                .await
+                .map_err(|s| ApiError::Cluster(format!("the JobManager at {} refused the job: {}", self.address, s.message())))?
+                .into_inner();
+            Ok((response.job_id, response.warnings))
+        }
+
+        /// The job's status, as `weir status` shows it.
+        pub async fn status(&mut self, job_id: &str) -> Result<JobStatus, ApiError> {
+            self.client
+                .get_job(GetJobRequest { job_id: job_id.to_string() })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| ApiError::Cluster(format!("job {job_id} at the JobManager at {}: {}", self.address, s.message())))
+        }
+
+        /// Waits until the job ended: FINISHED is `Ok` with its status, FAILED and CANCELED are
+        /// errors. A status request that fails is tried again until `patience` passed.
+        pub async fn wait(&mut self, job_id: &str, patience: Duration) -> Result<JobStatus, ApiError> {
+            let mut last_ok = std::time::Instant::now();
+            loop {
+                match self.status(job_id).await {
+                    Ok(status) => {
+                        last_ok = std::time::Instant::now();
+                        match JobState::try_from(status.state).unwrap_or(JobState::Unspecified) {
+                            JobState::Finished => return Ok(status),
+                            JobState::Failed => {
+                                return Err(ApiError::JobFailed {
+                                    job_id: job_id.to_string(),
+                                    restarts: status.restarts,
+                                    failure: status.failure,
+                                })
+                            }
+                            JobState::Canceled => return Err(ApiError::JobCanceled { job_id: job_id.to_string() }),
+                            _ => {}
+                        }
+                    }
+                    Err(e) if last_ok.elapsed() > patience => return Err(e),
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }

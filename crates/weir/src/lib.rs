@@ -27,10 +27,13 @@
 //!   function id in the registry the TaskManagers get (`weir_runtime::user`);
 //! - [`records`]: user records as Arrow batches (one postcard-encoded `Binary` column);
 //! - [`minicluster`] and [`JobClient`]: `execute` runs the job on an embedded JobManager and
-//!   TaskManagers, the same processes a cluster runs, on loopback.
+//!   TaskManagers, the same processes a cluster runs, on loopback;
+//! - [`application`]: application mode, one binary that is the program, its JobManager and
+//!   its TaskManagers (`weir::application::main`).
 //!
 //! See `docs/datastream.md` for the mapping from Flink's Java API and what is not built yet.
 
+pub mod application;
 mod client;
 pub mod env;
 mod functions;

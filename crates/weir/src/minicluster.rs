@@ -30,14 +30,16 @@ impl MiniCluster {
     /// Starts `minicluster.taskmanagers` TaskManagers with enough slots for `slots_needed`;
     /// they run job files and SQL only.
     pub async fn start(cfg: &Config, slots_needed: Option<u32>) -> Result<Self, MiniClusterError> {
-        Self::start_with_functions(cfg, slots_needed, Arc::new(NoUserFunctions)).await
+        Self::start_with_functions(cfg, slots_needed, Arc::new(NoUserFunctions), Vec::new()).await
     }
 
-    /// Starts the cluster with TaskManagers that also run the functions in `functions`.
+    /// Starts the cluster with TaskManagers that also run the functions in `functions`, whose
+    /// ids are `function_ids` (the TaskManagers advertise them when they register).
     pub async fn start_with_functions(
         cfg: &Config,
         slots_needed: Option<u32>,
         functions: Arc<dyn UserFunctions>,
+        function_ids: Vec<String>,
     ) -> Result<Self, MiniClusterError> {
         let jm = weir_jobmanager::start(cfg.clone(), "127.0.0.1:0").await?;
         let n = ClientConfig::from_config(cfg).minicluster_taskmanagers;
@@ -47,7 +49,7 @@ impl MiniCluster {
             let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string())?;
             settings.config.host = "127.0.0.1".into();
             settings.config.slots = per_tm;
-            tms.push(weir_taskmanager::start_with_functions(settings, functions.clone()).await?);
+            tms.push(weir_taskmanager::start_with_functions(settings, functions.clone(), function_ids.clone()).await?);
         }
         Ok(Self { jm, tms })
     }
