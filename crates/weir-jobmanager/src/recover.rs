@@ -187,4 +187,31 @@ mod tests {
         let (_, id, _) = recover(&state, record(Some(savepoint))).await.unwrap();
         assert_eq!(id, Some(7), "a checkpoint newer than the stop savepoint is the restore point");
     }
+
+    /// A program's job comes back from the graph JSON its entry keeps, under the
+    /// configuration it ran with, without being compiled from a job file.
+    #[tokio::test]
+    async fn a_program_job_is_recovered_from_its_graph() {
+        let (graph, _) = weir_core::job::compile_job(JOB, "t", &Config::new(), &Config::new()).unwrap();
+        let state =
+            JobManagerState::new(Config::new(), JobManagerConfig::from_config(&Config::new()), weir_proto::security::Dialer::plaintext());
+        let record = JobRecord {
+            id: "p1".into(),
+            name: graph.name.clone(),
+            definition: String::from_utf8(graph.to_json()).unwrap(),
+            kind: DefinitionKind::JobGraph,
+            origin: "program 't'".into(),
+            config: [("parallelism.default".to_string(), "3".to_string())].into(),
+            attempt: 2,
+            state: "RUNNING".into(),
+            restore_savepoint: None,
+        };
+        let (new, checkpoint, _) = recover(&state, record.clone()).await.unwrap();
+        assert_eq!((new.graph, checkpoint, new.attempt), (graph, None, 3));
+        assert_eq!(new.config.get("parallelism.default"), "3");
+        assert_eq!(new.definition.kind, DefinitionKind::JobGraph);
+        let broken = JobRecord { definition: "{".into(), ..record };
+        let err = recover(&state, broken).await.err().unwrap();
+        assert!(err.contains("its job graph (program 't') does not parse"), "{err}");
+    }
 }

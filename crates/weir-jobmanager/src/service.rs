@@ -497,4 +497,25 @@ mod tests {
         let err = compile_submission(&text, "j.yaml", &Config::new(), &HashMap::new(), false).err().unwrap();
         assert!(err.contains("more than a TaskManager deployment carries") && err.contains("240002 steps in 1 vertices"), "{err}");
     }
+
+    /// A program's graph arrives from the network: it must parse and hold together, and its
+    /// configuration obeys the same rules as a job file's overrides.
+    #[test]
+    fn a_program_graph_is_checked_before_it_is_accepted() {
+        let (graph, _) = weir_core::job::compile_job(JOB, "j.yaml", &Config::new(), &Config::new()).unwrap();
+        let json = String::from_utf8(graph.to_json()).unwrap();
+        let ok = compile_program(&json, "program 'j'", &Config::new(), &HashMap::new(), false).ok().unwrap();
+        assert_eq!(ok.graph, graph);
+        let err = compile_program("{", "program 'j'", &Config::new(), &HashMap::new(), false).err().unwrap();
+        assert!(err.contains("the program's job graph (program 'j') does not parse"), "{err}");
+        let mut broken = graph.clone();
+        let partitioning = weir_core::graph::Partitioning::Forward;
+        broken.edges = vec![weir_core::graph::Edge { id: 0, source: 0, target: 7, partitioning }];
+        let err =
+            compile_program(&String::from_utf8(broken.to_json()).unwrap(), "p", &Config::new(), &HashMap::new(), false).err().unwrap();
+        assert!(err.contains("is not valid: edge 0 joins vertex 0 to vertex 7"), "{err}");
+        let pairs = HashMap::from([("security.token".to_string(), "guess".to_string())]);
+        let err = compile_program(&json, "p", &Config::new(), &pairs, false).err().unwrap();
+        assert!(err.contains("'security.token' is a cluster setting") && !err.contains("guess"), "{err}");
+    }
 }

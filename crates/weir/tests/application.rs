@@ -243,9 +243,13 @@ fn application_word_count_is_exact_after_a_taskmanager_kill() {
     assert_eq!(committed_lines(&setup.dir.path().join("out")), expected_running_counts(&input));
 }
 
+/// A session cluster (`weir jobmanager`, `weir taskmanager`) refuses the program's job, first
+/// for want of any TaskManager, then naming a function its TaskManager lacks; once one of the
+/// application's TaskManagers joins, the job runs there only, beside the session TaskManager.
 #[test]
 fn a_session_cluster_refuses_a_program_job_naming_its_function() {
-    let setup = Setup::new("to be or not to be\n", 0);
+    let input = "to be or not to be\nthat is the question\n";
+    let setup = Setup::new(input, 0);
     let weir = weir_binary();
     let app = Path::new(APP);
     let _jm = setup.spawn(&weir, "jobmanager", &["jobmanager".to_string(), "-D".into(), format!("jobmanager.rpc.port={}", setup.port)]);
@@ -256,7 +260,7 @@ fn a_session_cluster_refuses_a_program_job_naming_its_function() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no TaskManager is registered") && err.contains("taskmanager --jobmanager"), "{err}");
 
-    let _tm = setup.spawn(&weir, "taskmanager", &["taskmanager".to_string(), "--jobmanager".into(), setup.address()]);
+    let _session_tm = setup.spawn(&weir, "taskmanager", &["taskmanager".to_string(), "--jobmanager".into(), setup.address()]);
     setup.wait_for_taskmanagers(1);
     let out = setup.run(app, &run_args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -264,4 +268,16 @@ fn a_session_cluster_refuses_a_program_job_naming_its_function() {
     assert!(err.contains("no registered TaskManager carries the program's function 'counts'"), "{err}");
     assert!(err.contains("weir taskmanager"), "{err}");
     assert_eq!(setup.weir_json(&["list"]).map(|v| v.as_array().map_or(0, Vec::len)), Some(0), "no job was added");
+
+    // The job needs 2 slots: the application's TaskManager offers them, the session
+    // TaskManager's free slot is skipped (a subtask deployed there would fail the job).
+    let app_tm = ["taskmanager", "--jobmanager", &setup.address(), "-D", "taskmanager.numberOfTaskSlots=2"].map(String::from);
+    let _app_tm = setup.spawn(app, "app-taskmanager", &app_tm);
+    setup.wait_for_taskmanagers(2);
+    let out = setup.run(app, &run_args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jobs = setup.weir_json(&["list"]).expect("the job list");
+    assert_eq!(jobs[0]["state"], "FINISHED", "{jobs}");
+    assert_eq!(jobs[0]["restarts"], 0, "{jobs}");
+    assert_eq!(committed_lines(&setup.dir.path().join("out")), expected_running_counts(input));
 }
