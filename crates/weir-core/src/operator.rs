@@ -81,6 +81,22 @@ pub trait Operator: Send {
     fn notify_checkpoint_complete(&mut self, _checkpoint: u64) -> OpResult {
         Ok(())
     }
+
+    /// The instant the operator next wants [`Operator::on_time`] called, if any (its earliest
+    /// processing-time timer). The task wakes up for it even when no input arrives, and calls
+    /// `on_time` between two batches once the instant passed and its outputs have room.
+    ///
+    /// Timers fire only while the input runs: after the end of input they are dropped, as
+    /// Flink drops pending processing-time timers when an operator finishes.
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// The instant [`Operator::next_timer`] named has passed (`now`): fire what is due,
+    /// emitting any output to `out` like [`Operator::process_batch`].
+    fn on_time(&mut self, _now: std::time::Instant, _out: &mut dyn Collector) -> OpResult {
+        Ok(())
+    }
 }
 
 /// What a source returns from one poll.

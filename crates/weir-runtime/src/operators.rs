@@ -310,6 +310,34 @@ impl ChainOperator {
             })
             .max()
     }
+
+    /// The earliest instant an operator of the chain wants its timers fired
+    /// ([`Operator::next_timer`]).
+    pub fn chain_next_timer(ops: &[ChainOperator]) -> Option<std::time::Instant> {
+        ops.iter()
+            .filter_map(|o| match o {
+                ChainOperator::Plain(op) => op.next_timer(),
+                ChainOperator::Keyed(op) => op.next_timer(),
+            })
+            .min()
+    }
+}
+
+/// Calls [`Operator::on_time`] on every operator of `ops` whose timer is due; each one's output
+/// flows through the operators after it into `out`.
+///
+/// The clock is read after each operator named its instant, so an operator whose timer is due
+/// "now" (`Instant::now()` when asked) is called.
+pub fn fire_timers(ops: &mut [ChainOperator], out: &mut dyn Collector) -> OpResult {
+    for i in 0..ops.len() {
+        let (head, rest) = ops[i..].split_first_mut().expect("i < len");
+        let next = head.operator().next_timer();
+        let now = std::time::Instant::now();
+        if next.is_some_and(|t| t <= now) {
+            head.operator().on_time(now, &mut ChainCollector { rest, out })?;
+        }
+    }
+    Ok(())
 }
 
 /// Where keyed operators keep their state.

@@ -41,9 +41,11 @@
 //! event (unaligned barrier, cancellation marker) is taken whatever the outputs. With nothing
 //! to do it waits on its [`Waker`], which its gate, its output channels (room regained) and
 //! the TaskManager (commands, cancel) notify, until the next deadline at the latest: a buffer
-//! flush, an alignment timeout, a throttle, or an idle source's next poll. So a barrier that
-//! arrives while the task is backpressured is seen at once. The output of the one batch taken
-//! may overdraw a full channel (FLIP-227's overdraft), never more.
+//! flush, an alignment timeout, a throttle, an idle source's next poll, or an operator's next
+//! processing-time timer ([`Operator::next_timer`](weir_core::operator::Operator::next_timer),
+//! fired between two inputs when the outputs have room, whether or not input arrives). So a
+//! barrier that arrives while the task is backpressured is seen at once. The output of the
+//! one batch taken may overdraw a full channel (FLIP-227's overdraft), never more.
 //!
 //! ## Restore
 //! An attempt that resumes from an unaligned checkpoint first re-sends its output channel state
@@ -69,7 +71,7 @@
 use crate::barrier::{Action, AlignmentPolicy, BarrierHandler, CheckpointingMode, Input, SnapshotKind};
 use crate::buffer::{decode_batch, encode_batch, Barrier, Event, Item};
 use crate::gate::{GatePoll, InputGate};
-use crate::operators::{build_chain, finish_chain, push_through, ChainOperator, OperatorChain, StateConfig};
+use crate::operators::{build_chain, finish_chain, fire_timers, push_through, ChainOperator, OperatorChain, StateConfig};
 use crate::partition::{OvertakenOutput, ResultPartition};
 use crate::user::UserFunctions;
 use crate::wake::Waker;
@@ -306,6 +308,11 @@ impl Task {
             let _ = t.join();
         }
     }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    a.into_iter().chain(b).min()
 }
 
 /// The task thread: builds the chain and restores its state, runs it, and reports how it
@@ -671,6 +678,21 @@ impl Runner {
         Ok(())
     }
 
+    /// Fires the chain's due timers if the outputs have room; returns when the task must look
+    /// again for the next one (`None`: no timer, or the outputs are full and the task is woken
+    /// when they regain room).
+    fn timers(&mut self, chain: &mut OperatorChain) -> OpResult<Option<Instant>> {
+        if !self.partition.is_available() {
+            return Ok(None);
+        }
+        let next = ChainOperator::chain_next_timer(&chain.operators);
+        // Read the clock after the operators answered: a timer due "now" is due.
+        if next.is_some_and(|t| t <= Instant::now()) {
+            fire_timers(&mut chain.operators, &mut Output(&mut self.partition))?;
+        }
+        Ok(ChainOperator::chain_next_timer(&chain.operators))
+    }
+
     /// The earliest of `deadlines` and the task's own: the next buffer flush and alignment
     /// timeout.
     fn deadline(&self, extra: Option<Instant>) -> Option<Instant> {
@@ -735,13 +757,14 @@ impl Runner {
             let now = Instant::now();
             self.check_output_barriers(now);
             self.partition.flush_due(now)?;
+            let timer = self.timers(chain)?;
             if let SourcePhase::Suspended { .. } = phase {
-                self.waker.wait(self.deadline(None));
+                self.waker.wait(self.deadline(timer));
                 continue;
             }
             match self.input_allowed(chain, now) {
                 Err(until) => {
-                    self.waker.wait(self.deadline(until));
+                    self.waker.wait(self.deadline(earliest(until, timer)));
                     continue;
                 }
                 Ok(()) => {}
@@ -752,7 +775,8 @@ impl Runner {
                     push_through(&mut chain.operators, b, &mut Output(&mut self.partition))?;
                 }
                 SourcePoll::Idle(wait) => {
-                    self.waker.wait(self.deadline(Some(Instant::now() + wait.min(Duration::from_millis(20)))));
+                    let poll = Instant::now() + wait.min(Duration::from_millis(20));
+                    self.waker.wait(self.deadline(earliest(Some(poll), timer)));
                 }
                 SourcePoll::End => return Ok(()),
             }
@@ -826,6 +850,7 @@ impl Runner {
             }
             let now = Instant::now();
             self.housekeeping(chain, Some(gate), now)?;
+            let timer = self.timers(chain)?;
             let allowed = self.input_allowed(chain, now);
             if !self.restored_input.is_empty() {
                 // The restored input comes before everything on the gate, priority events too.
@@ -835,7 +860,7 @@ impl Runner {
                         self.process(chain, batch)?;
                     }
                     Err(until) => {
-                        self.waker.wait(self.deadline(until));
+                        self.waker.wait(self.deadline(earliest(until, timer)));
                     }
                 }
                 continue;
@@ -857,7 +882,7 @@ impl Runner {
                 GatePoll::Priority { channel, event, overtaken } => self.event(chain, gate, channel, event, &overtaken)?,
                 GatePoll::Announce { channel, barrier } => self.barrier_input(chain, gate, Input::Announce { channel, barrier }, &[])?,
                 GatePoll::Timeout => {
-                    self.waker.wait(self.deadline(allowed.err().flatten()));
+                    self.waker.wait(self.deadline(earliest(allowed.err().flatten(), timer)));
                 }
                 GatePoll::Finished => return Ok(true),
                 GatePoll::Failed(reason) => {

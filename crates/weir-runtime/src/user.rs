@@ -43,6 +43,19 @@ pub enum UserFunction {
 pub trait KeyedFunction: Send {
     /// Processes one batch against `state`, emitting any output to `out`.
     fn process_batch(&mut self, batch: RecordBatch, state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult;
+
+    /// When the function next wants [`KeyedFunction::on_time`] (its earliest processing-time
+    /// timer), as [`Operator::next_timer`]. A function that keeps its timers in `state` must
+    /// rebuild its view of them after a restore: until it saw the backend it may answer "now".
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// The instant named by [`KeyedFunction::next_timer`] passed: fire the due timers against
+    /// `state`, emitting any output to `out`.
+    fn on_time(&mut self, _now: std::time::Instant, _state: &mut dyn KeyedStateBackend, _out: &mut dyn Collector) -> OpResult {
+        Ok(())
+    }
 }
 
 /// The functions of one program, by id.
@@ -161,6 +174,14 @@ impl Operator for GuardedOperator {
         self.operator.ready_at()
     }
 
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        self.operator.next_timer()
+    }
+
+    fn on_time(&mut self, now: std::time::Instant, out: &mut dyn Collector) -> OpResult {
+        guarded(&self.name, || self.operator.on_time(now, out))
+    }
+
     fn notify_checkpoint_complete(&mut self, checkpoint: u64) -> OpResult {
         guarded(&self.name, || self.operator.notify_checkpoint_complete(checkpoint))
     }
@@ -177,6 +198,15 @@ impl Operator for UserKeyed {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
         let (function, state) = (&mut self.function, &mut self.state);
         guarded(&self.name, || function.process_batch(batch, state.keyed(), out))
+    }
+
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        self.function.next_timer()
+    }
+
+    fn on_time(&mut self, now: std::time::Instant, out: &mut dyn Collector) -> OpResult {
+        let (function, state) = (&mut self.function, &mut self.state);
+        guarded(&self.name, || function.on_time(now, state.keyed(), out))
     }
 }
 

@@ -25,6 +25,8 @@
 //!   operators are `OperatorSpec::User { function, .. }`;
 //! - [`functions`](crate::functions): the batch operators that call the closures, registered by
 //!   function id in the registry the TaskManagers get (`weir_runtime::user`);
+//! - [`process`] and [`state`]: `process` on a keyed stream, a [`KeyedProcessFunction`] with
+//!   keyed state and processing-time timers, all in the job's keyed state backend;
 //! - [`records`]: user records as Arrow batches (one postcard-encoded `Binary` column);
 //! - [`minicluster`] and [`JobClient`]: `execute` runs the job on an embedded JobManager and
 //!   TaskManagers, the same processes a cluster runs, on loopback;
@@ -38,13 +40,20 @@ mod client;
 pub mod env;
 mod functions;
 pub mod minicluster;
+pub mod process;
 mod program;
 pub mod records;
+pub mod state;
 pub mod stream;
+mod timers;
 
 pub use client::JobClient;
 pub use env::{CheckpointConfig, CheckpointingMode, JobExecutionResult, StateBackend, StreamExecutionEnvironment};
 pub use functions::{ProgramFunctions, Record};
+pub use process::{Context, FunctionError, FunctionResult, KeyedProcessFunction, OnTimerContext, TimerService};
+pub use state::{
+    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, ValueState, ValueStateDescriptor,
+};
 pub use stream::{DataStream, DataStreamSink, KeyedStream};
 
 /// What a program's `execute` (or its configuration) can fail with.
@@ -71,7 +80,9 @@ pub enum ApiError {
 /// Everything a program needs: `use weir::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        ApiError, CheckpointConfig, CheckpointingMode, DataStream, DataStreamSink, JobClient, JobExecutionResult, KeyedStream,
-        StateBackend, StreamExecutionEnvironment,
+        ApiError, CheckpointConfig, CheckpointingMode, Context, DataStream, DataStreamSink, FunctionError, FunctionResult, JobClient,
+        JobExecutionResult, KeyedProcessFunction, KeyedStream, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
+        OnTimerContext, ReducingState, ReducingStateDescriptor, StateBackend, StreamExecutionEnvironment, TimerService, ValueState,
+        ValueStateDescriptor,
     };
 }

@@ -280,6 +280,25 @@ impl<K, T: Record + Clone> KeyedStream<K, T> {
     }
 }
 
+impl<K: Record, T: Record> KeyedStream<K, T> {
+    /// Runs `f` on every record with the record's key current: it may read and write keyed
+    /// state and register processing-time timers, both kept in the job's keyed state backend
+    /// (checkpointed, restored and rescaled by key group). Each subtask runs a clone of `f`.
+    /// See [`KeyedProcessFunction`](crate::process::KeyedProcessFunction).
+    pub fn process<O: Record, F>(&self, f: F) -> DataStream<O>
+    where
+        F: crate::process::KeyedProcessFunction<K, T, O> + Clone,
+    {
+        let f = std::sync::Mutex::new(f);
+        let factory: crate::functions::Factory = Arc::new(move |op, _info| {
+            let f = f.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            Ok(UserFunction::Keyed(Box::new(crate::process::ProcessOp::<K, T, O, F>::new(op.name.clone(), f))))
+        });
+        let hash = Partitioning::Hash { key: records::KEY.to_string() };
+        self.stream.user("process", hash, UserKind::Keyed { key: records::KEY.to_string() }, factory)
+    }
+}
+
 /// A sink: its operator's settings.
 pub struct DataStreamSink {
     program: Rc<RefCell<Program>>,

@@ -1,0 +1,258 @@
+//! `process` on a keyed stream: a [`KeyedProcessFunction`] called per record with a
+//! [`Context`] that knows the current key, collects outputs, hands out keyed state
+//! ([`crate::state`]) and registers processing-time timers ([`TimerService`]).
+//!
+//! The operator ([`ProcessOp`]) is a keyed user function: the runtime lends it the job's keyed
+//! state backend for every batch and checkpoints that backend, so the function's state and its
+//! timers ([`crate::timers`]) are restored and rescaled by key group like every keyed state. It
+//! decodes a whole batch, calls the function per record, and encodes what the function
+//! collected into one output batch.
+//!
+//! Timers fire on the task's thread between two batches, through the runtime's timer hook
+//! (`Operator::next_timer` / `Operator::on_time`), whether or not input arrives. They fire
+//! while the input runs: timers pending when the input ends are dropped, as Flink drops
+//! pending processing-time timers when an operator finishes. Event-time timers need
+//! watermarks, which the runtime does not have yet.
+
+use crate::functions::Record;
+use crate::records::{self, RecordWriter};
+use crate::state::{
+    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, Scope, ValueState,
+    ValueStateDescriptor,
+};
+use crate::timers::{processing_time, TimerQueue};
+use arrow_array::{Array, BinaryArray, RecordBatch};
+use std::marker::PhantomData;
+use std::time::Instant;
+use weir_core::operator::{Collector, OpResult, OperatorError};
+use weir_runtime::user::KeyedFunction;
+use weir_state::keyed::key_group;
+use weir_state::KeyedStateBackend;
+
+/// What a process function may fail with: any error (`?` converts them).
+pub type FunctionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The result of a process function's calls.
+pub type FunctionResult<T = ()> = Result<T, FunctionError>;
+
+/// A function over a keyed stream with keyed state and timers (Flink's
+/// `KeyedProcessFunction<K, IN, OUT>`).
+///
+/// Each subtask runs its own clone of the function; its fields are not state (they are lost on
+/// a failure): keep what must survive in the state the [`Context`] gives. An error or a panic
+/// fails the task, naming the operator, and the job restarts per its restart strategy.
+pub trait KeyedProcessFunction<K, IN, OUT>: Send + 'static {
+    /// Called for every record, with the record's key current in `ctx`.
+    fn process_element(&mut self, value: IN, ctx: &mut Context<'_, K, OUT>) -> FunctionResult;
+
+    /// Called when a processing-time timer registered for the key current in `ctx` fires;
+    /// `timestamp` is the time it was registered for. Does nothing by default.
+    fn on_timer(&mut self, _timestamp: i64, _ctx: &mut OnTimerContext<'_, K, OUT>) -> FunctionResult {
+        Ok(())
+    }
+}
+
+/// The context of [`KeyedProcessFunction::process_element`] and of
+/// [`KeyedProcessFunction::on_timer`]: the current key, the output, its state and its timers.
+pub struct Context<'a, K, OUT> {
+    key: &'a K,
+    key_bytes: &'a [u8],
+    key_group: u32,
+    backend: &'a mut dyn KeyedStateBackend,
+    timers: &'a mut TimerQueue,
+    out: &'a mut Vec<OUT>,
+    operator: &'a str,
+    timer: Option<i64>,
+}
+
+/// The context of [`KeyedProcessFunction::on_timer`]: the one of `process_element`, with
+/// [`Context::timestamp`] the firing timer's time.
+pub type OnTimerContext<'a, K, OUT> = Context<'a, K, OUT>;
+
+impl<K, OUT> Context<'_, K, OUT> {
+    /// The key of the record being processed, or of the timer firing.
+    pub fn current_key(&self) -> &K {
+        self.key
+    }
+
+    /// Emits `value` downstream.
+    pub fn collect(&mut self, value: OUT) {
+        self.out.push(value);
+    }
+
+    /// In `on_timer`, the firing timer's time; `None` in `process_element` (records carry no
+    /// timestamps until the runtime has event time).
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timer
+    }
+
+    fn scope(&mut self) -> Scope<'_> {
+        Scope { backend: &mut *self.backend, key: self.key_bytes, key_group: self.key_group, operator: self.operator }
+    }
+
+    /// The current key's [`ValueState`] declared by `descriptor`.
+    pub fn get_state<'s, T>(&'s mut self, descriptor: &'s ValueStateDescriptor<T>) -> ValueState<'s, T> {
+        ValueState { scope: self.scope(), name: descriptor.name(), _t: PhantomData }
+    }
+
+    /// The current key's [`ListState`] declared by `descriptor`.
+    pub fn get_list_state<'s, T>(&'s mut self, descriptor: &'s ListStateDescriptor<T>) -> ListState<'s, T> {
+        ListState { scope: self.scope(), name: descriptor.name(), _t: PhantomData }
+    }
+
+    /// The current key's [`MapState`] declared by `descriptor`.
+    pub fn get_map_state<'s, UK, UV>(&'s mut self, descriptor: &'s MapStateDescriptor<UK, UV>) -> MapState<'s, UK, UV> {
+        MapState { scope: self.scope(), name: descriptor.name(), _t: PhantomData }
+    }
+
+    /// The current key's [`ReducingState`] declared by `descriptor`.
+    pub fn get_reducing_state<'s, T>(&'s mut self, descriptor: &'s ReducingStateDescriptor<T>) -> ReducingState<'s, T> {
+        ReducingState { scope: self.scope(), name: descriptor.name(), reduce: descriptor.reduce_fn() }
+    }
+
+    /// The processing-time timers of the current key.
+    pub fn timer_service(&mut self) -> TimerService<'_> {
+        TimerService {
+            backend: &mut *self.backend,
+            timers: &mut *self.timers,
+            key: self.key_bytes,
+            key_group: self.key_group,
+            operator: self.operator,
+        }
+    }
+}
+
+/// Processing time and the current key's processing-time timers (Flink's `TimerService`).
+///
+/// Times are milliseconds since the Unix epoch. Registering a timer for a (key, time) that
+/// already has one does nothing: it fires once. Event-time timers
+/// (`registerEventTimeTimer`) come with watermarks, in a later slice.
+pub struct TimerService<'s> {
+    backend: &'s mut dyn KeyedStateBackend,
+    timers: &'s mut TimerQueue,
+    key: &'s [u8],
+    key_group: u32,
+    operator: &'s str,
+}
+
+impl TimerService<'_> {
+    /// The current processing time (the machine's clock), in milliseconds since the epoch.
+    pub fn current_processing_time(&self) -> i64 {
+        processing_time()
+    }
+
+    /// Calls `on_timer` for the current key once processing time reaches `timestamp` (at once
+    /// if it passed already).
+    pub fn register_processing_time_timer(&mut self, timestamp: i64) -> OpResult {
+        let operator = self.operator;
+        self.timers
+            .register(self.backend, self.key, self.key_group, timestamp)
+            .map_err(|e| OperatorError::Failed(format!("operator '{operator}': registering a timer: {e}")))
+    }
+
+    /// Removes the current key's timer at `timestamp`, if there is one.
+    pub fn delete_processing_time_timer(&mut self, timestamp: i64) -> OpResult {
+        let operator = self.operator;
+        self.timers
+            .delete(self.backend, self.key, self.key_group, timestamp)
+            .map_err(|e| OperatorError::Failed(format!("operator '{operator}': deleting a timer: {e}")))
+    }
+}
+
+/// The operator of `process`: runs one subtask's clone of the function.
+pub(crate) struct ProcessOp<K, IN, OUT, F> {
+    pub name: String,
+    pub f: F,
+    pub timers: TimerQueue,
+    pub _types: PhantomData<fn(K, IN) -> OUT>,
+}
+
+impl<K, IN, OUT, F> ProcessOp<K, IN, OUT, F> {
+    pub fn new(name: String, f: F) -> Self {
+        Self { name, f, timers: TimerQueue::default(), _types: PhantomData }
+    }
+}
+
+fn failed(operator: &str, e: FunctionError) -> OperatorError {
+    OperatorError::Failed(format!("user function '{operator}' failed: {e}"))
+}
+
+fn state_error(operator: &str, e: weir_state::StateError) -> OperatorError {
+    OperatorError::Failed(format!("operator '{operator}': timers: {e}"))
+}
+
+/// Encodes what the function collected into one batch.
+fn emit<OUT: Record>(collected: &mut Vec<OUT>, operator: &str, out: &mut dyn Collector) -> OpResult {
+    if collected.is_empty() {
+        return Ok(());
+    }
+    let mut writer = RecordWriter::with_capacity(collected.len());
+    for o in collected.drain(..) {
+        writer.push(&o, operator)?;
+    }
+    match writer.finish_batch()? {
+        Some(b) => out.collect(b),
+        None => Ok(()),
+    }
+}
+
+impl<K: Record, IN: Record, OUT: Record, F: KeyedProcessFunction<K, IN, OUT>> KeyedFunction for ProcessOp<K, IN, OUT, F> {
+    fn process_batch(&mut self, batch: RecordBatch, state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult {
+        let Self { name, f, timers, .. } = self;
+        timers.load(state).map_err(|e| state_error(name, e))?;
+        let inputs = records::decode_column::<IN>(&batch, name)?;
+        let key_col = batch
+            .column_by_name(records::KEY)
+            .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+            .ok_or_else(|| OperatorError::Failed(format!("operator '{name}' has no key column: it must follow key_by")))?;
+        let max_parallelism = state.max_parallelism();
+        let mut collected = Vec::new();
+        // Consecutive records of one key decode it once.
+        let mut current: Option<(usize, K, u32)> = None;
+        for (i, value) in inputs.into_iter().enumerate() {
+            let bytes = key_col.value(i);
+            if !current.as_ref().is_some_and(|(row, _, _)| key_col.value(*row) == bytes) {
+                current = Some((i, records::decode::<K>(bytes, name)?, key_group(bytes, max_parallelism)));
+            }
+            let (_, key, kg) = current.as_ref().expect("set above");
+            let mut ctx = Context {
+                key,
+                key_bytes: bytes,
+                key_group: *kg,
+                backend: &mut *state,
+                timers: &mut *timers,
+                out: &mut collected,
+                operator: name,
+                timer: None,
+            };
+            f.process_element(value, &mut ctx).map_err(|e| failed(name, e))?;
+        }
+        emit(&mut collected, name, out)
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.timers.next_instant()
+    }
+
+    fn on_time(&mut self, _now: Instant, state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult {
+        let Self { name, f, timers, .. } = self;
+        timers.load(state).map_err(|e| state_error(name, e))?;
+        let due = timers.take_due(state, processing_time()).map_err(|e| state_error(name, e))?;
+        let mut collected = Vec::new();
+        for (ts, bytes, kg) in due {
+            let key = records::decode::<K>(&bytes, name)?;
+            let mut ctx = Context {
+                key: &key,
+                key_bytes: &bytes,
+                key_group: kg,
+                backend: &mut *state,
+                timers: &mut *timers,
+                out: &mut collected,
+                operator: name,
+                timer: Some(ts),
+            };
+            f.on_timer(ts, &mut ctx).map_err(|e| failed(name, e))?;
+        }
+        emit(&mut collected, name, out)
+    }
+}

@@ -1,0 +1,282 @@
+//! `process` with a `KeyedProcessFunction` end to end on the embedded cluster: a word count in
+//! value state on both backends, list, map and reducing state with exact output, processing-time
+//! timers that fire after the input stopped (and are dropped at the end of input, as in
+//! Flink), and state restored from a checkpoint after a failure.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+use weir::prelude::*;
+
+const TEXT: &[&str] = &["to be or not to be", "that is the question", "to sleep perchance to dream", "", "be be be"];
+
+/// The committed lines of every part file under `dir`, sorted.
+fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("the sink's directory exists") {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("part-") {
+            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// Counts words in a `ValueState`, emitting `word n` after every word.
+#[derive(Clone)]
+struct CountWords;
+
+impl KeyedProcessFunction<String, String, String> for CountWords {
+    fn process_element(&mut self, word: String, ctx: &mut Context<'_, String, String>) -> FunctionResult {
+        let descriptor = ValueStateDescriptor::<i64>::new("count");
+        let mut count = ctx.get_state(&descriptor);
+        let n = count.value()?.unwrap_or(0) + 1;
+        count.update(&n)?;
+        ctx.collect(format!("{word} {n}"));
+        Ok(())
+    }
+}
+
+fn word_count(backend: StateBackend) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(2).set_state_backend(backend).set_config("taskmanager.tmp.dirs", dir.path().to_str().unwrap());
+    env.from_iter(TEXT.iter().map(|l| l.to_string()).collect::<Vec<_>>())
+        .flat_map(|line: String, out: &mut Vec<String>| out.extend(line.split_whitespace().map(str::to_string)))
+        .key_by(|w: &String| w.clone())
+        .process(CountWords)
+        .uid("counts")
+        .write_as_text(out.to_str().unwrap());
+    let result = env.execute("process word count").expect("the job finishes");
+    assert_eq!(result.restarts, 0);
+
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for w in TEXT.iter().flat_map(|l| l.split_whitespace()) {
+        *counts.entry(w).or_default() += 1;
+    }
+    let mut want: Vec<String> = counts.iter().flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w} {i}"))).collect();
+    want.sort();
+    assert_eq!(committed_lines(&out), want);
+}
+
+#[test]
+fn a_value_state_word_count_is_exact_with_the_hashmap_backend() {
+    word_count(StateBackend::HashMap);
+}
+
+#[test]
+fn a_value_state_word_count_is_exact_with_the_rocksdb_backend() {
+    word_count(StateBackend::RocksDb);
+}
+
+/// Per user: the items in order (list), how often each was bought (map), the total spent
+/// (reducing); `-item` returns one (map remove), `reset` clears everything.
+#[derive(Clone)]
+struct Baskets;
+
+impl KeyedProcessFunction<String, (String, String, i64), String> for Baskets {
+    fn process_element(&mut self, (user, item, price): (String, String, i64), ctx: &mut Context<'_, String, String>) -> FunctionResult {
+        let items = ListStateDescriptor::<String>::new("items");
+        let bought = MapStateDescriptor::<String, i64>::new("bought");
+        let total = ReducingStateDescriptor::<i64>::new("total", |a, b| a + b);
+        if item == "reset" {
+            ctx.get_list_state(&items).clear()?;
+            ctx.get_map_state(&bought).clear()?;
+            ctx.get_reducing_state(&total).clear()?;
+            ctx.collect(format!("{user}: reset"));
+            return Ok(());
+        }
+        if let Some(returned) = item.strip_prefix('-') {
+            let mut map = ctx.get_map_state(&bought);
+            let had = map.contains(&returned.to_string())?;
+            map.remove(&returned.to_string())?;
+            ctx.get_reducing_state(&total).add(-price)?;
+            ctx.collect(format!("{user}: returned {returned} (had it: {had})"));
+            return Ok(());
+        }
+        ctx.get_list_state(&items).add(&item)?;
+        let mut map = ctx.get_map_state(&bought);
+        let n = map.get(&item)?.unwrap_or(0) + 1;
+        map.put(&item, &n)?;
+        ctx.get_reducing_state(&total).add(price)?;
+        let list = ctx.get_list_state(&items).get()?;
+        let mut entries = ctx.get_map_state(&bought).iter()?;
+        entries.sort();
+        let sum = ctx.get_reducing_state(&total).get()?.unwrap_or(0);
+        assert_eq!(ctx.current_key(), &user);
+        ctx.collect(format!("{user}: items={} bought={entries:?} total={sum}", list.join(",")));
+        Ok(())
+    }
+}
+
+#[test]
+fn list_map_and_reducing_state_give_exact_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let events: Vec<(String, String, i64)> = [
+        ("ann", "apple", 3),
+        ("bob", "pear", 5),
+        ("ann", "fig", 7),
+        ("ann", "apple", 3),
+        ("bob", "-pear", 5),
+        ("bob", "-kiwi", 0),
+        ("ann", "reset", 0),
+        ("ann", "kiwi", 2),
+        ("bob", "pear", 4),
+    ]
+    .iter()
+    .map(|(u, i, p)| (u.to_string(), i.to_string(), *p))
+    .collect();
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(2);
+    env.from_iter(events)
+        .key_by(|(user, _, _): &(String, String, i64)| user.clone())
+        .process(Baskets)
+        .uid("baskets")
+        .write_as_text(out.to_str().unwrap());
+    env.execute("baskets").expect("the job finishes");
+    let mut want = vec![
+        "ann: items=apple bought=[(\"apple\", 1)] total=3",
+        "ann: items=apple,fig bought=[(\"apple\", 1), (\"fig\", 1)] total=10",
+        "ann: items=apple,fig,apple bought=[(\"apple\", 2), (\"fig\", 1)] total=13",
+        "ann: reset",
+        "ann: items=kiwi bought=[(\"kiwi\", 1)] total=2",
+        "bob: items=pear bought=[(\"pear\", 1)] total=5",
+        "bob: returned pear (had it: true)",
+        "bob: returned kiwi (had it: false)",
+        "bob: items=pear,pear bought=[(\"pear\", 1)] total=4",
+    ];
+    want.sort();
+    assert_eq!(committed_lines(&out), want);
+}
+
+/// Sums each key's values and reports the sum once, a second after its first value, from a
+/// processing-time timer; every value registers the same timer again (deduplicated), and a
+/// timer an hour away is pending when the input ends (dropped, as Flink does).
+#[derive(Clone)]
+struct SumThenReport;
+
+impl KeyedProcessFunction<i64, (i64, i64), String> for SumThenReport {
+    fn process_element(&mut self, (_, v): (i64, i64), ctx: &mut Context<'_, i64, String>) -> FunctionResult {
+        let sum = ValueStateDescriptor::<i64>::new("sum");
+        let due = ValueStateDescriptor::<i64>::new("due");
+        let mut s = ctx.get_state(&sum);
+        let total = s.value()?.unwrap_or(0) + v;
+        s.update(&total)?;
+        let at = match ctx.get_state(&due).value()? {
+            Some(at) => at,
+            None => {
+                let at = ctx.timer_service().current_processing_time() + 1000;
+                ctx.get_state(&due).update(&at)?;
+                let mut timers = ctx.timer_service();
+                timers.register_processing_time_timer(at + 3_600_000)?;
+                timers.register_processing_time_timer(at + 60_000)?;
+                timers.delete_processing_time_timer(at + 60_000)?;
+                at
+            }
+        };
+        ctx.timer_service().register_processing_time_timer(at)?;
+        Ok(())
+    }
+
+    fn on_timer(&mut self, timestamp: i64, ctx: &mut OnTimerContext<'_, i64, String>) -> FunctionResult {
+        let sum = ValueStateDescriptor::<i64>::new("sum");
+        let total = ctx.get_state(&sum).value()?.unwrap_or(0);
+        let late = ctx.timer_service().current_processing_time() < timestamp;
+        assert!(!late, "a timer fired before its time");
+        assert_eq!(ctx.timestamp(), Some(timestamp));
+        ctx.collect(format!("key {} sum {total}", ctx.current_key()));
+        Ok(())
+    }
+}
+
+#[test]
+fn processing_time_timers_fire_after_the_input_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(2);
+    // 4000 numbers at 1000 per second keep the job running about 4 s; only the first 20 reach
+    // the process function, in its first few milliseconds: the timers fire a second later, with
+    // no input arriving.
+    env.datagen_sequence(1, 4000, Some(1000))
+        .filter(|v: &i64| *v <= 20)
+        .map(|v: i64| (v % 4, v))
+        .key_by(|(k, _): &(i64, i64)| *k)
+        .process(SumThenReport)
+        .uid("report")
+        .write_as_text(out.to_str().unwrap());
+    // The hour-long timers still pending do not hold the job: it ends with its input.
+    env.execute("timers").expect("the job finishes");
+    let want: Vec<String> = (0..4).map(|k| format!("key {k} sum {}", (1..=20i64).filter(|v| v % 4 == k).sum::<i64>())).collect();
+    assert_eq!(committed_lines(&out), want);
+}
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static FAILED: AtomicBool = AtomicBool::new(false);
+/// The sum the restarted attempt found in state for the first key it saw (-1: none yet).
+static FIRST_AFTER_RESTART: AtomicI64 = AtomicI64::new(-1);
+
+/// A running sum per key in value state, which fails once when the test arms it.
+#[derive(Clone)]
+struct SumFailingOnce;
+
+impl KeyedProcessFunction<i64, (i64, i64), String> for SumFailingOnce {
+    fn process_element(&mut self, (k, v): (i64, i64), ctx: &mut Context<'_, i64, String>) -> FunctionResult {
+        let descriptor = ValueStateDescriptor::<i64>::new("sum");
+        let mut sum = ctx.get_state(&descriptor);
+        let stored = sum.value()?;
+        if FAILED.load(Ordering::SeqCst) {
+            let _ = FIRST_AFTER_RESTART.compare_exchange(-1, stored.unwrap_or(0), Ordering::SeqCst, Ordering::SeqCst);
+        } else if ARMED.load(Ordering::SeqCst) && !FAILED.swap(true, Ordering::SeqCst) {
+            panic!("forced failure at {v}");
+        }
+        let total = stored.unwrap_or(0) + v;
+        sum.update(&total)?;
+        ctx.collect(format!("{k} {total}"));
+        Ok(())
+    }
+}
+
+#[test]
+fn process_function_state_is_restored_from_a_checkpoint_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    // One subtask: the first record after the failure is the restarted attempt's.
+    env.set_parallelism(1).enable_checkpointing(Duration::from_millis(100));
+    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    env.set_config("restart-strategy.type", "fixed-delay")
+        .set_config("restart-strategy.fixed-delay.attempts", "1")
+        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+    env.datagen_sequence(1, 4000, Some(1000))
+        .map(|v: i64| (v % 10, v))
+        .key_by(|(k, _): &(i64, i64)| *k)
+        .process(SumFailingOnce)
+        .uid("sums")
+        .write_as_text(out.to_str().unwrap());
+    let client = env.execute_async("sums").expect("submitted");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.completed_checkpoints() < 2 {
+        assert!(Instant::now() < deadline, "no two completed checkpoints in 120 s: {:?}", client.checkpoints());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ARMED.store(true, Ordering::SeqCst);
+    let result = client.wait().expect("the job finishes after one restart");
+    assert_eq!(result.restarts, 1);
+    assert!(FIRST_AFTER_RESTART.load(Ordering::SeqCst) > 0, "the restarted attempt found its sums in the restored state");
+    // One running sum per number, none lost or twice, ending at each key's total.
+    let lines = committed_lines(&out);
+    assert_eq!(lines.len(), 4000);
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for line in lines {
+        let (k, sum) = line.split_once(' ').unwrap();
+        let e = last.entry(k.parse().unwrap()).or_default();
+        *e = (*e).max(sum.parse().unwrap());
+    }
+    let want: BTreeMap<i64, i64> = (0..10).map(|r| (r, (1..=4000i64).filter(|v| v % 10 == r).sum())).collect();
+    assert_eq!(last, want);
+}
