@@ -8,7 +8,7 @@
 //! | (none), or `run` without a JobManager | runs the program on an embedded mini cluster, as `execute` does |
 //! | `jobmanager [-D k=v]` | a JobManager, exactly as `weir jobmanager` |
 //! | `taskmanager --jobmanager HOST:PORT [-D k=v]` | a TaskManager that carries the program's functions |
-//! | `run --jobmanager HOST:PORT [--detached] [-D k=v]` | builds the JobGraph and submits it over gRPC |
+//! | `run --jobmanager HOST:PORT [--detached] [-s PATH [-n]] [-D k=v]` | builds the JobGraph and submits it over gRPC (from a savepoint with `-s`) |
 //!
 //! The TaskManager builds the program once, without running it, to fill its function
 //! registry. Function ids are the operators' uids, so the TaskManager resolves exactly the
@@ -22,7 +22,7 @@
 //! own settings (`set_parallelism`, `enable_checkpointing`, ...) come first and `-D` overrides
 //! them, as `-D` overrides a job file's `config:`.
 
-use crate::client::remote::RemoteJobManager;
+use crate::client::remote::{RemoteJobManager, Restore};
 use crate::{ApiError, JobClient, StreamExecutionEnvironment};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -90,6 +90,14 @@ enum Command {
         /// Print the job id and return instead of waiting for the job to end.
         #[arg(long, requires = "jobmanager")]
         detached: bool,
+        /// Start from a savepoint folder or a retained checkpoint <dir>/<job-id>/chk-<n> (with
+        /// --jobmanager). A path without a scheme is a local file path.
+        #[arg(short = 's', long = "from-savepoint", visible_alias = "from-checkpoint", value_name = "PATH", requires = "jobmanager")]
+        restore: Option<String>,
+        /// With -s: skip the state of operators (uids) the program no longer has instead of
+        /// refusing the job.
+        #[arg(short = 'n', long, requires = "restore")]
+        allow_non_restored_state: bool,
         #[command(flatten)]
         dynamic: Dynamic,
     },
@@ -119,7 +127,13 @@ pub fn main(job_name: &str, build_job: BuildJob) -> ExitCode {
 }
 
 fn run(cli: Cli, job_name: &str, build_job: BuildJob) -> Result<(), BuildError> {
-    let command = cli.command.unwrap_or(Command::Run { jobmanager: None, detached: false, dynamic: Dynamic::default() });
+    let command = cli.command.unwrap_or(Command::Run {
+        jobmanager: None,
+        detached: false,
+        restore: None,
+        allow_non_restored_state: false,
+        dynamic: Dynamic::default(),
+    });
     match command {
         Command::Jobmanager { dynamic } => {
             let (cfg, _) = Config::load_layers(cli.config.as_deref(), &dynamic.properties)?;
@@ -148,7 +162,7 @@ fn run(cli: Cli, job_name: &str, build_job: BuildJob) -> Result<(), BuildError> 
                 Ok(())
             })
         }
-        Command::Run { jobmanager, detached, dynamic } => {
+        Command::Run { jobmanager, detached, restore, allow_non_restored_state, dynamic } => {
             let (cfg, overrides) = Config::load_layers(cli.config.as_deref(), &dynamic.properties)?;
             init_logging(cli.log_format, "warn");
             let (graph, functions, job_config) = build(job_name, build_job, &overrides)?;
@@ -164,9 +178,11 @@ fn run(cli: Cli, job_name: &str, build_job: BuildJob) -> Result<(), BuildError> 
                 }
                 Some(address) => {
                     let security = SecurityConfig::from_config(&cfg)?;
+                    let restore = restore.as_deref().map(storage_location).transpose()?;
+                    let restore = restore.as_deref().map(|path| Restore { path, allow_non_restored_state });
                     runtime()?.block_on(async {
                         let mut jm = RemoteJobManager::connect(&address, &security).await?;
-                        let (job_id, warnings) = jm.submit(&graph, &job_config).await?;
+                        let (job_id, warnings) = jm.submit(&graph, &job_config, restore).await?;
                         for w in &warnings {
                             eprintln!("warning: {w}");
                         }
@@ -197,6 +213,16 @@ fn build(
     let settings = JobSettings::from_config(&job_config).map_err(ApiError::Config)?;
     let (graph, functions) = env.program.borrow().build(job_name, &settings)?;
     Ok((graph, functions, job_config))
+}
+
+/// A location as the JobManager reads it: a URL as given, a path made absolute (the
+/// JobManager's working directory is not this one).
+fn storage_location(location: &str) -> Result<String, BuildError> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    let absolute = std::path::absolute(location).map_err(|e| format!("bad path '{location}': {e}"))?;
+    Ok(absolute.display().to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {

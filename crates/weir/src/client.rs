@@ -110,6 +110,14 @@ pub(crate) mod remote {
     use weir_proto::security::{Dialer, GrpcChannel, Timeouts};
     use weir_proto::{GetJobRequest, JobState, JobStatus, SubmitJobRequest};
 
+    /// What a submitted job starts from (`run -s`).
+    pub struct Restore<'a> {
+        /// A savepoint folder or retained checkpoint, as a URL or an absolute path.
+        pub path: &'a str,
+        /// Skip the state of operators the program no longer has instead of refusing the job.
+        pub allow_non_restored_state: bool,
+    }
+
     /// A connection to the JobManager at `address`, with the process's `security.*`.
     pub struct RemoteJobManager {
         address: String,
@@ -129,9 +137,14 @@ pub(crate) mod remote {
         }
 
         /// Submits `graph` with the job's configuration `job_config` (its cluster-only keys
-        /// left out: the token and TLS files are this client's); returns the job id and the
-        /// JobManager's warnings.
-        pub async fn submit(&mut self, graph: &JobGraph, job_config: &Config) -> Result<(String, Vec<String>), ApiError> {
+        /// left out: the token and TLS files are this client's), starting from `restore` if
+        /// given; returns the job id and the JobManager's warnings.
+        pub async fn submit(
+            &mut self,
+            graph: &JobGraph,
+            job_config: &Config,
+            restore: Option<Restore<'_>>,
+        ) -> Result<(String, Vec<String>), ApiError> {
             let request = SubmitJobRequest {
                 job_graph: String::from_utf8_lossy(&graph.to_json()).into_owned(),
                 config: job_config
@@ -141,7 +154,9 @@ pub(crate) mod remote {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 source_name: format!("program '{}'", graph.name),
-                ..Default::default()
+                restore_path: restore.as_ref().map(|r| r.path.to_string()).unwrap_or_default(),
+                allow_non_restored_state: restore.is_some_and(|r| r.allow_non_restored_state),
+                job_definition: String::new(),
             };
             let response = self
                 .client

@@ -243,6 +243,93 @@ fn application_word_count_is_exact_after_a_taskmanager_kill() {
     assert_eq!(committed_lines(&setup.dir.path().join("out")), expected_running_counts(&input));
 }
 
+/// The application's JobManager records the program's graph in its catalog: SIGKILLed after a
+/// checkpoint and started again, it resumes the job from that checkpoint once the
+/// application's TaskManagers registered again, and the output is exact. The waiting `run`
+/// client rides out the JobManager's absence.
+#[test]
+fn application_job_resumes_after_a_jobmanager_restart() {
+    let input = text(60_000);
+    let setup = Setup::new(&input, 150);
+    let app = Path::new(APP);
+    let cluster = vec![
+        "heartbeat.interval=200ms".to_string(),
+        "heartbeat.timeout=5s".to_string(),
+        "taskmanager.numberOfTaskSlots=2".to_string(),
+        format!("jobmanager.catalog.dir={}", setup.dir.path().join("catalog").display()),
+    ];
+    let mut jm_args = vec!["jobmanager".to_string(), "-D".into(), format!("jobmanager.rpc.port={}", setup.port)];
+    jm_args.extend(dynamic(&cluster));
+    let mut jm = setup.spawn(app, "jobmanager", &jm_args);
+    setup.wait_for_jobmanager();
+    let mut tm_args = vec!["taskmanager".to_string(), "--jobmanager".into(), setup.address()];
+    tm_args.extend(dynamic(&cluster));
+    let _tm = setup.spawn(app, "taskmanager", &tm_args);
+    setup.wait_for_taskmanagers(1);
+
+    let mut run_args = vec!["run".to_string(), "--jobmanager".into(), setup.address(), "-D".into()];
+    run_args.push(format!("execution.checkpointing.dir=file://{}", setup.dir.path().join("checkpoints").display()));
+    let mut run = setup.spawn(app, "run", &run_args);
+    let id = wait_for("the job to be submitted", || {
+        let out = setup.output_of("run");
+        out.lines().find_map(|l| l.strip_prefix("Job ").and_then(|r| r.strip_suffix(" submitted")).map(str::to_string))
+    });
+    wait_for("a completed checkpoint", || (setup.completed_checkpoints(&id) > 0).then_some(()));
+    let status = setup.weir_json(&["status", &id]).expect("the job's status");
+    assert_eq!(status["state"], "RUNNING", "the job must still run when the JobManager is killed: {status}");
+    jm.kill();
+    let _jm = setup.spawn(app, "jobmanager-restarted", &jm_args);
+    setup.wait_for_jobmanager();
+
+    let exit = wait_for("the run command to return", || run.child.try_wait().unwrap());
+    let status = setup.weir_json(&["status", &id]).expect("the recovered job's status");
+    assert!(exit.success(), "run failed: {}\n{status}", std::fs::read_to_string(setup.dir.path().join("run.log")).unwrap());
+    assert_eq!(status["state"], "FINISHED", "{status}");
+    assert!(status["attempt"].as_u64().unwrap() >= 1, "the job must have been recovered as a new attempt: {status}");
+    assert_eq!(committed_lines(&setup.dir.path().join("out")), expected_running_counts(&input));
+}
+
+/// A program job stopped with a savepoint (`weir stop`) starts again from it with
+/// `run -s`: its sources, keyed state and sink continue where the savepoint left them, and
+/// the two runs' output together is exact.
+#[test]
+fn application_job_resumes_from_a_stop_savepoint_with_run_s() {
+    let input = text(60_000);
+    let setup = Setup::new(&input, 150);
+    let app = Path::new(APP);
+    let cluster =
+        vec!["heartbeat.interval=200ms".to_string(), "heartbeat.timeout=5s".to_string(), "taskmanager.numberOfTaskSlots=2".to_string()];
+    let mut jm_args = vec!["jobmanager".to_string(), "-D".into(), format!("jobmanager.rpc.port={}", setup.port)];
+    jm_args.extend(dynamic(&cluster));
+    let _jm = setup.spawn(app, "jobmanager", &jm_args);
+    setup.wait_for_jobmanager();
+    let mut tm_args = vec!["taskmanager".to_string(), "--jobmanager".into(), setup.address()];
+    tm_args.extend(dynamic(&cluster));
+    let _tm = setup.spawn(app, "taskmanager", &tm_args);
+    setup.wait_for_taskmanagers(1);
+    let checkpoints = format!("execution.checkpointing.dir=file://{}", setup.dir.path().join("checkpoints").display());
+
+    let out = setup.run(app, &["run", "--jobmanager", &setup.address(), "--detached", "-D", &checkpoints].map(String::from));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = stdout.lines().find_map(|l| l.strip_prefix("Job ").and_then(|r| r.strip_suffix(" submitted"))).expect("the job id");
+    wait_for("a completed checkpoint", || (setup.completed_checkpoints(id) > 0).then_some(()));
+    let savepoints = setup.dir.path().join("savepoints");
+    let stop = setup.weir_json(&["stop", id, "--savepoint-dir", savepoints.to_str().unwrap()]).expect("stop with a savepoint");
+    let savepoint = stop["path"].as_str().expect("the savepoint's path").to_string();
+    let status = wait_for("the stopped job to finish", || {
+        setup.weir_json(&["status", id]).filter(|s| s["state"] == "FINISHED" || s["state"] == "FAILED")
+    });
+    assert_eq!(status["state"], "FINISHED", "{status}");
+    let partial = committed_lines(&setup.dir.path().join("out"));
+    let expected = expected_running_counts(&input);
+    assert!(!partial.is_empty() && partial.len() < expected.len(), "the stop must cut the input: {} lines", partial.len());
+
+    let out = setup.run(app, &["run", "--jobmanager", &setup.address(), "-s", &savepoint, "-D", &checkpoints].map(String::from));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(committed_lines(&setup.dir.path().join("out")), expected);
+}
+
 /// A session cluster (`weir jobmanager`, `weir taskmanager`) refuses the program's job, first
 /// for want of any TaskManager, then naming a function its TaskManager lacks; once one of the
 /// application's TaskManagers joins, the job runs there only, beside the session TaskManager.
