@@ -558,6 +558,39 @@ mod tests {
         assert_eq!(counts.values().to_vec(), vec![1, 1, 1, 1, 2, 2]);
     }
 
+    /// An operator whose timer is due is called through `on_time`, and its output goes through
+    /// the rest of the chain; operators without a due timer are not called.
+    #[test]
+    fn due_timers_fire_through_the_rest_of_the_chain() {
+        struct Timed {
+            at: Option<std::time::Instant>,
+        }
+        impl Operator for Timed {
+            fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+                out.collect(batch)
+            }
+            fn next_timer(&self) -> Option<std::time::Instant> {
+                self.at
+            }
+            fn on_time(&mut self, _now: std::time::Instant, out: &mut dyn Collector) -> OpResult {
+                self.at = None;
+                out.collect(RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![7i64])) as _)])?)
+            }
+        }
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let mut ops = vec![
+            ChainOperator::Plain(Box::new(Timed { at: Some(std::time::Instant::now()) })),
+            ChainOperator::Plain(Box::new(Timed { at: Some(later) })),
+        ];
+        assert!(ChainOperator::chain_next_timer(&ops).is_some_and(|t| t < later), "the earliest timer");
+        let mut out = Sink(Vec::new());
+        fire_timers(&mut ops, &mut out).unwrap();
+        assert_eq!(out.0.len(), 1, "the first operator fired once, through the second");
+        assert_eq!(ChainOperator::chain_next_timer(&ops), Some(later));
+        fire_timers(&mut ops, &mut out).unwrap();
+        assert_eq!(out.0.len(), 1, "nothing else was due");
+    }
+
     /// A throttle passes every row on at once and then asks for no input until those rows are
     /// due at its rate; it never sleeps. In a job file it is a step like any other, and a rate
     /// of zero is refused.

@@ -280,3 +280,71 @@ fn process_function_state_is_restored_from_a_checkpoint_after_a_failure() {
     let want: BTreeMap<i64, i64> = (0..10).map(|r| (r, (1..=4000i64).filter(|v| v % 10 == r).sum())).collect();
     assert_eq!(last, want);
 }
+
+static TIMERS_ARMED: AtomicBool = AtomicBool::new(false);
+static TIMERS_FAILED: AtomicBool = AtomicBool::new(false);
+/// How many timers fired after the forced failure.
+static FIRED_AFTER_FAILURE: AtomicI64 = AtomicI64::new(0);
+
+/// Registers a timer 3 s ahead for each of the first ten numbers' keys (0 and 1); fails once
+/// on any number after the test armed it; reports each key when its timer fires.
+#[derive(Clone)]
+struct TimersAcrossAFailure;
+
+impl KeyedProcessFunction<i64, i64, String> for TimersAcrossAFailure {
+    fn process_element(&mut self, v: i64, ctx: &mut Context<'_, i64, String>) -> FunctionResult {
+        if TIMERS_ARMED.load(Ordering::SeqCst) && !TIMERS_FAILED.swap(true, Ordering::SeqCst) {
+            panic!("forced failure at {v}");
+        }
+        if v <= 10 {
+            let due = ValueStateDescriptor::<i64>::new("due");
+            if ctx.get_state(&due).value()?.is_none() {
+                let at = ctx.timer_service().current_processing_time() + 3000;
+                ctx.get_state(&due).update(&at)?;
+                ctx.timer_service().register_processing_time_timer(at)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _timestamp: i64, ctx: &mut OnTimerContext<'_, i64, String>) -> FunctionResult {
+        if TIMERS_FAILED.load(Ordering::SeqCst) {
+            FIRED_AFTER_FAILURE.fetch_add(1, Ordering::SeqCst);
+        }
+        let key = *ctx.current_key();
+        ctx.collect(format!("key {key} fired"));
+        Ok(())
+    }
+}
+
+#[test]
+fn timers_registered_before_a_checkpoint_fire_after_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(1).enable_checkpointing(Duration::from_millis(100));
+    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    env.set_config("restart-strategy.type", "fixed-delay")
+        .set_config("restart-strategy.fixed-delay.attempts", "1")
+        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+    // 6000 numbers at 1000 per second: the job runs about 6 s. The timers of keys 0 and 1 are
+    // registered in its first milliseconds for 3 s later; the failure comes after two
+    // checkpoints, and the source resumes behind the numbers that registered them, so the
+    // timers that fire afterwards can only come from the restored state.
+    env.datagen_sequence(1, 6000, Some(1000))
+        .key_by(|v: &i64| if *v <= 10 { v % 2 } else { 2 + v % 8 })
+        .process(TimersAcrossAFailure)
+        .uid("timers")
+        .write_as_text(out.to_str().unwrap());
+    let client = env.execute_async("timers across a failure").expect("submitted");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.completed_checkpoints() < 2 {
+        assert!(Instant::now() < deadline, "no two completed checkpoints in 120 s: {:?}", client.checkpoints());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    TIMERS_ARMED.store(true, Ordering::SeqCst);
+    let result = client.wait().expect("the job finishes after one restart");
+    assert_eq!(result.restarts, 1);
+    assert_eq!(committed_lines(&out), vec!["key 0 fired".to_string(), "key 1 fired".to_string()]);
+    assert_eq!(FIRED_AFTER_FAILURE.load(Ordering::SeqCst), 2, "both timers fired after the restore");
+}
