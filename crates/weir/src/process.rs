@@ -256,3 +256,89 @@ impl<K: Record, IN: Record, OUT: Record, F: KeyedProcessFunction<K, IN, OUT>> Ke
         emit(&mut collected, name, out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::KeyGroupRange;
+    use weir_state::hashmap::HashMapBackend;
+
+    /// Counts each key's records in value state and registers an already-due timer; the timer
+    /// reports the count.
+    #[derive(Clone)]
+    struct CountThenReport;
+
+    impl KeyedProcessFunction<String, String, String> for CountThenReport {
+        fn process_element(&mut self, _value: String, ctx: &mut Context<'_, String, String>) -> FunctionResult {
+            let count = ValueStateDescriptor::<i64>::new("count");
+            let mut state = ctx.get_state(&count);
+            let n = state.value()?.unwrap_or(0) + 1;
+            state.update(&n)?;
+            ctx.timer_service().register_processing_time_timer(1)?;
+            Ok(())
+        }
+
+        fn on_timer(&mut self, _timestamp: i64, ctx: &mut OnTimerContext<'_, String, String>) -> FunctionResult {
+            let n = ctx.get_state(&ValueStateDescriptor::<i64>::new("count")).value()?.unwrap_or(0);
+            let key = ctx.current_key().clone();
+            ctx.collect(format!("{key} {n}"));
+            Ok(())
+        }
+    }
+
+    struct Out(Vec<RecordBatch>);
+    impl Collector for Out {
+        fn collect(&mut self, batch: RecordBatch) -> OpResult {
+            self.0.push(batch);
+            Ok(())
+        }
+    }
+
+    fn keyed_batch(words: &[&str]) -> RecordBatch {
+        let mut values = RecordWriter::with_capacity(words.len());
+        let mut keys = RecordWriter::with_capacity(words.len());
+        for w in words {
+            values.push(&w.to_string(), "t").unwrap();
+            keys.push(&w.to_string(), "t").unwrap();
+        }
+        RecordBatch::try_new(records::keyed_schema(), vec![values.finish(), keys.finish()]).unwrap()
+    }
+
+    fn lines(out: &Out) -> Vec<String> {
+        let mut lines: Vec<String> = out.0.iter().flat_map(|b| records::decode_column::<String>(b, "t").unwrap()).collect();
+        lines.sort();
+        lines
+    }
+
+    /// State and timers taken at parallelism 1 and restored at parallelism 2 land with their
+    /// key groups: each subtask fires the timers of its own keys, with their counts.
+    #[test]
+    fn state_and_timers_rescale_with_their_key_groups() {
+        let words = ["a", "b", "c", "d", "e", "f", "g", "h", "a", "c", "a"];
+        let mut before = HashMapBackend::new(128, KeyGroupRange::for_subtask(128, 1, 0));
+        let mut op = ProcessOp::<String, String, String, _>::new("count".into(), CountThenReport);
+        op.process_batch(keyed_batch(&words), &mut before, &mut Out(Vec::new())).unwrap();
+        let snapshot = before.snapshot_bytes();
+
+        let mut all = Vec::new();
+        for subtask in 0..2 {
+            let range = KeyGroupRange::for_subtask(128, 2, subtask);
+            let mut after = HashMapBackend::new(128, range);
+            after.restore_bytes(&snapshot, "snapshot").unwrap();
+            let mut op = ProcessOp::<String, String, String, _>::new("count".into(), CountThenReport);
+            assert!(op.next_timer().is_some_and(|t| t <= Instant::now()), "asks to read its timers at once");
+            let mut out = Out(Vec::new());
+            op.on_time(Instant::now(), &mut after, &mut out).unwrap();
+            assert_eq!(op.next_timer(), None, "every timer fired once");
+            for line in lines(&out) {
+                let key = line.split(' ').next().unwrap().to_string();
+                let kg = key_group(&postcard::to_allocvec(&key).unwrap(), 128);
+                assert!(range.contains(kg), "{key} fired in the subtask owning its key group");
+                all.push(line);
+            }
+        }
+        all.sort();
+        let want = ["a 3", "b 1", "c 2", "d 1", "e 1", "f 1", "g 1", "h 1"];
+        assert_eq!(all, want);
+    }
+}
