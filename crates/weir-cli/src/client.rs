@@ -361,6 +361,9 @@ struct TaskManagerRow {
     data_address: String,
     slots: u32,
     free_slots: u32,
+    /// The program functions it carries: empty for a session TaskManager (`weir
+    /// taskmanager`), an application's function ids for its own TaskManagers.
+    functions: Vec<String>,
 }
 
 impl From<&TaskManagerInfo> for TaskManagerRow {
@@ -371,16 +374,24 @@ impl From<&TaskManagerInfo> for TaskManagerRow {
             data_address: t.data_address.clone(),
             slots: t.slots,
             free_slots: t.free_slots,
+            functions: t.user_functions.clone(),
         }
     }
 }
 
 impl TextRow for TaskManagerRow {
     const COLUMNS: &'static [(&'static str, CellAlignment)] =
-        &[("id", LEFT), ("rpc address", LEFT), ("data address", LEFT), ("free slots", RIGHT), ("slots", RIGHT)];
+        &[("id", LEFT), ("rpc address", LEFT), ("data address", LEFT), ("free slots", RIGHT), ("slots", RIGHT), ("functions", RIGHT)];
 
     fn cells(&self) -> Vec<String> {
-        vec![self.id.clone(), self.rpc_address.clone(), self.data_address.clone(), self.free_slots.to_string(), self.slots.to_string()]
+        vec![
+            self.id.clone(),
+            self.rpc_address.clone(),
+            self.data_address.clone(),
+            self.free_slots.to_string(),
+            self.slots.to_string(),
+            self.functions.len().to_string(),
+        ]
     }
 }
 
@@ -868,12 +879,16 @@ mod tests {
             data_address: "127.0.0.1:2".into(),
             slots: 4,
             free_slots: 1,
+            user_functions: vec!["counts".into()],
         };
         let rows = [TaskManagerRow::from(&tm)];
         assert_eq!(
             serde_json::to_value(&rows).expect("serializes"),
-            json!([{"id": "tm-1", "rpc_address": "127.0.0.1:1", "data_address": "127.0.0.1:2", "slots": 4, "free_slots": 1}])
+            json!([{"id": "tm-1", "rpc_address": "127.0.0.1:1", "data_address": "127.0.0.1:2", "slots": 4, "free_slots": 1, "functions": ["counts"]}])
         );
-        assert_eq!(table(&rows), "id    rpc address  data address  free slots  slots\ntm-1  127.0.0.1:1  127.0.0.1:2            1      4");
+        assert_eq!(
+            table(&rows),
+            "id    rpc address  data address  free slots  slots  functions\ntm-1  127.0.0.1:1  127.0.0.1:2            1      4          1"
+        );
     }
 }

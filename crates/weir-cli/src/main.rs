@@ -199,7 +199,7 @@ enum Command {
         #[command(flatten)]
         dynamic: Dynamic,
     },
-    /// Show the cluster's TaskManagers and their slots.
+    /// Show the cluster's TaskManagers, their slots and how many program functions each carries.
     Cluster {
         #[command(flatten)]
         client: ClientArgs,

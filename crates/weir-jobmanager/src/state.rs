@@ -324,6 +324,11 @@ impl JobManagerState {
                 data_address: t.data_address.clone(),
                 slots: t.slots,
                 free_slots: t.slots - t.used,
+                user_functions: {
+                    let mut functions: Vec<String> = t.functions.iter().cloned().collect();
+                    functions.sort();
+                    functions
+                },
             })
             .collect();
         tms.sort_by(|a, b| a.taskmanager_id.cmp(&b.taskmanager_id));

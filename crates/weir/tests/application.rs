@@ -361,6 +361,10 @@ fn a_session_cluster_refuses_a_program_job_naming_its_function() {
     let app_tm = ["taskmanager", "--jobmanager", &setup.address(), "-D", "taskmanager.numberOfTaskSlots=2"].map(String::from);
     let _app_tm = setup.spawn(app, "app-taskmanager", &app_tm);
     setup.wait_for_taskmanagers(2);
+    let tms = setup.weir_json(&["cluster"]).expect("the TaskManagers");
+    let mut carried: Vec<usize> = tms.as_array().unwrap().iter().map(|t| t["functions"].as_array().unwrap().len()).collect();
+    carried.sort();
+    assert!(carried[0] == 0 && carried[1] > 0, "weir cluster shows which TaskManager carries the functions: {tms}");
     let out = setup.run(app, &run_args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let jobs = setup.weir_json(&["list"]).expect("the job list");
