@@ -8,6 +8,10 @@
 //! target directory (cargo hands a test only its own package's binaries): build the
 //! workspace's tests (`cargo test --workspace`) so that it is there and current.
 
+mod support;
+
+use support::*;
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -179,21 +183,6 @@ fn expected_running_counts(text: &str) -> Vec<String> {
         *counts.entry(w).or_default() += 1;
     }
     let mut lines: Vec<String> = counts.iter().flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w} {i}"))).collect();
-    lines.sort();
-    lines
-}
-
-/// The committed lines of the file sink's directory, sorted (names starting with '.' or '_'
-/// are in progress or pending).
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !name.starts_with('.') && !name.starts_with('_') {
-            lines.extend(std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string));
-        }
-    }
     lines.sort();
     lines
 }

@@ -2,26 +2,15 @@
 //! backends, checkpoints completing while a job runs, a panicking user function failing the
 //! job after the restarts its strategy allows, and configuration errors naming their key.
 
+mod support;
+
+use support::*;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use weir::prelude::*;
 
 const TEXT: &[&str] = &["to be or not to be", "that is the question", "to sleep perchance to dream", "", "be be be"];
-
-/// The committed lines of every part file under `dir`, sorted.
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("the sink's directory exists") {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.starts_with("part-") {
-            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
-}
 
 /// Every running count the word count emits: `word n` for n in 1..=count(word).
 fn expected_running_counts() -> Vec<String> {
@@ -91,16 +80,7 @@ fn checkpoints_complete_while_a_program_runs() {
     }
     client.wait().expect("the job finishes");
     // One running sum per number, none lost or twice, ending at each key's total.
-    let lines = committed_lines(&out);
-    assert_eq!(lines.len(), 4000);
-    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
-    for line in lines {
-        let (k, sum) = line.split_once(' ').unwrap();
-        let e = last.entry(k.parse().unwrap()).or_default();
-        *e = (*e).max(sum.parse().unwrap());
-    }
-    let want: BTreeMap<i64, i64> = (0..10).map(|r| (r, (1..=4000i64).filter(|v| v % 10 == r).sum())).collect();
-    assert_eq!(last, want);
+    assert_running_sums_of_4000(committed_lines(&out));
 }
 
 #[test]

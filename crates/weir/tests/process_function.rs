@@ -3,26 +3,16 @@
 //! timers that fire after the input stopped (and are dropped at the end of input, as in
 //! Flink), and state restored from a checkpoint after a failure.
 
+mod support;
+
+use support::*;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 use weir::prelude::*;
 
 const TEXT: &[&str] = &["to be or not to be", "that is the question", "to sleep perchance to dream", "", "be be be"];
-
-/// The committed lines of every part file under `dir`, sorted.
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("the sink's directory exists") {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
-}
 
 /// Counts words in a `ValueState`, emitting `word n` after every word.
 #[derive(Clone)]
@@ -269,16 +259,7 @@ fn process_function_state_is_restored_from_a_checkpoint_after_a_failure() {
     assert_eq!(result.restarts, 1);
     assert!(FIRST_AFTER_RESTART.load(Ordering::SeqCst) > 0, "the restarted attempt found its sums in the restored state");
     // One running sum per number, none lost or twice, ending at each key's total.
-    let lines = committed_lines(&out);
-    assert_eq!(lines.len(), 4000);
-    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
-    for line in lines {
-        let (k, sum) = line.split_once(' ').unwrap();
-        let e = last.entry(k.parse().unwrap()).or_default();
-        *e = (*e).max(sum.parse().unwrap());
-    }
-    let want: BTreeMap<i64, i64> = (0..10).map(|r| (r, (1..=4000i64).filter(|v| v % 10 == r).sum())).collect();
-    assert_eq!(last, want);
+    assert_running_sums_of_4000(committed_lines(&out));
 }
 
 static TIMERS_ARMED: AtomicBool = AtomicBool::new(false);
