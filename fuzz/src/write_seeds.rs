@@ -37,6 +37,8 @@ fn main() {
     let events = [
         ("end-of-partition", Event::EndOfPartition),
         ("cancel", Event::CancelCheckpoint(7)),
+        ("watermark", Event::Watermark(1_700_000_000_000)),
+        ("watermark-status-idle", Event::WatermarkStatus { idle: true }),
         ("barrier", Event::Barrier(Barrier::new(41, 1_700_000_000_000))),
         ("unaligned-barrier", Event::Barrier(Barrier { unaligned: true, ..Barrier::new(42, 1_700_000_000_000) })),
         (

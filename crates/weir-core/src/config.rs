@@ -62,6 +62,8 @@ keys! {
         "Parallelism of operators that do not set their own.";
     MAX_PARALLELISM = "pipeline.max-parallelism", "128", Int { min: 1 },
         "Number of key groups (at most 32768); the upper bound for any operator's parallelism.";
+    AUTO_WATERMARK_INTERVAL = "pipeline.auto-watermark-interval", "200ms", Duration,
+        "How often a watermark assigner emits its watermark (if event time advanced).";
     CHECKPOINT_INTERVAL = "execution.checkpointing.interval", "none", OptionalDuration,
         "Interval between checkpoint triggers; `none` disables checkpointing.";
     CHECKPOINT_MODE = "execution.checkpointing.mode", "EXACTLY_ONCE", Enum(&["EXACTLY_ONCE", "AT_LEAST_ONCE"]),

@@ -37,10 +37,27 @@ impl OperatorError {
 
 pub type OpResult<T = ()> = Result<T, OperatorError>;
 
-/// Where an operator emits its output batches.
+/// The watermark that ends event time: a bounded source emits it when its input ends, so every
+/// event-time timer fires (as Flink's `Watermark.MAX_WATERMARK`).
+pub const MAX_WATERMARK: i64 = i64::MAX;
+
+/// Where an operator emits its output batches, and the watermarks it forwards or generates.
 pub trait Collector {
     /// Takes one output batch (the next operator of the chain processes it at once).
     fn collect(&mut self, batch: RecordBatch) -> OpResult;
+
+    /// Event time has reached `watermark` (milliseconds since the epoch): the rest of the chain
+    /// sees it after every batch collected before it, then it travels downstream in order with
+    /// the rows. Collectors that only gather rows (tests) ignore it.
+    fn emit_watermark(&mut self, _watermark: i64) -> OpResult {
+        Ok(())
+    }
+
+    /// The rows of this subtask stopped (`idle`) or started again: an idle subtask's watermark
+    /// does not hold back its consumers' event time.
+    fn emit_watermark_status(&mut self, _idle: bool) -> OpResult {
+        Ok(())
+    }
 }
 
 /// A transform or a sink: processes one batch at a time.
@@ -96,6 +113,14 @@ pub trait Operator: Send {
     /// emitting any output to `out` like [`Operator::process_batch`].
     fn on_time(&mut self, _now: std::time::Instant, _out: &mut dyn Collector) -> OpResult {
         Ok(())
+    }
+
+    /// Event time reached `watermark` at this operator: fire the event-time timers due at or
+    /// before it (their output goes to `out` first), then forward the watermark with
+    /// [`Collector::emit_watermark`], which is all the default does. An operator that makes its
+    /// own watermarks (a watermark assigner) forwards none but [`MAX_WATERMARK`].
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        out.emit_watermark(watermark)
     }
 }
 

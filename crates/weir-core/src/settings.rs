@@ -200,6 +200,8 @@ pub struct JobSettings {
     pub checkpoint: CheckpointConfig,
     pub restart: RestartStrategy,
     pub state_backend: StateBackendKind,
+    /// `pipeline.auto-watermark-interval`: how often watermark assigners emit.
+    pub auto_watermark_interval: Duration,
 }
 
 /// The most key groups a job may have, as in Flink (`1 << 15`): key groups are stored in two
@@ -222,6 +224,7 @@ impl JobSettings {
             max_parallelism: max_parallelism as u32,
             checkpoint: CheckpointConfig::from_config(c)?,
             restart: RestartStrategy::from_config(c),
+            auto_watermark_interval: c.duration(keys::AUTO_WATERMARK_INTERVAL),
             state_backend: match c.get(keys::STATE_BACKEND) {
                 "rocksdb" => StateBackendKind::RocksDb,
                 _ => StateBackendKind::HashMap,

@@ -87,6 +87,14 @@ impl JobManagerHandle {
         service::submit_graph(&self.state, &self.executor, graph, overrides).map_err(JobManagerError::Submit)
     }
 
+    /// Cancels a job, as `CancelJob` does: at once if it runs no tasks, else once its tasks
+    /// stopped. An unknown id is an error naming it.
+    pub fn cancel_job(&self, id: &str) -> Result<(), JobManagerError> {
+        let effects = self.state.cancel_job(id).map_err(JobManagerError::Submit)?;
+        self.executor.perform(effects);
+        Ok(())
+    }
+
     /// A job's state, failure and counters, as `GetJob` answers; `None` for an unknown id.
     pub fn job_status(&self, id: &str) -> Option<weir_proto::JobStatus> {
         self.state.job_status(id)

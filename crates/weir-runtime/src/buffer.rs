@@ -13,7 +13,8 @@
 //! length and that many bytes of UTF-8 storage URL); `3` cancellation marker (`u64` id: 9
 //! bytes). Decoding is strict, so that a frame from a peer that encodes events differently
 //! breaks the connection instead of being misread: it refuses unknown tags, unknown flag bits,
-//! truncated events, bytes after a complete event (a frame carries exactly one event), a
+//! truncated events, bytes after a complete event (a frame carries exactly one event), a status
+//! byte other than 0 or 1, a
 //! location that is not UTF-8 and the native bit without the savepoint bit. Whether an event
 //! goes with priority is not part of the event: it is the frame kind on the wire
 //! (`PRIORITY_EVENT`) and a position in a queue.
@@ -79,6 +80,13 @@ pub enum Event {
     Barrier(Barrier),
     /// Checkpoint `id` was aborted upstream: stop aligning or collecting for it.
     CancelCheckpoint(u64),
+    /// Event time on this channel has reached this instant (ms since the epoch): no row with an
+    /// earlier timestamp is expected after it. Travels in order with the buffers, never with
+    /// priority (see [`crate::watermarks`]).
+    Watermark(i64),
+    /// The upstream subtask went idle (`true`: it emits no rows for now, so its watermark must
+    /// not hold back its consumers) or became active again (`false`).
+    WatermarkStatus { idle: bool },
 }
 
 /// A checkpoint barrier: cuts a channel's stream into what belongs to checkpoint `id` (before
@@ -173,6 +181,13 @@ impl Event {
                 buf.put_u64(*id);
                 buf.freeze()
             }
+            Event::Watermark(ts) => {
+                let mut buf = BytesMut::with_capacity(9);
+                buf.put_u8(4);
+                buf.put_i64(*ts);
+                buf.freeze()
+            }
+            Event::WatermarkStatus { idle } => Bytes::copy_from_slice(&[5, u8::from(*idle)]),
         }
     }
 
@@ -217,7 +232,20 @@ impl Event {
                 b.advance(1);
                 Event::CancelCheckpoint(b.get_u64())
             }
-            Some(2) | Some(3) => return Err(short()),
+            Some(4) if b.len() >= 9 => {
+                b.advance(1);
+                Event::Watermark(b.get_i64())
+            }
+            Some(5) if b.len() >= 2 => {
+                let idle = match b[1] {
+                    0 => false,
+                    1 => true,
+                    other => return Err(format!("unknown watermark status {other}")),
+                };
+                b.advance(2);
+                Event::WatermarkStatus { idle }
+            }
+            Some(2..=5) => return Err(short()),
             other => return Err(format!("unknown event tag {other:?}")),
         };
         if !b.is_empty() {
@@ -225,6 +253,8 @@ impl Event {
                 Event::EndOfPartition => "end of partition".to_string(),
                 Event::Barrier(barrier) => format!("barrier {}", barrier.id),
                 Event::CancelCheckpoint(id) => format!("cancellation marker {id}"),
+                Event::Watermark(ts) => format!("watermark {ts}"),
+                Event::WatermarkStatus { idle } => format!("watermark status idle={idle}"),
             };
             return Err(format!("{} bytes after a complete event ({what})", b.len()));
         }
@@ -305,10 +335,27 @@ mod tests {
         id.encode(&mut buf);
         assert_eq!(buf.len(), ChannelId::ENCODED_LEN);
         assert_eq!(ChannelId::decode(&mut buf.freeze()), Some(id));
-        for ev in [Event::EndOfPartition, Event::CancelCheckpoint(7)] {
+        for ev in [
+            Event::EndOfPartition,
+            Event::CancelCheckpoint(7),
+            Event::Watermark(-3),
+            Event::Watermark(i64::MAX),
+            Event::WatermarkStatus { idle: true },
+            Event::WatermarkStatus { idle: false },
+        ] {
             assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);
         }
         assert!(Event::decode(&[2, 0]).is_err());
+    }
+
+    #[test]
+    fn malformed_watermark_events_are_refused_by_name() {
+        assert_eq!(Event::decode(&[4, 0, 0]).unwrap_err(), "truncated event");
+        assert_eq!(Event::decode(&[5]).unwrap_err(), "truncated event");
+        assert_eq!(Event::decode(&[5, 2]).unwrap_err(), "unknown watermark status 2");
+        let mut long = Event::Watermark(9).encode().to_vec();
+        long.push(0);
+        assert_eq!(Event::decode(&long).unwrap_err(), "1 bytes after a complete event (watermark 9)");
     }
 
     #[test]

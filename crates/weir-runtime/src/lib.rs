@@ -19,6 +19,8 @@
 //! - [`user`]: the functions of a DataStream program, resolved through the registry the
 //!   TaskManager hands in, with panics in user code turned into task failures.
 //! - [`wake`]: the one thing a task waits on.
+//! - [`watermarks`]: event time: the watermark generator of assigners and the valve that
+//!   combines a task's input channels.
 //!
 //! ## Checkpoints
 //! Exactly-once with aligned barriers, unaligned barriers (priority events that overtake
@@ -35,6 +37,7 @@ pub mod partition;
 pub mod task;
 pub mod user;
 pub mod wake;
+pub mod watermarks;
 pub mod wiring;
 
 pub use buffer::{ChannelId, Event, Item};

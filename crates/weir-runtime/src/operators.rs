@@ -453,6 +453,16 @@ pub fn push_through(ops: &mut [ChainOperator], batch: RecordBatch, out: &mut dyn
     }
 }
 
+/// Passes watermark `watermark` down the chain: each operator fires what it is due (its output
+/// flowing through the operators after it) and forwards the watermark, or holds it back; what
+/// leaves the last operator goes to `out`.
+pub fn push_watermark(ops: &mut [ChainOperator], watermark: i64, out: &mut dyn Collector) -> OpResult {
+    match ops.split_first_mut() {
+        None => out.emit_watermark(watermark),
+        Some((op, rest)) => op.operator().on_watermark(watermark, &mut ChainCollector { rest, out }),
+    }
+}
+
 /// Finishes `ops` in order: each operator's final output flows through the ones after it.
 pub fn finish_chain(ops: &mut [ChainOperator], out: &mut dyn Collector) -> OpResult {
     for i in 0..ops.len() {
@@ -473,6 +483,16 @@ struct ChainCollector<'a> {
 impl Collector for ChainCollector<'_> {
     fn collect(&mut self, batch: RecordBatch) -> OpResult {
         push_through(self.rest, batch, self.out)
+    }
+
+    fn emit_watermark(&mut self, watermark: i64) -> OpResult {
+        push_watermark(self.rest, watermark, self.out)
+    }
+
+    /// A status passes the operators after the one writing untouched: only sources and
+    /// watermark assigners decide idleness.
+    fn emit_watermark_status(&mut self, idle: bool) -> OpResult {
+        self.out.emit_watermark_status(idle)
     }
 }
 

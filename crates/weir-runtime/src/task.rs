@@ -47,6 +47,14 @@
 //! barrier that arrives while the task is backpressured is seen at once. The output of the
 //! one batch taken may overdraw a full channel (FLIP-227's overdraft), never more.
 //!
+//! ## Event time
+//! Watermarks and watermark statuses arriving on the gate go through a
+//! [`WatermarkValve`](crate::watermarks::WatermarkValve); when the task's event time advances,
+//! the new watermark passes the chain (`Operator::on_watermark`: event-time timers fire, their
+//! output flowing on) and leaves behind the rows emitted before it. A source task whose input
+//! ends (or is drained) sends [`MAX_WATERMARK`] through its chain first. Watermarks are never
+//! part of channel state: after a restore the assigners upstream send theirs again.
+//!
 //! ## Restore
 //! An attempt that resumes from an unaligned checkpoint first re-sends its output channel state
 //! through its partitioner, then processes its input channel state, and only then takes new
@@ -71,10 +79,11 @@
 use crate::barrier::{Action, AlignmentPolicy, BarrierHandler, CheckpointingMode, Input, SnapshotKind};
 use crate::buffer::{decode_batch, encode_batch, Barrier, Event, Item};
 use crate::gate::{GatePoll, InputGate};
-use crate::operators::{build_chain, finish_chain, fire_timers, push_through, ChainOperator, OperatorChain, StateConfig};
+use crate::operators::{build_chain, finish_chain, fire_timers, push_through, push_watermark, ChainOperator, OperatorChain, StateConfig};
 use crate::partition::{OvertakenOutput, ResultPartition};
 use crate::user::UserFunctions;
 use crate::wake::Waker;
+use crate::watermarks::{ValveOutput, WatermarkValve};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parking_lot::Mutex;
@@ -85,7 +94,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weir_core::graph::Vertex;
-use weir_core::operator::{Collector, ConnectorFactory, OpResult, OperatorError, SourcePoll, SubtaskInfo};
+use weir_core::operator::{Collector, ConnectorFactory, OpResult, OperatorError, SourcePoll, SubtaskInfo, MAX_WATERMARK};
 use weir_core::KeyGroupRange;
 use weir_state::channel_state::{ChannelBuffer, ChannelStateHandle, ChannelStatePart};
 use weir_state::metadata::{CheckpointMetadata, SubtaskState};
@@ -354,6 +363,7 @@ fn run(
         aligned_uploads: BTreeMap::new(),
         restored_input: VecDeque::new(),
         channel_writer: None,
+        valve: WatermarkValve::new(channels),
     };
     let result =
         build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref(), desc.functions.as_ref())
@@ -571,6 +581,8 @@ struct Runner {
     restored_input: VecDeque<RecordBatch>,
     /// Where completed channel state goes to be written; started on first use.
     channel_writer: Option<tokio::sync::mpsc::UnboundedSender<(u64, Collecting)>>,
+    /// Combines the watermarks of the gate's channels into the task's event time.
+    valve: WatermarkValve,
 }
 
 /// Terminal collector of a chain: output goes to the partition (or nowhere, for a sink).
@@ -579,6 +591,18 @@ struct Output<'a>(&'a mut ResultPartition);
 impl Collector for Output<'_> {
     fn collect(&mut self, batch: RecordBatch) -> OpResult {
         self.0.emit(batch)
+    }
+
+    /// Behind the rows emitted before it: the rows still being batched are cut into a buffer
+    /// first.
+    fn emit_watermark(&mut self, watermark: i64) -> OpResult {
+        self.0.flush_all()?;
+        self.0.broadcast_event(Event::Watermark(watermark))
+    }
+
+    fn emit_watermark_status(&mut self, idle: bool) -> OpResult {
+        self.0.flush_all()?;
+        self.0.broadcast_event(Event::WatermarkStatus { idle })
     }
 }
 
@@ -778,9 +802,15 @@ impl Runner {
                     let poll = Instant::now() + wait.min(Duration::from_millis(20));
                     self.waker.wait(self.deadline(earliest(Some(poll), timer)));
                 }
-                SourcePoll::End => return Ok(()),
+                SourcePoll::End => return self.end_of_event_time(chain),
             }
         }
+    }
+
+    /// A bounded input ended (or was drained): event time ends with it, so every event-time
+    /// timer of the chain and downstream fires, behind every row.
+    fn end_of_event_time(&mut self, chain: &mut OperatorChain) -> OpResult {
+        push_watermark(&mut chain.operators, MAX_WATERMARK, &mut Output(&mut self.partition))
     }
 
     /// The source task's transition function: acts on one command in `phase` and returns the
@@ -808,7 +838,10 @@ impl Runner {
                 self.cannot_take(b.id, format!("the source is stopping with savepoint {savepoint}"))?;
                 Some(phase)
             }
-            (_, TaskCommand::EndInput) => None,
+            (_, TaskCommand::EndInput) => {
+                self.end_of_event_time(chain)?;
+                None
+            }
             (Suspended { savepoint }, TaskCommand::NotifyCheckpointComplete(n)) if n >= savepoint => {
                 self.command(chain, None, TaskCommand::NotifyCheckpointComplete(n))?;
                 tracing::info!(task = %self.info.vertex_name, subtask = self.info.index, "savepoint {savepoint} completed; stopping the source");
@@ -912,11 +945,35 @@ impl Runner {
     /// priority event overtook on its channel.
     fn event(&mut self, chain: &mut OperatorChain, gate: &InputGate, channel: usize, event: Event, overtaken: &[Item]) -> OpResult {
         let input = match event {
-            Event::EndOfPartition => Input::EndOfPartition { channel },
+            Event::EndOfPartition => {
+                let out = self.valve.end(channel);
+                self.event_time(chain, out)?;
+                Input::EndOfPartition { channel }
+            }
             Event::Barrier(barrier) => Input::Barrier { channel, barrier },
             Event::CancelCheckpoint(id) => Input::Cancel { channel, id },
+            Event::Watermark(watermark) => {
+                let out = self.valve.watermark(channel, watermark);
+                return self.event_time(chain, out);
+            }
+            Event::WatermarkStatus { idle } => {
+                let out = self.valve.status(channel, idle);
+                return self.event_time(chain, out);
+            }
         };
         self.barrier_input(chain, gate, input, overtaken)
+    }
+
+    /// Emits what the watermark valve decided: a new event time goes through the chain (firing
+    /// its event-time timers), a status straight to the outputs.
+    fn event_time(&mut self, chain: &mut OperatorChain, outputs: Vec<ValveOutput>) -> OpResult {
+        for output in outputs {
+            match output {
+                ValveOutput::Watermark(w) => push_watermark(&mut chain.operators, w, &mut Output(&mut self.partition))?,
+                ValveOutput::Status { idle } => Output(&mut self.partition).emit_watermark_status(idle)?,
+            }
+        }
+        Ok(())
     }
 
     /// Feeds one input to the barrier handler and performs its actions in order: block or

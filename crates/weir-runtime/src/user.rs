@@ -56,6 +56,12 @@ pub trait KeyedFunction: Send {
     fn on_time(&mut self, _now: std::time::Instant, _state: &mut dyn KeyedStateBackend, _out: &mut dyn Collector) -> OpResult {
         Ok(())
     }
+
+    /// Event time reached `watermark`: fire the event-time timers due against `state`, then
+    /// forward the watermark, as [`Operator::on_watermark`] (the default only forwards it).
+    fn on_watermark(&mut self, watermark: i64, _state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult {
+        out.emit_watermark(watermark)
+    }
 }
 
 /// The functions of one program, by id.
@@ -182,6 +188,10 @@ impl Operator for GuardedOperator {
         guarded(&self.name, || self.operator.on_time(now, out))
     }
 
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        guarded(&self.name, || self.operator.on_watermark(watermark, out))
+    }
+
     fn notify_checkpoint_complete(&mut self, checkpoint: u64) -> OpResult {
         guarded(&self.name, || self.operator.notify_checkpoint_complete(checkpoint))
     }
@@ -207,6 +217,11 @@ impl Operator for UserKeyed {
     fn on_time(&mut self, now: std::time::Instant, out: &mut dyn Collector) -> OpResult {
         let (function, state) = (&mut self.function, &mut self.state);
         guarded(&self.name, || function.on_time(now, state.keyed(), out))
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        let (function, state) = (&mut self.function, &mut self.state);
+        guarded(&self.name, || function.on_watermark(watermark, state.keyed(), out))
     }
 }
 

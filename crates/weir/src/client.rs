@@ -67,6 +67,19 @@ impl JobClient {
         self.checkpoints().iter().filter(|c| c.status == CheckpointStatus::Completed as i32 && !c.savepoint).count()
     }
 
+    /// Cancels the job (Flink's `JobClient.cancel()`) and waits until it ended: `Ok` once it is
+    /// CANCELED (or had already ended).
+    pub fn cancel(self) -> Result<(), ApiError> {
+        {
+            let _guard = self.runtime.enter();
+            self.cluster.jobmanager().cancel_job(&self.job_id).map_err(|e| ApiError::Cluster(e.to_string()))?;
+        }
+        match self.wait() {
+            Ok(_) | Err(ApiError::JobCanceled { .. }) | Err(ApiError::JobFailed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until the job ended: `Ok` if it FINISHED, an error with its failure otherwise.
     pub fn wait(self) -> Result<JobExecutionResult, ApiError> {
         let result = loop {

@@ -12,14 +12,17 @@
 
 use crate::records::{self, RecordWriter};
 use arrow_array::builder::StringBuilder;
-use arrow_array::{Array, BinaryArray, RecordBatch};
+use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch};
+use arrow_schema::Schema;
 use hashbrown::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Instant;
 use weir_core::graph::ChainedOperator;
 use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SourcePoll, SourceReader, SubtaskInfo};
 use weir_runtime::user::{KeyedFunction, UserFunction, UserFunctions};
+use weir_runtime::watermarks::WatermarkGenerator;
 use weir_state::keyed::{composite_key, key_group};
 use weir_state::KeyedStateBackend;
 
@@ -63,12 +66,15 @@ pub(crate) struct FlatMapOp<I, O, F> {
 impl<I: Record, O: Record, F: Fn(I, &mut Vec<O>) + Send + Sync + 'static> Operator for FlatMapOp<I, O, F> {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
         let inputs = records::decode_column::<I>(&batch, &self.name)?;
-        let mut writer = RecordWriter::with_capacity(inputs.len());
+        let ts = records::timestamps(&batch);
+        let mut writer = RecordWriter::for_stream(inputs.len(), ts.is_some());
         let mut produced = Vec::new();
-        for record in inputs {
+        for (i, record) in inputs.into_iter().enumerate() {
             (self.f)(record, &mut produced);
+            // What a record produces inherits its timestamp.
+            let at = records::timestamp_at(ts, i);
             for o in produced.drain(..) {
-                writer.push(&o, &self.name)?;
+                writer.push_at(&o, at, &self.name)?;
             }
         }
         match writer.finish_batch()? {
@@ -94,7 +100,9 @@ impl<T: Record, K: Serialize + 'static, F: Fn(&T) -> K + Send + Sync + 'static> 
             keys.push(&(self.f)(record), &self.name)?;
             values.push(record, &self.name)?;
         }
-        out.collect(RecordBatch::try_new(records::keyed_schema(), vec![values.finish(), keys.finish()])?)
+        let mut columns = vec![values.finish(), keys.finish()];
+        columns.extend(batch.column_by_name(records::TIMESTAMP).cloned());
+        out.collect(RecordBatch::try_new(records::keyed_schema_for(columns.len() > 2), columns)?)
     }
 }
 
@@ -140,13 +148,14 @@ impl<T: Record + Clone, F: Fn(T, T) -> T + Send + Sync + 'static> KeyedFunction 
         for stored in state.multi_get(&composite).map_err(state_error)? {
             acc.push(stored.map(|b| records::decode::<T>(&b, name)).transpose()?);
         }
-        let mut writer = RecordWriter::with_capacity(inputs.len());
-        for (record, slot) in inputs.into_iter().zip(rows) {
+        let ts = records::timestamps(&batch);
+        let mut writer = RecordWriter::for_stream(inputs.len(), ts.is_some());
+        for (i, (record, slot)) in inputs.into_iter().zip(rows).enumerate() {
             let new = match acc[slot].take() {
                 Some(a) => (self.f)(a, record),
                 None => record,
             };
-            writer.push(&new, name)?;
+            writer.push_at(&new, records::timestamp_at(ts, i), name)?;
             acc[slot] = Some(new);
         }
         let mut ops = Vec::with_capacity(composite.len());
@@ -181,6 +190,51 @@ impl<T: Record> Operator for ToTextOp<T> {
             lines.append_value(records::to_text(record, &self.name)?);
         }
         out.collect(RecordBatch::try_new(records::text_schema(), vec![Arc::new(lines.finish())])?)
+    }
+}
+
+/// `assign_timestamps_and_watermarks`: computes each record's event time with the strategy's
+/// timestamp assigner into the timestamp column, and makes the stream's watermarks with a
+/// [`WatermarkGenerator`] (periodic, bounded out-of-orderness, idleness), whose largest
+/// timestamp is its operator state. Watermarks from upstream are replaced by its own, except
+/// the end of event time.
+pub(crate) struct AssignTimestampsOp<T> {
+    pub name: String,
+    pub assigner: Arc<dyn Fn(&T) -> i64 + Send + Sync>,
+    pub generator: WatermarkGenerator,
+    pub _types: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Record> Operator for AssignTimestampsOp<T> {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let inputs = records::decode_column::<T>(&batch, &self.name)?;
+        let stamps: Int64Array = inputs.iter().map(|r| Some((self.assigner)(r))).collect();
+        self.generator.observe(stamps.iter().flatten().max(), out)?;
+        // The record column goes on as it is (a line or number column stays one).
+        let record = batch.column(0).clone();
+        let field = batch.schema().field(0).clone();
+        let schema = Arc::new(Schema::new(vec![field, records::timestamp_field()]));
+        out.collect(RecordBatch::try_new(schema, vec![record, Arc::new(stamps)])?)
+    }
+
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        Ok(self.generator.snapshot())
+    }
+
+    fn restore_state(&mut self, _checkpoint: u64, elements: Vec<Vec<u8>>) -> OpResult {
+        self.generator.restore(elements, &self.name)
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.generator.next_timer()
+    }
+
+    fn on_time(&mut self, now: Instant, out: &mut dyn Collector) -> OpResult {
+        self.generator.on_time(now, out)
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        self.generator.on_upstream_watermark(watermark, out)
     }
 }
 

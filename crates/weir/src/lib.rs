@@ -27,6 +27,8 @@
 //!   function id in the registry the TaskManagers get (`weir_runtime::user`);
 //! - [`process`] and [`state`]: `process` on a keyed stream, a [`KeyedProcessFunction`] with
 //!   keyed state and processing-time timers, all in the job's keyed state backend;
+//! - [`event_time`]: timestamps and watermarks ([`WatermarkStrategy`]); event-time timers fire
+//!   as watermarks pass them;
 //! - [`records`]: user records as Arrow batches (one postcard-encoded `Binary` column);
 //! - [`minicluster`] and [`JobClient`]: `execute` runs the job on an embedded JobManager and
 //!   TaskManagers, the same processes a cluster runs, on loopback;
@@ -38,6 +40,7 @@
 pub mod application;
 mod client;
 pub mod env;
+pub mod event_time;
 mod functions;
 pub mod minicluster;
 pub mod process;
@@ -49,8 +52,9 @@ mod timers;
 
 pub use client::JobClient;
 pub use env::{CheckpointConfig, CheckpointingMode, JobExecutionResult, StateBackend, StreamExecutionEnvironment};
+pub use event_time::WatermarkStrategy;
 pub use functions::{ProgramFunctions, Record};
-pub use process::{Context, FunctionError, FunctionResult, KeyedProcessFunction, OnTimerContext, TimerService};
+pub use process::{Context, FunctionError, FunctionResult, KeyedProcessFunction, OnTimerContext, TimeDomain, TimerService};
 pub use state::{
     ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, ValueState, ValueStateDescriptor,
 };
@@ -82,7 +86,7 @@ pub mod prelude {
     pub use crate::{
         ApiError, CheckpointConfig, CheckpointingMode, Context, DataStream, DataStreamSink, FunctionError, FunctionResult, JobClient,
         JobExecutionResult, KeyedProcessFunction, KeyedStream, ListState, ListStateDescriptor, MapState, MapStateDescriptor,
-        OnTimerContext, ReducingState, ReducingStateDescriptor, StateBackend, StreamExecutionEnvironment, TimerService, ValueState,
-        ValueStateDescriptor,
+        OnTimerContext, ReducingState, ReducingStateDescriptor, StateBackend, StreamExecutionEnvironment, TimeDomain, TimerService,
+        ValueState, ValueStateDescriptor, WatermarkStrategy,
     };
 }

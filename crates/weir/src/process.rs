@@ -1,6 +1,7 @@
 //! `process` on a keyed stream: a [`KeyedProcessFunction`] called per record with a
-//! [`Context`] that knows the current key, collects outputs, hands out keyed state
-//! ([`crate::state`]) and registers processing-time timers ([`TimerService`]).
+//! [`Context`] that knows the current key and the record's timestamp, collects outputs, hands
+//! out keyed state ([`crate::state`]) and registers processing-time and event-time timers
+//! ([`TimerService`]).
 //!
 //! The operator ([`ProcessOp`]) is a keyed user function: the runtime lends it the job's keyed
 //! state backend for every batch and checkpoints that backend, so the function's state and its
@@ -8,11 +9,14 @@
 //! decodes a whole batch, calls the function per record, and encodes what the function
 //! collected into one output batch.
 //!
-//! Timers fire on the task's thread between two batches, through the runtime's timer hook
-//! (`Operator::next_timer` / `Operator::on_time`), whether or not input arrives. They fire
-//! while the input runs: timers pending when the input ends are dropped, as Flink drops
-//! pending processing-time timers when an operator finishes. Event-time timers need
-//! watermarks, which the runtime does not have yet.
+//! Processing-time timers fire on the task's thread between two batches, through the runtime's
+//! timer hook (`Operator::next_timer` / `Operator::on_time`), whether or not input arrives. They
+//! fire while the input runs: timers pending when the input ends are dropped, as Flink drops
+//! pending processing-time timers when an operator finishes. Event-time timers fire when a
+//! watermark reaches the operator (`Operator::on_watermark`) at or past their time, earliest
+//! first, before the watermark goes on; when a bounded input ends, event time ends and every
+//! one fires. What `on_timer` emits carries the timer's time as its timestamp (event time) or
+//! none (processing time); what `process_element` emits carries the record's.
 
 use crate::functions::Record;
 use crate::records::{self, RecordWriter};
@@ -24,6 +28,7 @@ use crate::timers::{processing_time, TimerQueue};
 use arrow_array::{Array, BinaryArray, RecordBatch};
 use std::marker::PhantomData;
 use std::time::Instant;
+use weir_core::operator::MAX_WATERMARK;
 use weir_core::operator::{Collector, OpResult, OperatorError};
 use weir_runtime::user::KeyedFunction;
 use weir_state::keyed::key_group;
@@ -45,8 +50,9 @@ pub trait KeyedProcessFunction<K, IN, OUT>: Send + 'static {
     /// Called for every record, with the record's key current in `ctx`.
     fn process_element(&mut self, value: IN, ctx: &mut Context<'_, K, OUT>) -> FunctionResult;
 
-    /// Called when a processing-time timer registered for the key current in `ctx` fires;
-    /// `timestamp` is the time it was registered for. Does nothing by default.
+    /// Called when a timer registered for the key current in `ctx` fires; `timestamp` is the
+    /// time it was registered for, and [`Context::time_domain`] tells which kind it is. Does
+    /// nothing by default.
     fn on_timer(&mut self, _timestamp: i64, _ctx: &mut OnTimerContext<'_, K, OUT>) -> FunctionResult {
         Ok(())
     }
@@ -59,10 +65,38 @@ pub struct Context<'a, K, OUT> {
     key_bytes: &'a [u8],
     key_group: u32,
     backend: &'a mut dyn KeyedStateBackend,
-    timers: &'a mut TimerQueue,
-    out: &'a mut Vec<OUT>,
+    timers: &'a mut Timers,
+    out: &'a mut Vec<(OUT, Option<i64>)>,
     operator: &'a str,
-    timer: Option<i64>,
+    /// The record's timestamp, or the firing timer's.
+    timestamp: Option<i64>,
+    /// The firing timer's kind, in `on_timer`.
+    domain: Option<TimeDomain>,
+}
+
+/// Which clock a firing timer follows (Flink's `TimeDomain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeDomain {
+    ProcessingTime,
+    EventTime,
+}
+
+/// Both timer queues of one subtask and its current watermark.
+pub(crate) struct Timers {
+    processing: TimerQueue,
+    event: TimerQueue,
+    watermark: i64,
+}
+
+impl Timers {
+    fn new() -> Self {
+        Self { processing: TimerQueue::processing_time(), event: TimerQueue::event_time(), watermark: i64::MIN }
+    }
+
+    fn load(&mut self, backend: &dyn KeyedStateBackend) -> Result<(), weir_state::StateError> {
+        self.processing.load(backend)?;
+        self.event.load(backend)
+    }
 }
 
 /// The context of [`KeyedProcessFunction::on_timer`]: the one of `process_element`, with
@@ -75,15 +109,23 @@ impl<K, OUT> Context<'_, K, OUT> {
         self.key
     }
 
-    /// Emits `value` downstream.
+    /// Emits `value` downstream, with the timestamp of the record being processed (or of the
+    /// event-time timer firing).
     pub fn collect(&mut self, value: OUT) {
-        self.out.push(value);
+        let ts = if self.domain == Some(TimeDomain::ProcessingTime) { None } else { self.timestamp };
+        self.out.push((value, ts));
     }
 
-    /// In `on_timer`, the firing timer's time; `None` in `process_element` (records carry no
-    /// timestamps until the runtime has event time).
+    /// In `process_element`, the record's event time (`None` if the stream has no timestamps:
+    /// see `assign_timestamps_and_watermarks`); in `on_timer`, the firing timer's time.
     pub fn timestamp(&self) -> Option<i64> {
-        self.timer
+        self.timestamp
+    }
+
+    /// In `on_timer`, whether an event-time or a processing-time timer fires; `None` in
+    /// `process_element`.
+    pub fn time_domain(&self) -> Option<TimeDomain> {
+        self.domain
     }
 
     fn scope(&mut self) -> Scope<'_> {
@@ -122,14 +164,13 @@ impl<K, OUT> Context<'_, K, OUT> {
     }
 }
 
-/// Processing time and the current key's processing-time timers (Flink's `TimerService`).
+/// Processing time, event time and the current key's timers (Flink's `TimerService`).
 ///
 /// Times are milliseconds since the Unix epoch. Registering a timer for a (key, time) that
-/// already has one does nothing: it fires once. Event-time timers
-/// (`registerEventTimeTimer`) come with watermarks, in a later slice.
+/// already has one of its kind does nothing: it fires once.
 pub struct TimerService<'s> {
     backend: &'s mut dyn KeyedStateBackend,
-    timers: &'s mut TimerQueue,
+    timers: &'s mut Timers,
     key: &'s [u8],
     key_group: u32,
     operator: &'s str,
@@ -146,6 +187,7 @@ impl TimerService<'_> {
     pub fn register_processing_time_timer(&mut self, timestamp: i64) -> OpResult {
         let operator = self.operator;
         self.timers
+            .processing
             .register(self.backend, self.key, self.key_group, timestamp)
             .map_err(|e| OperatorError::Failed(format!("operator '{operator}': registering a timer: {e}")))
     }
@@ -154,8 +196,34 @@ impl TimerService<'_> {
     pub fn delete_processing_time_timer(&mut self, timestamp: i64) -> OpResult {
         let operator = self.operator;
         self.timers
+            .processing
             .delete(self.backend, self.key, self.key_group, timestamp)
             .map_err(|e| OperatorError::Failed(format!("operator '{operator}': deleting a timer: {e}")))
+    }
+
+    /// The operator's event time: the last watermark it received (`i64::MIN` before the
+    /// first).
+    pub fn current_watermark(&self) -> i64 {
+        self.timers.watermark
+    }
+
+    /// Calls `on_timer` for the current key once the watermark reaches `timestamp` (with the
+    /// next watermark if it already did).
+    pub fn register_event_time_timer(&mut self, timestamp: i64) -> OpResult {
+        let operator = self.operator;
+        self.timers
+            .event
+            .register(self.backend, self.key, self.key_group, timestamp)
+            .map_err(|e| OperatorError::Failed(format!("operator '{operator}': registering an event-time timer: {e}")))
+    }
+
+    /// Removes the current key's event-time timer at `timestamp`, if there is one.
+    pub fn delete_event_time_timer(&mut self, timestamp: i64) -> OpResult {
+        let operator = self.operator;
+        self.timers
+            .event
+            .delete(self.backend, self.key, self.key_group, timestamp)
+            .map_err(|e| OperatorError::Failed(format!("operator '{operator}': deleting an event-time timer: {e}")))
     }
 }
 
@@ -163,13 +231,15 @@ impl TimerService<'_> {
 pub(crate) struct ProcessOp<K, IN, OUT, F> {
     pub name: String,
     pub f: F,
-    pub timers: TimerQueue,
+    timers: Timers,
+    /// Whether the output stream carries timestamps (its input does).
+    timestamped: bool,
     pub _types: PhantomData<fn(K, IN) -> OUT>,
 }
 
 impl<K, IN, OUT, F> ProcessOp<K, IN, OUT, F> {
-    pub fn new(name: String, f: F) -> Self {
-        Self { name, f, timers: TimerQueue::default(), _types: PhantomData }
+    pub fn new(name: String, f: F, timestamped: bool) -> Self {
+        Self { name, f, timers: Timers::new(), timestamped, _types: PhantomData }
     }
 }
 
@@ -181,14 +251,14 @@ fn state_error(operator: &str, e: weir_state::StateError) -> OperatorError {
     OperatorError::Failed(format!("operator '{operator}': timers: {e}"))
 }
 
-/// Encodes what the function collected into one batch.
-fn emit<OUT: Record>(collected: &mut Vec<OUT>, operator: &str, out: &mut dyn Collector) -> OpResult {
+/// Encodes what the function collected into one batch (with the timestamps if `timestamped`).
+fn emit<OUT: Record>(collected: &mut Vec<(OUT, Option<i64>)>, timestamped: bool, operator: &str, out: &mut dyn Collector) -> OpResult {
     if collected.is_empty() {
         return Ok(());
     }
-    let mut writer = RecordWriter::with_capacity(collected.len());
-    for o in collected.drain(..) {
-        writer.push(&o, operator)?;
+    let mut writer = RecordWriter::for_stream(collected.len(), timestamped);
+    for (o, ts) in collected.drain(..) {
+        writer.push_at(&o, ts, operator)?;
     }
     match writer.finish_batch()? {
         Some(b) => out.collect(b),
@@ -198,9 +268,10 @@ fn emit<OUT: Record>(collected: &mut Vec<OUT>, operator: &str, out: &mut dyn Col
 
 impl<K: Record, IN: Record, OUT: Record, F: KeyedProcessFunction<K, IN, OUT>> KeyedFunction for ProcessOp<K, IN, OUT, F> {
     fn process_batch(&mut self, batch: RecordBatch, state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult {
-        let Self { name, f, timers, .. } = self;
+        let Self { name, f, timers, timestamped, .. } = self;
         timers.load(state).map_err(|e| state_error(name, e))?;
         let inputs = records::decode_column::<IN>(&batch, name)?;
+        let stamps = records::timestamps(&batch);
         let key_col = batch
             .column_by_name(records::KEY)
             .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
@@ -223,21 +294,56 @@ impl<K: Record, IN: Record, OUT: Record, F: KeyedProcessFunction<K, IN, OUT>> Ke
                 timers: &mut *timers,
                 out: &mut collected,
                 operator: name,
-                timer: None,
+                timestamp: records::timestamp_at(stamps, i),
+                domain: None,
             };
             f.process_element(value, &mut ctx).map_err(|e| failed(name, e))?;
         }
-        emit(&mut collected, name, out)
+        emit(&mut collected, *timestamped, name, out)
     }
 
     fn next_timer(&self) -> Option<Instant> {
-        self.timers.next_instant()
+        self.timers.processing.next_instant()
     }
 
     fn on_time(&mut self, _now: Instant, state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult {
-        let Self { name, f, timers, .. } = self;
+        let Self { name, timers, .. } = self;
         timers.load(state).map_err(|e| state_error(name, e))?;
-        let due = timers.take_due(state, processing_time()).map_err(|e| state_error(name, e))?;
+        let due = timers.processing.take_due(state, processing_time()).map_err(|e| state_error(name, e))?;
+        self.fire(due, TimeDomain::ProcessingTime, state, out)
+    }
+
+    /// Fires the event-time timers at or before `watermark`, earliest first (also those that
+    /// firing timers register at or before it), then forwards the watermark.
+    fn on_watermark(&mut self, watermark: i64, state: &mut dyn KeyedStateBackend, out: &mut dyn Collector) -> OpResult {
+        let Self { name, timers, .. } = self;
+        timers.load(state).map_err(|e| state_error(name, e))?;
+        timers.watermark = timers.watermark.max(watermark);
+        loop {
+            let due = self.timers.event.take_due(state, watermark).map_err(|e| state_error(&self.name, e))?;
+            if due.is_empty() {
+                break;
+            }
+            self.fire(due, TimeDomain::EventTime, state, out)?;
+        }
+        if watermark == MAX_WATERMARK {
+            tracing::debug!(operator = %self.name, "event time ended: every event-time timer fired");
+        }
+        out.emit_watermark(watermark)
+    }
+}
+
+impl<K: Record, IN: Record, OUT: Record, F: KeyedProcessFunction<K, IN, OUT>> ProcessOp<K, IN, OUT, F> {
+    /// Calls `on_timer` for each of `due` (time, key bytes, key group) and emits what it
+    /// collected.
+    fn fire(
+        &mut self,
+        due: Vec<(i64, Vec<u8>, u32)>,
+        domain: TimeDomain,
+        state: &mut dyn KeyedStateBackend,
+        out: &mut dyn Collector,
+    ) -> OpResult {
+        let Self { name, f, timers, timestamped, .. } = self;
         let mut collected = Vec::new();
         for (ts, bytes, kg) in due {
             let key = records::decode::<K>(&bytes, name)?;
@@ -249,11 +355,12 @@ impl<K: Record, IN: Record, OUT: Record, F: KeyedProcessFunction<K, IN, OUT>> Ke
                 timers: &mut *timers,
                 out: &mut collected,
                 operator: name,
-                timer: Some(ts),
+                timestamp: Some(ts),
+                domain: Some(domain),
             };
             f.on_timer(ts, &mut ctx).map_err(|e| failed(name, e))?;
         }
-        emit(&mut collected, name, out)
+        emit(&mut collected, *timestamped, name, out)
     }
 }
 
@@ -316,7 +423,7 @@ mod tests {
     fn state_and_timers_rescale_with_their_key_groups() {
         let words = ["a", "b", "c", "d", "e", "f", "g", "h", "a", "c", "a"];
         let mut before = HashMapBackend::new(128, KeyGroupRange::for_subtask(128, 1, 0));
-        let mut op = ProcessOp::<String, String, String, _>::new("count".into(), CountThenReport);
+        let mut op = ProcessOp::<String, String, String, _>::new("count".into(), CountThenReport, false);
         op.process_batch(keyed_batch(&words), &mut before, &mut Out(Vec::new())).unwrap();
         let snapshot = before.snapshot_bytes();
 
@@ -325,7 +432,7 @@ mod tests {
             let range = KeyGroupRange::for_subtask(128, 2, subtask);
             let mut after = HashMapBackend::new(128, range);
             after.restore_bytes(&snapshot, "snapshot").unwrap();
-            let mut op = ProcessOp::<String, String, String, _>::new("count".into(), CountThenReport);
+            let mut op = ProcessOp::<String, String, String, _>::new("count".into(), CountThenReport, false);
             assert!(op.next_timer().is_some_and(|t| t <= Instant::now()), "asks to read its timers at once");
             let mut out = Out(Vec::new());
             op.on_time(Instant::now(), &mut after, &mut out).unwrap();

@@ -41,6 +41,11 @@ pub(crate) struct Node {
 #[derive(Default)]
 pub(crate) struct Program {
     pub nodes: Vec<Node>,
+    /// `pipeline.auto-watermark-interval` in milliseconds, set by [`Program::build`] from the
+    /// job's settings and read by the watermark assigners' factories when subtasks are built
+    /// (after the build, in this process or in an application TaskManager that built the same
+    /// program with the same settings).
+    pub watermark_interval_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Program {
@@ -57,6 +62,8 @@ impl Program {
     /// The JobGraph of the program, and its functions by id, under `settings` (the default
     /// parallelism and the number of key groups).
     pub fn build(&self, job_name: &str, settings: &JobSettings) -> Result<(JobGraph, ProgramFunctions), ApiError> {
+        let interval = settings.auto_watermark_interval.as_millis().min(u64::MAX as u128) as u64;
+        self.watermark_interval_ms.store(interval, std::sync::atomic::Ordering::Relaxed);
         if self.nodes.is_empty() {
             return Err(ApiError::Program("the program defines no operators: add a source and a sink before execute".into()));
         }

@@ -10,10 +10,16 @@
 //! hash partitioner routes on those bytes, and the keyed state stores under the same bytes, so
 //! a key's state is in the subtask that owns its key group, as for the built-in aggregates.
 //!
+//! After `assign_timestamps_and_watermarks` a stream also carries each record's event time, in
+//! a last column `weir.timestamp` (`Int64`, milliseconds since the epoch; nullable, for records
+//! a processing-time timer emitted). Every operator downstream keeps it: a record made from
+//! another one inherits its timestamp, as in Flink, and `process` reads it as
+//! `Context::timestamp`.
+//!
 //! Every conversion is a loop inside one operator over a whole batch; nothing crosses an
 //! interface per record.
 
-use arrow_array::builder::{ArrayBuilder, BinaryBuilder};
+use arrow_array::builder::{ArrayBuilder, BinaryBuilder, Int64Builder};
 use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::de::value::{BorrowedStrDeserializer, I64Deserializer};
@@ -26,15 +32,55 @@ use weir_core::operator::{OpResult, OperatorError};
 pub const RECORD: &str = "record";
 /// The hidden column of encoded keys after `key_by`.
 pub const KEY: &str = "key";
+/// The hidden column of event-time timestamps after `assign_timestamps_and_watermarks`.
+pub const TIMESTAMP: &str = "weir.timestamp";
+
+/// The timestamp column's field.
+pub fn timestamp_field() -> Field {
+    Field::new(TIMESTAMP, DataType::Int64, true)
+}
 
 /// The schema of a stream of user records.
 pub fn record_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new(RECORD, DataType::Binary, false)]))
+    record_schema_for(false)
+}
+
+/// The schema of a stream of user records, with their timestamps if `timestamped`.
+pub fn record_schema_for(timestamped: bool) -> SchemaRef {
+    let mut fields = vec![Field::new(RECORD, DataType::Binary, false)];
+    if timestamped {
+        fields.push(timestamp_field());
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// The schema of a keyed stream: records and their keys.
 pub fn keyed_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new(RECORD, DataType::Binary, false), Field::new(KEY, DataType::Binary, false)]))
+    keyed_schema_for(false)
+}
+
+/// The schema of a keyed stream, with the records' timestamps if `timestamped`.
+pub fn keyed_schema_for(timestamped: bool) -> SchemaRef {
+    let mut fields = vec![Field::new(RECORD, DataType::Binary, false), Field::new(KEY, DataType::Binary, false)];
+    if timestamped {
+        fields.push(timestamp_field());
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// Whether a stream of this schema carries timestamps.
+pub fn is_timestamped(schema: &Schema) -> bool {
+    schema.column_with_name(TIMESTAMP).is_some()
+}
+
+/// The timestamps of `batch`'s records, if its stream carries them.
+pub fn timestamps(batch: &RecordBatch) -> Option<&Int64Array> {
+    batch.column_by_name(TIMESTAMP).and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+}
+
+/// The timestamp of row `i` (`None` if the stream has none or the row has none).
+pub fn timestamp_at(timestamps: Option<&Int64Array>, i: usize) -> Option<i64> {
+    timestamps.filter(|t| t.is_valid(i)).map(|t| t.value(i))
 }
 
 /// The schema of text on its way to a text sink.
@@ -70,21 +116,50 @@ pub fn decode_column<T: DeserializeOwned>(batch: &RecordBatch, operator: &str) -
     }
 }
 
-/// Builds a `record` column (and batch) from encoded records, reusing one scratch buffer.
+/// Builds a `record` column (and batch) from encoded records, reusing one scratch buffer; a
+/// timestamped writer builds the timestamp column beside it.
 pub struct RecordWriter {
     builder: BinaryBuilder,
     scratch: Vec<u8>,
+    timestamps: Option<Int64Builder>,
 }
 
 impl RecordWriter {
     pub fn with_capacity(rows: usize) -> Self {
-        Self { builder: BinaryBuilder::with_capacity(rows, rows * 16), scratch: Vec::new() }
+        Self { builder: BinaryBuilder::with_capacity(rows, rows * 16), scratch: Vec::new(), timestamps: None }
+    }
+
+    /// A writer whose batches carry timestamps if `timestamped` (see [`RecordWriter::push_at`]).
+    pub fn for_stream(rows: usize, timestamped: bool) -> Self {
+        let mut w = Self::with_capacity(rows);
+        if timestamped {
+            w.timestamps = Some(Int64Builder::with_capacity(rows));
+        }
+        w
+    }
+
+    /// Whether the batches carry timestamps.
+    pub fn is_timestamped(&self) -> bool {
+        self.timestamps.is_some()
     }
 
     pub fn push<T: Serialize>(&mut self, value: &T, operator: &str) -> OpResult {
+        self.push_at(value, None, operator)
+    }
+
+    /// Appends `value` with timestamp `ts` (dropped by a writer without timestamps).
+    pub fn push_at<T: Serialize>(&mut self, value: &T, ts: Option<i64>, operator: &str) -> OpResult {
         encode_into(value, &mut self.scratch, operator)?;
         self.builder.append_value(&self.scratch);
+        if let Some(t) = &mut self.timestamps {
+            t.append_option(ts);
+        }
         Ok(())
+    }
+
+    /// The timestamp column built so far, if the writer has one; it starts again empty.
+    pub fn finish_timestamps(&mut self) -> Option<ArrayRef> {
+        self.timestamps.as_mut().map(|t| Arc::new(t.finish()) as ArrayRef)
     }
 
     pub fn len(&self) -> usize {
@@ -100,12 +175,15 @@ impl RecordWriter {
         Arc::new(self.builder.finish())
     }
 
-    /// The records written so far as a batch of [`record_schema`], or `None` if there are none.
+    /// The records written so far as a batch of [`record_schema_for`] (with their timestamps if
+    /// the writer has them), or `None` if there are none.
     pub fn finish_batch(&mut self) -> OpResult<Option<RecordBatch>> {
         if self.is_empty() {
             return Ok(None);
         }
-        Ok(Some(RecordBatch::try_new(record_schema(), vec![self.finish()])?))
+        let mut columns = vec![self.finish()];
+        columns.extend(self.finish_timestamps());
+        Ok(Some(RecordBatch::try_new(record_schema_for(columns.len() > 1), columns)?))
     }
 }
 

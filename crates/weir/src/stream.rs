@@ -4,7 +4,8 @@
 //! came from, as on Flink's `SingleOutputStreamOperator`.
 
 use crate::env::StreamExecutionEnvironment;
-use crate::functions::{FlatMapOp, FromIterSource, KeyByOp, Record, ReduceOp, ToTextOp};
+use crate::event_time::WatermarkStrategy;
+use crate::functions::{AssignTimestampsOp, FlatMapOp, FromIterSource, KeyByOp, Record, ReduceOp, ToTextOp};
 use crate::program::{Node, NodeSpec, Program};
 use crate::records;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -13,8 +14,10 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 use weir_core::graph::{DatagenField, DatagenKind, DatagenSpec, FileFormat, OperatorSpec, Partitioning, UserKind};
 use weir_runtime::user::UserFunction;
+use weir_runtime::watermarks::WatermarkGenerator;
 
 /// A stream of records of type `T`.
 pub struct DataStream<T> {
@@ -150,12 +153,42 @@ impl weir_core::operator::Operator for PassThrough {
 }
 
 impl<T: Record> DataStream<T> {
+    /// Whether this stream's records carry timestamps (downstream of an assigner).
+    fn is_timestamped(&self) -> bool {
+        records::is_timestamped(&self.program.borrow().nodes[self.node].output_schema)
+    }
+
     fn user<U>(&self, kind: &'static str, partitioning: Partitioning, user: UserKind, factory: crate::functions::Factory) -> DataStream<U> {
         let schema = match &user {
-            UserKind::Keyed { .. } | UserKind::Transform | UserKind::Source { .. } => records::record_schema(),
+            UserKind::Keyed { .. } | UserKind::Transform | UserKind::Source { .. } => records::record_schema_for(self.is_timestamped()),
             UserKind::Sink => Arc::new(Schema::empty()),
         };
         self.then(kind, partitioning, NodeSpec::User { kind: user, factory }, schema)
+    }
+
+    /// Gives every record its event time and the stream its watermarks, per `strategy` (see
+    /// [`crate::event_time`]). The operators downstream keep each record's timestamp, and
+    /// event-time timers of `process` fire as the watermark passes them. The assigner's largest
+    /// timestamp is checkpointed, so a restored job resumes at its checkpoint's event time.
+    ///
+    /// # Panics
+    /// If the strategy has no timestamp assigner (`with_timestamp_assigner`).
+    pub fn assign_timestamps_and_watermarks(&self, strategy: WatermarkStrategy<T>) -> DataStream<T> {
+        let assigner = strategy.assigner.clone().expect("a WatermarkStrategy needs with_timestamp_assigner(..)");
+        let interval = self.program.borrow().watermark_interval_ms.clone();
+        let factory: crate::functions::Factory = Arc::new(move |op, _info| {
+            let every = Duration::from_millis(interval.load(std::sync::atomic::Ordering::Relaxed));
+            let generator = WatermarkGenerator::new(strategy.out_of_orderness, every, strategy.idleness);
+            Ok(UserFunction::Operator(Box::new(AssignTimestampsOp::<T> {
+                name: op.name.clone(),
+                assigner: assigner.clone(),
+                generator,
+                _types: PhantomData,
+            })))
+        });
+        let input = self.program.borrow().nodes[self.node].output_schema.clone();
+        let schema = Arc::new(Schema::new(vec![input.field(0).clone(), records::timestamp_field()]));
+        self.then("timestamps", Partitioning::Forward, NodeSpec::User { kind: UserKind::Transform, factory }, schema)
     }
 
     /// Zero or more records per record: `f` pushes its outputs into the vector it is given.
@@ -209,7 +242,7 @@ impl<T: Record> DataStream<T> {
             Ok(UserFunction::Operator(Box::new(KeyByOp::<T, K, F> { name: op.name.clone(), f: f.clone(), _types: PhantomData })))
         });
         let spec = NodeSpec::User { kind: UserKind::Transform, factory };
-        let keyed: DataStream<T> = self.then("key_by", Partitioning::Forward, spec, records::keyed_schema());
+        let keyed: DataStream<T> = self.then("key_by", Partitioning::Forward, spec, records::keyed_schema_for(self.is_timestamped()));
         KeyedStream { stream: keyed, _key: PhantomData }
     }
 
@@ -282,7 +315,7 @@ impl<K, T: Record + Clone> KeyedStream<K, T> {
 
 impl<K: Record, T: Record> KeyedStream<K, T> {
     /// Runs `f` on every record with the record's key current: it may read and write keyed
-    /// state and register processing-time timers, both kept in the job's keyed state backend
+    /// state and register processing-time and event-time timers, both kept in the job's keyed state backend
     /// (checkpointed, restored and rescaled by key group). Each subtask runs a clone of `f`.
     /// See [`KeyedProcessFunction`](crate::process::KeyedProcessFunction).
     pub fn process<O: Record, F>(&self, f: F) -> DataStream<O>
@@ -292,7 +325,8 @@ impl<K: Record, T: Record> KeyedStream<K, T> {
         let f = std::sync::Mutex::new(f);
         let factory: crate::functions::Factory = Arc::new(move |op, _info| {
             let f = f.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-            Ok(UserFunction::Keyed(Box::new(crate::process::ProcessOp::<K, T, O, F>::new(op.name.clone(), f))))
+            let timestamped = records::is_timestamped(&op.output_schema);
+            Ok(UserFunction::Keyed(Box::new(crate::process::ProcessOp::<K, T, O, F>::new(op.name.clone(), f, timestamped))))
         });
         let hash = Partitioning::Hash { key: records::KEY.to_string() };
         self.stream.user("process", hash, UserKind::Keyed { key: records::KEY.to_string() }, factory)
