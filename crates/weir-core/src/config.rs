@@ -88,6 +88,10 @@ keys! {
         "Checkpoint storage URL: file:///path, s3://bucket/path or memory://.";
     SAVEPOINT_DIR = "execution.checkpointing.savepoint-dir", "none", Text,
         "Default directory for savepoints.";
+    SAVEPOINT_PATH = "execution.savepoint.path", "none", Text,
+        "Savepoint or retained checkpoint a submitted job starts from (as `weir run -s`).";
+    SAVEPOINT_IGNORE_UNCLAIMED = "execution.savepoint.ignore-unclaimed-state", "false", Bool,
+        "Start from `execution.savepoint.path` even if some of its state maps to no operator (as `-n`).";
     STATE_BACKEND = "state.backend.type", "hashmap", Enum(&["hashmap", "rocksdb"]),
         "Where keyed state lives: in memory (hashmap) or in RocksDB.";
     RESTART_STRATEGY = "restart-strategy.type", "none", Enum(&["none", "fixed-delay", "exponential-delay", "failure-rate"]),

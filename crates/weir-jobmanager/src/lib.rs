@@ -81,10 +81,15 @@ impl JobManagerHandle {
     }
 
     /// Submits a JobGraph built in this process by a DataStream program, under the cluster's
-    /// configuration plus `overrides`; returns the job id. Its TaskManagers must have been
-    /// started with the program's functions.
-    pub fn submit_graph(&self, graph: weir_core::graph::JobGraph, overrides: &Config) -> Result<String, JobManagerError> {
-        service::submit_graph(&self.state, &self.executor, graph, overrides).map_err(JobManagerError::Submit)
+    /// configuration plus `overrides` (from `execution.savepoint.path` if they set it); returns
+    /// the job id and the warnings of its restore. Its TaskManagers must have been started with
+    /// the program's functions.
+    pub async fn submit_graph(
+        &self,
+        graph: weir_core::graph::JobGraph,
+        overrides: &Config,
+    ) -> Result<(String, Vec<String>), JobManagerError> {
+        service::submit_graph(&self.state, &self.executor, graph, overrides).await.map_err(JobManagerError::Submit)
     }
 
     /// Cancels a job, as `CancelJob` does: at once if it runs no tasks, else once its tasks
@@ -93,6 +98,15 @@ impl JobManagerHandle {
         let effects = self.state.cancel_job(id).map_err(JobManagerError::Submit)?;
         self.executor.perform(effects);
         Ok(())
+    }
+
+    /// Takes a savepoint of a job (`stop`: then stops it, as `weir stop`) into a new folder under
+    /// `directory` (empty: the job's `execution.checkpointing.savepoint-dir`), in the canonical
+    /// format; returns the folder once its `_metadata` is written. Errors say why it failed.
+    pub async fn savepoint(&self, id: &str, directory: &str, stop: bool) -> Result<String, JobManagerError> {
+        let rpc = service::JobManagerRpc { state: self.state.clone(), executor: self.executor.clone() };
+        let mode = stop.then_some(coordinator::StopMode::Suspend);
+        rpc.savepoint(id, directory, false, mode).await.map(|r| r.path).map_err(|s| JobManagerError::Submit(s.message().to_string()))
     }
 
     /// A job's state, failure and counters, as `GetJob` answers; `None` for an unknown id.

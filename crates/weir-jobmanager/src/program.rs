@@ -80,6 +80,7 @@ pub(crate) fn job_config(base: &Config, program: &Config, restoring: bool) -> Re
     }
     let mut config = base.clone();
     config.merge(program);
+    let restoring = restoring || config.text(weir_core::config::keys::SAVEPOINT_PATH).is_some();
     resolve_checkpoint_dir(&mut config, restoring).map_err(|e| e.to_string())?;
     let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
     Ok((config, settings))

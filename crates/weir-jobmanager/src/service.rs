@@ -142,16 +142,13 @@ impl JobManagerService for JobManagerRpc {
             Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| Status::invalid_argument(e.to_string()))?),
             None => None,
         };
-        let restore = if r.restore_path.is_empty() {
-            None
-        } else {
-            let (storage, mut info) = savepoint::read_metadata(&r.restore_path, &config).await?;
-            let mut restore_warnings =
-                savepoint::check_restore(&r.restore_path, &graph, settings.state_backend, &mut info, r.allow_non_restored_state)?;
-            savepoint::verify_files(&r.restore_path, &storage, &info).await?;
-            restore_warnings.append(&mut warnings);
-            warnings = restore_warnings;
-            Some(info)
+        let restore = match restore_from(&r.restore_path, r.allow_non_restored_state, &graph, &config, &settings).await? {
+            None => None,
+            Some((info, mut restore_warnings)) => {
+                restore_warnings.append(&mut warnings);
+                warnings = restore_warnings;
+                Some(info)
+            }
         };
         for w in &warnings {
             // The client shows them to the user; the log keeps a record.
@@ -288,7 +285,13 @@ impl JobManagerService for JobManagerRpc {
 
 impl JobManagerRpc {
     /// A savepoint (with `stop`: a stop-with-savepoint) of a job, from the request to its outcome.
-    async fn savepoint(&self, job_id: &str, directory: &str, native: bool, stop: Option<StopMode>) -> Result<SavepointResponse, Status> {
+    pub(crate) async fn savepoint(
+        &self,
+        job_id: &str,
+        directory: &str,
+        native: bool,
+        stop: Option<StopMode>,
+    ) -> Result<SavepointResponse, Status> {
         let config = self.state.job_config(job_id).ok_or_else(|| Status::not_found(format!("no job with id {job_id}")))?;
         let location = savepoint::new_location(job_id, directory, &config)?;
         let (ticket, effects) = self.state.trigger_savepoint(job_id, location, native, stop)?;
@@ -323,10 +326,23 @@ struct Compiled {
 /// graph's JSON, from which a recovering JobManager builds the job again. It is not refused
 /// for want of TaskManagers carrying its functions: the embedded cluster's TaskManagers may
 /// not have registered yet (see `program.rs`). Errors name the bad key or the graph's size.
-pub(crate) fn submit_graph(state: &JobManagerState, executor: &Executor, graph: JobGraph, overrides: &Config) -> Result<String, String> {
+/// It starts from `execution.savepoint.path` if the program set it.
+pub(crate) async fn submit_graph(
+    state: &JobManagerState,
+    executor: &Executor,
+    graph: JobGraph,
+    overrides: &Config,
+) -> Result<(String, Vec<String>), String> {
     let (config, settings) = program::job_config(state.config(), overrides, false)?;
     let json = graph.to_json();
     check_graph_size(json.len())?;
+    let (restore, warnings) = match restore_from("", false, &graph, &config, &settings).await.map_err(|s| s.message().to_string())? {
+        Some((info, warnings)) => (Some(info), warnings),
+        None => (None, Vec::new()),
+    };
+    for w in &warnings {
+        tracing::info!("job {}: {w}", graph.name);
+    }
     let storage = match &settings.checkpoint.dir {
         Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| e.to_string())?),
         None => None,
@@ -346,13 +362,37 @@ pub(crate) fn submit_graph(state: &JobManagerState, executor: &Executor, graph: 
         settings,
         storage,
         definition,
-        restore: None,
+        restore,
         attempt: 0,
         next_checkpoint: 1,
     };
     tracing::info!(job = %id, name = %name, "program job submitted");
     executor.perform(state.add_job(new));
-    Ok(id)
+    Ok((id, warnings))
+}
+
+/// The checkpoint or savepoint a submitted job starts from: `path` (`-s`), else the job's
+/// `execution.savepoint.path`; read, checked against the job's graph and backend, and its files
+/// verified. `None` when the job starts empty. `allow_non_restored` (`-n`, or
+/// `execution.savepoint.ignore-unclaimed-state`) lets state without an operator be dropped,
+/// with a warning.
+async fn restore_from(
+    path: &str,
+    allow_non_restored: bool,
+    graph: &JobGraph,
+    config: &Config,
+    settings: &JobSettings,
+) -> Result<Option<(weir_state::metadata::RestoreInfo, Vec<String>)>, Status> {
+    use weir_core::config::keys;
+    let (path, allow) = match (path.is_empty(), config.text(keys::SAVEPOINT_PATH)) {
+        (false, _) => (path.to_string(), allow_non_restored),
+        (true, Some(p)) => (p.to_string(), allow_non_restored || config.get(keys::SAVEPOINT_IGNORE_UNCLAIMED) == "true"),
+        (true, None) => return Ok(None),
+    };
+    let (storage, mut info) = savepoint::read_metadata(&path, config).await?;
+    let warnings = savepoint::check_restore(&path, graph, settings.state_backend, &mut info, allow)?;
+    savepoint::verify_files(&path, &storage, &info).await?;
+    Ok(Some((info, warnings)))
 }
 
 /// A program's graph of `bytes` JSON bytes fits in a deployment, or the error says its size.

@@ -34,12 +34,14 @@ impl JobClient {
         // keys, minus the cluster's own secrets (`security.*`).
         let job_config = Config::from_pairs(config.explicit().iter().filter(|(k, _)| !weir_core::settings::is_cluster_only_key(k)))
             .map_err(ApiError::Config)?;
-        let job_id = {
-            let _guard = runtime.enter();
-            cluster.jobmanager().submit_graph(graph, &job_config)
-        };
+        let job_id = runtime.block_on(cluster.jobmanager().submit_graph(graph, &job_config));
         let job_id = match job_id {
-            Ok(id) => id,
+            Ok((id, warnings)) => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                id
+            }
             Err(e) => {
                 cluster.shutdown();
                 return Err(ApiError::Cluster(e.to_string()));
@@ -65,6 +67,26 @@ impl JobClient {
     /// How many of the job's checkpoints completed.
     pub fn completed_checkpoints(&self) -> usize {
         self.checkpoints().iter().filter(|c| c.status == CheckpointStatus::Completed as i32 && !c.savepoint).count()
+    }
+
+    /// Takes a savepoint into a new folder under `directory` (empty: the program's
+    /// `execution.checkpointing.savepoint-dir`) and returns the folder; the job goes on.
+    pub fn trigger_savepoint(&self, directory: &str) -> Result<String, ApiError> {
+        self.runtime
+            .block_on(self.cluster.jobmanager().savepoint(&self.job_id, directory, false))
+            .map_err(|e| ApiError::Cluster(e.to_string()))
+    }
+
+    /// Stops the job with a savepoint (Flink's `JobClient.stopWithSavepoint`): once the
+    /// savepoint is written the sources stop, the job ends FINISHED, and the savepoint's folder
+    /// is returned. Start a program from it with `execution.savepoint.path`.
+    pub fn stop_with_savepoint(self, directory: &str) -> Result<String, ApiError> {
+        let path = self
+            .runtime
+            .block_on(self.cluster.jobmanager().savepoint(&self.job_id, directory, true))
+            .map_err(|e| ApiError::Cluster(e.to_string()))?;
+        self.wait()?;
+        Ok(path)
     }
 
     /// Cancels the job (Flink's `JobClient.cancel()`) and waits until it ended: `Ok` once it is

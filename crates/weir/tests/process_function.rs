@@ -1,7 +1,8 @@
 //! `process` with a `KeyedProcessFunction` end to end on the embedded cluster: a word count in
 //! value state on both backends, list, map and reducing state with exact output, processing-time
 //! timers that fire after the input stopped (and are dropped at the end of input, as in
-//! Flink), and state restored from a checkpoint after a failure.
+//! Flink), state restored from a checkpoint after a failure, and every kind of state and
+//! event-time timers through a savepoint and a rescale.
 
 mod support;
 
@@ -328,4 +329,119 @@ fn timers_registered_before_a_checkpoint_fire_after_a_restore() {
     assert_eq!(result.restarts, 1);
     assert_eq!(committed_lines(&out), vec!["key 0 fired".to_string(), "key 1 fired".to_string()]);
     assert_eq!(FIRED_AFTER_FAILURE.load(Ordering::SeqCst), 2, "both timers fired after the restore");
+}
+
+/// Slows the first run of the savepoint test down, so that its stop cuts the input.
+static SLOW: AtomicBool = AtomicBool::new(true);
+
+/// Every kind of keyed state and an event-time timer per key: the count (value), every number
+/// (list), the sums of even and odd numbers (map), the largest number (reducing); after each
+/// number it emits `key count list-length even-sum odd-sum max`, and when event time ends,
+/// `key end count` from the timer the key's first number registered.
+#[derive(Clone)]
+struct EveryState;
+
+impl KeyedProcessFunction<i64, (i64, i64), String> for EveryState {
+    fn process_element(&mut self, (k, v): (i64, i64), ctx: &mut Context<'_, i64, String>) -> FunctionResult {
+        let count = ValueStateDescriptor::<i64>::new("count");
+        let all = ListStateDescriptor::<i64>::new("all");
+        let sums = MapStateDescriptor::<bool, i64>::new("sums");
+        let max = ReducingStateDescriptor::<i64>::new("max", |a, b| a.max(b));
+        let n = ctx.get_state(&count).value()?.unwrap_or(0) + 1;
+        ctx.get_state(&count).update(&n)?;
+        if n == 1 {
+            ctx.timer_service().register_event_time_timer(i64::MAX - 1)?;
+        }
+        ctx.get_list_state(&all).add(&v)?;
+        let even = v % 2 == 0;
+        let sum = ctx.get_map_state(&sums).get(&even)?.unwrap_or(0) + v;
+        ctx.get_map_state(&sums).put(&even, &sum)?;
+        ctx.get_reducing_state(&max).add(v)?;
+        let len = ctx.get_list_state(&all).get()?.len();
+        let (even_sum, odd_sum) = (ctx.get_map_state(&sums).get(&true)?.unwrap_or(0), ctx.get_map_state(&sums).get(&false)?.unwrap_or(0));
+        let top = ctx.get_reducing_state(&max).get()?.unwrap_or(0);
+        ctx.collect(format!("{k} {n} {len} {even_sum} {odd_sum} {top}"));
+        Ok(())
+    }
+
+    fn on_timer(&mut self, _timestamp: i64, ctx: &mut OnTimerContext<'_, i64, String>) -> FunctionResult {
+        let n = ctx.get_state(&ValueStateDescriptor::<i64>::new("count")).value()?.unwrap_or(0);
+        let k = *ctx.current_key();
+        ctx.collect(format!("{k} end {n}"));
+        Ok(())
+    }
+}
+
+fn every_state_job(env: &mut StreamExecutionEnvironment, out: &std::path::Path, numbers: i64) {
+    env.from_iter((1..=numbers).collect::<Vec<i64>>())
+        .uid("numbers")
+        .map(|v: i64| {
+            if SLOW.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            v
+        })
+        .uid("pace")
+        .assign_timestamps_and_watermarks(WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|v: &i64| *v))
+        .uid("timestamps")
+        .map(|v: i64| (v % 7, v))
+        .uid("pair")
+        .key_by(|(k, _): &(i64, i64)| *k)
+        .process(EveryState)
+        .uid("every-state")
+        .write_as_text(out.to_str().unwrap())
+        .uid("out");
+}
+
+/// A program stopped with a savepoint at parallelism 1 and started from it at parallelism 2
+/// (`execution.savepoint.path`): value, list, map and reducing state and the pending event-time
+/// timers move with their key groups, and the output of both runs together is exact: every
+/// key's states continue where the savepoint left them, nothing lost or twice, and each key's
+/// timer fires once, in the second run, with its final count.
+#[test]
+fn every_kind_of_state_and_timers_survive_a_savepoint_and_a_rescale() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let savepoints = dir.path().join("savepoints");
+    let numbers = 3000;
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(1).enable_checkpointing(Duration::from_millis(200));
+    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    every_state_job(&mut env, &out, numbers);
+    let client = env.execute_async("every state, parallelism 1").expect("submitted");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.completed_checkpoints() < 1 {
+        assert!(Instant::now() < deadline, "no completed checkpoint in 120 s: {:?}", client.checkpoints());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let savepoint = client.stop_with_savepoint(savepoints.to_str().unwrap()).expect("stopped with a savepoint");
+    let first = committed_lines(&out);
+    assert!(!first.is_empty() && first.len() < numbers as usize, "the stop must cut the input: {} lines", first.len());
+    assert!(first.iter().all(|l| !l.contains("end")), "no timer fires before event time ends");
+
+    SLOW.store(false, Ordering::SeqCst);
+    let mut env = StreamExecutionEnvironment::get_execution_environment();
+    env.set_parallelism(2).enable_checkpointing(Duration::from_millis(200)).set_config("execution.savepoint.path", &savepoint);
+    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    every_state_job(&mut env, &out, numbers);
+    let result = env.execute("every state, parallelism 2").expect("the restored job finishes");
+    assert_eq!(result.restarts, 0);
+
+    let mut want: Vec<String> = Vec::new();
+    for k in 0..7 {
+        let (mut n, mut even, mut odd, mut max) = (0, 0, 0, 0);
+        for v in (1..=numbers).filter(|v| v % 7 == k) {
+            n += 1;
+            if v % 2 == 0 {
+                even += v
+            } else {
+                odd += v
+            }
+            max = max.max(v);
+            want.push(format!("{k} {n} {n} {even} {odd} {max}"));
+        }
+        want.push(format!("{k} end {n}"));
+    }
+    want.sort();
+    assert_eq!(committed_lines(&out), want);
 }
