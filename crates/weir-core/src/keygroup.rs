@@ -60,6 +60,31 @@ pub fn key_group_for_hash(hash: u64, max_parallelism: u32) -> u32 {
     (hash % max_parallelism as u64) as u32
 }
 
+/// [`key_group_for_hash`] for one max parallelism, computed per row: a mask instead of the
+/// division when the max parallelism is a power of two (the default 128). Same results.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyGroups {
+    max: u64,
+    /// `max - 1` when `max` is a power of two.
+    mask: Option<u64>,
+}
+
+impl KeyGroups {
+    pub fn new(max_parallelism: u32) -> Self {
+        let max = max_parallelism.max(1) as u64;
+        Self { max, mask: max.is_power_of_two().then_some(max - 1) }
+    }
+
+    /// The key group of a key hash.
+    #[inline]
+    pub fn of(&self, hash: u64) -> u32 {
+        match self.mask {
+            Some(m) => (hash & m) as u32,
+            None => (hash % self.max) as u32,
+        }
+    }
+}
+
 /// A stable 64-bit hash of a key's bytes (FNV-1a over 8-byte words, then a murmur3 finaliser
 /// for avalanche). Fast for the short keys of typical jobs and identical on every platform.
 #[inline]
@@ -129,6 +154,13 @@ mod tests {
                 next = r.end;
             }
             prop_assert_eq!(next, max);
+        }
+
+        #[test]
+        fn the_masked_key_group_is_the_divided_one(hash in any::<u64>(), max in 1u32..40_000) {
+            prop_assert_eq!(KeyGroups::new(max).of(hash), key_group_for_hash(hash, max));
+            let pow2 = 1u32 << (max % 16);
+            prop_assert_eq!(KeyGroups::new(pow2).of(hash), key_group_for_hash(hash, pow2));
         }
 
         #[test]

@@ -40,7 +40,7 @@ use arrow_select::take::take_record_batch;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_core::graph::Partitioning;
-use weir_core::keygroup::{hash_bytes, hash_i64, key_group_for_hash, subtask_for_key_group};
+use weir_core::keygroup::{hash_bytes, hash_i64, subtask_for_key_group, KeyGroups};
 use weir_core::operator::{Collector, OpResult, OperatorError};
 
 /// Where one channel's buffers go: the downstream task's gate, or the TCP data plane.
@@ -135,6 +135,8 @@ pub struct OutputEdge {
     next_rebalance: usize,
     /// Per-channel row indices for hash partitioning, reused across batches.
     scratch: Vec<Vec<u32>>,
+    /// For hash edges: the channel of each key group (a lookup instead of a division per row).
+    channel_of_key_group: Vec<u32>,
 }
 
 impl OutputEdge {
@@ -159,6 +161,11 @@ impl OutputEdge {
             channels,
             next_rebalance: start_channel % n.max(1),
             scratch: vec![Vec::new(); n],
+            channel_of_key_group: if n > 1 {
+                (0..max_parallelism).map(|kg| subtask_for_key_group(max_parallelism, n as u32, kg)).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -244,8 +251,8 @@ impl ResultPartition {
                     for s in edge.scratch.iter_mut() {
                         s.clear();
                     }
-                    let (max_p, p) = (edge.max_parallelism, n as u32);
-                    let target = |h: u64| subtask_for_key_group(max_p, p, key_group_for_hash(h, max_p)) as usize;
+                    let (groups, channels) = (KeyGroups::new(edge.max_parallelism), &edge.channel_of_key_group);
+                    let target = |h: u64| channels[groups.of(h) as usize] as usize;
                     if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
                         for i in 0..a.len() {
                             edge.scratch[target(hash_bytes(a.value(i).as_bytes()))].push(i as u32);
@@ -487,7 +494,7 @@ impl Collector for ResultPartition {
 mod tests {
     use super::*;
     use crate::gate::GatePoll;
-    use weir_core::keygroup::KeyGroupRange;
+    use weir_core::keygroup::{key_group_for_hash, KeyGroupRange};
 
     #[test]
     fn hash_partitioning_sends_every_key_to_the_subtask_owning_its_key_group() {
