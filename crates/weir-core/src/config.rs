@@ -94,6 +94,8 @@ keys! {
         "Start from `execution.savepoint.path` even if some of its state maps to no operator (as `-n`).";
     STATE_BACKEND = "state.backend.type", "hashmap", Enum(&["hashmap", "rocksdb"]),
         "Where keyed state lives: in memory (hashmap) or in RocksDB.";
+    ROCKSDB_AGGREGATE_CACHE = "state.backend.rocksdb.aggregate-cache", "64mb", Size,
+        "Write-back cache of the built-in keyed aggregates in front of RocksDB, per operator and subtask; 0 turns it off.";
     RESTART_STRATEGY = "restart-strategy.type", "none", Enum(&["none", "fixed-delay", "exponential-delay", "failure-rate"]),
         "What to do when a job fails. Unset with checkpointing enabled means exponential-delay, as in Flink.";
     RESTART_ATTEMPTS = "restart-strategy.fixed-delay.attempts", "3", Int { min: 0 },

@@ -202,6 +202,9 @@ pub struct JobSettings {
     pub state_backend: StateBackendKind,
     /// `pipeline.auto-watermark-interval`: how often watermark assigners emit.
     pub auto_watermark_interval: Duration,
+    /// `state.backend.rocksdb.aggregate-cache`: bytes of the RocksDB aggregate cache per
+    /// operator and subtask (0: none).
+    pub rocksdb_aggregate_cache: usize,
 }
 
 /// The most key groups a job may have, as in Flink (`1 << 15`): key groups are stored in two
@@ -225,6 +228,7 @@ impl JobSettings {
             checkpoint: CheckpointConfig::from_config(c)?,
             restart: RestartStrategy::from_config(c),
             auto_watermark_interval: c.duration(keys::AUTO_WATERMARK_INTERVAL),
+            rocksdb_aggregate_cache: c.size(keys::ROCKSDB_AGGREGATE_CACHE) as usize,
             state_backend: match c.get(keys::STATE_BACKEND) {
                 "rocksdb" => StateBackendKind::RocksDb,
                 _ => StateBackendKind::HashMap,

@@ -347,12 +347,14 @@ pub struct StateConfig {
     pub backend: BackendKind,
     /// The TaskManager's working directory (RocksDB instances live under it).
     pub local_dir: std::path::PathBuf,
+    /// `state.backend.rocksdb.aggregate-cache` in bytes (0: none).
+    pub rocksdb_aggregate_cache: usize,
 }
 
 /// The hashmap backend, with the system's temporary directory: what tests use.
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { backend: BackendKind::HashMap, local_dir: std::env::temp_dir() }
+        Self { backend: BackendKind::HashMap, local_dir: std::env::temp_dir(), rocksdb_aggregate_cache: 0 }
     }
 }
 
@@ -440,8 +442,12 @@ pub fn build_chain(
 /// subtask's key-group range.
 fn new_backend(op: &ChainedOperator, info: &SubtaskInfo, state: &StateConfig) -> OpResult<StateBackend> {
     let range = KeyGroupRange::for_subtask(info.max_parallelism, info.parallelism, info.index);
-    StateBackend::create(state.backend, &state.local_dir, info.max_parallelism, range)
-        .map_err(|e| OperatorError::Failed(format!("cannot create the state backend of {}: {e}", op.uid)))
+    let mut backend = StateBackend::create(state.backend, &state.local_dir, info.max_parallelism, range)
+        .map_err(|e| OperatorError::Failed(format!("cannot create the state backend of {}: {e}", op.uid)))?;
+    backend
+        .set_aggregate_cache(state.rocksdb_aggregate_cache)
+        .map_err(|e| OperatorError::Failed(format!("the state backend of {}: {e}", op.uid)))?;
+    Ok(backend)
 }
 
 /// Pushes a batch through `ops`, then into `out`. Each operator's collector is the rest of the

@@ -471,6 +471,7 @@ fn restore(chain: &mut OperatorChain, info: &SubtaskInfo, state: &StateConfig, r
                 .block_on(StateBackend::restore(state.backend, &state.local_dir, info.max_parallelism, range, &r.storage, &handles))
                 .map_err(fail)?;
             *backend = restored;
+            backend.set_aggregate_cache(state.rocksdb_aggregate_cache).map_err(fail)?;
         }
     }
     // Channel state: input on the chain's first uid, output on its last.

@@ -173,34 +173,47 @@ pub trait KeyedStateBackend: Send {
         agg: AggKind,
         out: &mut Vec<i64>,
     ) -> Result<(), StateError> {
-        out.clear();
-        let max_p = self.max_parallelism();
-        let mut index: hashbrown::HashMap<Vec<u8>, usize> = hashbrown::HashMap::new();
-        let mut composite: Vec<Vec<u8>> = Vec::new();
-        let mut rows: Vec<usize> = Vec::with_capacity(keys.len());
-        for i in 0..keys.len() {
-            let slot = keys.with_key(i, |k| {
-                let mut ck = Vec::with_capacity(k.len() + state.len() + 9);
-                composite_key(&mut ck, key_group(k, max_p), state, k, &[]);
-                let next = composite.len();
-                *index.entry(ck).or_insert_with_key(|k| {
-                    composite.push(k.clone());
-                    next
-                })
-            });
-            rows.push(slot);
-        }
-        let current = self.multi_get(&composite)?;
-        let mut acc: Vec<Option<i64>> = current.iter().map(|v| v.as_deref().map(decode_i64)).collect();
-        for (i, slot) in rows.iter().enumerate() {
-            let v = values.map_or(1, |vals| vals.value(i));
-            let new = fold(agg, acc[*slot], v);
-            acc[*slot] = Some(new);
-            out.push(new);
-        }
-        let ops = composite.into_iter().zip(acc).map(|(k, v)| (k, v.map(|v| v.to_le_bytes().to_vec()))).collect();
-        self.write_batch(ops)
+        aggregate_batch_generic(self, state, keys, values, agg, out)
     }
+}
+
+/// [`KeyedStateBackend::aggregate_batch`]'s generic path: every distinct key of the batch read
+/// with one `multi_get` and written with one `write_batch`.
+pub fn aggregate_batch_generic<B: KeyedStateBackend + ?Sized>(
+    backend: &mut B,
+    state: &str,
+    keys: Keys<'_>,
+    values: Option<&arrow_array::Int64Array>,
+    agg: AggKind,
+    out: &mut Vec<i64>,
+) -> Result<(), StateError> {
+    out.clear();
+    let max_p = backend.max_parallelism();
+    let mut index: hashbrown::HashMap<Vec<u8>, usize> = hashbrown::HashMap::new();
+    let mut composite: Vec<Vec<u8>> = Vec::new();
+    let mut rows: Vec<usize> = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() {
+        let slot = keys.with_key(i, |k| {
+            let mut ck = Vec::with_capacity(k.len() + state.len() + 9);
+            composite_key(&mut ck, key_group(k, max_p), state, k, &[]);
+            let next = composite.len();
+            *index.entry(ck).or_insert_with_key(|k| {
+                composite.push(k.clone());
+                next
+            })
+        });
+        rows.push(slot);
+    }
+    let current = backend.multi_get(&composite)?;
+    let mut acc: Vec<Option<i64>> = current.iter().map(|v| v.as_deref().map(decode_i64)).collect();
+    for (i, slot) in rows.iter().enumerate() {
+        let v = values.map_or(1, |vals| vals.value(i));
+        let new = fold(agg, acc[*slot], v);
+        acc[*slot] = Some(new);
+        out.push(new);
+    }
+    let ops = composite.into_iter().zip(acc).map(|(k, v)| (k, v.map(|v| v.to_le_bytes().to_vec()))).collect();
+    backend.write_batch(ops)
 }
 
 /// Folds `v` into a key's running aggregate. A key's first value starts the aggregate. Count and

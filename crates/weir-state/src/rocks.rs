@@ -19,15 +19,30 @@
 //! range that differs, full files — is merged key group by key group into a fresh database.
 //!
 //! Every call blocks; the caller runs it on a task thread.
+//!
+//! ## The aggregate cache
+//! The built-in keyed aggregates ([`KeyedStateBackend::aggregate_batch`]) go through a bounded
+//! write-back cache in front of the database (`state.backend.rocksdb.aggregate-cache`): a
+//! row whose key is cached is one hash probe and an update in memory; a miss reads the key once
+//! from RocksDB. Dirty entries reach the database in one `WriteBatch` when the cache is full
+//! (then the cache keeps half of its entries) and in the synchronous phase of every snapshot,
+//! before the RocksDB checkpoint is taken, so every checkpoint holds every update made before
+//! its barrier and only the files written since the last one are new (incremental checkpoints
+//! stay incremental). Every other call sees the cached values: reads look in the cache first,
+//! writes replace the cached entry, and scans and counts flush first. State larger than the
+//! cache works as without it, one read per miss.
 
 use crate::format::{read_keyed_state, KeyedStateWriter};
 use crate::handle::{KeyedStateHandle, LocalFile};
+use crate::keyed::{composite_key, fold, key_group, Keys};
 use crate::keyed::{key_group_of, KeyedStateBackend};
 use crate::storage::StoredFile;
 use crate::StateError;
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use weir_core::graph::AggKind;
 use weir_core::KeyGroupRange;
 
 /// Maps a RocksDB error to [`StateError::RocksDb`] naming `path`.
@@ -82,6 +97,72 @@ pub struct RocksDbBackend {
     /// An SST never changes after it is written and RocksDB does not reuse file names within one
     /// database, so a name stands for the same contents every time.
     uploaded: HashMap<String, Uploaded>,
+    /// The aggregate cache (see the module header). In a `RefCell` because reads (`&self`)
+    /// flush it before a scan; the backend is used by one thread.
+    cache: RefCell<AggregateCache>,
+}
+
+/// A bounded write-back cache of i64 aggregates by composite key (see the module header).
+#[derive(Default)]
+struct AggregateCache {
+    /// Composite key → (value, `None` if the database has none; dirty).
+    entries: hashbrown::HashMap<Box<[u8]>, (Option<i64>, bool)>,
+    /// What the entries take, approximately (key bytes plus a fixed overhead each).
+    bytes: usize,
+    /// The bound in bytes; 0 turns the cache off.
+    capacity: usize,
+    /// Reused for composite keys.
+    scratch: Vec<u8>,
+}
+
+/// Bytes an entry takes beyond its key: the boxed slice, the value, the dirty flag and the
+/// table's own slot.
+const ENTRY_OVERHEAD: usize = 48;
+
+impl AggregateCache {
+    /// Writes the dirty entries in one batch and marks them clean.
+    fn flush(&mut self, db: &DB, write: &WriteOptions, path: &Path) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        for (k, (v, dirty)) in self.entries.iter_mut() {
+            if *dirty {
+                match v {
+                    Some(v) => batch.put(k, v.to_le_bytes()),
+                    None => batch.delete(k),
+                }
+                *dirty = false;
+            }
+        }
+        if !batch.is_empty() {
+            db.write_opt(batch, write).map_err(db_err(path))?;
+        }
+        Ok(())
+    }
+
+    /// Over its bound: flushes, then keeps half of the bound's worth of entries.
+    fn shrink(&mut self, db: &DB, write: &WriteOptions, path: &Path) -> Result<(), StateError> {
+        if self.bytes <= self.capacity {
+            return Ok(());
+        }
+        self.flush(db, write, path)?;
+        let target = self.capacity / 2;
+        let mut bytes = self.bytes;
+        self.entries.retain(|k, _| {
+            if bytes <= target {
+                return true;
+            }
+            bytes -= k.len() + ENTRY_OVERHEAD;
+            false
+        });
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    /// Forgets `key` (a write that bypasses the cache replaces it).
+    fn forget(&mut self, key: &[u8]) {
+        if self.entries.remove(key).is_some() {
+            self.bytes -= key.len() + ENTRY_OVERHEAD;
+        }
+    }
 }
 
 impl RocksDbBackend {
@@ -103,7 +184,25 @@ impl RocksDbBackend {
         let mut write = WriteOptions::default();
         // Checkpoints, not the WAL, make state durable (as in Flink).
         write.disable_wal(true);
-        Self { db, dir, instance, max_parallelism, range, write, uploaded: HashMap::new() }
+        Self { db, dir, instance, max_parallelism, range, write, uploaded: HashMap::new(), cache: RefCell::new(AggregateCache::default()) }
+    }
+
+    /// Bounds the aggregate cache at `bytes` (0: no cache); dirty entries beyond it are written.
+    pub fn set_aggregate_cache(&mut self, bytes: usize) -> Result<(), StateError> {
+        let path = self.db_path();
+        let cache = self.cache.get_mut();
+        cache.capacity = bytes;
+        if bytes == 0 {
+            cache.flush(&self.db, &self.write, &path)?;
+            cache.entries.clear();
+            cache.bytes = 0;
+        }
+        cache.shrink(&self.db, &self.write, &path)
+    }
+
+    /// Writes the cache's dirty entries to the database (before a snapshot, a scan or a count).
+    fn flush_cache(&self) -> Result<(), StateError> {
+        self.cache.borrow_mut().flush(&self.db, &self.write, &self.db_path())
     }
 
     /// The live database's directory, for error messages.
@@ -117,6 +216,7 @@ impl RocksDbBackend {
     /// whole state is read before the task goes on. Key order is key-group order, as
     /// [`KeyedStateWriter`] requires.
     pub fn snapshot_bytes(&self) -> Result<Vec<u8>, StateError> {
+        self.flush_cache()?;
         let mut w = KeyedStateWriter::new(self.max_parallelism, self.range);
         for item in self.db.iterator(IteratorMode::Start) {
             let (k, v) = item.map_err(db_err(&self.db_path()))?;
@@ -146,6 +246,7 @@ impl RocksDbBackend {
     /// The RocksDB checkpoint behind both: `reuse` references SSTs a completed checkpoint
     /// uploaded instead of listing them for upload.
     fn rocksdb_checkpoint(&self, n: u64, reuse: bool) -> Result<IncrementalSnapshot, StateError> {
+        self.flush_cache()?;
         // Beside the instance directory, not inside it: the upload may outlive this backend
         // (its task can end while the last checkpoint's files are still being uploaded), and
         // the upload deletes the directory when it is done.
@@ -353,21 +454,28 @@ impl KeyedStateBackend for RocksDbBackend {
         self.range
     }
 
-    /// A point read of the live database.
+    /// A point read: the aggregate cache first, then the live database.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some((v, _)) = self.cache.borrow().entries.get(key) {
+            return Ok(v.map(|v| v.to_le_bytes().to_vec()));
+        }
         self.db.get(key).map_err(db_err(&self.db_path()))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.cache.get_mut().forget(key);
         self.db.put_opt(key, value, &self.write).map_err(db_err(&self.dir))
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<(), StateError> {
+        self.cache.get_mut().forget(key);
         self.db.delete_opt(key, &self.write).map_err(db_err(&self.dir))
     }
 
-    /// Seeks to `prefix` and stops at the first key without it: a sorted range scan.
+    /// Seeks to `prefix` and stops at the first key without it: a sorted range scan (after the
+    /// aggregate cache's dirty entries were written).
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        self.flush_cache()?;
         let mut out = Vec::new();
         for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
             let (k, v) = item.map_err(db_err(&self.dir))?;
@@ -381,6 +489,7 @@ impl KeyedStateBackend for RocksDbBackend {
 
     /// Counts by iterating the whole database, which costs time in proportion to its size.
     fn entries(&self) -> Result<u64, StateError> {
+        self.flush_cache()?;
         let mut n = 0;
         for item in self.db.iterator(IteratorMode::Start) {
             item.map_err(db_err(&self.dir))?;
@@ -389,20 +498,79 @@ impl KeyedStateBackend for RocksDbBackend {
         Ok(n)
     }
 
-    /// One RocksDB `multi_get` for all of a batch's keys.
+    /// One RocksDB `multi_get` for all of a batch's keys (point reads through the cache while it
+    /// holds entries).
     fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        if !self.cache.borrow().entries.is_empty() {
+            return keys.iter().map(|k| self.get(k)).collect();
+        }
         self.db.multi_get(keys).into_iter().map(|r| r.map_err(db_err(&self.dir))).collect()
     }
 
     /// One atomic RocksDB `WriteBatch`.
     fn write_batch(&mut self, ops: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StateError> {
         let mut batch = WriteBatch::default();
+        let cache = self.cache.get_mut();
         for (k, v) in ops {
+            cache.forget(&k);
             match v {
                 Some(v) => batch.put(k, v),
                 None => batch.delete(k),
             }
         }
         self.db.write_opt(batch, &self.write).map_err(db_err(&self.dir))
+    }
+
+    /// Through the aggregate cache (see the module header): a cached key is one probe, a miss
+    /// one read; the cache is shrunk after the batch if it outgrew its bound. Without a cache,
+    /// the generic path (one `multi_get` and one `WriteBatch` per batch).
+    fn aggregate_batch(
+        &mut self,
+        state: &str,
+        keys: Keys<'_>,
+        values: Option<&arrow_array::Int64Array>,
+        agg: AggKind,
+        out: &mut Vec<i64>,
+    ) -> Result<(), StateError> {
+        if self.cache.get_mut().capacity == 0 {
+            return crate::keyed::aggregate_batch_generic(self, state, keys, values, agg, out);
+        }
+        out.clear();
+        out.reserve(keys.len());
+        let path = self.db_path();
+        let (max_p, range) = (self.max_parallelism, self.range);
+        let cache = self.cache.get_mut();
+        let mut buf = std::mem::take(&mut cache.scratch);
+        for i in 0..keys.len() {
+            let v = values.map_or(1, |vals| vals.value(i));
+            let kg = keys.with_key(i, |k| {
+                let kg = key_group(k, max_p);
+                buf.clear();
+                composite_key(&mut buf, kg, state, k, &[]);
+                kg
+            });
+            if !range.contains(kg) {
+                cache.scratch = buf;
+                return Err(StateError::KeyGroup { kg, range });
+            }
+            let new = match cache.entries.get_mut(buf.as_slice()) {
+                Some((cur, dirty)) => {
+                    let new = fold(agg, *cur, v);
+                    *cur = Some(new);
+                    *dirty = true;
+                    new
+                }
+                None => {
+                    let stored = self.db.get(&buf).map_err(db_err(&path))?.map(|b| crate::keyed::decode_i64(&b));
+                    let new = fold(agg, stored, v);
+                    cache.entries.insert(buf.as_slice().into(), (Some(new), true));
+                    cache.bytes += buf.len() + ENTRY_OVERHEAD;
+                    new
+                }
+            };
+            out.push(new);
+        }
+        cache.scratch = buf;
+        cache.shrink(&self.db, &self.write, &path)
     }
 }

@@ -139,6 +139,15 @@ impl StateBackend {
         })
     }
 
+    /// Bounds the RocksDB backend's aggregate cache at `bytes` (0: none); the hashmap backend
+    /// has nothing to bound.
+    pub fn set_aggregate_cache(&mut self, bytes: usize) -> Result<(), StateError> {
+        match self {
+            Self::HashMap(_) => Ok(()),
+            Self::RocksDb(b) => b.set_aggregate_cache(bytes),
+        }
+    }
+
     /// The byte-level state API of whichever backend this is.
     pub fn keyed(&mut self) -> &mut dyn KeyedStateBackend {
         match self {

@@ -255,3 +255,100 @@ async fn metadata_is_written_last_and_read_back_with_its_checksum() {
     let err = CheckpointMetadata::read(&storage, &layout::metadata("job", 4)).await.unwrap_err().to_string();
     assert!(err.contains("_metadata") && err.contains("corrupted"), "{err}");
 }
+
+/// Runs the keyed count over `batches` on `b`, returning every running value.
+fn count_all(b: &mut StateBackend, batches: &[Vec<i64>]) -> Vec<i64> {
+    let mut all = Vec::new();
+    let mut out = Vec::new();
+    for keys in batches {
+        let arr = arrow_array::Int64Array::from(keys.clone());
+        b.keyed().aggregate_batch("count", Keys::Int64(&arr), None, weir_core::graph::AggKind::Count, &mut out).unwrap();
+        all.extend_from_slice(&out);
+    }
+    all
+}
+
+/// 200 batches of 100 keys out of 2,000: ten times more keys than a cache of 200 entries holds.
+fn random_batches() -> Vec<Vec<i64>> {
+    let mut x = 7u64;
+    (0..200)
+        .map(|_| {
+            (0..100)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((x >> 33) % 2_000) as i64
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Bytes of a cache that holds about `entries` count entries (composite keys of 22 bytes).
+fn cache_of(entries: usize) -> usize {
+    entries * (22 + 48)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rocksdb_aggregate_cache_gives_the_same_counts_with_ten_times_more_keys_than_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_storage(&dir.path().join("chk"));
+    let range = KeyGroupRange::new(0, MAX_P);
+    let batches = random_batches();
+    let mut memory = StateBackend::create(BackendKind::HashMap, dir.path(), MAX_P, range).unwrap();
+    let want = count_all(&mut memory, &batches[..100]);
+    let mut cached = StateBackend::create(BackendKind::RocksDb, dir.path(), MAX_P, range).unwrap();
+    cached.set_aggregate_cache(cache_of(200)).unwrap();
+    assert_eq!(count_all(&mut cached, &batches[..100]), want);
+    let mut first_half = StateBackend::create(BackendKind::HashMap, dir.path(), MAX_P, range).unwrap();
+    count_all(&mut first_half, &batches[..100]);
+    // Reads see the cached (dirty) values, before anything forces them to RocksDB.
+    let composite = |k: i64| {
+        let mut c = KeyContext::default();
+        c.set_key(&k.to_le_bytes(), MAX_P);
+        let mut key = Vec::new();
+        keyed::composite_key(&mut key, c.key_group, "count", &c.key, &[]);
+        key
+    };
+    for k in 0..2_000i64 {
+        assert_eq!(cached.keyed().get(&composite(k)).unwrap(), first_half.keyed().get(&composite(k)).unwrap(), "key {k}");
+    }
+    // A write that bypasses the cache replaces the cached value; a scan sees it.
+    cached.keyed().put(&composite(5), &100i64.to_le_bytes()).unwrap();
+    first_half.keyed().put(&composite(5), &100i64.to_le_bytes()).unwrap();
+    assert_eq!(cached.keyed().scan_prefix(&composite(5)).unwrap(), vec![(composite(5), 100i64.to_le_bytes().to_vec())]);
+    // A checkpoint in the middle holds every update before it (the cache is flushed first).
+    let handles = snapshot_all(std::slice::from_mut(&mut cached), &storage, 1, true).await;
+    let rest = count_all(&mut cached, &batches[100..]);
+    assert_eq!(rest, count_all(&mut first_half, &batches[100..]));
+
+    // Every other call sees the cached values; counts agree key by key.
+    assert_eq!(cached.keyed().entries().unwrap(), first_half.keyed().entries().unwrap());
+    for k in 0..2_000i64 {
+        assert_eq!(cached.keyed().get(&composite(k)).unwrap(), first_half.keyed().get(&composite(k)).unwrap(), "key {k}");
+    }
+
+    // The checkpoint restores the counts of the first half exactly.
+    let mut restored = StateBackend::restore(BackendKind::RocksDb, dir.path(), MAX_P, range, &storage, &handles).await.unwrap();
+    assert_eq!(count_all(&mut restored, &batches[100..]), rest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_checkpoints_stay_incremental_behind_the_aggregate_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_storage(&dir.path().join("chk"));
+    let range = KeyGroupRange::new(0, MAX_P);
+    let mut b = StateBackend::create(BackendKind::RocksDb, dir.path(), MAX_P, range).unwrap();
+    b.set_aggregate_cache(cache_of(50_000)).unwrap();
+    count_all(&mut b, &[(0..20_000).collect()]);
+    let h1 = snapshot_all(std::slice::from_mut(&mut b), &storage, 1, true).await;
+    b.notify_checkpoint_complete(1);
+    let shared_after_1 = storage.list(&layout::shared_dir("job")).await.unwrap();
+    assert!(!shared_after_1.is_empty(), "the first checkpoint wrote the cached counts to an SST");
+    // 1% of the keys change: only their SST is new.
+    count_all(&mut b, &[(0..200).collect()]);
+    let h2 = snapshot_all(std::slice::from_mut(&mut b), &storage, 2, true).await;
+    let shared_after_2 = storage.list(&layout::shared_dir("job")).await.unwrap();
+    let new: Vec<_> = shared_after_2.iter().filter(|p| !shared_after_1.contains(p)).collect();
+    assert_eq!(new.len(), 1, "only the SST of the changed keys is uploaded: {new:?}");
+    assert!(h1[0].shared_paths().iter().all(|p| h2[0].shared_paths().contains(p)), "old SSTs are referenced");
+}

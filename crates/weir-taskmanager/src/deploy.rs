@@ -61,7 +61,11 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     }
     let s = &shared.settings;
     let settings = JobSettings::from_config(&config).map_err(|e| invalid(e.to_string()))?;
-    let state = StateConfig { backend: settings.state_backend, local_dir: s.local_dir.clone() };
+    let state = StateConfig {
+        backend: settings.state_backend,
+        local_dir: s.local_dir.clone(),
+        rocksdb_aggregate_cache: settings.rocksdb_aggregate_cache,
+    };
     let runtime = tokio::runtime::Handle::current();
     let storage = match &settings.checkpoint.dir {
         Some(url) => Some(CheckpointStorage::open(url, &config).map_err(|e| invalid(e.to_string()))?),
