@@ -20,6 +20,8 @@ pub enum Kind {
     OptionalDuration,
     /// `32kb`, `4mb`, or a plain number of bytes.
     Size,
+    /// A size, or `0` (feature off).
+    SizeOrZero,
     /// An unsigned integer, at least the given minimum.
     Int {
         min: u64,
@@ -94,7 +96,7 @@ keys! {
         "Start from `execution.savepoint.path` even if some of its state maps to no operator (as `-n`).";
     STATE_BACKEND = "state.backend.type", "hashmap", Enum(&["hashmap", "rocksdb"]),
         "Where keyed state lives: in memory (hashmap) or in RocksDB.";
-    ROCKSDB_AGGREGATE_CACHE = "state.backend.rocksdb.aggregate-cache", "64mb", Size,
+    ROCKSDB_AGGREGATE_CACHE = "state.backend.rocksdb.aggregate-cache", "64mb", SizeOrZero,
         "Write-back cache of the built-in keyed aggregates in front of RocksDB, per operator and subtask; 0 turns it off.";
     RESTART_STRATEGY = "restart-strategy.type", "none", Enum(&["none", "fixed-delay", "exponential-delay", "failure-rate"]),
         "What to do when a job fails. Unset with checkpointing enabled means exponential-delay, as in Flink.";
@@ -478,6 +480,8 @@ fn validate(def: &KeyDef, value: &str) -> Result<(String, Value), String> {
             }
         }
         Size => parse_size(value).map(|n| (value.to_string(), Value::Size(n))),
+        SizeOrZero if value.trim() == "0" => Ok(("0".into(), Value::Size(0))),
+        SizeOrZero => parse_size(value).map(|n| (value.to_string(), Value::Size(n))),
         Int { min } => {
             let n: u64 = value.parse().map_err(|_| "expected a whole number".to_string())?;
             if n < min {
@@ -573,6 +577,10 @@ mod tests {
         assert_eq!(parse_size("32kb").unwrap(), 32 * 1024);
         assert_eq!(parse_size("4 mb").unwrap(), 4 << 20);
         assert!(parse_size("0").is_err());
+        let mut c = Config::new();
+        c.set(keys::ROCKSDB_AGGREGATE_CACHE, "0", "-D").unwrap();
+        assert_eq!(c.size(keys::ROCKSDB_AGGREGATE_CACHE), 0, "0 turns the cache off");
+        assert!(c.set(keys::SEGMENT_SIZE, "0", "-D").is_err(), "a plain size is positive");
     }
 
     #[test]
