@@ -37,6 +37,7 @@ bench: deps
 	python3 bench/checkpoints.py $(WEIR_RELEASE)
 	python3 bench/unaligned.py $(WEIR_RELEASE)
 	python3 bench/savepoints.py $(WEIR_RELEASE)
+	python3 bench/memory.py $(WEIR_RELEASE)
 	$(CARGO) run --release -q -p weir-state --example state_bench
 
 # Fuzzing, not part of `make test`: every cargo-fuzz target in fuzz/ (the decoders of job files,
