@@ -89,13 +89,12 @@ impl FieldGen {
                 Arc::new(Int64Array::from(values))
             }
             FieldGen::RandomInt { min, span, key } => {
-                let values: Vec<i64> = row_numbers
-                    .map(|n| {
-                        let offset = (splitmix64(key ^ n) as u128 % span) as i128;
-                        // min + offset <= max, so it fits an i64.
-                        (min as i128 + offset) as i64
-                    })
-                    .collect();
+                // The same values as `x as u128 % span`, with a 64-bit division (a 128-bit one
+                // is a library call per row) unless the span is the whole i64 range.
+                let values: Vec<i64> = match u64::try_from(span) {
+                    Ok(span) => row_numbers.map(|n| min.wrapping_add((splitmix64(key ^ n) % span) as i64)).collect(),
+                    Err(_) => row_numbers.map(|n| min.wrapping_add(splitmix64(key ^ n) as i64)).collect(),
+                };
                 Arc::new(Int64Array::from(values))
             }
             FieldGen::RandomString { length, key } => {
@@ -537,5 +536,23 @@ mod tests {
         // Not a datagen element at all.
         let err = restore(0, 1, vec![b"garbage".to_vec()]);
         assert!(err.contains("datagen cannot restore"), "{err}");
+    }
+
+    #[test]
+    fn random_ints_are_the_values_of_the_128_bit_formula() {
+        // The column is computed with a 64-bit division; the values are part of what a restored
+        // job replays, so they must stay those of `min + (x as u128 % span)`.
+        for (min, max) in [(0, 99_999), (-5, 5), (i64::MIN, i64::MAX), (-5, i64::MAX), (i64::MIN, 0), (7, 7)] {
+            let gen = FieldGen::new(&DatagenKind::RandomInt { min, max }, 1, 42);
+            let col = gen.column(3, 7, 500).unwrap();
+            let got = col.as_any().downcast_ref::<Int64Array>().unwrap();
+            let span = (max as i128 - min as i128 + 1) as u128;
+            let key = 42 ^ field_salt(1);
+            for (k, v) in got.values().iter().enumerate() {
+                let n = 3 + k as u64 * 7;
+                let want = (min as i128 + (splitmix64(key ^ n) as u128 % span) as i128) as i64;
+                assert_eq!(*v, want, "{min}..={max} row {n}");
+            }
+        }
     }
 }
