@@ -513,12 +513,7 @@ impl KeyedStateBackend for HashMapBackend {
         let mut buf = std::mem::take(&mut self.scratch);
         for i in 0..keys.len() {
             let v = values.map_or(1, |vals| vals.value(i));
-            let kg = keys.with_key(i, |k| {
-                let kg = key_group(k, max_p);
-                buf.clear();
-                composite_key(&mut buf, kg, state, k, &[]);
-                kg
-            });
+            let kg = keys.composite_key(i, state, max_p, &mut buf);
             if !range.contains(kg) {
                 self.scratch = buf;
                 return Err(StateError::KeyGroup { kg, range });

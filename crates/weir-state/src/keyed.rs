@@ -63,6 +63,18 @@ impl Keys<'_> {
             Keys::Int64(a) => f(&a.value(i).to_le_bytes()),
         }
     }
+
+    /// Replaces `buf` with row `i`'s composite key in state `state` (empty namespace) and
+    /// returns the key's key group.
+    #[inline]
+    pub fn composite_key(&self, i: usize, state: &str, max_parallelism: u32, buf: &mut Vec<u8>) -> u32 {
+        self.with_key(i, |k| {
+            let kg = key_group(k, max_parallelism);
+            buf.clear();
+            composite_key(buf, kg, state, k, &[]);
+            kg
+        })
+    }
 }
 
 /// Builds composite keys.

@@ -34,7 +34,7 @@
 
 use crate::format::{read_keyed_state, KeyedStateWriter};
 use crate::handle::{KeyedStateHandle, LocalFile};
-use crate::keyed::{composite_key, fold, key_group, Keys};
+use crate::keyed::{fold, Keys};
 use crate::keyed::{key_group_of, KeyedStateBackend};
 use crate::storage::StoredFile;
 use crate::StateError;
@@ -543,12 +543,7 @@ impl KeyedStateBackend for RocksDbBackend {
         let mut buf = std::mem::take(&mut cache.scratch);
         for i in 0..keys.len() {
             let v = values.map_or(1, |vals| vals.value(i));
-            let kg = keys.with_key(i, |k| {
-                let kg = key_group(k, max_p);
-                buf.clear();
-                composite_key(&mut buf, kg, state, k, &[]);
-                kg
-            });
+            let kg = keys.composite_key(i, state, max_p, &mut buf);
             if !range.contains(kg) {
                 cache.scratch = buf;
                 return Err(StateError::KeyGroup { kg, range });
