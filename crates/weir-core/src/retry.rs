@@ -6,8 +6,10 @@
 //! `multiplier` after every attempt, never more than `max_delay`) and how many attempts to
 //! make in all. [`retry`] runs an operation under a policy; the caller's `should_retry`
 //! decides, per error, whether another attempt is worth making (an unreachable peer is, a
-//! refusal is not) and is where callers log. Waiting uses tokio's clock, so tests run it on
-//! paused time without real sleeps.
+//! refusal is not) and is where callers log. [`retry`] waits on tokio's clock; [`retry_with`]
+//! takes the wait as a function, which is how the tests run it on a virtual clock without real
+//! sleeps (and without tokio's `test-util`, whose pausable clock would otherwise be compiled
+//! into every build that shares the test build's dependencies).
 //!
 //! This is for calls that fail transiently. Restart strategies (how a failed job restarts)
 //! are policy of the JobManager, not retries, and live there.
@@ -78,10 +80,26 @@ pub struct Failure<'a, E> {
 /// another one (not after the last one: its error is returned), before the wait. To stop on
 /// shutdown, drop the future (e.g. in `tokio::select!`): it holds nothing that needs cleaning
 /// up between attempts.
-pub async fn retry<T, E, F, Fut>(policy: &Backoff, mut operation: F, mut should_retry: impl FnMut(&Failure<'_, E>) -> bool) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(policy: &Backoff, operation: F, should_retry: impl FnMut(&Failure<'_, E>) -> bool) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
+{
+    retry_with(policy, operation, should_retry, tokio::time::sleep).await
+}
+
+/// [`retry`], waiting with `sleep` between attempts.
+pub async fn retry_with<T, E, F, Fut, S, SleepFut>(
+    policy: &Backoff,
+    mut operation: F,
+    mut should_retry: impl FnMut(&Failure<'_, E>) -> bool,
+    mut sleep: S,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    S: FnMut(Duration) -> SleepFut,
+    SleepFut: Future<Output = ()>,
 {
     let mut attempt = 1;
     loop {
@@ -93,7 +111,7 @@ where
         if !should_retry(&Failure { error: &error, attempt, next_delay }) {
             return Err(error);
         }
-        tokio::time::sleep(next_delay).await;
+        sleep(next_delay).await;
         attempt += 1;
     }
 }
@@ -102,7 +120,23 @@ where
 mod tests {
     use super::*;
     use std::cell::Cell;
-    use tokio::time::Instant;
+
+    /// A virtual clock: its `sleep` advances it at once.
+    #[derive(Default)]
+    struct Clock(Cell<Duration>);
+
+    impl Clock {
+        fn elapsed(&self) -> Duration {
+            self.0.get()
+        }
+
+        fn sleep(&self) -> impl FnMut(Duration) -> std::future::Ready<()> + '_ {
+            move |d| {
+                self.0.set(self.0.get() + d);
+                std::future::ready(())
+            }
+        }
+    }
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -120,12 +154,12 @@ mod tests {
         assert_eq!(Backoff::new(MS, MS).with_max_attempts(1).delay_after(1), None);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn retries_until_success_waiting_the_policys_delays() {
-        let start = Instant::now();
+        let start = Clock::default();
         let calls = Cell::new(0);
         let mut seen = Vec::new();
-        let result: Result<u32, &str> = retry(
+        let result: Result<u32, &str> = retry_with(
             &Backoff::new(50 * MS, 150 * MS),
             || {
                 calls.set(calls.get() + 1);
@@ -142,6 +176,7 @@ mod tests {
                 seen.push((f.attempt, f.next_delay, start.elapsed()));
                 true
             },
+            start.sleep(),
         )
         .await;
         assert_eq!(result, Ok(4));
@@ -150,12 +185,12 @@ mod tests {
         assert_eq!(start.elapsed(), 300 * MS);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn gives_up_after_max_attempts_with_the_last_error() {
-        let start = Instant::now();
+        let start = Clock::default();
         let calls = Cell::new(0);
         let mut decisions = 0;
-        let result: Result<(), u32> = retry(
+        let result: Result<(), u32> = retry_with(
             &Backoff::new(10 * MS, 1000 * MS).with_max_attempts(3),
             || {
                 calls.set(calls.get() + 1);
@@ -166,6 +201,7 @@ mod tests {
                 decisions += 1;
                 true
             },
+            start.sleep(),
         )
         .await;
         assert_eq!(result, Err(3));
@@ -173,11 +209,11 @@ mod tests {
         assert_eq!(start.elapsed(), 30 * MS);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn stops_at_once_when_should_retry_says_no() {
-        let start = Instant::now();
+        let start = Clock::default();
         let calls = Cell::new(0);
-        let result: Result<(), &str> = retry(
+        let result: Result<(), &str> = retry_with(
             &Backoff::new(10 * MS, 1000 * MS),
             || {
                 calls.set(calls.get() + 1);
@@ -185,6 +221,7 @@ mod tests {
                 async move { Err(error) }
             },
             |f| *f.error == "unreachable",
+            start.sleep(),
         )
         .await;
         assert_eq!(result, Err("refused"));
