@@ -3,6 +3,9 @@
 prints rows/second side by side. Figures, not assertions: compare runs on the same machine.
 
 Usage: bench/run.py path/to/weir [--rows N]
+
+Beside each figure it prints the one recorded in bench/previous.json (the last note's figures,
+updated by hand when a note reports new ones) and writes this run's to bench/out/run.json.
 """
 import json
 import os
@@ -72,13 +75,26 @@ def main():
           "-D", "state.backend.rocksdb.aggregate-cache=0"]),
         ("stateless filter + projection (datagen -> filter -> select -> blackhole)", FILTER_PROJECT, 1, []),
     ]
-    print(f"{'job':<84} {'p':>2} {'rows':>12} {'seconds':>8} {'M rows/s':>9}  (median of {REPEAT})")
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        with open(os.path.join(here, "previous.json")) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        previous = {}
+    figures = {}
+    print(f"{'job':<84} {'p':>2} {'rows':>12} {'seconds':>8} {'M rows/s':>9} {'previous':>9}  (median of {REPEAT})")
     for name, job, p, extra in cases:
         n = rows // 10 if "rocksdb" in name else rows
         n = n // 10 if "cache off" in name else n
         run(weir, job, p, min(n, 1_000_000), extra)  # warm-up (page cache, allocator)
         secs = statistics.median(run(weir, job, p, n, extra) for _ in range(REPEAT))
-        print(f"{name:<84} {p:>2} {n:>12,} {secs:>8.2f} {n / secs / 1e6:>9.2f}", flush=True)
+        figures[name] = round(n / secs / 1e6, 2)
+        before = previous.get(name)
+        before = f"{before:>9.2f}" if isinstance(before, (int, float)) else f"{'-':>9}"
+        print(f"{name:<84} {p:>2} {n:>12,} {secs:>8.2f} {n / secs / 1e6:>9.2f} {before}", flush=True)
+    os.makedirs(os.path.join(here, "out"), exist_ok=True)
+    with open(os.path.join(here, "out", "run.json"), "w") as f:
+        json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
