@@ -7,7 +7,7 @@ mod support;
 use support::*;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir::prelude::*;
 
 const TEXT: &[&str] = &["to be or not to be", "that is the question", "to sleep perchance to dream", "", "be be be"];
@@ -73,11 +73,7 @@ fn checkpoints_complete_while_a_program_runs() {
         .map(|(k, sum): (i64, i64)| format!("{k} {sum}"))
         .write_as_text(out.to_str().unwrap());
     let client = env.execute_async("sums").expect("submitted");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.completed_checkpoints() < 2 {
-        assert!(Instant::now() < deadline, "no two completed checkpoints in 120 s: {:?}", client.checkpoints());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_checkpoints(&client, 2);
     client.wait().expect("the job finishes");
     // One running sum per number, none lost or twice, ending at each key's total.
     assert_running_sums_of_4000(committed_lines(&out));
@@ -86,9 +82,7 @@ fn checkpoints_complete_while_a_program_runs() {
 #[test]
 fn a_panic_in_a_user_function_fails_the_job_after_its_restarts() {
     let mut env = StreamExecutionEnvironment::get_execution_environment();
-    env.set_config("restart-strategy.type", "fixed-delay")
-        .set_config("restart-strategy.fixed-delay.attempts", "1")
-        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+    restart_once(&mut env);
     env.from_iter(1..=10i64)
         .map(|x: i64| {
             if x == 7 {

@@ -164,7 +164,7 @@ fn windows_across_a_failure(mode: Mode, fired_early: &'static AtomicI64, armed: 
     let out = dir.path().join("out");
     let mut env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(2).enable_checkpointing(Duration::from_millis(100)).set_config("minicluster.taskmanagers", "2");
-    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    checkpoint_into(&mut env, dir.path());
     match mode {
         Mode::Aligned => {}
         Mode::Unaligned => {
@@ -174,17 +174,11 @@ fn windows_across_a_failure(mode: Mode, fired_early: &'static AtomicI64, armed: 
             env.checkpoint_config().enable_unaligned_checkpoints(true).set_aligned_checkpoint_timeout(Duration::from_millis(5));
         }
     }
-    env.set_config("restart-strategy.type", "fixed-delay")
-        .set_config("restart-strategy.fixed-delay.attempts", "1")
-        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+    restart_once(&mut env);
     let f = WindowCounts { fired_early, fail: Some((armed, failed)), slow: Duration::from_millis(2) };
     window_job(&mut env, &out, f, |_| true, false);
     let client = env.execute_async("windows across a failure").expect("submitted");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.completed_checkpoints() < 2 {
-        assert!(Instant::now() < deadline, "no two completed checkpoints in 120 s: {:?}", client.checkpoints());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_checkpoints(&client, 2);
     armed.store(true, Ordering::SeqCst);
     let checkpoints = client.checkpoints();
     let result = client.wait().expect("the job finishes after one restart");

@@ -10,7 +10,7 @@ use support::*;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weir::prelude::*;
 
 const TEXT: &[&str] = &["to be or not to be", "that is the question", "to sleep perchance to dream", "", "be be be"];
@@ -239,10 +239,8 @@ fn process_function_state_is_restored_from_a_checkpoint_after_a_failure() {
     let mut env = StreamExecutionEnvironment::get_execution_environment();
     // One subtask: the first record after the failure is the restarted attempt's.
     env.set_parallelism(1).enable_checkpointing(Duration::from_millis(100));
-    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
-    env.set_config("restart-strategy.type", "fixed-delay")
-        .set_config("restart-strategy.fixed-delay.attempts", "1")
-        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+    checkpoint_into(&mut env, dir.path());
+    restart_once(&mut env);
     env.datagen_sequence(1, 4000, Some(1000))
         .map(|v: i64| (v % 10, v))
         .key_by(|(k, _): &(i64, i64)| *k)
@@ -250,11 +248,7 @@ fn process_function_state_is_restored_from_a_checkpoint_after_a_failure() {
         .uid("sums")
         .write_as_text(out.to_str().unwrap());
     let client = env.execute_async("sums").expect("submitted");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.completed_checkpoints() < 2 {
-        assert!(Instant::now() < deadline, "no two completed checkpoints in 120 s: {:?}", client.checkpoints());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_checkpoints(&client, 2);
     ARMED.store(true, Ordering::SeqCst);
     let result = client.wait().expect("the job finishes after one restart");
     assert_eq!(result.restarts, 1);
@@ -305,10 +299,8 @@ fn timers_registered_before_a_checkpoint_fire_after_a_restore() {
     let out = dir.path().join("out");
     let mut env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(1).enable_checkpointing(Duration::from_millis(100));
-    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
-    env.set_config("restart-strategy.type", "fixed-delay")
-        .set_config("restart-strategy.fixed-delay.attempts", "1")
-        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+    checkpoint_into(&mut env, dir.path());
+    restart_once(&mut env);
     // 6000 numbers at 1000 per second: the job runs about 6 s. The timers of keys 0 and 1 are
     // registered in its first milliseconds for 3 s later; the failure comes after two
     // checkpoints, and the source resumes behind the numbers that registered them, so the
@@ -319,11 +311,7 @@ fn timers_registered_before_a_checkpoint_fire_after_a_restore() {
         .uid("timers")
         .write_as_text(out.to_str().unwrap());
     let client = env.execute_async("timers across a failure").expect("submitted");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.completed_checkpoints() < 2 {
-        assert!(Instant::now() < deadline, "no two completed checkpoints in 120 s: {:?}", client.checkpoints());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_checkpoints(&client, 2);
     TIMERS_ARMED.store(true, Ordering::SeqCst);
     let result = client.wait().expect("the job finishes after one restart");
     assert_eq!(result.restarts, 1);
@@ -406,14 +394,10 @@ fn every_kind_of_state_and_timers_survive_a_savepoint_and_a_rescale() {
     let numbers = 3000;
     let mut env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(1).enable_checkpointing(Duration::from_millis(200));
-    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    checkpoint_into(&mut env, dir.path());
     every_state_job(&mut env, &out, numbers);
     let client = env.execute_async("every state, parallelism 1").expect("submitted");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client.completed_checkpoints() < 1 {
-        assert!(Instant::now() < deadline, "no completed checkpoint in 120 s: {:?}", client.checkpoints());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_checkpoints(&client, 1);
     let savepoint = client.stop_with_savepoint(savepoints.to_str().unwrap()).expect("stopped with a savepoint");
     let first = committed_lines(&out);
     assert!(!first.is_empty() && first.len() < numbers as usize, "the stop must cut the input: {} lines", first.len());
@@ -422,7 +406,7 @@ fn every_kind_of_state_and_timers_survive_a_savepoint_and_a_rescale() {
     SLOW.store(false, Ordering::SeqCst);
     let mut env = StreamExecutionEnvironment::get_execution_environment();
     env.set_parallelism(2).enable_checkpointing(Duration::from_millis(200)).set_config("execution.savepoint.path", &savepoint);
-    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.path().join("checkpoints").display()));
+    checkpoint_into(&mut env, dir.path());
     every_state_job(&mut env, &out, numbers);
     let result = env.execute("every state, parallelism 2").expect("the restored job finishes");
     assert_eq!(result.restarts, 0);

@@ -33,3 +33,24 @@ pub fn assert_running_sums_of_4000(lines: Vec<String>) {
     let want: BTreeMap<i64, i64> = (0..10).map(|r| (r, (1..=4000i64).filter(|v| v % 10 == r).sum())).collect();
     assert_eq!(last, want);
 }
+
+/// Stores the program's checkpoints under `dir/checkpoints` (file storage).
+pub fn checkpoint_into(env: &mut weir::StreamExecutionEnvironment, dir: &Path) {
+    env.checkpoint_config().set_checkpoint_storage(&format!("file://{}", dir.join("checkpoints").display()));
+}
+
+/// One restart, 100 ms after a failure: a job that fails twice FAILS.
+pub fn restart_once(env: &mut weir::StreamExecutionEnvironment) {
+    env.set_config("restart-strategy.type", "fixed-delay")
+        .set_config("restart-strategy.fixed-delay.attempts", "1")
+        .set_config("restart-strategy.fixed-delay.delay", "100ms");
+}
+
+/// Waits, 120 s at most, until `n` of the job's checkpoints completed.
+pub fn await_checkpoints(client: &weir::JobClient, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while client.completed_checkpoints() < n {
+        assert!(std::time::Instant::now() < deadline, "no {n} completed checkpoints in 120 s: {:?}", client.checkpoints());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
