@@ -27,6 +27,31 @@ fn run_without_a_jobmanager_uses_the_embedded_mini_cluster() {
     assert_eq!(status["vertices"][1]["records_in"], 100_000);
 }
 
+/// The TaskManager's network memory bounds what its channels may hold: a job that needs more
+/// fails at deployment with an error that says how much it needs and which key to raise, and
+/// runs once the key is raised.
+#[test]
+fn a_job_that_needs_more_network_memory_than_the_taskmanager_has_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.yaml"),
+        "name: gen\npipeline:\n  - source: datagen\n    number-of-rows: 1000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n",
+    )
+    .unwrap();
+    // 4 count subtasks × 4 input channels × 2 buffers + 16 output channels = 48 buffers of 32 KiB.
+    let args = ["run", "job.yaml", "-p", "4", "-D", "restart-strategy.type=none"];
+    let (ok, _, stderr) = run(dir.path(), &[&args[..], &["-D", "taskmanager.memory.network.max=1mb"]].concat());
+    assert!(!ok, "the job ran with too little network memory");
+    assert!(
+        stderr.contains("not enough network memory: the tasks need 1.5 MiB")
+            && stderr.contains("16 input channels × 2 buffers")
+            && stderr.contains("raise taskmanager.memory.network.max"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(dir.path(), &[&args[..], &["-D", "taskmanager.memory.network.max=2mb"]].concat());
+    assert!(ok, "{stderr}");
+}
+
 #[test]
 fn print_sink_prefixes_rows_with_the_subtask_like_flink() {
     let dir = tempfile::tempdir().unwrap();

@@ -62,7 +62,17 @@ fn main() {
     write(&corpus, "data_plane_event", seeds);
 
     let buffers: Vec<(String, Bytes)> = batches().into_iter().map(|(name, b)| (name, encode_batch(&b).expect("a batch encodes"))).collect();
-    write(&corpus, "data_plane_buffer", buffers.iter().map(|(n, b)| (n.clone(), b.to_vec())).collect());
+    let mut buffer_seeds: Vec<(String, Vec<u8>)> = buffers.iter().map(|(n, b)| (n.clone(), b.to_vec())).collect();
+    for (name, b) in batches() {
+        // A BUFFER frame's body, after the byte that picks the schema to decode it with (the
+        // target's schema 0 is one Int64 column, schema 1 a word and a count).
+        let wire = weir_runtime::buffer::BatchEncoder::default().encode(&b).expect("a batch encodes for the wire");
+        for pick in [0u8, 1] {
+            buffer_seeds.push((format!("{name}-wire-{pick}"), [vec![pick], wire.contiguous().to_vec()].concat()));
+        }
+        buffer_seeds.push((format!("{name}-schema"), weir_runtime::buffer::schema_message(&b.schema()).expect("a schema encodes").to_vec()));
+    }
+    write(&corpus, "data_plane_buffer", buffer_seeds);
 
     let metadata = serde_json::to_vec(&metadata()).expect("metadata encodes");
     write(

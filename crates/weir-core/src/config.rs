@@ -134,6 +134,8 @@ keys! {
         "Credits (buffers) a receiver grants each input channel.";
     SENDER_QUEUE_BUFFERS = "taskmanager.network.sender-queue-buffers", "2", Int { min: 1 },
         "Buffers a sender may queue per output channel before its task blocks.";
+    NETWORK_MEMORY_MAX = "taskmanager.memory.network.max", "512mb", Size,
+        "Network memory a TaskManager hands out to the channels of its tasks; a deployment that needs more fails, naming what it needs.";
     JOBMANAGER_ADDRESS = "jobmanager.rpc.address", "none", Text,
         "JobManager host. Clients use it to find the cluster; `none` makes `weir run` start a local mini cluster.";
     JOBMANAGER_PORT = "jobmanager.rpc.port", "6123", Port,

@@ -248,6 +248,8 @@ pub struct NetworkConfig {
     pub sender_queue_buffers: usize,
     /// Longest time rows wait in a partly filled output buffer.
     pub buffer_timeout: Duration,
+    /// `taskmanager.memory.network.max`: the network memory of one TaskManager, in bytes.
+    pub memory_max: u64,
 }
 
 impl NetworkConfig {
@@ -257,6 +259,7 @@ impl NetworkConfig {
             buffers_per_channel: c.int(keys::BUFFERS_PER_CHANNEL) as usize,
             sender_queue_buffers: c.int(keys::SENDER_QUEUE_BUFFERS) as usize,
             buffer_timeout: c.duration(keys::BUFFER_TIMEOUT),
+            memory_max: c.size(keys::NETWORK_MEMORY_MAX),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! encoding for the TCP exchange.
 //!
 //! A buffer is a batch of rows bounded in bytes (`taskmanager.memory.segment-size`); between
-//! TaskManagers it travels as an Arrow IPC message. Events (end of partition, checkpoint
+//! TaskManagers it travels as Arrow IPC messages without its schema, which goes once per
+//! channel ([`Encoded`], [`BatchEncoder`]); in channel state it is a self-contained IPC stream
+//! ([`encode_batch`], [`decode_batch`]). Events (end of partition, checkpoint
 //! barriers, cancellation markers) need no credit. Unaligned barriers and cancellation markers
 //! are sent with priority, ahead of queued buffers (see [`crate::gate`] and [`crate::net`]).
 //!
@@ -19,10 +21,13 @@
 //! goes with priority is not part of the event: it is the frame kind on the wire
 //! (`PRIORITY_EVENT`) and a position in a queue.
 
-use arrow_array::RecordBatch;
-use arrow_ipc::reader::StreamReader;
-use arrow_ipc::writer::StreamWriter;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::{RecordBatchDecoder, StreamReader};
+use arrow_ipc::writer::{StreamEncoder, StreamWriter};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::Arc;
 /// Re-exported: the format a savepoint barrier carries.
@@ -269,7 +274,7 @@ pub enum Item {
     Buffer(RecordBatch),
     /// Rows received from the network, still IPC-encoded: the consuming task decodes them on
     /// its own thread, so network threads only move bytes.
-    Encoded(Bytes),
+    Encoded(Encoded),
     /// An event: takes no credit.
     Event(Event),
 }
@@ -281,10 +286,254 @@ impl Item {
     }
 }
 
-/// Encodes a batch as an Arrow IPC stream (schema + one batch). Every buffer carries its own
-/// schema message, so a receiver needs no per-channel handshake, at the cost of the schema's
-/// bytes in every buffer. Runs on the sending task's thread.
-pub fn encode_batch(batch: &RecordBatch) -> Result<Bytes, arrow_schema::ArrowError> {
+/// A buffer in its wire form: the Arrow IPC messages of one batch (its dictionaries, if any,
+/// then the record batch message) without the schema, which travels once per channel (a
+/// `SCHEMA` frame, see [`crate::net`]), plus the schema those messages need to be decoded.
+///
+/// A sender's buffer is a list of parts that borrow the batch's own memory (the encoder copies
+/// no row data; the only copy is into the socket's buffer); a received one is one contiguous
+/// part, decoded without copying either ([`Encoded::decode`]). Clones share everything.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The schema of the batch; shared by every buffer of a channel.
+    pub schema: SchemaRef,
+    /// The messages' bytes, in order.
+    parts: Arc<[Bytes]>,
+    /// The sum of the parts' lengths.
+    len: usize,
+}
+
+impl Encoded {
+    /// A received buffer: `body` holds the messages, to be decoded with `schema`.
+    pub fn received(schema: SchemaRef, body: Bytes) -> Self {
+        let len = body.len();
+        Self { schema, parts: Arc::from([body]), len }
+    }
+
+    /// Bytes of the messages (what a `BUFFER` frame's body holds after the channel id).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer has no bytes (never true of an encoded batch).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The parts, to be written in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The address of the first byte: identifies the buffer while it is alive (channel state
+    /// deduplication).
+    pub fn address(&self) -> usize {
+        self.parts.first().map_or(0, |p| p.as_ptr() as usize)
+    }
+
+    /// The messages as one contiguous `Bytes`: the one part itself, or the parts copied together.
+    pub fn contiguous(&self) -> Bytes {
+        match &self.parts[..] {
+            [one] => one.clone(),
+            parts => {
+                let mut out = BytesMut::with_capacity(self.len);
+                for p in parts {
+                    out.put_slice(p);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// The buffer as a self-contained Arrow IPC stream (its schema message, then its messages),
+    /// which [`decode_batch`] reads: the form in which in-flight buffers go to channel state.
+    pub fn self_contained(&self) -> Result<Bytes, ArrowError> {
+        let schema = schema_message(&self.schema)?;
+        let mut out = BytesMut::with_capacity(schema.len() + self.len);
+        out.put_slice(&schema);
+        for p in self.parts.iter() {
+            out.put_slice(p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Decodes the batch. The arrays point into the received bytes (no copy) wherever they are
+    /// aligned, which the data plane arranges (see [`crate::net::frame`]); a misaligned one is
+    /// copied. Runs on the receiving task's thread. The bytes come from a peer: anything that
+    /// is not exactly dictionaries and one record batch message matching the schema is an
+    /// error, and a panic of arrow-ipc on malformed metadata is caught and returned as one.
+    pub fn decode(&self) -> Result<RecordBatch, ArrowError> {
+        let body = self.contiguous();
+        catch_decoder_panic(|| decode_messages(&self.schema, &body))
+    }
+}
+
+/// Reads `body`: dictionary batch messages, then exactly one record batch message, then nothing.
+fn decode_messages(schema: &SchemaRef, body: &Bytes) -> Result<RecordBatch, ArrowError> {
+    let err = |m: String| ArrowError::IpcError(m);
+    let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
+    let mut at = 0;
+    loop {
+        if body.len() < at + 8 {
+            return Err(err(format!("truncated message header at byte {at} of a {}-byte buffer", body.len())));
+        }
+        if body[at..at + 4] != [0xff; 4] {
+            return Err(err(format!("no continuation marker at byte {at}")));
+        }
+        let meta_len = i32::from_le_bytes(body[at + 4..at + 8].try_into().expect("4 bytes"));
+        let meta_start = at + 8;
+        let meta_end = usize::try_from(meta_len)
+            .ok()
+            .and_then(|l| meta_start.checked_add(l))
+            .filter(|end| *end <= body.len() && meta_len > 0)
+            .ok_or_else(|| err(format!("message metadata of {meta_len} bytes at byte {at} exceeds the buffer")))?;
+        let message = arrow_ipc::root_as_message(&body[meta_start..meta_end]).map_err(|e| err(format!("malformed message metadata: {e}")))?;
+        let body_start = meta_end;
+        let body_end = usize::try_from(message.bodyLength())
+            .ok()
+            .and_then(|l| body_start.checked_add(l))
+            .filter(|end| *end <= body.len())
+            .ok_or_else(|| err(format!("message body of {} bytes exceeds the buffer", message.bodyLength())))?;
+        let data = Buffer::from(body.slice(body_start..body_end));
+        let version = message.version();
+        match message.header_type() {
+            arrow_ipc::MessageHeader::DictionaryBatch => {
+                let dict = message.header_as_dictionary_batch().ok_or_else(|| err("malformed dictionary batch".into()))?;
+                arrow_ipc::reader::read_dictionary(&data, dict, schema, &mut dictionaries, &version)?;
+            }
+            arrow_ipc::MessageHeader::RecordBatch => {
+                let batch = message.header_as_record_batch().ok_or_else(|| err("malformed record batch message".into()))?;
+                let decoded = RecordBatchDecoder::try_new(&data, batch, schema.clone(), &dictionaries, &version)?
+                    .with_require_alignment(false)
+                    .read_record_batch()?;
+                if body_end != body.len() {
+                    return Err(err(format!("{} bytes after the record batch message", body.len() - body_end)));
+                }
+                return Ok(decoded);
+            }
+            other => return Err(err(format!("unexpected {other:?} message in a buffer"))),
+        }
+        at = body_end;
+    }
+}
+
+/// Runs a decoder over bytes from a peer or from storage, turning a panic of arrow-ipc (it
+/// trusts offsets and lengths in a message's metadata, and panics on many malformed ones: found
+/// by the `data_plane_buffer` fuzz target) into an error. The decoder touches nothing but the
+/// bytes, so nothing is left half-done.
+fn catch_decoder_panic<T>(decode: impl FnOnce() -> Result<T, ArrowError>) -> Result<T, ArrowError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let message =
+            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Err(ArrowError::IpcError(format!("malformed buffer: {message}")))
+    })
+}
+
+/// The IPC schema message of `schema` (what a `SCHEMA` frame carries, and what starts a
+/// self-contained stream).
+pub fn schema_message(schema: &SchemaRef) -> Result<Bytes, ArrowError> {
+    let mut out = Vec::with_capacity(256);
+    {
+        let mut w = StreamWriter::try_new(&mut out, schema)?;
+        w.flush()?;
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Parses what [`schema_message`] wrote: exactly one schema message. Bytes from a peer: an
+/// error, never a panic, for anything else.
+pub fn decode_schema_message(bytes: &[u8]) -> Result<SchemaRef, ArrowError> {
+    catch_decoder_panic(|| {
+        let mut cursor = Cursor::new(bytes);
+        let schema = StreamReader::try_new(&mut cursor, None)?.schema();
+        let used = cursor.position() as usize;
+        if used != bytes.len() {
+            return Err(ArrowError::IpcError(format!("{} bytes after the schema message", bytes.len() - used)));
+        }
+        Ok(schema)
+    })
+}
+
+/// Encodes the batches of one channel (or one broadcast edge) into [`Encoded`] buffers. Keeps
+/// one IPC stream encoder per schema, so the schema's flatbuffer is built once, not per buffer.
+/// A schema with dictionary-encoded columns gets a new encoder per batch, so that every buffer
+/// carries its own dictionaries and decodes alone (with its schema).
+#[derive(Default)]
+pub struct BatchEncoder {
+    /// The schema the encoder was made for, and the encoder (its schema message already taken).
+    current: Option<(SchemaRef, StreamEncoder)>,
+}
+
+/// Whether a type holds a dictionary-encoded array anywhere (nested types included).
+fn has_dictionary(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(..) => true,
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::ListView(f) | DataType::LargeListView(f) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(_, v) => has_dictionary(v.data_type()),
+        _ => false,
+    }
+}
+
+impl BatchEncoder {
+    /// Encodes `batch` without copying its row data: the parts borrow its buffers.
+    pub fn encode(&mut self, batch: &RecordBatch) -> Result<Encoded, ArrowError> {
+        let schema = batch.schema();
+        let reusable = matches!(&self.current, Some((s, _)) if Arc::ptr_eq(s, &schema) || **s == *schema);
+        let first = !reusable;
+        if first {
+            self.current = Some((schema.clone(), StreamEncoder::try_new(&schema)?));
+        }
+        let (schema, encoder) = self.current.as_mut().expect("set above");
+        let mut parts: Vec<Bytes> = encoder.encode(batch)?.into_iter().map(Bytes::from).collect();
+        if first {
+            // A new encoder's first call puts the schema message first: it travels on its own.
+            skip_schema_message(&mut parts)?;
+        }
+        let len = parts.iter().map(Bytes::len).sum();
+        let encoded = Encoded { schema: schema.clone(), parts: parts.into(), len };
+        if schema.fields().iter().any(|f| has_dictionary(f.data_type())) {
+            // The encoder would send a dictionary only when it changes: start afresh next time.
+            self.current = None;
+        }
+        Ok(encoded)
+    }
+}
+
+/// Drops the leading schema message from the parts of an encoded stream: `0xffffffff`, its
+/// metadata length `n` (little-endian `i32`), then `n` bytes of metadata and padding (a schema
+/// message has no body).
+fn skip_schema_message(parts: &mut Vec<Bytes>) -> Result<(), ArrowError> {
+    let mut head = Vec::with_capacity(8);
+    for p in parts.iter() {
+        head.extend_from_slice(&p[..(8 - head.len()).min(p.len())]);
+        if head.len() == 8 {
+            break;
+        }
+    }
+    let meta_len = match head[..] {
+        [0xff, 0xff, 0xff, 0xff, a, b, c, d] => i32::from_le_bytes([a, b, c, d]),
+        _ => return Err(ArrowError::IpcError("the encoder's stream does not start with a message".into())),
+    };
+    let mut skip = 8 + meta_len as usize;
+    let mut kept = Vec::with_capacity(parts.len());
+    for p in parts.drain(..) {
+        if skip >= p.len() {
+            skip -= p.len();
+        } else {
+            kept.push(p.slice(skip..));
+            skip = 0;
+        }
+    }
+    *parts = kept;
+    Ok(())
+}
+
+/// Encodes a batch as a self-contained Arrow IPC stream (schema + one batch): the form of
+/// in-flight buffers in channel state. Runs off the task thread (the channel-state writer).
+pub fn encode_batch(batch: &RecordBatch) -> Result<Bytes, ArrowError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() + 256);
     {
         let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;
@@ -294,26 +543,16 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Bytes, arrow_schema::ArrowErr
     Ok(Bytes::from(out))
 }
 
-/// Decodes a batch encoded by [`encode_batch`] (the first batch of the stream; an empty stream
-/// is an error). Runs on the receiving task's thread, not on the network threads.
-///
-/// The bytes come from a peer (or from channel state in checkpoint storage), and arrow-ipc's
-/// reader trusts the offsets and lengths in a message's metadata: it slices the body with them
-/// unchecked and panics on many malformed messages (found by the `data_plane_buffer` fuzz
-/// target). The decoder touches nothing but these bytes, so its panic is caught and returned as
-/// an error, as a malformed buffer should be.
-pub fn decode_batch(bytes: &Bytes) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let decode = || {
+/// Decodes a self-contained stream ([`encode_batch`], [`Encoded::self_contained`]): its first
+/// batch (an empty stream is an error). Used for channel state restored from checkpoint
+/// storage; panics of arrow-ipc on malformed bytes are returned as errors.
+pub fn decode_batch(bytes: &Bytes) -> Result<RecordBatch, ArrowError> {
+    catch_decoder_panic(|| {
         let mut reader = StreamReader::try_new(Cursor::new(bytes.as_ref()), None)?;
         match reader.next() {
             Some(b) => b,
-            None => Err(arrow_schema::ArrowError::IpcError("empty buffer".into())),
+            None => Err(ArrowError::IpcError("empty buffer".into())),
         }
-    };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
-        let message =
-            panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
-        Err(arrow_schema::ArrowError::IpcError(format!("malformed buffer: {message}")))
     })
 }
 
@@ -346,6 +585,92 @@ mod tests {
             assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);
         }
         assert!(Event::decode(&[2, 0]).is_err());
+    }
+
+    fn words_and_counts(words: &[Option<&str>]) -> RecordBatch {
+        let counts: Vec<i64> = (0..words.len() as i64).collect();
+        RecordBatch::try_from_iter(vec![
+            ("word", Arc::new(StringArray::from(words.to_vec())) as _),
+            ("count", Arc::new(Int64Array::from(counts)) as _),
+        ])
+        .unwrap()
+    }
+
+    /// What a receiver does with a buffer: one contiguous, 8-byte aligned allocation.
+    fn as_received(e: &Encoded) -> Encoded {
+        Encoded::received(e.schema.clone(), Bytes::from(e.contiguous().to_vec()))
+    }
+
+    #[test]
+    fn encoded_buffers_round_trip_without_their_schema() {
+        let mut encoder = BatchEncoder::default();
+        let batch = words_and_counts(&[Some("a"), None, Some("bb"), Some("ccc")]);
+        let first = encoder.encode(&batch).unwrap();
+        let second = encoder.encode(&batch.slice(1, 2)).unwrap();
+        for (e, expected) in [(&first, batch.clone()), (&second, batch.slice(1, 2))] {
+            assert_eq!(e.decode().unwrap(), expected, "decoded from the parts");
+            assert_eq!(as_received(e).decode().unwrap(), expected, "decoded from received bytes");
+            assert_eq!(decode_batch(&e.self_contained().unwrap()).unwrap(), expected, "as channel state");
+        }
+        // No schema in the buffers: the schema message is the difference.
+        let stream = encode_batch(&batch).unwrap();
+        assert!(first.len() + schema_message(&batch.schema()).unwrap().len() <= stream.len());
+        assert!(!first.contiguous().windows(4).any(|w| w == b"word"), "the field name travels in the schema only");
+        // Another schema on the same encoder.
+        let other = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![7])) as _)]).unwrap();
+        let e = encoder.encode(&other).unwrap();
+        assert_eq!(e.schema, other.schema());
+        assert_eq!(as_received(&e).decode().unwrap(), other);
+    }
+
+    #[test]
+    fn a_received_buffer_decodes_in_place() {
+        let batch = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from_iter_values(0..1000)) as _)]).unwrap();
+        let received = as_received(&BatchEncoder::default().encode(&batch).unwrap());
+        let body = received.contiguous();
+        let decoded = received.decode().unwrap();
+        assert_eq!(decoded, batch);
+        let values = decoded.column(0).to_data().buffers()[0].as_ptr() as usize;
+        let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        assert!(range.contains(&values), "the values were copied out of the received bytes");
+    }
+
+    #[test]
+    fn dictionary_columns_travel_with_every_buffer() {
+        use arrow_array::{types::Int32Type, DictionaryArray};
+        let mut encoder = BatchEncoder::default();
+        for words in [vec!["x", "y", "x"], vec!["z"], vec!["z"]] {
+            let dict: DictionaryArray<Int32Type> = words.into_iter().collect();
+            let batch = RecordBatch::try_from_iter(vec![("d", Arc::new(dict) as _)]).unwrap();
+            let e = encoder.encode(&batch).unwrap();
+            assert_eq!(as_received(&e).decode().unwrap(), batch);
+        }
+    }
+
+    #[test]
+    fn a_malformed_encoded_buffer_is_an_error_not_a_panic() {
+        let batch = words_and_counts(&[Some("a"), None, Some("bb")]);
+        let valid = BatchEncoder::default().encode(&batch).unwrap().contiguous();
+        let mut errors = 0;
+        for at in 0..valid.len() - 4 {
+            let mut bad = valid.to_vec();
+            bad[at..at + 4].copy_from_slice(&[0xff; 4]);
+            errors += Encoded::received(batch.schema(), Bytes::from(bad)).decode().is_err() as usize;
+        }
+        assert!(errors > 0);
+        for cut in [0, 4, 8, valid.len() - 1] {
+            assert!(Encoded::received(batch.schema(), valid.slice(..cut)).decode().is_err(), "cut at {cut}");
+        }
+        let mut trailing = valid.to_vec();
+        trailing.extend_from_slice(&[0; 8]);
+        let err = Encoded::received(batch.schema(), Bytes::from(trailing)).decode().unwrap_err().to_string();
+        assert!(err.contains("after the record batch"), "{err}");
+        let wrong_schema = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap().schema();
+        assert!(Encoded::received(wrong_schema, valid).decode().is_err());
+        let schema = schema_message(&batch.schema()).unwrap();
+        assert_eq!(decode_schema_message(&schema).unwrap(), batch.schema());
+        assert!(decode_schema_message(&schema[..schema.len() - 1]).is_err());
+        assert!(decode_schema_message(&[schema.to_vec(), vec![0; 8]].concat()).is_err());
     }
 
     #[test]

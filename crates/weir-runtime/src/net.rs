@@ -16,9 +16,19 @@
 //!
 //! ## Frames
 //! `u32 length | u8 kind | body`, big-endian (see [`frame`]). Kinds after the handshake:
-//! `BUFFER` (channel id + Arrow IPC batch), `EVENT` and `PRIORITY_EVENT` (channel id + event),
-//! `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel id
-//! (32 bytes, [`ChannelId::encode`]).
+//! `SCHEMA` (channel id + Arrow IPC schema message), `BUFFER` (channel id + the Arrow IPC
+//! messages of one batch, without its schema), `EVENT` and `PRIORITY_EVENT` (channel id +
+//! event), `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel
+//! id (32 bytes, [`ChannelId::encode`]).
+//!
+//! ## Buffers
+//! A channel's schema travels once: a `SCHEMA` frame goes ahead of its first buffer, and again
+//! only if the schema changes; the receiver keeps it with the channel's registration and hands
+//! every buffer to the gate with it ([`Encoded`]). A sending task encodes a batch without
+//! copying its rows (the frame's parts borrow the batch's arrays, written straight into the
+//! socket's buffer); the reader reads each frame into an allocation of its own, so the arrays
+//! start 8-byte aligned and the receiving task decodes them in place. A broadcast buffer is
+//! encoded once for all its remote channels.
 //!
 //! `length` counts the kind byte and the body. It is checked before anything is allocated:
 //! during the handshake no frame may exceed 1 KiB; after it, a buffer may be up to
@@ -43,7 +53,8 @@
 //!
 //! ## Credits
 //! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
-//! registered, and returns one with a `CREDIT` frame each time its task takes a buffer. The
+//! registered, and returns one each time its task takes a buffer: credits returned while the
+//! writer is busy are summed into one `CREDIT` frame per channel. The
 //! sender's [`RemoteSubpartition`] sends nothing before that announcement (so nothing arrives
 //! for a channel that does not exist yet), sends a buffer only against a credit, and sends
 //! events at any time; events pushed with priority go ahead of queued buffers. Its task takes
@@ -89,10 +100,10 @@ mod hostile_peers;
 pub use frame::max_buffer_len;
 pub use handshake::{NetSecurity, SecurityError};
 
-use crate::buffer::{encode_batch, ChannelId, Event, Item};
+use crate::buffer::{schema_message, BatchEncoder, ChannelId, Encoded, Event, Item};
 use crate::gate::{CreditReturn, InputGate};
 use bytes::{Bytes, BytesMut};
-use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT};
+use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
 use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, HANDSHAKE_TIMEOUT};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
@@ -135,6 +146,8 @@ struct InputRegistration {
     gate: Arc<InputGate>,
     index: usize,
     peer: String,
+    /// The schema of the channel's buffers: from its last `SCHEMA` frame.
+    schema: Option<arrow_schema::SchemaRef>,
 }
 
 /// A TaskManager's data-plane endpoint: its listener, its links to peers, and the channels
@@ -294,7 +307,7 @@ impl NetworkEnvironment {
     /// its task runs (the TaskManager registers every remote input, then starts the tasks).
     pub fn register_input(self: &Arc<Self>, id: ChannelId, gate: Arc<InputGate>, index: usize, peer: &str, peer_addr: &str) {
         let credits = gate.credits_per_channel() as u32;
-        self.inputs.lock().insert(id, InputRegistration { gate, index, peer: peer.to_string() });
+        self.inputs.lock().insert(id, InputRegistration { gate, index, peer: peer.to_string(), schema: None });
         let link = self.link(peer, Some(peer_addr));
         link.push_credit(ANNOUNCE, id, credits);
     }
@@ -318,6 +331,7 @@ impl NetworkEnvironment {
                 Arc::new(RemoteSubpartition {
                     id,
                     state: Mutex::new(SubState { capacity: self.sender_queue_buffers, ..Default::default() }),
+                    encoder: Mutex::new(BatchEncoder::default()),
                     space: Condvar::new(),
                     link: link.clone(),
                     max_buffer: self.max_buffer,
@@ -408,6 +422,29 @@ impl NetworkEnvironment {
         reg.gate.push_remote(reg.index, item).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
     }
 
+    /// A `BUFFER` from `peer`: delivered as [`NetworkEnvironment::deliver`] with the schema its
+    /// channel's last `SCHEMA` frame gave. A buffer before any schema is an error.
+    fn deliver_buffer(&self, peer: &str, id: ChannelId, body: Bytes) -> Result<(), String> {
+        let inputs = self.inputs.lock();
+        let Some(reg) = inputs.get(&id) else { return Ok(()) };
+        if reg.peer != peer {
+            return Err(format!("TaskManager {peer} sent data for channel {id:?}, which TaskManager {} feeds", reg.peer));
+        }
+        let schema = reg.schema.clone().ok_or_else(|| format!("TaskManager {peer} sent a buffer before its schema on channel {id:?}"))?;
+        reg.gate.push_remote(reg.index, Item::Encoded(Encoded::received(schema, body))).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
+    }
+
+    /// A `SCHEMA` from `peer`: the schema of the channel's buffers from now on.
+    fn set_schema(&self, peer: &str, id: ChannelId, schema: arrow_schema::SchemaRef) -> Result<(), String> {
+        let mut inputs = self.inputs.lock();
+        let Some(reg) = inputs.get_mut(&id) else { return Ok(()) };
+        if reg.peer != peer {
+            return Err(format!("TaskManager {peer} sent a schema for channel {id:?}, which TaskManager {} feeds", reg.peer));
+        }
+        reg.schema = Some(schema);
+        Ok(())
+    }
+
     /// Hands a priority event that arrived from `peer` to its registered gate channel, ahead of
     /// its queued buffers; checked as [`NetworkEnvironment::deliver`].
     fn deliver_priority(&self, peer: &str, id: ChannelId, event: Event) -> Result<(), String> {
@@ -428,9 +465,9 @@ impl NetworkEnvironment {
             if sub.link.peer != link.peer {
                 return Err(format!("TaskManager {} announced channel {id:?}, which sends to TaskManager {}", link.peer, sub.link.peer));
             }
-            sub.add_credit(n);
+            let sub = sub.clone();
             drop(outputs);
-            link.notify_writer();
+            sub.add_credit(n);
             return Ok(());
         }
         let mut st = link.state.lock();
@@ -453,9 +490,16 @@ impl NetworkEnvironment {
             ));
         }
         sub.add_credit(n);
-        link.notify_writer();
         Ok(())
     }
+}
+
+/// What a link's writer sends next.
+enum Outgoing {
+    /// `ANNOUNCE` or `CREDIT`: (kind, channel, count).
+    Credit(u8, ChannelId, u32),
+    /// A sending end's frame.
+    Frame(ChannelId, Queued),
 }
 
 /// What the writer, the reader and the rest of the environment share about one link.
@@ -463,8 +507,14 @@ impl NetworkEnvironment {
 struct LinkState {
     /// Credit frames to send: (`ANNOUNCE` or `CREDIT`, channel, count).
     credits: Vec<(u8, ChannelId, u32)>,
+    /// Where each channel's `CREDIT` waits in `credits`: credits returned while the writer is
+    /// busy are summed into one frame per channel.
+    returned: HashMap<ChannelId, usize>,
     /// Sending ends whose frames this link's writer sends, until their end of partition is out.
     subs: Vec<Arc<RemoteSubpartition>>,
+    /// Sending ends that may have something to send (each once, see `SubState::scheduled`):
+    /// the writer looks at these only, never at every sending end of the link.
+    ready: Vec<Arc<RemoteSubpartition>>,
     /// Input channels whose credits went out on this link (their data comes back on it).
     input_channels: Vec<ChannelId>,
     /// Credits the peer announced for channels whose sending end is not registered yet.
@@ -496,13 +546,28 @@ impl PeerLink {
 
     /// Queues a credit frame: `ANNOUNCE` for a newly registered input channel, `CREDIT` for a
     /// returned one.
+    /// Credits returned for a channel whose `CREDIT` has not gone out yet are added to it.
     fn push_credit(&self, kind: u8, id: ChannelId, n: u32) {
         let mut st = self.state.lock();
+        if kind == CREDIT {
+            if let Some(&i) = st.returned.get(&id) {
+                st.credits[i].2 = st.credits[i].2.saturating_add(n);
+                return; // the writer was woken for the first one
+            }
+            let i = st.credits.len();
+            st.returned.insert(id, i);
+        }
         if kind == ANNOUNCE && !st.input_channels.contains(&id) {
             st.input_channels.push(id);
         }
         st.credits.push((kind, id, n));
         drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Puts a sending end on the ready list and wakes the writer.
+    fn schedule(&self, sub: Arc<RemoteSubpartition>) {
+        self.state.lock().ready.push(sub);
         self.notify.notify_one();
     }
 
@@ -615,15 +680,16 @@ impl PeerLink {
         self.notify.notify_one();
     }
 
-    /// The writer. Each round drains the queued credit frames, then takes from every sending end
-    /// what its credits allow, and writes it all; with nothing left it flushes the socket buffer
-    /// and sleeps until notified. Credit frames go out ahead of data queued at the same time. A
-    /// sending end whose end of partition went out is dropped, from the link and from `outputs`,
-    /// so late credits for it find nothing. Each round scans every sending end of the link.
-    /// Returns `Ok` only when the link broke.
+    /// The writer. Each round drains the queued credit frames, then takes from each sending end
+    /// on the ready list (those that were pushed to or granted credits since the last round;
+    /// never a scan of every sending end) what its credits allow, and writes it all; with
+    /// nothing left it flushes the socket buffer and sleeps until notified. Credit frames go out
+    /// ahead of data queued at the same time. A sending end whose end of partition went out is
+    /// dropped, from the link and from `outputs`, so late credits for it find nothing. Returns
+    /// `Ok` only when the link broke.
     async fn write_loop(self: Arc<Self>, env: &NetworkEnvironment, write: WriteHalf) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(256 << 10, write);
-        let mut frames: Vec<(u8, ChannelId, Bytes)> = Vec::new();
+        let mut frames: Vec<Outgoing> = Vec::new();
         let mut head = BytesMut::with_capacity(64);
         loop {
             {
@@ -631,13 +697,12 @@ impl PeerLink {
                 if st.broken.is_some() {
                     return Ok(());
                 }
-                for (kind, id, n) in st.credits.drain(..) {
-                    frames.push((kind, id, Bytes::copy_from_slice(&n.to_be_bytes())));
-                }
-                let subs = st.subs.clone();
+                frames.extend(st.credits.drain(..).map(|(kind, id, n)| Outgoing::Credit(kind, id, n)));
+                st.returned.clear();
+                let ready: Vec<_> = st.ready.drain(..).collect();
                 drop(st);
                 let mut finished = Vec::new();
-                for s in &subs {
+                for s in &ready {
                     if s.take_sendable(&mut frames) {
                         finished.push(s.id);
                     }
@@ -655,11 +720,36 @@ impl PeerLink {
                 self.notify.notified().await;
                 continue;
             }
-            for (kind, id, body) in frames.drain(..) {
+            for f in frames.drain(..) {
                 head.clear();
-                frame::put_frame_header(&mut head, kind, Some(&id), body.len());
-                out.write_all(&head).await?;
-                out.write_all(&body).await?;
+                match f {
+                    Outgoing::Credit(kind, id, n) => {
+                        frame::put_frame_header(&mut head, kind, Some(&id), 4);
+                        head.extend_from_slice(&n.to_be_bytes());
+                        out.write_all(&head).await?;
+                    }
+                    Outgoing::Frame(id, Queued::Event(body)) => {
+                        frame::put_frame_header(&mut head, EVENT, Some(&id), body.len());
+                        out.write_all(&head).await?;
+                        out.write_all(&body).await?;
+                    }
+                    Outgoing::Frame(id, Queued::Priority(body)) => {
+                        frame::put_frame_header(&mut head, PRIORITY_EVENT, Some(&id), body.len());
+                        out.write_all(&head).await?;
+                        out.write_all(&body).await?;
+                    }
+                    Outgoing::Frame(id, Queued::Buffer { schema, buffer }) => {
+                        if let Some(schema) = schema {
+                            frame::put_frame_header(&mut head, SCHEMA, Some(&id), schema.len());
+                            head.extend_from_slice(&schema);
+                        }
+                        frame::put_frame_header(&mut head, BUFFER, Some(&id), buffer.len());
+                        out.write_all(&head).await?;
+                        for part in buffer.parts() {
+                            out.write_all(part).await?;
+                        }
+                    }
+                }
             }
         }
     }
@@ -678,7 +768,8 @@ impl PeerLink {
                 Err(e) => return Err(e.to_string()),
             };
             match Frame::decode(kind, body).map_err(|e| e.to_string())? {
-                Frame::Buffer(id, body) => env.deliver(&self.peer, id, Item::Encoded(body))?,
+                Frame::Buffer(id, body) => env.deliver_buffer(&self.peer, id, body)?,
+                Frame::Schema(id, schema) => env.set_schema(&self.peer, id, schema)?,
                 Frame::Event(id, event) => env.deliver(&self.peer, id, Item::Event(event))?,
                 Frame::PriorityEvent(id, event) => env.deliver_priority(&self.peer, id, event)?,
                 Frame::Announce(id, n) => env.announce(&self, id, n)?,
@@ -704,18 +795,50 @@ impl CreditReturn for RemoteCredits {
     }
 }
 
+/// One frame waiting in a sending end's queue.
+#[derive(Debug)]
+enum Queued {
+    /// A buffer (takes a credit), preceded on the wire by a `SCHEMA` frame when it is the
+    /// channel's first buffer or its schema changed (the schema message's bytes).
+    Buffer { schema: Option<Bytes>, buffer: Encoded },
+    /// An event in order with the buffers (`EVENT`).
+    Event(Bytes),
+    /// An event that overtook the queued buffers (`PRIORITY_EVENT`).
+    Priority(Bytes),
+}
+
+impl Queued {
+    fn is_buffer(&self) -> bool {
+        matches!(self, Queued::Buffer { .. })
+    }
+
+    /// The barrier this event is, if it is one.
+    fn barrier(&self) -> Option<crate::buffer::Barrier> {
+        match self {
+            Queued::Event(body) => match Event::decode(body) {
+                Ok(Event::Barrier(b)) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// The queue and credit account of one sending end.
 #[derive(Default)]
 struct SubState {
-    /// Frames waiting to be sent, as (frame kind `BUFFER`, `EVENT` or `PRIORITY_EVENT`, body), in
-    /// sending order: a buffer waits for a credit, and so does everything queued behind it,
-    /// except events pushed with priority, which go ahead of the buffers (after the last event).
-    queue: VecDeque<(u8, Bytes)>,
-    /// `BUFFER` frames in `queue`.
+    /// Frames waiting to be sent, in sending order: a buffer waits for a credit, and so does
+    /// everything queued behind it, except events pushed with priority, which go ahead of the
+    /// buffers (after the last event).
+    queue: VecDeque<Queued>,
+    /// Buffers in `queue`.
     buffers: usize,
     /// `taskmanager.network.sender-queue-buffers`: the sending task takes no further input while
     /// this many wait (it may overdraw by one input batch's output).
     capacity: usize,
+    /// The schema of the last buffer queued: a buffer with another one goes with a `SCHEMA`
+    /// frame.
+    schema: Option<arrow_schema::SchemaRef>,
     /// The sending task's waker: told when the queue drops below `capacity` or the channel fails.
     waker: Option<Arc<crate::wake::Waker>>,
     /// Buffers the receiver has room for.
@@ -724,6 +847,8 @@ struct SubState {
     announced: bool,
     /// End of partition was queued: the subpartition goes away once it is sent.
     ended: bool,
+    /// In its link's ready list: the writer will look at it.
+    scheduled: bool,
     /// Why the channel failed (link broken, attempt released): every push returns it. Set once.
     failure: Option<String>,
 }
@@ -735,8 +860,10 @@ pub struct RemoteSubpartition {
     id: ChannelId,
     /// Queue, credits and flags, shared by the sending task and the writer.
     state: Mutex<SubState>,
+    /// The sending task's encoder (only that thread takes it): keeps the schema's IPC encoding.
+    encoder: Mutex<BatchEncoder>,
     /// Signalled when buffers leave the queue or the channel fails: wakes a sender waiting in
-    /// `push_blocking` (tests; tasks use their waker).
+    /// `push_blocking` (tests; tasks use their waker). One sender per channel: `notify_one`.
     space: Condvar,
     /// The link whose writer sends this channel's frames.
     link: Arc<PeerLink>,
@@ -745,36 +872,45 @@ pub struct RemoteSubpartition {
 }
 
 impl RemoteSubpartition {
-    /// Queues an item without waiting (encoding buffers to Arrow IPC on the caller's thread).
-    /// The sending task checks [`RemoteSubpartition::has_room`] before it takes the input that
-    /// produces it. Queuing an end of partition marks the channel ended: once it is sent, the
-    /// sending end is dropped.
-    pub fn push(&self, item: Item) -> Result<(), String> {
+    /// Queues an item without waiting (encoding buffers to Arrow IPC on the caller's thread,
+    /// without copying their rows). The sending task checks [`RemoteSubpartition::has_room`]
+    /// before it takes the input that produces it. Queuing an end of partition marks the
+    /// channel ended: once it is sent, the sending end is dropped.
+    pub fn push(self: &Arc<Self>, item: Item) -> Result<(), String> {
         self.push_inner(item, false)
     }
 
     /// Queues an item, waiting while `sender-queue-buffers` buffers already wait for credit: for
     /// senders that are not tasks (tests). Events never wait.
-    pub fn push_blocking(&self, item: Item) -> Result<(), String> {
+    pub fn push_blocking(self: &Arc<Self>, item: Item) -> Result<(), String> {
         self.push_inner(item, true)
     }
 
     /// Queues an item, first waiting for queue room if `wait` and it is a buffer. A buffer
     /// above the frame limit is an error (the receiver would close the connection for it).
-    fn push_inner(&self, item: Item, wait: bool) -> Result<(), String> {
-        let (kind, body) = Self::encode(item)?;
-        if kind == BUFFER && body.len() > self.max_buffer {
-            return Err(format!(
-                "a buffer of {} bytes for channel {:?} exceeds the data plane's limit of {} bytes \
-                 (64 times {}, at least 64 MiB): a row this large cannot go to another TaskManager",
-                body.len(),
-                self.id,
-                self.max_buffer,
-                weir_core::config::keys::SEGMENT_SIZE
-            ));
+    fn push_inner(self: &Arc<Self>, item: Item, wait: bool) -> Result<(), String> {
+        let queued = match item {
+            Item::Buffer(b) => {
+                let encoded = self.encoder.lock().encode(&b).map_err(|e| format!("cannot encode a buffer: {e}"))?;
+                Queued::Buffer { schema: None, buffer: encoded }
+            }
+            Item::Encoded(buffer) => Queued::Buffer { schema: None, buffer },
+            Item::Event(e) => Queued::Event(e.encode()),
+        };
+        if let Queued::Buffer { buffer, .. } = &queued {
+            if buffer.len() > self.max_buffer {
+                return Err(format!(
+                    "a buffer of {} bytes for channel {:?} exceeds the data plane's limit of {} bytes \
+                     (64 times {}, at least 64 MiB): a row this large cannot go to another TaskManager",
+                    buffer.len(),
+                    self.id,
+                    self.max_buffer,
+                    weir_core::config::keys::SEGMENT_SIZE
+                ));
+            }
         }
         let mut st = self.state.lock();
-        if wait && kind == BUFFER {
+        if wait && queued.is_buffer() {
             while st.buffers >= st.capacity && st.failure.is_none() {
                 self.space.wait(&mut st);
             }
@@ -782,30 +918,39 @@ impl RemoteSubpartition {
         if let Some(f) = &st.failure {
             return Err(f.clone());
         }
-        Self::enqueue(&mut st, kind, body);
+        let schedule = Self::enqueue(&mut st, queued)?;
         drop(st);
-        self.link.notify_writer();
+        if schedule {
+            self.link.schedule(self.clone());
+        }
         Ok(())
     }
 
-    /// An item's frame kind and body.
-    fn encode(item: Item) -> Result<(u8, Bytes), String> {
-        Ok(match item {
-            Item::Buffer(b) => (BUFFER, encode_batch(&b).map_err(|e| format!("cannot encode a buffer: {e}"))?),
-            Item::Encoded(b) => (BUFFER, b),
-            Item::Event(e) => (EVENT, e.encode()),
-        })
+    /// Appends a frame, counting buffers, noting an end of partition, and attaching the schema
+    /// message to a buffer whose schema the receiver does not have yet. Returns whether the
+    /// sending end must be put on its link's ready list (it is not there yet).
+    fn enqueue(st: &mut SubState, mut queued: Queued) -> Result<bool, String> {
+        match &mut queued {
+            Queued::Buffer { schema, buffer } => {
+                st.buffers += 1;
+                let known = st.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &buffer.schema) || **s == *buffer.schema);
+                if !known {
+                    *schema = Some(schema_message(&buffer.schema).map_err(|e| format!("cannot encode a schema: {e}"))?);
+                    st.schema = Some(buffer.schema.clone());
+                }
+            }
+            Queued::Event(body) if body[..] == [1] => st.ended = true,
+            _ => {}
+        }
+        st.queue.push_back(queued);
+        Ok(!std::mem::replace(&mut st.scheduled, true))
     }
 
-    /// Appends a frame, counting buffers and noting an end of partition.
-    fn enqueue(st: &mut SubState, kind: u8, body: Bytes) {
-        if kind == BUFFER {
-            st.buffers += 1;
+    /// Puts the sending end on its link's ready list, unless it is there already.
+    fn schedule(self: &Arc<Self>) {
+        if !std::mem::replace(&mut self.state.lock().scheduled, true) {
+            self.link.schedule(self.clone());
         }
-        if kind == EVENT && matches!(Event::decode(&body), Ok(Event::EndOfPartition)) {
-            st.ended = true;
-        }
-        st.queue.push_back((kind, body));
     }
 
     /// Whether the sending task may take its next input: fewer than `sender-queue-buffers`
@@ -823,56 +968,67 @@ impl RemoteSubpartition {
     /// Puts an event ahead of the buffers waiting for credit, right after the last queued event
     /// (so priority events keep their order and never overtake an earlier one), as a
     /// `PRIORITY_EVENT` frame the receiver also queues ahead of its buffers. Takes no queue
-    /// slot and still waits for the announcement. Returns the bodies of the buffers it
-    /// overtook: they are still sent after it, and the sender persists them as output channel
-    /// state.
-    pub fn push_priority(&self, event: Event) -> Result<Vec<Bytes>, String> {
+    /// slot and still waits for the announcement. Returns the buffers it overtook: they are
+    /// still sent after it, and the sender persists them as output channel state.
+    pub fn push_priority(self: &Arc<Self>, event: Event) -> Result<Vec<Encoded>, String> {
         let mut st = self.state.lock();
         if let Some(f) = &st.failure {
             return Err(f.clone());
         }
-        let at = st.queue.iter().rposition(|(k, _)| *k != BUFFER).map_or(0, |i| i + 1);
-        let overtaken = st.queue.iter().skip(at).map(|(_, b)| b.clone()).collect();
-        st.queue.insert(at, (PRIORITY_EVENT, event.encode()));
+        let at = st.queue.iter().rposition(|q| !q.is_buffer()).map_or(0, |i| i + 1);
+        let overtaken = Self::buffers_in(st.queue.range(at..));
+        st.queue.insert(at, Queued::Priority(event.encode()));
+        let schedule = !std::mem::replace(&mut st.scheduled, true);
         drop(st);
-        self.link.notify_writer();
+        if schedule {
+            self.link.schedule(self.clone());
+        }
         Ok(overtaken)
+    }
+
+    /// The buffers among queued frames (cheap clones).
+    fn buffers_in<'a>(queued: impl Iterator<Item = &'a Queued>) -> Vec<Encoded> {
+        queued
+            .filter_map(|q| match q {
+                Queued::Buffer { buffer, .. } => Some(buffer.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether the aligned barrier of checkpoint `id` still waits in this queue.
     pub fn holds_barrier(&self, id: u64) -> bool {
-        Self::barrier_position(&self.state.lock(), id).is_some()
-    }
-
-    /// Where the aligned barrier of checkpoint `id` waits in the queue, if it does.
-    fn barrier_position(st: &SubState, id: u64) -> Option<usize> {
-        st.queue.iter().position(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))
+        self.state.lock().queue.iter().any(|q| q.barrier().is_some_and(|b| b.id == id))
     }
 
     /// Turns the aligned barrier of checkpoint `id`, if it still waits in this queue, into an
     /// unaligned one sent with priority: it moves ahead of the buffers queued before it (right
     /// after the last event before it) and is marked unaligned. Returns the buffers it
     /// overtook (output channel state), or `None` if the barrier already left.
-    pub fn prioritize_barrier(&self, id: u64) -> Option<Vec<Bytes>> {
+    pub fn prioritize_barrier(self: &Arc<Self>, id: u64) -> Option<Vec<Encoded>> {
         let mut st = self.state.lock();
-        let pos =
-            st.queue.iter().position(|(k, body)| *k == EVENT && matches!(Event::decode(body), Ok(Event::Barrier(b)) if b.id == id))?;
-        let (_, body) = st.queue.remove(pos).expect("found above");
-        let Ok(Event::Barrier(b)) = Event::decode(&body) else { unreachable!("matched above") };
-        let at = st.queue.range(..pos).rposition(|(k, _)| *k != BUFFER).map_or(0, |i| i + 1);
-        let overtaken = st.queue.range(at..pos).map(|(_, b)| b.clone()).collect();
-        st.queue.insert(at, (PRIORITY_EVENT, Event::Barrier(crate::buffer::Barrier { unaligned: true, ..b }).encode()));
+        let (pos, b) = st.queue.iter().enumerate().find_map(|(i, q)| q.barrier().filter(|b| b.id == id).map(|b| (i, b)))?;
+        st.queue.remove(pos);
+        let at = st.queue.range(..pos).rposition(|q| !q.is_buffer()).map_or(0, |i| i + 1);
+        let overtaken = Self::buffers_in(st.queue.range(at..pos));
+        st.queue.insert(at, Queued::Priority(Event::Barrier(crate::buffer::Barrier { unaligned: true, ..b }).encode()));
+        let schedule = !std::mem::replace(&mut st.scheduled, true);
         drop(st);
-        self.link.notify_writer();
+        if schedule {
+            self.link.schedule(self.clone());
+        }
         Some(overtaken)
     }
 
-    /// Grants `n` credits; the first grant (from the `ANNOUNCE`) also allows sending at all. The
-    /// caller wakes the writer.
-    fn add_credit(&self, n: u32) {
-        let mut st = self.state.lock();
-        st.credits = st.credits.saturating_add(n);
-        st.announced = true;
+    /// Grants `n` credits; the first grant (from the `ANNOUNCE`) also allows sending at all.
+    /// Puts the sending end on the ready list: it may have buffers waiting for them.
+    fn add_credit(self: &Arc<Self>, n: u32) {
+        {
+            let mut st = self.state.lock();
+            st.credits = st.credits.saturating_add(n);
+            st.announced = true;
+        }
+        self.schedule();
     }
 
     /// Fails the channel: queued frames are discarded and the sending task wakes; its next push
@@ -885,26 +1041,28 @@ impl RemoteSubpartition {
         st.queue.clear();
         let waker = st.waker.clone();
         drop(st);
-        self.space.notify_all();
+        self.space.notify_one();
         if let Some(w) = waker {
             w.notify();
         }
     }
 
-    /// Moves what may be sent now into `out`. Returns true once the end of partition went out.
+    /// Moves what may be sent now into `out`, and takes the sending end off the ready list (a
+    /// later push or credit puts it back). Returns true once the end of partition went out.
     ///
     /// Nothing goes before the announcement or after a failure. Frames leave in queue order:
     /// a buffer at the head without a credit stops the channel, and whatever is queued behind
     /// it waits too (only priority events get ahead of it). Each buffer sent uses a credit and
     /// frees a queue slot, waking a blocked sender.
-    fn take_sendable(&self, out: &mut Vec<(u8, ChannelId, Bytes)>) -> bool {
+    fn take_sendable(&self, out: &mut Vec<Outgoing>) -> bool {
         let mut st = self.state.lock();
+        st.scheduled = false;
         if !st.announced || st.failure.is_some() {
             return false;
         }
         let mut freed = false;
-        while let Some((kind, _)) = st.queue.front() {
-            if *kind == BUFFER {
+        while let Some(front) = st.queue.front() {
+            if front.is_buffer() {
                 if st.credits == 0 {
                     break;
                 }
@@ -912,14 +1070,14 @@ impl RemoteSubpartition {
                 st.buffers -= 1;
                 freed = true;
             }
-            let (kind, body) = st.queue.pop_front().expect("front exists");
-            out.push((kind, self.id, body));
+            let queued = st.queue.pop_front().expect("front exists");
+            out.push(Outgoing::Frame(self.id, queued));
         }
         let done = st.ended && st.queue.is_empty();
         let waker = if freed && st.buffers < st.capacity { st.waker.clone() } else { None };
         drop(st);
         if freed {
-            self.space.notify_all();
+            self.space.notify_one();
             if let Some(w) = waker {
                 w.notify();
             }
@@ -945,7 +1103,7 @@ mod tests {
     }
 
     fn network(sender_queue_buffers: usize) -> NetworkConfig {
-        NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 2, sender_queue_buffers, buffer_timeout: Duration::from_millis(10) }
+        NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 2, sender_queue_buffers, buffer_timeout: Duration::from_millis(10), memory_max: 1 << 30 }
     }
 
     /// An environment on a free loopback port, without token or TLS.
@@ -992,8 +1150,8 @@ mod tests {
             let mut got = Vec::new();
             loop {
                 match g.poll(Some(Instant::now() + Duration::from_secs(30))) {
-                    GatePoll::Item(_, Item::Encoded(bytes)) => {
-                        let b = crate::buffer::decode_batch(&bytes).unwrap();
+                    GatePoll::Item(_, Item::Encoded(encoded)) => {
+                        let b = encoded.decode().unwrap();
                         got.push(b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0));
                     }
                     GatePoll::Item(_, Item::Event(Event::EndOfPartition)) => {}

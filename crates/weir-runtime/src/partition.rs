@@ -31,7 +31,7 @@
 //! - Hash partitioning does not treat null keys specially: a null row goes where the value
 //!   stored under its null slot hashes to.
 
-use crate::buffer::{Event, Item};
+use crate::buffer::{BatchEncoder, Encoded, Event, Item};
 use crate::gate::InputGate;
 use crate::net::RemoteSubpartition;
 use crate::wake::Waker;
@@ -69,7 +69,7 @@ impl ChannelWriter {
     /// buffers it overtook that stay this task's responsibility: those queued for the network
     /// (already encoded). A local channel's queue is the downstream gate's, where the
     /// downstream task takes the overtaken buffers as its input channel state, so none.
-    fn push_priority(&self, event: Event) -> OpResult<Vec<bytes::Bytes>> {
+    fn push_priority(&self, event: Event) -> OpResult<Vec<Encoded>> {
         match self {
             ChannelWriter::Local { gate, index } => gate.push_priority(*index, event).map(|_| Vec::new()),
             ChannelWriter::Remote(sub) => sub.push_priority(event),
@@ -104,7 +104,7 @@ pub struct OvertakenOutput {
     /// The channel within the edge (the target subtask for hash edges).
     pub channel: usize,
     /// The buffers, Arrow IPC-encoded as they were queued for the network.
-    pub buffers: Vec<bytes::Bytes>,
+    pub buffers: Vec<Encoded>,
 }
 
 /// One channel's partly filled buffer: rows waiting for a full segment or their deadline.
@@ -137,6 +137,8 @@ pub struct OutputEdge {
     scratch: Vec<Vec<u32>>,
     /// For hash edges: the channel of each key group (a lookup instead of a division per row).
     channel_of_key_group: Vec<u32>,
+    /// For broadcast edges: encodes each buffer once for every remote channel.
+    broadcast_encoder: BatchEncoder,
 }
 
 impl OutputEdge {
@@ -166,6 +168,7 @@ impl OutputEdge {
             } else {
                 Vec::new()
             },
+            broadcast_encoder: BatchEncoder::default(),
         }
     }
 }
@@ -238,9 +241,8 @@ impl ResultPartition {
                     buffer(edge, ch, batch.clone(), buffering)?;
                 }
                 Partitioning::Broadcast => {
-                    for ch in 0..n {
-                        buffer(edge, ch, batch.clone(), buffering)?;
-                    }
+                    // One pending buffer (channel 0's) for every channel: see `send`.
+                    buffer(edge, 0, batch.clone(), buffering)?;
                 }
                 Partitioning::Hash { .. } => {
                     if n == 1 {
@@ -444,7 +446,7 @@ fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, buffering: &mut 
         let mut offset = 0;
         while offset < rows {
             let len = rows_per_slice.min(rows - offset);
-            edge.channels[ch].push(Item::Buffer(batch.slice(offset, len)))?;
+            send(edge, ch, batch.slice(offset, len))?;
             offset += len;
         }
         return Ok(());
@@ -480,7 +482,30 @@ fn flush(edge: &mut OutputEdge, ch: usize) -> OpResult {
             b
         }
     };
-    edge.channels[ch].push(Item::Buffer(batch))
+    send(edge, ch, batch)
+}
+
+/// Sends one buffer on channel `ch`; on a broadcast edge, on every channel: rows there are
+/// buffered once (as channel 0's), and encoded once for all the remote channels.
+fn send(edge: &mut OutputEdge, ch: usize, batch: RecordBatch) -> OpResult {
+    if !matches!(edge.partitioning, Partitioning::Broadcast) || edge.channels.len() == 1 {
+        return edge.channels[ch].push(Item::Buffer(batch));
+    }
+    let mut encoded: Option<Encoded> = None;
+    for c in &edge.channels {
+        let item = match c {
+            ChannelWriter::Local { .. } => Item::Buffer(batch.clone()),
+            ChannelWriter::Remote(_) => {
+                let e = match &encoded {
+                    Some(e) => e.clone(),
+                    None => encoded.insert(edge.broadcast_encoder.encode(&batch)?).clone(),
+                };
+                Item::Encoded(e)
+            }
+        };
+        c.push(item)?;
+    }
+    Ok(())
 }
 
 /// The partition collects what the last operator of the chain emits.

@@ -907,9 +907,8 @@ impl Runner {
                 }
                 GatePoll::Item(ch, item @ Item::Encoded(_)) => {
                     self.record_input(ch, &item);
-                    let Item::Encoded(bytes) = item else { unreachable!() };
-                    let b =
-                        decode_batch(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
+                    let Item::Encoded(encoded) = item else { unreachable!() };
+                    let b = encoded.decode().map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
                     self.process(chain, b)?
                 }
                 GatePoll::Item(channel, Item::Event(event)) => self.event(chain, gate, channel, event, &[])?,
@@ -1252,7 +1251,7 @@ impl BufferKey {
     /// always written).
     fn input(channel: usize, item: &Item) -> Option<Self> {
         match item {
-            Item::Encoded(b) => Some(Self::Input { channel, ptr: b.as_ptr() as usize, len: b.len(), offset: 0, rows: 0 }),
+            Item::Encoded(b) => Some(Self::Input { channel, ptr: b.address(), len: b.len(), offset: 0, rows: 0 }),
             Item::Buffer(batch) => {
                 let data = batch.columns().first()?.to_data();
                 let buf = data.buffers().first()?;
@@ -1336,18 +1335,25 @@ impl ChannelStateWriter {
                 Item::Buffer(b) => {
                     encode_batch(b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?
                 }
-                Item::Encoded(bytes) => bytes.clone(),
+                Item::Encoded(encoded) => encoded
+                    .self_contained()
+                    .map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?,
                 Item::Event(_) => continue,
             };
             input.push(add(key, channel as u32, 0, ipc, item));
         }
         let mut output = Vec::new();
         for o in c.output {
-            for ipc in o.buffers {
-                let key = Some(BufferKey::Output { edge: o.edge, channel: o.channel, ptr: ipc.as_ptr() as usize, len: ipc.len() });
+            for encoded in o.buffers {
+                let key = Some(BufferKey::Output { edge: o.edge, channel: o.channel, ptr: encoded.address(), len: encoded.len() });
                 match existing(&self.written, key) {
                     Some(p) => output.push(p),
-                    None => output.push(add(key, o.edge as u32, o.channel as u32, ipc.clone(), Item::Encoded(ipc))),
+                    None => {
+                        let ipc = encoded
+                            .self_contained()
+                            .map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?;
+                        output.push(add(key, o.edge as u32, o.channel as u32, ipc, Item::Encoded(encoded)))
+                    }
                 }
             }
         }
@@ -1798,7 +1804,7 @@ mod tests {
         fn next(&self) -> Seen {
             match self.output.poll(Some(Instant::now() + Duration::from_secs(30))) {
                 GatePoll::Item(_, Item::Buffer(b)) => Seen::Rows(b.num_rows()),
-                GatePoll::Item(_, Item::Encoded(bytes)) => Seen::Rows(decode_batch(&bytes).unwrap().num_rows()),
+                GatePoll::Item(_, Item::Encoded(encoded)) => Seen::Rows(encoded.decode().unwrap().num_rows()),
                 GatePoll::Item(_, Item::Event(Event::Barrier(b))) => Seen::Barrier(b),
                 GatePoll::Item(_, Item::Event(Event::CancelCheckpoint(id))) => Seen::Cancel(id),
                 GatePoll::Priority { event: Event::CancelCheckpoint(id), .. } => Seen::Cancel(id),

@@ -7,6 +7,7 @@
 //! from the job graph alone (so sender and receiver agree); this module only performs each
 //! subtask's plan, choosing a local queue or the data plane by where the peer subtask runs.
 
+use crate::network_memory::NetworkDemand;
 use crate::{JobTasks, Shared};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,6 +107,20 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
         );
     }
 
+    // The network memory the channels of these subtasks can hold, reserved before any exists.
+    let mut demand = NetworkDemand::default();
+    for plan in &plans {
+        demand.input_channels += plan.inputs.len() as u64;
+        for c in plan.outputs.iter().flat_map(|o| &o.channels) {
+            demand.output_channels += 1;
+            demand.remote_output_channels += u64::from(&loc(c.to)?.0 != &me);
+        }
+    }
+    let network = shared
+        .network_memory
+        .reserve(demand, &s.config.network)
+        .map_err(|e| invalid(format!("TaskManager {me} cannot deploy {} subtasks: {e}", plans.len())))?;
+
     // 1. Gates, so local senders can find them.
     let mut gates: HashMap<SubtaskRef, Arc<InputGate>> = HashMap::new();
     let mut remote_inputs = Vec::new();
@@ -181,7 +196,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     // The entry exists before any task runs, so a task that ends at once is accounted for.
     shared.jobs.lock().insert(
         (job.clone(), req.attempt),
-        JobTasks { job_key: key, tasks: HashMap::new(), expected: descriptors.len(), ended: Default::default() },
+        JobTasks { job_key: key, tasks: HashMap::new(), expected: descriptors.len(), ended: Default::default(), _network: network },
     );
     for d in descriptors {
         let (v, i) = (d.info.vertex, d.info.index);

@@ -5,6 +5,7 @@
 //! again.
 
 mod deploy;
+pub mod network_memory;
 mod service;
 
 use parking_lot::Mutex;
@@ -79,6 +80,8 @@ pub(crate) struct JobTasks {
     /// Subtasks deployed, and those that reported their end.
     pub expected: usize,
     pub ended: std::collections::HashSet<(u32, u32)>,
+    /// The network memory its channels may hold; given back when the entry goes.
+    pub _network: network_memory::Reservation,
 }
 
 pub(crate) struct Shared {
@@ -89,6 +92,8 @@ pub(crate) struct Shared {
     /// Builds the functions of DataStream programs: empty in the `weir` binary's TaskManagers.
     pub functions: Arc<dyn UserFunctions>,
     pub jobs: Mutex<HashMap<(String, u32), JobTasks>>,
+    /// `taskmanager.memory.network.max`, reserved per job attempt at deployment.
+    pub network_memory: Arc<network_memory::NetworkMemory>,
     pub updates: mpsc::UnboundedSender<UpdateTaskStateRequest>,
     pub acks: mpsc::UnboundedSender<(String, u32, CheckpointAck)>,
 }
@@ -218,6 +223,7 @@ pub async fn start_with_functions(
         connectors: Arc::new(weir_connectors::BuiltinConnectors),
         functions,
         jobs: Mutex::new(HashMap::new()),
+        network_memory: network_memory::NetworkMemory::new(settings.config.network.memory_max),
         updates: updates_tx,
         acks: acks_tx,
     });

@@ -9,7 +9,7 @@
 //! wrong, never a panic (a property test feeds it random bytes).
 
 use crate::buffer::{ChannelId, Event};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Handshake, dialer to acceptor: version, authentication mode, the dialer's nonce, its proof
@@ -36,6 +36,10 @@ pub const CHALLENGE: u8 = 6;
 pub const WELCOME: u8 = 7;
 /// Handshake, either way: the connection is refused, with a UTF-8 reason; the sender closes it.
 pub const REFUSED: u8 = 8;
+/// Channel id + an Arrow IPC schema message: the schema of the channel's `BUFFER` frames from
+/// here on. Sent before a channel's first buffer and whenever its schema changes, in order
+/// with the buffers; needs no credit. A buffer before any schema is a protocol violation.
+pub const SCHEMA: u8 = 9;
 
 /// Largest frame of the handshake (`HELLO`, `CHALLENGE`, `WELCOME`, `REFUSED`): what an
 /// unauthenticated peer can make this side allocate.
@@ -82,6 +86,7 @@ pub enum FrameError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Buffer(ChannelId, Bytes),
+    Schema(ChannelId, arrow_schema::SchemaRef),
     Event(ChannelId, Event),
     PriorityEvent(ChannelId, Event),
     Announce(ChannelId, u32),
@@ -93,7 +98,7 @@ impl Frame {
     /// errors here: they have no place on an established connection.
     pub fn decode(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
         let bad = |what: String| FrameError::Malformed(what);
-        if !matches!(kind, BUFFER | EVENT | PRIORITY_EVENT | ANNOUNCE | CREDIT) {
+        if !matches!(kind, BUFFER | SCHEMA | EVENT | PRIORITY_EVENT | ANNOUNCE | CREDIT) {
             return Err(bad(format!("unexpected frame kind {kind}")));
         }
         let id = ChannelId::decode(&mut body).ok_or_else(|| bad(format!("frame of kind {kind} too short for a channel id")))?;
@@ -107,6 +112,10 @@ impl Frame {
         Ok(match kind {
             BUFFER if body.is_empty() => return Err(bad(format!("empty buffer for {id:?}"))),
             BUFFER => Frame::Buffer(id, body),
+            SCHEMA => Frame::Schema(
+                id,
+                crate::buffer::decode_schema_message(&body).map_err(|e| bad(format!("schema for {id:?}: {e}")))?,
+            ),
             EVENT => Frame::Event(id, event(&body)?),
             PRIORITY_EVENT => Frame::PriorityEvent(id, event(&body)?),
             ANNOUNCE => Frame::Announce(id, count(&body)?),
@@ -137,33 +146,40 @@ pub fn put_frame_header(buf: &mut BytesMut, kind: u8, id: Option<&ChannelId>, bo
 /// after it. The length is checked before any allocation; the frame's memory then grows with
 /// the bytes actually received. The end of the stream between frames is [`FrameError::Closed`];
 /// inside one, an I/O error.
+///
+/// The body gets an allocation of its own, never zero-filled first, that starts with it: so
+/// after a channel id (32 bytes) a `BUFFER` frame's Arrow messages start 8-byte aligned, and
+/// their arrays decode in place ([`crate::buffer::Encoded::decode`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_len: usize) -> Result<(u8, Bytes), FrameError> {
-    let mut header = [0u8; 4];
+    let mut header = [0u8; 5];
     if r.read(&mut header[..1]).await? == 0 {
         return Err(FrameError::Closed);
     }
-    r.read_exact(&mut header[1..]).await?;
-    let len = u32::from_be_bytes(header) as usize;
+    r.read_exact(&mut header[1..4]).await?;
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len == 0 || len > max_len {
         return Err(FrameError::Length { len, max: max_len });
     }
-    let mut buf = BytesMut::new();
-    let mut filled = 0;
-    while filled < len {
-        let next = len.min(filled + filled.max(FIRST_READ));
-        buf.resize(next, 0);
-        r.read_exact(&mut buf[filled..next]).await?;
-        filled = next;
+    r.read_exact(&mut header[4..]).await?;
+    let body_len = len - 1;
+    let mut buf = BytesMut::with_capacity(body_len.min(FIRST_READ));
+    while buf.len() < body_len {
+        if buf.capacity() == buf.len() {
+            buf.reserve((body_len - buf.len()).min(buf.len().max(FIRST_READ)));
+        }
+        let want = (body_len - buf.len()) as u64;
+        if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof")));
+        }
     }
-    let mut buf = buf.freeze();
-    let kind = buf.get_u8();
-    Ok((kind, buf))
+    Ok((header[4], buf.freeze()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn frame_bytes(kind: u8, id: Option<&ChannelId>, body: &[u8]) -> Vec<u8> {
         let mut buf = BytesMut::new();
@@ -197,6 +213,8 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut bytes = frame_bytes(BUFFER, Some(&ID), b"ipc");
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new("v", arrow_schema::DataType::Int64, true)]));
+        bytes.extend(frame_bytes(SCHEMA, Some(&ID), &crate::buffer::schema_message(&schema).unwrap()));
         bytes.extend(frame_bytes(EVENT, Some(&ID), &Event::EndOfPartition.encode()));
         bytes.extend(frame_bytes(PRIORITY_EVENT, Some(&ID), &Event::CancelCheckpoint(3).encode()));
         bytes.extend(frame_bytes(ANNOUNCE, Some(&ID), &7u32.to_be_bytes()));
@@ -206,6 +224,7 @@ mod tests {
             frames,
             vec![
                 Frame::Buffer(ID, Bytes::from_static(b"ipc")),
+                Frame::Schema(ID, schema),
                 Frame::Event(ID, Event::EndOfPartition),
                 Frame::PriorityEvent(ID, Event::CancelCheckpoint(3)),
                 Frame::Announce(ID, 7),
@@ -217,7 +236,9 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors_naming_the_fault() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (frame_bytes(9, Some(&ID), b""), "unexpected frame kind 9"),
+            (frame_bytes(10, Some(&ID), b""), "unexpected frame kind 10"),
+            (frame_bytes(SCHEMA, Some(&ID), b""), "schema for"),
+            (frame_bytes(SCHEMA, Some(&ID), &[0xff, 0xff, 0xff, 0xff, 8, 0, 0, 0, 1, 2]), "schema for"),
             (frame_bytes(HELLO, None, b"tm-a"), "unexpected frame kind 0"),
             (frame_bytes(EVENT, None, &[1, 2, 3]), "too short for a channel id"),
             (frame_bytes(BUFFER, Some(&ID), b""), "empty buffer"),

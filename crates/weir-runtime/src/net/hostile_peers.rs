@@ -3,7 +3,7 @@
 //! wrong tokens, untrusted certificates. Each checks that the offending connection is closed
 //! and that the real links keep delivering.
 
-use super::frame::{put_frame_header, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD};
+use super::frame::{put_frame_header, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, SCHEMA};
 use super::handshake::{self, Connection, HandshakeError};
 use super::*;
 use crate::gate::GatePoll;
@@ -18,8 +18,15 @@ fn batch(v: i64) -> Item {
     Item::Buffer(RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v])) as _)]).unwrap())
 }
 
+/// A one-row batch as a `BUFFER` frame's body, and the `SCHEMA` frame body it needs.
+fn wire_buffer(v: i64) -> (Bytes, Bytes) {
+    let batch = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v])) as _)]).unwrap();
+    let encoded = crate::buffer::BatchEncoder::default().encode(&batch).unwrap();
+    (crate::buffer::schema_message(&batch.schema()).unwrap(), encoded.contiguous())
+}
+
 fn network() -> NetworkConfig {
-    NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 4, sender_queue_buffers: 8, buffer_timeout: Duration::from_millis(10) }
+    NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 4, sender_queue_buffers: 8, buffer_timeout: Duration::from_millis(10), memory_max: 1 << 30 }
 }
 
 async fn start(id: &str, security: &SecurityConfig) -> Arc<NetworkEnvironment> {
@@ -59,8 +66,8 @@ impl Channel {
             for v in values {
                 sub.push_blocking(batch(v)).unwrap();
                 match gate.poll(Some(Instant::now() + DEADLINE)) {
-                    GatePoll::Item(_, Item::Encoded(bytes)) => {
-                        let b = crate::buffer::decode_batch(&bytes).unwrap();
+                    GatePoll::Item(_, Item::Encoded(encoded)) => {
+                        let b = encoded.decode().unwrap();
                         got.push(b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0));
                     }
                     other => panic!("expected buffer {v}, got {other:?}"),
@@ -160,11 +167,8 @@ async fn frames_for_a_channel_from_a_peer_that_does_not_feed_it_are_refused() {
     let forged = [
         (EVENT, Event::EndOfPartition.encode()),
         (frame::PRIORITY_EVENT, Event::CancelCheckpoint(1).encode()),
-        (
-            BUFFER,
-            crate::buffer::encode_batch(&RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![-1])) as _)]).unwrap())
-                .unwrap(),
-        ),
+        (SCHEMA, wire_buffer(-1).0),
+        (BUFFER, wire_buffer(-1).1),
     ];
     for (kind, body) in forged {
         let mut conn = intruder(&b, "tm-0", &plain()).await.unwrap();
@@ -198,12 +202,46 @@ async fn buffers_beyond_the_credits_granted_close_the_connection() {
     let gate = Arc::new(InputGate::new(1, vec![None]));
     b.register_input(id(4), gate.clone(), 0, "tm-0", "127.0.0.1:1");
     let mut conn = intruder(&b, "tm-0", &plain()).await.unwrap();
-    let body =
-        crate::buffer::encode_batch(&RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap()).unwrap();
+    let (schema, body) = wire_buffer(1);
+    send_frame(&mut conn, SCHEMA, &id(4), &schema).await;
     send_frame(&mut conn, BUFFER, &id(4), &body).await;
     send_frame(&mut conn, BUFFER, &id(4), &body).await;
     assert_closed(&mut conn).await;
     assert!(matches!(gate.try_poll(true), GatePoll::Failed(reason) if reason.contains("tm-0") && reason.contains("credits")));
+}
+
+/// A buffer needs its channel's schema first, and a schema frame must hold exactly one schema
+/// message: otherwise the connection closes and the channel's gate fails, naming the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_before_its_schema_or_a_malformed_schema_closes_the_connection() {
+    let b = start("tm-b", &plain()).await;
+    let (schema, body) = wire_buffer(1);
+    let mut trailing = schema.to_vec();
+    trailing.extend_from_slice(&[0; 8]);
+    let cases: [(u8, &[u8], &str); 3] = [
+        (BUFFER, &body, "before its schema"),
+        (SCHEMA, &schema[..schema.len() - 1], "tm-0"),
+        (SCHEMA, &trailing, "tm-0"),
+    ];
+    for (i, (kind, bytes, reason)) in cases.into_iter().enumerate() {
+        let gate = Arc::new(InputGate::new(1, vec![None]));
+        let channel = id(40 + i as u128);
+        b.register_input(channel, gate.clone(), 0, "tm-0", "127.0.0.1:1");
+        let mut conn = intruder(&b, "tm-0", &plain()).await.unwrap();
+        send_frame(&mut conn, kind, &channel, bytes).await;
+        assert_closed(&mut conn).await;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match gate.try_poll(true) {
+                GatePoll::Failed(r) => {
+                    assert!(r.contains(reason), "case {i}: {r}");
+                    break;
+                }
+                _ => assert!(Instant::now() < deadline, "case {i}: the gate did not fail"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// Unknown kinds, truncated channel ids, bodies that do not parse: each closes only its own
