@@ -30,7 +30,8 @@ demo: build
 test: deps
 	$(CARGO) test --workspace
 
-# Throughput figures from release builds; prints a table, asserts nothing.
+# Throughput figures from release builds; prints tables, asserts nothing. Ends with criterion's
+# micro-benchmarks (codec, state backends) and a flame graph per backend in bench/out/.
 bench: deps
 	$(CARGO) build --release --bin weir
 	python3 bench/run.py $(WEIR_RELEASE)
@@ -39,6 +40,9 @@ bench: deps
 	python3 bench/savepoints.py $(WEIR_RELEASE)
 	python3 bench/memory.py $(WEIR_RELEASE)
 	$(CARGO) run --release -q -p weir-state --example state_bench
+	$(CARGO) bench -q -p weir-runtime --bench codec
+	$(CARGO) bench -q -p weir-state --bench backends
+	python3 bench/profile.py $(WEIR_RELEASE)
 
 # Fuzzing, not part of `make test`: every cargo-fuzz target in fuzz/ (the decoders of job files,
 # data-plane frames, `_metadata` and state files) for FUZZ_SECONDS each, on the nightly

@@ -1243,6 +1243,60 @@ mod tests {
         assert!(link.state.lock().input_channels.is_empty());
     }
 
+    /// What waits in a sending end's queue, as (has a schema frame, buffer address) per buffer.
+    fn queued(sub: &RemoteSubpartition) -> Vec<(bool, usize)> {
+        sub.state
+            .lock()
+            .queue
+            .iter()
+            .filter_map(|q| match q {
+                Queued::Buffer { schema, buffer } => Some((schema.is_some(), buffer.address())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The schema goes with a channel's first buffer and again only when it changes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_schema_travels_once_per_channel_and_again_when_it_changes() {
+        let a = start("tm-a", 8).await;
+        let b = start("tm-b", 8).await;
+        // No receiver announces the channel: everything stays queued for inspection.
+        let sub = a.register_output(ChannelId { job: 5, attempt: 0, edge: 0, from: 0, to: 0 }, "tm-b", &b.local_addr().to_string());
+        for v in 0..3 {
+            sub.push(batch(v)).unwrap();
+        }
+        let other = RecordBatch::try_from_iter(vec![("w", Arc::new(Int64Array::from(vec![1])) as _)]).unwrap();
+        sub.push(Item::Buffer(other)).unwrap();
+        sub.push(batch(4)).unwrap();
+        let schemas: Vec<bool> = queued(&sub).into_iter().map(|(schema, _)| schema).collect();
+        assert_eq!(schemas, vec![true, false, false, true, true]);
+    }
+
+    /// A broadcast edge encodes each buffer once, whatever its number of remote channels.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_buffer_is_encoded_once_for_every_remote_channel() {
+        use crate::partition::{ChannelWriter, OutputEdge, ResultPartition};
+        let a = start("tm-a", 8).await;
+        let b = start("tm-b", 8).await;
+        let subs: Vec<_> = (0..3)
+            .map(|to| a.register_output(ChannelId { job: 6, attempt: 0, edge: 0, from: 0, to }, "tm-b", &b.local_addr().to_string()))
+            .collect();
+        let channels = subs.iter().cloned().map(ChannelWriter::Remote).collect();
+        let edge = OutputEdge::new(weir_core::graph::Partitioning::Broadcast, None, 128, channels, 0);
+        let mut partition = ResultPartition::new(vec![edge], 32 << 10, Duration::from_secs(60));
+        for v in 0..2 {
+            let Item::Buffer(b) = batch(v) else { unreachable!() };
+            partition.emit(b).unwrap();
+            partition.flush_all().unwrap();
+        }
+        let first = queued(&subs[0]);
+        assert_eq!(first.len(), 2);
+        for sub in &subs[1..] {
+            assert_eq!(queued(sub), first, "the same encoded buffers, schema frames on each channel");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lost_peer_fails_channels_naming_it() {
         let a = start("tm-a", 2).await;
