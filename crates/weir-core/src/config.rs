@@ -130,9 +130,9 @@ keys! {
         "Local working directory for state; defaults to the system temp directory.";
     SEGMENT_SIZE = "taskmanager.memory.segment-size", "32kb", Size,
         "Target size of one network buffer: output is flushed when a channel's buffer reaches it.";
-    BUFFERS_PER_CHANNEL = "taskmanager.network.memory.buffers-per-channel", "2", Int { min: 1 },
+    BUFFERS_PER_CHANNEL = "taskmanager.network.memory.buffers-per-channel", "4", Int { min: 1 },
         "Credits (buffers) a receiver grants each input channel.";
-    SENDER_QUEUE_BUFFERS = "taskmanager.network.sender-queue-buffers", "2", Int { min: 1 },
+    SENDER_QUEUE_BUFFERS = "taskmanager.network.sender-queue-buffers", "4", Int { min: 1 },
         "Buffers a sender may queue per output channel before its task blocks.";
     NETWORK_MEMORY_MAX = "taskmanager.memory.network.max", "512mb", Size,
         "Network memory a TaskManager hands out to the channels of its tasks; a deployment that needs more fails, naming what it needs.";

@@ -312,12 +312,14 @@ impl NetworkEnvironment {
         link.push_credit(ANNOUNCE, id, credits);
     }
 
-    /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate.
-    /// `None` entries are local channels, whose credits never travel. Each entry is the
-    /// channel id, the peer's TaskManager id and its data address.
-    pub fn credit_return(self: &Arc<Self>, ids: Vec<Option<(ChannelId, String, String)>>) -> Arc<dyn CreditReturn> {
-        let links = ids.iter().map(|c| c.as_ref().map(|(id, peer, addr)| (*id, self.link(peer, Some(addr))))).collect();
-        Arc::new(RemoteCredits { links })
+    /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate
+    /// that grants `credits` per channel. `None` entries are local channels, whose credits never
+    /// travel. Each entry is the channel id, the peer's TaskManager id and its data address.
+    pub fn credit_return(self: &Arc<Self>, ids: Vec<Option<(ChannelId, String, String)>>, credits: usize) -> Arc<dyn CreditReturn> {
+        let links: Vec<_> = ids.iter().map(|c| c.as_ref().map(|(id, peer, addr)| (*id, self.link(peer, Some(addr))))).collect();
+        let taken = links.iter().map(|_| std::sync::atomic::AtomicU32::new(0)).collect();
+        let batch = if credits >= 4 { (credits / 2) as u32 } else { 1 };
+        Arc::new(RemoteCredits { links, taken, batch })
     }
 
     /// The sending end of channel `id` towards `peer`. If `peer`'s `ANNOUNCE` came first, the
@@ -779,18 +781,33 @@ impl PeerLink {
     }
 }
 
-/// The [`CreditReturn`] of a gate with remote channels: each buffer taken queues a `CREDIT(1)`
-/// frame on the link to its sender. Keeps the links it was made with: after one breaks, its
-/// credits go nowhere (the gates it fed have been failed by then).
+/// The [`CreditReturn`] of a gate with remote channels: the buffers its task takes go back to
+/// their senders as `CREDIT` frames on the links, half a channel's credits at a time (one at a
+/// time with fewer than 4 credits). That never stalls a channel: a sender out of credit has
+/// every buffer of the channel in flight or taken, so the task takes enough of them to send
+/// the credits back. Keeps the links it was made with: after one breaks, its credits go nowhere
+/// (the gates it fed have been failed by then).
 struct RemoteCredits {
     /// Per gate channel: its id and link; `None` for a local channel.
     links: Vec<Option<(ChannelId, Arc<PeerLink>)>>,
+    /// Per gate channel: buffers taken whose credit has not gone back yet.
+    taken: Vec<std::sync::atomic::AtomicU32>,
+    /// Credits returned at a time.
+    batch: u32,
 }
 
 impl CreditReturn for RemoteCredits {
     fn return_credit(&self, channel: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some((id, link)) = &self.links[channel] {
-            link.push_credit(CREDIT, *id, 1);
+            // Only the gate's task thread returns credits: load and store do not race.
+            let taken = self.taken[channel].load(Relaxed) + 1;
+            if taken >= self.batch {
+                self.taken[channel].store(0, Relaxed);
+                link.push_credit(CREDIT, *id, taken);
+            } else {
+                self.taken[channel].store(taken, Relaxed);
+            }
         }
     }
 }
@@ -1127,7 +1144,7 @@ mod tests {
         let a = start("tm-a", 2).await;
         let b = start("tm-b", 2).await;
         let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))], 2);
         let gate = Arc::new(InputGate::new(2, vec![Some(credits)]));
         b.register_input(id, gate.clone(), 0, "tm-a", &a.local_addr().to_string());
         let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
@@ -1171,7 +1188,7 @@ mod tests {
         let a = start("tm-a", 8).await;
         let b = start("tm-b", 8).await;
         let id = ChannelId { job: 2, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))], 1);
         let gate = Arc::new(InputGate::new(1, vec![Some(credits)]));
         let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
         for v in 0..4 {
@@ -1202,7 +1219,7 @@ mod tests {
         let b = start("tm-b", 8).await;
         let a_addr = a.local_addr().to_string();
         let id = ChannelId { job: 4, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))]);
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))], 4);
         let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
         b.register_input(id, gate.clone(), 0, "tm-a", &a_addr);
         let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());

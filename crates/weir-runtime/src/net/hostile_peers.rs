@@ -49,7 +49,7 @@ struct Channel {
 
 fn channel(from: &Arc<NetworkEnvironment>, to: &Arc<NetworkEnvironment>, id: ChannelId) -> Channel {
     let from_addr = from.local_addr().to_string();
-    let credits = to.credit_return(vec![Some((id, from.tm_id().into(), from_addr.clone()))]);
+    let credits = to.credit_return(vec![Some((id, from.tm_id().into(), from_addr.clone()))], 4);
     let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
     to.register_input(id, gate.clone(), 0, from.tm_id(), &from_addr);
     let sub = from.register_output(id, to.tm_id(), &to.local_addr().to_string());
