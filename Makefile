@@ -30,18 +30,17 @@ demo: build
 test: deps
 	$(CARGO) test --workspace
 
-# Throughput figures from release builds; prints tables, asserts nothing. Ends with criterion's
-# micro-benchmarks (codec, state backends) and a flame graph per backend in bench/out/.
+# Throughput figures from one release build (binary, examples and benchmarks together, so RocksDB
+# is compiled once); prints tables, asserts nothing. Ends with the micro-benchmarks (state_bench,
+# criterion's codec and state backends) and a flame graph per backend in bench/out/.
 bench: deps
-	$(CARGO) build --release --bin weir
+	$(CARGO) build --release --workspace --bins --examples --benches
 	python3 bench/run.py $(WEIR_RELEASE)
 	python3 bench/checkpoints.py $(WEIR_RELEASE)
 	python3 bench/unaligned.py $(WEIR_RELEASE)
 	python3 bench/savepoints.py $(WEIR_RELEASE)
 	python3 bench/memory.py $(WEIR_RELEASE)
-	$(CARGO) run --release -q -p weir-state --example state_bench
-	$(CARGO) bench -q -p weir-runtime --bench codec
-	$(CARGO) bench -q -p weir-state --bench backends
+	python3 bench/micro.py
 	python3 bench/profile.py $(WEIR_RELEASE)
 
 # Fuzzing, not part of `make test`: every cargo-fuzz target in fuzz/ (the decoders of job files,

@@ -76,8 +76,8 @@ def summary(stacks, title):
     lines = [f"{title}: {total} samples", "", "own time (the function itself, not what it calls):"]
     for f, n in own.most_common(25):
         lines.append(f"  {100.0 * n / total:5.1f}%  {f}")
-    lines += ["", "inclusive time (the function and what it calls):"]
-    for f, n in inclusive.most_common(25):
+    lines += ["", "inclusive time (the function and what it calls; frames in over 95% of samples, the threads' roots, left out):"]
+    for f, n in [(f, n) for f, n in inclusive.most_common() if n <= 0.95 * total][:25]:
         lines.append(f"  {100.0 * n / total:5.1f}%  {f}")
     return "\n".join(lines) + "\n"
 

@@ -121,7 +121,9 @@ keys! {
     TASKMANAGER_SLOTS = "taskmanager.numberOfTaskSlots", "4", Int { min: 1 },
         "Slots a TaskManager offers; a slot runs one subtask of every operator of a job.";
     TASKMANAGER_HOST = "taskmanager.host", "127.0.0.1", Text,
-        "Address a TaskManager binds and advertises to the JobManager and its peers.";
+        "Address a TaskManager advertises to the JobManager and its peers (and binds, unless taskmanager.bind-host is set); `auto`: the address of its interface that reaches the JobManager (containers).";
+    TASKMANAGER_BIND_HOST = "taskmanager.bind-host", "none", Text,
+        "Address a TaskManager's gRPC and data ports bind; `none`: taskmanager.host, or 0.0.0.0 when that is `auto`.";
     TASKMANAGER_RPC_PORT = "taskmanager.rpc.port", "0", Port,
         "TaskManager gRPC port; 0 picks a free port.";
     TASKMANAGER_DATA_PORT = "taskmanager.data.port", "0", Port,

@@ -318,7 +318,11 @@ impl JobManagerConfig {
 /// What a TaskManager process needs (besides the JobManager's address).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskManagerConfig {
+    /// The address it advertises; `auto` for the address of its interface towards the
+    /// JobManager (see [`TaskManagerConfig::AUTO_HOST`]).
     pub host: String,
+    /// The address its ports bind.
+    pub bind_host: String,
     pub rpc_port: u16,
     pub data_port: u16,
     pub slots: u32,
@@ -330,9 +334,16 @@ pub struct TaskManagerConfig {
 }
 
 impl TaskManagerConfig {
+    /// The `taskmanager.host` that asks a TaskManager to find its address itself.
+    pub const AUTO_HOST: &'static str = "auto";
+
     pub fn from_config(c: &Config) -> Self {
         Self {
             host: c.get(keys::TASKMANAGER_HOST).to_string(),
+            bind_host: c.text(keys::TASKMANAGER_BIND_HOST).map(str::to_string).unwrap_or_else(|| {
+                let host = c.get(keys::TASKMANAGER_HOST);
+                if host == Self::AUTO_HOST { "0.0.0.0".to_string() } else { host.to_string() }
+            }),
             rpc_port: c.int(keys::TASKMANAGER_RPC_PORT) as u16,
             data_port: c.int(keys::TASKMANAGER_DATA_PORT) as u16,
             slots: c.int(keys::TASKMANAGER_SLOTS) as u32,

@@ -36,6 +36,10 @@ pub enum TaskManagerError {
     Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Net(#[from] weir_runtime::net::NetError),
+    #[error("taskmanager.host is auto, but no address of this machine reaches the JobManager at {addr}: {reason}")]
+    NoRoute { addr: String, reason: String },
+    #[error("cannot resolve taskmanager.host '{host}': {reason}")]
+    Host { host: String, reason: String },
     #[error("bad JobManager address '{0}'")]
     JobManagerAddress(String),
     #[error(transparent)]
@@ -172,6 +176,47 @@ impl TaskManagerHandle {
     }
 }
 
+/// The address this TaskManager advertises, when it is not the address its ports bind:
+/// `taskmanager.host: auto` is the address of the interface that routes to the JobManager (as
+/// Flink's TaskManagers find theirs), which in a container is the container's address on the
+/// network it shares with the JobManager; an explicit host with another bind host is resolved.
+/// `None`: advertise the bound address (the host is the bind host).
+async fn advertised_ip(settings: &TaskManagerSettings) -> Result<Option<std::net::IpAddr>, TaskManagerError> {
+    let c = &settings.config;
+    if c.host == weir_core::settings::TaskManagerConfig::AUTO_HOST {
+        // The JobManager's name may not resolve yet while the containers start: retry a while.
+        let mut last = String::new();
+        for _ in 0..30 {
+            match tokio::net::lookup_host(&settings.jobmanager).await {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(jm) => {
+                        let route = || -> std::io::Result<std::net::IpAddr> {
+                            let any = if jm.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                            let socket = std::net::UdpSocket::bind(any)?;
+                            socket.connect(jm)?;
+                            Ok(socket.local_addr()?.ip())
+                        };
+                        return route()
+                            .map(Some)
+                            .map_err(|e| TaskManagerError::NoRoute { addr: settings.jobmanager.clone(), reason: e.to_string() });
+                    }
+                    None => last = "no address".into(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        return Err(TaskManagerError::NoRoute { addr: settings.jobmanager.clone(), reason: last });
+    }
+    if c.host == c.bind_host {
+        return Ok(None);
+    }
+    let mut addrs = tokio::net::lookup_host((c.host.as_str(), 0))
+        .await
+        .map_err(|e| TaskManagerError::Host { host: c.host.clone(), reason: e.to_string() })?;
+    addrs.next().map(|a| Some(a.ip())).ok_or_else(|| TaskManagerError::Host { host: c.host.clone(), reason: "no address".into() })
+}
+
 /// The channel to the JobManager (connected on first use), with this TaskManager's token and
 /// TLS files.
 fn jobmanager_channel(addr: &str, dialer: &Dialer) -> Result<GrpcChannel, TaskManagerError> {
@@ -203,18 +248,20 @@ pub async fn start_with_functions(
     let jobmanager = jobmanager_channel(&settings.jobmanager, &dialer)?;
     let mut server = security::server(&settings.security).map_err(TaskManagerError::Security)?;
     let token_check = TokenCheck::new(&settings.security);
-    let rpc_bind = format!("{}:{}", settings.config.host, settings.config.rpc_port);
+    let advertised = advertised_ip(&settings).await?;
+    let rpc_bind = format!("{}:{}", settings.config.bind_host, settings.config.rpc_port);
     let listener =
         tokio::net::TcpListener::bind(&rpc_bind).await.map_err(|source| TaskManagerError::Bind { addr: rpc_bind.clone(), source })?;
     let rpc_addr = listener.local_addr().map_err(|source| TaskManagerError::Bind { addr: rpc_bind, source })?;
+    let rpc_addr = SocketAddr::new(advertised.unwrap_or(rpc_addr.ip()), rpc_addr.port());
     let net = NetworkEnvironment::start(
         &settings.id,
-        &format!("{}:{}", settings.config.host, settings.config.data_port),
+        &format!("{}:{}", settings.config.bind_host, settings.config.data_port),
         &settings.config.network,
         weir_runtime::net::NetSecurity::from_config(&settings.security)?,
     )
     .await?;
-    let data_addr = net.local_addr();
+    let data_addr = SocketAddr::new(advertised.unwrap_or(net.local_addr().ip()), net.local_addr().port());
     let (updates_tx, updates_rx) = mpsc::unbounded_channel();
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {

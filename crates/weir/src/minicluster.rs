@@ -48,6 +48,7 @@ impl MiniCluster {
         for _ in 0..n {
             let mut settings = TaskManagerSettings::from_config(cfg, &jm.rpc_addr.to_string())?;
             settings.config.host = "127.0.0.1".into();
+            settings.config.bind_host = "127.0.0.1".into();
             settings.config.slots = per_tm;
             tms.push(weir_taskmanager::start_with_functions(settings, functions.clone(), function_ids.clone()).await?);
         }
