@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WEIR = $${CARGO_TARGET_DIR:-target}/debug/weir
 WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
 
-.PHONY: deps build demo test bench fuzz fuzz-seeds clean
+.PHONY: deps build demo test bench image fuzz fuzz-seeds clean
 
 # protoc for the gRPC code, clang/libclang for RocksDB's bindings, moto as the S3 server of the tests.
 deps:
@@ -29,6 +29,13 @@ demo: build
 
 test: deps
 	$(CARGO) test --workspace
+
+# Container images, built from this machine's files (no registry): weir:latest from the release
+# binary, and weir-s3-test:latest, the S3 server the compose test uses instead of MinIO.
+image: deps
+	$(CARGO) build --release --bin weir
+	python3 deploy/image/build.py weir --binary $(WEIR_RELEASE)
+	python3 deploy/image/build.py s3-test
 
 # Throughput figures from one release build (binary, examples and benchmarks together, so RocksDB
 # is compiled once); prints tables, asserts nothing. Ends with the micro-benchmarks (state_bench,

@@ -2,7 +2,7 @@
 """Builds Weir's container images from what this machine has, without any image registry.
 
     deploy/image/build.py weir [--binary PATH] [--tag weir:latest]
-    deploy/image/build.py s3-test [--tag weir-s3-test:latest]
+    deploy/image/build.py s3-test [--tag weir-s3-test:latest] [--if-stale]
 
 `weir`: the `weir` binary (`weir jobmanager`, `weir taskmanager`, the CLI) on an empty (`scratch`)
 base with only what it needs at run time: the shared libraries `ldd` lists for it (glibc,
@@ -15,10 +15,14 @@ on the host) on `scratch`: this machine's Python interpreter, its standard libra
 libraries they link, and moto installed from PyPI into `/opt/moto`. It listens on port 9000.
 Compose tests swap it in for MinIO, which cannot be pulled here.
 
+`--if-stale` skips the build when an image of that tag was built by this very script (its
+`org.weir.builder` label holds the script's SHA-256): tests use it to build the S3 image once.
+
 Both images are a root file system assembled in a temporary folder and `docker build` of a
 two-line Dockerfile (`FROM scratch`, `COPY`), so they build offline on any Linux machine with
 a Docker engine.
 """
+import hashlib
 import os
 import shutil
 import subprocess
@@ -95,7 +99,18 @@ def base_files(rootfs):
         copy_into(rootfs, certs)
 
 
+def builder_id():
+    with open(os.path.abspath(__file__), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def up_to_date(tag):
+    out = subprocess.run(["docker", "image", "inspect", "-f", '{{index .Config.Labels "org.weir.builder"}}', tag], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip() == builder_id()
+
+
 def docker_build(rootfs, tag, dockerfile):
+    dockerfile += f"LABEL org.weir.builder={builder_id()}\n"
     with open(os.path.join(rootfs, "..", "Dockerfile"), "w") as f:
         f.write(dockerfile)
     ctx = os.path.dirname(rootfs)
@@ -182,7 +197,11 @@ def main():
         target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
         build_weir(opt("--tag", "weir:latest"), opt("--binary", os.path.join(target, "release", "weir")))
     else:
-        build_s3_test(opt("--tag", "weir-s3-test:latest"))
+        tag = opt("--tag", "weir-s3-test:latest")
+        if "--if-stale" in args and up_to_date(tag):
+            print(f"image: {tag} is up to date")
+            return
+        build_s3_test(tag)
 
 
 if __name__ == "__main__":
