@@ -41,7 +41,8 @@ def executables():
 
 def main():
     found = executables()
-    wanted = [("state_bench", []), ("codec", ["--bench"]), ("backends", ["--bench"])]
+    criterion = ["--bench", "--format", "terse", "--noplot"]
+    wanted = [("state_bench", []), ("codec", criterion), ("backends", criterion)]
     for name, args in wanted:
         if name not in found:
             sys.exit(f"micro-benchmarks: no executable for {name} in the release build")
