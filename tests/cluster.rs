@@ -106,6 +106,30 @@ fn killing_a_taskmanager_fails_its_job_naming_the_lost_taskmanager() {
     cluster.wait_for_taskmanagers(1);
 }
 
+/// `docker-compose stop` and Kubernetes send SIGTERM: the TaskManager deregisters, so the
+/// JobManager drops it and fails over its job at once, not after `heartbeat.timeout` (an hour
+/// here, so nothing but the deregistration can explain it), and the process exits cleanly.
+#[test]
+fn a_taskmanager_stopped_with_sigterm_deregisters_at_once() {
+    let mut cluster = Cluster::start(2, 2, &["heartbeat.timeout=1h"]);
+    let job = cluster.write("endless.yaml", ENDLESS);
+    let id = cluster.submit(&job, &["-p", "4"]);
+    cluster.wait_for_state(&id, "RUNNING");
+    cluster.wait_for_taskmanagers(2);
+
+    let pid = cluster.tms[1].child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = wait_for("the TaskManager to exit", || cluster.tms[1].child.try_wait().unwrap());
+    assert!(exit.success(), "the TaskManager exited with {exit}");
+    cluster.wait_for_taskmanagers(1);
+    let status = wait_for("the job to fail over", || {
+        let s = cluster.job_status(&id);
+        (s["state"] == "FAILED").then_some(s)
+    });
+    let failure = status["failure"].as_str().unwrap();
+    assert!(failure.contains("deregistered") && failure.contains("SIGTERM"), "{failure}");
+}
+
 #[test]
 fn a_job_without_enough_slots_fails_after_the_slot_request_timeout() {
     let cluster = Cluster::start(1, 1, &["slot.request.timeout=1s"]);

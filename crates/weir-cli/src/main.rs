@@ -277,7 +277,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let tm = weir_taskmanager::start(settings).await?;
             outln!("TaskManager {} rpc {} data {}", tm.id, tm.rpc_addr, tm.data_addr);
             wait_for_signal().await;
-            tm.shutdown();
+            tm.shutdown_gracefully("the TaskManager was stopped (SIGTERM or Ctrl-C)").await;
             Ok(0)
         }
         Command::Local { dynamic } => {

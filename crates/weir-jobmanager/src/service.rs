@@ -65,6 +65,16 @@ impl JobManagerService for JobManagerRpc {
     /// registered with an earlier JobManager) to cancel its tasks and register again.
     /// Only the time of the heartbeat is recorded; the executions it lists are not checked.
 
+    async fn deregister_task_manager(
+        &self,
+        request: Request<DeregisterTaskManagerRequest>,
+    ) -> Result<Response<DeregisterTaskManagerResponse>, Status> {
+        let r = request.into_inner();
+        let why = if r.reason.is_empty() { "it deregistered".to_string() } else { format!("it deregistered: {}", r.reason) };
+        self.executor.perform(self.state.taskmanager_lost(&r.taskmanager_id, &why));
+        Ok(Response::new(DeregisterTaskManagerResponse {}))
+    }
+
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let known = self.state.heartbeat(&request.get_ref().taskmanager_id);
         Ok(Response::new(HeartbeatResponse { known }))

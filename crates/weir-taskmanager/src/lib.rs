@@ -156,6 +156,8 @@ pub struct TaskManagerHandle {
     pub data_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     shared: Arc<Shared>,
+    /// The JobManager, told when this TaskManager leaves.
+    jobmanager: JobManagerServiceClient<GrpcChannel>,
 }
 
 impl TaskManagerHandle {
@@ -163,6 +165,21 @@ impl TaskManagerHandle {
     pub fn shutdown(&self) {
         self.shared.cancel_all("TaskManager shutting down");
         let _ = self.shutdown.send(true);
+    }
+
+    /// Stops the TaskManager on a signal (SIGTERM from `docker-compose stop` or Kubernetes):
+    /// first tells the JobManager it leaves (within 5 s), so that jobs with tasks here restart
+    /// at once elsewhere instead of after `heartbeat.timeout`, then stops as
+    /// [`TaskManagerHandle::shutdown`]. An unreachable JobManager only costs the wait.
+    pub async fn shutdown_gracefully(&self, reason: &str) {
+        let request = weir_proto::DeregisterTaskManagerRequest { taskmanager_id: self.id.clone(), reason: reason.to_string() };
+        let mut client = self.jobmanager.clone();
+        match tokio::time::timeout(Duration::from_secs(5), client.deregister_task_manager(request)).await {
+            Ok(Ok(_)) => tracing::info!(id = %self.id, "deregistered from the JobManager"),
+            Ok(Err(e)) => tracing::warn!(id = %self.id, "could not deregister from the JobManager: {}", e.message()),
+            Err(_) => tracing::warn!(id = %self.id, "could not deregister from the JobManager within 5 s"),
+        }
+        self.shutdown();
     }
 
     /// Resolves when the TaskManager has been shut down.
@@ -295,10 +312,10 @@ pub async fn start_with_functions(
     let client = JobManagerServiceClient::new(jobmanager);
     tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
     tokio::spawn(forward_acks(client.clone(), acks_rx));
-    tokio::spawn(heartbeat_loop(shared.clone(), client, (rpc_addr, data_addr), function_ids, shutdown_rx));
+    tokio::spawn(heartbeat_loop(shared.clone(), client.clone(), (rpc_addr, data_addr), function_ids, shutdown_rx));
     tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.config.slots, "TaskManager started");
     security::warn_if_open("The TaskManager", rpc_addr, &settings.security);
-    Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared })
+    Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared, jobmanager: client })
 }
 
 /// How a task state report is retried while the JobManager does not take it: waits from 100 ms

@@ -158,7 +158,7 @@ fn run(cli: Cli, job_name: &str, build_job: BuildJob) -> Result<(), BuildError> 
                 let tm = weir_taskmanager::start_with_functions(settings, Arc::new(graph_functions), ids.clone()).await?;
                 println!("TaskManager {} rpc {} data {} functions {}", tm.id, tm.rpc_addr, tm.data_addr, ids.join(","));
                 wait_for_signal().await;
-                tm.shutdown();
+                tm.shutdown_gracefully("the TaskManager was stopped (SIGTERM or Ctrl-C)").await;
                 Ok(())
             })
         }
