@@ -177,9 +177,7 @@ fn compose_cluster_survives_a_killed_taskmanager_and_scales_with_exact_output() 
         jobmanager: format!("127.0.0.1:{jm_port}"),
     };
     ok(&mut compose.cmd(&["up", "-d", "--scale", "taskmanager=3"]));
-    wait_for("3 TaskManagers registered", || {
-        (compose.json(&["cluster"]).as_array().map_or(0, Vec::len) == 3).then_some(())
-    });
+    wait_for("3 TaskManagers registered", || (compose.json(&["cluster"]).as_array().map_or(0, Vec::len) == 3).then_some(()));
 
     let out = compose.weir(&["run", job_file.to_str().unwrap(), "--detached"]);
     assert!(out.status.success(), "submission failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -219,9 +217,7 @@ fn compose_cluster_survives_a_killed_taskmanager_and_scales_with_exact_output() 
 
     // Add a TaskManager while the job runs (compose may also start the killed container again).
     ok(&mut compose.cmd(&["up", "-d", "--no-recreate", "--scale", "taskmanager=4"]));
-    wait_for("3 live TaskManagers after scaling", || {
-        (compose.json(&["cluster"]).as_array().map_or(0, Vec::len) >= 3).then_some(())
-    });
+    wait_for("3 live TaskManagers after scaling", || (compose.json(&["cluster"]).as_array().map_or(0, Vec::len) >= 3).then_some(()));
     let status = compose.json(&["status", &job]);
     assert_eq!(status["state"], "RUNNING", "the job ended before the scale-out: {status}");
 

@@ -342,7 +342,11 @@ impl TaskManagerConfig {
             host: c.get(keys::TASKMANAGER_HOST).to_string(),
             bind_host: c.text(keys::TASKMANAGER_BIND_HOST).map(str::to_string).unwrap_or_else(|| {
                 let host = c.get(keys::TASKMANAGER_HOST);
-                if host == Self::AUTO_HOST { "0.0.0.0".to_string() } else { host.to_string() }
+                if host == Self::AUTO_HOST {
+                    "0.0.0.0".to_string()
+                } else {
+                    host.to_string()
+                }
             }),
             rpc_port: c.int(keys::TASKMANAGER_RPC_PORT) as u16,
             data_port: c.int(keys::TASKMANAGER_DATA_PORT) as u16,

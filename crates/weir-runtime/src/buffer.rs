@@ -387,7 +387,8 @@ fn decode_messages(schema: &SchemaRef, body: &Bytes) -> Result<RecordBatch, Arro
             .and_then(|l| meta_start.checked_add(l))
             .filter(|end| *end <= body.len() && meta_len > 0)
             .ok_or_else(|| err(format!("message metadata of {meta_len} bytes at byte {at} exceeds the buffer")))?;
-        let message = arrow_ipc::root_as_message(&body[meta_start..meta_end]).map_err(|e| err(format!("malformed message metadata: {e}")))?;
+        let message =
+            arrow_ipc::root_as_message(&body[meta_start..meta_end]).map_err(|e| err(format!("malformed message metadata: {e}")))?;
         let body_start = meta_end;
         let body_end = usize::try_from(message.bodyLength())
             .ok()

@@ -433,7 +433,9 @@ impl NetworkEnvironment {
             return Err(format!("TaskManager {peer} sent data for channel {id:?}, which TaskManager {} feeds", reg.peer));
         }
         let schema = reg.schema.clone().ok_or_else(|| format!("TaskManager {peer} sent a buffer before its schema on channel {id:?}"))?;
-        reg.gate.push_remote(reg.index, Item::Encoded(Encoded::received(schema, body))).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
+        reg.gate
+            .push_remote(reg.index, Item::Encoded(Encoded::received(schema, body)))
+            .map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
     }
 
     /// A `SCHEMA` from `peer`: the schema of the channel's buffers from now on.
@@ -1120,7 +1122,13 @@ mod tests {
     }
 
     fn network(sender_queue_buffers: usize) -> NetworkConfig {
-        NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 2, sender_queue_buffers, buffer_timeout: Duration::from_millis(10), memory_max: 1 << 30 }
+        NetworkConfig {
+            segment_size: 32 << 10,
+            buffers_per_channel: 2,
+            sender_queue_buffers,
+            buffer_timeout: Duration::from_millis(10),
+            memory_max: 1 << 30,
+        }
     }
 
     /// An environment on a free loopback port, without token or TLS.

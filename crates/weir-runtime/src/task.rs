@@ -1335,9 +1335,9 @@ impl ChannelStateWriter {
                 Item::Buffer(b) => {
                     encode_batch(b).map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?
                 }
-                Item::Encoded(encoded) => encoded
-                    .self_contained()
-                    .map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?,
+                Item::Encoded(encoded) => {
+                    encoded.self_contained().map_err(|e| weir_state::StateError::Codec(format!("encoding an in-flight buffer: {e}")))?
+                }
                 Item::Event(_) => continue,
             };
             input.push(add(key, channel as u32, 0, ipc, item));

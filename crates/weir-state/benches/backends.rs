@@ -20,8 +20,9 @@ fn splitmix(mut x: u64) -> u64 {
 
 fn backends(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let batches: Vec<Int64Array> =
-        (0..64u64).map(|b| Int64Array::from_iter_values((0..BATCH as u64).map(|i| (splitmix(b * BATCH as u64 + i) % KEYS) as i64))).collect();
+    let batches: Vec<Int64Array> = (0..64u64)
+        .map(|b| Int64Array::from_iter_values((0..BATCH as u64).map(|i| (splitmix(b * BATCH as u64 + i) % KEYS) as i64)))
+        .collect();
     let mut g = c.benchmark_group("state/keyed count, 4096 updates over 100k keys");
     g.throughput(Throughput::Elements(BATCH as u64));
     for (name, kind, cache) in [

@@ -134,7 +134,11 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             remote.push((tm != &me).then(|| (c.id(key, req.attempt), tm.clone(), addr.clone())));
         }
         let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
-        let credit = if remote_list.is_empty() { None } else { Some(shared.net.credit_return(remote.clone(), s.config.network.buffers_per_channel)) };
+        let credit = if remote_list.is_empty() {
+            None
+        } else {
+            Some(shared.net.credit_return(remote.clone(), s.config.network.buffers_per_channel))
+        };
         let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
         let gate = Arc::new(InputGate::new(s.config.network.buffers_per_channel, per_channel));
         for (idx, r) in remote.into_iter().enumerate() {

@@ -146,9 +146,8 @@ mod tests {
         assert!(err.contains("need 32 KiB") && err.contains("0 B of the 1 MiB of taskmanager.memory.network.max are free"), "{err}");
         drop(first);
         assert_eq!(pool.reserved(), 512 << 10);
-        let err = pool
-            .reserve(NetworkDemand { input_channels: 16, remote_output_channels: 0, output_channels: 0 }, &network())
-            .unwrap_err();
+        let err =
+            pool.reserve(NetworkDemand { input_channels: 16, remote_output_channels: 0, output_channels: 0 }, &network()).unwrap_err();
         assert!(err.contains("16 input channels × 2 buffers") && err.contains("taskmanager.network.memory.buffers-per-channel"), "{err}");
         drop(second);
         assert_eq!(pool.reserved(), 0);

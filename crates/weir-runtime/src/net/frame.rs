@@ -112,10 +112,7 @@ impl Frame {
         Ok(match kind {
             BUFFER if body.is_empty() => return Err(bad(format!("empty buffer for {id:?}"))),
             BUFFER => Frame::Buffer(id, body),
-            SCHEMA => Frame::Schema(
-                id,
-                crate::buffer::decode_schema_message(&body).map_err(|e| bad(format!("schema for {id:?}: {e}")))?,
-            ),
+            SCHEMA => Frame::Schema(id, crate::buffer::decode_schema_message(&body).map_err(|e| bad(format!("schema for {id:?}: {e}")))?),
             EVENT => Frame::Event(id, event(&body)?),
             PRIORITY_EVENT => Frame::PriorityEvent(id, event(&body)?),
             ANNOUNCE => Frame::Announce(id, count(&body)?),

@@ -26,7 +26,13 @@ fn wire_buffer(v: i64) -> (Bytes, Bytes) {
 }
 
 fn network() -> NetworkConfig {
-    NetworkConfig { segment_size: 32 << 10, buffers_per_channel: 4, sender_queue_buffers: 8, buffer_timeout: Duration::from_millis(10), memory_max: 1 << 30 }
+    NetworkConfig {
+        segment_size: 32 << 10,
+        buffers_per_channel: 4,
+        sender_queue_buffers: 8,
+        buffer_timeout: Duration::from_millis(10),
+        memory_max: 1 << 30,
+    }
 }
 
 async fn start(id: &str, security: &SecurityConfig) -> Arc<NetworkEnvironment> {
@@ -218,11 +224,8 @@ async fn a_buffer_before_its_schema_or_a_malformed_schema_closes_the_connection(
     let (schema, body) = wire_buffer(1);
     let mut trailing = schema.to_vec();
     trailing.extend_from_slice(&[0; 8]);
-    let cases: [(u8, &[u8], &str); 3] = [
-        (BUFFER, &body, "before its schema"),
-        (SCHEMA, &schema[..schema.len() - 1], "tm-0"),
-        (SCHEMA, &trailing, "tm-0"),
-    ];
+    let cases: [(u8, &[u8], &str); 3] =
+        [(BUFFER, &body, "before its schema"), (SCHEMA, &schema[..schema.len() - 1], "tm-0"), (SCHEMA, &trailing, "tm-0")];
     for (i, (kind, bytes, reason)) in cases.into_iter().enumerate() {
         let gate = Arc::new(InputGate::new(1, vec![None]));
         let channel = id(40 + i as u128);
