@@ -416,47 +416,51 @@ impl NetworkEnvironment {
     /// item is dropped. A channel another peer feeds, or a buffer beyond the credits granted,
     /// is an error: the connection is not the channel's.
     fn deliver(&self, peer: &str, id: ChannelId, item: Item) -> Result<(), String> {
-        let inputs = self.inputs.lock();
-        let Some(reg) = inputs.get(&id) else { return Ok(()) };
-        if reg.peer != peer {
-            return Err(format!("TaskManager {peer} sent data for channel {id:?}, which TaskManager {} feeds", reg.peer));
-        }
+        let mut inputs = self.inputs.lock();
+        let Some(reg) = Self::fed_by(&mut inputs, peer, id, "data")? else { return Ok(()) };
         reg.gate.push_remote(reg.index, item).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
+    }
+
+    /// The registration of input channel `id`, which `peer` must feed; `None` if nobody
+    /// registered it (its frames are dropped). `what` from another peer is an error.
+    fn fed_by<'a>(
+        inputs: &'a mut HashMap<ChannelId, InputRegistration>,
+        peer: &str,
+        id: ChannelId,
+        what: &str,
+    ) -> Result<Option<&'a mut InputRegistration>, String> {
+        match inputs.get_mut(&id) {
+            Some(reg) if reg.peer != peer => {
+                Err(format!("TaskManager {peer} sent {what} for channel {id:?}, which TaskManager {} feeds", reg.peer))
+            }
+            reg => Ok(reg),
+        }
     }
 
     /// A `BUFFER` from `peer`: delivered as [`NetworkEnvironment::deliver`] with the schema its
     /// channel's last `SCHEMA` frame gave. A buffer before any schema is an error.
     fn deliver_buffer(&self, peer: &str, id: ChannelId, body: Bytes) -> Result<(), String> {
-        let inputs = self.inputs.lock();
-        let Some(reg) = inputs.get(&id) else { return Ok(()) };
-        if reg.peer != peer {
-            return Err(format!("TaskManager {peer} sent data for channel {id:?}, which TaskManager {} feeds", reg.peer));
-        }
+        let mut inputs = self.inputs.lock();
+        let Some(reg) = Self::fed_by(&mut inputs, peer, id, "data")? else { return Ok(()) };
         let schema = reg.schema.clone().ok_or_else(|| format!("TaskManager {peer} sent a buffer before its schema on channel {id:?}"))?;
-        reg.gate
-            .push_remote(reg.index, Item::Encoded(Encoded::received(schema, body)))
-            .map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
+        let item = Item::Encoded(Encoded::received(schema, body));
+        reg.gate.push_remote(reg.index, item).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
     }
 
     /// A `SCHEMA` from `peer`: the schema of the channel's buffers from now on.
     fn set_schema(&self, peer: &str, id: ChannelId, schema: arrow_schema::SchemaRef) -> Result<(), String> {
         let mut inputs = self.inputs.lock();
-        let Some(reg) = inputs.get_mut(&id) else { return Ok(()) };
-        if reg.peer != peer {
-            return Err(format!("TaskManager {peer} sent a schema for channel {id:?}, which TaskManager {} feeds", reg.peer));
+        if let Some(reg) = Self::fed_by(&mut inputs, peer, id, "a schema")? {
+            reg.schema = Some(schema);
         }
-        reg.schema = Some(schema);
         Ok(())
     }
 
     /// Hands a priority event that arrived from `peer` to its registered gate channel, ahead of
     /// its queued buffers; checked as [`NetworkEnvironment::deliver`].
     fn deliver_priority(&self, peer: &str, id: ChannelId, event: Event) -> Result<(), String> {
-        let inputs = self.inputs.lock();
-        let Some(reg) = inputs.get(&id) else { return Ok(()) };
-        if reg.peer != peer {
-            return Err(format!("TaskManager {peer} sent an event for channel {id:?}, which TaskManager {} feeds", reg.peer));
-        }
+        let mut inputs = self.inputs.lock();
+        let Some(reg) = Self::fed_by(&mut inputs, peer, id, "an event")? else { return Ok(()) };
         let _ = reg.gate.push_priority(reg.index, event);
         Ok(())
     }
@@ -908,6 +912,7 @@ impl RemoteSubpartition {
     /// Queues an item, first waiting for queue room if `wait` and it is a buffer. A buffer
     /// above the frame limit is an error (the receiver would close the connection for it).
     fn push_inner(self: &Arc<Self>, item: Item, wait: bool) -> Result<(), String> {
+        let ends = matches!(item, Item::Event(Event::EndOfPartition));
         let queued = match item {
             Item::Buffer(b) => {
                 let encoded = self.encoder.lock().encode(&b).map_err(|e| format!("cannot encode a buffer: {e}"))?;
@@ -937,6 +942,7 @@ impl RemoteSubpartition {
         if let Some(f) = &st.failure {
             return Err(f.clone());
         }
+        st.ended |= ends;
         let schedule = Self::enqueue(&mut st, queued)?;
         drop(st);
         if schedule {
@@ -945,21 +951,17 @@ impl RemoteSubpartition {
         Ok(())
     }
 
-    /// Appends a frame, counting buffers, noting an end of partition, and attaching the schema
-    /// message to a buffer whose schema the receiver does not have yet. Returns whether the
-    /// sending end must be put on its link's ready list (it is not there yet).
+    /// Appends a frame, counting buffers and attaching the schema message to a buffer whose
+    /// schema the receiver does not have yet. Returns whether the sending end must be put on its
+    /// link's ready list (it is not there yet).
     fn enqueue(st: &mut SubState, mut queued: Queued) -> Result<bool, String> {
-        match &mut queued {
-            Queued::Buffer { schema, buffer } => {
-                st.buffers += 1;
-                let known = st.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &buffer.schema) || **s == *buffer.schema);
-                if !known {
-                    *schema = Some(schema_message(&buffer.schema).map_err(|e| format!("cannot encode a schema: {e}"))?);
-                    st.schema = Some(buffer.schema.clone());
-                }
+        if let Queued::Buffer { schema, buffer } = &mut queued {
+            st.buffers += 1;
+            let known = st.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &buffer.schema) || **s == *buffer.schema);
+            if !known {
+                *schema = Some(schema_message(&buffer.schema).map_err(|e| format!("cannot encode a schema: {e}"))?);
+                st.schema = Some(buffer.schema.clone());
             }
-            Queued::Event(body) if body[..] == [1] => st.ended = true,
-            _ => {}
         }
         st.queue.push_back(queued);
         Ok(!std::mem::replace(&mut st.scheduled, true))
