@@ -4,8 +4,8 @@
     deploy/image/build.py weir [--binary PATH] [--tag weir:latest]
     deploy/image/build.py s3-test [--tag weir-s3-test:latest] [--if-stale]
 
-`weir`: the `weir` binary (`weir jobmanager`, `weir taskmanager`, the CLI) on an empty (`scratch`)
-base with only what it needs at run time: the shared libraries `ldd` lists for it (glibc,
+`weir`: the `weir` binary (`weir jobmanager`, `weir taskmanager`, the CLI), without its debug
+info, on an empty (`scratch`) base with only what it needs at run time: the shared libraries `ldd` lists for it (glibc,
 libstdc++ for RocksDB), CA certificates for S3 over HTTPS, a `/tmp` and a `/data` folder, and
 `/etc/weir/config.yaml` (empty: compose files and Kubernetes mount their own there). Default
 binary: the release build in `${CARGO_TARGET_DIR:-target}/release/weir`.
@@ -130,6 +130,9 @@ def build_weir(tag, binary):
         os.makedirs(rootfs)
         base_files(rootfs)
         copy_into(rootfs, binary, "/usr/local/bin/weir")
+        # Release builds keep debug info for profiling (Cargo.toml): the image does without it.
+        if shutil.which("strip"):
+            subprocess.run(["strip", "--strip-debug", os.path.join(rootfs, "usr/local/bin/weir")], check=True)
         add_libraries(rootfs, [binary])
         conf = os.path.join(rootfs, "etc", "weir")
         os.makedirs(conf, exist_ok=True)
