@@ -23,17 +23,8 @@ import zlib
 ROWS = 300_000_000
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
-JOB = """
-name: keyed-count
-pipeline:
-  - source: datagen
-    number-of-rows: {rows}
-    fields:
-      - {{name: key, kind: random, min: 0, max: 99999}}
-  - key_by: key
-  - count: {{}}
-  - sink: blackhole
-"""
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import KEYED_COUNT as JOB  # noqa: E402  the job bench/run.py measures
 
 BACKENDS = {
     "hashmap": [],

@@ -13,8 +13,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use weir_core::graph::OperatorSpec;
-use weir_core::operator::{SourcePoll, SubtaskInfo};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 /// The image built from the binary under test (the users' file takes it from WEIR_IMAGE).
@@ -124,25 +122,11 @@ pipeline:
 /// The lines an exactly-once run commits: `word,n` for n from 1 to the word's count, from the
 /// same seeded generator the job's source runs.
 fn expected_lines() -> Vec<String> {
-    let (graph, _) = weir_core::job::compile_job(JOB, "job", &Default::default(), &Default::default()).unwrap();
-    let op = &graph.vertices[0].operators[0];
-    let OperatorSpec::DatagenSource(spec) = &op.spec else { panic!("datagen expected") };
-    let mut spec = spec.clone();
-    spec.rows_per_second = None;
-    let info =
-        SubtaskInfo { job_id: "x".into(), attempt: 0, vertex: 0, vertex_name: "d".into(), index: 0, parallelism: 1, max_parallelism: 128 };
-    let mut reader = weir_connectors::datagen_reader(&spec, &info, op.output_schema.clone());
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    loop {
-        match reader.poll_next().unwrap() {
-            SourcePoll::Batch(b) => {
-                let words = b.column(0).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
-                for w in words.iter() {
-                    *counts.entry(w.unwrap().to_string()).or_default() += 1;
-                }
-            }
-            SourcePoll::Idle(_) => {}
-            SourcePoll::End => break,
+    for b in datagen_batches(JOB) {
+        let words = b.column(0).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        for w in words.iter() {
+            *counts.entry(w.unwrap().to_string()).or_default() += 1;
         }
     }
     let mut lines: Vec<String> = counts.iter().flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w},{i}"))).collect();

@@ -7,8 +7,6 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, HashMap};
-use weir_core::graph::OperatorSpec;
-use weir_core::operator::{SourcePoll, SubtaskInfo};
 
 const ROWS: u64 = 40_000;
 
@@ -41,29 +39,15 @@ pipeline:
 /// source subtask, each key's rows reach its sum subtask in generation order. (With more, the
 /// rows are the same but their interleaving per key is not fixed.)
 fn expected_lines(yaml: &str) -> Vec<String> {
-    let (graph, _) = weir_core::job::compile_job(yaml, "job", &Default::default(), &Default::default()).unwrap();
-    let op = &graph.vertices[0].operators[0];
-    let OperatorSpec::DatagenSource(spec) = &op.spec else { panic!("datagen expected") };
-    let mut spec = spec.clone();
-    spec.rows_per_second = None;
-    let info =
-        SubtaskInfo { job_id: "x".into(), attempt: 0, vertex: 0, vertex_name: "d".into(), index: 0, parallelism: 1, max_parallelism: 128 };
-    let mut reader = weir_connectors::datagen_reader(&spec, &info, op.output_schema.clone());
     let mut sums: HashMap<i64, i64> = HashMap::new();
     let mut lines = Vec::new();
-    loop {
-        match reader.poll_next().unwrap() {
-            SourcePoll::Batch(b) => {
-                let keys = b.column(1).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
-                let vals = b.column(2).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
-                for i in 0..b.num_rows() {
-                    let s = sums.entry(keys.value(i)).or_default();
-                    *s += vals.value(i);
-                    lines.push(format!("{},{}", keys.value(i), s));
-                }
-            }
-            SourcePoll::Idle(_) => {}
-            SourcePoll::End => break,
+    for b in datagen_batches(yaml) {
+        let keys = b.column(1).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+        let vals = b.column(2).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            let s = sums.entry(keys.value(i)).or_default();
+            *s += vals.value(i);
+            lines.push(format!("{},{}", keys.value(i), s));
         }
     }
     assert_eq!(lines.len() as u64, ROWS);

@@ -334,3 +334,26 @@ pub fn committed_lines(dir: &Path) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// Every batch a job's first operator, a datagen source run as its one subtask, emits without
+/// its rate limit: what an undisturbed run's source produces, to compute expected output from.
+pub fn datagen_batches(yaml: &str) -> Vec<arrow_array::RecordBatch> {
+    use weir_core::graph::OperatorSpec;
+    use weir_core::operator::{SourcePoll, SubtaskInfo};
+    let (graph, _) = weir_core::job::compile_job(yaml, "job", &Default::default(), &Default::default()).unwrap();
+    let op = &graph.vertices[0].operators[0];
+    let OperatorSpec::DatagenSource(spec) = &op.spec else { panic!("datagen expected") };
+    let mut spec = spec.clone();
+    spec.rows_per_second = None;
+    let info =
+        SubtaskInfo { job_id: "x".into(), attempt: 0, vertex: 0, vertex_name: "d".into(), index: 0, parallelism: 1, max_parallelism: 128 };
+    let mut reader = weir_connectors::datagen_reader(&spec, &info, op.output_schema.clone());
+    let mut batches = Vec::new();
+    loop {
+        match reader.poll_next().unwrap() {
+            SourcePoll::Batch(b) => batches.push(b),
+            SourcePoll::Idle(_) => {}
+            SourcePoll::End => return batches,
+        }
+    }
+}
