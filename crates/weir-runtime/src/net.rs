@@ -943,18 +943,14 @@ impl RemoteSubpartition {
             return Err(f.clone());
         }
         st.ended |= ends;
-        let schedule = Self::enqueue(&mut st, queued)?;
-        drop(st);
-        if schedule {
-            self.link.schedule(self.clone());
-        }
+        Self::enqueue(&mut st, queued)?;
+        self.schedule_unlocking(st);
         Ok(())
     }
 
     /// Appends a frame, counting buffers and attaching the schema message to a buffer whose
-    /// schema the receiver does not have yet. Returns whether the sending end must be put on its
-    /// link's ready list (it is not there yet).
-    fn enqueue(st: &mut SubState, mut queued: Queued) -> Result<bool, String> {
+    /// schema the receiver does not have yet.
+    fn enqueue(st: &mut SubState, mut queued: Queued) -> Result<(), String> {
         if let Queued::Buffer { schema, buffer } = &mut queued {
             st.buffers += 1;
             let known = st.schema.as_ref().is_some_and(|s| Arc::ptr_eq(s, &buffer.schema) || **s == *buffer.schema);
@@ -964,12 +960,20 @@ impl RemoteSubpartition {
             }
         }
         st.queue.push_back(queued);
-        Ok(!std::mem::replace(&mut st.scheduled, true))
+        Ok(())
     }
 
     /// Puts the sending end on its link's ready list, unless it is there already.
     fn schedule(self: &Arc<Self>) {
-        if !std::mem::replace(&mut self.state.lock().scheduled, true) {
+        self.schedule_unlocking(self.state.lock());
+    }
+
+    /// [`RemoteSubpartition::schedule`] for a caller that holds the state's lock: marks the
+    /// end scheduled, releases the lock, then (if it was not scheduled) wakes the link's writer.
+    fn schedule_unlocking(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, SubState>) {
+        let schedule = !std::mem::replace(&mut st.scheduled, true);
+        drop(st);
+        if schedule {
             self.link.schedule(self.clone());
         }
     }
@@ -999,11 +1003,7 @@ impl RemoteSubpartition {
         let at = st.queue.iter().rposition(|q| !q.is_buffer()).map_or(0, |i| i + 1);
         let overtaken = Self::buffers_in(st.queue.range(at..));
         st.queue.insert(at, Queued::Priority(event.encode()));
-        let schedule = !std::mem::replace(&mut st.scheduled, true);
-        drop(st);
-        if schedule {
-            self.link.schedule(self.clone());
-        }
+        self.schedule_unlocking(st);
         Ok(overtaken)
     }
 
@@ -1033,11 +1033,7 @@ impl RemoteSubpartition {
         let at = st.queue.range(..pos).rposition(|q| !q.is_buffer()).map_or(0, |i| i + 1);
         let overtaken = Self::buffers_in(st.queue.range(at..pos));
         st.queue.insert(at, Queued::Priority(Event::Barrier(crate::buffer::Barrier { unaligned: true, ..b }).encode()));
-        let schedule = !std::mem::replace(&mut st.scheduled, true);
-        drop(st);
-        if schedule {
-            self.link.schedule(self.clone());
-        }
+        self.schedule_unlocking(st);
         Some(overtaken)
     }
 

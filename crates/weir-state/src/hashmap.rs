@@ -119,67 +119,77 @@ fn typed_composite(out: &mut Vec<u8>, max_parallelism: u32, state: &str, key: &[
     kg
 }
 
-/// Runs the typed aggregate over a batch with the fold chosen once per batch.
-#[inline(always)]
-fn run_int64(
-    table: &mut HashTable<(i64, i64)>,
-    keys: &arrow_array::Int64Array,
-    values: Option<&arrow_array::Int64Array>,
-    groups: KeyGroups,
-    range: KeyGroupRange,
-    out: &mut Vec<i64>,
-    f: impl Fn(i64, i64) -> i64,
-) -> Result<(), StateError> {
-    for (i, &k) in keys.values().iter().enumerate() {
-        let h = hash_i64(k);
-        let kg = groups.of(h);
-        if !range.contains(kg) {
-            return Err(StateError::KeyGroup { kg, range });
-        }
-        let v = values.map_or(1, |vals| vals.value(i));
-        let th = table_hash(h);
-        let new = match table.find_mut(th, |e| e.0 == k) {
-            Some(e) => {
-                e.1 = f(e.1, v);
-                e.1
-            }
-            None => {
-                table.insert_unique(th, (k, v), |e| int_hash(e.0));
-                v
-            }
-        };
-        out.push(new);
-    }
-    Ok(())
+/// A key type of the typed path: a row's key as the batch holds it, and how it is hashed (for
+/// its key group), compared with and turned into the key the table stores.
+trait TypedKey: Copy {
+    type Stored;
+    /// The key's hash, as partitioning computes it (its key group follows from it).
+    fn key_hash(self) -> u64;
+    fn is(self, stored: &Self::Stored) -> bool;
+    fn store(self) -> Self::Stored;
+    /// The table's hash of a stored key (when the table grows).
+    fn stored_hash(stored: &Self::Stored) -> u64;
 }
 
-/// [`run_int64`] for string keys.
+impl TypedKey for i64 {
+    type Stored = i64;
+    fn key_hash(self) -> u64 {
+        hash_i64(self)
+    }
+    fn is(self, stored: &i64) -> bool {
+        self == *stored
+    }
+    fn store(self) -> i64 {
+        self
+    }
+    fn stored_hash(stored: &i64) -> u64 {
+        int_hash(*stored)
+    }
+}
+
+impl TypedKey for &str {
+    type Stored = Box<str>;
+    fn key_hash(self) -> u64 {
+        hash_bytes(self.as_bytes())
+    }
+    fn is(self, stored: &Box<str>) -> bool {
+        &**stored == self
+    }
+    fn store(self) -> Box<str> {
+        self.into()
+    }
+    fn stored_hash(stored: &Box<str>) -> u64 {
+        str_hash(stored)
+    }
+}
+
+/// Runs the typed aggregate over a batch's keys (in row order) with the fold chosen once per
+/// batch: one hash and one probe per row, the value updated in place.
 #[inline(always)]
-fn run_utf8(
-    table: &mut HashTable<(Box<str>, i64)>,
-    keys: &arrow_array::StringArray,
+fn run_typed<K: TypedKey>(
+    table: &mut HashTable<(K::Stored, i64)>,
+    keys: impl Iterator<Item = K>,
     values: Option<&arrow_array::Int64Array>,
     groups: KeyGroups,
     range: KeyGroupRange,
     out: &mut Vec<i64>,
     f: impl Fn(i64, i64) -> i64,
 ) -> Result<(), StateError> {
-    for i in 0..keys.len() {
-        let k = keys.value(i);
-        let h = hash_bytes(k.as_bytes());
+    for (i, k) in keys.enumerate() {
+        let h = k.key_hash();
         let kg = groups.of(h);
         if !range.contains(kg) {
             return Err(StateError::KeyGroup { kg, range });
         }
         let v = values.map_or(1, |vals| vals.value(i));
         let th = table_hash(h);
-        let new = match table.find_mut(th, |e| &*e.0 == k) {
+        let new = match table.find_mut(th, |e| k.is(&e.0)) {
             Some(e) => {
                 e.1 = f(e.1, v);
                 e.1
             }
             None => {
-                table.insert_unique(th, (k.into(), v), |e| str_hash(&e.0));
+                table.insert_unique(th, (k.store(), v), |e| K::stored_hash(&e.0));
                 v
             }
         };
@@ -496,16 +506,22 @@ impl KeyedStateBackend for HashMapBackend {
             let (groups, range) = (KeyGroups::new(self.max_parallelism), self.range);
             let add = |a: i64, v: i64| a.wrapping_add(v);
             return match (&mut self.typed[i].table, keys) {
-                (TypedTable::Int64(t), Keys::Int64(k)) => match agg {
-                    AggKind::Count | AggKind::Sum => run_int64(t, k, values, groups, range, out, add),
-                    AggKind::Min => run_int64(t, k, values, groups, range, out, i64::min),
-                    AggKind::Max => run_int64(t, k, values, groups, range, out, i64::max),
-                },
-                (TypedTable::Utf8(t), Keys::Utf8(k)) => match agg {
-                    AggKind::Count | AggKind::Sum => run_utf8(t, k, values, groups, range, out, add),
-                    AggKind::Min => run_utf8(t, k, values, groups, range, out, i64::min),
-                    AggKind::Max => run_utf8(t, k, values, groups, range, out, i64::max),
-                },
+                (TypedTable::Int64(t), Keys::Int64(k)) => {
+                    let keys = || k.values().iter().copied();
+                    match agg {
+                        AggKind::Count | AggKind::Sum => run_typed(t, keys(), values, groups, range, out, add),
+                        AggKind::Min => run_typed(t, keys(), values, groups, range, out, i64::min),
+                        AggKind::Max => run_typed(t, keys(), values, groups, range, out, i64::max),
+                    }
+                }
+                (TypedTable::Utf8(t), Keys::Utf8(k)) => {
+                    let keys = || (0..k.len()).map(|i| k.value(i));
+                    match agg {
+                        AggKind::Count | AggKind::Sum => run_typed(t, keys(), values, groups, range, out, add),
+                        AggKind::Min => run_typed(t, keys(), values, groups, range, out, i64::min),
+                        AggKind::Max => run_typed(t, keys(), values, groups, range, out, i64::max),
+                    }
+                }
                 _ => unreachable!("typed_state checks the key type"),
             };
         }
