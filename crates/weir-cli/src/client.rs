@@ -449,20 +449,83 @@ pub async fn run_job(address: &JobManagerEndpoint, submit: Submit<'_>, detached:
         allow_non_restored_state: submit.allow_non_restored_state,
         job_graph: String::new(),
     };
+    let id = submit_request(&mut client, address, req).await?;
+    if detached {
+        print_submitted(&id, output)?;
+        return Ok(0);
+    }
+    eprintln!("Job {id} submitted to {address}");
+    Ok(if wait_for_job(&mut client, address, &id, output).await? { 0 } else { 1 })
+}
+
+/// One job of a SQL script, compiled by this client: its graph and its job-level settings
+/// (the script's `SET`s, the job options of WITH clauses, `-D`).
+pub struct GraphSubmit {
+    pub graph: weir_core::graph::JobGraph,
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+/// Submits the jobs of a SQL script, in order (the first one from `restore` if given); unless
+/// detached, waits for all of them and returns 0 if every one finished.
+pub async fn run_graphs(
+    address: &JobManagerEndpoint,
+    jobs: Vec<GraphSubmit>,
+    origin: &str,
+    restore: Option<&str>,
+    allow_non_restored_state: bool,
+    detached: bool,
+    output: Output,
+) -> Result<i32> {
+    let mut client = connect(address).await?;
+    let mut ids = Vec::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        let req = SubmitJobRequest {
+            job_definition: String::new(),
+            config: job.settings.into_iter().filter(|(k, _)| !is_cluster_only_key(k)).collect(),
+            source_name: origin.to_string(),
+            restore_path: if i == 0 { restore.unwrap_or_default().to_string() } else { String::new() },
+            allow_non_restored_state,
+            job_graph: String::from_utf8_lossy(&job.graph.to_json()).into_owned(),
+        };
+        let id = submit_request(&mut client, address, req).await?;
+        if detached {
+            print_submitted(&id, output)?;
+        } else {
+            eprintln!("Job {id} ({}) submitted to {address}", job.graph.name);
+        }
+        ids.push(id);
+    }
+    if detached {
+        return Ok(0);
+    }
+    let mut all_finished = true;
+    for id in &ids {
+        all_finished &= wait_for_job(&mut client, address, id, output).await?;
+    }
+    Ok(if all_finished { 0 } else { 1 })
+}
+
+/// Sends a submission; prints its warnings and returns the new job's id.
+async fn submit_request(client: &mut JobManagerServiceClient<GrpcChannel>, address: &JobManagerEndpoint, req: SubmitJobRequest) -> Result<String> {
     let SubmitJobResponse { job_id: id, warnings } = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner();
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    if detached {
-        match output {
-            Output::Json => outln!("{}", serde_json::to_string(&Submitted { id: &id })?),
-            Output::Text => outln!("{id}"),
-        }
-        return Ok(0);
+    Ok(id)
+}
+
+fn print_submitted(id: &str, output: Output) -> Result<()> {
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string(&Submitted { id })?),
+        Output::Text => outln!("{id}"),
     }
-    eprintln!("Job {id} submitted to {address}");
+    Ok(())
+}
+
+/// Polls job `id` until it ends and reports how it ended; whether it FINISHED.
+async fn wait_for_job(client: &mut JobManagerServiceClient<GrpcChannel>, address: &JobManagerEndpoint, id: &str, output: Output) -> Result<bool> {
     let status = loop {
-        let s = client.get_job(GetJobRequest { job_id: id.clone() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
+        let s = client.get_job(GetJobRequest { job_id: id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
         if is_terminal(s.state) {
             break s;
         }
@@ -483,7 +546,7 @@ pub async fn run_job(address: &JobManagerEndpoint, submit: Submit<'_>, detached:
     if !ok && output == Output::Json {
         eprintln!("Job {} {}: {}", job.id, job.state, job.failure.as_deref().unwrap_or_default());
     }
-    Ok(if ok { 0 } else { 1 })
+    Ok(ok)
 }
 
 pub async fn list(address: &JobManagerEndpoint, output: Output) -> Result<i32> {

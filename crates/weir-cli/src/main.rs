@@ -86,6 +86,29 @@ struct ClientArgs {
     output: Output,
 }
 
+/// What `weir run` and `weir sql` share.
+#[derive(Args, Clone)]
+struct RunOptions {
+    /// Default parallelism of the job's operators.
+    #[arg(short = 'p', long)]
+    parallelism: Option<u32>,
+    /// Print the job id and return instead of waiting for the job to end.
+    #[arg(long)]
+    detached: bool,
+    /// Start from a savepoint folder or a retained checkpoint <dir>/<job-id>/chk-<n> (or
+    /// their _metadata). A path without a scheme is a local file path.
+    #[arg(short = 's', long = "from-savepoint", visible_alias = "from-checkpoint", value_name = "PATH")]
+    restore: Option<String>,
+    /// With -s: skip the state of operators (uids) the job no longer has instead of
+    /// refusing the job.
+    #[arg(short = 'n', long, requires = "restore")]
+    allow_non_restored_state: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    dynamic: Dynamic,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the JobManager (coordinator).
@@ -106,28 +129,23 @@ enum Command {
         #[command(flatten)]
         dynamic: Dynamic,
     },
-    /// Submit a job file; without a JobManager, run it on an embedded mini cluster.
+    /// Submit a job file (YAML pipeline, or a SQL script when it ends in .sql); without a
+    /// JobManager, run it on an embedded mini cluster.
     Run {
-        /// The job file (YAML pipeline).
+        /// The job file (YAML pipeline or .sql script).
         jobfile: PathBuf,
-        /// Default parallelism of the job's operators.
-        #[arg(short = 'p', long)]
-        parallelism: Option<u32>,
-        /// Print the job id and return instead of waiting for the job to end.
-        #[arg(long)]
-        detached: bool,
-        /// Start from a savepoint folder or a retained checkpoint <dir>/<job-id>/chk-<n> (or
-        /// their _metadata). A path without a scheme is a local file path.
-        #[arg(short = 's', long = "from-savepoint", visible_alias = "from-checkpoint", value_name = "PATH")]
-        restore: Option<String>,
-        /// With -s: skip the state of operators (uids) the job no longer has instead of
-        /// refusing the job.
-        #[arg(short = 'n', long, requires = "restore")]
-        allow_non_restored_state: bool,
         #[command(flatten)]
-        client: ClientArgs,
+        options: RunOptions,
+    },
+    /// Run a Flink-style SQL script: SET, CREATE TABLE/VIEW, INSERT INTO, statement sets.
+    /// Every INSERT (or statement set) is one job; without a JobManager they run on an
+    /// embedded mini cluster.
+    Sql {
+        /// The script to run.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
         #[command(flatten)]
-        dynamic: Dynamic,
+        options: RunOptions,
     },
     /// List the jobs of the cluster.
     List {
@@ -289,7 +307,13 @@ async fn run(cli: Cli) -> Result<i32> {
             cluster.shutdown();
             Ok(0)
         }
-        Command::Run { jobfile, parallelism, detached, restore, allow_non_restored_state, client, mut dynamic } => {
+        Command::Run { jobfile, options } if is_sql_script(&jobfile) => run_sql(&cli.config, cli.log_format, &jobfile, options).await,
+        Command::Sql { file: Some(file), options } => run_sql(&cli.config, cli.log_format, &file, options).await,
+        Command::Sql { file: None, .. } => {
+            Err(anyhow!("the interactive SQL client is not built yet: run a script with `weir sql -f FILE.sql` or `weir run FILE.sql`"))
+        }
+        Command::Run { jobfile, options } => {
+            let RunOptions { parallelism, detached, restore, allow_non_restored_state, client, mut dynamic } = options;
             if let Some(p) = parallelism {
                 dynamic.properties.push(format!("{}={p}", keys::PARALLELISM));
             }
@@ -368,6 +392,64 @@ async fn run(cli: Cli) -> Result<i32> {
             client::cluster(&require_jm(&client, &cfg)?, client.output).await
         }
     }
+}
+
+/// Whether `weir run` was given a SQL script rather than a YAML job file.
+fn is_sql_script(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("sql"))
+}
+
+/// `weir sql -f FILE` / `weir run FILE.sql`: compiles the script here (its errors name line and
+/// column before anything starts), prints what SHOW/DESCRIBE/EXPLAIN produced, then submits
+/// each job's graph with its own settings and, unless detached, waits for all of them.
+async fn run_sql(config: &Option<PathBuf>, log_format: LogFormat, file: &std::path::Path, options: RunOptions) -> Result<i32> {
+    let RunOptions { parallelism, detached, restore, allow_non_restored_state, client, mut dynamic } = options;
+    if let Some(p) = parallelism {
+        dynamic.properties.push(format!("{}={p}", keys::PARALLELISM));
+    }
+    let (cfg, overrides) = load_config(config, &dynamic)?;
+    init_logging(log_format, "warn");
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read SQL script {}", file.display()))?;
+    let origin = file.display().to_string();
+    let compiled = weir_sql::compile_script(&text, &origin, &cfg, &overrides)?;
+    for notice in &compiled.notices {
+        eprintln!("notice: {notice}");
+    }
+    for output in &compiled.output {
+        outln!("{output}");
+    }
+    if compiled.jobs.is_empty() {
+        return Ok(0);
+    }
+    if restore.is_some() && compiled.jobs.len() > 1 {
+        return Err(anyhow!(
+            "-s restores one job, and {origin} submits {} (one per INSERT): put the INSERTs into one EXECUTE STATEMENT SET",
+            compiled.jobs.len()
+        ));
+    }
+    for job in &compiled.jobs {
+        weir_core::settings::JobSettings::from_config(&job.config)
+            .with_context(|| format!("{origin}:{}:{}: job '{}'", job.at.0, job.at.1, job.graph.name))?;
+    }
+    let security = SecurityConfig::from_config(&cfg)?;
+    let (address, cluster) = match jobmanager_address(&client.jobmanager, &cfg) {
+        Some(a) => (a, None),
+        None => {
+            let slots = compiled.jobs.iter().map(|j| j.graph.slots_needed()).sum();
+            let cluster = minicluster::MiniCluster::start(&cfg, Some(slots)).await?;
+            (cluster.address(), Some(cluster))
+        }
+    };
+    let address = client::JobManagerEndpoint { address, security };
+    let restore = restore.as_deref().map(storage_location).transpose()?;
+    let jobs = compiled.jobs.into_iter().map(|j| client::GraphSubmit { graph: j.graph, settings: j.settings }).collect();
+    let result =
+        client::run_graphs(&address, jobs, &origin, restore.as_deref(), allow_non_restored_state, detached && cluster.is_none(), client.output)
+            .await;
+    if let Some(c) = cluster {
+        c.shutdown();
+    }
+    result
 }
 
 /// The JobManager to call: its address from the flag or the configuration, and this command's
@@ -463,7 +545,9 @@ mod tests {
 
         let cli =
             Cli::try_parse_from(["weir", "run", "job.yaml", "-s", "/sp/savepoint-1", "-p", "3", "--allow-non-restored-state"]).unwrap();
-        let Command::Run { restore, allow_non_restored_state, parallelism, .. } = cli.command else { panic!("run expected") };
+        let Command::Run { options: RunOptions { restore, allow_non_restored_state, parallelism, .. }, .. } = cli.command else {
+            panic!("run expected")
+        };
         assert_eq!((restore.as_deref(), allow_non_restored_state, parallelism), (Some("/sp/savepoint-1"), true, Some(3)));
         // The old spelling still works; skipping state needs something to restore.
         assert!(Cli::try_parse_from(["weir", "run", "job.yaml", "--from-checkpoint", "/chk-3"]).is_ok());

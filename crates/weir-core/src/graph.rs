@@ -184,6 +184,15 @@ pub enum OperatorSpec {
         function: String,
         kind: UserKind,
     },
+    /// An operator of a SQL job's plan (`weir-sql`): `kind` names it (`calc`, `group-aggregate`,
+    /// ...) and `spec` is its definition in that crate's JSON form, which the SQL runtime of the
+    /// TaskManager builds. A `keyed` one keeps keyed state and receives its input
+    /// hash-partitioned on its key column.
+    Sql {
+        kind: String,
+        keyed: bool,
+        spec: serde_json::Value,
+    },
 }
 
 impl OperatorSpec {
@@ -208,7 +217,7 @@ impl OperatorSpec {
 
     /// Whether the operator keeps keyed state (and so needs a stable uid).
     pub fn is_stateful(&self) -> bool {
-        matches!(self, Self::KeyedAggregate { .. } | Self::User { kind: UserKind::Keyed { .. }, .. })
+        matches!(self, Self::KeyedAggregate { .. } | Self::User { kind: UserKind::Keyed { .. }, .. } | Self::Sql { keyed: true, .. })
     }
 
     /// Sources that cannot run in parallel (the socket source reads one connection).
@@ -293,7 +302,8 @@ impl JobGraph {
     }
 }
 
-/// Arrow schemas ship as a list of (name, type) for the few types Weir's operators produce.
+/// Arrow schemas ship as a list of (name, type, nullable); a type is arrow's own text form
+/// (`Timestamp(ms)`, `Decimal128(10, 2)`, ...), with short names for the common three.
 mod schema_serde {
     use super::*;
     use serde::{Deserializer, Serializer};
@@ -302,6 +312,10 @@ mod schema_serde {
     struct F {
         name: String,
         ty: String,
+        /// Absent (false) in the graphs of job files and programs, whose columns are never null
+        /// but for the hidden timestamp; SQL columns are nullable.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nullable: bool,
     }
 
     pub fn serialize<S: Serializer>(schema: &SchemaRef, s: S) -> Result<S::Ok, S::Error> {
@@ -316,6 +330,7 @@ mod schema_serde {
                     DataType::Binary => "binary".into(),
                     other => format!("{other}"),
                 },
+                nullable: f.is_nullable(),
             })
             .collect();
         fields.serialize(s)
@@ -329,9 +344,11 @@ mod schema_serde {
                 "int64" => DataType::Int64,
                 "utf8" => DataType::Utf8,
                 "binary" => DataType::Binary,
-                other => return Err(serde::de::Error::custom(format!("unsupported column type {other}"))),
+                other => other
+                    .parse::<DataType>()
+                    .map_err(|e| serde::de::Error::custom(format!("unsupported column type {other}: {e}")))?,
             };
-            out.push(Field::new(f.name, ty, false));
+            out.push(Field::new(f.name, ty, f.nullable));
         }
         Ok(Arc::new(Schema::new(out)))
     }

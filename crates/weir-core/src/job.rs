@@ -672,7 +672,7 @@ pub fn output_schema(spec: &OperatorSpec, input: &SchemaRef) -> SchemaRef {
         }
         OperatorSpec::PrintSink | OperatorSpec::FileSink { .. } | OperatorSpec::BlackholeSink => Arc::new(Schema::empty()),
         // Not a job-file step: a DataStream program gives its functions their schemas.
-        OperatorSpec::User { .. } => input.clone(),
+        OperatorSpec::User { .. } | OperatorSpec::Sql { .. } => input.clone(),
     }
 }
 

@@ -478,6 +478,17 @@ fn has_dictionary(t: &DataType) -> bool {
     }
 }
 
+/// An arrow buffer as `Bytes`, without a copy: the `Bytes` keeps the buffer alive.
+fn buffer_bytes(buffer: arrow_buffer::Buffer) -> Bytes {
+    struct Owner(arrow_buffer::Buffer);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_slice()
+        }
+    }
+    Bytes::from_owner(Owner(buffer))
+}
+
 impl BatchEncoder {
     /// Encodes `batch` without copying its row data: the parts borrow its buffers.
     pub fn encode(&mut self, batch: &RecordBatch) -> Result<Encoded, ArrowError> {
@@ -488,7 +499,7 @@ impl BatchEncoder {
             self.current = Some((schema.clone(), StreamEncoder::try_new(&schema)?));
         }
         let (schema, encoder) = self.current.as_mut().expect("set above");
-        let mut parts: Vec<Bytes> = encoder.encode(batch)?.into_iter().map(Bytes::from).collect();
+        let mut parts: Vec<Bytes> = encoder.encode(batch)?.into_iter().map(buffer_bytes).collect();
         if first {
             // A new encoder's first call puts the schema message first: it travels on its own.
             skip_schema_message(&mut parts)?;

@@ -34,6 +34,7 @@ pub mod gate;
 pub mod net;
 pub mod operators;
 pub mod partition;
+pub mod sql;
 pub mod task;
 pub mod user;
 pub mod wake;

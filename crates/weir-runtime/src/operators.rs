@@ -1,7 +1,8 @@
 //! The built-in transforms (split, upper, lower, filter, select), the keyed running
 //! aggregates, and [`build_chain`], which turns a vertex's operator specs into a runnable
 //! chain: it builds the transforms itself and asks the [`ConnectorFactory`] it is given for
-//! sources and sinks. Every operator works on whole batches: one loop over a column, one
+//! sources and sinks (and the [`SqlOperators`](crate::sql::SqlOperators) factory for the
+//! operators of SQL plans). Every operator works on whole batches: one loop over a column, one
 //! output array.
 //!
 //! Keyed state is typed: an operator that keeps some is a [`KeyedOperator`] and sits in the
@@ -372,6 +373,7 @@ pub fn build_chain(
     state: &StateConfig,
     connectors: &dyn ConnectorFactory,
     functions: &dyn UserFunctions,
+    sql: &dyn crate::sql::SqlOperators,
 ) -> OpResult<OperatorChain> {
     let mut source = None;
     let mut source_uid = None;
@@ -429,6 +431,7 @@ pub fn build_chain(
                     scratch: Vec::new(),
                 })))
             }
+            OperatorSpec::Sql { .. } => operators.push(sql.build(op, &schema, info, &mut || new_backend(op, info, state))?),
             OperatorSpec::PrintSink | OperatorSpec::FileSink { .. } | OperatorSpec::BlackholeSink => {
                 operators.push(plain(connectors.sink(op, info)?))
             }
@@ -565,7 +568,7 @@ mod tests {
         v0.operators.remove(0);
         let line_schema = graph.vertices[0].operators[0].output_schema.clone();
         let mut chain =
-            build_chain(&v0, &info, line_schema.clone(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions).unwrap();
+            build_chain(&v0, &info, line_schema.clone(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions, &crate::sql::NoSqlOperators).unwrap();
         let lines = RecordBatch::try_new(line_schema, vec![Arc::new(StringArray::from(vec!["To be OR", "not to skip be"]))]).unwrap();
         let mut out = Sink(Vec::new());
         push_through(&mut chain.operators, lines, &mut out).unwrap();
@@ -573,7 +576,7 @@ mod tests {
 
         let v1 = &graph.vertices[1];
         let mut chain =
-            build_chain(v1, &info, v0.output_schema(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions).unwrap();
+            build_chain(v1, &info, v0.output_schema(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions, &crate::sql::NoSqlOperators).unwrap();
         assert!(matches!(chain.operators.last(), Some(ChainOperator::Plain(_))), "the sink comes from the factory");
         assert!(chain.operators[0].keyed_state().is_some(), "the count keeps keyed state");
         let mut counted = Sink(Vec::new());

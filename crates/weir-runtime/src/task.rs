@@ -246,6 +246,8 @@ pub struct TaskDescriptor {
     pub connectors: Arc<dyn ConnectorFactory>,
     /// Builds the functions of a DataStream program.
     pub functions: Arc<dyn UserFunctions>,
+    /// Builds the operators of SQL plans.
+    pub sql: Arc<dyn crate::sql::SqlOperators>,
 }
 
 /// The TaskManager's handle on a running task: it commands, cancels and joins it through
@@ -366,7 +368,7 @@ fn run(
         valve: WatermarkValve::new(channels),
     };
     let result =
-        build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref(), desc.functions.as_ref())
+        build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref(), desc.functions.as_ref(), desc.sql.as_ref())
             .and_then(|mut chain| {
                 if let Some(r) = &desc.restore {
                     let channels = restore(&mut chain, &desc.info, &desc.state, r)?;
@@ -1519,6 +1521,7 @@ mod tests {
             restore: None,
             connectors: Arc::new(crate::operators::test_util::TestConnectors),
             functions: Arc::new(crate::user::NoUserFunctions),
+            sql: Arc::new(crate::sql::NoSqlOperators),
         }
     }
 
@@ -1783,6 +1786,7 @@ mod tests {
                 restore: None,
                 connectors: Arc::new(CountingConnectors(polled.clone())),
                 functions: Arc::new(crate::user::NoUserFunctions),
+            sql: Arc::new(crate::sql::NoSqlOperators),
             };
             let (states_tx, states) = std::sync::mpsc::channel();
             let states_tx = Mutex::new(states_tx);

@@ -190,6 +190,7 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             restore: restore.clone(),
             connectors: shared.connectors.clone(),
             functions: shared.functions.clone(),
+            sql: shared.sql.clone(),
         });
     }
 

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub connectors: Arc<dyn ConnectorFactory>,
     /// Builds the functions of DataStream programs: empty in the `weir` binary's TaskManagers.
     pub functions: Arc<dyn UserFunctions>,
+    /// Builds the operators of SQL jobs.
+    pub sql: Arc<dyn weir_runtime::sql::SqlOperators>,
     pub jobs: Mutex<HashMap<(String, u32), JobTasks>>,
     /// `taskmanager.memory.network.max`, reserved per job attempt at deployment.
     pub network_memory: Arc<network_memory::NetworkMemory>,
@@ -286,6 +288,7 @@ pub async fn start_with_functions(
         net,
         connectors: Arc::new(weir_connectors::BuiltinConnectors),
         functions,
+        sql: Arc::new(weir_sql::SqlRuntime),
         jobs: Mutex::new(HashMap::new()),
         network_memory: network_memory::NetworkMemory::new(settings.config.network.memory_max),
         updates: updates_tx,

@@ -1,0 +1,805 @@
+//! The operators of SQL plans, as a TaskManager runs them, and their definitions ([`spec`])
+//! as the JobGraph carries them.
+//!
+//! - `calc`: a filter and projections, DataFusion physical expressions evaluated over whole
+//!   batches; optionally appends the hidden group-key column of some of its outputs.
+//! - `decode`: csv or json lines (from the file and socket sources) into the table's columns,
+//!   with arrow-csv's and arrow-json's decoders.
+//! - `group-aggregate`: a grouped aggregate over keyed state; per batch it reads every group
+//!   the batch touches with one `multi_get`, folds the rows, writes the changed groups with one
+//!   `write_batch`, and emits Flink's changelog for each changed group: `+I` for a new one,
+//!   `-U` old / `+U` new for an updated one. A group updated several times in one batch emits
+//!   once (as Flink's mini-batch aggregation does), and one whose result did not change emits
+//!   nothing.
+//! - `print`: Flink SQL's print connector, `+I[a, 1]` per row.
+
+use crate::compile::{RowKind, KEY, ROWKIND};
+use crate::planner::ShippedExpr;
+use arrow_array::builder::{BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Decimal128Type, Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, BinaryArray, Decimal128Array, Int8Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, SchemaRef};
+use datafusion_physical_expr::PhysicalExpr;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use weir_core::graph::{ChainedOperator, FileFormat, OperatorSpec};
+use weir_core::operator::{Collector, OpResult, Operator, OperatorError, SubtaskInfo};
+use weir_runtime::operators::{ChainOperator, KeyedOperator};
+use weir_runtime::sql::SqlOperators;
+use weir_state::keyed::{composite_key, key_group};
+use weir_state::StateBackend;
+
+/// The definitions of SQL operators, as JSON inside `OperatorSpec::Sql`.
+pub mod spec {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Calc {
+        /// A predicate over the input's visible columns (`c0`, `c1`, ...): rows where it is not
+        /// true are dropped before the projections.
+        pub filter: Option<String>,
+        /// One expression per output column, over the input's visible columns.
+        pub projections: Vec<String>,
+        /// Append the hidden key column ([`KEY`]) of these output columns.
+        #[serde(default)]
+        pub key: Option<Vec<usize>>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Decode {
+        pub format: FileFormat,
+        /// The table, for error messages.
+        pub table: String,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum AggFunction {
+        Count,
+        Sum,
+        Min,
+        Max,
+        Avg,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Aggregate {
+        pub function: AggFunction,
+        /// The input column of its argument; `None` for `COUNT(*)`.
+        pub arg: Option<usize>,
+        pub distinct: bool,
+        /// The result's Arrow type, in arrow's text form.
+        pub output: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct GroupAggregate {
+        /// Input columns `0..keys` are the group key; the output starts with them.
+        pub keys: usize,
+        pub aggregates: Vec<Aggregate>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Print {
+        pub identifier: Option<String>,
+    }
+}
+
+/// Builds the operators of SQL plans for the runtime.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqlRuntime;
+
+impl SqlOperators for SqlRuntime {
+    fn build(
+        &self,
+        op: &ChainedOperator,
+        input: &SchemaRef,
+        info: &SubtaskInfo,
+        state: &mut dyn FnMut() -> OpResult<StateBackend>,
+    ) -> OpResult<ChainOperator> {
+        let OperatorSpec::Sql { kind, spec, .. } = &op.spec else {
+            return Err(OperatorError::Failed(format!("operator '{}' is not a SQL operator", op.name)));
+        };
+        let bad = |e: String| OperatorError::Failed(format!("SQL operator '{}' (uid {}): {e}", op.name, op.uid));
+        fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, String> {
+            serde_json::from_value(v.clone()).map_err(|e| format!("bad definition: {e}"))
+        }
+        let output = op.output_schema.clone();
+        Ok(match kind.as_str() {
+            "calc" => ChainOperator::Plain(Box::new(Calc::new(parse(spec).map_err(bad)?, input, output).map_err(bad)?)),
+            "decode" => ChainOperator::Plain(Box::new(Decode { spec: parse(spec).map_err(bad)?, schema: output })),
+            "group-aggregate" => {
+                let spec: spec::GroupAggregate = parse(spec).map_err(bad)?;
+                let agg = GroupAggregate::new(spec, input, output, state()?, info.max_parallelism).map_err(bad)?;
+                ChainOperator::Keyed(Box::new(agg))
+            }
+            "print" => {
+                let spec: spec::Print = parse(spec).map_err(bad)?;
+                ChainOperator::Plain(Box::new(Print::new(spec, info)))
+            }
+            other => return Err(bad(format!("unknown SQL operator kind '{other}' (a newer Weir's plan?)"))),
+        })
+    }
+}
+
+fn df(e: datafusion_common::DataFusionError) -> OperatorError {
+    OperatorError::Failed(e.strip_backtrace())
+}
+
+/// `calc`: filter, then projections; hidden columns pass through.
+struct Calc {
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    projections: Vec<Arc<dyn PhysicalExpr>>,
+    /// Number of visible input columns (the expressions' input).
+    visible: usize,
+    /// Hidden input columns passed through (the row kind).
+    hidden: Vec<usize>,
+    key: Option<Vec<usize>>,
+    schema: SchemaRef,
+}
+
+impl Calc {
+    fn new(spec: spec::Calc, input: &SchemaRef, schema: SchemaRef) -> Result<Self, String> {
+        let visible_fields: Vec<_> = input.fields().iter().filter(|f| !f.name().starts_with("weir.")).cloned().collect();
+        let visible = visible_fields.len();
+        let expr_input = arrow_schema::Schema::new(visible_fields);
+        let hidden = input.fields().iter().enumerate().filter(|(_, f)| f.name() == ROWKIND).map(|(i, _)| i).collect();
+        let plan = |t: &String| ShippedExpr::physical(t, &expr_input).map_err(|e| format!("expression `{t}`: {}", e.strip_backtrace()));
+        let filter = spec.filter.as_ref().map(plan).transpose()?;
+        let projections = spec.projections.iter().map(plan).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { filter, projections, visible, hidden, key: spec.key, schema })
+    }
+}
+
+impl Operator for Calc {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let batch = match &self.filter {
+            None => batch,
+            Some(f) => {
+                let visible = batch.project(&(0..self.visible).collect::<Vec<_>>())?;
+                let mask = f.evaluate(&visible).map_err(df)?.into_array(batch.num_rows()).map_err(df)?;
+                let mask = mask.as_boolean_opt().ok_or_else(|| OperatorError::Failed("the filter is not a predicate".into()))?;
+                arrow_select::filter::filter_record_batch(&batch, mask)?
+            }
+        };
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let visible = batch.project(&(0..self.visible).collect::<Vec<_>>())?;
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for (p, field) in self.projections.iter().zip(self.schema.fields()) {
+            let mut c = p.evaluate(&visible).map_err(df)?.into_array(rows).map_err(df)?;
+            if c.data_type() != field.data_type() {
+                c = arrow_cast::cast(&c, field.data_type())?;
+            }
+            columns.push(c);
+        }
+        for &h in &self.hidden {
+            columns.push(batch.column(h).clone());
+        }
+        if let Some(key) = &self.key {
+            let parts: Vec<ArrayRef> = key.iter().map(|&i| columns[i].clone()).collect();
+            columns.push(Arc::new(encode_keys(&parts, rows)?));
+        }
+        out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// One key column, typed once per batch.
+enum KeyPart {
+    Int(arrow_array::Int64Array),
+    Float(arrow_array::Float64Array),
+    Text(StringArray),
+    Bool(arrow_array::BooleanArray),
+    Decimal(Decimal128Array),
+    Bytes(BinaryArray),
+}
+
+impl KeyPart {
+    fn new(a: &ArrayRef) -> OpResult<Self> {
+        let t = a.data_type();
+        Ok(if t.is_integer() || t.is_temporal() {
+            KeyPart::Int(arrow_cast::cast(a, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+        } else if t.is_floating() {
+            KeyPart::Float(arrow_cast::cast(a, &DataType::Float64)?.as_primitive::<Float64Type>().clone())
+        } else if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+            KeyPart::Text(arrow_cast::cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+        } else if matches!(t, DataType::Boolean) {
+            KeyPart::Bool(a.as_boolean().clone())
+        } else if matches!(t, DataType::Decimal128(..)) {
+            KeyPart::Decimal(a.as_primitive::<Decimal128Type>().clone())
+        } else if matches!(t, DataType::Binary) {
+            KeyPart::Bytes(a.as_binary::<i32>().clone())
+        } else {
+            return Err(OperatorError::Failed(format!("cannot group by a column of type {t}")));
+        })
+    }
+
+    fn write(&self, row: usize, out: &mut Vec<u8>) {
+        let valid = match self {
+            KeyPart::Int(a) => a.is_valid(row),
+            KeyPart::Float(a) => a.is_valid(row),
+            KeyPart::Text(a) => a.is_valid(row),
+            KeyPart::Bool(a) => a.is_valid(row),
+            KeyPart::Decimal(a) => a.is_valid(row),
+            KeyPart::Bytes(a) => a.is_valid(row),
+        };
+        if !valid {
+            out.push(0);
+            return;
+        }
+        out.push(1);
+        match self {
+            KeyPart::Int(a) => out.extend_from_slice(&a.value(row).to_le_bytes()),
+            // -0.0 and 0.0 group together, as SQL compares them equal.
+            KeyPart::Float(a) => out.extend_from_slice(&(a.value(row) + 0.0).to_bits().to_le_bytes()),
+            KeyPart::Text(a) => {
+                let v = a.value(row).as_bytes();
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            KeyPart::Bool(a) => out.push(a.value(row) as u8),
+            KeyPart::Decimal(a) => out.extend_from_slice(&a.value(row).to_le_bytes()),
+            KeyPart::Bytes(a) => {
+                let v = a.value(row);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+}
+
+/// The key bytes of every row of `parts`: per column a null flag, then the value (integers,
+/// dates and timestamps as i64, floats as f64 bits, strings and bytes length-prefixed). The
+/// same group key gives the same bytes in every process, so it picks the key group and
+/// addresses the group's state.
+fn encode_keys(parts: &[ArrayRef], rows: usize) -> OpResult<BinaryArray> {
+    let parts = parts.iter().map(KeyPart::new).collect::<OpResult<Vec<_>>>()?;
+    let mut builder = BinaryBuilder::with_capacity(rows, rows * (1 + 9 * parts.len()));
+    let mut buf = Vec::with_capacity(64);
+    for row in 0..rows {
+        buf.clear();
+        for p in &parts {
+            p.write(row, &mut buf);
+        }
+        builder.append_value(&buf);
+    }
+    Ok(builder.finish())
+}
+
+/// `decode`: lines of csv or json into the table's physical columns.
+struct Decode {
+    spec: spec::Decode,
+    schema: SchemaRef,
+}
+
+impl Operator for Decode {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let lines = batch.column(0).as_string_opt::<i32>().ok_or_else(|| OperatorError::Failed("decode takes a text column".into()))?;
+        let mut buf = Vec::with_capacity(lines.values().len() + lines.len());
+        let mut count = 0;
+        for line in lines.iter().flatten() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let table = &self.spec.table;
+        let fail = |e: arrow_schema::ArrowError| OperatorError::Failed(format!("table '{table}': cannot decode a row: {e}"));
+        let decoded = match self.spec.format {
+            FileFormat::Json => {
+                let mut d = arrow_json::ReaderBuilder::new(self.schema.clone()).with_batch_size(count).build_decoder().map_err(fail)?;
+                decode_all(&buf, &mut d).map_err(fail)?
+            }
+            _ => {
+                let mut d = arrow_csv::ReaderBuilder::new(self.schema.clone()).with_header(false).with_batch_size(count).build_decoder();
+                decode_all(&buf, &mut d).map_err(fail)?
+            }
+        };
+        for b in decoded {
+            out.collect(b)?;
+        }
+        Ok(())
+    }
+}
+
+/// arrow-csv's and arrow-json's push decoders.
+trait PushDecoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError>;
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError>;
+}
+
+impl PushDecoder for arrow_csv::reader::Decoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError> {
+        arrow_csv::reader::Decoder::decode(self, buf)
+    }
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        arrow_csv::reader::Decoder::flush(self)
+    }
+}
+
+impl PushDecoder for arrow_json::reader::Decoder {
+    fn decode(&mut self, buf: &[u8]) -> Result<usize, arrow_schema::ArrowError> {
+        arrow_json::reader::Decoder::decode(self, buf)
+    }
+    fn flush(&mut self) -> Result<Option<RecordBatch>, arrow_schema::ArrowError> {
+        arrow_json::reader::Decoder::flush(self)
+    }
+}
+
+/// Feeds `buf` to a push decoder, flushing whenever it stops taking bytes.
+fn decode_all(buf: &[u8], d: &mut impl PushDecoder) -> Result<Vec<RecordBatch>, arrow_schema::ArrowError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let read = d.decode(&buf[at..])?;
+        at += read;
+        if read == 0 || at < buf.len() {
+            match d.flush()? {
+                Some(b) => out.push(b),
+                None if read == 0 => break,
+                None => {}
+            }
+        }
+    }
+    if let Some(b) = d.flush()? {
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// A group's accumulator of one aggregate, as stored in keyed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Acc {
+    Count(i64),
+    SumInt(Option<i64>),
+    SumFloat(Option<f64>),
+    SumDecimal(Option<i128>),
+    Avg { sum: f64, count: i64 },
+    Min(Option<Scalar>),
+    Max(Option<Scalar>),
+}
+
+/// A MIN/MAX value.
+#[derive(Debug, Clone, PartialEq, PartialOrd, Serialize, Deserialize)]
+enum Scalar {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Decimal(i128),
+    Bool(bool),
+}
+
+/// An aggregate's argument column, typed once per batch.
+enum ArgColumn {
+    None,
+    Int(arrow_array::Int64Array),
+    Float(arrow_array::Float64Array),
+    Decimal(Decimal128Array),
+    Text(StringArray),
+    Bool(arrow_array::BooleanArray),
+}
+
+impl ArgColumn {
+    fn new(a: Option<&ArrayRef>) -> OpResult<Self> {
+        let Some(a) = a else { return Ok(ArgColumn::None) };
+        let t = a.data_type();
+        Ok(if t.is_integer() || t.is_temporal() {
+            ArgColumn::Int(arrow_cast::cast(a, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+        } else if t.is_floating() {
+            ArgColumn::Float(arrow_cast::cast(a, &DataType::Float64)?.as_primitive::<Float64Type>().clone())
+        } else if matches!(t, DataType::Decimal128(..)) {
+            ArgColumn::Decimal(a.as_primitive::<Decimal128Type>().clone())
+        } else if matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+            ArgColumn::Text(arrow_cast::cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
+        } else if matches!(t, DataType::Boolean) {
+            ArgColumn::Bool(a.as_boolean().clone())
+        } else {
+            return Err(OperatorError::Failed(format!("cannot aggregate a column of type {t}")));
+        })
+    }
+
+    fn is_valid(&self, row: usize) -> bool {
+        match self {
+            ArgColumn::None => true,
+            ArgColumn::Int(a) => a.is_valid(row),
+            ArgColumn::Float(a) => a.is_valid(row),
+            ArgColumn::Decimal(a) => a.is_valid(row),
+            ArgColumn::Text(a) => a.is_valid(row),
+            ArgColumn::Bool(a) => a.is_valid(row),
+        }
+    }
+
+    fn scalar(&self, row: usize) -> Option<Scalar> {
+        if !self.is_valid(row) {
+            return None;
+        }
+        Some(match self {
+            ArgColumn::None => return None,
+            ArgColumn::Int(a) => Scalar::Int(a.value(row)),
+            ArgColumn::Float(a) => Scalar::Float(a.value(row)),
+            ArgColumn::Decimal(a) => Scalar::Decimal(a.value(row)),
+            ArgColumn::Text(a) => Scalar::Text(a.value(row).to_string()),
+            ArgColumn::Bool(a) => Scalar::Bool(a.value(row)),
+        })
+    }
+
+    fn as_f64(&self, row: usize) -> f64 {
+        match self {
+            ArgColumn::Int(a) => a.value(row) as f64,
+            ArgColumn::Float(a) => a.value(row),
+            ArgColumn::Decimal(a) => a.value(row) as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// The value's bytes, for COUNT(DISTINCT).
+    fn distinct_bytes(&self, row: usize, out: &mut Vec<u8>) {
+        out.clear();
+        match self.scalar(row) {
+            Some(Scalar::Int(v)) => out.extend_from_slice(&v.to_le_bytes()),
+            Some(Scalar::Float(v)) => out.extend_from_slice(&(v + 0.0).to_bits().to_le_bytes()),
+            Some(Scalar::Decimal(v)) => out.extend_from_slice(&v.to_le_bytes()),
+            Some(Scalar::Text(v)) => out.extend_from_slice(v.as_bytes()),
+            Some(Scalar::Bool(v)) => out.push(v as u8),
+            None => {}
+        }
+    }
+}
+
+impl Acc {
+    fn new(function: spec::AggFunction, output: &DataType) -> Self {
+        use spec::AggFunction::*;
+        match function {
+            Count => Acc::Count(0),
+            Sum if output.is_floating() => Acc::SumFloat(None),
+            Sum if matches!(output, DataType::Decimal128(..)) => Acc::SumDecimal(None),
+            Sum => Acc::SumInt(None),
+            Avg => Acc::Avg { sum: 0.0, count: 0 },
+            Min => Acc::Min(None),
+            Max => Acc::Max(None),
+        }
+    }
+
+    /// Folds row `row` of `arg` in (a COUNT(DISTINCT) is folded by the operator itself).
+    fn fold(&mut self, arg: &ArgColumn, row: usize) {
+        if !arg.is_valid(row) {
+            return;
+        }
+        match self {
+            Acc::Count(n) => *n += 1,
+            Acc::SumInt(s) => {
+                if let ArgColumn::Int(a) = arg {
+                    *s = Some(s.unwrap_or(0).wrapping_add(a.value(row)));
+                }
+            }
+            Acc::SumFloat(s) => *s = Some(s.unwrap_or(0.0) + arg.as_f64(row)),
+            Acc::SumDecimal(s) => {
+                if let ArgColumn::Decimal(a) = arg {
+                    *s = Some(s.unwrap_or(0).wrapping_add(a.value(row)));
+                }
+            }
+            Acc::Avg { sum, count } => {
+                *sum += arg.as_f64(row);
+                *count += 1;
+            }
+            Acc::Min(m) => {
+                let v = arg.scalar(row);
+                if m.is_none() || v.as_ref().is_some_and(|v| Some(v) < m.as_ref()) {
+                    *m = v;
+                }
+            }
+            Acc::Max(m) => {
+                let v = arg.scalar(row);
+                if m.is_none() || v.as_ref().is_some_and(|v| Some(v) > m.as_ref()) {
+                    *m = v;
+                }
+            }
+        }
+    }
+}
+
+/// `group-aggregate`: see the module header.
+struct GroupAggregate {
+    spec: spec::GroupAggregate,
+    outputs: Vec<DataType>,
+    /// Index of the hidden key column in the input.
+    key_column: usize,
+    schema: SchemaRef,
+    state: StateBackend,
+    max_parallelism: u32,
+    /// Reused composite-key buffer.
+    scratch: Vec<u8>,
+}
+
+/// The state name of the accumulators, and of the values seen by COUNT(DISTINCT).
+const ACC_STATE: &str = "sql-agg";
+const DISTINCT_STATE: &str = "sql-agg-distinct";
+
+impl GroupAggregate {
+    fn new(spec: spec::GroupAggregate, input: &SchemaRef, schema: SchemaRef, state: StateBackend, max_parallelism: u32) -> Result<Self, String> {
+        let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
+        let outputs = spec
+            .aggregates
+            .iter()
+            .map(|a| a.output.parse::<DataType>().map_err(|e| format!("aggregate type {}: {e}", a.output)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { spec, outputs, key_column, schema, state, max_parallelism, scratch: Vec::new() })
+    }
+
+    fn composite(&mut self, state: &str, key: &[u8], ns: &[u8]) -> Vec<u8> {
+        let kg = key_group(key, self.max_parallelism);
+        self.scratch.clear();
+        composite_key(&mut self.scratch, kg, state, key, ns);
+        self.scratch.clone()
+    }
+
+    /// The result column of aggregate `j` for the accumulators `accs`.
+    fn result_column(&self, j: usize, accs: &[&[Acc]]) -> OpResult<ArrayRef> {
+        let output = &self.outputs[j];
+        let column: ArrayRef = match accs.first().map(|a| &a[j]) {
+            Some(Acc::Count(_)) | Some(Acc::SumInt(_)) => {
+                let mut b = Int64Builder::with_capacity(accs.len());
+                for a in accs {
+                    match &a[j] {
+                        Acc::Count(n) => b.append_value(*n),
+                        Acc::SumInt(s) => b.append_option(*s),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Some(Acc::SumFloat(_)) | Some(Acc::Avg { .. }) => {
+                let mut b = Float64Builder::with_capacity(accs.len());
+                for a in accs {
+                    match &a[j] {
+                        Acc::SumFloat(s) => b.append_option(*s),
+                        Acc::Avg { sum, count } if *count > 0 => b.append_value(sum / *count as f64),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            Some(Acc::SumDecimal(_)) => {
+                let values: Decimal128Array = accs.iter().map(|a| if let Acc::SumDecimal(s) = &a[j] { *s } else { None }).collect();
+                let (p, s) = match output {
+                    DataType::Decimal128(p, s) => (*p, *s),
+                    _ => (38, 0),
+                };
+                Arc::new(values.with_precision_and_scale(p, s)?)
+            }
+            Some(Acc::Min(_)) | Some(Acc::Max(_)) => scalars_to_array(accs.iter().map(|a| match &a[j] {
+                Acc::Min(v) | Acc::Max(v) => v.as_ref(),
+                _ => None,
+            }), output)?,
+            None => arrow_array::new_empty_array(output),
+        };
+        Ok(if column.data_type() != output { cast_to(&column, output)? } else { column })
+    }
+}
+
+/// Casts `a` to `to`, through Int32 for dates (arrow casts Int32, not Int64, to Date32).
+fn cast_to(a: &ArrayRef, to: &DataType) -> OpResult<ArrayRef> {
+    if matches!(to, DataType::Date32) && a.data_type() == &DataType::Int64 {
+        let a = arrow_cast::cast(a, &DataType::Int32)?;
+        return Ok(arrow_cast::cast(&a, to)?);
+    }
+    Ok(arrow_cast::cast(a, to)?)
+}
+
+/// MIN/MAX values as an array of type `output`.
+fn scalars_to_array<'a>(values: impl Iterator<Item = Option<&'a Scalar>>, output: &DataType) -> OpResult<ArrayRef> {
+    let values: Vec<Option<&Scalar>> = values.collect();
+    let kind = values.iter().flatten().next().cloned();
+    Ok(match kind {
+        Some(Scalar::Float(_)) => {
+            let mut b = Float64Builder::with_capacity(values.len());
+            values.iter().for_each(|v| b.append_option(if let Some(Scalar::Float(f)) = v { Some(*f) } else { None }));
+            Arc::new(b.finish())
+        }
+        Some(Scalar::Text(_)) => {
+            let mut b = StringBuilder::new();
+            values.iter().for_each(|v| b.append_option(if let Some(Scalar::Text(s)) = v { Some(s.as_str()) } else { None }));
+            Arc::new(b.finish())
+        }
+        Some(Scalar::Bool(_)) => {
+            let mut b = BooleanBuilder::with_capacity(values.len());
+            values.iter().for_each(|v| b.append_option(if let Some(Scalar::Bool(x)) = v { Some(*x) } else { None }));
+            Arc::new(b.finish())
+        }
+        Some(Scalar::Decimal(_)) => {
+            let a: Decimal128Array = values.iter().map(|v| if let Some(Scalar::Decimal(x)) = v { Some(*x) } else { None }).collect();
+            match output {
+                DataType::Decimal128(p, s) => Arc::new(a.with_precision_and_scale(*p, *s)?),
+                _ => Arc::new(a),
+            }
+        }
+        Some(Scalar::Int(_)) => {
+            let mut b = Int64Builder::with_capacity(values.len());
+            values.iter().for_each(|v| b.append_option(if let Some(Scalar::Int(x)) = v { Some(*x) } else { None }));
+            Arc::new(b.finish())
+        }
+        None => arrow_array::new_null_array(output, values.len()),
+    })
+}
+
+impl Operator for GroupAggregate {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let keys = batch.column(self.key_column).as_binary_opt::<i32>().ok_or_else(|| OperatorError::Failed("the key column is not binary".into()))?.clone();
+        // The groups of this batch, in order of first appearance.
+        let mut slot_of: hashbrown::HashMap<&[u8], u32> = hashbrown::HashMap::with_capacity(rows);
+        let mut first_row: Vec<u32> = Vec::new();
+        let mut row_slot: Vec<u32> = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let next = first_row.len() as u32;
+            let slot = *slot_of.entry(keys.value(r)).or_insert(next);
+            if slot == next {
+                first_row.push(r as u32);
+            }
+            row_slot.push(slot);
+        }
+        let composite: Vec<Vec<u8>> = first_row.iter().map(|&r| self.composite(ACC_STATE, keys.value(r as usize), &[])).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let fresh: Vec<Acc> = self.spec.aggregates.iter().zip(&self.outputs).map(|(a, t)| Acc::new(a.function, t)).collect();
+        let mut old: Vec<Option<Vec<Acc>>> = Vec::with_capacity(stored.len());
+        for v in stored {
+            old.push(match v {
+                Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt aggregate state: {e}")))?),
+                None => None,
+            });
+        }
+        let mut accs: Vec<Vec<Acc>> = old.iter().map(|o| o.clone().unwrap_or_else(|| fresh.clone())).collect();
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (j, agg) in self.spec.aggregates.clone().iter().enumerate() {
+            let arg = ArgColumn::new(agg.arg.map(|i| batch.column(i)))?;
+            if agg.distinct {
+                // COUNT(DISTINCT x): the values each group has seen live in state; a value
+                // counts once, the first time its group sees it.
+                let mut value = Vec::new();
+                let mut candidates: Vec<(u32, Vec<u8>)> = Vec::new();
+                let mut seen = hashbrown::HashSet::new();
+                for r in 0..rows {
+                    if !arg.is_valid(r) {
+                        continue;
+                    }
+                    arg.distinct_bytes(r, &mut value);
+                    let mut ns = vec![j as u8];
+                    ns.extend_from_slice(&value);
+                    let key = self.composite(DISTINCT_STATE, keys.value(r), &ns);
+                    if seen.insert(key.clone()) {
+                        candidates.push((row_slot[r], key));
+                    }
+                }
+                let present =
+                    self.state.keyed().multi_get(&candidates.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+                for ((slot, key), present) in candidates.into_iter().zip(present) {
+                    if present.is_none() {
+                        if let Acc::Count(n) = &mut accs[slot as usize][j] {
+                            *n += 1;
+                        }
+                        writes.push((key, Some(Vec::new())));
+                    }
+                }
+                continue;
+            }
+            for r in 0..rows {
+                accs[row_slot[r] as usize][j].fold(&arg, r);
+            }
+        }
+        // The changelog: +I for a new group, -U/+U for a changed one, nothing for the rest.
+        let mut emitted_rows: Vec<u32> = Vec::new();
+        let mut kinds: Vec<i8> = Vec::new();
+        let mut values: Vec<&[Acc]> = Vec::new();
+        for (slot, (new, previous)) in accs.iter().zip(&old).enumerate() {
+            match previous {
+                Some(p) if p == new => continue,
+                Some(p) => {
+                    emitted_rows.extend([first_row[slot], first_row[slot]]);
+                    kinds.extend([RowKind::UpdateBefore as i8, RowKind::UpdateAfter as i8]);
+                    values.extend([p.as_slice(), new.as_slice()]);
+                }
+                None => {
+                    emitted_rows.push(first_row[slot]);
+                    kinds.push(RowKind::Insert as i8);
+                    values.push(new.as_slice());
+                }
+            }
+            let bytes = postcard::to_allocvec(new).map_err(|e| OperatorError::Failed(format!("cannot encode aggregate state: {e}")))?;
+            writes.push((composite[slot].clone(), Some(bytes)));
+        }
+        if !writes.is_empty() {
+            self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        }
+        if emitted_rows.is_empty() {
+            return Ok(());
+        }
+        let indices = UInt32Array::from(emitted_rows);
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for k in 0..self.spec.keys {
+            columns.push(arrow_select::take::take(batch.column(k), &indices, None)?);
+        }
+        for j in 0..self.spec.aggregates.len() {
+            columns.push(self.result_column(j, &values)?);
+        }
+        columns.push(Arc::new(Int8Array::from(kinds)));
+        out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+impl KeyedOperator for GroupAggregate {
+    fn keyed_state(&mut self) -> &mut StateBackend {
+        &mut self.state
+    }
+}
+
+/// `print`: Flink SQL's print connector. `+I[a, 1]` per row; with parallelism above 1 a
+/// `{subtask}> ` prefix, with a `print-identifier` an `{identifier}> ` (or
+/// `{identifier}:{subtask}> `) prefix.
+struct Print {
+    prefix: String,
+    buf: Vec<u8>,
+}
+
+impl Print {
+    fn new(spec: spec::Print, info: &SubtaskInfo) -> Self {
+        let prefix = match (&spec.identifier, info.parallelism > 1) {
+            (None, false) => String::new(),
+            (None, true) => format!("{}> ", info.index + 1),
+            (Some(id), false) => format!("{id}> "),
+            (Some(id), true) => format!("{id}:{}> ", info.index + 1),
+        };
+        Self { prefix, buf: Vec::new() }
+    }
+}
+
+/// Appends the rows of `batch` as Flink prints them: `+I[a, 1]` (the row kind from the hidden
+/// column, `+I` without one).
+pub fn format_changelog(prefix: &str, batch: &RecordBatch, out: &mut Vec<u8>) -> OpResult {
+    use std::io::Write;
+    let schema = batch.schema();
+    let kinds = schema.index_of(ROWKIND).ok().map(|i| batch.column(i).as_primitive::<arrow_array::types::Int8Type>().clone());
+    let options = arrow_cast::display::FormatOptions::new().with_null("null");
+    let formatters = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .filter(|(_, f)| !f.name().starts_with("weir."))
+        .map(|(c, _)| arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let io = |e: std::io::Error| OperatorError::Failed(format!("cannot format a row: {e}"));
+    for row in 0..batch.num_rows() {
+        let kind = kinds.as_ref().and_then(|k| RowKind::from_i8(k.value(row))).unwrap_or(RowKind::Insert);
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(kind.short().as_bytes());
+        out.push(b'[');
+        for (i, f) in formatters.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            write!(out, "{}", f.value(row)).map_err(io)?;
+        }
+        out.extend_from_slice(b"]\n");
+    }
+    Ok(())
+}
+
+impl Operator for Print {
+    fn process_batch(&mut self, batch: RecordBatch, _out: &mut dyn Collector) -> OpResult {
+        use std::io::Write;
+        self.buf.clear();
+        format_changelog(&self.prefix, &batch, &mut self.buf)?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&self.buf).and_then(|()| stdout.flush()).map_err(|e| OperatorError::io("print sink cannot write to", "stdout", e))
+    }
+}
