@@ -506,7 +506,11 @@ pub async fn run_graphs(
 }
 
 /// Sends a submission; prints its warnings and returns the new job's id.
-async fn submit_request(client: &mut JobManagerServiceClient<GrpcChannel>, address: &JobManagerEndpoint, req: SubmitJobRequest) -> Result<String> {
+async fn submit_request(
+    client: &mut JobManagerServiceClient<GrpcChannel>,
+    address: &JobManagerEndpoint,
+    req: SubmitJobRequest,
+) -> Result<String> {
     let SubmitJobResponse { job_id: id, warnings } = client.submit_job(req).await.map_err(|e| rpc_error(address, e))?.into_inner();
     for warning in &warnings {
         eprintln!("warning: {warning}");
@@ -523,7 +527,12 @@ fn print_submitted(id: &str, output: Output) -> Result<()> {
 }
 
 /// Polls job `id` until it ends and reports how it ended; whether it FINISHED.
-async fn wait_for_job(client: &mut JobManagerServiceClient<GrpcChannel>, address: &JobManagerEndpoint, id: &str, output: Output) -> Result<bool> {
+async fn wait_for_job(
+    client: &mut JobManagerServiceClient<GrpcChannel>,
+    address: &JobManagerEndpoint,
+    id: &str,
+    output: Output,
+) -> Result<bool> {
     let status = loop {
         let s = client.get_job(GetJobRequest { job_id: id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
         if is_terminal(s.state) {

@@ -443,9 +443,16 @@ async fn run_sql(config: &Option<PathBuf>, log_format: LogFormat, file: &std::pa
     let address = client::JobManagerEndpoint { address, security };
     let restore = restore.as_deref().map(storage_location).transpose()?;
     let jobs = compiled.jobs.into_iter().map(|j| client::GraphSubmit { graph: j.graph, settings: j.settings }).collect();
-    let result =
-        client::run_graphs(&address, jobs, &origin, restore.as_deref(), allow_non_restored_state, detached && cluster.is_none(), client.output)
-            .await;
+    let result = client::run_graphs(
+        &address,
+        jobs,
+        &origin,
+        restore.as_deref(),
+        allow_non_restored_state,
+        detached && cluster.is_none(),
+        client.output,
+    )
+    .await;
     if let Some(c) = cluster {
         c.shutdown();
     }

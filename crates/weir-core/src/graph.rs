@@ -344,9 +344,9 @@ mod schema_serde {
                 "int64" => DataType::Int64,
                 "utf8" => DataType::Utf8,
                 "binary" => DataType::Binary,
-                other => other
-                    .parse::<DataType>()
-                    .map_err(|e| serde::de::Error::custom(format!("unsupported column type {other}: {e}")))?,
+                other => {
+                    other.parse::<DataType>().map_err(|e| serde::de::Error::custom(format!("unsupported column type {other}: {e}")))?
+                }
             };
             out.push(Field::new(f.name, ty, f.nullable));
         }

@@ -567,16 +567,32 @@ mod tests {
         let mut v0 = graph.vertices[0].clone();
         v0.operators.remove(0);
         let line_schema = graph.vertices[0].operators[0].output_schema.clone();
-        let mut chain =
-            build_chain(&v0, &info, line_schema.clone(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions, &crate::sql::NoSqlOperators).unwrap();
+        let mut chain = build_chain(
+            &v0,
+            &info,
+            line_schema.clone(),
+            &StateConfig::default(),
+            &TestConnectors,
+            &crate::user::NoUserFunctions,
+            &crate::sql::NoSqlOperators,
+        )
+        .unwrap();
         let lines = RecordBatch::try_new(line_schema, vec![Arc::new(StringArray::from(vec!["To be OR", "not to skip be"]))]).unwrap();
         let mut out = Sink(Vec::new());
         push_through(&mut chain.operators, lines, &mut out).unwrap();
         assert_eq!(text(&out.0[0], 0), vec!["to", "be", "or", "not", "to", "be"]);
 
         let v1 = &graph.vertices[1];
-        let mut chain =
-            build_chain(v1, &info, v0.output_schema(), &StateConfig::default(), &TestConnectors, &crate::user::NoUserFunctions, &crate::sql::NoSqlOperators).unwrap();
+        let mut chain = build_chain(
+            v1,
+            &info,
+            v0.output_schema(),
+            &StateConfig::default(),
+            &TestConnectors,
+            &crate::user::NoUserFunctions,
+            &crate::sql::NoSqlOperators,
+        )
+        .unwrap();
         assert!(matches!(chain.operators.last(), Some(ChainOperator::Plain(_))), "the sink comes from the factory");
         assert!(chain.operators[0].keyed_state().is_some(), "the count keeps keyed state");
         let mut counted = Sink(Vec::new());

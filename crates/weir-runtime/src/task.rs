@@ -367,27 +367,34 @@ fn run(
         channel_writer: None,
         valve: WatermarkValve::new(channels),
     };
-    let result =
-        build_chain(&desc.vertex, &desc.info, desc.input_schema.clone(), &desc.state, desc.connectors.as_ref(), desc.functions.as_ref(), desc.sql.as_ref())
-            .and_then(|mut chain| {
-                if let Some(r) = &desc.restore {
-                    let channels = restore(&mut chain, &desc.info, &desc.state, r)?;
-                    // Output channel state goes out before anything new; input channel state is
-                    // processed before any new input.
-                    for batch in channels.output {
-                        runner.partition.emit_restored(batch)?;
-                    }
-                    runner.restored_input = channels.input.into();
-                } else if desc.info.attempt > 0 {
-                    // A restart with no completed checkpoint: operators drop what the failed
-                    // attempt left behind (a transactional sink's uncommitted files).
-                    for op in chain.operators.iter_mut() {
-                        op.operator().restore_state(0, Vec::new())?;
-                    }
-                }
-                Ok(chain)
-            })
-            .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
+    let result = build_chain(
+        &desc.vertex,
+        &desc.info,
+        desc.input_schema.clone(),
+        &desc.state,
+        desc.connectors.as_ref(),
+        desc.functions.as_ref(),
+        desc.sql.as_ref(),
+    )
+    .and_then(|mut chain| {
+        if let Some(r) = &desc.restore {
+            let channels = restore(&mut chain, &desc.info, &desc.state, r)?;
+            // Output channel state goes out before anything new; input channel state is
+            // processed before any new input.
+            for batch in channels.output {
+                runner.partition.emit_restored(batch)?;
+            }
+            runner.restored_input = channels.input.into();
+        } else if desc.info.attempt > 0 {
+            // A restart with no completed checkpoint: operators drop what the failed
+            // attempt left behind (a transactional sink's uncommitted files).
+            for op in chain.operators.iter_mut() {
+                op.operator().restore_state(0, Vec::new())?;
+            }
+        }
+        Ok(chain)
+    })
+    .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
     let state = match result {
         Ok(()) if cancelled.load(Ordering::SeqCst) => TaskState::Canceled,
         Ok(()) => TaskState::Finished,
@@ -1786,7 +1793,7 @@ mod tests {
                 restore: None,
                 connectors: Arc::new(CountingConnectors(polled.clone())),
                 functions: Arc::new(crate::user::NoUserFunctions),
-            sql: Arc::new(crate::sql::NoSqlOperators),
+                sql: Arc::new(crate::sql::NoSqlOperators),
             };
             let (states_tx, states) = std::sync::mpsc::channel();
             let states_tx = Mutex::new(states_tx);

@@ -34,12 +34,21 @@ pub enum Connector {
     Datagen(DatagenSpec),
     /// `filesystem`: a file or directory of `format` rows; as a sink, transactional files
     /// committed at checkpoints (exactly-once).
-    Filesystem { path: String, format: FileFormat },
+    Filesystem {
+        path: String,
+        format: FileFormat,
+    },
     /// `socket`: rows of `format` read from a TCP server (one subtask), as Flink's example
     /// connector.
-    Socket { host: String, port: u16, format: FileFormat },
+    Socket {
+        host: String,
+        port: u16,
+        format: FileFormat,
+    },
     /// `print`: rows to stdout as `+I[...]`, prefixed with `print-identifier`.
-    Print { identifier: Option<String> },
+    Print {
+        identifier: Option<String>,
+    },
     Blackhole,
 }
 
@@ -196,9 +205,7 @@ fn connector(table: &str, options: &mut Options, physical: &[Field], at: Locatio
             Connector::Print { identifier }
         }
         "blackhole" => Connector::Blackhole,
-        other => {
-            return Err((loc, format!("unknown connector '{other}': Weir has datagen, filesystem, socket, print and blackhole")))
-        }
+        other => return Err((loc, format!("unknown connector '{other}': Weir has datagen, filesystem, socket, print and blackhole"))),
     })
 }
 
@@ -282,9 +289,7 @@ pub fn arrow_type(ty: &ast::DataType) -> Result<DataType, String> {
         T::Boolean | T::Bool => DataType::Boolean,
         T::Float(_) | T::Real | T::Float4 => DataType::Float32,
         T::Double(_) | T::DoublePrecision | T::Float8 | T::Float64 => DataType::Float64,
-        T::String(_) | T::Varchar(_) | T::Char(_) | T::CharVarying(_) | T::Character(_) | T::Text | T::Nvarchar(_) => {
-            DataType::Utf8
-        }
+        T::String(_) | T::Varchar(_) | T::Char(_) | T::CharVarying(_) | T::Character(_) | T::Text | T::Nvarchar(_) => DataType::Utf8,
         T::Bytes(_) | T::Varbinary(_) | T::Binary(_) | T::Bytea => DataType::Binary,
         T::Date => DataType::Date32,
         T::Decimal(info) | T::Numeric(info) | T::Dec(info) => {

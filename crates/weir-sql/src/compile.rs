@@ -209,7 +209,12 @@ impl Session {
                 let schema = self.schemas.get(name).ok_or_else(|| self.err(at, format!("unknown table or view '{name}'")))?;
                 let mut lines = vec![format!("{name}:")];
                 for f in schema.fields() {
-                    lines.push(format!("  {} {}{}", f.name(), sql_type_name(f.data_type()), if f.is_nullable() { "" } else { " NOT NULL" }));
+                    lines.push(format!(
+                        "  {} {}{}",
+                        f.name(),
+                        sql_type_name(f.data_type()),
+                        if f.is_nullable() { "" } else { " NOT NULL" }
+                    ));
                 }
                 out.output.push(lines.join("\n"));
             }
@@ -283,7 +288,9 @@ impl Session {
         let mut fields = Vec::new();
         for (c, e) in table.columns.iter().zip(&computed) {
             match (c, e) {
-                (ColumnDdl::Physical { name, .. }, _) => fields.push(table.physical.iter().find(|f| f.name() == name).expect("declared").clone()),
+                (ColumnDdl::Physical { name, .. }, _) => {
+                    fields.push(table.physical.iter().find(|f| f.name() == name).expect("declared").clone())
+                }
                 (ColumnDdl::Computed { name, at, .. }, Some(e)) => {
                     let (ty, nullable) = crate::planner::type_of(e, &physical).map_err(|e| self.df_err(*at, e))?;
                     fields.push(Field::new(name, ty, nullable));
@@ -344,7 +351,10 @@ impl Session {
                 self.err(i.table_at, format!("table '{}' {what}", i.table))
             })?;
             if !table.connector.is_sink() {
-                return Err(self.err(i.table_at, format!("table '{}' uses connector '{}', which cannot be written to", i.table, table.connector.name())));
+                return Err(self.err(
+                    i.table_at,
+                    format!("table '{}' uses connector '{}', which cannot be written to", i.table, table.connector.name()),
+                ));
             }
             let plan = self.plan_query(&i.query, insert.at)?;
             builder.prefix = format!("{}-{}", i.table, names.iter().filter(|n| *n == &i.table).count());
@@ -360,12 +370,7 @@ impl Session {
             names.push("stdout".into());
         }
         let name = format!("insert-into_{}", names.join(","));
-        let graph = JobGraph {
-            name,
-            max_parallelism: builder.max_parallelism,
-            vertices: builder.vertices,
-            edges: builder.edges,
-        };
+        let graph = JobGraph { name, max_parallelism: builder.max_parallelism, vertices: builder.vertices, edges: builder.edges };
         Ok(CompiledJob { graph, config, settings, at: (at.line, at.column) })
     }
 }
@@ -516,7 +521,14 @@ impl<'a> GraphBuilder<'a> {
 
     /// A `calc` after `input`: `filter` first, then `projections` (text, output field); with
     /// `key`, the hidden key column of those output columns is appended.
-    fn calc(&mut self, input: &Stream, name: &str, filter: Option<String>, projections: Vec<(String, Field)>, key: Option<Vec<usize>>) -> Stream {
+    fn calc(
+        &mut self,
+        input: &Stream,
+        name: &str,
+        filter: Option<String>,
+        projections: Vec<(String, Field)>,
+        key: Option<Vec<usize>>,
+    ) -> Stream {
         let fields: Vec<Field> = projections.iter().map(|(_, f)| f.clone()).collect();
         let schema = Arc::new(Schema::new(fields));
         let mut batch = with_hidden(&schema, input.updating);
@@ -637,7 +649,11 @@ impl<'a> GraphBuilder<'a> {
             let mut projections = Vec::new();
             for (i, f) in table.physical.iter().enumerate() {
                 let column = Expr::Column(Column::new_unqualified(stream.schema.field(i).name()));
-                let e = if stream.schema.field(i).data_type() == f.data_type() { column } else { datafusion_expr::cast(column, f.data_type().clone()) };
+                let e = if stream.schema.field(i).data_type() == f.data_type() {
+                    column
+                } else {
+                    datafusion_expr::cast(column, f.data_type().clone())
+                };
                 projections.push((ShippedExpr::ship(&e, &input)?, f.clone()));
             }
             stream = self.calc(&stream, "cast", None, projections, None);
@@ -704,6 +720,9 @@ impl<'a> GraphBuilder<'a> {
             let arg = match p.args.as_slice() {
                 [] => None,
                 [Expr::Literal(v, _)] if function == spec::AggFunction::Count && !v.is_null() => None,
+                // COUNT(*): DataFusion keeps the wildcard as the argument.
+                #[allow(deprecated)]
+                [Expr::Wildcard { .. }] if function == spec::AggFunction::Count => None,
                 [arg] => {
                     let (ty, nullable) = crate::planner::type_of(arg, in_schema)?;
                     pre.push((ShippedExpr::ship(arg, in_schema)?, Field::new(format!("a{j}"), ty, nullable)));
@@ -743,7 +762,13 @@ impl<'a> GraphBuilder<'a> {
             [] => table.physical.iter().collect(),
             names => names
                 .iter()
-                .map(|n| table.physical.iter().find(|f| f.name() == n).ok_or_else(|| PlanError::msg(format!("table '{}' has no physical column '{n}'", table.name))))
+                .map(|n| {
+                    table
+                        .physical
+                        .iter()
+                        .find(|f| f.name() == n)
+                        .ok_or_else(|| PlanError::msg(format!("table '{}' has no physical column '{n}'", table.name)))
+                })
                 .collect::<Result<_, _>>()?,
         };
         if targets.len() != stream.schema.fields().len() {
@@ -785,7 +810,9 @@ impl<'a> GraphBuilder<'a> {
         let stream = self.calc(&stream, "to-sink", None, projections, None);
         let empty = Arc::new(Schema::empty());
         let op = match &table.connector {
-            Connector::Filesystem { path, format } => self.operator("filesystem", OperatorSpec::FileSink { path: path.clone(), format: *format }, empty),
+            Connector::Filesystem { path, format } => {
+                self.operator("filesystem", OperatorSpec::FileSink { path: path.clone(), format: *format }, empty)
+            }
             Connector::Blackhole => self.operator("blackhole", OperatorSpec::BlackholeSink, empty),
             Connector::Print { identifier } => {
                 let spec = spec::Print { identifier: identifier.clone() };

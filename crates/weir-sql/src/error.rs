@@ -72,7 +72,9 @@ fn tidy(message: &str) -> String {
             m = rest;
         }
     }
-    m.to_string()
+    // DataFusion puts hints on a second line ("Valid fields are ..."): one line reads better
+    // after a location prefix.
+    m.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -524,7 +524,13 @@ const ACC_STATE: &str = "sql-agg";
 const DISTINCT_STATE: &str = "sql-agg-distinct";
 
 impl GroupAggregate {
-    fn new(spec: spec::GroupAggregate, input: &SchemaRef, schema: SchemaRef, state: StateBackend, max_parallelism: u32) -> Result<Self, String> {
+    fn new(
+        spec: spec::GroupAggregate,
+        input: &SchemaRef,
+        schema: SchemaRef,
+        state: StateBackend,
+        max_parallelism: u32,
+    ) -> Result<Self, String> {
         let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
         let outputs = spec
             .aggregates
@@ -575,10 +581,13 @@ impl GroupAggregate {
                 };
                 Arc::new(values.with_precision_and_scale(p, s)?)
             }
-            Some(Acc::Min(_)) | Some(Acc::Max(_)) => scalars_to_array(accs.iter().map(|a| match &a[j] {
-                Acc::Min(v) | Acc::Max(v) => v.as_ref(),
-                _ => None,
-            }), output)?,
+            Some(Acc::Min(_)) | Some(Acc::Max(_)) => scalars_to_array(
+                accs.iter().map(|a| match &a[j] {
+                    Acc::Min(v) | Acc::Max(v) => v.as_ref(),
+                    _ => None,
+                }),
+                output,
+            )?,
             None => arrow_array::new_empty_array(output),
         };
         Ok(if column.data_type() != output { cast_to(&column, output)? } else { column })
@@ -636,7 +645,11 @@ impl Operator for GroupAggregate {
         if rows == 0 {
             return Ok(());
         }
-        let keys = batch.column(self.key_column).as_binary_opt::<i32>().ok_or_else(|| OperatorError::Failed("the key column is not binary".into()))?.clone();
+        let keys = batch
+            .column(self.key_column)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| OperatorError::Failed("the key column is not binary".into()))?
+            .clone();
         // The groups of this batch, in order of first appearance.
         let mut slot_of: hashbrown::HashMap<&[u8], u32> = hashbrown::HashMap::with_capacity(rows);
         let mut first_row: Vec<u32> = Vec::new();
@@ -655,7 +668,9 @@ impl Operator for GroupAggregate {
         let mut old: Vec<Option<Vec<Acc>>> = Vec::with_capacity(stored.len());
         for v in stored {
             old.push(match v {
-                Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt aggregate state: {e}")))?),
+                Some(bytes) => {
+                    Some(postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt aggregate state: {e}")))?)
+                }
                 None => None,
             });
         }
@@ -681,8 +696,11 @@ impl Operator for GroupAggregate {
                         candidates.push((row_slot[r], key));
                     }
                 }
-                let present =
-                    self.state.keyed().multi_get(&candidates.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+                let present = self
+                    .state
+                    .keyed()
+                    .multi_get(&candidates.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
+                    .map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
                 for ((slot, key), present) in candidates.into_iter().zip(present) {
                     if present.is_none() {
                         if let Acc::Count(n) = &mut accs[slot as usize][j] {

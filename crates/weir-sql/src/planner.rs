@@ -75,7 +75,14 @@ impl Functions {
 /// Parser options of Flink's dialect: identifiers are case-sensitive as written (Flink does not
 /// fold unquoted names), while function names are looked up in any case.
 pub fn parser_options() -> ParserOptions {
-    ParserOptions { enable_ident_normalization: false, ..ParserOptions::default() }
+    ParserOptions {
+        enable_ident_normalization: false,
+        // Weir's operators and connectors work on Utf8 columns.
+        map_string_types_to_utf8view: false,
+        // Spans let planning errors point at the column or function they are about.
+        collect_spans: true,
+        ..ParserOptions::default()
+    }
 }
 
 /// What the SQL planner sees: the functions, and the tables of a catalog by name.

@@ -24,12 +24,20 @@ pub struct Located<T> {
 #[derive(Debug, Clone)]
 pub enum Statement {
     /// `SET 'key' = 'value'`: a configuration key for the job(s) the script submits.
-    Set { key: String, value: String },
+    Set {
+        key: String,
+        value: String,
+    },
     /// `RESET 'key'` (back to the cluster's value) or `RESET` (all of them).
-    Reset { key: Option<String> },
+    Reset {
+        key: Option<String>,
+    },
     CreateTable(TableDdl),
     /// `CREATE [TEMPORARY] VIEW name AS query`.
-    CreateView { name: String, query: Box<Query> },
+    CreateView {
+        name: String,
+        query: Box<Query>,
+    },
     Insert(Insert),
     /// `EXECUTE STATEMENT SET BEGIN INSERT ...; ... END` (or Flink 1.x's `BEGIN STATEMENT SET`):
     /// several INSERTs run as one job.
@@ -337,11 +345,7 @@ fn parse_insert(parser: &mut Parser) -> Result<Insert, ParserError> {
     let table = parse_name(parser)?;
     let mut columns = Vec::new();
     if parser.peek_token().token == Token::LParen && !starts_query_in_parens(parser) {
-        columns = parser
-            .parse_parenthesized_column_list(IsOptional::Mandatory, false)?
-            .into_iter()
-            .map(|i| i.value)
-            .collect();
+        columns = parser.parse_parenthesized_column_list(IsOptional::Mandatory, false)?.into_iter().map(|i| i.value).collect();
     }
     Ok(Insert { table, table_at, columns, query: parser.parse_query()? })
 }

@@ -1,0 +1,221 @@
+//! SQL scripts end to end: every `tests/sql/*.sql` runs with `weir run` on the embedded mini
+//! cluster and its output must equal the `.expected` file beside it; bad scripts fail with
+//! the line, column and what is wrong; job options written in a WITH clause reach the job.
+//!
+//! A script's first line says what to compare:
+//! - `-- check: files a,b`: the lines committed under `${DIR}/a` and `${DIR}/b`, each sorted
+//!   (parallel subtasks write their files in any order), against the `== a` and `== b`
+//!   sections of the expected file (one folder needs no section line);
+//! - `-- check: stdout`: the changelog the script printed (`+I[...]`, `-U[...]`, `+U[...]`),
+//!   applied row by row, as the final table in sorted order. Applying it also checks it: a
+//!   `-U` must retract a row that is there.
+//!
+//! `${DIR}` is the test's temporary directory, `${DATA}` the folder `tests/sql/data`.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn sql_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sql")
+}
+
+/// Runs `weir` with `args` in `dir`: (success, stdout, stderr).
+fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = weir(dir, &args);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Writes `script` into `dir` with its placeholders filled in; returns its path.
+fn write_script(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let data = sql_dir().join("data");
+    let text = script.replace("${DIR}", &dir.display().to_string()).replace("${DATA}", &data.display().to_string());
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The final table of a printed changelog, sorted. Panics on a retraction of a row that is
+/// not there.
+fn apply_changelog(stdout: &str) -> Vec<String> {
+    let mut table: BTreeMap<String, usize> = BTreeMap::new();
+    for line in stdout.lines() {
+        let line = line.split_once("> ").map(|(_, rest)| rest).unwrap_or(line);
+        let (kind, row) = line.split_at(2);
+        let row = row.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or_else(|| panic!("not a changelog row: {line}"));
+        match kind {
+            "+I" | "+U" => *table.entry(row.to_string()).or_default() += 1,
+            "-U" | "-D" => {
+                let n = table.get_mut(row).unwrap_or_else(|| panic!("{kind} retracts [{row}], which is not in the table: {stdout}"));
+                *n -= 1;
+                if *n == 0 {
+                    table.remove(row);
+                }
+            }
+            other => panic!("unknown row kind {other} in {line}"),
+        }
+    }
+    table.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n)).collect()
+}
+
+/// An expected file's lines by folder: after a `== folder` line, or all under "" without one
+/// (a script that checks one folder).
+fn expected_sections(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut sections: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        match line.strip_prefix("== ") {
+            Some(folder) => current = folder.to_string(),
+            None => sections.entry(current.clone()).or_default().push(line.to_string()),
+        }
+    }
+    if let Some(only) = sections.remove("") {
+        sections.insert("*".into(), only);
+    }
+    sections
+}
+
+#[test]
+fn every_golden_script_gives_its_expected_output() {
+    let mut scripts: Vec<PathBuf> =
+        std::fs::read_dir(sql_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();
+    scripts.sort();
+    assert!(scripts.len() >= 3, "the golden scripts are missing: {scripts:?}");
+    for script in scripts {
+        let name = script.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&script).unwrap();
+        let expected_text =
+            std::fs::read_to_string(script.with_extension("expected")).unwrap_or_else(|_| panic!("{name}.expected is missing"));
+        let check =
+            text.lines().next().and_then(|l| l.strip_prefix("-- check: ")).unwrap_or_else(|| panic!("{name}.sql: no `-- check:` line"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_script(dir.path(), "job.sql", &text);
+        let (ok, stdout, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+        assert!(ok, "{name}.sql failed: {stderr}");
+        let (got, expected): (Vec<String>, Vec<String>) = if check == "stdout" {
+            let mut expected: Vec<String> = expected_text.lines().map(str::to_string).collect();
+            expected.sort();
+            (apply_changelog(&stdout), expected)
+        } else {
+            let folders = check.strip_prefix("files ").unwrap_or_else(|| panic!("{name}.sql: unknown check '{check}'"));
+            let sections = expected_sections(&expected_text);
+            let mut got = Vec::new();
+            let mut expected = Vec::new();
+            for folder in folders.split(',') {
+                let mut lines = committed_lines(&dir.path().join(folder));
+                lines.sort();
+                got.push(format!("== {folder}"));
+                got.extend(lines);
+                let mut want = sections
+                    .get(folder)
+                    .or_else(|| sections.get("*"))
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{name}.expected has no section for {folder}"));
+                want.sort();
+                expected.push(format!("== {folder}"));
+                expected.extend(want);
+            }
+            (got, expected)
+        };
+        assert_eq!(got, expected, "{name}.sql: output differs\nstderr: {stderr}");
+    }
+}
+
+#[test]
+fn bad_scripts_fail_naming_line_column_and_what_is_wrong() {
+    let table = "CREATE TABLE t (a BIGINT, b STRING) WITH ('connector' = 'datagen', 'number-of-rows' = '5');\n\
+                 CREATE TABLE s (a BIGINT) WITH ('connector' = 'blackhole');\n";
+    let cases: &[(&str, &str)] = &[
+        ("INSERT INTO s SELECT c FROM t;", "job.sql:3:22: No field named c"),
+        ("INSERT INTO s\n  SELECT frobnicate(a) FROM t;", "job.sql:4:10: Invalid function 'frobnicate'"),
+        ("INSERT INTO s SELECT a FROM nope;", "job.sql:3:29: unknown table 'nope' (tables and views: 's', 't')"),
+        ("INSERT INTO s SELECT a + b FROM t;", "job.sql:3:22: Cannot coerce arithmetic expression Int64 + Utf8"),
+        ("INSERT INTO nope SELECT a FROM t;", "job.sql:3:13: table 'nope' does not exist"),
+        ("INSERT INTO s SELECT a, b FROM t;", "the query gives 2 columns, but table 's' takes 1 (a BIGINT)"),
+        ("INSERT INTO s SELECT a FROM t ORDER BY a;", "job.sql:3:1: ORDER BY is not supported on a stream"),
+        ("SET 'execution.checkpointing.intervall' = '1s';", "job.sql:3:1: unknown configuration key 'execution.checkpointing.intervall'"),
+        ("SET 'state.backend.type' = 'leveldb';", "job.sql:3:1: "),
+        (
+            "CREATE TABLE u (a INT) WITH ('connector' = 'datagen', 'rows-per-secnd' = '5');",
+            "job.sql:3:55: unsupported option 'rows-per-secnd' for connector 'datagen'",
+        ),
+        ("CREATE TABLE u (a INT) WITH ('connector' = 'kafka');", "unknown connector 'kafka'"),
+        ("INSERT INTO s SELECT a FROM t WHERE;", "job.sql:3:36: Expected: an expression"),
+        ("DROP TABLE t;", "job.sql:3:1: unsupported statement starting with DROP"),
+        (
+            "CREATE TABLE f (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '/tmp/x', 'format' = 'csv');\n\
+             INSERT INTO f SELECT COUNT(*) FROM t GROUP BY b;",
+            "job.sql:4:1: table 'f' (connector 'filesystem') only takes appended rows",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (statement, expected) in cases {
+        let path = write_script(dir.path(), "job.sql", &format!("{table}{statement}\n"));
+        let (ok, _, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+        assert!(!ok, "`{statement}` was accepted");
+        assert!(stderr.contains(expected), "`{statement}`: expected `{expected}` in: {stderr}");
+        assert!(!stderr.contains("panicked"), "`{statement}`: {stderr}");
+    }
+}
+
+/// Tutorials put checkpoint settings into a table's WITH clause: Weir applies them to the
+/// whole job, says so with the equivalent SET statement, and refuses two tables that disagree.
+#[test]
+fn checkpoint_options_in_a_with_clause_apply_to_the_job_with_a_notice() {
+    let cluster = Cluster::start(1, 2, &[]);
+    let dir = cluster.dir.path();
+    let script = "CREATE TABLE gen (n BIGINT) WITH ('connector' = 'datagen', 'rows-per-second' = '200', \
+                  'checkpoint.interval.ms' = '100', 'state.backend' = 'rocksdb');\n\
+                  CREATE TABLE sink (n BIGINT, c BIGINT) WITH ('connector' = 'blackhole');\n\
+                  INSERT INTO sink SELECT n % 10, COUNT(*) FROM gen GROUP BY n % 10;\n";
+    let path = write_script(dir, "job.sql", script);
+    let out = cluster.weir(&["run", path.to_str().unwrap(), "--detached", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("option 'checkpoint.interval.ms' of table 'gen' is a job setting")
+            && stderr.contains("SET 'execution.checkpointing.interval' = '100ms';"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SET 'state.backend.type' = 'rocksdb';"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    // Checkpoints complete only if the interval reached the job (checkpointing is off by default).
+    wait_for("3 completed checkpoints of the SQL job", || {
+        let out = cluster.weir(&["checkpoints", &id, "--output", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.matches("\"COMPLETED\"").count() >= 3).then_some(())
+    });
+    let out = cluster.weir(&["cancel", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let conflicting = "CREATE TABLE a (n BIGINT) WITH ('connector' = 'datagen', 'checkpoint.interval.ms' = '100');\n\
+                       CREATE TABLE b (n BIGINT) WITH ('connector' = 'datagen', 'checkpoint.interval.ms' = '200');\n";
+    let path = write_script(dir, "conflict.sql", conflicting);
+    let (ok, _, stderr) = run(dir, &["run", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("conflict.sql:2:58: option 'checkpoint.interval.ms' of table 'b' sets 'execution.checkpointing.interval' to '200ms', but table 'a' set it to '100ms'")
+            && stderr.contains("SET 'execution.checkpointing.interval' = '...';"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_show_tables_and_describe_print_without_running_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "CREATE TABLE words (word STRING, n INT NOT NULL) WITH ('connector' = 'datagen');\n\
+                  CREATE TABLE counts (word STRING, c BIGINT) WITH ('connector' = 'print');\n\
+                  SHOW TABLES;\nDESCRIBE words;\n\
+                  EXPLAIN INSERT INTO counts SELECT word, COUNT(*) FROM words GROUP BY word;\n";
+    let path = write_script(dir.path(), "job.sql", script);
+    let (ok, stdout, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("counts\nwords\n"), "{stdout}");
+    assert!(stdout.contains("words:\n  word STRING\n  n INT NOT NULL\n"), "{stdout}");
+    assert!(stdout.contains("group-aggregate") && stdout.contains("[keyed state]") && stdout.contains("hash(weir.key)"), "{stdout}");
+    assert!(!stderr.contains("submitted"), "EXPLAIN must not run the job: {stderr}");
+}
