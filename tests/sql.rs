@@ -219,3 +219,165 @@ fn explain_show_tables_and_describe_print_without_running_anything() {
     assert!(stdout.contains("group-aggregate") && stdout.contains("[keyed state]") && stdout.contains("hash(weir.key)"), "{stdout}");
     assert!(!stderr.contains("submitted"), "EXPLAIN must not run the job: {stderr}");
 }
+
+/// The committed changelog of a `debezium-json` sink applied row by row: the final table,
+/// sorted. Panics if a retraction (`"op": "d"`) removes a row that is not there.
+fn apply_debezium(lines: &[String]) -> Vec<String> {
+    let mut table: BTreeMap<String, usize> = BTreeMap::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        match v["op"].as_str() {
+            Some("c") => *table.entry(v["after"].to_string()).or_default() += 1,
+            Some("d") => {
+                let row = v["before"].to_string();
+                let n = table.get_mut(&row).unwrap_or_else(|| panic!("a retraction of {row}, which is not in the table"));
+                *n -= 1;
+                if *n == 0 {
+                    table.remove(&row);
+                }
+            }
+            other => panic!("unknown op {other:?} in {line}"),
+        }
+    }
+    table.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n)).collect()
+}
+
+/// The committed part files of a file sink in `dir`, each with its lines, in the order they were
+/// written: by attempt, then sequence number, then subtask (`part-<job>-<attempt>-<subtask>-<seq>`).
+/// A changelog must be applied in this order: a key's rows stay in one subtask, whose files
+/// follow each other in it.
+fn committed_files_in_order(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let mut files: Vec<((u64, u64, u64), String, Vec<String>)> = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let parts: Vec<&str> = name.split('-').collect();
+        let number = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok()).unwrap_or_else(|| panic!("part file name {name}"));
+        let order = (number(2), number(4), number(3));
+        let lines = std::fs::read_to_string(entry.path()).unwrap().lines().map(str::to_string).collect();
+        files.push((order, name, lines));
+    }
+    files.sort();
+    files.into_iter().map(|(_, name, lines)| (name, lines)).collect()
+}
+
+/// `k, COUNT(*), SUM(id)` per `k = id % 7` over ids `1..=rows`, as the sink's JSON rows.
+fn expected_totals(rows: i64) -> Vec<String> {
+    let mut out: Vec<String> = (0..7)
+        .map(|k| {
+            let ids = (1..=rows).filter(|id| id % 7 == k);
+            let (n, s) = ids.fold((0i64, 0i64), |(n, s), id| (n + 1, s + id));
+            serde_json::json!({"k": k, "n": n, "s": s}).to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A grouped count and sum over generated ids, written as a changelog into transactional files.
+fn totals_script(rows: i64, rate: u32, parallelism: u32, out: &str) -> String {
+    format!(
+        "SET 'parallelism.default' = '{parallelism}';\n\
+         SET 'execution.checkpointing.interval' = '200ms';\n\
+         SET 'state.backend.type' = 'rocksdb';\n\
+         CREATE TABLE gen (id BIGINT, k AS id % 7) WITH ('connector' = 'datagen', 'scan.parallelism' = '1', \
+         'rows-per-second' = '{rate}', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1', 'fields.id.end' = '{rows}');\n\
+         CREATE TABLE totals (k BIGINT, n BIGINT, s BIGINT) WITH ('connector' = 'filesystem', 'path' = '{out}', \
+         'format' = 'debezium-json');\n\
+         INSERT INTO totals SELECT k, COUNT(*), SUM(id) FROM gen GROUP BY k;\n"
+    )
+}
+
+fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
+    let out = cluster.weir(&["checkpoints", id, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    v.as_array().map_or(0, |a| a.iter().filter(|c| c["status"] == "COMPLETED").count())
+}
+
+/// A SQL aggregate keeps exactly-once results while TaskManagers are SIGKILLed: the changelog
+/// its debezium-json sink committed applies to exactly the counts and sums of the generated
+/// rows, though the job restarted from checkpoints.
+#[test]
+fn a_sql_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
+    let chk = tempfile::tempdir().unwrap();
+    let dir_cfg = format!("execution.checkpointing.dir=file://{}", chk.path().display());
+    let cfg = [
+        dir_cfg.as_str(),
+        "restart-strategy.type=fixed-delay",
+        "restart-strategy.fixed-delay.attempts=50",
+        "restart-strategy.fixed-delay.delay=200ms",
+    ];
+    // One slot per TaskManager: each runs one subtask of every vertex, so every kill hits the job.
+    let mut cluster = Cluster::start(2, 1, &cfg);
+    let rows = 24_000;
+    let out = cluster.dir.path().join("out");
+    let script = cluster.write("totals.sql", &totals_script(rows, 2_000, 2, out.to_str().unwrap()));
+    let id = cluster.submit(&script, &[]);
+    cluster.wait_for_state(&id, "RUNNING");
+    let mut kills = 0;
+    for k in 0..2 {
+        let before = completed_checkpoints(&cluster, &id);
+        wait_for("a further completed checkpoint", || (completed_checkpoints(&cluster, &id) > before).then_some(()));
+        if cluster.try_job_status(&id).is_some_and(|s| s["state"] == "FINISHED") {
+            break;
+        }
+        let victim = (0..cluster.tms.len()).find(|i| cluster.tms[*i].child.try_wait().ok().flatten().is_none()).unwrap();
+        eprintln!("kill {k}: SIGKILL {}", cluster.tms[victim].name);
+        cluster.tms[victim].kill();
+        cluster.add_taskmanager();
+        kills += 1;
+    }
+    assert!(kills >= 1, "the job finished before the first kill: the test proves nothing");
+    let status = wait_for("the job to finish", || {
+        let s = cluster.try_job_status(&id)?;
+        match s["state"].as_str() {
+            Some("FINISHED") => Some(s),
+            Some("FAILED") | Some("CANCELED") => panic!("job ended {}: {}", s["state"], s["failure"]),
+            _ => None,
+        }
+    });
+    assert!(status["restarts"].as_u64().unwrap_or(0) >= 1, "no restart happened: {status}");
+    let changelog: Vec<String> = committed_files_in_order(&out).into_iter().flat_map(|(_, lines)| lines).collect();
+    assert_eq!(apply_debezium(&changelog), expected_totals(rows));
+}
+
+/// Stop a SQL aggregate with a savepoint at parallelism 1 and resume it at parallelism 2: the
+/// groups' state is split by key group, and the two runs' changelogs together apply to the
+/// exact totals.
+#[test]
+fn a_sql_aggregate_resumes_from_a_savepoint_at_another_parallelism() {
+    let cluster = Cluster::start(1, 3, &[]);
+    let rows = 6_000;
+    // Both runs write into the same folder: the savepoint's pending files are committed there.
+    let out = cluster.dir.path().join("out");
+    let first = cluster.write("first.sql", &totals_script(rows, 1_000, 1, out.to_str().unwrap()));
+    let id = cluster.submit(&first, &[]);
+    cluster.wait_for_state(&id, "RUNNING");
+    wait_for("a completed checkpoint", || (completed_checkpoints(&cluster, &id) > 0).then_some(()));
+    let savepoints = cluster.dir.path().join("savepoints");
+    let stop = cluster.weir(&["stop", &id, "--savepoint-dir", savepoints.to_str().unwrap(), "--output", "json"]);
+    assert!(stop.status.success(), "stop: {}", String::from_utf8_lossy(&stop.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&stop.stdout).unwrap();
+    let savepoint = v["path"].as_str().unwrap_or_else(|| panic!("no savepoint path in {v}")).to_string();
+    let first_run = committed_files_in_order(&out);
+    let first_lines: Vec<String> = first_run.iter().flat_map(|(_, l)| l.clone()).collect();
+    assert!(!first_lines.is_empty(), "the first run committed nothing before its savepoint");
+    assert!(apply_debezium(&first_lines) != expected_totals(rows), "the first run finished before it was stopped");
+
+    let second = cluster.write("second.sql", &totals_script(rows, 1_000, 2, out.to_str().unwrap()));
+    let run = cluster.weir(&["run", second.to_str().unwrap(), "-s", &savepoint, "--output", "json"]);
+    assert!(run.status.success(), "resume: {}", String::from_utf8_lossy(&run.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(status["state"], "FINISHED", "{status}");
+    let aggregate =
+        status["vertices"].as_array().unwrap().iter().find(|v| v["name"].as_str().unwrap_or("").contains("group-aggregate")).cloned();
+    assert_eq!(aggregate.map(|v| v["parallelism"].clone()), Some(serde_json::json!(2)), "{status}");
+    // The first run's changes, then the second's.
+    let first_names: std::collections::HashSet<String> = first_run.into_iter().map(|(name, _)| name).collect();
+    let second_lines = committed_files_in_order(&out).into_iter().filter(|(name, _)| !first_names.contains(name)).flat_map(|(_, l)| l);
+    let all: Vec<String> = first_lines.into_iter().chain(second_lines).collect();
+    assert_eq!(apply_debezium(&all), expected_totals(rows));
+}

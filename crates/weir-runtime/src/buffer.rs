@@ -23,12 +23,12 @@
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_buffer::Buffer;
-use arrow_ipc::reader::{RecordBatchDecoder, StreamReader};
+use arrow_ipc::reader::RecordBatchDecoder;
 use arrow_ipc::writer::{StreamEncoder, StreamWriter};
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
-use std::io::Cursor;
+
 use std::sync::Arc;
 /// Re-exported: the format a savepoint barrier carries.
 pub use weir_state::SavepointFormat;
@@ -445,9 +445,7 @@ pub fn schema_message(schema: &SchemaRef) -> Result<Bytes, ArrowError> {
 /// error, never a panic, for anything else.
 pub fn decode_schema_message(bytes: &[u8]) -> Result<SchemaRef, ArrowError> {
     catch_decoder_panic(|| {
-        let mut cursor = Cursor::new(bytes);
-        let schema = StreamReader::try_new(&mut cursor, None)?.schema();
-        let used = cursor.position() as usize;
+        let (schema, used) = read_schema_message(bytes)?;
         if used != bytes.len() {
             return Err(ArrowError::IpcError(format!("{} bytes after the schema message", bytes.len() - used)));
         }
@@ -560,12 +558,45 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Bytes, ArrowError> {
 /// storage; panics of arrow-ipc on malformed bytes are returned as errors.
 pub fn decode_batch(bytes: &Bytes) -> Result<RecordBatch, ArrowError> {
     catch_decoder_panic(|| {
-        let mut reader = StreamReader::try_new(Cursor::new(bytes.as_ref()), None)?;
-        match reader.next() {
-            Some(b) => b,
-            None => Err(ArrowError::IpcError("empty buffer".into())),
+        let (schema, at) = read_schema_message(bytes)?;
+        let mut end = bytes.len();
+        // A stream written by `StreamWriter::finish` ends with the end-of-stream marker.
+        if bytes[at..].ends_with(&END_OF_STREAM) {
+            end -= END_OF_STREAM.len();
         }
+        if at == end {
+            return Err(ArrowError::IpcError("empty buffer".into()));
+        }
+        decode_messages(&schema, &bytes.slice(at..end))
     })
+}
+
+/// The end-of-stream marker of an Arrow IPC stream.
+const END_OF_STREAM: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+
+/// Reads the schema message that starts `bytes`, with every length checked against the bytes
+/// there are (arrow-ipc's own stream reader allocates whatever body length a message claims,
+/// which aborts the process on a forged one): the schema and where the message ends.
+fn read_schema_message(bytes: &[u8]) -> Result<(SchemaRef, usize), ArrowError> {
+    let err = |m: String| ArrowError::IpcError(m);
+    if bytes.len() < 8 || bytes[..4] != [0xff; 4] {
+        return Err(err("no schema message".into()));
+    }
+    let meta_len = i32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let meta_end = usize::try_from(meta_len)
+        .ok()
+        .and_then(|l| 8usize.checked_add(l))
+        .filter(|end| *end <= bytes.len() && meta_len > 0)
+        .ok_or_else(|| err(format!("schema metadata of {meta_len} bytes exceeds the buffer")))?;
+    let message = arrow_ipc::root_as_message(&bytes[8..meta_end]).map_err(|e| err(format!("malformed schema message: {e}")))?;
+    let ipc_schema =
+        message.header_as_schema().ok_or_else(|| err(format!("expected a schema message, found {:?}", message.header_type())))?;
+    let end = usize::try_from(message.bodyLength())
+        .ok()
+        .and_then(|l| meta_end.checked_add(l))
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| err(format!("schema message body of {} bytes exceeds the buffer", message.bodyLength())))?;
+    Ok((Arc::new(arrow_ipc::convert::fb_to_schema(ipc_schema)), end))
 }
 
 #[cfg(test)]

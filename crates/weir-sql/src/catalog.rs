@@ -31,19 +31,21 @@ pub struct Table {
 /// A connector and its options.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Connector {
-    Datagen(DatagenSpec),
-    /// `filesystem`: a file or directory of `format` rows; as a sink, transactional files
-    /// committed at checkpoints (exactly-once).
+    /// `datagen`, at `scan.parallelism` if set.
+    Datagen(DatagenSpec, Option<u32>),
+    /// `filesystem`: a file or directory of `format` rows, read at `scan.parallelism` if set;
+    /// as a sink, transactional files committed at checkpoints (exactly-once).
     Filesystem {
         path: String,
-        format: FileFormat,
+        format: TableFormat,
+        parallelism: Option<u32>,
     },
     /// `socket`: rows of `format` read from a TCP server (one subtask), as Flink's example
     /// connector.
     Socket {
         host: String,
         port: u16,
-        format: FileFormat,
+        format: TableFormat,
     },
     /// `print`: rows to stdout as `+I[...]`, prefixed with `print-identifier`.
     Print {
@@ -52,10 +54,32 @@ pub enum Connector {
     Blackhole,
 }
 
+/// The `format` of a filesystem or socket table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv,
+    Json,
+    /// Flink's `debezium-json`, as a sink: a changelog, one JSON object per row change
+    /// (`{"before": ..., "after": ..., "op": "c"|"d"}`), so an updating result can be written
+    /// to files exactly once.
+    DebeziumJson,
+}
+
+impl TableFormat {
+    /// The line format of a source or an append-only sink.
+    pub fn lines(self) -> Option<FileFormat> {
+        match self {
+            TableFormat::Csv => Some(FileFormat::Csv),
+            TableFormat::Json => Some(FileFormat::Json),
+            TableFormat::DebeziumJson => None,
+        }
+    }
+}
+
 impl Connector {
     pub fn name(&self) -> &'static str {
         match self {
-            Connector::Datagen(_) => "datagen",
+            Connector::Datagen(..) => "datagen",
             Connector::Filesystem { .. } => "filesystem",
             Connector::Socket { .. } => "socket",
             Connector::Print { .. } => "print",
@@ -64,7 +88,7 @@ impl Connector {
     }
 
     pub fn is_source(&self) -> bool {
-        matches!(self, Connector::Datagen(_) | Connector::Filesystem { .. } | Connector::Socket { .. })
+        matches!(self, Connector::Datagen(..) | Connector::Filesystem { .. } | Connector::Socket { .. })
     }
 
     pub fn is_sink(&self) -> bool {
@@ -73,7 +97,7 @@ impl Connector {
 
     /// Whether the sink takes updates (`-U`/`+U`/`-D` rows) as well as inserts.
     pub fn accepts_updates(&self) -> bool {
-        matches!(self, Connector::Print { .. } | Connector::Blackhole)
+        matches!(self, Connector::Print { .. } | Connector::Blackhole | Connector::Filesystem { format: TableFormat::DebeziumJson, .. })
     }
 }
 
@@ -167,13 +191,14 @@ fn take_number<T: std::str::FromStr>(options: &mut Options, key: &str) -> Result
     }
 }
 
-fn format_option(options: &mut Options, table: &str, at: Location) -> Result<FileFormat, (Location, String)> {
+fn format_option(options: &mut Options, table: &str, at: Location) -> Result<TableFormat, (Location, String)> {
     match take(options, "format") {
-        None => Err((at, format!("table '{table}' needs the option 'format' ('csv' or 'json')"))),
+        None => Err((at, format!("table '{table}' needs the option 'format' ('csv', 'json' or 'debezium-json')"))),
         Some((f, loc)) => match f.as_str() {
-            "csv" => Ok(FileFormat::Csv),
-            "json" => Ok(FileFormat::Json),
-            other => Err((loc, format!("unsupported format '{other}': Weir reads and writes 'csv' and 'json'"))),
+            "csv" => Ok(TableFormat::Csv),
+            "json" => Ok(TableFormat::Json),
+            "debezium-json" => Ok(TableFormat::DebeziumJson),
+            other => Err((loc, format!("unsupported format '{other}': Weir has 'csv', 'json' and 'debezium-json'"))),
         },
     }
 }
@@ -183,11 +208,15 @@ fn connector(table: &str, options: &mut Options, physical: &[Field], at: Locatio
         return Err((at, format!("table '{table}' has no 'connector' option in its WITH clause")));
     };
     Ok(match name.as_str() {
-        "datagen" => Connector::Datagen(datagen(table, options, physical)?),
+        "datagen" => {
+            let parallelism = take_number::<u32>(options, "scan.parallelism")?;
+            Connector::Datagen(datagen(table, options, physical)?, parallelism)
+        }
         "filesystem" => {
             let path = take(options, "path").ok_or_else(|| (at, format!("table '{table}' needs the option 'path'")))?.0;
             let format = format_option(options, table, at)?;
-            Connector::Filesystem { path, format }
+            let parallelism = take_number::<u32>(options, "scan.parallelism")?;
+            Connector::Filesystem { path, format, parallelism }
         }
         "socket" => {
             let host = take(options, "hostname").ok_or_else(|| (at, format!("table '{table}' needs the option 'hostname'")))?.0;
@@ -355,7 +384,7 @@ mod tests {
              'fields.n.min' = '1', 'fields.n.max' = '4', 'checkpoint.interval.ms' = '500')",
         )
         .unwrap();
-        let Connector::Datagen(spec) = &d.table.connector else { panic!("datagen expected") };
+        let Connector::Datagen(spec, _) = &d.table.connector else { panic!("datagen expected") };
         assert_eq!(spec.rows_per_second, Some(5));
         assert_eq!(spec.fields[0].kind, DatagenKind::Sequence { start: 1, end: Some(10) });
         assert_eq!(spec.fields[1].kind, DatagenKind::RandomString { length: 3 });

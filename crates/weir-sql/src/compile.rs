@@ -19,7 +19,7 @@
 //! Every operator gets a uid derived from its sink and position, so the state of a job
 //! restarted from a savepoint maps back to it as long as the query keeps its shape.
 
-use crate::catalog::{declare_table, Connector, Table};
+use crate::catalog::{declare_table, Connector, Table, TableFormat};
 use crate::error::SqlError;
 use crate::operators::spec;
 use crate::planner::{coerce, parser_options, Functions, Provider, ShippedExpr};
@@ -34,7 +34,7 @@ use datafusion_sql::sqlparser::tokenizer::Location;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use weir_core::config::{keys, Config};
-use weir_core::graph::{ChainedOperator, Edge, JobGraph, OperatorSpec, Partitioning, Vertex};
+use weir_core::graph::{ChainedOperator, Edge, FileFormat, JobGraph, OperatorSpec, Partitioning, Vertex};
 
 /// The hidden column of an updating stream: the row kind of each row ([`RowKind`]).
 pub const ROWKIND: &str = "weir.rowkind";
@@ -609,7 +609,7 @@ impl<'a> GraphBuilder<'a> {
         let table = self.session.tables.get(name).expect("the planner only scans known tables").clone();
         let physical = Arc::new(Schema::new(table.physical.clone()));
         let (mut stream, source_types) = match &table.connector {
-            Connector::Datagen(spec) => {
+            Connector::Datagen(spec, parallelism) => {
                 let generated: Vec<Field> = spec
                     .fields
                     .iter()
@@ -620,25 +620,20 @@ impl<'a> GraphBuilder<'a> {
                     .collect();
                 let schema = Arc::new(Schema::new(generated));
                 let op = self.operator("datagen", OperatorSpec::DatagenSource(spec.clone()), schema.clone());
-                let v = self.vertex(op, self.parallelism);
+                let v = self.vertex(op, parallelism.unwrap_or(self.parallelism));
                 (Stream { vertex: v, schema, updating: false }, true)
             }
-            Connector::Filesystem { path, format } => {
-                let line = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]));
-                let op = self.operator("file", OperatorSpec::FileSource { path: path.clone() }, line);
-                let v = self.vertex(op, self.parallelism);
-                let decode = spec::Decode { format: *format, table: name.to_string() };
-                let op = self.operator("decode", Self::sql_spec("decode", false, &decode), physical.clone());
-                self.push(v, op);
+            Connector::Filesystem { path, format, parallelism } => {
+                let v = self.line_source(
+                    name,
+                    OperatorSpec::FileSource { path: path.clone() },
+                    *format,
+                    parallelism.unwrap_or(self.parallelism),
+                )?;
                 (Stream { vertex: v, schema: physical.clone(), updating: false }, false)
             }
             Connector::Socket { host, port, format } => {
-                let line = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]));
-                let op = self.operator("socket", OperatorSpec::SocketSource { host: host.clone(), port: *port }, line);
-                let v = self.vertex(op, 1);
-                let decode = spec::Decode { format: *format, table: name.to_string() };
-                let op = self.operator("decode", Self::sql_spec("decode", false, &decode), physical.clone());
-                self.push(v, op);
+                let v = self.line_source(name, OperatorSpec::SocketSource { host: host.clone(), port: *port }, *format, 1)?;
                 (Stream { vertex: v, schema: physical.clone(), updating: false }, false)
             }
             other => return Err(PlanError::msg(format!("table '{name}' uses connector '{}', which cannot be read", other.name()))),
@@ -673,6 +668,24 @@ impl<'a> GraphBuilder<'a> {
             stream = self.calc(&stream, "computed-columns", None, projections, None);
         }
         Ok(stream)
+    }
+
+    /// A vertex starting with `source` (which reads lines) and a `decode` of `format` into the
+    /// physical columns of table `name`.
+    fn line_source(&mut self, name: &str, source: OperatorSpec, format: TableFormat, parallelism: u32) -> Result<u32, PlanError> {
+        let format = format
+            .lines()
+            .ok_or_else(|| PlanError::msg(format!("table '{name}': reading the debezium-json format is not supported yet")))?;
+        let table = self.session.tables.get(name).expect("the planner only scans known tables");
+        let physical = Arc::new(Schema::new(table.physical.clone()));
+        let line = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]));
+        let kind = if matches!(source, OperatorSpec::SocketSource { .. }) { "socket" } else { "file" };
+        let op = self.operator(kind, source, line);
+        let v = self.vertex(op, parallelism);
+        let decode = spec::Decode { format, table: name.to_string() };
+        let op = self.operator("decode", Self::sql_spec("decode", false, &decode), physical);
+        self.push(v, op);
+        Ok(v)
     }
 
     /// A grouped aggregate: a calc of keys and arguments, a hash shuffle by the key, and the
@@ -810,8 +823,20 @@ impl<'a> GraphBuilder<'a> {
         let stream = self.calc(&stream, "to-sink", None, projections, None);
         let empty = Arc::new(Schema::empty());
         let op = match &table.connector {
-            Connector::Filesystem { path, format } => {
-                self.operator("filesystem", OperatorSpec::FileSink { path: path.clone(), format: *format }, empty)
+            Connector::Filesystem { path, format: TableFormat::DebeziumJson, .. } => {
+                let row = arrow_schema::Fields::from(table.physical.iter().map(|f| f.clone().with_nullable(true)).collect::<Vec<_>>());
+                let changelog = Arc::new(Schema::new(vec![
+                    Field::new("before", DataType::Struct(row.clone()), true),
+                    Field::new("after", DataType::Struct(row), true),
+                    Field::new("op", DataType::Utf8, false),
+                ]));
+                let op = self.operator("debezium-json", Self::sql_spec("debezium-encode", false, &serde_json::Value::Null), changelog);
+                self.push(stream.vertex, op);
+                self.operator("filesystem", OperatorSpec::FileSink { path: path.clone(), format: FileFormat::Json }, empty)
+            }
+            Connector::Filesystem { path, format, .. } => {
+                let format = format.lines().unwrap_or(FileFormat::Csv);
+                self.operator("filesystem", OperatorSpec::FileSink { path: path.clone(), format }, empty)
             }
             Connector::Blackhole => self.operator("blackhole", OperatorSpec::BlackholeSink, empty),
             Connector::Print { identifier } => {

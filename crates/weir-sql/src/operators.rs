@@ -11,6 +11,8 @@
 //!   `-U` old / `+U` new for an updated one. A group updated several times in one batch emits
 //!   once (as Flink's mini-batch aggregation does), and one whose result did not change emits
 //!   nothing.
+//! - `debezium-encode`: rows as Flink's `debezium-json` changelog (`before`, `after`, `op`),
+//!   which the file sink writes as JSON lines.
 //! - `print`: Flink SQL's print connector, `+I[a, 1]` per row.
 
 use crate::compile::{RowKind, KEY, ROWKIND};
@@ -114,6 +116,7 @@ impl SqlOperators for SqlRuntime {
                 let agg = GroupAggregate::new(spec, input, output, state()?, info.max_parallelism).map_err(bad)?;
                 ChainOperator::Keyed(Box::new(agg))
             }
+            "debezium-encode" => ChainOperator::Plain(Box::new(DebeziumEncode { schema: output })),
             "print" => {
                 let spec: spec::Print = parse(spec).map_err(bad)?;
                 ChainOperator::Plain(Box::new(Print::new(spec, info)))
@@ -819,5 +822,40 @@ impl Operator for Print {
         format_changelog(&self.prefix, &batch, &mut self.buf)?;
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(&self.buf).and_then(|()| stdout.flush()).map_err(|e| OperatorError::io("print sink cannot write to", "stdout", e))
+    }
+}
+
+/// `debezium-encode`: each row as a change, as Flink's `debezium-json` format writes it: `+I` and
+/// `+U` as `{"before": null, "after": row, "op": "c"}`, `-U` and `-D` as
+/// `{"before": row, "after": null, "op": "d"}`.
+struct DebeziumEncode {
+    schema: SchemaRef,
+}
+
+impl Operator for DebeziumEncode {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let rows = batch.num_rows();
+        let schema = batch.schema();
+        let retracts: Vec<bool> = match schema.index_of(ROWKIND) {
+            Ok(i) => batch
+                .column(i)
+                .as_primitive::<arrow_array::types::Int8Type>()
+                .values()
+                .iter()
+                .map(|k| matches!(RowKind::from_i8(*k), Some(RowKind::UpdateBefore | RowKind::Delete)))
+                .collect(),
+            Err(_) => vec![false; rows],
+        };
+        let DataType::Struct(fields) = self.schema.field(0).data_type() else {
+            return Err(OperatorError::Failed("debezium-encode: the output's `before` is not a struct".into()));
+        };
+        let columns: Vec<ArrayRef> =
+            schema.fields().iter().zip(batch.columns()).filter(|(f, _)| !f.name().starts_with("weir.")).map(|(_, c)| c.clone()).collect();
+        let before_valid = arrow_buffer::NullBuffer::from(retracts.clone());
+        let after_valid = arrow_buffer::NullBuffer::from(retracts.iter().map(|r| !r).collect::<Vec<_>>());
+        let before = arrow_array::StructArray::try_new(fields.clone(), columns.clone(), Some(before_valid))?;
+        let after = arrow_array::StructArray::try_new(fields.clone(), columns, Some(after_valid))?;
+        let op = StringArray::from_iter_values(retracts.iter().map(|r| if *r { "d" } else { "c" }));
+        out.collect(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(before), Arc::new(after), Arc::new(op)])?)
     }
 }

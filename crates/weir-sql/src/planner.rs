@@ -51,7 +51,9 @@ impl Functions {
         static FUNCTIONS: OnceLock<Functions> = OnceLock::new();
         FUNCTIONS.get_or_init(|| {
             let mut scalars = HashMap::new();
-            for f in datafusion_functions::all_default_functions() {
+            // Functions about the file a row was read from need DataFusion's file scans.
+            let scan_only = ["input_file_name", "file_row_index"];
+            for f in datafusion_functions::all_default_functions().into_iter().filter(|f| !scan_only.contains(&f.name())) {
                 for name in std::iter::once(f.name()).chain(f.aliases().iter().map(String::as_str)) {
                     scalars.insert(name.to_ascii_lowercase(), f.clone());
                 }
@@ -267,5 +269,14 @@ mod tests {
         assert_eq!((out.value(0), out.value(1)), ("A", "B"));
         let out = ShippedExpr::physical(&plus_text, &arrow).unwrap().evaluate(&batch).unwrap().into_array(2).unwrap();
         assert_eq!(out.as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec(), vec![2, 3]);
+    }
+}
+
+impl Functions {
+    /// The scalar function names SQL can call (lower case, aliases included), sorted.
+    pub fn scalar_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.scalars.keys().cloned().collect();
+        names.sort();
+        names
     }
 }
