@@ -297,11 +297,10 @@ fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
     v.as_array().map_or(0, |a| a.iter().filter(|c| c["status"] == "COMPLETED").count())
 }
 
-/// A SQL aggregate keeps exactly-once results while TaskManagers are SIGKILLed: the changelog
-/// its debezium-json sink committed applies to exactly the counts and sums of the generated
-/// rows, though the job restarted from checkpoints.
-#[test]
-fn a_sql_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
+/// Runs `script` (writing into `out`) on a cluster of two one-slot TaskManagers, SIGKILLing a
+/// TaskManager after each of two further completed checkpoints (and starting a replacement);
+/// returns once the job finished, after checking that a kill hit it while it ran.
+fn run_with_kills(script: impl Fn(&Path) -> String) -> PathBuf {
     let chk = tempfile::tempdir().unwrap();
     let dir_cfg = format!("execution.checkpointing.dir=file://{}", chk.path().display());
     let cfg = [
@@ -312,10 +311,9 @@ fn a_sql_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
     ];
     // One slot per TaskManager: each runs one subtask of every vertex, so every kill hits the job.
     let mut cluster = Cluster::start(2, 1, &cfg);
-    let rows = 24_000;
     let out = cluster.dir.path().join("out");
-    let script = cluster.write("totals.sql", &totals_script(rows, 2_000, 2, out.to_str().unwrap()));
-    let id = cluster.submit(&script, &[]);
+    let path = cluster.write("job.sql", &script(&out));
+    let id = cluster.submit(&path, &[]);
     cluster.wait_for_state(&id, "RUNNING");
     let mut kills = 0;
     for k in 0..2 {
@@ -340,8 +338,61 @@ fn a_sql_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
         }
     });
     assert!(status["restarts"].as_u64().unwrap_or(0) >= 1, "no restart happened: {status}");
+    // The output outlives the cluster's folder.
+    let kept = tempfile::tempdir().unwrap().keep();
+    for (name, lines) in committed_files_in_order(&out) {
+        std::fs::write(kept.join(name), lines.join("\n") + "\n").unwrap();
+    }
+    kept
+}
+
+/// A SQL aggregate keeps exactly-once results while TaskManagers are SIGKILLed: the changelog
+/// its debezium-json sink committed applies to exactly the counts and sums of the generated
+/// rows, though the job restarted from checkpoints.
+#[test]
+fn a_sql_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
+    let rows = 24_000;
+    let out = run_with_kills(|out| totals_script(rows, 2_000, 2, out.to_str().unwrap()));
     let changelog: Vec<String> = committed_files_in_order(&out).into_iter().flat_map(|(_, lines)| lines).collect();
+    std::fs::remove_dir_all(&out).ok();
     assert_eq!(apply_debezium(&changelog), expected_totals(rows));
+}
+
+/// A tumbling-window aggregate over event time (a computed column of the generated ids) keeps
+/// exactly-once results across TaskManager kills: every window is emitted once, with its exact
+/// count and sum, though windows were open in checkpoints the job restarted from.
+#[test]
+fn a_sql_window_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
+    let rows = 24_000i64;
+    let out = run_with_kills(|out| {
+        format!(
+            "SET 'parallelism.default' = '2';\n\
+             SET 'execution.checkpointing.interval' = '200ms';\n\
+             CREATE TABLE gen (id BIGINT, ts AS TO_TIMESTAMP_MILLIS(id * 10), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
+             WITH ('connector' = 'datagen', 'scan.parallelism' = '1', 'rows-per-second' = '2000', 'fields.id.kind' = 'sequence', \
+             'fields.id.start' = '1', 'fields.id.end' = '{rows}');\n\
+             CREATE TABLE windows (window_start STRING, n BIGINT, s BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');\n\
+             INSERT INTO windows SELECT CAST(window_start AS STRING), COUNT(*), SUM(id)\n\
+             FROM TABLE(TUMBLE(TABLE gen, DESCRIPTOR(ts), INTERVAL '10' SECONDS)) GROUP BY window_start, window_end;\n",
+            out.display()
+        )
+    });
+    let got = committed_lines(&out);
+    std::fs::remove_dir_all(&out).ok();
+    // Window w holds the ids with id * 10 ms in [10 s * w, 10 s * (w + 1)).
+    let mut windows: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for id in 1..=rows {
+        let e = windows.entry(id * 10 / 10_000).or_default();
+        e.0 += 1;
+        e.1 += id;
+    }
+    let epoch = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
+    let mut expected: Vec<String> = windows
+        .iter()
+        .map(|(w, (n, s))| format!("{},{n},{s}", (epoch + chrono::Duration::seconds(w * 10)).format("%Y-%m-%dT%H:%M:%S")))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
 }
 
 /// Stop a SQL aggregate with a savepoint at parallelism 1 and resume it at parallelism 2: the
@@ -380,4 +431,40 @@ fn a_sql_aggregate_resumes_from_a_savepoint_at_another_parallelism() {
     let second_lines = committed_files_in_order(&out).into_iter().filter(|(name, _)| !first_names.contains(name)).flat_map(|(_, l)| l);
     let all: Vec<String> = first_lines.into_iter().chain(second_lines).collect();
     assert_eq!(apply_debezium(&all), expected_totals(rows));
+}
+
+/// Event time: a tumbling window closes when the watermark passes its end. The source reads
+/// 4096 lines per batch and the watermark follows each batch, so rows of the second batch
+/// whose window the first batch's watermark closed are late: they are dropped, as Flink drops
+/// them, while rows out of order within the watermark's delay still count.
+#[test]
+fn window_aggregates_count_out_of_order_rows_and_drop_late_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+    let at = |s: i64| (t0 + chrono::Duration::seconds(s)).format("%Y-%m-%d %H:%M:%S").to_string();
+    let mut lines = Vec::new();
+    let mut counted: BTreeMap<i64, i64> = BTreeMap::new();
+    for i in 0..6_000i64 {
+        // Pairs swapped: every odd second arrives before the even one before it.
+        let s = if i % 2 == 0 { i + 1 } else { i - 1 };
+        lines.push(format!("{},{s}", at(s)));
+        *counted.entry(s / 60).or_default() += 1;
+        if (4_200..4_250).contains(&i) {
+            // 50 rows of the first minute, long after the watermark passed it.
+            lines.push(format!("{},late", at(30)));
+        }
+    }
+    std::fs::write(dir.path().join("events.csv"), lines.join("\n") + "\n").unwrap();
+    let script = "CREATE TABLE events (ts TIMESTAMP(3), tag STRING, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n\
+                  WITH ('connector' = 'filesystem', 'path' = '${DIR}/events.csv', 'format' = 'csv', 'scan.parallelism' = '1');\n\
+                  CREATE TABLE counts (minute STRING, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '${DIR}/out', 'format' = 'csv');\n\
+                  SET 'parallelism.default' = '2';\n\
+                  INSERT INTO counts SELECT CAST(window_start AS STRING), COUNT(*)\n\
+                  FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end;\n";
+    let path = write_script(dir.path(), "job.sql", script);
+    let (ok, _, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let mut expected: Vec<String> = counted.iter().map(|(m, n)| format!("{},{n}", at(m * 60).replace(' ', "T"))).collect();
+    expected.sort();
+    assert_eq!(committed_lines(&dir.path().join("out")), expected);
 }

@@ -23,7 +23,7 @@ use crate::catalog::{declare_table, Connector, Table, TableFormat};
 use crate::error::SqlError;
 use crate::operators::spec;
 use crate::planner::{coerce, parser_options, Functions, Provider, ShippedExpr};
-use crate::script::{parse_script, ColumnDdl, Insert, Located, Statement};
+use crate::script::{parse_script_with_windows, ColumnDdl, Insert, Located, Statement, WindowKind, WindowTvf};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion_common::{Column, DFSchema, DataFusionError};
 use datafusion_expr::{Expr, LogicalPlan};
@@ -99,8 +99,9 @@ pub struct CompiledScript {
 
 /// Compiles a script under `base` (the cluster's configuration) with `overrides` (`-D`) last.
 pub fn compile_script(text: &str, origin: &str, base: &Config, overrides: &Config) -> Result<CompiledScript, SqlError> {
-    let statements = parse_script(text, origin)?;
+    let (statements, windows) = parse_script_with_windows(text, origin)?;
     let mut session = Session::new(origin);
+    session.windows = windows.into_iter().map(|w| (w.name.clone(), w)).collect();
     let mut out = CompiledScript::default();
     for s in &statements {
         session.execute(s, base, overrides, &mut out)?;
@@ -119,6 +120,8 @@ pub struct Session {
     /// Visible columns of every table and view, for the planner.
     schemas: HashMap<String, SchemaRef>,
     views: HashMap<String, LogicalPlan>,
+    /// The window table-valued functions of the script, by the name that replaced them.
+    windows: HashMap<String, WindowTvf>,
     /// `SET` values in the order set.
     settings: Vec<(String, String)>,
     /// Job options found in WITH clauses: key → (value, option as written, table).
@@ -133,6 +136,7 @@ impl Session {
             tables: BTreeMap::new(),
             schemas: HashMap::new(),
             views: HashMap::new(),
+            windows: HashMap::new(),
             settings: Vec::new(),
             with_options: BTreeMap::new(),
             notices: Vec::new(),
@@ -325,7 +329,13 @@ impl Session {
 
     /// DataFusion's logical plan of a query, type-coerced.
     fn plan_query(&self, query: &Query, at: Location) -> Result<LogicalPlan, SqlError> {
-        let provider = Provider { functions: Functions::get(), tables: &self.schemas };
+        let mut tables = self.schemas.clone();
+        for w in self.windows.values() {
+            if let Some(base) = self.schemas.get(&w.table) {
+                tables.insert(w.name.clone(), window_schema(base));
+            }
+        }
+        let provider = Provider { functions: Functions::get(), tables: &tables };
         let planner = SqlToRel::new_with_options(&provider, parser_options());
         let plan = planner.sql_statement_to_plan(ast::Statement::Query(Box::new(query.clone()))).map_err(|e| self.df_err(at, e))?;
         Analyzer::new().execute_and_check(plan, &Functions::get_options(), |_, _| {}).map_err(|e| self.df_err(at, e))
@@ -379,6 +389,19 @@ impl Functions {
     fn get_options() -> datafusion_common::config::ConfigOptions {
         datafusion_common::config::ConfigOptions::default()
     }
+}
+
+/// The columns a window function adds to its table's.
+pub const WINDOW_COLUMNS: [&str; 3] = ["window_start", "window_end", "window_time"];
+
+/// The schema of a window function's rows: its table's, then `window_start`, `window_end` and
+/// `window_time` (`window_end` - 1 ms), as TIMESTAMP(3).
+fn window_schema(base: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for name in WINDOW_COLUMNS {
+        fields.push(Field::new(name, DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, None), false));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// A plan's output columns as an Arrow schema (unqualified names).
@@ -450,6 +473,8 @@ pub(crate) struct Stream {
     vertex: u32,
     schema: SchemaRef,
     updating: bool,
+    /// Rows of a window function (they carry window columns).
+    windowed: bool,
 }
 
 impl Stream {
@@ -540,7 +565,7 @@ impl<'a> GraphBuilder<'a> {
         let spec = spec::Calc { filter, projections: projections.into_iter().map(|(t, _)| t).collect(), key };
         let op = self.operator(name, Self::sql_spec("calc", false, &spec), batch);
         self.push(input.vertex, op);
-        Stream { vertex: input.vertex, schema, updating: input.updating }
+        Stream { vertex: input.vertex, schema, updating: input.updating, windowed: input.windowed }
     }
 
     /// Projections that pass every column of `input` through unchanged.
@@ -552,12 +577,16 @@ impl<'a> GraphBuilder<'a> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let name = scan.table_name.table().to_string();
-                let stream = match self.session.views.get(&name) {
-                    Some(view) => {
+                let stream = match (self.session.views.get(&name), self.session.windows.get(&name)) {
+                    (Some(view), _) => {
                         let view = view.clone();
                         self.translate(&view)?
                     }
-                    None => self.source(&name)?,
+                    (None, Some(window)) => {
+                        let window = window.clone();
+                        self.window_source(&window)?
+                    }
+                    (None, None) => self.source(&name)?,
                 };
                 if !scan.filters.is_empty() {
                     return Err(PlanError::msg("filters pushed into a table scan are not supported"));
@@ -621,7 +650,7 @@ impl<'a> GraphBuilder<'a> {
                 let schema = Arc::new(Schema::new(generated));
                 let op = self.operator("datagen", OperatorSpec::DatagenSource(spec.clone()), schema.clone());
                 let v = self.vertex(op, parallelism.unwrap_or(self.parallelism));
-                (Stream { vertex: v, schema, updating: false }, true)
+                (Stream { vertex: v, schema, updating: false, windowed: false }, true)
             }
             Connector::Filesystem { path, format, parallelism } => {
                 let v = self.line_source(
@@ -630,11 +659,11 @@ impl<'a> GraphBuilder<'a> {
                     *format,
                     parallelism.unwrap_or(self.parallelism),
                 )?;
-                (Stream { vertex: v, schema: physical.clone(), updating: false }, false)
+                (Stream { vertex: v, schema: physical.clone(), updating: false, windowed: false }, false)
             }
             Connector::Socket { host, port, format } => {
                 let v = self.line_source(name, OperatorSpec::SocketSource { host: host.clone(), port: *port }, *format, 1)?;
-                (Stream { vertex: v, schema: physical.clone(), updating: false }, false)
+                (Stream { vertex: v, schema: physical.clone(), updating: false, windowed: false }, false)
             }
             other => return Err(PlanError::msg(format!("table '{name}' uses connector '{}', which cannot be read", other.name()))),
         };
@@ -667,7 +696,59 @@ impl<'a> GraphBuilder<'a> {
             }
             stream = self.calc(&stream, "computed-columns", None, projections, None);
         }
+        if let Some(wm) = &table.watermark {
+            // The watermark expression over the table's columns, and the assigner that emits its
+            // largest value periodically.
+            let visible = self.session.schemas.get(name).expect("declared").clone();
+            let df = DFSchema::try_from(visible.as_ref().clone())?;
+            let tables = HashMap::new();
+            let provider = Provider { functions: Functions::get(), tables: &tables };
+            let planner = SqlToRel::new_with_options(&provider, parser_options());
+            let e = planner.sql_to_expr(wm.expr.clone(), &df, &mut PlannerContext::new()).and_then(|e| coerce(e, &df))?;
+            if !matches!(crate::planner::type_of(&e, &df)?.0, DataType::Timestamp(..)) {
+                return Err(PlanError::msg(format!("the WATERMARK of table '{name}' is not a TIMESTAMP expression")));
+            }
+            let spec = spec::Watermark { expr: ShippedExpr::ship(&e, &df)? };
+            let op = self.operator("watermark", Self::sql_spec("watermark", false, &spec), stream.schema.clone());
+            self.push(stream.vertex, op);
+        }
         Ok(stream)
+    }
+
+    /// The rows of a window function: its table's rows, each with the window columns of every
+    /// window it falls into (`window-assign`). The time column must be the table's watermarked
+    /// time attribute, so that the windows close as event time passes them.
+    fn window_source(&mut self, w: &WindowTvf) -> Result<Stream, PlanError> {
+        let Some(table) = self.session.tables.get(&w.table) else {
+            return Err(PlanError::msg(format!(
+                "window functions read a table, and '{}' is not one (views are not supported here yet)",
+                w.table
+            )));
+        };
+        if table.watermark.as_ref().map(|wm| wm.column.as_str()) != Some(w.time_column.as_str()) {
+            return Err(PlanError::msg(format!(
+                "the window's time column '{}' of table '{}' is not its event-time attribute: declare `WATERMARK FOR {} AS ...` in the table",
+                w.time_column, w.table, w.time_column
+            )));
+        }
+        let input = self.source(&w.table)?;
+        let time = input
+            .schema
+            .index_of(&w.time_column)
+            .map_err(|_| PlanError::msg(format!("table '{}' has no column '{}'", w.table, w.time_column)))?;
+        if !matches!(input.schema.field(time).data_type(), DataType::Timestamp(..)) {
+            return Err(PlanError::msg(format!("the window's time column '{}' is not a TIMESTAMP", w.time_column)));
+        }
+        let schema = window_schema(&input.schema);
+        let spec = spec::WindowAssign { kind: w.kind, time, size_ms: w.size_ms, step_ms: w.step_ms };
+        let name = match w.kind {
+            WindowKind::Tumble => "tumble",
+            WindowKind::Hop => "hop",
+            WindowKind::Cumulate => "cumulate",
+        };
+        let op = self.operator(name, Self::sql_spec("window-assign", false, &spec), schema.clone());
+        self.push(input.vertex, op);
+        Ok(Stream { vertex: input.vertex, schema, updating: false, windowed: true })
     }
 
     /// A vertex starting with `source` (which reads lines) and a `decode` of `format` into the
@@ -750,14 +831,27 @@ impl<'a> GraphBuilder<'a> {
             specs.push(spec::Aggregate { function, arg, distinct: p.distinct, output: output.to_string() });
         }
         let keys: Vec<usize> = (0..group.len()).collect();
+        let window_key = |name: &str| group.iter().position(|g| matches!(g, Expr::Column(c) if c.name == name) && input.windowed);
+        let window = (window_key("window_start"), window_key("window_end"));
         let pre_stream = self.calc(&input, "group-keys", None, pre, Some(keys));
         let fields: Vec<Field> = out.fields().iter().map(|f| f.as_ref().clone()).collect();
         let schema = Arc::new(Schema::new(fields));
+        match window {
+            (Some(_), Some(end)) => {
+                let spec = spec::WindowAggregate { keys: group.len(), window_end: end, aggregates: specs };
+                let op = self.operator("window-aggregate", Self::sql_spec("window-aggregate", true, &spec), schema.clone());
+                let v = self.vertex(op, self.parallelism);
+                self.edge(pre_stream.vertex, v, Partitioning::Hash { key: KEY.to_string() });
+                return Ok(Stream { vertex: v, schema, updating: false, windowed: false });
+            }
+            (None, None) => {}
+            _ => return Err(PlanError::msg("an aggregate over a window function must GROUP BY both window_start and window_end")),
+        }
         let spec = spec::GroupAggregate { keys: group.len(), aggregates: specs };
         let op = self.operator("group-aggregate", Self::sql_spec("group-aggregate", true, &spec), with_hidden(&schema, true));
         let v = self.vertex(op, self.parallelism);
         self.edge(pre_stream.vertex, v, Partitioning::Hash { key: KEY.to_string() });
-        Ok(Stream { vertex: v, schema, updating: true })
+        Ok(Stream { vertex: v, schema, updating: true, windowed: false })
     }
 
     /// Writes `stream` into sink `table`: a calc that puts the query's columns in the sink's

@@ -14,6 +14,13 @@
 //! - `debezium-encode`: rows as Flink's `debezium-json` changelog (`before`, `after`, `op`),
 //!   which the file sink writes as JSON lines.
 //! - `print`: Flink SQL's print connector, `+I[a, 1]` per row.
+//! - `watermark`: a table's `WATERMARK FOR` expression, evaluated per batch; its largest value
+//!   so far goes downstream as the watermark after each batch that advanced it.
+//! - `window-assign`: the windows of each row (TUMBLE, HOP, CUMULATE), one output row per window.
+//! - `window-aggregate`: an aggregate per group and window in keyed state; a window's row is
+//!   emitted once, when the watermark passes its end, and its state is then dropped. Rows of a
+//!   window the watermark has already passed are late: they are dropped (and counted), as
+//!   Flink's window aggregates drop them.
 
 use crate::compile::{RowKind, KEY, ROWKIND};
 use crate::planner::ShippedExpr;
@@ -86,6 +93,34 @@ pub mod spec {
     pub struct Print {
         pub identifier: Option<String>,
     }
+
+    /// A table's watermark: `expr` (over its columns) evaluated per row; its largest value so
+    /// far is the watermark, emitted after each batch that advanced it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Watermark {
+        pub expr: String,
+    }
+
+    /// The windows of each row (a window function): the input's columns, then `window_start`,
+    /// `window_end`, `window_time`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct WindowAssign {
+        pub kind: crate::script::WindowKind,
+        /// The input column of the row's time.
+        pub time: usize,
+        pub size_ms: i64,
+        pub step_ms: i64,
+    }
+
+    /// An aggregate per group and window, emitted once when the watermark passes the window's
+    /// end: input columns `0..keys` are the group key, `window_end` the index among them of the
+    /// window's end.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct WindowAggregate {
+        pub keys: usize,
+        pub window_end: usize,
+        pub aggregates: Vec<Aggregate>,
+    }
 }
 
 /// Builds the operators of SQL plans for the runtime.
@@ -117,6 +152,13 @@ impl SqlOperators for SqlRuntime {
                 ChainOperator::Keyed(Box::new(agg))
             }
             "debezium-encode" => ChainOperator::Plain(Box::new(DebeziumEncode { schema: output })),
+            "watermark" => ChainOperator::Plain(Box::new(WatermarkAssigner::new(parse(spec).map_err(bad)?, input, &op.uid).map_err(bad)?)),
+            "window-assign" => ChainOperator::Plain(Box::new(WindowAssign { spec: parse(spec).map_err(bad)?, schema: output })),
+            "window-aggregate" => {
+                let spec: spec::WindowAggregate = parse(spec).map_err(bad)?;
+                let agg = WindowAggregate::new(spec, input, output, state()?, info.max_parallelism).map_err(bad)?;
+                ChainOperator::Keyed(Box::new(agg))
+            }
             "print" => {
                 let spec: spec::Print = parse(spec).map_err(bad)?;
                 ChainOperator::Plain(Box::new(Print::new(spec, info)))
@@ -552,49 +594,53 @@ impl GroupAggregate {
 
     /// The result column of aggregate `j` for the accumulators `accs`.
     fn result_column(&self, j: usize, accs: &[&[Acc]]) -> OpResult<ArrayRef> {
-        let output = &self.outputs[j];
-        let column: ArrayRef = match accs.first().map(|a| &a[j]) {
-            Some(Acc::Count(_)) | Some(Acc::SumInt(_)) => {
-                let mut b = Int64Builder::with_capacity(accs.len());
-                for a in accs {
-                    match &a[j] {
-                        Acc::Count(n) => b.append_value(*n),
-                        Acc::SumInt(s) => b.append_option(*s),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Some(Acc::SumFloat(_)) | Some(Acc::Avg { .. }) => {
-                let mut b = Float64Builder::with_capacity(accs.len());
-                for a in accs {
-                    match &a[j] {
-                        Acc::SumFloat(s) => b.append_option(*s),
-                        Acc::Avg { sum, count } if *count > 0 => b.append_value(sum / *count as f64),
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Some(Acc::SumDecimal(_)) => {
-                let values: Decimal128Array = accs.iter().map(|a| if let Acc::SumDecimal(s) = &a[j] { *s } else { None }).collect();
-                let (p, s) = match output {
-                    DataType::Decimal128(p, s) => (*p, *s),
-                    _ => (38, 0),
-                };
-                Arc::new(values.with_precision_and_scale(p, s)?)
-            }
-            Some(Acc::Min(_)) | Some(Acc::Max(_)) => scalars_to_array(
-                accs.iter().map(|a| match &a[j] {
-                    Acc::Min(v) | Acc::Max(v) => v.as_ref(),
-                    _ => None,
-                }),
-                output,
-            )?,
-            None => arrow_array::new_empty_array(output),
-        };
-        Ok(if column.data_type() != output { cast_to(&column, output)? } else { column })
+        result_column(&self.outputs[j], j, accs)
     }
+}
+
+/// The result column (of type `output`) of aggregate `j` for the accumulators `accs`.
+fn result_column(output: &DataType, j: usize, accs: &[&[Acc]]) -> OpResult<ArrayRef> {
+    let column: ArrayRef = match accs.first().map(|a| &a[j]) {
+        Some(Acc::Count(_)) | Some(Acc::SumInt(_)) => {
+            let mut b = Int64Builder::with_capacity(accs.len());
+            for a in accs {
+                match &a[j] {
+                    Acc::Count(n) => b.append_value(*n),
+                    Acc::SumInt(s) => b.append_option(*s),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Some(Acc::SumFloat(_)) | Some(Acc::Avg { .. }) => {
+            let mut b = Float64Builder::with_capacity(accs.len());
+            for a in accs {
+                match &a[j] {
+                    Acc::SumFloat(s) => b.append_option(*s),
+                    Acc::Avg { sum, count } if *count > 0 => b.append_value(sum / *count as f64),
+                    _ => b.append_null(),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Some(Acc::SumDecimal(_)) => {
+            let values: Decimal128Array = accs.iter().map(|a| if let Acc::SumDecimal(s) = &a[j] { *s } else { None }).collect();
+            let (p, s) = match output {
+                DataType::Decimal128(p, s) => (*p, *s),
+                _ => (38, 0),
+            };
+            Arc::new(values.with_precision_and_scale(p, s)?)
+        }
+        Some(Acc::Min(_)) | Some(Acc::Max(_)) => scalars_to_array(
+            accs.iter().map(|a| match &a[j] {
+                Acc::Min(v) | Acc::Max(v) => v.as_ref(),
+                _ => None,
+            }),
+            output,
+        )?,
+        None => arrow_array::new_empty_array(output),
+    };
+    Ok(if column.data_type() != output { cast_to(&column, output)? } else { column })
 }
 
 /// Casts `a` to `to`, through Int32 for dates (arrow casts Int32, not Int64, to Date32).
@@ -857,5 +903,419 @@ impl Operator for DebeziumEncode {
         let after = arrow_array::StructArray::try_new(fields.clone(), columns, Some(after_valid))?;
         let op = StringArray::from_iter_values(retracts.iter().map(|r| if *r { "d" } else { "c" }));
         out.collect(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(before), Arc::new(after), Arc::new(op)])?)
+    }
+}
+
+/// `watermark`: see the module header.
+struct WatermarkAssigner {
+    expr: Arc<dyn PhysicalExpr>,
+    visible: usize,
+    /// The largest value of the expression so far (restored from checkpoints).
+    max: Option<i64>,
+    /// The last watermark sent downstream.
+    emitted: i64,
+    uid: String,
+}
+
+impl WatermarkAssigner {
+    fn new(spec: spec::Watermark, input: &SchemaRef, uid: &str) -> Result<Self, String> {
+        let visible: Vec<_> = input.fields().iter().filter(|f| !f.name().starts_with("weir.")).cloned().collect();
+        let n = visible.len();
+        let expr = ShippedExpr::physical(&spec.expr, &arrow_schema::Schema::new(visible))
+            .map_err(|e| format!("watermark `{}`: {}", spec.expr, e.strip_backtrace()))?;
+        Ok(Self { expr, visible: n, max: None, emitted: i64::MIN, uid: uid.to_string() })
+    }
+}
+
+/// A timestamp column as milliseconds since the epoch.
+fn epoch_millis(a: &ArrayRef) -> OpResult<arrow_array::Int64Array> {
+    let ms = arrow_cast::cast(a, &DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, None))?;
+    Ok(arrow_cast::cast(&ms, &DataType::Int64)?.as_primitive::<Int64Type>().clone())
+}
+
+impl Operator for WatermarkAssigner {
+    /// The batch goes on first, then the watermark it allows (if it advanced): every row
+    /// travels ahead of the watermark that covers it. Emitting after each batch (at most a few
+    /// thousand rows) rather than on a timer makes event time advance with the data, the same
+    /// way on every run.
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let visible = batch.project(&(0..self.visible).collect::<Vec<_>>())?;
+        let values = self.expr.evaluate(&visible).map_err(df)?.into_array(batch.num_rows()).map_err(df)?;
+        if let Some(m) = epoch_millis(&values)?.iter().flatten().max() {
+            self.max = Some(self.max.map_or(m, |x| x.max(m)));
+        }
+        out.collect(batch)?;
+        if let Some(wm) = self.max.filter(|wm| *wm > self.emitted) {
+            self.emitted = wm;
+            out.emit_watermark(wm)?;
+        }
+        Ok(())
+    }
+
+    /// The source's end of event time goes on; its other watermarks (none) would not.
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        if watermark == weir_core::operator::MAX_WATERMARK && self.emitted < watermark {
+            self.emitted = watermark;
+            out.emit_watermark(watermark)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, _checkpoint: u64) -> OpResult<Option<Vec<Vec<u8>>>> {
+        Ok(self.max.map(|m| vec![m.to_le_bytes().to_vec()]))
+    }
+
+    /// Resumes from the smallest of the old subtasks' largest values, so no subtask's rows turn
+    /// late after a rescale.
+    fn restore_state(&mut self, _checkpoint: u64, elements: Vec<Vec<u8>>) -> OpResult {
+        for e in elements {
+            let bytes: [u8; 8] = e
+                .as_slice()
+                .try_into()
+                .map_err(|_| OperatorError::Failed(format!("watermark '{}': its checkpointed time is not 8 bytes", self.uid)))?;
+            let m = i64::from_le_bytes(bytes);
+            self.max = Some(self.max.map_or(m, |x| x.min(m)));
+        }
+        Ok(())
+    }
+}
+
+/// `window-assign`: see the module header.
+struct WindowAssign {
+    spec: spec::WindowAssign,
+    schema: SchemaRef,
+}
+
+impl WindowAssign {
+    /// The windows `[start, end)` that hold time `t`, appended to `out`.
+    fn windows(&self, t: i64, out: &mut Vec<(i64, i64)>) {
+        let (size, step) = (self.spec.size_ms, self.spec.step_ms);
+        match self.spec.kind {
+            crate::script::WindowKind::Tumble => {
+                let start = t - t.rem_euclid(size);
+                out.push((start, start + size));
+            }
+            crate::script::WindowKind::Hop => {
+                let mut start = t - t.rem_euclid(step);
+                while start > t - size {
+                    out.push((start, start + size));
+                    start -= step;
+                }
+            }
+            crate::script::WindowKind::Cumulate => {
+                let start = t - t.rem_euclid(size);
+                let mut end = start + step;
+                while end <= start + size {
+                    if end > t {
+                        out.push((start, end));
+                    }
+                    end += step;
+                }
+            }
+        }
+    }
+}
+
+impl Operator for WindowAssign {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let times = epoch_millis(batch.column(self.spec.time))?;
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        let (mut starts, mut ends) = (Vec::with_capacity(batch.num_rows()), Vec::with_capacity(batch.num_rows()));
+        let mut windows = Vec::new();
+        for (r, t) in times.iter().enumerate() {
+            // A row without a time is in no window.
+            let Some(t) = t else { continue };
+            windows.clear();
+            self.windows(t, &mut windows);
+            for &(start, end) in &windows {
+                rows.push(r as u32);
+                starts.push(start);
+                ends.push(end);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let indices = UInt32Array::from(rows);
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        let visible = batch.num_columns();
+        for c in batch.columns().iter().take(visible) {
+            columns.push(arrow_select::take::take(c, &indices, None)?);
+        }
+        let ts = |v: Vec<i64>| -> ArrayRef { Arc::new(arrow_array::TimestampMillisecondArray::from(v)) };
+        let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
+        columns.push(ts(starts));
+        columns.push(ts(ends));
+        columns.push(ts(times));
+        out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// Reads the key bytes [`encode_keys`] wrote back into columns of `types`.
+fn decode_keys(keys: &[&[u8]], types: &[DataType]) -> OpResult<Vec<ArrayRef>> {
+    let corrupt = || OperatorError::Failed("corrupt group key in window state".into());
+    let mut builders: Vec<Vec<Option<Scalar>>> = vec![Vec::with_capacity(keys.len()); types.len()];
+    let mut bytes_builders: Vec<Vec<Option<Vec<u8>>>> = vec![Vec::new(); types.len()];
+    for key in keys {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> OpResult<&[u8]> {
+            let s = key.get(at..at + n).ok_or_else(corrupt)?;
+            at += n;
+            Ok(s)
+        };
+        for (i, t) in types.iter().enumerate() {
+            let valid = take(1)?[0] == 1;
+            if !valid {
+                builders[i].push(None);
+                bytes_builders[i].push(None);
+                continue;
+            }
+            let v = if t.is_integer() || t.is_temporal() {
+                Scalar::Int(i64::from_le_bytes(take(8)?.try_into().expect("8 bytes")))
+            } else if t.is_floating() {
+                Scalar::Float(f64::from_bits(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))))
+            } else if matches!(t, DataType::Boolean) {
+                Scalar::Bool(take(1)?[0] == 1)
+            } else if matches!(t, DataType::Decimal128(..)) {
+                Scalar::Decimal(i128::from_le_bytes(take(16)?.try_into().expect("16 bytes")))
+            } else {
+                let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+                let raw = take(len)?.to_vec();
+                if matches!(t, DataType::Binary) {
+                    bytes_builders[i].push(Some(raw));
+                    builders[i].push(None);
+                    continue;
+                }
+                Scalar::Text(String::from_utf8(raw).map_err(|_| corrupt())?)
+            };
+            builders[i].push(Some(v));
+            bytes_builders[i].push(None);
+        }
+    }
+    let mut out = Vec::with_capacity(types.len());
+    for (i, t) in types.iter().enumerate() {
+        let column: ArrayRef = if matches!(t, DataType::Binary) {
+            Arc::new(BinaryArray::from_iter(bytes_builders[i].iter().map(|b| b.as_deref())))
+        } else {
+            scalars_to_array(builders[i].iter().map(|v| v.as_ref()), t)?
+        };
+        out.push(if column.data_type() != t { cast_to(&column, t)? } else { column });
+    }
+    Ok(out)
+}
+
+/// `window-aggregate`: see the module header.
+struct WindowAggregate {
+    spec: spec::WindowAggregate,
+    outputs: Vec<DataType>,
+    key_types: Vec<DataType>,
+    key_column: usize,
+    schema: SchemaRef,
+    state: StateBackend,
+    max_parallelism: u32,
+    /// Windows with state, by end: the group keys (window included) waiting for the watermark.
+    /// Rebuilt from the state backend on first use after a restore.
+    pending: Option<std::collections::BTreeMap<i64, Vec<Vec<u8>>>>,
+    /// The last watermark seen: rows of windows ending at or before it are late.
+    watermark: i64,
+    late_rows: u64,
+}
+
+/// The state names of a window aggregate: accumulators per group key, and the index of pending
+/// windows (key: the window's end, big-endian, then the group key).
+const WINDOW_STATE: &str = "sql-window";
+const WINDOW_PENDING: &str = "sql-window-pending";
+
+impl WindowAggregate {
+    fn new(
+        spec: spec::WindowAggregate,
+        input: &SchemaRef,
+        schema: SchemaRef,
+        state: StateBackend,
+        max_parallelism: u32,
+    ) -> Result<Self, String> {
+        let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
+        let outputs = spec
+            .aggregates
+            .iter()
+            .map(|a| a.output.parse::<DataType>().map_err(|e| format!("aggregate type {}: {e}", a.output)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if spec.aggregates.iter().any(|a| a.distinct) {
+            return Err("COUNT(DISTINCT) in a window aggregate is not supported yet".into());
+        }
+        let key_types = schema.fields().iter().take(spec.keys).map(|f| f.data_type().clone()).collect();
+        Ok(Self { spec, outputs, key_types, key_column, schema, state, max_parallelism, pending: None, watermark: i64::MIN, late_rows: 0 })
+    }
+
+    fn composite(&self, state: &str, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(key.len() + 24);
+        composite_key(&mut out, key_group(key, self.max_parallelism), state, key, &[]);
+        out
+    }
+
+    /// The pending index entry of a group key whose window ends at `end`: stored under the
+    /// group key's key group, so it moves with the group when the job is rescaled.
+    fn pending_key(&self, key: &[u8], end: i64) -> Vec<u8> {
+        let mut inner = Vec::with_capacity(key.len() + 8);
+        inner.extend_from_slice(&end.to_be_bytes());
+        inner.extend_from_slice(key);
+        let mut out = Vec::with_capacity(inner.len() + 24);
+        composite_key(&mut out, key_group(key, self.max_parallelism), WINDOW_PENDING, &inner, &[]);
+        out
+    }
+
+    /// The index of pending windows, read from the state backend the first time.
+    fn pending(&mut self) -> OpResult<&mut std::collections::BTreeMap<i64, Vec<Vec<u8>>>> {
+        if self.pending.is_none() {
+            let mut index: std::collections::BTreeMap<i64, Vec<Vec<u8>>> = std::collections::BTreeMap::new();
+            let range = self.state.keyed().key_group_range();
+            for kg in range.start..range.end {
+                let mut prefix = Vec::new();
+                prefix.extend_from_slice(&(kg as u16).to_be_bytes());
+                prefix.push(WINDOW_PENDING.len() as u8);
+                prefix.extend_from_slice(WINDOW_PENDING.as_bytes());
+                for (k, _) in self.state.keyed().scan_prefix(&prefix).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))? {
+                    // kg (2) + name length (1) + name + key length (4) + key (end + group key) + namespace length (2).
+                    let start = prefix.len() + 4;
+                    let inner = k
+                        .get(start..k.len().saturating_sub(2))
+                        .filter(|i| i.len() >= 8)
+                        .ok_or_else(|| OperatorError::Failed("corrupt window index entry".into()))?;
+                    let end = i64::from_be_bytes(inner[..8].try_into().expect("8 bytes"));
+                    index.entry(end).or_default().push(inner[8..].to_vec());
+                }
+            }
+            self.pending = Some(index);
+        }
+        Ok(self.pending.as_mut().expect("set above"))
+    }
+
+    /// Emits and drops every window that ends at or before `watermark` + 1.
+    fn fire(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        let due: Vec<(i64, Vec<Vec<u8>>)> = {
+            let pending = self.pending()?;
+            let later = pending.split_off(&watermark.saturating_add(2));
+            let due = std::mem::replace(pending, later);
+            due.into_iter().collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<(i64, Vec<u8>)> = due.into_iter().flat_map(|(end, keys)| keys.into_iter().map(move |k| (end, k))).collect();
+        let composite: Vec<Vec<u8>> = keys.iter().map(|(_, k)| self.composite(WINDOW_STATE, k)).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let mut accs: Vec<Vec<Acc>> = Vec::with_capacity(stored.len());
+        let mut rows: Vec<&[u8]> = Vec::with_capacity(stored.len());
+        for ((_, key), v) in keys.iter().zip(stored) {
+            if let Some(bytes) = v {
+                accs.push(postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt window state: {e}")))?);
+                rows.push(key);
+            }
+        }
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = composite.into_iter().map(|k| (k, None)).collect();
+        writes.extend(keys.iter().map(|(end, k)| (self.pending_key(k, *end), None)));
+        self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut columns = decode_keys(&rows, &self.key_types)?;
+        let values: Vec<&[Acc]> = accs.iter().map(Vec::as_slice).collect();
+        for j in 0..self.spec.aggregates.len() {
+            columns.push(result_column(&self.outputs[j], j, &values)?);
+        }
+        out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+impl Operator for WindowAggregate {
+    fn process_batch(&mut self, batch: RecordBatch, _out: &mut dyn Collector) -> OpResult {
+        // Load the index of pending windows before this batch adds to the state it is read from.
+        self.pending()?;
+        let rows = batch.num_rows();
+        let keys = batch
+            .column(self.key_column)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| OperatorError::Failed("the key column is not binary".into()))?
+            .clone();
+        let ends = epoch_millis(batch.column(self.spec.window_end))?;
+        let mut slot_of: hashbrown::HashMap<&[u8], u32> = hashbrown::HashMap::with_capacity(rows);
+        let mut first_row: Vec<u32> = Vec::new();
+        let mut row_slot: Vec<Option<u32>> = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let end = ends.value(r);
+            if end.saturating_sub(1) <= self.watermark {
+                self.late_rows += 1;
+                row_slot.push(None);
+                continue;
+            }
+            let next = first_row.len() as u32;
+            let slot = *slot_of.entry(keys.value(r)).or_insert(next);
+            if slot == next {
+                first_row.push(r as u32);
+            }
+            row_slot.push(Some(slot));
+        }
+        if first_row.is_empty() {
+            return Ok(());
+        }
+        let composite: Vec<Vec<u8>> = first_row.iter().map(|&r| self.composite(WINDOW_STATE, keys.value(r as usize))).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let fresh: Vec<Acc> = self.spec.aggregates.iter().zip(&self.outputs).map(|(a, t)| Acc::new(a.function, t)).collect();
+        let mut accs = Vec::with_capacity(stored.len());
+        let mut new_windows = Vec::new();
+        for (slot, v) in stored.into_iter().enumerate() {
+            accs.push(match v {
+                Some(bytes) => {
+                    postcard::from_bytes::<Vec<Acc>>(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt window state: {e}")))?
+                }
+                None => {
+                    new_windows.push(slot);
+                    fresh.clone()
+                }
+            });
+        }
+        for (j, agg) in self.spec.aggregates.iter().enumerate() {
+            let arg = ArgColumn::new(agg.arg.map(|i| batch.column(i)))?;
+            for r in 0..rows {
+                if let Some(slot) = row_slot[r] {
+                    accs[slot as usize][j].fold(&arg, r);
+                }
+            }
+        }
+        let mut writes = Vec::with_capacity(accs.len() + new_windows.len());
+        for (slot, acc) in accs.iter().enumerate() {
+            let bytes = postcard::to_allocvec(acc).map_err(|e| OperatorError::Failed(format!("cannot encode window state: {e}")))?;
+            writes.push((composite[slot].clone(), Some(bytes)));
+        }
+        let mut added = Vec::with_capacity(new_windows.len());
+        for slot in new_windows {
+            let r = first_row[slot] as usize;
+            let (key, end) = (keys.value(r).to_vec(), ends.value(r));
+            writes.push((self.pending_key(&key, end), Some(Vec::new())));
+            added.push((end, key));
+        }
+        self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let pending = self.pending()?;
+        for (end, key) in added {
+            pending.entry(end).or_default().push(key);
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.fire(watermark, out)?;
+        }
+        if self.late_rows > 0 {
+            tracing::debug!(late_rows = self.late_rows, "window aggregate dropped late rows");
+        }
+        out.emit_watermark(watermark)
+    }
+}
+
+impl KeyedOperator for WindowAggregate {
+    fn keyed_state(&mut self) -> &mut StateBackend {
+        &mut self.state
     }
 }

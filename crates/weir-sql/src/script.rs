@@ -12,7 +12,7 @@ use datafusion_sql::sqlparser::ast::{self, Query};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::keywords::Keyword;
 use datafusion_sql::sqlparser::parser::{IsOptional, Parser, ParserError};
-use datafusion_sql::sqlparser::tokenizer::{Location, Token};
+use datafusion_sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 /// A statement with the location of its first token.
 #[derive(Debug, Clone)]
@@ -100,11 +100,49 @@ pub struct Insert {
     pub query: Box<Query>,
 }
 
-/// Parses a whole script: statements separated by `;` (the last one may go without).
+/// A window table-valued function as a query wrote it:
+/// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' SECOND))` (or `HOP` with a slide and a
+/// size, `CUMULATE` with a step and a maximum size). sqlparser cannot parse the `TABLE t` and
+/// `DESCRIPTOR(ts)` arguments, so [`parse_script`] replaces the whole call by a table name of
+/// its own ([`WindowTvf::name`]) before parsing, and the planner reads that table as `t` with
+/// the window columns added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowTvf {
+    /// The name the call was replaced by (`__window_1`, ...).
+    pub name: String,
+    pub kind: WindowKind,
+    /// The table or view the windows are over.
+    pub table: String,
+    /// The time column (`DESCRIPTOR(ts)`).
+    pub time_column: String,
+    /// Window size (TUMBLE, HOP) or maximum size (CUMULATE), in milliseconds.
+    pub size_ms: i64,
+    /// HOP's slide or CUMULATE's step, in milliseconds; the size for TUMBLE.
+    pub step_ms: i64,
+    pub at: Location,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Tumble,
+    Hop,
+    Cumulate,
+}
+
+/// Parses a whole script: statements separated by `;` (the last one may go without), and the
+/// window table-valued functions its queries call.
 pub fn parse_script(text: &str, origin: &str) -> Result<Vec<Located<Statement>>, SqlError> {
+    parse_script_with_windows(text, origin).map(|(s, _)| s)
+}
+
+/// [`parse_script`], with the window functions the script's queries call.
+pub fn parse_script_with_windows(text: &str, origin: &str) -> Result<(Vec<Located<Statement>>, Vec<WindowTvf>), SqlError> {
     let dialect = GenericDialect {};
     let start = Location::new(1, 1);
-    let mut parser = Parser::new(&dialect).try_with_sql(text).map_err(|e| SqlError::parser(origin, e, start))?;
+    let tokens = Tokenizer::new(&dialect, text).tokenize_with_location().map_err(|e| SqlError::parser(origin, e.into(), start))?;
+    let (tokens, windows) = rewrite_window_tvfs(tokens).map_err(|(at, m)| SqlError::new(origin, Some(at), m))?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut statements = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -120,7 +158,143 @@ pub fn parse_script(text: &str, origin: &str) -> Result<Vec<Located<Statement>>,
             return Err(SqlError::new(origin, Some(end.span.start), format!("expected ';' after the statement, found {}", end.token)));
         }
     }
-    Ok(statements)
+    Ok((statements, windows))
+}
+
+/// Replaces every `TABLE(TUMBLE|HOP|CUMULATE(TABLE t, DESCRIPTOR(c), INTERVAL ..., ...))` by
+/// one word token, `__window_<n>`, at the location of its `TABLE`.
+fn rewrite_window_tvfs(tokens: Vec<TokenWithSpan>) -> Result<(Vec<TokenWithSpan>, Vec<WindowTvf>), (Location, String)> {
+    // The call is matched on the tokens the parser looks at (not whitespace or comments);
+    // everything else is kept as it was.
+    let all = tokens;
+    let positions: Vec<usize> = (0..all.len()).filter(|&j| !matches!(all[j].token, Token::Whitespace(_))).collect();
+    let tokens: Vec<TokenWithSpan> = positions.iter().map(|&j| all[j].clone()).collect();
+    let mut out = Vec::with_capacity(all.len());
+    let mut windows = Vec::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < tokens.len() {
+        let is_word = |j: usize, w: &str| matches!(tokens.get(j).map(|t| &t.token), Some(Token::Word(x)) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+        let kind = if is_word(i + 2, "TUMBLE") {
+            Some(WindowKind::Tumble)
+        } else if is_word(i + 2, "HOP") {
+            Some(WindowKind::Hop)
+        } else if is_word(i + 2, "CUMULATE") {
+            Some(WindowKind::Cumulate)
+        } else {
+            None
+        };
+        let opens = is_word(i, "TABLE")
+            && tokens.get(i + 1).is_some_and(|t| t.token == Token::LParen)
+            && tokens.get(i + 3).is_some_and(|t| t.token == Token::LParen);
+        let Some(kind) = kind.filter(|_| opens) else {
+            i += 1;
+            continue;
+        };
+        let at = tokens[i].span.start;
+        let mut cursor = TvfCursor { tokens: &tokens, at: i + 4 };
+        let what = match kind {
+            WindowKind::Tumble => "TUMBLE(TABLE t, DESCRIPTOR(time_column), INTERVAL size)",
+            WindowKind::Hop => "HOP(TABLE t, DESCRIPTOR(time_column), INTERVAL slide, INTERVAL size)",
+            WindowKind::Cumulate => "CUMULATE(TABLE t, DESCRIPTOR(time_column), INTERVAL step, INTERVAL max_size)",
+        };
+        let bad = |loc: Location, found: &str| (loc, format!("expected {what}, found {found}"));
+        cursor.word("TABLE").map_err(|(l, f)| bad(l, &f))?;
+        let table = cursor.ident().map_err(|(l, f)| bad(l, &f))?;
+        cursor.token(&Token::Comma).map_err(|(l, f)| bad(l, &f))?;
+        cursor.word("DESCRIPTOR").map_err(|(l, f)| bad(l, &f))?;
+        cursor.token(&Token::LParen).map_err(|(l, f)| bad(l, &f))?;
+        let time_column = cursor.ident().map_err(|(l, f)| bad(l, &f))?;
+        cursor.token(&Token::RParen).map_err(|(l, f)| bad(l, &f))?;
+        cursor.token(&Token::Comma).map_err(|(l, f)| bad(l, &f))?;
+        let first = cursor.interval()?;
+        let (size_ms, step_ms) = if kind == WindowKind::Tumble {
+            (first, first)
+        } else {
+            cursor.token(&Token::Comma).map_err(|(l, f)| bad(l, &f))?;
+            let second = cursor.interval()?;
+            (second, first)
+        };
+        cursor.token(&Token::RParen).map_err(|(l, f)| bad(l, &f))?;
+        cursor.token(&Token::RParen).map_err(|(l, f)| bad(l, &f))?;
+        if step_ms <= 0 || size_ms <= 0 || size_ms % step_ms != 0 {
+            return Err((at, format!("{what}: the size must be a positive multiple of the slide or step")));
+        }
+        let name = format!("__window_{}", windows.len() + 1);
+        windows.push(WindowTvf { name: name.clone(), kind, table, time_column, size_ms, step_ms, at });
+        out.extend_from_slice(&all[copied..positions[i]]);
+        let mut word = tokens[i].clone();
+        word.token = Token::make_word(&name, None);
+        out.push(word);
+        copied = positions[cursor.at - 1] + 1;
+        i = cursor.at;
+    }
+    out.extend_from_slice(&all[copied..]);
+    Ok((out, windows))
+}
+
+/// Reads the arguments of a window function, token by token.
+struct TvfCursor<'a> {
+    tokens: &'a [TokenWithSpan],
+    at: usize,
+}
+
+impl TvfCursor<'_> {
+    fn next(&mut self) -> Result<&TokenWithSpan, (Location, String)> {
+        let t = self.tokens.get(self.at).ok_or((Location::new(0, 0), "the end of the script".to_string()))?;
+        self.at += 1;
+        Ok(t)
+    }
+
+    fn word(&mut self, w: &str) -> Result<(), (Location, String)> {
+        let t = self.next()?;
+        match &t.token {
+            Token::Word(x) if x.value.eq_ignore_ascii_case(w) => Ok(()),
+            other => Err((t.span.start, other.to_string())),
+        }
+    }
+
+    fn token(&mut self, want: &Token) -> Result<(), (Location, String)> {
+        let t = self.next()?;
+        if &t.token == want {
+            Ok(())
+        } else {
+            Err((t.span.start, t.token.to_string()))
+        }
+    }
+
+    fn ident(&mut self) -> Result<String, (Location, String)> {
+        let t = self.next()?;
+        match &t.token {
+            Token::Word(x) => Ok(x.value.clone()),
+            other => Err((t.span.start, other.to_string())),
+        }
+    }
+
+    /// `INTERVAL '10' SECOND` (or SECONDS, MINUTE(S), HOUR(S), DAY(S), MILLISECOND(S)), in
+    /// milliseconds.
+    fn interval(&mut self) -> Result<i64, (Location, String)> {
+        let start = self.tokens.get(self.at).map(|t| t.span.start).unwrap_or(Location::new(0, 0));
+        let bad = |m: String| (start, m);
+        self.word("INTERVAL").map_err(|(l, f)| (l, format!("expected INTERVAL '<n>' <unit>, found {f}")))?;
+        let t = self.next()?;
+        let n: i64 = match &t.token {
+            Token::SingleQuotedString(v) | Token::Number(v, _) => {
+                v.trim().parse().map_err(|_| bad(format!("'{v}' is not a whole number")))?
+            }
+            other => return Err((t.span.start, format!("expected the interval's number in quotes, found {other}"))),
+        };
+        let unit = self.ident()?.to_ascii_uppercase();
+        let ms = match unit.trim_end_matches('S') {
+            "MILLISECOND" => 1,
+            "SECOND" => 1_000,
+            "MINUTE" => 60_000,
+            "HOUR" => 3_600_000,
+            "DAY" => 86_400_000,
+            _ => return Err(bad(format!("unsupported interval unit {unit} (SECOND, MINUTE, HOUR, DAY or MILLISECOND)"))),
+        };
+        n.checked_mul(ms).ok_or_else(|| bad("the interval is too long".into()))
+    }
 }
 
 /// Whether the next token is the (unreserved) word `word`.
@@ -422,6 +596,27 @@ mod tests {
         assert_eq!(set[1].item.columns, vec!["x".to_string()]);
         assert!(matches!(&s[5].item, Statement::Reset { key: Some(_) }));
         assert_eq!((s[3].at.line, s[3].at.column), (11, 1));
+    }
+
+    #[test]
+    fn window_functions_become_tables_of_their_own() {
+        let text =
+            "INSERT INTO s SELECT window_start, COUNT(*) FROM TABLE(\n  TUMBLE(TABLE bids, DESCRIPTOR(bidtime), INTERVAL '10' MINUTES))\n\
+                    GROUP BY window_start, window_end;\n\
+                    SELECT * FROM TABLE(HOP(TABLE t, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)) AS w";
+        let (s, w) = parse_script_with_windows(text, "t.sql").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].kind, w[0].table.as_str(), w[0].time_column.as_str(), w[0].size_ms, w[0].step_ms),
+            (WindowKind::Tumble, "bids", "bidtime", 600_000, 600_000)
+        );
+        assert_eq!((w[1].kind, w[1].size_ms, w[1].step_ms), (WindowKind::Hop, 10_000, 5_000));
+        assert_eq!((w[0].at.line, w[0].at.column), (1, 50));
+        let Statement::Insert(i) = &s[0].item else { panic!("insert expected") };
+        assert!(i.query.to_string().contains("FROM __window_1"), "{}", i.query);
+        let e = parse_script_with_windows("SELECT * FROM TABLE(TUMBLE(TABLE t, ts, INTERVAL '1' SECOND))", "t.sql").unwrap_err();
+        assert!(e.message.contains("expected TUMBLE(TABLE t, DESCRIPTOR(time_column), INTERVAL size), found ts"), "{e}");
     }
 
     #[test]
