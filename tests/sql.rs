@@ -395,42 +395,86 @@ fn a_sql_window_aggregate_keeps_exactly_once_results_across_taskmanager_kills() 
     assert_eq!(got, expected);
 }
 
-/// Stop a SQL aggregate with a savepoint at parallelism 1 and resume it at parallelism 2: the
-/// groups' state is split by key group, and the two runs' changelogs together apply to the
-/// exact totals.
-#[test]
-fn a_sql_aggregate_resumes_from_a_savepoint_at_another_parallelism() {
+/// Runs `script(1, out)` on a cluster, stops it with a savepoint once a checkpoint completed,
+/// and resumes `script(2, out)` from the savepoint; checks that the resumed job's `operator`
+/// runs at parallelism 2. Returns the files the first run committed and then those of the
+/// second, each in order.
+fn stop_and_resume_at_parallelism_2(operator: &str, script: impl Fn(u32, &Path) -> String) -> (Vec<String>, Vec<String>) {
     let cluster = Cluster::start(1, 3, &[]);
-    let rows = 6_000;
     // Both runs write into the same folder: the savepoint's pending files are committed there.
     let out = cluster.dir.path().join("out");
-    let first = cluster.write("first.sql", &totals_script(rows, 1_000, 1, out.to_str().unwrap()));
+    let first = cluster.write("first.sql", &script(1, &out));
     let id = cluster.submit(&first, &[]);
     cluster.wait_for_state(&id, "RUNNING");
-    wait_for("a completed checkpoint", || (completed_checkpoints(&cluster, &id) > 0).then_some(()));
+    wait_for("output committed by a checkpoint", || committed_files_in_order(&out).iter().any(|(_, l)| !l.is_empty()).then_some(()));
     let savepoints = cluster.dir.path().join("savepoints");
     let stop = cluster.weir(&["stop", &id, "--savepoint-dir", savepoints.to_str().unwrap(), "--output", "json"]);
     assert!(stop.status.success(), "stop: {}", String::from_utf8_lossy(&stop.stderr));
     let v: serde_json::Value = serde_json::from_slice(&stop.stdout).unwrap();
     let savepoint = v["path"].as_str().unwrap_or_else(|| panic!("no savepoint path in {v}")).to_string();
     let first_run = committed_files_in_order(&out);
-    let first_lines: Vec<String> = first_run.iter().flat_map(|(_, l)| l.clone()).collect();
-    assert!(!first_lines.is_empty(), "the first run committed nothing before its savepoint");
-    assert!(apply_debezium(&first_lines) != expected_totals(rows), "the first run finished before it was stopped");
-
-    let second = cluster.write("second.sql", &totals_script(rows, 1_000, 2, out.to_str().unwrap()));
+    let second = cluster.write("second.sql", &script(2, &out));
     let run = cluster.weir(&["run", second.to_str().unwrap(), "-s", &savepoint, "--output", "json"]);
     assert!(run.status.success(), "resume: {}", String::from_utf8_lossy(&run.stderr));
     let status: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(status["state"], "FINISHED", "{status}");
-    let aggregate =
-        status["vertices"].as_array().unwrap().iter().find(|v| v["name"].as_str().unwrap_or("").contains("group-aggregate")).cloned();
-    assert_eq!(aggregate.map(|v| v["parallelism"].clone()), Some(serde_json::json!(2)), "{status}");
-    // The first run's changes, then the second's.
-    let first_names: std::collections::HashSet<String> = first_run.into_iter().map(|(name, _)| name).collect();
-    let second_lines = committed_files_in_order(&out).into_iter().filter(|(name, _)| !first_names.contains(name)).flat_map(|(_, l)| l);
-    let all: Vec<String> = first_lines.into_iter().chain(second_lines).collect();
+    let vertex = status["vertices"].as_array().unwrap().iter().find(|v| v["name"].as_str().unwrap_or("").contains(operator)).cloned();
+    assert_eq!(vertex.map(|v| v["parallelism"].clone()), Some(serde_json::json!(2)), "{status}");
+    let first_names: std::collections::HashSet<String> = first_run.iter().map(|(name, _)| name.clone()).collect();
+    let second_lines =
+        committed_files_in_order(&out).into_iter().filter(|(name, _)| !first_names.contains(name)).flat_map(|(_, l)| l).collect();
+    (first_run.into_iter().flat_map(|(_, l)| l).collect(), second_lines)
+}
+
+/// Stop a SQL aggregate with a savepoint at parallelism 1 and resume it at parallelism 2: the
+/// groups' state is split by key group, and the two runs' changelogs together apply to the
+/// exact totals.
+#[test]
+fn a_sql_aggregate_resumes_from_a_savepoint_at_another_parallelism() {
+    let rows = 6_000;
+    let (first, second) =
+        stop_and_resume_at_parallelism_2("group-aggregate", |p, out| totals_script(rows, 1_000, p, out.to_str().unwrap()));
+    assert!(!first.is_empty(), "the first run committed nothing before its savepoint");
+    assert!(apply_debezium(&first) != expected_totals(rows), "the first run finished before it was stopped");
+    let all: Vec<String> = first.into_iter().chain(second).collect();
     assert_eq!(apply_debezium(&all), expected_totals(rows));
+}
+
+/// The same for a window aggregate: windows open at the savepoint are restored into the
+/// subtasks that own their key groups, and every window is emitted exactly once over the two
+/// runs.
+#[test]
+fn a_sql_window_aggregate_resumes_from_a_savepoint_at_another_parallelism() {
+    let rows = 6_000i64;
+    let script = |p: u32, out: &Path| {
+        format!(
+            "SET 'parallelism.default' = '{p}';\n\
+             SET 'execution.checkpointing.interval' = '200ms';\n\
+             CREATE TABLE gen (id BIGINT, ts AS TO_TIMESTAMP_MILLIS(id * 10), WATERMARK FOR ts AS ts)\n\
+             WITH ('connector' = 'datagen', 'scan.parallelism' = '1', 'rows-per-second' = '1000', 'fields.id.kind' = 'sequence', \
+             'fields.id.start' = '1', 'fields.id.end' = '{rows}');\n\
+             CREATE TABLE windows (window_start STRING, k BIGINT, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'csv');\n\
+             INSERT INTO windows SELECT CAST(window_start AS STRING), id % 3, COUNT(*)\n\
+             FROM TABLE(TUMBLE(TABLE gen, DESCRIPTOR(ts), INTERVAL '5' SECONDS)) GROUP BY window_start, window_end, id % 3;\n",
+            out.display()
+        )
+    };
+    let (first, second) = stop_and_resume_at_parallelism_2("window-aggregate", script);
+    assert!(!first.is_empty(), "the first run emitted no window before its savepoint");
+    let mut windows: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for id in 1..=rows {
+        *windows.entry((id * 10 / 5_000, id % 3)).or_default() += 1;
+    }
+    assert!(first.len() < windows.len(), "the first run finished before it was stopped");
+    let epoch = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
+    let mut expected: Vec<String> = windows
+        .iter()
+        .map(|((w, k), n)| format!("{},{k},{n}", (epoch + chrono::Duration::seconds(w * 5)).format("%Y-%m-%dT%H:%M:%S")))
+        .collect();
+    expected.sort();
+    let mut got: Vec<String> = first.into_iter().chain(second).collect();
+    got.sort();
+    assert_eq!(got, expected);
 }
 
 /// Event time: a tumbling window closes when the watermark passes its end. The source reads
