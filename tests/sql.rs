@@ -146,6 +146,11 @@ fn bad_scripts_fail_naming_line_column_and_what_is_wrong() {
         ("INSERT INTO s SELECT a FROM t WHERE;", "job.sql:3:36: Expected: an expression"),
         ("DROP TABLE t;", "job.sql:3:1: unsupported statement starting with DROP"),
         (
+            "INSERT INTO s SELECT t.a FROM t LEFT JOIN t AS u ON t.a = u.a;",
+            "job.sql:3:1: Left joins are not supported yet (only inner joins)",
+        ),
+        ("INSERT INTO s SELECT t.a FROM t JOIN t AS u ON t.a < u.a;", "job.sql:3:1: a join needs an equality between the two sides"),
+        (
             "CREATE TABLE f (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '/tmp/x', 'format' = 'csv');\n\
              INSERT INTO f SELECT COUNT(*) FROM t GROUP BY b;",
             "job.sql:4:1: table 'f' (connector 'filesystem') only takes appended rows",

@@ -620,7 +620,7 @@ impl<'a> GraphBuilder<'a> {
                 let group: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
                 self.aggregate(input, &group, &[], input.schema())
             }
-            LogicalPlan::Join(_) => Err(PlanError::msg("joins are not supported yet")),
+            LogicalPlan::Join(j) => self.join(j),
             LogicalPlan::Sort(_) => Err(PlanError::msg("ORDER BY is not supported on a stream: its result would never be final")),
             LogicalPlan::Limit(_) => Err(PlanError::msg("LIMIT is not supported on a stream")),
             LogicalPlan::Union(_) => Err(PlanError::msg("UNION is not supported yet")),
@@ -749,6 +749,99 @@ impl<'a> GraphBuilder<'a> {
         let op = self.operator(name, Self::sql_spec("window-assign", false, &spec), schema.clone());
         self.push(input.vertex, op);
         Ok(Stream { vertex: input.vertex, schema, updating: false, windowed: true })
+    }
+
+    /// A regular inner join on equal keys: both inputs become rows of one schema (the left
+    /// columns, the right columns with the other side's left NULL, a side marker, the join key
+    /// columns), hash-partitioned by the key into one `join` operator, which keeps each side's
+    /// rows per key in keyed state and emits every new pair. Conditions other than equalities
+    /// filter the pairs afterwards.
+    fn join(&mut self, j: &datafusion_expr::logical_plan::Join) -> Result<Stream, PlanError> {
+        use datafusion_expr::{JoinType, Operator as Op};
+        if j.join_type != JoinType::Inner {
+            return Err(PlanError::msg(format!("{} joins are not supported yet (only inner joins)", j.join_type)));
+        }
+        let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
+        // DataFusion leaves `a.x = b.y` in the join's filter until its optimizer runs: take the
+        // equalities between the two sides out of it.
+        let mut on: Vec<(Expr, Expr)> = j.on.clone();
+        let mut rest = Vec::new();
+        if let Some(f) = &j.filter {
+            for c in datafusion_expr::utils::split_conjunction(f) {
+                let side =
+                    |e: &Expr, schema: &DFSchema| e.column_refs().iter().all(|c| schema.has_column(c)) && !e.column_refs().is_empty();
+                match c {
+                    Expr::BinaryExpr(b) if b.op == Op::Eq && side(&b.left, &ls) && side(&b.right, &rs) => {
+                        on.push((*b.left.clone(), *b.right.clone()))
+                    }
+                    Expr::BinaryExpr(b) if b.op == Op::Eq && side(&b.left, &rs) && side(&b.right, &ls) => {
+                        on.push((*b.right.clone(), *b.left.clone()))
+                    }
+                    other => rest.push(other.clone()),
+                }
+            }
+        }
+        if on.is_empty() {
+            return Err(PlanError::msg(
+                "a join needs an equality between the two sides (JOIN ... ON a.k = b.k): Weir does not run cross joins",
+            ));
+        }
+        let left = self.translate(&j.left)?;
+        let right = self.translate(&j.right)?;
+        if left.updating || right.updating {
+            return Err(PlanError::msg("a join of an updating result (an aggregate) is not supported yet"));
+        }
+        let nullable = |f: &Field| f.clone().with_nullable(true);
+        let (nl, nr) = (left.schema.fields().len(), right.schema.fields().len());
+        let mut union: Vec<Field> = j.schema.fields().iter().map(|f| nullable(f)).collect();
+        union.push(Field::new("__side", DataType::Int8, false));
+        for (i, (l, _)) in on.iter().enumerate() {
+            let (ty, _) = crate::planner::type_of(l, &ls)?;
+            union.push(Field::new(format!("__k{i}"), ty, true));
+        }
+        let keys: Vec<usize> = (nl + nr + 1..union.len()).collect();
+        let mut inputs = Vec::new();
+        for (side, (stream, schema)) in [(&left, &ls), (&right, &rs)].into_iter().enumerate() {
+            let mut projections = Vec::new();
+            for (i, f) in union.iter().enumerate().take(nl + nr) {
+                let own = if side == 0 { i < nl } else { i >= nl };
+                let text = if own {
+                    format!("c{}", if side == 0 { i } else { i - nl })
+                } else {
+                    ShippedExpr::ship(
+                        &datafusion_expr::cast(Expr::Literal(datafusion_common::ScalarValue::Null, None), f.data_type().clone()),
+                        schema,
+                    )?
+                };
+                projections.push((text, f.clone()));
+            }
+            projections.push((
+                ShippedExpr::ship(&datafusion_expr::cast(datafusion_expr::lit(side as i64), DataType::Int8), schema)?,
+                union[nl + nr].clone(),
+            ));
+            for (i, (l, r)) in on.iter().enumerate() {
+                let e = if side == 0 { l.clone() } else { r.clone() };
+                let target = union[nl + nr + 1 + i].data_type().clone();
+                let e = if crate::planner::type_of(&e, schema)?.0 == target { e } else { datafusion_expr::cast(e, target) };
+                projections.push((ShippedExpr::ship(&e, schema)?, union[nl + nr + 1 + i].clone()));
+            }
+            let name = if side == 0 { "join-left" } else { "join-right" };
+            inputs.push(self.calc(stream, name, None, projections, Some(keys.clone())));
+        }
+        let schema: SchemaRef = Arc::new(Schema::new(j.schema.fields().iter().map(|f| nullable(f)).collect::<Vec<_>>()));
+        let spec = spec::Join { left: nl, right: nr };
+        let op = self.operator("join", Self::sql_spec("join", true, &spec), schema.clone());
+        let v = self.vertex(op, self.parallelism);
+        for input in &inputs {
+            self.edge(input.vertex, v, Partitioning::Hash { key: KEY.to_string() });
+        }
+        let mut stream = Stream { vertex: v, schema, updating: false, windowed: left.windowed || right.windowed };
+        if let Some(filter) = datafusion_expr::utils::conjunction(rest) {
+            let predicate = ShippedExpr::ship(&filter, &j.schema)?;
+            let projections = Self::identity(&stream);
+            stream = self.calc(&stream, "join-filter", Some(predicate), projections, None);
+        }
+        Ok(stream)
     }
 
     /// A vertex starting with `source` (which reads lines) and a `decode` of `format` into the

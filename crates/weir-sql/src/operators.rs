@@ -14,6 +14,11 @@
 //! - `debezium-encode`: rows as Flink's `debezium-json` changelog (`before`, `after`, `op`),
 //!   which the file sink writes as JSON lines.
 //! - `print`: Flink SQL's print connector, `+I[a, 1]` per row.
+//! - `join`: a regular inner join. Each side's rows are kept per join key in keyed state (one
+//!   list per key and side, with a count per distinct row); a batch reads the lists of every key
+//!   it touches with one `multi_get`, pairs each row with the other side's rows so far (rows of
+//!   the same batch included, in order), and writes the changed lists with one `write_batch`.
+//!   The state grows with the inputs, as a Flink regular join's does without a state TTL.
 //! - `watermark`: a table's `WATERMARK FOR` expression, evaluated per batch; its largest value
 //!   so far goes downstream as the watermark after each batch that advanced it.
 //! - `window-assign`: the windows of each row (TUMBLE, HOP, CUMULATE), one output row per window.
@@ -112,6 +117,14 @@ pub mod spec {
         pub step_ms: i64,
     }
 
+    /// A regular inner join. Its input rows hold `left` columns, then `right` columns (the other
+    /// side's NULL), a side marker (0 left, 1 right), the key columns and the hidden key.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Join {
+        pub left: usize,
+        pub right: usize,
+    }
+
     /// An aggregate per group and window, emitted once when the watermark passes the window's
     /// end: input columns `0..keys` are the group key, `window_end` the index among them of the
     /// window's end.
@@ -154,6 +167,10 @@ impl SqlOperators for SqlRuntime {
             "debezium-encode" => ChainOperator::Plain(Box::new(DebeziumEncode { schema: output })),
             "watermark" => ChainOperator::Plain(Box::new(WatermarkAssigner::new(parse(spec).map_err(bad)?, input, &op.uid).map_err(bad)?)),
             "window-assign" => ChainOperator::Plain(Box::new(WindowAssign { spec: parse(spec).map_err(bad)?, schema: output })),
+            "join" => {
+                let spec: spec::Join = parse(spec).map_err(bad)?;
+                ChainOperator::Keyed(Box::new(Join::new(spec, input, output, state()?, info.max_parallelism).map_err(bad)?))
+            }
             "window-aggregate" => {
                 let spec: spec::WindowAggregate = parse(spec).map_err(bad)?;
                 let agg = WindowAggregate::new(spec, input, output, state()?, info.max_parallelism).map_err(bad)?;
@@ -1315,6 +1332,127 @@ impl Operator for WindowAggregate {
 }
 
 impl KeyedOperator for WindowAggregate {
+    fn keyed_state(&mut self) -> &mut StateBackend {
+        &mut self.state
+    }
+}
+
+/// `join`: see the module header.
+struct Join {
+    left: usize,
+    side: usize,
+    key_column: usize,
+    types: Vec<DataType>,
+    schema: SchemaRef,
+    state: StateBackend,
+    max_parallelism: u32,
+}
+
+/// The state names of a join's sides: per key, the side's distinct rows and their counts.
+const JOIN_STATE: [&str; 2] = ["sql-join-left", "sql-join-right"];
+
+impl Join {
+    fn new(spec: spec::Join, input: &SchemaRef, schema: SchemaRef, state: StateBackend, max_parallelism: u32) -> Result<Self, String> {
+        let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
+        let side = spec.left + spec.right;
+        if input.fields().len() <= side || schema.fields().len() != side {
+            return Err(format!("the input's columns do not fit a join of {} and {} columns", spec.left, spec.right));
+        }
+        let types = schema.fields().iter().map(|f| f.data_type().clone()).collect();
+        Ok(Self { left: spec.left, side, key_column, types, schema, state, max_parallelism })
+    }
+
+    fn composite(&self, side: usize, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(key.len() + 24);
+        composite_key(&mut out, key_group(key, self.max_parallelism), JOIN_STATE[side], key, &[]);
+        out
+    }
+}
+
+/// One side's rows of one key: each distinct row's bytes and how many times it arrived.
+type JoinRows = Vec<(Vec<u8>, u64)>;
+
+impl Operator for Join {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let rows = batch.num_rows();
+        let sides = batch
+            .column(self.side)
+            .as_primitive_opt::<arrow_array::types::Int8Type>()
+            .ok_or_else(|| OperatorError::Failed("the join's side column is not TINYINT".into()))?
+            .clone();
+        let keys = batch
+            .column(self.key_column)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| OperatorError::Failed("the key column is not binary".into()))?
+            .clone();
+        // Each row's own columns as bytes, as the other side will read them from state.
+        let left = encode_keys(&batch.columns()[..self.left], rows)?;
+        let right = encode_keys(&batch.columns()[self.left..self.side], rows)?;
+        // The lists of every key of the batch, both sides, read at once.
+        let mut slot_of: hashbrown::HashMap<&[u8], usize> = hashbrown::HashMap::new();
+        let mut distinct: Vec<&[u8]> = Vec::new();
+        for r in 0..rows {
+            slot_of.entry(keys.value(r)).or_insert_with(|| {
+                distinct.push(keys.value(r));
+                distinct.len() - 1
+            });
+        }
+        let composite: Vec<Vec<u8>> =
+            (0..2).flat_map(|side| distinct.iter().map(move |k| (side, *k))).map(|(side, k)| self.composite(side, k)).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let mut lists: Vec<JoinRows> = Vec::with_capacity(stored.len());
+        for v in stored {
+            lists.push(match v {
+                Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt join state: {e}")))?,
+                None => Vec::new(),
+            });
+        }
+        let mut changed = vec![false; lists.len()];
+        // Output pairs: (left bytes, right bytes), in the order rows arrived.
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let n = distinct.len();
+        for r in 0..rows {
+            let slot = slot_of[keys.value(r)];
+            let side = match sides.value(r) {
+                0 => 0usize,
+                1 => 1,
+                other => return Err(OperatorError::Failed(format!("join side {other} is neither 0 nor 1"))),
+            };
+            // A key with a NULL in it joins nothing (SQL's NULL = NULL is not true).
+            if (self.side + 1..self.key_column).any(|k| batch.column(k).is_null(r)) {
+                continue;
+            }
+            let own_bytes = if side == 0 { left.value(r) } else { right.value(r) };
+            let (own, other) = (side * n + slot, (1 - side) * n + slot);
+            for (other_row, count) in &lists[other] {
+                for _ in 0..*count {
+                    pairs.push(if side == 0 { (own_bytes.to_vec(), other_row.clone()) } else { (other_row.clone(), own_bytes.to_vec()) });
+                }
+            }
+            match lists[own].iter_mut().find(|(row, _)| row.as_slice() == own_bytes) {
+                Some((_, count)) => *count += 1,
+                None => lists[own].push((own_bytes.to_vec(), 1)),
+            }
+            changed[own] = true;
+        }
+        let mut writes = Vec::new();
+        for (i, list) in lists.iter().enumerate().filter(|(i, _)| changed[*i]) {
+            let bytes = postcard::to_allocvec(list).map_err(|e| OperatorError::Failed(format!("cannot encode join state: {e}")))?;
+            writes.push((composite[i].clone(), Some(bytes)));
+        }
+        self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let lefts: Vec<&[u8]> = pairs.iter().map(|(l, _)| l.as_slice()).collect();
+        let rights: Vec<&[u8]> = pairs.iter().map(|(_, r)| r.as_slice()).collect();
+        let mut columns = decode_keys(&lefts, &self.types[..self.left])?;
+        columns.extend(decode_keys(&rights, &self.types[self.left..])?);
+        out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+impl KeyedOperator for Join {
     fn keyed_state(&mut self) -> &mut StateBackend {
         &mut self.state
     }
