@@ -758,9 +758,13 @@ impl<'a> GraphBuilder<'a> {
     /// filter the pairs afterwards.
     fn join(&mut self, j: &datafusion_expr::logical_plan::Join) -> Result<Stream, PlanError> {
         use datafusion_expr::{JoinType, Operator as Op};
-        if j.join_type != JoinType::Inner {
-            return Err(PlanError::msg(format!("{} joins are not supported yet (only inner joins)", j.join_type)));
-        }
+        let outer = match j.join_type {
+            JoinType::Inner => [false, false],
+            JoinType::Left => [true, false],
+            JoinType::Right => [false, true],
+            JoinType::Full => [true, true],
+            other => return Err(PlanError::msg(format!("{other} joins are not supported yet (inner, left, right and full joins are)"))),
+        };
         let (ls, rs) = (j.left.schema().clone(), j.right.schema().clone());
         // DataFusion leaves `a.x = b.y` in the join's filter until its optimizer runs: take the
         // equalities between the two sides out of it.
@@ -784,6 +788,11 @@ impl<'a> GraphBuilder<'a> {
         if on.is_empty() {
             return Err(PlanError::msg(
                 "a join needs an equality between the two sides (JOIN ... ON a.k = b.k): Weir does not run cross joins",
+            ));
+        }
+        if outer != [false, false] && !rest.is_empty() {
+            return Err(PlanError::msg(
+                "an outer join's ON may only hold equalities between the two sides for now; move other conditions into WHERE or a subquery",
             ));
         }
         let left = self.translate(&j.left)?;
@@ -829,13 +838,14 @@ impl<'a> GraphBuilder<'a> {
             inputs.push(self.calc(stream, name, None, projections, Some(keys.clone())));
         }
         let schema: SchemaRef = Arc::new(Schema::new(j.schema.fields().iter().map(|f| nullable(f)).collect::<Vec<_>>()));
-        let spec = spec::Join { left: nl, right: nr };
-        let op = self.operator("join", Self::sql_spec("join", true, &spec), schema.clone());
+        let updating = outer != [false, false];
+        let spec = spec::Join { left: nl, right: nr, outer };
+        let op = self.operator("join", Self::sql_spec("join", true, &spec), with_hidden(&schema, updating));
         let v = self.vertex(op, self.parallelism);
         for input in &inputs {
             self.edge(input.vertex, v, Partitioning::Hash { key: KEY.to_string() });
         }
-        let mut stream = Stream { vertex: v, schema, updating: false, windowed: left.windowed || right.windowed };
+        let mut stream = Stream { vertex: v, schema, updating, windowed: left.windowed || right.windowed };
         if let Some(filter) = datafusion_expr::utils::conjunction(rest) {
             let predicate = ShippedExpr::ship(&filter, &j.schema)?;
             let projections = Self::identity(&stream);

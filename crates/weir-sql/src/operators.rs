@@ -123,6 +123,10 @@ pub mod spec {
     pub struct Join {
         pub left: usize,
         pub right: usize,
+        /// Whether rows of the left (right) side without a partner are emitted padded with
+        /// NULLs: a LEFT (RIGHT, FULL) outer join.
+        #[serde(default)]
+        pub outer: [bool; 2],
     }
 
     /// An aggregate per group and window, emitted once when the watermark passes the window's
@@ -1340,6 +1344,10 @@ impl KeyedOperator for WindowAggregate {
 /// `join`: see the module header.
 struct Join {
     left: usize,
+    /// Which sides keep their unmatched rows (outer joins).
+    outer: [bool; 2],
+    /// Whether the output carries row kinds (an outer join's does).
+    updating: bool,
     side: usize,
     key_column: usize,
     types: Vec<DataType>,
@@ -1355,11 +1363,16 @@ impl Join {
     fn new(spec: spec::Join, input: &SchemaRef, schema: SchemaRef, state: StateBackend, max_parallelism: u32) -> Result<Self, String> {
         let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
         let side = spec.left + spec.right;
-        if input.fields().len() <= side || schema.fields().len() != side {
+        if input.fields().len() <= side {
             return Err(format!("the input's columns do not fit a join of {} and {} columns", spec.left, spec.right));
         }
-        let types = schema.fields().iter().map(|f| f.data_type().clone()).collect();
-        Ok(Self { left: spec.left, side, key_column, types, schema, state, max_parallelism })
+        let updating = spec.outer.iter().any(|o| *o);
+        let visible = side;
+        if schema.fields().len() != visible + updating as usize {
+            return Err(format!("the output's columns do not fit a join of {} and {} columns", spec.left, spec.right));
+        }
+        let types = schema.fields().iter().take(visible).map(|f| f.data_type().clone()).collect();
+        Ok(Self { left: spec.left, outer: spec.outer, updating, side, key_column, types, schema, state, max_parallelism })
     }
 
     fn composite(&self, side: usize, key: &[u8]) -> Vec<u8> {
@@ -1408,8 +1421,9 @@ impl Operator for Join {
             });
         }
         let mut changed = vec![false; lists.len()];
-        // Output pairs: (left bytes, right bytes), in the order rows arrived.
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // Output rows: (left bytes, right bytes, kind), in the order rows arrived; `None` is a
+        // side padded with NULLs (outer joins).
+        let mut pairs: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, RowKind)> = Vec::new();
         let n = distinct.len();
         for r in 0..rows {
             let slot = slot_of[keys.value(r)];
@@ -1424,9 +1438,31 @@ impl Operator for Join {
             }
             let own_bytes = if side == 0 { left.value(r) } else { right.value(r) };
             let (own, other) = (side * n + slot, (1 - side) * n + slot);
-            for (other_row, count) in &lists[other] {
-                for _ in 0..*count {
-                    pairs.push(if side == 0 { (own_bytes.to_vec(), other_row.clone()) } else { (other_row.clone(), own_bytes.to_vec()) });
+            let pair = |own_row: Option<Vec<u8>>, other_row: Option<Vec<u8>>, kind| {
+                if side == 0 {
+                    (own_row, other_row, kind)
+                } else {
+                    (other_row, own_row, kind)
+                }
+            };
+            if lists[other].is_empty() {
+                // No partner yet: an outer side's row goes out padded with NULLs.
+                if self.outer[side] {
+                    pairs.push(pair(Some(own_bytes.to_vec()), None, RowKind::Insert));
+                }
+            } else {
+                // The other side's rows that had no partner lose their NULL-padded row.
+                if self.outer[1 - side] && lists[own].is_empty() {
+                    for (other_row, count) in &lists[other] {
+                        for _ in 0..*count {
+                            pairs.push(pair(None, Some(other_row.clone()), RowKind::Delete));
+                        }
+                    }
+                }
+                for (other_row, count) in &lists[other] {
+                    for _ in 0..*count {
+                        pairs.push(pair(Some(own_bytes.to_vec()), Some(other_row.clone()), RowKind::Insert));
+                    }
                 }
             }
             match lists[own].iter_mut().find(|(row, _)| row.as_slice() == own_bytes) {
@@ -1444,10 +1480,13 @@ impl Operator for Join {
         if pairs.is_empty() {
             return Ok(());
         }
-        let lefts: Vec<&[u8]> = pairs.iter().map(|(l, _)| l.as_slice()).collect();
-        let rights: Vec<&[u8]> = pairs.iter().map(|(_, r)| r.as_slice()).collect();
-        let mut columns = decode_keys(&lefts, &self.types[..self.left])?;
-        columns.extend(decode_keys(&rights, &self.types[self.left..])?);
+        let lefts: Vec<Option<&[u8]>> = pairs.iter().map(|(l, _, _)| l.as_deref()).collect();
+        let rights: Vec<Option<&[u8]>> = pairs.iter().map(|(_, r, _)| r.as_deref()).collect();
+        let mut columns = decode_optional_rows(&lefts, &self.types[..self.left])?;
+        columns.extend(decode_optional_rows(&rights, &self.types[self.left..])?);
+        if self.updating {
+            columns.push(Arc::new(Int8Array::from_iter_values(pairs.iter().map(|(_, _, k)| *k as i8))));
+        }
         out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
@@ -1456,4 +1495,24 @@ impl KeyedOperator for Join {
     fn keyed_state(&mut self) -> &mut StateBackend {
         &mut self.state
     }
+}
+
+/// [`decode_keys`] of rows some of which are missing (`None`): those are all NULL.
+fn decode_optional_rows(rows: &[Option<&[u8]>], types: &[DataType]) -> OpResult<Vec<ArrayRef>> {
+    let present: Vec<&[u8]> = rows.iter().flatten().copied().collect();
+    let columns = decode_keys(&present, types)?;
+    if present.len() == rows.len() {
+        return Ok(columns);
+    }
+    let mut next = 0u32;
+    let indices: UInt32Array = rows
+        .iter()
+        .map(|r| {
+            r.map(|_| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect();
+    columns.iter().map(|c| Ok(arrow_select::take::take(c, &indices, None)?)).collect()
 }
