@@ -517,3 +517,42 @@ fn window_aggregates_count_out_of_order_rows_and_drop_late_ones() {
     expected.sort();
     assert_eq!(committed_lines(&dir.path().join("out")), expected);
 }
+
+/// `weir sql` without a script is the interactive client; fed from a pipe it runs the
+/// statements in order: queries come back as a table (the default result mode) or as a
+/// changelog, a bad statement prints an error and the session goes on (exit 1 at the end).
+#[test]
+fn the_interactive_client_runs_statements_and_shows_query_results() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = sql_dir().join("data");
+    let input = format!(
+        "CREATE TABLE clicks (`user` STRING, url STRING, ms BIGINT)\n\
+         WITH ('connector' = 'filesystem', 'path' = '{}/clicks.json', 'format' = 'json');\n\
+         SHOW TABLES;\n\
+         SELECT url, COUNT(*) AS hits FROM clicks GROUP BY url;\n\
+         SELECT nope FROM clicks;\n\
+         SET 'sql-client.execution.result-mode' = 'changelog';\n\
+         SELECT `user`, ms FROM clicks WHERE ms > 100;\n\
+         QUIT;\n",
+        data.display()
+    );
+    let mut child = std::process::Command::new(WEIR)
+        .arg("sql")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "a failed statement makes a piped session exit 1: {stdout}");
+    assert!(stdout.contains("\nclicks\n"), "{stdout}");
+    assert!(stdout.contains("| url   | hits |\n|-------|------|\n| /cart | 2    |\n| /home | 5    |\n| /pay  | 1    |"), "{stdout}");
+    assert!(stdout.contains("[ERROR] <sql>:1:8: No field named nope."), "{stdout}");
+    let mut changes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("+I[")).collect();
+    changes.sort();
+    assert_eq!(changes, vec!["+I[u1, 120]", "+I[u1, 200]", "+I[u2, 300]", "+I[u2, 900]"], "{stdout}");
+}

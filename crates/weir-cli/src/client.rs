@@ -964,3 +964,31 @@ mod tests {
         );
     }
 }
+
+/// Submits one SQL job's graph (detached); returns its id. For the interactive SQL client.
+pub async fn submit_graph(address: &JobManagerEndpoint, job: GraphSubmit, origin: &str) -> Result<String> {
+    let mut client = connect(address).await?;
+    let req = SubmitJobRequest {
+        job_definition: String::new(),
+        config: job.settings.into_iter().filter(|(k, _)| !is_cluster_only_key(k)).collect(),
+        source_name: origin.to_string(),
+        restore_path: String::new(),
+        allow_non_restored_state: false,
+        job_graph: String::from_utf8_lossy(&job.graph.to_json()).into_owned(),
+    };
+    submit_request(&mut client, address, req).await
+}
+
+/// A job's state name (`RUNNING`, `FINISHED`, ...) and its failure, if it failed.
+pub async fn job_state(address: &JobManagerEndpoint, job_id: &str) -> Result<(&'static str, Option<String>)> {
+    let mut client = connect(address).await?;
+    let s = client.get_job(GetJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?.into_inner();
+    Ok((state_name(s.state), non_empty(&s.failure)))
+}
+
+/// Asks the JobManager to cancel a job, without waiting for it to end.
+pub async fn request_cancel(address: &JobManagerEndpoint, job_id: &str) -> Result<()> {
+    let mut client = connect(address).await?;
+    client.cancel_job(CancelJobRequest { job_id: job_id.to_string() }).await.map_err(|e| rpc_error(address, e))?;
+    Ok(())
+}

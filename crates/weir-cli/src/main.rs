@@ -11,6 +11,7 @@ macro_rules! outln {
 
 mod client;
 mod minicluster;
+mod sql_client;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -137,11 +138,11 @@ enum Command {
         #[command(flatten)]
         options: RunOptions,
     },
-    /// Run a Flink-style SQL script: SET, CREATE TABLE/VIEW, INSERT INTO, statement sets.
-    /// Every INSERT (or statement set) is one job; without a JobManager they run on an
-    /// embedded mini cluster.
+    /// Run a Flink-style SQL script (-f): SET, CREATE TABLE/VIEW, INSERT INTO, statement
+    /// sets; every INSERT (or statement set) is one job. Without -f, the interactive SQL
+    /// client. Without a JobManager, both run on an embedded mini cluster.
     Sql {
-        /// The script to run.
+        /// The script to run (without it: statements from the prompt or stdin).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: Option<PathBuf>,
         #[command(flatten)]
@@ -309,8 +310,28 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Run { jobfile, options } if is_sql_script(&jobfile) => run_sql(&cli.config, cli.log_format, &jobfile, options).await,
         Command::Sql { file: Some(file), options } => run_sql(&cli.config, cli.log_format, &file, options).await,
-        Command::Sql { file: None, .. } => {
-            Err(anyhow!("the interactive SQL client is not built yet: run a script with `weir sql -f FILE.sql` or `weir run FILE.sql`"))
+        Command::Sql { file: None, options } => {
+            let RunOptions { parallelism, client, mut dynamic, .. } = options;
+            if let Some(p) = parallelism {
+                dynamic.properties.push(format!("{}={p}", keys::PARALLELISM));
+            }
+            let (cfg, overrides) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            let security = SecurityConfig::from_config(&cfg)?;
+            let (address, cluster) = match jobmanager_address(&client.jobmanager, &cfg) {
+                Some(a) => (a, None),
+                None => {
+                    // Room for a few queries and INSERTs at once.
+                    let cluster = minicluster::MiniCluster::start(&cfg, Some(8)).await?;
+                    (cluster.address(), Some(cluster))
+                }
+            };
+            let address = client::JobManagerEndpoint { address, security };
+            let result = sql_client::run(&address, &cfg, &overrides).await;
+            if let Some(c) = cluster {
+                c.shutdown();
+            }
+            result
         }
         Command::Run { jobfile, options } => {
             let RunOptions { parallelism, detached, restore, allow_non_restored_state, client, mut dynamic } = options;

@@ -85,6 +85,8 @@ pub struct CompiledJob {
     pub settings: BTreeMap<String, String>,
     /// Where in the script the job's statement starts.
     pub at: (u64, u64),
+    /// A query's result columns (empty for INSERTs).
+    pub columns: Vec<String>,
 }
 
 /// What a script compiled to.
@@ -127,6 +129,9 @@ pub struct Session {
     /// Job options found in WITH clauses: key → (value, option as written, table).
     with_options: BTreeMap<String, (String, String, String)>,
     notices: Vec<String>,
+    /// Where top-level queries send their rows (the interactive client's listener); `None`
+    /// prints them to stdout.
+    pub collect_to: Option<String>,
 }
 
 impl Session {
@@ -140,7 +145,24 @@ impl Session {
             settings: Vec::new(),
             with_options: BTreeMap::new(),
             notices: Vec::new(),
+            collect_to: None,
         }
+    }
+
+    /// Adds the window functions of statements parsed after the session started (the
+    /// interactive client parses one statement at a time).
+    pub fn add_windows(&mut self, windows: Vec<WindowTvf>) {
+        self.windows.extend(windows.into_iter().map(|w| (w.name.clone(), w)));
+    }
+
+    /// Notices gathered so far (WITH-clause job options), taken.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// The `SET` values of the session, in the order set.
+    pub fn settings(&self) -> &[(String, String)] {
+        &self.settings
     }
 
     fn err(&self, at: Location, message: impl Into<String>) -> SqlError {
@@ -372,16 +394,26 @@ impl Session {
             builder.sink(stream, table, &i.columns).map_err(|e| e.at(self, insert.at))?;
             names.push(i.table.clone());
         }
+        let mut columns = Vec::new();
         if let Some((q, at)) = query {
             let plan = self.plan_query(q, at)?;
             builder.prefix = "query".into();
             let stream = builder.translate(&plan).map_err(|e| e.at(self, at))?;
-            builder.print(stream);
-            names.push("stdout".into());
+            columns = stream.schema.fields().iter().map(|f| f.name().clone()).collect();
+            match &self.collect_to {
+                Some(address) => {
+                    builder.collect(stream, address);
+                    names.push("client".into());
+                }
+                None => {
+                    builder.print(stream);
+                    names.push("stdout".into());
+                }
+            }
         }
         let name = format!("insert-into_{}", names.join(","));
         let graph = JobGraph { name, max_parallelism: builder.max_parallelism, vertices: builder.vertices, edges: builder.edges };
-        Ok(CompiledJob { graph, config, settings, at: (at.line, at.column) })
+        Ok(CompiledJob { graph, config, settings, at: (at.line, at.column), columns })
     }
 }
 
@@ -1047,6 +1079,15 @@ impl<'a> GraphBuilder<'a> {
     }
 
     /// Prints a top-level query's rows (`+I[...]`) to stdout.
+    /// Sends a top-level query's rows to the SQL client listening at `address`.
+    fn collect(&mut self, stream: Stream, address: &str) {
+        // The whole result goes to one client connection: one subtask, fed by all of the query's.
+        let spec = spec::Collect { address: address.to_string() };
+        let op = self.operator("collect", Self::sql_spec("collect", false, &spec), Arc::new(Schema::empty()));
+        let v = self.vertex(op, 1);
+        self.edge(stream.vertex, v, Partitioning::Rebalance);
+    }
+
     fn print(&mut self, stream: Stream) {
         let op = self.operator("print", Self::sql_spec("print", false, &spec::Print { identifier: None }), Arc::new(Schema::empty()));
         self.push(stream.vertex, op);

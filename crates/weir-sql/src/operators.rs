@@ -14,6 +14,8 @@
 //! - `debezium-encode`: rows as Flink's `debezium-json` changelog (`before`, `after`, `op`),
 //!   which the file sink writes as JSON lines.
 //! - `print`: Flink SQL's print connector, `+I[a, 1]` per row.
+//! - `collect`: a query's rows to the interactive SQL client, over TCP, one line per row:
+//!   its row kind, a tab, and the row as a JSON array.
 //! - `join`: a regular inner join. Each side's rows are kept per join key in keyed state (one
 //!   list per key and side, with a count per distinct row); a batch reads the lists of every key
 //!   it touches with one `multi_get`, pairs each row with the other side's rows so far (rows of
@@ -117,6 +119,12 @@ pub mod spec {
         pub step_ms: i64,
     }
 
+    /// Rows to the interactive SQL client listening at `address`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Collect {
+        pub address: String,
+    }
+
     /// A regular inner join. Its input rows hold `left` columns, then `right` columns (the other
     /// side's NULL), a side marker (0 left, 1 right), the key columns and the hidden key.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +179,9 @@ impl SqlOperators for SqlRuntime {
             "debezium-encode" => ChainOperator::Plain(Box::new(DebeziumEncode { schema: output })),
             "watermark" => ChainOperator::Plain(Box::new(WatermarkAssigner::new(parse(spec).map_err(bad)?, input, &op.uid).map_err(bad)?)),
             "window-assign" => ChainOperator::Plain(Box::new(WindowAssign { spec: parse(spec).map_err(bad)?, schema: output })),
+            "collect" => {
+                ChainOperator::Plain(Box::new(Collect { address: parse::<spec::Collect>(spec).map_err(bad)?.address, stream: None }))
+            }
             "join" => {
                 let spec: spec::Join = parse(spec).map_err(bad)?;
                 ChainOperator::Keyed(Box::new(Join::new(spec, input, output, state()?, info.max_parallelism).map_err(bad)?))
@@ -1515,4 +1526,46 @@ fn decode_optional_rows(rows: &[Option<&[u8]>], types: &[DataType]) -> OpResult<
         })
         .collect();
     columns.iter().map(|c| Ok(arrow_select::take::take(c, &indices, None)?)).collect()
+}
+
+/// `collect`: see the module header. It connects when the first rows come; a client that went
+/// away fails the task (and so the query's job).
+struct Collect {
+    address: String,
+    stream: Option<std::io::BufWriter<std::net::TcpStream>>,
+}
+
+impl Operator for Collect {
+    fn process_batch(&mut self, batch: RecordBatch, _out: &mut dyn Collector) -> OpResult {
+        use std::io::Write;
+        let io = |what: &'static str, e: std::io::Error| OperatorError::io(what, "the SQL client", e);
+        if self.stream.is_none() {
+            let addr: std::net::SocketAddr =
+                self.address.parse().map_err(|_| OperatorError::Failed(format!("bad SQL client address '{}'", self.address)))?;
+            let s =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)).map_err(|e| io("cannot connect to", e))?;
+            self.stream = Some(std::io::BufWriter::new(s));
+        }
+        let schema = batch.schema();
+        let kinds = schema.index_of(ROWKIND).ok().map(|i| batch.column(i).as_primitive::<arrow_array::types::Int8Type>().clone());
+        let visible: Vec<usize> =
+            schema.fields().iter().enumerate().filter(|(_, f)| !f.name().starts_with("weir.")).map(|(i, _)| i).collect();
+        let rows = batch.project(&visible)?;
+        let mut json = Vec::new();
+        {
+            let mut w = arrow_json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow_json::writer::JsonArray>(&mut json);
+            w.write(&rows)?;
+            w.finish()?;
+        }
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_slice(&json).map_err(|e| OperatorError::Failed(format!("collect: {e}")))?;
+        let names: Vec<String> = rows.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let out = self.stream.as_mut().expect("connected above");
+        for (r, object) in objects.iter().enumerate() {
+            let kind = kinds.as_ref().and_then(|k| RowKind::from_i8(k.value(r))).unwrap_or(RowKind::Insert);
+            let row: Vec<&serde_json::Value> = names.iter().map(|n| object.get(n.as_str()).unwrap_or(&serde_json::Value::Null)).collect();
+            writeln!(out, "{}\t{}", kind.short(), serde_json::to_string(&row).unwrap_or_default()).map_err(|e| io("cannot write to", e))?;
+        }
+        out.flush().map_err(|e| io("cannot write to", e))
+    }
 }
