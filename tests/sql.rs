@@ -556,3 +556,26 @@ fn the_interactive_client_runs_statements_and_shows_query_results() {
     changes.sort();
     assert_eq!(changes, vec!["+I[u1, 120]", "+I[u1, 200]", "+I[u2, 300]", "+I[u2, 900]"], "{stdout}");
 }
+
+/// Processing time: windows over a `PROCTIME()` column close by the wall clock while the job
+/// runs (a window still open when the input ends is dropped, as Flink drops pending
+/// processing-time timers).
+#[test]
+fn processing_time_windows_close_by_the_wall_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "CREATE TABLE gen (id BIGINT, pt AS PROCTIME()) WITH ('connector' = 'datagen', 'rows-per-second' = '1000', \
+                  'number-of-rows' = '4000', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1', 'fields.id.end' = '4000');\n\
+                  CREATE TABLE counts (window_start STRING, n BIGINT) WITH ('connector' = 'filesystem', 'path' = '${DIR}/out', 'format' = 'csv');\n\
+                  INSERT INTO counts SELECT CAST(window_start AS STRING), COUNT(*)\n\
+                  FROM TABLE(TUMBLE(TABLE gen, DESCRIPTOR(pt), INTERVAL '1' SECOND)) GROUP BY window_start, window_end;\n";
+    let path = write_script(dir.path(), "job.sql", script);
+    let (ok, _, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let lines = committed_lines(&dir.path().join("out"));
+    let counts: Vec<i64> = lines.iter().map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    assert!(counts.len() >= 2, "fewer than two windows closed in the 4 s the job ran: {lines:?}");
+    let total: i64 = counts.iter().sum();
+    assert!(total <= 4000 && counts.iter().all(|n| (1..=2000).contains(n)), "{lines:?}");
+    let starts: std::collections::HashSet<&str> = lines.iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(starts.len(), lines.len(), "a window was emitted twice: {lines:?}");
+}

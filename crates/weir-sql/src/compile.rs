@@ -532,6 +532,8 @@ struct GraphBuilder<'a> {
     max_parallelism: u32,
     /// The uid prefix of the INSERT being translated.
     prefix: String,
+    /// Whether the window functions translated so far are over processing time.
+    processing_time_windows: bool,
     counter: usize,
 }
 
@@ -545,6 +547,7 @@ impl<'a> GraphBuilder<'a> {
             max_parallelism: config.get(keys::MAX_PARALLELISM).parse().unwrap_or(128),
             prefix: String::new(),
             counter: 0,
+            processing_time_windows: false,
         }
     }
 
@@ -757,9 +760,16 @@ impl<'a> GraphBuilder<'a> {
                 w.table
             )));
         };
-        if table.watermark.as_ref().map(|wm| wm.column.as_str()) != Some(w.time_column.as_str()) {
+        // A computed `PROCTIME()` column is a processing-time attribute: its windows close by the
+        // wall clock instead of the watermark.
+        let processing_time = table.columns.iter().any(|c| {
+            matches!(c, ColumnDdl::Computed { name, expr, .. } if name == &w.time_column
+                && matches!(expr, ast::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("PROCTIME")))
+        });
+        if !processing_time && table.watermark.as_ref().map(|wm| wm.column.as_str()) != Some(w.time_column.as_str()) {
             return Err(PlanError::msg(format!(
-                "the window's time column '{}' of table '{}' is not its event-time attribute: declare `WATERMARK FOR {} AS ...` in the table",
+                "the window's time column '{}' of table '{}' is not a time attribute: declare `WATERMARK FOR {} AS ...` (event time) \
+                 or make it a `PROCTIME()` computed column (processing time)",
                 w.time_column, w.table, w.time_column
             )));
         }
@@ -780,6 +790,7 @@ impl<'a> GraphBuilder<'a> {
         };
         let op = self.operator(name, Self::sql_spec("window-assign", false, &spec), schema.clone());
         self.push(input.vertex, op);
+        self.processing_time_windows |= processing_time;
         Ok(Stream { vertex: input.vertex, schema, updating: false, windowed: true })
     }
 
@@ -973,7 +984,12 @@ impl<'a> GraphBuilder<'a> {
         let schema = Arc::new(Schema::new(fields));
         match window {
             (Some(_), Some(end)) => {
-                let spec = spec::WindowAggregate { keys: group.len(), window_end: end, aggregates: specs };
+                let spec = spec::WindowAggregate {
+                    keys: group.len(),
+                    window_end: end,
+                    aggregates: specs,
+                    processing_time: self.processing_time_windows,
+                };
                 let op = self.operator("window-aggregate", Self::sql_spec("window-aggregate", true, &spec), schema.clone());
                 let v = self.vertex(op, self.parallelism);
                 self.edge(pre_stream.vertex, v, Partitioning::Hash { key: KEY.to_string() });

@@ -145,6 +145,9 @@ pub mod spec {
         pub keys: usize,
         pub window_end: usize,
         pub aggregates: Vec<Aggregate>,
+        /// Windows close by the wall clock (`PROCTIME()`), not by the watermark.
+        #[serde(default)]
+        pub processing_time: bool,
     }
 }
 
@@ -1275,6 +1278,8 @@ impl Operator for WindowAggregate {
         let mut row_slot: Vec<Option<u32>> = Vec::with_capacity(rows);
         for r in 0..rows {
             let end = ends.value(r);
+            // Rows of a window already emitted are late (in processing time: rows that took
+            // longer than the grace period to arrive).
             if end.saturating_sub(1) <= self.watermark {
                 self.late_rows += 1;
                 row_slot.push(None);
@@ -1334,7 +1339,35 @@ impl Operator for WindowAggregate {
         Ok(())
     }
 
+    /// Processing time: the earliest end of a window with state.
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        if !self.spec.processing_time {
+            return None;
+        }
+        let Some(pending) = &self.pending else {
+            // Not read from state yet (after a restore): look now.
+            return Some(std::time::Instant::now());
+        };
+        let end = *pending.keys().next()?;
+        let wait = (end + PROCESSING_TIME_GRACE_MS).saturating_sub(wall_clock_millis()).max(0) as u64;
+        Some(std::time::Instant::now() + std::time::Duration::from_millis(wait))
+    }
+
+    fn on_time(&mut self, _now: std::time::Instant, out: &mut dyn Collector) -> OpResult {
+        if self.spec.processing_time {
+            // Windows that ended a grace period ago: rows stamped just before a window's end
+            // are still on their way from the source.
+            let closed = wall_clock_millis() - PROCESSING_TIME_GRACE_MS - 1;
+            self.fire(closed, out)?;
+            self.watermark = self.watermark.max(closed);
+        }
+        Ok(())
+    }
+
     fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        if self.spec.processing_time {
+            return out.emit_watermark(watermark);
+        }
         if watermark > self.watermark {
             self.watermark = watermark;
             self.fire(watermark, out)?;
@@ -1569,3 +1602,11 @@ impl Operator for Collect {
         out.flush().map_err(|e| io("cannot write to", e))
     }
 }
+
+/// Milliseconds since the epoch, now.
+fn wall_clock_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// How long after its end a processing-time window is emitted.
+const PROCESSING_TIME_GRACE_MS: i64 = 200;

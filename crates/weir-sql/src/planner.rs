@@ -58,6 +58,8 @@ impl Functions {
                     scalars.insert(name.to_ascii_lowercase(), f.clone());
                 }
             }
+            let proctime = Arc::new(ScalarUDF::from(Proctime::new()));
+            scalars.insert("proctime".to_string(), proctime);
             let mut aggregates = HashMap::new();
             for f in datafusion_functions_aggregate::all_default_aggregate_functions() {
                 for name in std::iter::once(f.name()).chain(f.aliases().iter().map(String::as_str)) {
@@ -71,6 +73,39 @@ impl Functions {
             ];
             Functions { scalars, aggregates, planners, options: ConfigOptions::default() }
         })
+    }
+}
+
+/// `PROCTIME()`: the wall-clock time at which a batch is processed, as a TIMESTAMP(3), for
+/// processing-time windows. (DataFusion's `now()` is the time the query was planned, the same
+/// for every row.)
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Proctime {
+    signature: datafusion_expr::Signature,
+}
+
+impl Proctime {
+    fn new() -> Self {
+        Self { signature: datafusion_expr::Signature::exact(vec![], datafusion_expr::Volatility::Volatile) }
+    }
+}
+
+impl datafusion_expr::ScalarUDFImpl for Proctime {
+    fn name(&self) -> &str {
+        "proctime"
+    }
+
+    fn signature(&self) -> &datafusion_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, None))
+    }
+
+    fn invoke_with_args(&self, _args: datafusion_expr::ScalarFunctionArgs) -> DfResult<datafusion_expr::ColumnarValue> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Ok(datafusion_expr::ColumnarValue::Scalar(datafusion_common::ScalarValue::TimestampMillisecond(Some(now), None)))
     }
 }
 
