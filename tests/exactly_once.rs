@@ -55,12 +55,6 @@ fn expected_lines(yaml: &str) -> Vec<String> {
     lines
 }
 
-fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
-    let out = cluster.weir(&["checkpoints", id, "--output", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    v.as_array().map_or(0, |a| a.iter().filter(|c| c["status"] == "COMPLETED").count())
-}
-
 /// Runs the job, killing a TaskManager `kills` times (each after a further checkpoint
 /// completed, starting a replacement), and the JobManager once if `kill_jm`; returns the
 /// committed lines, the expected ones, the job's final status and its checkpoints.
@@ -118,8 +112,8 @@ fn run_job_with_kills(
 
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for k in 0..kills {
-        let before = completed_checkpoints(&cluster, &id);
-        wait_for("a further completed checkpoint", || (completed_checkpoints(&cluster, &id) > before).then_some(()));
+        let before = cluster.completed_checkpoints(&id);
+        wait_for("a further completed checkpoint", || (cluster.completed_checkpoints(&id) > before).then_some(()));
         if cluster.try_job_status(&id).is_some_and(|s| s["state"] == "FINISHED") {
             break;
         }
@@ -139,8 +133,8 @@ fn run_job_with_kills(
         cluster.tms[victim].kill();
         cluster.add_taskmanager();
         if kill_jm && k == 0 {
-            let before = completed_checkpoints(&cluster, &id);
-            wait_for("a checkpoint before the JobManager dies", || (completed_checkpoints(&cluster, &id) > before).then_some(()));
+            let before = cluster.completed_checkpoints(&id);
+            wait_for("a checkpoint before the JobManager dies", || (cluster.completed_checkpoints(&id) > before).then_some(()));
             eprintln!("SIGKILL the JobManager");
             cluster.restart_jobmanager();
             wait_for("the recovered job to run", || {

@@ -296,12 +296,6 @@ fn totals_script(rows: i64, rate: u32, parallelism: u32, out: &str) -> String {
     )
 }
 
-fn completed_checkpoints(cluster: &Cluster, id: &str) -> usize {
-    let out = cluster.weir(&["checkpoints", id, "--output", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    v.as_array().map_or(0, |a| a.iter().filter(|c| c["status"] == "COMPLETED").count())
-}
-
 /// Runs `script` (writing into `out`) on a cluster of two one-slot TaskManagers, SIGKILLing a
 /// TaskManager after each of two further completed checkpoints (and starting a replacement);
 /// returns once the job finished, after checking that a kill hit it while it ran.
@@ -322,8 +316,8 @@ fn run_with_kills(script: impl Fn(&Path) -> String) -> PathBuf {
     cluster.wait_for_state(&id, "RUNNING");
     let mut kills = 0;
     for k in 0..2 {
-        let before = completed_checkpoints(&cluster, &id);
-        wait_for("a further completed checkpoint", || (completed_checkpoints(&cluster, &id) > before).then_some(()));
+        let before = cluster.completed_checkpoints(&id);
+        wait_for("a further completed checkpoint", || (cluster.completed_checkpoints(&id) > before).then_some(()));
         if cluster.try_job_status(&id).is_some_and(|s| s["state"] == "FINISHED") {
             break;
         }

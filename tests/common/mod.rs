@@ -172,6 +172,13 @@ impl Cluster {
         v["id"].as_str().unwrap().to_string()
     }
 
+    /// How many of the job's checkpoints completed (0 while the JobManager does not answer).
+    pub fn completed_checkpoints(&self, id: &str) -> usize {
+        let out = self.weir(&["checkpoints", id, "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array().map_or(0, |a| a.iter().filter(|c| c["status"] == "COMPLETED").count())
+    }
+
     pub fn write(&self, name: &str, content: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, content).unwrap();

@@ -360,7 +360,7 @@ impl Session {
         let provider = Provider { functions: Functions::get(), tables: &tables };
         let planner = SqlToRel::new_with_options(&provider, parser_options());
         let plan = planner.sql_statement_to_plan(ast::Statement::Query(Box::new(query.clone()))).map_err(|e| self.df_err(at, e))?;
-        Analyzer::new().execute_and_check(plan, &Functions::get_options(), |_, _| {}).map_err(|e| self.df_err(at, e))
+        Analyzer::new().execute_and_check(plan, Functions::get().options(), |_, _| {}).map_err(|e| self.df_err(at, e))
     }
 
     /// One job: the INSERTs of `inserts` (or `query`, printed), each query planned and
@@ -414,12 +414,6 @@ impl Session {
         let name = format!("insert-into_{}", names.join(","));
         let graph = JobGraph { name, max_parallelism: builder.max_parallelism, vertices: builder.vertices, edges: builder.edges };
         Ok(CompiledJob { graph, config, settings, at: (at.line, at.column), columns })
-    }
-}
-
-impl Functions {
-    fn get_options() -> datafusion_common::config::ConfigOptions {
-        datafusion_common::config::ConfigOptions::default()
     }
 }
 

@@ -595,8 +595,42 @@ struct GroupAggregate {
     schema: SchemaRef,
     state: StateBackend,
     max_parallelism: u32,
-    /// Reused composite-key buffer.
-    scratch: Vec<u8>,
+}
+
+/// The address in keyed state of `key`'s entry in state `state` (namespace `ns`): under the
+/// key's key group, so it moves with the key when the job is rescaled.
+fn state_key(state: &str, key: &[u8], ns: &[u8], max_parallelism: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + ns.len() + state.len() + 9);
+    composite_key(&mut out, key_group(key, max_parallelism), state, key, ns);
+    out
+}
+
+/// What the aggregates of a plan need from their input: the index of its hidden key column,
+/// and the result type of each aggregate.
+fn aggregate_layout(input: &SchemaRef, aggregates: &[spec::Aggregate]) -> Result<(usize, Vec<DataType>), String> {
+    let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
+    let outputs = aggregates
+        .iter()
+        .map(|a| a.output.parse::<DataType>().map_err(|e| format!("aggregate type {}: {e}", a.output)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((key_column, outputs))
+}
+
+/// Reads the accumulators that `multi_get` returned: `None` where a group had none yet.
+fn decode_accumulators(stored: Vec<Option<Vec<u8>>>) -> OpResult<Vec<Option<Vec<Acc>>>> {
+    stored
+        .into_iter()
+        .map(|v| match v {
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map(Some).map_err(|e| OperatorError::Failed(format!("corrupt aggregate state: {e}")))
+            }
+            None => Ok(None),
+        })
+        .collect()
+}
+
+fn state_error(e: weir_state::StateError) -> OperatorError {
+    OperatorError::Failed(format!("keyed state: {e}"))
 }
 
 /// The state name of the accumulators, and of the values seen by COUNT(DISTINCT).
@@ -611,20 +645,8 @@ impl GroupAggregate {
         state: StateBackend,
         max_parallelism: u32,
     ) -> Result<Self, String> {
-        let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
-        let outputs = spec
-            .aggregates
-            .iter()
-            .map(|a| a.output.parse::<DataType>().map_err(|e| format!("aggregate type {}: {e}", a.output)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { spec, outputs, key_column, schema, state, max_parallelism, scratch: Vec::new() })
-    }
-
-    fn composite(&mut self, state: &str, key: &[u8], ns: &[u8]) -> Vec<u8> {
-        let kg = key_group(key, self.max_parallelism);
-        self.scratch.clear();
-        composite_key(&mut self.scratch, kg, state, key, ns);
-        self.scratch.clone()
+        let (key_column, outputs) = aggregate_layout(input, &spec.aggregates)?;
+        Ok(Self { spec, outputs, key_column, schema, state, max_parallelism })
     }
 
     /// The result column of aggregate `j` for the accumulators `accs`.
@@ -746,21 +768,14 @@ impl Operator for GroupAggregate {
             }
             row_slot.push(slot);
         }
-        let composite: Vec<Vec<u8>> = first_row.iter().map(|&r| self.composite(ACC_STATE, keys.value(r as usize), &[])).collect();
-        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let composite: Vec<Vec<u8>> =
+            first_row.iter().map(|&r| state_key(ACC_STATE, keys.value(r as usize), &[], self.max_parallelism)).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(state_error)?;
         let fresh: Vec<Acc> = self.spec.aggregates.iter().zip(&self.outputs).map(|(a, t)| Acc::new(a.function, t)).collect();
-        let mut old: Vec<Option<Vec<Acc>>> = Vec::with_capacity(stored.len());
-        for v in stored {
-            old.push(match v {
-                Some(bytes) => {
-                    Some(postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt aggregate state: {e}")))?)
-                }
-                None => None,
-            });
-        }
+        let old = decode_accumulators(stored)?;
         let mut accs: Vec<Vec<Acc>> = old.iter().map(|o| o.clone().unwrap_or_else(|| fresh.clone())).collect();
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for (j, agg) in self.spec.aggregates.clone().iter().enumerate() {
+        for (j, agg) in self.spec.aggregates.iter().enumerate() {
             let arg = ArgColumn::new(agg.arg.map(|i| batch.column(i)))?;
             if agg.distinct {
                 // COUNT(DISTINCT x): the values each group has seen live in state; a value
@@ -775,16 +790,13 @@ impl Operator for GroupAggregate {
                     arg.distinct_bytes(r, &mut value);
                     let mut ns = vec![j as u8];
                     ns.extend_from_slice(&value);
-                    let key = self.composite(DISTINCT_STATE, keys.value(r), &ns);
+                    let key = state_key(DISTINCT_STATE, keys.value(r), &ns, self.max_parallelism);
                     if seen.insert(key.clone()) {
                         candidates.push((row_slot[r], key));
                     }
                 }
-                let present = self
-                    .state
-                    .keyed()
-                    .multi_get(&candidates.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>())
-                    .map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+                let present =
+                    self.state.keyed().multi_get(&candidates.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()).map_err(state_error)?;
                 for ((slot, key), present) in candidates.into_iter().zip(present) {
                     if present.is_none() {
                         if let Acc::Count(n) = &mut accs[slot as usize][j] {
@@ -821,7 +833,7 @@ impl Operator for GroupAggregate {
             writes.push((composite[slot].clone(), Some(bytes)));
         }
         if !writes.is_empty() {
-            self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+            self.state.keyed().write_batch(writes).map_err(state_error)?;
         }
         if emitted_rows.is_empty() {
             return Ok(());
@@ -1169,23 +1181,12 @@ impl WindowAggregate {
         state: StateBackend,
         max_parallelism: u32,
     ) -> Result<Self, String> {
-        let key_column = input.index_of(KEY).map_err(|_| "the input has no key column".to_string())?;
-        let outputs = spec
-            .aggregates
-            .iter()
-            .map(|a| a.output.parse::<DataType>().map_err(|e| format!("aggregate type {}: {e}", a.output)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (key_column, outputs) = aggregate_layout(input, &spec.aggregates)?;
         if spec.aggregates.iter().any(|a| a.distinct) {
             return Err("COUNT(DISTINCT) in a window aggregate is not supported yet".into());
         }
         let key_types = schema.fields().iter().take(spec.keys).map(|f| f.data_type().clone()).collect();
         Ok(Self { spec, outputs, key_types, key_column, schema, state, max_parallelism, pending: None, watermark: i64::MIN, late_rows: 0 })
-    }
-
-    fn composite(&self, state: &str, key: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(key.len() + 24);
-        composite_key(&mut out, key_group(key, self.max_parallelism), state, key, &[]);
-        out
     }
 
     /// The pending index entry of a group key whose window ends at `end`: stored under the
@@ -1195,6 +1196,7 @@ impl WindowAggregate {
         inner.extend_from_slice(&end.to_be_bytes());
         inner.extend_from_slice(key);
         let mut out = Vec::with_capacity(inner.len() + 24);
+        // Under the group key's key group (not the entry's own bytes'), beside the group's state.
         composite_key(&mut out, key_group(key, self.max_parallelism), WINDOW_PENDING, &inner, &[]);
         out
     }
@@ -1209,7 +1211,7 @@ impl WindowAggregate {
                 prefix.extend_from_slice(&(kg as u16).to_be_bytes());
                 prefix.push(WINDOW_PENDING.len() as u8);
                 prefix.extend_from_slice(WINDOW_PENDING.as_bytes());
-                for (k, _) in self.state.keyed().scan_prefix(&prefix).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))? {
+                for (k, _) in self.state.keyed().scan_prefix(&prefix).map_err(state_error)? {
                     // kg (2) + name length (1) + name + key length (4) + key (end + group key) + namespace length (2).
                     let start = prefix.len() + 4;
                     let inner = k
@@ -1237,19 +1239,19 @@ impl WindowAggregate {
             return Ok(());
         }
         let keys: Vec<(i64, Vec<u8>)> = due.into_iter().flat_map(|(end, keys)| keys.into_iter().map(move |k| (end, k))).collect();
-        let composite: Vec<Vec<u8>> = keys.iter().map(|(_, k)| self.composite(WINDOW_STATE, k)).collect();
-        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let composite: Vec<Vec<u8>> = keys.iter().map(|(_, k)| state_key(WINDOW_STATE, k, &[], self.max_parallelism)).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(state_error)?;
         let mut accs: Vec<Vec<Acc>> = Vec::with_capacity(stored.len());
         let mut rows: Vec<&[u8]> = Vec::with_capacity(stored.len());
-        for ((_, key), v) in keys.iter().zip(stored) {
-            if let Some(bytes) = v {
-                accs.push(postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt window state: {e}")))?);
+        for ((_, key), acc) in keys.iter().zip(decode_accumulators(stored)?) {
+            if let Some(acc) = acc {
+                accs.push(acc);
                 rows.push(key);
             }
         }
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = composite.into_iter().map(|k| (k, None)).collect();
         writes.extend(keys.iter().map(|(end, k)| (self.pending_key(k, *end), None)));
-        self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        self.state.keyed().write_batch(writes).map_err(state_error)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -1295,21 +1297,17 @@ impl Operator for WindowAggregate {
         if first_row.is_empty() {
             return Ok(());
         }
-        let composite: Vec<Vec<u8>> = first_row.iter().map(|&r| self.composite(WINDOW_STATE, keys.value(r as usize))).collect();
-        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let composite: Vec<Vec<u8>> =
+            first_row.iter().map(|&r| state_key(WINDOW_STATE, keys.value(r as usize), &[], self.max_parallelism)).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(state_error)?;
         let fresh: Vec<Acc> = self.spec.aggregates.iter().zip(&self.outputs).map(|(a, t)| Acc::new(a.function, t)).collect();
         let mut accs = Vec::with_capacity(stored.len());
         let mut new_windows = Vec::new();
-        for (slot, v) in stored.into_iter().enumerate() {
-            accs.push(match v {
-                Some(bytes) => {
-                    postcard::from_bytes::<Vec<Acc>>(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt window state: {e}")))?
-                }
-                None => {
-                    new_windows.push(slot);
-                    fresh.clone()
-                }
-            });
+        for (slot, acc) in decode_accumulators(stored)?.into_iter().enumerate() {
+            accs.push(acc.unwrap_or_else(|| {
+                new_windows.push(slot);
+                fresh.clone()
+            }));
         }
         for (j, agg) in self.spec.aggregates.iter().enumerate() {
             let arg = ArgColumn::new(agg.arg.map(|i| batch.column(i)))?;
@@ -1331,7 +1329,7 @@ impl Operator for WindowAggregate {
             writes.push((self.pending_key(&key, end), Some(Vec::new())));
             added.push((end, key));
         }
-        self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        self.state.keyed().write_batch(writes).map_err(state_error)?;
         let pending = self.pending()?;
         for (end, key) in added {
             pending.entry(end).or_default().push(key);
@@ -1418,12 +1416,6 @@ impl Join {
         let types = schema.fields().iter().take(visible).map(|f| f.data_type().clone()).collect();
         Ok(Self { left: spec.left, outer: spec.outer, updating, side, key_column, types, schema, state, max_parallelism })
     }
-
-    fn composite(&self, side: usize, key: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(key.len() + 24);
-        composite_key(&mut out, key_group(key, self.max_parallelism), JOIN_STATE[side], key, &[]);
-        out
-    }
 }
 
 /// One side's rows of one key: each distinct row's bytes and how many times it arrived.
@@ -1454,9 +1446,11 @@ impl Operator for Join {
                 distinct.len() - 1
             });
         }
-        let composite: Vec<Vec<u8>> =
-            (0..2).flat_map(|side| distinct.iter().map(move |k| (side, *k))).map(|(side, k)| self.composite(side, k)).collect();
-        let stored = self.state.keyed().multi_get(&composite).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        let composite: Vec<Vec<u8>> = (0..2)
+            .flat_map(|side| distinct.iter().map(move |k| (side, *k)))
+            .map(|(side, k)| state_key(JOIN_STATE[side], k, &[], self.max_parallelism))
+            .collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(state_error)?;
         let mut lists: Vec<JoinRows> = Vec::with_capacity(stored.len());
         for v in stored {
             lists.push(match v {
@@ -1520,7 +1514,7 @@ impl Operator for Join {
             let bytes = postcard::to_allocvec(list).map_err(|e| OperatorError::Failed(format!("cannot encode join state: {e}")))?;
             writes.push((composite[i].clone(), Some(bytes)));
         }
-        self.state.keyed().write_batch(writes).map_err(|e| OperatorError::Failed(format!("keyed state: {e}")))?;
+        self.state.keyed().write_batch(writes).map_err(state_error)?;
         if pairs.is_empty() {
             return Ok(());
         }

@@ -308,6 +308,11 @@ mod tests {
 }
 
 impl Functions {
+    /// DataFusion's configuration, as the planner sees it.
+    pub fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+
     /// The scalar function names SQL can call (lower case, aliases included), sorted.
     pub fn scalar_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.scalars.keys().cloned().collect();
