@@ -223,6 +223,14 @@ fn explain_show_tables_and_describe_print_without_running_anything() {
     assert!(stdout.contains("words:\n  word STRING\n  n INT NOT NULL\n"), "{stdout}");
     assert!(stdout.contains("group-aggregate") && stdout.contains("[keyed state]") && stdout.contains("hash(weir.key)"), "{stdout}");
     assert!(!stderr.contains("submitted"), "EXPLAIN must not run the job: {stderr}");
+    // A NOT NULL key takes the typed path, partitioned by the key column itself.
+    let typed = "CREATE TABLE words (word STRING NOT NULL) WITH ('connector' = 'datagen');\n\
+                 CREATE TABLE counts (word STRING, c BIGINT) WITH ('connector' = 'print');\n\
+                 EXPLAIN INSERT INTO counts SELECT word, COUNT(*) FROM words GROUP BY word;\n";
+    let path = write_script(dir.path(), "typed.sql", typed);
+    let (ok, stdout, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"typed\":true") && stdout.contains("hash(k0)"), "{stdout}");
 }
 
 /// The committed changelog of a `debezium-json` sink applied row by row: the final table,
@@ -284,11 +292,17 @@ fn expected_totals(rows: i64) -> Vec<String> {
 
 /// A grouped count and sum over generated ids, written as a changelog into transactional files.
 fn totals_script(rows: i64, rate: u32, parallelism: u32, out: &str) -> String {
+    totals_script_with(rows, rate, parallelism, out, "BIGINT")
+}
+
+/// [`totals_script`] with the id column of type `id_type`: `BIGINT NOT NULL` puts the
+/// aggregate on the typed path.
+fn totals_script_with(rows: i64, rate: u32, parallelism: u32, out: &str, id_type: &str) -> String {
     format!(
         "SET 'parallelism.default' = '{parallelism}';\n\
          SET 'execution.checkpointing.interval' = '200ms';\n\
          SET 'state.backend.type' = 'rocksdb';\n\
-         CREATE TABLE gen (id BIGINT, k AS id % 7) WITH ('connector' = 'datagen', 'scan.parallelism' = '1', \
+         CREATE TABLE gen (id {id_type}, k AS id % 7) WITH ('connector' = 'datagen', 'scan.parallelism' = '1', \
          'rows-per-second' = '{rate}', 'fields.id.kind' = 'sequence', 'fields.id.start' = '1', 'fields.id.end' = '{rows}');\n\
          CREATE TABLE totals (k BIGINT, n BIGINT, s BIGINT) WITH ('connector' = 'filesystem', 'path' = '{out}', \
          'format' = 'debezium-json');\n\
@@ -351,7 +365,8 @@ fn run_with_kills(script: impl Fn(&Path) -> String) -> PathBuf {
 #[test]
 fn a_sql_aggregate_keeps_exactly_once_results_across_taskmanager_kills() {
     let rows = 24_000;
-    let out = run_with_kills(|out| totals_script(rows, 2_000, 2, out.to_str().unwrap()));
+    // NOT NULL ids: the typed path (the savepoint test below runs the general one).
+    let out = run_with_kills(|out| totals_script_with(rows, 2_000, 2, out.to_str().unwrap(), "BIGINT NOT NULL"));
     let changelog: Vec<String> = committed_files_in_order(&out).into_iter().flat_map(|(_, lines)| lines).collect();
     std::fs::remove_dir_all(&out).ok();
     assert_eq!(apply_debezium(&changelog), expected_totals(rows));

@@ -973,7 +973,23 @@ impl<'a> GraphBuilder<'a> {
         let keys: Vec<usize> = (0..group.len()).collect();
         let window_key = |name: &str| group.iter().position(|g| matches!(g, Expr::Column(c) if c.name == name) && input.windowed);
         let window = (window_key("window_start"), window_key("window_end"));
-        let pre_stream = self.calc(&input, "group-keys", None, pre, Some(keys));
+        // The typed path: one NOT NULL BIGINT or STRING key, COUNT(*) and COUNT/SUM of NOT NULL
+        // BIGINT columns. The state backend's typed aggregate tables run it (as the YAML
+        // `count`/`sum` steps), partitioned by the key column itself.
+        let non_null_int64 = |i: Option<usize>| i.is_none_or(|i| pre[i].1.data_type() == &DataType::Int64 && !pre[i].1.is_nullable());
+        let typed = window == (None, None)
+            && group.len() == 1
+            && matches!(pre[0].1.data_type(), DataType::Int64 | DataType::Utf8)
+            && !pre[0].1.is_nullable()
+            && specs.iter().all(|a| {
+                !a.distinct
+                    && match a.function {
+                        spec::AggFunction::Count => non_null_int64(a.arg),
+                        spec::AggFunction::Sum => a.arg.is_some() && non_null_int64(a.arg) && a.output == DataType::Int64.to_string(),
+                        _ => false,
+                    }
+            });
+        let pre_stream = self.calc(&input, "group-keys", None, pre, (!typed).then_some(keys));
         let fields: Vec<Field> = out.fields().iter().map(|f| f.as_ref().clone()).collect();
         let schema = Arc::new(Schema::new(fields));
         match window {
@@ -992,10 +1008,11 @@ impl<'a> GraphBuilder<'a> {
             (None, None) => {}
             _ => return Err(PlanError::msg("an aggregate over a window function must GROUP BY both window_start and window_end")),
         }
-        let spec = spec::GroupAggregate { keys: group.len(), aggregates: specs };
+        let spec = spec::GroupAggregate { keys: group.len(), aggregates: specs, typed };
         let op = self.operator("group-aggregate", Self::sql_spec("group-aggregate", true, &spec), with_hidden(&schema, true));
         let v = self.vertex(op, self.parallelism);
-        self.edge(pre_stream.vertex, v, Partitioning::Hash { key: KEY.to_string() });
+        let key = if typed { pre_stream.schema.field(0).name().clone() } else { KEY.to_string() };
+        self.edge(pre_stream.vertex, v, Partitioning::Hash { key });
         Ok(Stream { vertex: v, schema, updating: true, windowed: false })
     }
 

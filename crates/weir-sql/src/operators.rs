@@ -94,6 +94,11 @@ pub mod spec {
         /// Input columns `0..keys` are the group key; the output starts with them.
         pub keys: usize,
         pub aggregates: Vec<Aggregate>,
+        /// One NOT NULL BIGINT or STRING key and COUNT/SUM over NOT NULL BIGINTs: the state
+        /// backend's typed aggregates run it, and the input is partitioned by the key column
+        /// itself (no hidden key column).
+        #[serde(default)]
+        pub typed: bool,
     }
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -635,6 +640,8 @@ fn state_error(e: weir_state::StateError) -> OperatorError {
 
 /// The state name of the accumulators, and of the values seen by COUNT(DISTINCT).
 const ACC_STATE: &str = "sql-agg";
+/// The typed path's hidden count per group (its sums go under `sql-agg-count-<j>`).
+const TYPED_COUNT_STATE: &str = "sql-agg-count";
 const DISTINCT_STATE: &str = "sql-agg-distinct";
 
 impl GroupAggregate {
@@ -645,8 +652,110 @@ impl GroupAggregate {
         state: StateBackend,
         max_parallelism: u32,
     ) -> Result<Self, String> {
-        let (key_column, outputs) = aggregate_layout(input, &spec.aggregates)?;
+        let (key_column, outputs) = if spec.typed {
+            let outputs = vec![DataType::Int64; spec.aggregates.len()];
+            (0, outputs)
+        } else {
+            aggregate_layout(input, &spec.aggregates)?
+        };
         Ok(Self { spec, outputs, key_column, schema, state, max_parallelism })
+    }
+
+    /// [`Operator::process_batch`] on the typed path: per aggregate one call of the backend's
+    /// batch aggregate (a running value per row), plus a hidden count that tells new groups
+    /// from updated ones; a group's value before the batch is its running value at its first
+    /// row less that row's own contribution.
+    fn process_typed(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        use weir_core::graph::AggKind;
+        let rows = batch.num_rows();
+        let key_col = batch.column(0).clone();
+        let keys = if let Some(a) = key_col.as_any().downcast_ref::<StringArray>() {
+            weir_state::Keys::Utf8(a)
+        } else if let Some(a) = key_col.as_any().downcast_ref::<arrow_array::Int64Array>() {
+            weir_state::Keys::Int64(a)
+        } else {
+            return Err(OperatorError::Failed(format!("the typed aggregate's key is {}", key_col.data_type())));
+        };
+        let mut counts = Vec::with_capacity(rows);
+        self.state.keyed().aggregate_batch(TYPED_COUNT_STATE, keys, None, AggKind::Count, &mut counts).map_err(state_error)?;
+        // Per aggregate: its running values and its argument (None: the count).
+        let mut running: Vec<(Vec<i64>, Option<arrow_array::Int64Array>)> = Vec::with_capacity(self.spec.aggregates.len());
+        for (j, agg) in self.spec.aggregates.iter().enumerate() {
+            match (agg.function, agg.arg) {
+                (spec::AggFunction::Sum, Some(i)) => {
+                    let values = batch
+                        .column(i)
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| OperatorError::Failed("SUM's argument is not BIGINT".into()))?
+                        .clone();
+                    let mut out = Vec::with_capacity(rows);
+                    self.state
+                        .keyed()
+                        .aggregate_batch(&format!("{TYPED_COUNT_STATE}-{j}"), keys, Some(&values), AggKind::Sum, &mut out)
+                        .map_err(state_error)?;
+                    running.push((out, Some(values)));
+                }
+                _ => running.push((Vec::new(), None)),
+            }
+        }
+        // Each group's first and last row in the batch, in order of first appearance.
+        let mut groups: Vec<(u32, u32)> = Vec::new();
+        match keys {
+            weir_state::Keys::Int64(a) => {
+                let mut at: hashbrown::HashMap<i64, usize> = hashbrown::HashMap::with_capacity(rows);
+                for (r, k) in a.values().iter().enumerate() {
+                    let g = *at.entry(*k).or_insert_with(|| {
+                        groups.push((r as u32, r as u32));
+                        groups.len() - 1
+                    });
+                    groups[g].1 = r as u32;
+                }
+            }
+            weir_state::Keys::Utf8(a) => {
+                let mut at: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::with_capacity(rows);
+                for r in 0..rows {
+                    let g = *at.entry(a.value(r)).or_insert_with(|| {
+                        groups.push((r as u32, r as u32));
+                        groups.len() - 1
+                    });
+                    groups[g].1 = r as u32;
+                }
+            }
+        }
+        let mut indices = Vec::with_capacity(groups.len() * 2);
+        let mut kinds = Vec::with_capacity(groups.len() * 2);
+        let mut values: Vec<Vec<i64>> = vec![Vec::with_capacity(groups.len() * 2); self.spec.aggregates.len()];
+        for &(first, last) in &groups {
+            let (f, l) = (first as usize, last as usize);
+            let old_count = counts[f] - 1;
+            let value = |j: usize, row: usize, before: bool| -> i64 {
+                match &running[j] {
+                    (out, Some(arg)) => out[row] - if before { arg.value(row) } else { 0 },
+                    (_, None) => counts[row] - before as i64,
+                }
+            };
+            if old_count > 0 {
+                indices.push(first);
+                kinds.push(RowKind::UpdateBefore as i8);
+                for (j, v) in values.iter_mut().enumerate() {
+                    v.push(value(j, f, true));
+                }
+                kinds.push(RowKind::UpdateAfter as i8);
+            } else {
+                kinds.push(RowKind::Insert as i8);
+            }
+            indices.push(first);
+            for (j, v) in values.iter_mut().enumerate() {
+                v.push(value(j, l, false));
+            }
+        }
+        let indices = UInt32Array::from(indices);
+        let mut columns = vec![arrow_select::take::take(&key_col, &indices, None)?];
+        for v in values {
+            columns.push(Arc::new(arrow_array::Int64Array::from(v)) as ArrayRef);
+        }
+        columns.push(Arc::new(Int8Array::from(kinds)));
+        out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 
     /// The result column of aggregate `j` for the accumulators `accs`.
@@ -750,6 +859,9 @@ impl Operator for GroupAggregate {
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(());
+        }
+        if self.spec.typed {
+            return self.process_typed(batch, out);
         }
         let keys = batch
             .column(self.key_column)
