@@ -1571,6 +1571,7 @@ impl Operator for Join {
             });
         }
         let mut changed = vec![false; lists.len()];
+        let mut index: Vec<Option<hashbrown::HashMap<Vec<u8>, usize>>> = vec![None; lists.len()];
         // Output rows: (left bytes, right bytes, kind), in the order rows arrived; `None` is a
         // side padded with NULLs (outer joins).
         let mut pairs: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, RowKind)> = Vec::new();
@@ -1615,9 +1616,15 @@ impl Operator for Join {
                     }
                 }
             }
-            match lists[own].iter_mut().find(|(row, _)| row.as_slice() == own_bytes) {
-                Some((_, count)) => *count += 1,
-                None => lists[own].push((own_bytes.to_vec(), 1)),
+            // Where each distinct row sits in its list, built the first time the list grows in
+            // this batch, so adding a row is not a search through the key's rows.
+            let positions = index[own].get_or_insert_with(|| lists[own].iter().enumerate().map(|(i, (row, _))| (row.clone(), i)).collect());
+            match positions.get(own_bytes) {
+                Some(&i) => lists[own][i].1 += 1,
+                None => {
+                    positions.insert(own_bytes.to_vec(), lists[own].len());
+                    lists[own].push((own_bytes.to_vec(), 1));
+                }
             }
             changed[own] = true;
         }
