@@ -142,14 +142,7 @@ fn run_job_with_kills(
             });
         }
     }
-    let status = wait_for("the job to finish", || {
-        let s = cluster.try_job_status(&id)?;
-        match s["state"].as_str() {
-            Some("FINISHED") => Some(s),
-            Some("FAILED") | Some("CANCELED") => panic!("job ended {}: {}", s["state"], s["failure"]),
-            _ => None,
-        }
-    });
+    let status = cluster.wait_until_finished(&id);
     let checkpoints: serde_json::Value = serde_json::from_slice(&cluster.weir(&["checkpoints", &id, "--output", "json"]).stdout).unwrap();
     (committed_lines(&out_dir), expected_lines(&yaml), status, checkpoints)
 }

@@ -342,14 +342,7 @@ fn run_with_kills(script: impl Fn(&Path) -> String) -> PathBuf {
         kills += 1;
     }
     assert!(kills >= 1, "the job finished before the first kill: the test proves nothing");
-    let status = wait_for("the job to finish", || {
-        let s = cluster.try_job_status(&id)?;
-        match s["state"].as_str() {
-            Some("FINISHED") => Some(s),
-            Some("FAILED") | Some("CANCELED") => panic!("job ended {}: {}", s["state"], s["failure"]),
-            _ => None,
-        }
-    });
+    let status = cluster.wait_until_finished(&id);
     assert!(status["restarts"].as_u64().unwrap_or(0) >= 1, "no restart happened: {status}");
     // The output outlives the cluster's folder.
     let kept = tempfile::tempdir().unwrap().keep();

@@ -172,6 +172,19 @@ impl Cluster {
         v["id"].as_str().unwrap().to_string()
     }
 
+    /// Waits until the job FINISHED (riding out moments when the JobManager does not answer);
+    /// returns its status. A job that FAILED or was CANCELED fails the test.
+    pub fn wait_until_finished(&self, id: &str) -> Value {
+        wait_for("the job to finish", || {
+            let s = self.try_job_status(id)?;
+            match s["state"].as_str() {
+                Some("FINISHED") => Some(s),
+                Some("FAILED") | Some("CANCELED") => panic!("job ended {}: {}", s["state"], s["failure"]),
+                _ => None,
+            }
+        })
+    }
+
     /// How many of the job's checkpoints completed (0 while the JobManager does not answer).
     pub fn completed_checkpoints(&self, id: &str) -> usize {
         let out = self.weir(&["checkpoints", id, "--output", "json"]);
