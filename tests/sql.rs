@@ -8,7 +8,9 @@
 //!   sections of the expected file (one folder needs no section line);
 //! - `-- check: stdout`: the changelog the script printed (`+I[...]`, `-U[...]`, `+U[...]`),
 //!   applied row by row, as the final table in sorted order. Applying it also checks it: a
-//!   `-U` must retract a row that is there.
+//!   `-U` must retract a row that is there;
+//! - `-- check: stdout upsert N`: the same for a sink with a primary key (its first N columns):
+//!   rows replace their key's row, and a `-U` fails the test.
 //!
 //! `${DIR}` is the test's temporary directory, `${DATA}` the folder `tests/sql/data`.
 
@@ -61,6 +63,31 @@ fn apply_changelog(stdout: &str) -> Vec<String> {
     table.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n)).collect()
 }
 
+/// The final table of a printed upsert changelog whose first `key` columns are the primary
+/// key, sorted: `+I` and `+U` replace the key's row, `-D` removes it. Panics on a `-U` (an
+/// upsert sink gets none) and on a `-D` of a row that is not there.
+fn apply_upserts(stdout: &str, key: usize) -> Vec<String> {
+    let mut table: BTreeMap<String, String> = BTreeMap::new();
+    for line in stdout.lines() {
+        let line = line.split_once("> ").map(|(_, rest)| rest).unwrap_or(line);
+        let (kind, row) = line.split_at(2);
+        let row = row.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or_else(|| panic!("not a changelog row: {line}"));
+        let k = row.split(", ").take(key).collect::<Vec<_>>().join(", ");
+        match kind {
+            "+I" | "+U" => {
+                table.insert(k, row.to_string());
+            }
+            "-D" => {
+                table.remove(&k).unwrap_or_else(|| panic!("-D of [{row}], which is not in the table: {stdout}"));
+            }
+            other => panic!("an upsert sink got a {other} row: {line}\n{stdout}"),
+        }
+    }
+    let mut rows: Vec<String> = table.into_values().collect();
+    rows.sort();
+    rows
+}
+
 /// An expected file's lines by folder: after a `== folder` line, or all under "" without one
 /// (a script that checks one folder).
 fn expected_sections(text: &str) -> BTreeMap<String, Vec<String>> {
@@ -95,7 +122,11 @@ fn every_golden_script_gives_its_expected_output() {
         let path = write_script(dir.path(), "job.sql", &text);
         let (ok, stdout, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
         assert!(ok, "{name}.sql failed: {stderr}");
-        let (got, expected): (Vec<String>, Vec<String>) = if check == "stdout" {
+        let (got, expected): (Vec<String>, Vec<String>) = if let Some(n) = check.strip_prefix("stdout upsert ") {
+            let mut expected: Vec<String> = expected_text.lines().map(str::to_string).collect();
+            expected.sort();
+            (apply_upserts(&stdout, n.parse().unwrap()), expected)
+        } else if check == "stdout" {
             let mut expected: Vec<String> = expected_text.lines().map(str::to_string).collect();
             expected.sort();
             (apply_changelog(&stdout), expected)
@@ -142,6 +173,15 @@ fn bad_scripts_fail_naming_line_column_and_what_is_wrong() {
             "CREATE TABLE u (a INT) WITH ('connector' = 'datagen', 'rows-per-secnd' = '5');",
             "job.sql:3:55: unsupported option 'rows-per-secnd' for connector 'datagen'",
         ),
+        (
+            "CREATE TABLE u (a INT) WITH ('connector' = 'datagen', 'scan.watermark.idle-timeout' = 'soon');",
+            "job.sql:3:55: option 'scan.watermark.idle-timeout' of table 'u': ",
+        ),
+        (
+            "CREATE TABLE u (a INT) WITH ('connector' = 'blackhole', 'scan.watermark.idle-timeout' = '1s');",
+            "option 'scan.watermark.idle-timeout' of table 'u': connector 'blackhole' is not a source",
+        ),
+        ("SET 'table.exec.source.idle-timeout' = 'soon';", "job.sql:3:1: "),
         ("CREATE TABLE u (a INT) WITH ('connector' = 'kafka');", "unknown connector 'kafka'"),
         ("INSERT INTO s SELECT a FROM t WHERE;", "job.sql:3:36: Expected: an expression"),
         ("DROP TABLE t;", "job.sql:3:1: unsupported statement starting with DROP"),
@@ -231,6 +271,23 @@ fn explain_show_tables_and_describe_print_without_running_anything() {
     let (ok, stdout, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("\"typed\":true") && stdout.contains("hash(k0)"), "{stdout}");
+}
+
+/// The idle timeout reaches each source's watermark assigner: the job's setting, or the
+/// table's own option, which wins.
+#[test]
+fn sources_get_the_idle_timeout_of_the_job_or_of_their_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "SET 'table.exec.source.idle-timeout' = '2s';\n\
+                  CREATE TABLE a (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('connector' = 'socket', 'hostname' = 'localhost', 'port' = '9', 'format' = 'csv');\n\
+                  CREATE TABLE b (k BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('connector' = 'socket', 'hostname' = 'localhost', 'port' = '9', 'format' = 'csv', 'scan.watermark.idle-timeout' = '500ms');\n\
+                  CREATE TABLE out (k BIGINT) WITH ('connector' = 'blackhole');\n\
+                  EXPLAIN INSERT INTO out SELECT a.k FROM a JOIN b ON a.k = b.k AND a.ts BETWEEN b.ts AND b.ts + INTERVAL '1' MINUTE;\n";
+    let path = write_script(dir.path(), "job.sql", script);
+    let (ok, stdout, stderr) = run(dir.path(), &["run", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("\"idle_timeout_ms\":2000") && stdout.contains("\"idle_timeout_ms\":500"), "{stdout}");
+    assert!(stdout.contains("\"interval\":{\"left_time\":1,\"lower\":0,\"right_time\":3,\"upper\":60000}"), "{stdout}");
 }
 
 /// The committed changelog of a `debezium-json` sink applied row by row: the final table,

@@ -66,6 +66,8 @@ keys! {
         "Number of key groups (at most 32768); the upper bound for any operator's parallelism.";
     AUTO_WATERMARK_INTERVAL = "pipeline.auto-watermark-interval", "200ms", Duration,
         "How often a watermark assigner emits its watermark (if event time advanced).";
+    SOURCE_IDLE_TIMEOUT = "table.exec.source.idle-timeout", "0ms", Duration,
+        "SQL: a source subtask without rows for this long is idle, and downstream event time no longer waits for it; 0ms: never.";
     CHECKPOINT_INTERVAL = "execution.checkpointing.interval", "none", OptionalDuration,
         "Interval between checkpoint triggers; `none` disables checkpointing.";
     CHECKPOINT_MODE = "execution.checkpointing.mode", "EXACTLY_ONCE", Enum(&["EXACTLY_ONCE", "AT_LEAST_ONCE"]),

@@ -24,6 +24,8 @@ pub struct Table {
     pub watermark: Option<crate::script::WatermarkDdl>,
     pub primary_key: Option<Vec<String>>,
     pub connector: Connector,
+    /// `scan.watermark.idle-timeout`: a source subtask without rows this long is idle.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Where the table was declared.
     pub at: Location,
 }
@@ -162,7 +164,20 @@ pub fn declare_table(ddl: &TableDdl, at: Location) -> Result<Declared, (Location
             return Err((*loc, format!("option '{k}' is given twice")));
         }
     }
+    let idle_timeout = match take(&mut options, "scan.watermark.idle-timeout") {
+        None => None,
+        Some((v, loc)) => Some(
+            weir_core::config::parse_duration(&v)
+                .map_err(|e| (loc, format!("option 'scan.watermark.idle-timeout' of table '{}': {e}", ddl.name)))?,
+        ),
+    };
     let connector = connector(&ddl.name, &mut options, &physical, at)?;
+    if idle_timeout.is_some() && !connector.is_source() {
+        return Err((
+            at,
+            format!("option 'scan.watermark.idle-timeout' of table '{}': connector '{}' is not a source", ddl.name, connector.name()),
+        ));
+    }
     if let Some((k, (_, loc))) = options.iter().next() {
         return Err((*loc, format!("unsupported option '{k}' for connector '{}' of table '{}'", connector.name(), ddl.name)));
     }
@@ -173,6 +188,7 @@ pub fn declare_table(ddl: &TableDdl, at: Location) -> Result<Declared, (Location
         watermark: ddl.watermark.clone(),
         primary_key: ddl.primary_key.clone(),
         connector,
+        idle_timeout,
         at,
     };
     Ok(Declared { table, job_options })

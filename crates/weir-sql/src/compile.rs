@@ -417,6 +417,85 @@ impl Session {
     }
 }
 
+/// The input column a shipped projection passes through unchanged (`c3`), if it is one.
+fn column_ref(text: &str) -> Option<usize> {
+    text.trim_matches('"').strip_prefix('c')?.parse().ok()
+}
+
+/// The time bounds of an interval join among the conditions of a join besides its key
+/// equalities: comparisons (`<`, `<=`, `>`, `>=`, `BETWEEN`) between a timestamp column of each
+/// side, each side optionally plus or minus an interval literal (`o.ts BETWEEN s.ts - INTERVAL
+/// '1' HOUR AND s.ts`). The bounds come from the comparisons over the first such pair of
+/// columns; others only filter. `None` when there is none: a regular join, whose state is kept.
+fn interval_bounds(conditions: &[Expr], ls: &DFSchema, rs: &DFSchema) -> Option<spec::IntervalBounds> {
+    use datafusion_expr::Operator as Op;
+    let mut comparisons: Vec<(&Expr, Op, &Expr)> = Vec::new();
+    for c in conditions {
+        match c {
+            Expr::BinaryExpr(b) if matches!(b.op, Op::Lt | Op::LtEq | Op::Gt | Op::GtEq) => comparisons.push((&b.left, b.op, &b.right)),
+            Expr::Between(b) if !b.negated => {
+                comparisons.push((&b.expr, Op::GtEq, &b.low));
+                comparisons.push((&b.expr, Op::LtEq, &b.high));
+            }
+            _ => {}
+        }
+    }
+    let nl = ls.fields().len();
+    let time_column = |c: &Column, schema: &DFSchema| {
+        let i = schema.index_of_column(c).ok()?;
+        matches!(schema.field(i).data_type(), DataType::Timestamp(..)).then_some(i)
+    };
+    let mut bounds: Option<spec::IntervalBounds> = None;
+    for (a, op, b) in comparisons {
+        let (Some((ca, oa)), Some((cb, ob))) = (time_term(a), time_term(b)) else { continue };
+        // left + x  op  right + y  <=>  left - right  op  y - x (and mirrored).
+        let (lt, rt, op, k) = match (time_column(&ca, ls), time_column(&cb, rs), time_column(&cb, ls), time_column(&ca, rs)) {
+            (Some(l), Some(r), _, _) => (l, r, op, ob - oa),
+            (_, _, Some(l), Some(r)) => (l, r, op.swap()?, oa - ob),
+            _ => continue,
+        };
+        let b = bounds.get_or_insert(spec::IntervalBounds { left_time: lt, right_time: nl + rt, lower: None, upper: None });
+        if (b.left_time, b.right_time) != (lt, nl + rt) {
+            continue;
+        }
+        match op {
+            Op::Gt | Op::GtEq => b.lower = Some(b.lower.map_or(k, |l| l.max(k))),
+            _ => b.upper = Some(b.upper.map_or(k, |u| u.min(k))),
+        }
+    }
+    bounds
+}
+
+/// A time column plus or minus a constant interval: the column and the offset in milliseconds.
+fn time_term(e: &Expr) -> Option<(Column, i64)> {
+    use datafusion_expr::Operator as Op;
+    match e {
+        Expr::Column(c) => Some((c.clone(), 0)),
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(..)) => time_term(&c.expr),
+        Expr::BinaryExpr(b) if matches!(b.op, Op::Plus | Op::Minus) => {
+            let (column, offset) = time_term(&b.left)?;
+            let d = interval_millis(&b.right)?;
+            Some((column, if b.op == Op::Plus { offset.checked_add(d)? } else { offset.checked_sub(d)? }))
+        }
+        _ => None,
+    }
+}
+
+/// An interval literal of days, hours, minutes, seconds and whole milliseconds, in milliseconds.
+fn interval_millis(e: &Expr) -> Option<i64> {
+    use datafusion_common::ScalarValue as S;
+    match e {
+        Expr::Cast(c) => interval_millis(&c.expr),
+        Expr::Literal(S::IntervalDayTime(Some(v)), _) => Some(v.days as i64 * 86_400_000 + v.milliseconds as i64),
+        Expr::Literal(S::IntervalMonthDayNano(Some(v)), _) if v.months == 0 && v.nanoseconds % 1_000_000 == 0 => {
+            Some(v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        Expr::Literal(S::DurationMillisecond(Some(v)), _) => Some(*v),
+        Expr::Literal(S::DurationSecond(Some(v)), _) => v.checked_mul(1000),
+        _ => None,
+    }
+}
+
 /// The columns a window function adds to its table's.
 pub const WINDOW_COLUMNS: [&str; 3] = ["window_start", "window_end", "window_time"];
 
@@ -501,6 +580,9 @@ pub(crate) struct Stream {
     updating: bool,
     /// Rows of a window function (they carry window columns).
     windowed: bool,
+    /// The columns that identify a row of an updating stream (a group aggregate's keys): every
+    /// change of one key's row comes from one subtask, in order.
+    unique_key: Option<Vec<usize>>,
 }
 
 impl Stream {
@@ -529,6 +611,8 @@ struct GraphBuilder<'a> {
     /// Whether the window functions translated so far are over processing time.
     processing_time_windows: bool,
     counter: usize,
+    /// `table.exec.source.idle-timeout` in milliseconds (0: never idle).
+    idle_timeout_ms: u64,
 }
 
 impl<'a> GraphBuilder<'a> {
@@ -542,6 +626,8 @@ impl<'a> GraphBuilder<'a> {
             prefix: String::new(),
             counter: 0,
             processing_time_windows: false,
+            idle_timeout_ms: weir_core::config::parse_duration(config.get(keys::SOURCE_IDLE_TIMEOUT))
+                .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64),
         }
     }
 
@@ -591,10 +677,14 @@ impl<'a> GraphBuilder<'a> {
             f.push(Field::new(KEY, DataType::Binary, false));
             batch = Arc::new(Schema::new(f));
         }
+        // A unique key survives a projection that passes its columns through.
+        let unique_key = input.unique_key.as_ref().and_then(|keys| {
+            keys.iter().map(|k| projections.iter().position(|(text, _)| column_ref(text) == Some(*k))).collect::<Option<Vec<_>>>()
+        });
         let spec = spec::Calc { filter, projections: projections.into_iter().map(|(t, _)| t).collect(), key };
         let op = self.operator(name, Self::sql_spec("calc", false, &spec), batch);
         self.push(input.vertex, op);
-        Stream { vertex: input.vertex, schema, updating: input.updating, windowed: input.windowed }
+        Stream { vertex: input.vertex, schema, updating: input.updating, windowed: input.windowed, unique_key }
     }
 
     /// Projections that pass every column of `input` through unchanged.
@@ -679,7 +769,7 @@ impl<'a> GraphBuilder<'a> {
                 let schema = Arc::new(Schema::new(generated));
                 let op = self.operator("datagen", OperatorSpec::DatagenSource(spec.clone()), schema.clone());
                 let v = self.vertex(op, parallelism.unwrap_or(self.parallelism));
-                (Stream { vertex: v, schema, updating: false, windowed: false }, true)
+                (Stream { vertex: v, schema, updating: false, windowed: false, unique_key: None }, true)
             }
             Connector::Filesystem { path, format, parallelism } => {
                 let v = self.line_source(
@@ -688,11 +778,11 @@ impl<'a> GraphBuilder<'a> {
                     *format,
                     parallelism.unwrap_or(self.parallelism),
                 )?;
-                (Stream { vertex: v, schema: physical.clone(), updating: false, windowed: false }, false)
+                (Stream { vertex: v, schema: physical.clone(), updating: false, windowed: false, unique_key: None }, false)
             }
             Connector::Socket { host, port, format } => {
                 let v = self.line_source(name, OperatorSpec::SocketSource { host: host.clone(), port: *port }, *format, 1)?;
-                (Stream { vertex: v, schema: physical.clone(), updating: false, windowed: false }, false)
+                (Stream { vertex: v, schema: physical.clone(), updating: false, windowed: false, unique_key: None }, false)
             }
             other => return Err(PlanError::msg(format!("table '{name}' uses connector '{}', which cannot be read", other.name()))),
         };
@@ -737,7 +827,9 @@ impl<'a> GraphBuilder<'a> {
             if !matches!(crate::planner::type_of(&e, &df)?.0, DataType::Timestamp(..)) {
                 return Err(PlanError::msg(format!("the WATERMARK of table '{name}' is not a TIMESTAMP expression")));
             }
-            let spec = spec::Watermark { expr: ShippedExpr::ship(&e, &df)? };
+            // The table's own `scan.watermark.idle-timeout` wins over the job's setting.
+            let idle = table.idle_timeout.map_or(self.idle_timeout_ms, |d| d.as_millis().min(u64::MAX as u128) as u64);
+            let spec = spec::Watermark { expr: ShippedExpr::ship(&e, &df)?, idle_timeout_ms: (idle > 0).then_some(idle) };
             let op = self.operator("watermark", Self::sql_spec("watermark", false, &spec), stream.schema.clone());
             self.push(stream.vertex, op);
         }
@@ -785,7 +877,7 @@ impl<'a> GraphBuilder<'a> {
         let op = self.operator(name, Self::sql_spec("window-assign", false, &spec), schema.clone());
         self.push(input.vertex, op);
         self.processing_time_windows |= processing_time;
-        Ok(Stream { vertex: input.vertex, schema, updating: false, windowed: true })
+        Ok(Stream { vertex: input.vertex, schema, updating: false, windowed: true, unique_key: None })
     }
 
     /// A regular inner join on equal keys: both inputs become rows of one schema (the left
@@ -876,13 +968,14 @@ impl<'a> GraphBuilder<'a> {
         }
         let schema: SchemaRef = Arc::new(Schema::new(j.schema.fields().iter().map(|f| nullable(f)).collect::<Vec<_>>()));
         let updating = outer != [false, false];
-        let spec = spec::Join { left: nl, right: nr, outer };
+        let interval = if updating { None } else { interval_bounds(&rest, &ls, &rs) };
+        let spec = spec::Join { left: nl, right: nr, outer, interval };
         let op = self.operator("join", Self::sql_spec("join", true, &spec), with_hidden(&schema, updating));
         let v = self.vertex(op, self.parallelism);
         for input in &inputs {
             self.edge(input.vertex, v, Partitioning::Hash { key: KEY.to_string() });
         }
-        let mut stream = Stream { vertex: v, schema, updating, windowed: left.windowed || right.windowed };
+        let mut stream = Stream { vertex: v, schema, updating, windowed: left.windowed || right.windowed, unique_key: None };
         if let Some(filter) = datafusion_expr::utils::conjunction(rest) {
             let predicate = ShippedExpr::ship(&filter, &j.schema)?;
             let projections = Self::identity(&stream);
@@ -1003,7 +1096,7 @@ impl<'a> GraphBuilder<'a> {
                 let op = self.operator("window-aggregate", Self::sql_spec("window-aggregate", true, &spec), schema.clone());
                 let v = self.vertex(op, self.parallelism);
                 self.edge(pre_stream.vertex, v, Partitioning::Hash { key: KEY.to_string() });
-                return Ok(Stream { vertex: v, schema, updating: false, windowed: false });
+                return Ok(Stream { vertex: v, schema, updating: false, windowed: false, unique_key: None });
             }
             (None, None) => {}
             _ => return Err(PlanError::msg("an aggregate over a window function must GROUP BY both window_start and window_end")),
@@ -1013,7 +1106,7 @@ impl<'a> GraphBuilder<'a> {
         let v = self.vertex(op, self.parallelism);
         let key = if typed { pre_stream.schema.field(0).name().clone() } else { KEY.to_string() };
         self.edge(pre_stream.vertex, v, Partitioning::Hash { key });
-        Ok(Stream { vertex: v, schema, updating: true, windowed: false })
+        Ok(Stream { vertex: v, schema, updating: true, windowed: false, unique_key: Some((0..group.len()).collect()) })
     }
 
     /// Writes `stream` into sink `table`: a calc that puts the query's columns in the sink's
@@ -1076,7 +1169,28 @@ impl<'a> GraphBuilder<'a> {
             };
             projections.push((ShippedExpr::ship(&e, &input)?, target.clone().with_nullable(true)));
         }
+        // Upsert mode, as Flink's planner picks for a sink with a primary key: when the key is
+        // the query's unique key (a GROUP BY's keys), every change of a key's row reaches the
+        // sink from one subtask in order, and the `+U` that follows a `-U` replaces the row,
+        // so the `-U` rows are dropped.
+        let upsert = stream.updating
+            && match (&table.primary_key, &stream.unique_key) {
+                (Some(pk), Some(unique)) => {
+                    let pk: Option<Vec<usize>> = pk.iter().map(|k| targets.iter().position(|t| t.name() == k)).collect();
+                    pk.is_some_and(|mut pk| {
+                        let mut unique = unique.clone();
+                        pk.sort_unstable();
+                        unique.sort_unstable();
+                        pk == unique
+                    })
+                }
+                _ => false,
+            };
         let stream = self.calc(&stream, "to-sink", None, projections, None);
+        if upsert {
+            let op = self.operator("upsert", Self::sql_spec("upsert", false, &serde_json::Value::Null), with_hidden(&stream.schema, true));
+            self.push(stream.vertex, op);
+        }
         let empty = Arc::new(Schema::empty());
         let op = match &table.connector {
             Connector::Filesystem { path, format: TableFormat::DebeziumJson, .. } => {

@@ -13,6 +13,8 @@
 //!   nothing.
 //! - `debezium-encode`: rows as Flink's `debezium-json` changelog (`before`, `after`, `op`),
 //!   which the file sink writes as JSON lines.
+//! - `upsert`: drops the `-U` rows of an updating stream written into a sink whose primary key
+//!   is the stream's unique key, as Flink's upsert mode: each `+U` replaces its key's row.
 //! - `print`: Flink SQL's print connector, `+I[a, 1]` per row.
 //! - `collect`: a query's rows to the interactive SQL client, over TCP, one line per row:
 //!   its row kind, a tab, and the row as a JSON array.
@@ -20,9 +22,13 @@
 //!   list per key and side, with a count per distinct row); a batch reads the lists of every key
 //!   it touches with one `multi_get`, pairs each row with the other side's rows so far (rows of
 //!   the same batch included, in order), and writes the changed lists with one `write_batch`.
-//!   The state grows with the inputs, as a Flink regular join's does without a state TTL.
+//!   The state grows with the inputs, as a Flink regular join's does without a state TTL, except
+//!   in an interval join (time bounds between the sides): there an index of when each row can
+//!   meet no future partner (time, side, key) drops rows as the watermark passes them.
 //! - `watermark`: a table's `WATERMARK FOR` expression, evaluated per batch; its largest value
-//!   so far goes downstream as the watermark after each batch that advanced it.
+//!   so far goes downstream as the watermark after each batch that advanced it. With an idle
+//!   timeout, a subtask without rows for that long declares itself idle (downstream event time
+//!   stops waiting for it) until its next row.
 //! - `window-assign`: the windows of each row (TUMBLE, HOP, CUMULATE), one output row per window.
 //! - `window-aggregate`: an aggregate per group and window in keyed state; a window's row is
 //!   emitted once, when the watermark passes its end, and its state is then dropped. Rows of a
@@ -107,10 +113,14 @@ pub mod spec {
     }
 
     /// A table's watermark: `expr` (over its columns) evaluated per row; its largest value so
-    /// far is the watermark, emitted after each batch that advanced it.
+    /// far is the watermark, emitted after each batch that advanced it. After `idle_timeout_ms`
+    /// without rows the subtask declares itself idle, until its next row.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct Watermark {
         pub expr: String,
+        /// Milliseconds without rows after which the source is idle (`None`: never).
+        #[serde(default)]
+        pub idle_timeout_ms: Option<u64>,
     }
 
     /// The windows of each row (a window function): the input's columns, then `window_start`,
@@ -140,6 +150,22 @@ pub mod spec {
         /// NULLs: a LEFT (RIGHT, FULL) outer join.
         #[serde(default)]
         pub outer: [bool; 2],
+        /// An interval join's time bounds: its state is dropped as the watermark passes them.
+        #[serde(default)]
+        pub interval: Option<IntervalBounds>,
+    }
+
+    /// The time bounds of an interval join, `lower <= left time - right time <= upper` (in
+    /// milliseconds; `None`: unbounded on that side), over the join's columns `left_time` and
+    /// `right_time` (indexes among its output columns). A left row can meet no future right
+    /// row once the watermark reaches its time minus `lower`, a right row none once it reaches
+    /// its time plus `upper`: it is then dropped from state, as Flink's interval join does.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct IntervalBounds {
+        pub left_time: usize,
+        pub right_time: usize,
+        pub lower: Option<i64>,
+        pub upper: Option<i64>,
     }
 
     /// An aggregate per group and window, emitted once when the watermark passes the window's
@@ -185,6 +211,10 @@ impl SqlOperators for SqlRuntime {
                 ChainOperator::Keyed(Box::new(agg))
             }
             "debezium-encode" => ChainOperator::Plain(Box::new(DebeziumEncode { schema: output })),
+            "upsert" => {
+                let rowkind = input.index_of(ROWKIND).map_err(|_| bad("the input carries no row kinds".into()))?;
+                ChainOperator::Plain(Box::new(Upsert { rowkind }))
+            }
             "watermark" => ChainOperator::Plain(Box::new(WatermarkAssigner::new(parse(spec).map_err(bad)?, input, &op.uid).map_err(bad)?)),
             "window-assign" => ChainOperator::Plain(Box::new(WindowAssign { spec: parse(spec).map_err(bad)?, schema: output })),
             "collect" => {
@@ -1065,6 +1095,29 @@ impl Operator for DebeziumEncode {
     }
 }
 
+/// `upsert`: see the module header.
+struct Upsert {
+    rowkind: usize,
+}
+
+impl Operator for Upsert {
+    fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        let kinds = batch
+            .column(self.rowkind)
+            .as_primitive_opt::<arrow_array::types::Int8Type>()
+            .ok_or_else(|| OperatorError::Failed("the row kind column is not TINYINT".into()))?;
+        let keep = arrow_array::BooleanArray::from_iter(kinds.iter().map(|k| Some(k != Some(RowKind::UpdateBefore as i8))));
+        if keep.true_count() == batch.num_rows() {
+            return out.collect(batch);
+        }
+        let kept = arrow_select::filter::filter_record_batch(&batch, &keep)?;
+        if kept.num_rows() > 0 {
+            out.collect(kept)?;
+        }
+        Ok(())
+    }
+}
+
 /// `watermark`: see the module header.
 struct WatermarkAssigner {
     expr: Arc<dyn PhysicalExpr>,
@@ -1074,6 +1127,11 @@ struct WatermarkAssigner {
     /// The last watermark sent downstream.
     emitted: i64,
     uid: String,
+    idle_timeout: Option<std::time::Duration>,
+    /// When the last batch arrived.
+    last_rows: std::time::Instant,
+    /// Whether the subtask has told downstream it is idle.
+    idle: bool,
 }
 
 impl WatermarkAssigner {
@@ -1082,7 +1140,16 @@ impl WatermarkAssigner {
         let n = visible.len();
         let expr = ShippedExpr::physical(&spec.expr, &arrow_schema::Schema::new(visible))
             .map_err(|e| format!("watermark `{}`: {}", spec.expr, e.strip_backtrace()))?;
-        Ok(Self { expr, visible: n, max: None, emitted: i64::MIN, uid: uid.to_string() })
+        Ok(Self {
+            expr,
+            visible: n,
+            max: None,
+            emitted: i64::MIN,
+            uid: uid.to_string(),
+            idle_timeout: spec.idle_timeout_ms.filter(|ms| *ms > 0).map(std::time::Duration::from_millis),
+            last_rows: std::time::Instant::now(),
+            idle: false,
+        })
     }
 }
 
@@ -1098,6 +1165,13 @@ impl Operator for WatermarkAssigner {
     /// thousand rows) rather than on a timer makes event time advance with the data, the same
     /// way on every run.
     fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
+        self.last_rows = std::time::Instant::now();
+        if self.idle {
+            // Active again before the rows go on, so downstream waits for this subtask's
+            // event time again.
+            self.idle = false;
+            out.emit_watermark_status(false)?;
+        }
         let visible = batch.project(&(0..self.visible).collect::<Vec<_>>())?;
         let values = self.expr.evaluate(&visible).map_err(df)?.into_array(batch.num_rows()).map_err(df)?;
         if let Some(m) = epoch_millis(&values)?.iter().flatten().max() {
@@ -1107,6 +1181,21 @@ impl Operator for WatermarkAssigner {
         if let Some(wm) = self.max.filter(|wm| *wm > self.emitted) {
             self.emitted = wm;
             out.emit_watermark(wm)?;
+        }
+        Ok(())
+    }
+
+    /// With an idle timeout: when the subtask turns idle if no rows come.
+    fn next_timer(&self) -> Option<std::time::Instant> {
+        self.idle_timeout.filter(|_| !self.idle).map(|t| self.last_rows + t)
+    }
+
+    fn on_time(&mut self, now: std::time::Instant, out: &mut dyn Collector) -> OpResult {
+        if let Some(t) = self.idle_timeout {
+            if !self.idle && now >= self.last_rows + t {
+                self.idle = true;
+                out.emit_watermark_status(true)?;
+            }
         }
         Ok(())
     }
@@ -1263,6 +1352,42 @@ fn decode_keys(keys: &[&[u8]], types: &[DataType]) -> OpResult<Vec<ArrayRef>> {
     Ok(out)
 }
 
+/// A time index entry: `time` (big-endian), `tag`, then `key`, stored under `key`'s key group
+/// (not the entry's own bytes'), beside the state it indexes, so it moves with that state when
+/// the job is rescaled.
+fn time_index_key(index: &str, time: i64, tag: &[u8], key: &[u8], max_parallelism: u32) -> Vec<u8> {
+    let mut inner = Vec::with_capacity(8 + tag.len() + key.len());
+    inner.extend_from_slice(&time.to_be_bytes());
+    inner.extend_from_slice(tag);
+    inner.extend_from_slice(key);
+    let mut out = Vec::with_capacity(inner.len() + 24);
+    composite_key(&mut out, key_group(key, max_parallelism), index, &inner, &[]);
+    out
+}
+
+/// Every entry of time index `index` in this subtask's key groups (read after a restore): each
+/// entry's bytes after the key group, time first.
+fn scan_time_index(state: &mut StateBackend, index: &str) -> OpResult<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let range = state.keyed().key_group_range();
+    for kg in range.start..range.end {
+        let mut prefix = Vec::new();
+        prefix.extend_from_slice(&(kg as u16).to_be_bytes());
+        prefix.push(index.len() as u8);
+        prefix.extend_from_slice(index.as_bytes());
+        for (k, _) in state.keyed().scan_prefix(&prefix).map_err(state_error)? {
+            // kg (2) + name length (1) + name + key length (4) + key (time + tag + key) + namespace length (2).
+            let start = prefix.len() + 4;
+            let inner = k
+                .get(start..k.len().saturating_sub(2))
+                .filter(|i| i.len() >= 8)
+                .ok_or_else(|| OperatorError::Failed(format!("corrupt entry of state index '{index}'")))?;
+            out.push(inner.to_vec());
+        }
+    }
+    Ok(out)
+}
+
 /// `window-aggregate`: see the module header.
 struct WindowAggregate {
     spec: spec::WindowAggregate,
@@ -1301,38 +1426,18 @@ impl WindowAggregate {
         Ok(Self { spec, outputs, key_types, key_column, schema, state, max_parallelism, pending: None, watermark: i64::MIN, late_rows: 0 })
     }
 
-    /// The pending index entry of a group key whose window ends at `end`: stored under the
-    /// group key's key group, so it moves with the group when the job is rescaled.
+    /// The pending index entry of a group key whose window ends at `end`.
     fn pending_key(&self, key: &[u8], end: i64) -> Vec<u8> {
-        let mut inner = Vec::with_capacity(key.len() + 8);
-        inner.extend_from_slice(&end.to_be_bytes());
-        inner.extend_from_slice(key);
-        let mut out = Vec::with_capacity(inner.len() + 24);
-        // Under the group key's key group (not the entry's own bytes'), beside the group's state.
-        composite_key(&mut out, key_group(key, self.max_parallelism), WINDOW_PENDING, &inner, &[]);
-        out
+        time_index_key(WINDOW_PENDING, end, &[], key, self.max_parallelism)
     }
 
     /// The index of pending windows, read from the state backend the first time.
     fn pending(&mut self) -> OpResult<&mut std::collections::BTreeMap<i64, Vec<Vec<u8>>>> {
         if self.pending.is_none() {
             let mut index: std::collections::BTreeMap<i64, Vec<Vec<u8>>> = std::collections::BTreeMap::new();
-            let range = self.state.keyed().key_group_range();
-            for kg in range.start..range.end {
-                let mut prefix = Vec::new();
-                prefix.extend_from_slice(&(kg as u16).to_be_bytes());
-                prefix.push(WINDOW_PENDING.len() as u8);
-                prefix.extend_from_slice(WINDOW_PENDING.as_bytes());
-                for (k, _) in self.state.keyed().scan_prefix(&prefix).map_err(state_error)? {
-                    // kg (2) + name length (1) + name + key length (4) + key (end + group key) + namespace length (2).
-                    let start = prefix.len() + 4;
-                    let inner = k
-                        .get(start..k.len().saturating_sub(2))
-                        .filter(|i| i.len() >= 8)
-                        .ok_or_else(|| OperatorError::Failed("corrupt window index entry".into()))?;
-                    let end = i64::from_be_bytes(inner[..8].try_into().expect("8 bytes"));
-                    index.entry(end).or_default().push(inner[8..].to_vec());
-                }
+            for inner in scan_time_index(&mut self.state, WINDOW_PENDING)? {
+                let end = i64::from_be_bytes(inner[..8].try_into().expect("8 bytes"));
+                index.entry(end).or_default().push(inner[8..].to_vec());
             }
             self.pending = Some(index);
         }
@@ -1508,10 +1613,19 @@ struct Join {
     schema: SchemaRef,
     state: StateBackend,
     max_parallelism: u32,
+    /// An interval join's bounds: its rows leave state as the watermark passes them.
+    interval: Option<spec::IntervalBounds>,
+    /// Interval joins: when each stored row can be dropped, as (time, side, key) entries; read
+    /// from the state backend on first use (after a restore).
+    expiries: Option<std::collections::BTreeSet<(i64, u8, Vec<u8>)>>,
+    /// The last watermark seen.
+    watermark: i64,
 }
 
 /// The state names of a join's sides: per key, the side's distinct rows and their counts.
 const JOIN_STATE: [&str; 2] = ["sql-join-left", "sql-join-right"];
+/// An interval join's index of when rows expire: key = time (big-endian), side, join key.
+const JOIN_EXPIRY: &str = "sql-join-expiry";
 
 impl Join {
     fn new(spec: spec::Join, input: &SchemaRef, schema: SchemaRef, state: StateBackend, max_parallelism: u32) -> Result<Self, String> {
@@ -1525,8 +1639,104 @@ impl Join {
         if schema.fields().len() != visible + updating as usize {
             return Err(format!("the output's columns do not fit a join of {} and {} columns", spec.left, spec.right));
         }
-        let types = schema.fields().iter().take(visible).map(|f| f.data_type().clone()).collect();
-        Ok(Self { left: spec.left, outer: spec.outer, updating, side, key_column, types, schema, state, max_parallelism })
+        let types: Vec<DataType> = schema.fields().iter().take(visible).map(|f| f.data_type().clone()).collect();
+        if let Some(b) = &spec.interval {
+            let is_time = |i: usize| matches!(types.get(i), Some(DataType::Timestamp(..)));
+            if !is_time(b.left_time) || !is_time(b.right_time) || b.left_time >= spec.left || b.right_time < spec.left {
+                return Err("the interval join's time columns are not timestamps of their sides".into());
+            }
+            if spec.outer != [false, false] {
+                return Err("an outer interval join is not supported".into());
+            }
+        }
+        Ok(Self {
+            left: spec.left,
+            outer: spec.outer,
+            updating,
+            side,
+            key_column,
+            types,
+            schema,
+            state,
+            max_parallelism,
+            interval: spec.interval,
+            expiries: None,
+            watermark: i64::MIN,
+        })
+    }
+
+    /// When a row of `side` at `time` can meet no future row of the other side: once the
+    /// watermark reaches it. `None`: never (the bound on that side is open).
+    fn expiry(&self, side: usize, time: i64) -> Option<i64> {
+        let b = self.interval.as_ref()?;
+        if side == 0 {
+            b.lower.map(|lower| time.saturating_sub(lower))
+        } else {
+            b.upper.map(|upper| time.saturating_add(upper))
+        }
+    }
+
+    /// The expiry index, read from the state backend the first time.
+    fn expiries(&mut self) -> OpResult<&mut std::collections::BTreeSet<(i64, u8, Vec<u8>)>> {
+        if self.expiries.is_none() {
+            let mut index = std::collections::BTreeSet::new();
+            for inner in scan_time_index(&mut self.state, JOIN_EXPIRY)? {
+                let side = *inner.get(8).ok_or_else(|| OperatorError::Failed("corrupt join expiry entry".into()))?;
+                index.insert((i64::from_be_bytes(inner[..8].try_into().expect("8 bytes")), side, inner[9..].to_vec()));
+            }
+            self.expiries = Some(index);
+        }
+        Ok(self.expiries.as_mut().expect("set above"))
+    }
+
+    /// Drops the rows the watermark has passed: the keys with an expiry entry at or before
+    /// `watermark` are read with one `multi_get`, their lists keep the rows that can still meet
+    /// a partner, and lists, emptied keys and due entries are written with one `write_batch`.
+    fn expire(&mut self, watermark: i64) -> OpResult {
+        let due: Vec<(i64, u8, Vec<u8>)> = {
+            let index = self.expiries()?;
+            let later = index.split_off(&(watermark.saturating_add(1), 0, Vec::new()));
+            std::mem::replace(index, later).into_iter().collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            due.iter().map(|(t, side, key)| (time_index_key(JOIN_EXPIRY, *t, &[*side], key, self.max_parallelism), None)).collect();
+        let mut lists: Vec<(usize, &[u8])> = due.iter().map(|(_, side, key)| (*side as usize, key.as_slice())).collect();
+        lists.sort_unstable();
+        lists.dedup();
+        let composite: Vec<Vec<u8>> =
+            lists.iter().map(|(side, key)| state_key(JOIN_STATE[*side], key, &[], self.max_parallelism)).collect();
+        let stored = self.state.keyed().multi_get(&composite).map_err(state_error)?;
+        let interval = self.interval.clone().expect("only interval joins expire rows");
+        for ((&(side, _), state_key), bytes) in lists.iter().zip(composite).zip(stored) {
+            let Some(bytes) = bytes else { continue };
+            let list: JoinRows = postcard::from_bytes(&bytes).map_err(|e| OperatorError::Failed(format!("corrupt join state: {e}")))?;
+            let (types, time) = if side == 0 {
+                (&self.types[..self.left], interval.left_time)
+            } else {
+                (&self.types[self.left..], interval.right_time - self.left)
+            };
+            let rows: Vec<&[u8]> = list.iter().map(|(row, _)| row.as_slice()).collect();
+            let times = epoch_millis(&decode_keys(&rows, types)?[time])?;
+            let kept: JoinRows = list
+                .iter()
+                .zip(times.iter())
+                .filter(|(_, t)| t.and_then(|t| self.expiry(side, t)).is_some_and(|e| e > watermark))
+                .map(|(row, _)| row.clone())
+                .collect();
+            if kept.len() == list.len() {
+                continue;
+            }
+            let value = if kept.is_empty() {
+                None
+            } else {
+                Some(postcard::to_allocvec(&kept).map_err(|e| OperatorError::Failed(format!("cannot encode join state: {e}")))?)
+            };
+            writes.push((state_key, value));
+        }
+        self.state.keyed().write_batch(writes).map_err(state_error)
     }
 }
 
@@ -1536,6 +1746,16 @@ type JoinRows = Vec<(Vec<u8>, u64)>;
 impl Operator for Join {
     fn process_batch(&mut self, batch: RecordBatch, out: &mut dyn Collector) -> OpResult {
         let rows = batch.num_rows();
+        if self.interval.is_some() {
+            // Read the expiry index before this batch adds to the state it is read from.
+            self.expiries()?;
+        }
+        // Interval joins: each side's time column (NULL in the other side's rows).
+        let times = match &self.interval {
+            Some(b) => Some([epoch_millis(batch.column(b.left_time))?, epoch_millis(batch.column(b.right_time))?]),
+            None => None,
+        };
+        let mut new_expiries: Vec<(i64, u8, Vec<u8>)> = Vec::new();
         let sides = batch
             .column(self.side)
             .as_primitive_opt::<arrow_array::types::Int8Type>()
@@ -1616,6 +1836,23 @@ impl Operator for Join {
                     }
                 }
             }
+            // An interval join keeps a row only while a future row of the other side can meet
+            // it: not one whose time is NULL or already behind the watermark (a late row still
+            // meets the rows in state).
+            if let Some(times) = &times {
+                let time = times[side].is_valid(r).then(|| times[side].value(r));
+                match time.map(|t| self.expiry(side, t)) {
+                    None => continue,
+                    Some(Some(e)) if e <= self.watermark => continue,
+                    Some(Some(e)) => {
+                        let entry = (e, side as u8, keys.value(r).to_vec());
+                        if !self.expiries.as_ref().is_some_and(|x| x.contains(&entry)) {
+                            new_expiries.push(entry);
+                        }
+                    }
+                    Some(None) => {}
+                }
+            }
             // Where each distinct row sits in its list, built the first time the list grows in
             // this batch, so adding a row is not a search through the key's rows.
             let positions = index[own].get_or_insert_with(|| lists[own].iter().enumerate().map(|(i, (row, _))| (row.clone(), i)).collect());
@@ -1633,7 +1870,15 @@ impl Operator for Join {
             let bytes = postcard::to_allocvec(list).map_err(|e| OperatorError::Failed(format!("cannot encode join state: {e}")))?;
             writes.push((composite[i].clone(), Some(bytes)));
         }
+        new_expiries.sort_unstable();
+        new_expiries.dedup();
+        for (t, side, key) in &new_expiries {
+            writes.push((time_index_key(JOIN_EXPIRY, *t, &[*side], key, self.max_parallelism), Some(Vec::new())));
+        }
         self.state.keyed().write_batch(writes).map_err(state_error)?;
+        if let Some(index) = self.expiries.as_mut() {
+            index.extend(new_expiries);
+        }
         if pairs.is_empty() {
             return Ok(());
         }
@@ -1645,6 +1890,14 @@ impl Operator for Join {
             columns.push(Arc::new(Int8Array::from_iter_values(pairs.iter().map(|(_, _, k)| *k as i8))));
         }
         out.collect(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector) -> OpResult {
+        if self.interval.is_some() && watermark > self.watermark {
+            self.watermark = watermark;
+            self.expire(watermark)?;
+        }
+        out.emit_watermark(watermark)
     }
 }
 
@@ -1723,3 +1976,149 @@ fn wall_clock_millis() -> i64 {
 
 /// How long after its end a processing-time window is emitted.
 const PROCESSING_TIME_GRACE_MS: i64 = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, TimestampMillisecondArray};
+    use arrow_schema::{Field, Schema, TimeUnit};
+    use weir_core::keygroup::KeyGroupRange;
+    use weir_state::hashmap::HashMapBackend;
+
+    /// What an operator sent on: rows as `kind:left,right` strings, watermarks, idle status.
+    #[derive(Default)]
+    struct Seen(Vec<String>);
+
+    impl Collector for Seen {
+        fn collect(&mut self, batch: RecordBatch) -> OpResult {
+            self.0.push(format!("rows {}", batch_rows(&batch)));
+            Ok(())
+        }
+        fn emit_watermark(&mut self, watermark: i64) -> OpResult {
+            self.0.push(format!("wm {watermark}"));
+            Ok(())
+        }
+        fn emit_watermark_status(&mut self, idle: bool) -> OpResult {
+            self.0.push(format!("idle {idle}"));
+            Ok(())
+        }
+    }
+
+    /// A batch's rows as `a,b;c,d`.
+    fn batch_rows(batch: &RecordBatch) -> String {
+        let options = arrow_cast::display::FormatOptions::default();
+        let formatters: Vec<_> =
+            batch.columns().iter().map(|c| arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+        (0..batch.num_rows())
+            .map(|r| formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    fn ts() -> DataType {
+        DataType::Timestamp(TimeUnit::Millisecond, None)
+    }
+
+    /// The rows a join reads (`l.k, l.ts, r.k, r.ts, side, key column, key`) for rows of one
+    /// side: (k, ts) each.
+    fn join_input(side: i8, rows: &[(i64, i64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("lk", DataType::Int64, true),
+            Field::new("lts", ts(), true),
+            Field::new("rk", DataType::Int64, true),
+            Field::new("rts", ts(), true),
+            Field::new("__side", DataType::Int8, false),
+            Field::new("__k0", DataType::Int64, true),
+            Field::new(KEY, DataType::Binary, false),
+        ]));
+        let k: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0)));
+        let t: ArrayRef = Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.1)));
+        let null_k: ArrayRef = Arc::new(Int64Array::new_null(rows.len()));
+        let null_t: ArrayRef = Arc::new(TimestampMillisecondArray::new_null(rows.len()));
+        let (l, r) = if side == 0 { ((k.clone(), t), (null_k, null_t)) } else { ((null_k, null_t), (k.clone(), t)) };
+        let key = encode_keys(&[k.clone()], rows.len()).unwrap();
+        let sides: ArrayRef = Arc::new(Int8Array::from_iter_values(rows.iter().map(|_| side)));
+        RecordBatch::try_new(schema, vec![l.0, l.1, r.0, r.1, sides, k, Arc::new(key)]).unwrap()
+    }
+
+    /// `l.ts BETWEEN r.ts - 5 s AND r.ts`: a left row is kept until the watermark reaches
+    /// its time + 5 s, a right row until it reaches its own time.
+    fn interval_join(state: StateBackend) -> Join {
+        let input = join_input(0, &[]).schema();
+        let output = Arc::new(Schema::new(input.fields()[..4].iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>()));
+        let bounds = spec::IntervalBounds { left_time: 1, right_time: 3, lower: Some(-5000), upper: Some(0) };
+        let spec = spec::Join { left: 2, right: 2, outer: [false, false], interval: Some(bounds) };
+        Join::new(spec, &input, output, state, 128).unwrap()
+    }
+
+    #[test]
+    fn an_interval_join_drops_its_rows_as_the_watermark_passes_their_bounds() {
+        let state = StateBackend::HashMap(HashMapBackend::new(128, KeyGroupRange { start: 0, end: 128 }));
+        let mut join = interval_join(state);
+        let mut seen = Seen::default();
+        join.process_batch(join_input(0, &[(1, 10_000), (2, 10_000), (2, 20_000)]), &mut seen).unwrap();
+        join.process_batch(join_input(1, &[(1, 12_000)]), &mut seen).unwrap();
+        assert_eq!(seen.0, vec!["rows 1,1970-01-01T00:00:10,1,1970-01-01T00:00:12"]);
+        let entries = |j: &mut Join| j.state.keyed().entries().unwrap();
+        // Lists: left 1, left 2, right 1; expiry entries: 15 s (left 1 and 2), 25 s, 12 s.
+        assert_eq!(entries(&mut join), 7);
+
+        // At 14.999 s only the right row's time has passed.
+        join.on_watermark(14_999, &mut seen).unwrap();
+        assert_eq!(entries(&mut join), 5, "the right row and its expiry entry are gone");
+        // A row behind the watermark still meets what is in state, but is not kept.
+        seen.0.clear();
+        join.process_batch(join_input(1, &[(2, 11_000)]), &mut seen).unwrap();
+        assert_eq!(seen.0, vec!["rows 2,1970-01-01T00:00:10,2,1970-01-01T00:00:11;2,1970-01-01T00:00:20,2,1970-01-01T00:00:11"]);
+        assert_eq!(entries(&mut join), 5);
+
+        // A restored operator finds the expiry index in the state backend.
+        let mut join = interval_join(join.state);
+        seen.0.clear();
+        join.on_watermark(15_000, &mut seen).unwrap();
+        assert_eq!(seen.0, vec!["wm 15000"]);
+        assert_eq!(entries(&mut join), 2, "only the left row at 20 s is left, with its entry");
+        join.on_watermark(25_000, &mut seen).unwrap();
+        assert_eq!(entries(&mut join), 0);
+        seen.0.clear();
+        join.process_batch(join_input(1, &[(1, 26_000), (2, 26_000)]), &mut seen).unwrap();
+        assert!(seen.0.is_empty(), "no left row is left to meet: {:?}", seen.0);
+    }
+
+    #[test]
+    fn a_regular_join_keeps_its_rows_whatever_the_watermark() {
+        let state = StateBackend::HashMap(HashMapBackend::new(128, KeyGroupRange { start: 0, end: 128 }));
+        let input = join_input(0, &[]).schema();
+        let output = Arc::new(Schema::new(input.fields()[..4].iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>()));
+        let spec = spec::Join { left: 2, right: 2, outer: [false, false], interval: None };
+        let mut join = Join::new(spec, &input, output, state, 128).unwrap();
+        let mut seen = Seen::default();
+        join.process_batch(join_input(0, &[(1, 10_000)]), &mut seen).unwrap();
+        join.on_watermark(1_000_000, &mut seen).unwrap();
+        join.process_batch(join_input(1, &[(1, 2_000_000)]), &mut seen).unwrap();
+        assert_eq!(seen.0, vec!["wm 1000000".to_string(), "rows 1,1970-01-01T00:00:10,1,1970-01-01T00:33:20".into()]);
+    }
+
+    #[test]
+    fn a_watermark_assigner_turns_idle_without_rows_and_active_with_the_next_ones() {
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", ts(), false)]));
+        let spec = spec::Watermark { expr: "c0".into(), idle_timeout_ms: Some(500) };
+        let mut assigner = WatermarkAssigner::new(spec, &schema, "wm").unwrap();
+        let batch = |t: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(TimestampMillisecondArray::from_iter_values([t])) as ArrayRef]).unwrap()
+        };
+        let mut seen = Seen::default();
+        assigner.process_batch(batch(1_000), &mut seen).unwrap();
+        let due = assigner.next_timer().expect("an idle timeout sets a timer");
+        assigner.on_time(due - std::time::Duration::from_millis(1), &mut seen).unwrap();
+        assert_eq!(seen.0, vec!["rows 1970-01-01T00:00:01", "wm 1000"], "not idle before the timeout");
+        assigner.on_time(due, &mut seen).unwrap();
+        assert_eq!(seen.0[2..], ["idle true"]);
+        assert_eq!(assigner.next_timer(), None, "an idle subtask waits for rows, not time");
+        assigner.process_batch(batch(2_000), &mut seen).unwrap();
+        assert_eq!(seen.0[3..], ["idle false", "rows 1970-01-01T00:00:02", "wm 2000"]);
+
+        let never = spec::Watermark { expr: "c0".into(), idle_timeout_ms: None };
+        assert_eq!(WatermarkAssigner::new(never, &schema, "wm").unwrap().next_timer(), None);
+    }
+}

@@ -234,7 +234,7 @@ impl ShippedExpr {
                 other => Ok(Transformed::no(other)),
             })?
             .data;
-        let text = Unparser::default().expr_to_sql(&rewritten)?.to_string();
+        let text = Unparser::new(&ShipDialect).expr_to_sql(&rewritten)?.to_string();
         let want = expr.get_type(input)?;
         let arrow_input = Schema::new(input.fields().iter().map(|f| f.as_ref().clone()).collect::<Vec<_>>());
         let back = Self::plan(&text, &arrow_input)?;
@@ -271,6 +271,28 @@ impl ShippedExpr {
     }
 }
 
+/// DataFusion's default unparser dialect, except that a timestamp keeps its precision in a
+/// cast (`TIMESTAMP(3)`; the default writes `TIMESTAMP`, which plans back as nanoseconds).
+struct ShipDialect;
+
+impl datafusion_sql::unparser::dialect::Dialect for ShipDialect {
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        datafusion_sql::unparser::dialect::DefaultDialect {}.identifier_quote_style(identifier)
+    }
+
+    fn timestamp_cast_dtype(&self, unit: &arrow_schema::TimeUnit, tz: &Option<Arc<str>>) -> datafusion_sql::sqlparser::ast::DataType {
+        use arrow_schema::TimeUnit;
+        use datafusion_sql::sqlparser::ast::{DataType as SqlType, TimezoneInfo};
+        let precision = match unit {
+            TimeUnit::Second => 0,
+            TimeUnit::Millisecond => 3,
+            TimeUnit::Microsecond => 6,
+            TimeUnit::Nanosecond => 9,
+        };
+        SqlType::Timestamp(Some(precision), if tz.is_some() { TimezoneInfo::WithTimeZone } else { TimezoneInfo::None })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +326,21 @@ mod tests {
         assert_eq!((out.value(0), out.value(1)), ("A", "B"));
         let out = ShippedExpr::physical(&plus_text, &arrow).unwrap().evaluate(&batch).unwrap().into_array(2).unwrap();
         assert_eq!(out.as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec(), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_timestamp_cast_keeps_its_precision_on_the_trip() {
+        use arrow_schema::TimeUnit;
+        let input = DFSchema::try_from(Schema::new(vec![Field::new("n", DataType::Int64, true)])).unwrap();
+        for (unit, text) in [
+            (TimeUnit::Second, "CAST(NULL AS TIMESTAMP(0))"),
+            (TimeUnit::Millisecond, "CAST(NULL AS TIMESTAMP(3))"),
+            (TimeUnit::Microsecond, "CAST(NULL AS TIMESTAMP(6))"),
+            (TimeUnit::Nanosecond, "CAST(NULL AS TIMESTAMP(9))"),
+        ] {
+            let null = datafusion_expr::cast(Expr::Literal(datafusion_common::ScalarValue::Null, None), DataType::Timestamp(unit, None));
+            assert_eq!(ShippedExpr::ship(&null, &input).unwrap(), text);
+        }
     }
 }
 
