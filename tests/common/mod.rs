@@ -200,10 +200,15 @@ impl Cluster {
 }
 
 pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+    // JobManagers of tests running side by side would all want the REST API's default port.
+    let mut args = args.to_vec();
+    if args.first().is_some_and(|a| a == "jobmanager") && !args.iter().any(|a| a.starts_with("rest.port=")) {
+        args.extend(["-D".to_string(), "rest.port=0".to_string()]);
+    }
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
     let child = Command::new(WEIR)
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .env_remove("WEIR_CONF_DIR")
         .env_remove("WEIR_PROPERTIES")

@@ -283,6 +283,7 @@ async fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.log_format, "info");
             let jm = start_jobmanager(cfg).await?;
             outln!("JobManager listening on {}", jm.rpc_addr);
+            outln!("REST API on http://{}", jm.rest_addr);
             wait_for_signal().await;
             jm.shutdown();
             Ok(0)

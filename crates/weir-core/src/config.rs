@@ -151,7 +151,9 @@ keys! {
     JOB_MAX_SIZE = "jobmanager.job.max-size", "4mb", Size,
         "Largest job definition the JobManager accepts; a larger one is refused naming this key.";
     REST_PORT = "rest.port", "8081", Port,
-        "Port of the REST API (reserved: served from the REST issue on).";
+        "Port of the JobManager's REST API; 0 picks a free port (the embedded mini cluster's default).";
+    REST_BIND_ADDRESS = "rest.bind-address", "none", Text,
+        "Address the REST API binds; `none`: the JobManager's gRPC bind address (the embedded mini cluster: 127.0.0.1).";
     HEARTBEAT_INTERVAL = "heartbeat.interval", "1s", Duration,
         "How often TaskManagers heartbeat the JobManager.";
     HEARTBEAT_TIMEOUT = "heartbeat.timeout", "10s", Duration,

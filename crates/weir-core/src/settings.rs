@@ -299,6 +299,10 @@ pub struct JobManagerConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub slot_request_timeout: Duration,
+    /// `rest.port`: the REST API's port (0: a free one).
+    pub rest_port: u16,
+    /// `rest.bind-address`; `None`: the gRPC server's bind host.
+    pub rest_bind_address: Option<String>,
 }
 
 impl JobManagerConfig {
@@ -311,6 +315,8 @@ impl JobManagerConfig {
             heartbeat_interval: c.duration(keys::HEARTBEAT_INTERVAL),
             heartbeat_timeout: c.duration(keys::HEARTBEAT_TIMEOUT),
             slot_request_timeout: c.duration(keys::SLOT_REQUEST_TIMEOUT),
+            rest_port: c.int(keys::REST_PORT) as u16,
+            rest_bind_address: c.text(keys::REST_BIND_ADDRESS).map(str::to_string),
         }
     }
 }

@@ -32,6 +32,7 @@ mod job;
 mod lifecycle;
 mod program;
 mod recover;
+mod rest;
 mod restart;
 mod savepoint;
 mod scheduler;
@@ -53,6 +54,8 @@ pub use state::JobManagerState;
 pub enum JobManagerError {
     #[error("cannot bind the JobManager RPC port {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("cannot bind the REST API (rest.bind-address, rest.port) at {addr}: {source}")]
+    RestBind { addr: String, source: std::io::Error },
     #[error("cannot open the job catalog jobmanager.catalog.dir = {dir}: {source}")]
     Catalog { dir: String, source: std::io::Error },
     #[error(transparent)]
@@ -67,6 +70,8 @@ pub enum JobManagerError {
 /// A started JobManager.
 pub struct JobManagerHandle {
     pub rpc_addr: SocketAddr,
+    /// Where the REST API listens.
+    pub rest_addr: SocketAddr,
     state: Arc<JobManagerState>,
     executor: Executor,
     shutdown: watch::Sender<bool>,
@@ -126,6 +131,7 @@ impl JobManagerHandle {
 /// calls its TaskManagers the same way.
 pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobManagerError> {
     let settings = JobManagerConfig::from_config(&config);
+    let (rest_port, rest_bind_address) = (settings.rest_port, settings.rest_bind_address.clone());
     let security = SecurityConfig::from_config(&config)?;
     let mut server = security::server(&security)?;
     let dialer = Dialer::new(&security)?;
@@ -147,6 +153,18 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
         recover::recover_jobs(&state, &executor, catalog).await;
     }
     tokio::spawn(failover::heartbeat_monitor(state.clone(), executor.clone(), shutdown_rx.clone()));
+    // The REST API: bound before anything answers, so a taken port fails the start.
+    let rest_host = rest_bind_address.unwrap_or_else(|| rpc_addr.ip().to_string());
+    let rest_bind = if rest_host.contains(':') && !rest_host.starts_with('[') {
+        format!("[{rest_host}]:{rest_port}")
+    } else {
+        format!("{rest_host}:{rest_port}")
+    };
+    let rest_listener =
+        tokio::net::TcpListener::bind(&rest_bind).await.map_err(|source| JobManagerError::RestBind { addr: rest_bind.clone(), source })?;
+    let rest_addr = rest_listener.local_addr().map_err(|source| JobManagerError::RestBind { addr: rest_bind.clone(), source })?;
+    let rest_api = rest::Rest::new(service::JobManagerRpc { state: state.clone(), executor: executor.clone() }, TokenCheck::new(&security));
+    tokio::spawn(rest::serve(rest_listener, rest_api, shutdown_rx.clone()));
     let service = service::JobManagerRpc { state: state.clone(), executor: executor.clone() };
     let mut server_shutdown = shutdown_rx;
     let token_check = TokenCheck::new(&security);
@@ -163,7 +181,7 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
             tracing::error!("JobManager RPC server failed: {e}");
         }
     });
-    tracing::info!(rpc = %rpc_addr, tls = security.tls.is_some(), token = security.token.is_some(), "JobManager started");
+    tracing::info!(rpc = %rpc_addr, rest = %rest_addr, tls = security.tls.is_some(), token = security.token.is_some(), "JobManager started");
     security::warn_if_open("The JobManager", rpc_addr, &security);
-    Ok(JobManagerHandle { rpc_addr, state, executor, shutdown: shutdown_tx })
+    Ok(JobManagerHandle { rpc_addr, rest_addr, state, executor, shutdown: shutdown_tx })
 }

@@ -141,6 +141,7 @@ fn run(cli: Cli, job_name: &str, build_job: BuildJob) -> Result<(), BuildError> 
             runtime()?.block_on(async {
                 let jm = start_jobmanager(cfg).await?;
                 println!("JobManager listening on {}", jm.rpc_addr);
+                println!("REST API on http://{}", jm.rest_addr);
                 wait_for_signal().await;
                 jm.shutdown();
                 Ok(())

@@ -41,7 +41,17 @@ impl MiniCluster {
         functions: Arc<dyn UserFunctions>,
         function_ids: Vec<String>,
     ) -> Result<Self, MiniClusterError> {
-        let jm = weir_jobmanager::start(cfg.clone(), "127.0.0.1:0").await?;
+        // The REST API on loopback, on a free port unless `rest.port` is set: several embedded
+        // clusters may run on one machine.
+        let mut jm_cfg = cfg.clone();
+        if !jm_cfg.explicit().contains_key(weir_core::config::keys::REST_PORT) {
+            jm_cfg.set(weir_core::config::keys::REST_PORT, "0", "mini cluster")?;
+        }
+        if !jm_cfg.explicit().contains_key(weir_core::config::keys::REST_BIND_ADDRESS) {
+            jm_cfg.set(weir_core::config::keys::REST_BIND_ADDRESS, "127.0.0.1", "mini cluster")?;
+        }
+        let jm = weir_jobmanager::start(jm_cfg, "127.0.0.1:0").await?;
+        tracing::info!("REST API of the embedded cluster at http://{}", jm.rest_addr);
         let n = ClientConfig::from_config(cfg).minicluster_taskmanagers;
         let per_tm = TaskManagerConfig::from_config(cfg).slots.max(slots_needed.unwrap_or(0).div_ceil(n));
         let mut tms = Vec::new();

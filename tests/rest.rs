@@ -1,0 +1,194 @@
+//! The JobManager's REST API against a real cluster (separate processes), over plain HTTP:
+//! every route of `/openapi.json` answers, a job submitted through it runs, checkpoints and
+//! takes a savepoint, bad requests get 4xx with a message, and a cluster token guards what
+//! changes something.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+
+/// A checkpointed job that runs until canceled.
+const ENDLESS: &str = "name: endless\nconfig:\n  execution.checkpointing.interval: 200ms\npipeline:\n  - source: datagen\n    rows-per-second: 2000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n";
+
+/// One HTTP/1.1 request to `127.0.0.1:port`: (status, JSON body). `headers` are extra lines.
+fn http(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, Value) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {text}"));
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {head}"));
+    // Bodies come whole or chunked; a chunked body's JSON sits between its size lines.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    let json = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"))
+    };
+    (status, json)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else { return out };
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+}
+
+fn get(port: u16, path: &str) -> Value {
+    let (status, body) = http(port, "GET", path, "", &[]);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+#[test]
+fn a_job_is_submitted_watched_checkpointed_saved_and_canceled_through_rest() {
+    let rest = free_port();
+    let cluster = Cluster::start(1, 2, &[&format!("rest.port={rest}")]);
+
+    let overview = get(rest, "/overview");
+    assert_eq!((overview["taskmanagers"].as_u64(), overview["slots-total"].as_u64()), (Some(1), Some(2)), "{overview}");
+    assert_eq!(get(rest, "/taskmanagers")["taskmanagers"].as_array().unwrap().len(), 1);
+
+    // Submission: the YAML job file as the body.
+    let (status, submitted) = http(rest, "POST", "/jobs", ENDLESS, &["Content-Type: application/yaml"]);
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["jobid"].as_str().unwrap().to_string();
+    let job = wait_for("the job to run with all its tasks", || {
+        let j = get(rest, &format!("/jobs/{id}"));
+        (j["state"] == "RUNNING" && j["vertices"].as_array()?.iter().all(|v| v["status"] == "RUNNING")).then_some(j)
+    });
+    assert_eq!(job["name"], "endless");
+    assert!(!job["vertices"].as_array().unwrap().is_empty());
+    let listed = get(rest, "/jobs/overview");
+    assert!(listed["jobs"].as_array().unwrap().iter().any(|j| j["jid"] == id.as_str() && j["state"] == "RUNNING"), "{listed}");
+
+    // Checkpoints complete and show in the history with Flink's fields.
+    let checkpoints = wait_for("a completed checkpoint", || {
+        let c = get(rest, &format!("/jobs/{id}/checkpoints"));
+        (c["counts"]["completed"].as_u64()? >= 2).then_some(c)
+    });
+    let latest = &checkpoints["latest"]["completed"];
+    assert_eq!(latest["status"], "COMPLETED");
+    assert_eq!(latest["checkpoint_type"], "CHECKPOINT");
+    assert_eq!(latest["num_acknowledged_subtasks"], latest["num_subtasks"]);
+    assert!(latest["state_size"].as_u64().unwrap() > 0, "{latest}");
+    let config = get(rest, &format!("/jobs/{id}/checkpoints/config"));
+    assert_eq!((config["interval"].as_u64(), config["mode"].as_str()), (Some(200), Some("exactly_once")), "{config}");
+
+    // A savepoint: accepted at once, completed later, its folder holds `_metadata`.
+    let target = cluster.dir.path().join("savepoints");
+    let body = json!({ "target-directory": target.display().to_string() }).to_string();
+    let (status, trigger) = http(rest, "POST", &format!("/jobs/{id}/savepoints"), &body, &["Content-Type: application/json"]);
+    assert_eq!(status, 202, "{trigger}");
+    let request = trigger["request-id"].as_str().unwrap().to_string();
+    let done = wait_for("the savepoint to complete", || {
+        let s = get(rest, &format!("/jobs/{id}/savepoints/{request}"));
+        (s["status"]["id"] == "COMPLETED").then_some(s)
+    });
+    let location = done["operation"]["location"].as_str().unwrap_or_else(|| panic!("{done}"));
+    let folder = location.strip_prefix("file://").unwrap_or(location);
+    assert!(std::path::Path::new(folder).join("_metadata").is_file(), "{done}");
+    let savepoint = wait_for("the savepoint in the history", || {
+        let c = get(rest, &format!("/jobs/{id}/checkpoints"));
+        c["latest"]["savepoint"].is_object().then(|| c["latest"]["savepoint"].clone())
+    });
+    assert_eq!(savepoint["checkpoint_type"], "SAVEPOINT");
+
+    // Bad requests: 4xx with a message naming the problem; nothing changes.
+    let (status, err) = http(rest, "GET", "/jobs/nope", "", &[]);
+    assert_eq!((status, err["errors"][0].as_str().unwrap()), (404, "no job with id nope"));
+    let (status, err) = http(rest, "POST", "/jobs", "name: [broken", &[]);
+    assert_eq!(status, 400, "{err}");
+    assert!(!err["errors"][0].as_str().unwrap().is_empty());
+    let (status, err) = http(rest, "PATCH", &format!("/jobs/{id}?mode=frobnicate"), "", &[]);
+    assert_eq!(status, 400, "{err}");
+    assert!(err["errors"][0].as_str().unwrap().contains("unknown mode 'frobnicate'"), "{err}");
+    let (status, err) = http(rest, "POST", &format!("/jobs/{id}/savepoints"), "{not json", &[]);
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = http(rest, "GET", "/nowhere", "", &[]);
+    assert_eq!(status, 404, "{err}");
+    assert!(err["errors"][0].as_str().unwrap().contains("no route GET /nowhere"), "{err}");
+    assert_eq!(get(rest, &format!("/jobs/{id}"))["state"], "RUNNING");
+
+    // Cancel.
+    let (status, body) = http(rest, "PATCH", &format!("/jobs/{id}?mode=cancel"), "", &[]);
+    assert_eq!(status, 202, "{body}");
+    wait_for("the job to be canceled", || (get(rest, &format!("/jobs/{id}"))["state"] == "CANCELED").then_some(()));
+    let exceptions = get(rest, &format!("/jobs/{id}/exceptions"));
+    assert!(exceptions["root-exception"].is_null(), "{exceptions}");
+}
+
+/// Every route `/openapi.json` lists is served: none answers with the "no route" error.
+#[test]
+fn every_route_of_the_openapi_document_answers() {
+    let rest = free_port();
+    let _cluster = Cluster::start(1, 1, &[&format!("rest.port={rest}")]);
+    let doc = get(rest, "/openapi.json");
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12, "{doc}");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/rest.md")).unwrap();
+    for (path, methods) in paths {
+        for method in methods.as_object().unwrap().keys() {
+            let route = format!("`{} {path}`", method.to_uppercase());
+            assert!(docs.contains(&route), "docs/rest.md does not document {route}");
+        }
+    }
+    for (path, methods) in paths {
+        for method in methods.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "0123").replace("{request}", "4567");
+            let (status, body) = http(rest, &method.to_uppercase(), &concrete, "", &[]);
+            let message = body["errors"][0].as_str().unwrap_or("");
+            assert!(!message.starts_with("no route"), "{method} {path} is listed but not served: {status} {body}");
+            assert_ne!(status, 405, "{method} {path}: {body}");
+        }
+    }
+}
+
+/// With `security.token`, requests that change something need it; reads do not.
+#[test]
+fn the_cluster_token_guards_requests_that_change_something() {
+    let rest = free_port();
+    let token = "s3cr3t-token";
+    // A JobManager alone: the job waits for slots, which is enough to cancel it.
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["jobmanager", "-D", &format!("jobmanager.rpc.port={}", free_port()), "-D", &format!("rest.port={rest}")]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["-D".to_string(), format!("security.token={token}")])
+        .collect();
+    let _jm = spawn(dir.path(), "jobmanager", &args);
+    wait_for("the REST API to listen", || std::net::TcpStream::connect(("127.0.0.1", rest)).ok());
+    assert_eq!(get(rest, "/overview")["taskmanagers"], 0);
+    let (status, err) = http(rest, "POST", "/jobs", ENDLESS, &[]);
+    assert_eq!(status, 401, "{err}");
+    assert!(err["errors"][0].as_str().unwrap().contains("security.token"), "{err}");
+    let (status, _) = http(rest, "POST", "/jobs", ENDLESS, &["Authorization: Bearer wrong"]);
+    assert_eq!(status, 401);
+    assert!(get(rest, "/jobs")["jobs"].as_array().unwrap().is_empty(), "a refused submission must not create a job");
+    let bearer = format!("Authorization: Bearer {token}");
+    let (status, submitted) = http(rest, "POST", "/jobs", ENDLESS, &[&bearer]);
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["jobid"].as_str().unwrap();
+    let (status, _) = http(rest, "PATCH", &format!("/jobs/{id}?mode=cancel"), "", &[&bearer]);
+    assert_eq!(status, 202);
+    wait_for("the job to be canceled", || (get(rest, &format!("/jobs/{id}"))["state"] == "CANCELED").then_some(()));
+}
