@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 
 /// A checkpointed job that runs until canceled.
-const ENDLESS: &str = "name: endless\nconfig:\n  execution.checkpointing.interval: 200ms\npipeline:\n  - source: datagen\n    rows-per-second: 2000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n";
+const ENDLESS: &str = "name: endless\nconfig:\n  execution.checkpointing.interval: 1h\npipeline:\n  - source: datagen\n    rows-per-second: 2000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n";
 
 /// One HTTP/1.1 request to `127.0.0.1:port`: (status, JSON body). `headers` are extra lines.
 fn http(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, Value) {
@@ -80,10 +80,10 @@ fn a_job_is_submitted_watched_checkpointed_saved_and_canceled_through_rest() {
     let listed = get(rest, "/jobs/overview");
     assert!(listed["jobs"].as_array().unwrap().iter().any(|j| j["jid"] == id.as_str() && j["state"] == "RUNNING"), "{listed}");
 
-    // Checkpoints complete and show in the history with Flink's fields.
+    // The first checkpoint comes at once, the next only after an hour.
     let checkpoints = wait_for("a completed checkpoint", || {
         let c = get(rest, &format!("/jobs/{id}/checkpoints"));
-        (c["counts"]["completed"].as_u64()? >= 2).then_some(c)
+        (c["counts"]["completed"].as_u64()? >= 1).then_some(c)
     });
     let latest = &checkpoints["latest"]["completed"];
     assert_eq!(latest["status"], "COMPLETED");
@@ -91,7 +91,32 @@ fn a_job_is_submitted_watched_checkpointed_saved_and_canceled_through_rest() {
     assert_eq!(latest["num_acknowledged_subtasks"], latest["num_subtasks"]);
     assert!(latest["state_size"].as_u64().unwrap() > 0, "{latest}");
     let config = get(rest, &format!("/jobs/{id}/checkpoints/config"));
-    assert_eq!((config["interval"].as_u64(), config["mode"].as_str()), (Some(200), Some("exactly_once")), "{config}");
+    assert_eq!((config["interval"].as_u64(), config["mode"].as_str()), (Some(3_600_000), Some("exactly_once")), "{config}");
+
+    // A checkpoint on demand.
+    let (status, triggered) = http(rest, "POST", &format!("/jobs/{id}/checkpoints"), "", &[]);
+    assert_eq!(status, 202, "{triggered}");
+    let n = triggered["checkpoint-id"].as_u64().unwrap();
+    wait_for("the triggered checkpoint to complete", || {
+        (get(rest, &format!("/jobs/{id}/checkpoints/details/{n}"))["status"] == "COMPLETED").then_some(())
+    });
+
+    // A new interval for the running job: the next checkpoints follow it.
+    let (status, err) = http(rest, "PATCH", &format!("/jobs/{id}/checkpoints/config"), r#"{"state.backend.type": "rocksdb"}"#, &[]);
+    assert_eq!(status, 400, "{err}");
+    assert!(err["errors"][0].as_str().unwrap().contains("'state.backend.type' cannot change while the job runs"), "{err}");
+    let (status, err) =
+        http(rest, "PATCH", &format!("/jobs/{id}/checkpoints/config"), r#"{"execution.checkpointing.interval": "soon"}"#, &[]);
+    assert_eq!(status, 400, "{err}");
+    let (status, config) =
+        http(rest, "PATCH", &format!("/jobs/{id}/checkpoints/config"), r#"{"execution.checkpointing.interval": "100ms"}"#, &[]);
+    assert_eq!((status, config["interval"].as_u64()), (200, Some(100)), "{config}");
+    let checkpoints = wait_for("checkpoints every 100 ms", || {
+        let c = get(rest, &format!("/jobs/{id}/checkpoints"));
+        (c["counts"]["completed"].as_u64()? >= n + 3).then_some(c)
+    });
+    let change = &checkpoints["config_changes"][0];
+    assert_eq!(change["changes"]["execution.checkpointing.interval"], "100ms", "{checkpoints}");
 
     // A savepoint: accepted at once, completed later, its folder holds `_metadata`.
     let target = cluster.dir.path().join("savepoints");

@@ -232,6 +232,14 @@ pub enum Event {
     /// task view now. The outcome comes back as [`Action::SavepointDone`] with the request's
     /// ticket.
     TriggerSavepoint { request: SavepointRequest, tasks: TaskView },
+    /// The job's checkpoint settings changed while it runs (`PATCH
+    /// /jobs/{id}/checkpoints/config`): they apply from the next tick on; pending checkpoints
+    /// keep going (the new timeout applies to them too).
+    UpdateSettings(CoordinatorSettings),
+    /// A user asked for a checkpoint now (`POST /jobs/{id}/checkpoints`); `tasks` is the job's
+    /// task view now. It starts at once if every task runs and no stop or savepoint is under
+    /// way, whatever the interval, min-pause and max-concurrent say.
+    TriggerNow(TaskView),
     /// A recovered JobManager found these completed checkpoints of the job in its storage
     /// (`recover.rs`): they are retained again (the newest `num-retained`; older ones are
     /// discarded), their shared files registered, and the storage swept of what the previous
@@ -576,6 +584,21 @@ impl CheckpointCoordinator {
             }
             Event::TriggerSavepoint { request, tasks } => self.trigger_savepoint(now, request, tasks, &mut out),
             Event::Recovered { checkpoints } => self.recovered(checkpoints, &mut out),
+            Event::UpdateSettings(settings) => self.settings = settings,
+            Event::TriggerNow(view) => {
+                let busy = self.stop != StopPhase::Running || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint);
+                if self.enabled() && view.all_running() && !busy && self.final_checkpoint == FinalCheckpoint::NotTaken {
+                    let id = self.start(CheckpointKind::Periodic, view.total, now, None);
+                    out.push(Action::Trigger {
+                        id,
+                        attempt: self.attempt,
+                        timestamp_ms: now.epoch_ms,
+                        kind: CheckpointKind::Periodic,
+                        target: TriggerTarget::Sources,
+                        savepoint: None,
+                    });
+                }
+            }
         }
         out
     }
@@ -1208,6 +1231,22 @@ mod tests {
         assert_eq!(h.handle(written(1)), [Action::Discard { id: 1 }]);
         assert_eq!(h.c.latest().map(|m| m.checkpoint_id), Some(2));
         assert!(!fails_job(&done), "a subsumed checkpoint is not a failure");
+    }
+
+    #[test]
+    fn a_checkpoint_on_demand_ignores_the_interval_and_new_settings_apply_from_the_next_tick() {
+        let mut h = Harness::new(CoordinatorSettings { interval: Some(3_600_000 * MS), ..settings() });
+        assert_eq!(triggered(&h.tick()), [1], "the first checkpoint comes at once");
+        h.ack_all(1);
+        h.handle(written(1));
+        assert!(h.at(1000).tick().is_empty(), "the next one is an hour away");
+        let view = h.running();
+        assert_eq!(triggered(&h.at(1100).handle(Event::TriggerNow(view))), [2], "on demand, whatever the interval");
+        h.ack_all(2);
+        h.handle(written(2));
+        h.handle(Event::UpdateSettings(CoordinatorSettings { interval: Some(200 * MS), ..settings() }));
+        assert!(h.at(1200).tick().is_empty(), "200 ms after the last trigger");
+        assert_eq!(triggered(&h.at(1300).tick()), [3]);
     }
 
     #[test]

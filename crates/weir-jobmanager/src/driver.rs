@@ -77,9 +77,11 @@ pub(crate) async fn run(
 /// shutdown. With checkpointing off there is no period and it returns at once: the
 /// coordinator never triggers, so nothing needs its ticks.
 async fn checkpoint_timer(state: Arc<JobManagerState>, executor: Executor, job_id: String) {
-    let Some(period) = state.checkpoint_tick_period(&job_id) else { return };
+    let Some(mut period) = state.checkpoint_tick_period(&job_id) else { return };
     loop {
         tokio::time::sleep(period).await;
+        // The interval may change while the job runs (`PATCH /jobs/{id}/checkpoints/config`).
+        period = state.checkpoint_tick_period(&job_id).unwrap_or(period);
         match state.checkpoint_tick(&job_id) {
             Some(effects) => executor.perform(effects),
             None => return,

@@ -116,7 +116,21 @@ pub(crate) struct Job {
     storage: Option<CheckpointStorage>,
     /// Sequence number of the catalog entries written for this job.
     catalog_seq: u64,
+    /// Checkpoint settings changed while the job ran: when (ms since the epoch) and what.
+    config_changes: Vec<(i64, Vec<(String, String)>)>,
 }
+
+/// Checkpoint settings a running job may change: the coordinator applies them from its next
+/// trigger on. The rest (state backend, storage, how barriers travel) is read by the
+/// TaskManagers when they deploy the job's tasks.
+pub(crate) const LIVE_CHECKPOINT_KEYS: &[&str] = &[
+    weir_core::config::keys::CHECKPOINT_INTERVAL,
+    weir_core::config::keys::CHECKPOINT_TIMEOUT,
+    weir_core::config::keys::CHECKPOINT_MIN_PAUSE,
+    weir_core::config::keys::CHECKPOINT_MAX_CONCURRENT,
+    weir_core::config::keys::CHECKPOINT_TOLERABLE_FAILED,
+    weir_core::config::keys::CHECKPOINT_NUM_RETAINED,
+];
 
 impl Job {
     /// A new job in CREATED, submitted (or recovered) at `now`.
@@ -149,7 +163,47 @@ impl Job {
             coordinator,
             storage: j.storage,
             catalog_seq: 0,
+            config_changes: Vec::new(),
         }
+    }
+
+    /// Changes checkpoint settings of the running job (`pairs`: configuration keys and values,
+    /// each one of [`LIVE_CHECKPOINT_KEYS`]), effective from the coordinator's next tick. A key
+    /// that cannot change while the job runs, a bad value, or turning checkpointing on or off
+    /// is refused naming the key, and nothing changes.
+    pub fn update_checkpoint_config(&mut self, now: Now, pairs: &[(String, String)]) -> Result<(), String> {
+        if pairs.is_empty() {
+            return Err("no setting to change: send configuration keys and values".into());
+        }
+        let mut config = self.config.clone();
+        for (key, value) in pairs {
+            if weir_core::config::Config::key_def(key).is_none() {
+                return Err(format!("unknown configuration key '{key}'"));
+            }
+            if !LIVE_CHECKPOINT_KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "'{key}' cannot change while the job runs (the TaskManagers read it when they deploy the job);                      a running job can change: {}",
+                    LIVE_CHECKPOINT_KEYS.join(", ")
+                ));
+            }
+            config.set(key, value, "the job's new checkpoint settings").map_err(|e| e.to_string())?;
+        }
+        let settings = JobSettings::from_config(&config).map_err(|e| e.to_string())?;
+        if settings.checkpoint.interval.is_some() != self.coordinator.enabled() {
+            return Err(format!(
+                "'{}' cannot turn checkpointing on or off while the job runs: stop it with a savepoint and start it again",
+                weir_core::config::keys::CHECKPOINT_INTERVAL
+            ));
+        }
+        self.coordinator.handle(now, Event::UpdateSettings(CoordinatorSettings::from(&settings.checkpoint)));
+        self.config = config;
+        self.config_changes.push((now.epoch_ms, pairs.to_vec()));
+        Ok(())
+    }
+
+    /// The checkpoint settings changed while the job ran, oldest first.
+    pub fn config_changes(&self) -> &[(i64, Vec<(String, String)>)] {
+        &self.config_changes
     }
 
     /// The job id (a UUID without dashes).

@@ -48,7 +48,10 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/jobs/{id}", "One job: state, times, attempt, restarts, failure, and its vertices with parallelism, state and record counts."),
     ("PATCH", "/jobs/{id}", "`?mode=cancel`: cancels the job."),
     ("GET", "/jobs/{id}/checkpoints", "Checkpoint counts, the latest completed, failed and savepoint, and the history, newest first."),
+    ("POST", "/jobs/{id}/checkpoints", "Triggers a checkpoint now; answers its id."),
+    ("GET", "/jobs/{id}/checkpoints/details/{checkpoint}", "One checkpoint of the history."),
     ("GET", "/jobs/{id}/checkpoints/config", "The job's checkpoint settings."),
+    ("PATCH", "/jobs/{id}/checkpoints/config", "Changes checkpoint settings of the running job: a JSON object of configuration keys and values."),
     ("GET", "/jobs/{id}/exceptions", "The job's failure, if it has one."),
     ("POST", "/jobs/{id}/savepoints", "Triggers a savepoint: {\"target-directory\", \"cancel-job\", \"formatType\": CANONICAL|NATIVE}; answers a request-id."),
     ("GET", "/jobs/{id}/savepoints/{request}", "Where a savepoint or stop request stands."),
@@ -123,8 +126,9 @@ impl Rest {
             .route("/jobs", get(jobs).post(submit))
             .route("/jobs/overview", get(jobs_overview))
             .route("/jobs/{id}", get(job).patch(patch_job))
-            .route("/jobs/{id}/checkpoints", get(checkpoints))
-            .route("/jobs/{id}/checkpoints/config", get(checkpoint_config))
+            .route("/jobs/{id}/checkpoints", get(checkpoints).post(trigger_checkpoint))
+            .route("/jobs/{id}/checkpoints/details/{checkpoint}", get(checkpoint_details))
+            .route("/jobs/{id}/checkpoints/config", get(checkpoint_config).patch(patch_checkpoint_config))
             .route("/jobs/{id}/exceptions", get(exceptions))
             .route("/jobs/{id}/savepoints", axum::routing::post(trigger_savepoint))
             .route("/jobs/{id}/savepoints/{request}", get(savepoint_status))
@@ -388,7 +392,44 @@ fn checkpoint_json(c: &CheckpointInfo) -> Value {
     })
 }
 
+async fn trigger_checkpoint(State(rest): State<Rest>, Path(id): Path<String>) -> ApiResult {
+    let (checkpoint, effects) = rest.rpc.state.trigger_checkpoint(&id)?;
+    rest.rpc.executor.perform(effects);
+    accepted(json!({ "request-id": checkpoint.to_string(), "checkpoint-id": checkpoint }))
+}
+
+async fn checkpoint_details(State(rest): State<Rest>, Path((id, checkpoint)): Path<(String, String)>) -> ApiResult {
+    let history = rest.rpc.list_checkpoints(Request::new(ListCheckpointsRequest { job_id: id.clone() })).await?.into_inner().checkpoints;
+    let n: u64 = checkpoint.parse().map_err(|_| bad_request(format!("'{checkpoint}' is not a checkpoint id")))?;
+    let c = history.iter().find(|c| c.id == n).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("job {id} has no checkpoint {n}")))?;
+    ok(checkpoint_json(c))
+}
+
+async fn patch_checkpoint_config(State(rest): State<Rest>, Path(id): Path<String>, body: String) -> ApiResult {
+    let m = json_body(&body)?;
+    let mut pairs = Vec::new();
+    for (k, v) in &m {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => v.to_string(),
+            other => return Err(bad_request(format!("'{k}': {other} is not a value"))),
+        };
+        pairs.push((k.clone(), v));
+    }
+    let effects = rest.rpc.state.update_checkpoint_config(&id, &pairs)?;
+    rest.rpc.executor.perform(effects);
+    checkpoint_config(State(rest), Path(id)).await
+}
+
 async fn checkpoints(State(rest): State<Rest>, Path(id): Path<String>) -> ApiResult {
+    let changes: Vec<Value> = rest
+        .rpc
+        .state
+        .config_changes(&id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(at, pairs)| json!({ "timestamp": at, "changes": pairs.into_iter().collect::<BTreeMap<_, _>>() }))
+        .collect();
     let history = rest.rpc.list_checkpoints(Request::new(ListCheckpointsRequest { job_id: id })).await?.into_inner().checkpoints;
     let with = |s: CheckpointStatus| history.iter().filter(move |c| c.status == s as i32);
     let latest = |s: CheckpointStatus, savepoint: bool| {
@@ -407,6 +448,7 @@ async fn checkpoints(State(rest): State<Rest>, Path(id): Path<String>) -> ApiRes
             "failed": history.iter().filter(|c| c.status == CheckpointStatus::CheckpointFailed as i32).max_by_key(|c| c.id).map(checkpoint_json).unwrap_or(Value::Null),
         },
         "history": history.iter().rev().map(checkpoint_json).collect::<Vec<_>>(),
+        "config_changes": changes,
     }))
 }
 

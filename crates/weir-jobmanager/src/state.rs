@@ -638,6 +638,53 @@ impl JobManagerState {
         Ok((ticket, effects))
     }
 
+    /// Changes checkpoint settings of a running job (see [`Job::update_checkpoint_config`]);
+    /// the catalog records the new configuration, so a recovered JobManager keeps it. An
+    /// unknown job is `NOT_FOUND`, one that ended `FAILED_PRECONDITION`, a setting that cannot
+    /// change `INVALID_ARGUMENT`, each naming what.
+    pub(crate) fn update_checkpoint_config(&self, job_id: &str, pairs: &[(String, String)]) -> Result<Vec<Effect>, tonic::Status> {
+        let mut guard = self.inner.lock();
+        let job = guard.jobs.get_mut(job_id).ok_or_else(|| tonic::Status::not_found(format!("no job with id {job_id}")))?;
+        if job.status().is_terminal() || job.status() == JobStatus::Suspended {
+            return Err(tonic::Status::failed_precondition(format!("job {job_id} is {}: its settings no longer change", job.status())));
+        }
+        job.update_checkpoint_config(clock::now(), pairs).map_err(tonic::Status::invalid_argument)?;
+        tracing::info!(job = %job_id, ?pairs, "checkpoint settings changed");
+        Ok(vec![save_catalog(job)])
+    }
+
+    /// The checkpoint settings changes of a job, oldest first; `None` for an unknown job.
+    pub(crate) fn config_changes(&self, job_id: &str) -> Option<Vec<(i64, Vec<(String, String)>)>> {
+        self.inner.lock().jobs.get(job_id).map(|j| j.config_changes().to_vec())
+    }
+
+    /// Triggers a checkpoint of a running job now; returns its id. Refused (naming why) when
+    /// the job is unknown, not RUNNING, has checkpointing off, or a stop or savepoint is under
+    /// way.
+    pub(crate) fn trigger_checkpoint(&self, job_id: &str) -> Result<(u64, Vec<Effect>), tonic::Status> {
+        let mut guard = self.inner.lock();
+        let Inner { tms, jobs, .. } = &mut *guard;
+        let job = jobs.get_mut(job_id).ok_or_else(|| tonic::Status::not_found(format!("no job with id {job_id}")))?;
+        if job.status() != JobStatus::Running {
+            return Err(tonic::Status::failed_precondition(format!("job {job_id} is {}: a checkpoint needs a RUNNING job", job.status())));
+        }
+        if !job.coordinator().enabled() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "job {job_id} runs without checkpoints: it needs {} set when it starts",
+                weir_core::config::keys::CHECKPOINT_INTERVAL
+            )));
+        }
+        let view = job.task_view();
+        let before = job.coordinator().history().last().map(|r| r.id);
+        let effects = checkpoint_event(tms, job, clock::now(), Event::TriggerNow(view));
+        match job.coordinator().history().last().map(|r| r.id) {
+            Some(id) if Some(id) != before => Ok((id, effects)),
+            _ => Err(tonic::Status::failed_precondition(format!(
+                "job {job_id} cannot take a checkpoint now: not every task runs, or a stop or savepoint is under way"
+            ))),
+        }
+    }
+
     /// The tick period of the job's checkpoint timer; `None` when checkpointing is off.
     pub(crate) fn checkpoint_tick_period(&self, job_id: &str) -> Option<Duration> {
         self.inner.lock().jobs.get(job_id).and_then(|j| j.coordinator().tick_period())
