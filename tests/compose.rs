@@ -162,6 +162,9 @@ fn compose_cluster_survives_a_killed_taskmanager_and_scales_with_exact_output() 
     };
     ok(&mut compose.cmd(&["up", "-d", "--scale", "taskmanager=3"]));
     wait_for("3 TaskManagers registered", || (compose.json(&["cluster"]).as_array().map_or(0, Vec::len) == 3).then_some(()));
+    // The JobManager's REST API is published on the host.
+    let (status, overview) = http(rest_port, "GET", "/overview", "", &[]);
+    assert_eq!((status, overview["taskmanagers"].as_u64()), (200, Some(3)), "{overview}");
 
     let out = compose.weir(&["run", job_file.to_str().unwrap(), "--detached"]);
     assert!(out.status.success(), "submission failed: {}", String::from_utf8_lossy(&out.stderr));

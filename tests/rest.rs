@@ -7,50 +7,9 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 
 /// A checkpointed job that runs until canceled.
 const ENDLESS: &str = "name: endless\nconfig:\n  execution.checkpointing.interval: 1h\npipeline:\n  - source: datagen\n    rows-per-second: 2000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n";
-
-/// One HTTP/1.1 request to `127.0.0.1:port`: (status, JSON body). `headers` are extra lines.
-fn http(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, Value) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for h in headers {
-        request.push_str(h);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let text = String::from_utf8_lossy(&response).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {text}"));
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {head}"));
-    // Bodies come whole or chunked; a chunked body's JSON sits between its size lines.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
-    let json = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"))
-    };
-    (status, json)
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else { return out };
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.push_str(&after[..n]);
-        rest = &after[n + 2..];
-    }
-}
 
 fn get(port: u16, path: &str) -> Value {
     let (status, body) = http(port, "GET", path, "", &[]);
@@ -117,6 +76,17 @@ fn a_job_is_submitted_watched_checkpointed_saved_and_canceled_through_rest() {
     });
     let change = &checkpoints["config_changes"][0];
     assert_eq!(change["changes"]["execution.checkpointing.interval"], "100ms", "{checkpoints}");
+    // The same from the CLI.
+    let out = cluster.weir(&["config", &id, "-D", "execution.checkpointing.timeout=30s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("execution.checkpointing.timeout = 30s"), "{stdout}");
+    assert_eq!(get(rest, &format!("/jobs/{id}/checkpoints/config"))["timeout"], 30_000);
+    let out = cluster.weir(&["config", &id, "-D", "execution.checkpointing.unaligned.enabled=true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("'execution.checkpointing.unaligned.enabled' cannot change while the job runs"),
+        "{stderr}"
+    );
 
     // A savepoint: accepted at once, completed later, its folder holds `_metadata`.
     let target = cluster.dir.path().join("savepoints");

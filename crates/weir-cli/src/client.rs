@@ -593,6 +593,28 @@ fn status_text(job: &JobRow) -> String {
     text
 }
 
+/// `weir config`: changes checkpoint settings of a running job, then prints every setting a
+/// running job can change, as it is now.
+pub async fn update_config(address: &JobManagerEndpoint, job_id: &str, changes: Vec<(String, String)>, output: Output) -> Result<i32> {
+    if changes.is_empty() {
+        return Err(anyhow!("nothing to change: give the new settings as -D key=value (e.g. -D execution.checkpointing.interval=200ms)"));
+    }
+    let mut client = connect(address).await?;
+    let request = UpdateCheckpointConfigRequest { job_id: job_id.to_string(), config: changes.into_iter().collect() };
+    let now = client.update_checkpoint_config(request).await.map_err(|e| rpc_error(address, e))?.into_inner().checkpoint_config;
+    let sorted: std::collections::BTreeMap<String, String> = now.into_iter().collect();
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&sorted)?),
+        Output::Text => {
+            outln!("checkpoint settings of job {job_id}, from its next checkpoint on:");
+            for (k, v) in &sorted {
+                outln!("  {k} = {v}");
+            }
+        }
+    }
+    Ok(0)
+}
+
 pub async fn cancel(address: &JobManagerEndpoint, job_id: &str, timeout: Duration, output: Output) -> Result<i32> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut client = connect_with_timeout(address, timeout).await?;

@@ -174,6 +174,15 @@ enum Command {
         #[command(flatten)]
         dynamic: Dynamic,
     },
+    /// Change checkpoint settings of a running job, from its next checkpoint on:
+    /// `weir config JOB_ID -D execution.checkpointing.interval=200ms` (see docs/rest.md).
+    Config {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        dynamic: Dynamic,
+    },
     /// Take a savepoint of a running job and print its path (the job goes on running).
     Savepoint {
         job_id: String,
@@ -383,6 +392,18 @@ async fn run(cli: Cli) -> Result<i32> {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;
             init_logging(cli.log_format, "warn");
             client::cancel(&require_jm(&client, &cfg)?, &job_id, timeout, client.output).await
+        }
+        Command::Config { job_id, client, dynamic } => {
+            let (cfg, _) = load_config(&cli.config, &dynamic)?;
+            init_logging(cli.log_format, "warn");
+            // Every -D but the client's own keys (the JobManager's address, the token) is a change.
+            let changes: Vec<(String, String)> = dynamic
+                .properties
+                .iter()
+                .filter_map(|p| p.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+                .filter(|(k, _)| !weir_core::settings::is_cluster_only_key(k) && !k.starts_with("jobmanager.rpc."))
+                .collect();
+            client::update_config(&require_jm(&client, &cfg)?, &job_id, changes, client.output).await
         }
         Command::Savepoint { job_id, directory, savepoint, client, dynamic } => {
             let (cfg, _) = load_config(&cli.config, &dynamic)?;

@@ -54,8 +54,8 @@ pub use state::JobManagerState;
 pub enum JobManagerError {
     #[error("cannot bind the JobManager RPC port {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
-    #[error("cannot bind the REST API (rest.bind-address, rest.port) at {addr}: {source}")]
-    RestBind { addr: String, source: std::io::Error },
+    #[error("cannot bind the REST API (rest.bind-address, rest.port) at {addr}: {error}")]
+    RestBind { addr: String, error: std::io::Error },
     #[error("cannot open the job catalog jobmanager.catalog.dir = {dir}: {source}")]
     Catalog { dir: String, source: std::io::Error },
     #[error(transparent)]
@@ -161,8 +161,8 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
         format!("{rest_host}:{rest_port}")
     };
     let rest_listener =
-        tokio::net::TcpListener::bind(&rest_bind).await.map_err(|source| JobManagerError::RestBind { addr: rest_bind.clone(), source })?;
-    let rest_addr = rest_listener.local_addr().map_err(|source| JobManagerError::RestBind { addr: rest_bind.clone(), source })?;
+        tokio::net::TcpListener::bind(&rest_bind).await.map_err(|error| JobManagerError::RestBind { addr: rest_bind.clone(), error })?;
+    let rest_addr = rest_listener.local_addr().map_err(|error| JobManagerError::RestBind { addr: rest_bind.clone(), error })?;
     let rest_api = rest::Rest::new(service::JobManagerRpc { state: state.clone(), executor: executor.clone() }, TokenCheck::new(&security));
     tokio::spawn(rest::serve(rest_listener, rest_api, shutdown_rx.clone()));
     let service = service::JobManagerRpc { state: state.clone(), executor: executor.clone() };

@@ -406,18 +406,8 @@ async fn checkpoint_details(State(rest): State<Rest>, Path((id, checkpoint)): Pa
 }
 
 async fn patch_checkpoint_config(State(rest): State<Rest>, Path(id): Path<String>, body: String) -> ApiResult {
-    let m = json_body(&body)?;
-    let mut pairs = Vec::new();
-    for (k, v) in &m {
-        let v = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(_) | Value::Bool(_) => v.to_string(),
-            other => return Err(bad_request(format!("'{k}': {other} is not a value"))),
-        };
-        pairs.push((k.clone(), v));
-    }
-    let effects = rest.rpc.state.update_checkpoint_config(&id, &pairs)?;
-    rest.rpc.executor.perform(effects);
+    let config = config_pairs(&json_body(&body)?)?.into_iter().collect();
+    rest.rpc.update_checkpoint_config(Request::new(UpdateCheckpointConfigRequest { job_id: id.clone(), config })).await?;
     checkpoint_config(State(rest), Path(id)).await
 }
 
@@ -517,6 +507,18 @@ fn bool_field(m: &serde_json::Map<String, Value>, key: &str) -> Result<bool, Api
     }
 }
 
+/// A JSON object of configuration keys as (key, value) pairs: strings as they are, numbers
+/// and booleans as written; anything else is a 400 naming the key.
+fn config_pairs(m: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    m.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k.clone(), s.clone())),
+            Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
+            other => Err(bad_request(format!("configuration key '{k}': {other} is not a value"))),
+        })
+        .collect()
+}
+
 fn native_format(m: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
     match text_field(m, "formatType")?.to_ascii_uppercase().as_str() {
         "" | "CANONICAL" => Ok(false),
@@ -539,16 +541,7 @@ async fn submit(State(rest): State<Rest>, headers: HeaderMap, body: String) -> A
         request.allow_non_restored_state = bool_field(&m, "allowNonRestoredState")?;
         if let Some(config) = m.get("config") {
             let Value::Object(pairs) = config else { return Err(bad_request("'config' must be an object of configuration keys")) };
-            let mut sorted: BTreeMap<String, String> = BTreeMap::new();
-            for (k, v) in pairs {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(_) | Value::Bool(_) => v.to_string(),
-                    other => return Err(bad_request(format!("config key '{k}': {other} is not a value"))),
-                };
-                sorted.insert(k.clone(), v);
-            }
-            request.config = sorted.into_iter().collect();
+            request.config = config_pairs(pairs)?.into_iter().collect();
         }
     } else {
         if body.trim().is_empty() {

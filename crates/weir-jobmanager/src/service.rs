@@ -286,6 +286,23 @@ impl JobManagerService for JobManagerRpc {
         Ok(Response::new(DisposeSavepointResponse { files_deleted }))
     }
 
+    /// Changes checkpoint settings of a running job; answers every setting it can change, as
+    /// it is now.
+
+    async fn update_checkpoint_config(
+        &self,
+        request: Request<UpdateCheckpointConfigRequest>,
+    ) -> Result<Response<UpdateCheckpointConfigResponse>, Status> {
+        let r = request.into_inner();
+        let mut pairs: Vec<(String, String)> = r.config.into_iter().collect();
+        pairs.sort();
+        let effects = self.state.update_checkpoint_config(&r.job_id, &pairs)?;
+        self.executor.perform(effects);
+        let config = self.state.job_config(&r.job_id).ok_or_else(|| Status::not_found(format!("no job with id {}", r.job_id)))?;
+        let checkpoint_config = crate::job::LIVE_CHECKPOINT_KEYS.iter().map(|k| (k.to_string(), config.get(k).to_string())).collect();
+        Ok(Response::new(UpdateCheckpointConfigResponse { checkpoint_config }))
+    }
+
     /// The registered TaskManagers and their free slots.
 
     async fn cluster_overview(&self, _request: Request<ClusterOverviewRequest>) -> Result<Response<ClusterOverviewResponse>, Status> {

@@ -101,6 +101,12 @@ impl Setup {
 
     /// Starts `program args` in the background, its stdout and stderr in `<name>.out`/`.log`.
     fn spawn(&self, program: &Path, name: &str, args: &[String]) -> Proc {
+        // JobManagers of tests running side by side would all want the REST API's default port.
+        let mut args = args.to_vec();
+        if args.first().is_some_and(|a| a == "jobmanager") && !args.iter().any(|a| a.starts_with("rest.port=")) {
+            args.extend(["-D".to_string(), "rest.port=0".to_string()]);
+        }
+        let args = &args;
         let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let child = self.command(program, args).stdout(out).stderr(log).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
