@@ -586,17 +586,8 @@ impl CheckpointCoordinator {
             Event::Recovered { checkpoints } => self.recovered(checkpoints, &mut out),
             Event::UpdateSettings(settings) => self.settings = settings,
             Event::TriggerNow(view) => {
-                let busy = self.stop != StopPhase::Running || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint);
-                if self.enabled() && view.all_running() && !busy && self.final_checkpoint == FinalCheckpoint::NotTaken {
-                    let id = self.start(CheckpointKind::Periodic, view.total, now, None);
-                    out.push(Action::Trigger {
-                        id,
-                        attempt: self.attempt,
-                        timestamp_ms: now.epoch_ms,
-                        kind: CheckpointKind::Periodic,
-                        target: TriggerTarget::Sources,
-                        savepoint: None,
-                    });
+                if self.enabled() && view.all_running() && !self.held_back() && self.final_checkpoint == FinalCheckpoint::NotTaken {
+                    self.trigger_periodic(now, view.total, &mut out);
                 }
             }
         }
@@ -738,16 +729,26 @@ impl CheckpointCoordinator {
                 savepoint,
             });
         } else if view.all_running() && self.due(now.instant) {
-            let id = self.start(CheckpointKind::Periodic, view.total, now, None);
-            out.push(Action::Trigger {
-                id,
-                attempt: self.attempt,
-                timestamp_ms: now.epoch_ms,
-                kind: CheckpointKind::Periodic,
-                target: TriggerTarget::Sources,
-                savepoint: None,
-            });
+            self.trigger_periodic(now, view.total, out);
         }
+    }
+
+    /// Starts a checkpoint of the attempt's `total` subtasks at the sources.
+    fn trigger_periodic(&mut self, now: Now, total: usize, out: &mut Vec<Action>) {
+        let id = self.start(CheckpointKind::Periodic, total, now, None);
+        out.push(Action::Trigger {
+            id,
+            attempt: self.attempt,
+            timestamp_ms: now.epoch_ms,
+            kind: CheckpointKind::Periodic,
+            target: TriggerTarget::Sources,
+            savepoint: None,
+        });
+    }
+
+    /// A pending savepoint, or a stop under way, holds checkpoints back.
+    fn held_back(&self) -> bool {
+        self.stop != StopPhase::Running || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint)
     }
 
     /// Whether a periodic checkpoint is due: interval since the last trigger, min-pause since
@@ -773,7 +774,7 @@ impl CheckpointCoordinator {
     /// not count against max-concurrent).
     fn due(&self, now: Instant) -> bool {
         let Some(interval) = self.settings.interval else { return false };
-        if self.stop != StopPhase::Running || self.pending.values().any(|p| p.kind == CheckpointKind::Savepoint) {
+        if self.held_back() {
             return false;
         }
         if self.pending.values().filter(|p| p.kind != CheckpointKind::Savepoint).count() >= self.settings.max_concurrent {
