@@ -110,20 +110,7 @@ fn rpc_error(address: &JobManagerEndpoint, status: tonic::Status) -> anyhow::Err
     }
 }
 
-fn state_name(s: i32) -> &'static str {
-    match JobState::try_from(s).unwrap_or(JobState::Unspecified) {
-        JobState::Created => "CREATED",
-        JobState::Running => "RUNNING",
-        JobState::Finished => "FINISHED",
-        JobState::Failed => "FAILED",
-        JobState::Canceling => "CANCELING",
-        JobState::Canceled => "CANCELED",
-        JobState::Restarting => "RESTARTING",
-        JobState::Finishing => "FINISHING",
-        JobState::Suspended => "SUSPENDED",
-        JobState::Unspecified => "UNKNOWN",
-    }
-}
+use weir_proto::job_state_name as state_name;
 
 fn checkpoint_status_name(s: i32) -> &'static str {
     match CheckpointStatus::try_from(s).unwrap_or(CheckpointStatus::Unspecified) {

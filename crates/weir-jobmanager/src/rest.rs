@@ -177,21 +177,6 @@ async fn authorize(State(rest): State<Rest>, request: axum::extract::Request, ne
     next.run(request).await
 }
 
-fn state_name(state: i32) -> &'static str {
-    match JobState::try_from(state).unwrap_or(JobState::Unspecified) {
-        JobState::Created => "CREATED",
-        JobState::Running => "RUNNING",
-        JobState::Finished => "FINISHED",
-        JobState::Failed => "FAILED",
-        JobState::Canceling => "CANCELLING",
-        JobState::Canceled => "CANCELED",
-        JobState::Restarting => "RESTARTING",
-        JobState::Finishing => "FINISHING",
-        JobState::Suspended => "SUSPENDED",
-        JobState::Unspecified => "UNKNOWN",
-    }
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -211,7 +196,7 @@ fn vertex_state(v: &VertexStatus, job: &str) -> &'static str {
     } else {
         match job {
             "FAILED" => "FAILED",
-            "CANCELED" | "CANCELLING" => "CANCELED",
+            "CANCELED" | "CANCELING" => "CANCELED",
             _ => "CREATED",
         }
     }
@@ -228,12 +213,12 @@ async fn status(rest: &Rest, id: &str) -> Result<weir_proto::JobStatus, ApiError
 async fn overview(State(rest): State<Rest>) -> ApiResult {
     let tms = rest.rpc.state.overview();
     let jobs = list(&rest).await?;
-    let count = |names: &[&str]| jobs.iter().filter(|j| names.contains(&state_name(j.state))).count();
+    let count = |names: &[&str]| jobs.iter().filter(|j| names.contains(&job_state_name(j.state))).count();
     ok(json!({
         "taskmanagers": tms.len(),
         "slots-total": tms.iter().map(|t| t.slots).sum::<u32>(),
         "slots-available": tms.iter().map(|t| t.free_slots).sum::<u32>(),
-        "jobs-running": count(&["CREATED", "RUNNING", "RESTARTING", "FINISHING", "CANCELLING"]),
+        "jobs-running": count(&["CREATED", "RUNNING", "RESTARTING", "FINISHING", "CANCELING"]),
         "jobs-finished": count(&["FINISHED"]),
         "jobs-cancelled": count(&["CANCELED"]),
         "jobs-failed": count(&["FAILED"]),
@@ -279,7 +264,7 @@ async fn taskmanagers(State(rest): State<Rest>) -> ApiResult {
 }
 
 async fn jobs(State(rest): State<Rest>) -> ApiResult {
-    let jobs: Vec<Value> = list(&rest).await?.iter().map(|j| json!({ "id": j.job_id, "status": state_name(j.state) })).collect();
+    let jobs: Vec<Value> = list(&rest).await?.iter().map(|j| json!({ "id": j.job_id, "status": job_state_name(j.state) })).collect();
     ok(json!({ "jobs": jobs }))
 }
 
@@ -294,7 +279,7 @@ async fn jobs_overview(State(rest): State<Rest>) -> ApiResult {
             json!({
                 "jid": j.job_id,
                 "name": j.name,
-                "state": state_name(j.state),
+                "state": job_state_name(j.state),
                 "start-time": j.start_time_ms,
                 "end-time": if j.end_time_ms > 0 { j.end_time_ms } else { -1 },
                 "duration": duration(j),
@@ -307,7 +292,7 @@ async fn jobs_overview(State(rest): State<Rest>) -> ApiResult {
 
 async fn job(State(rest): State<Rest>, Path(id): Path<String>) -> ApiResult {
     let j = status(&rest, &id).await?;
-    let state = state_name(j.state);
+    let state = job_state_name(j.state);
     let vertices: Vec<Value> = j
         .vertices
         .iter()
