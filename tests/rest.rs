@@ -81,12 +81,28 @@ fn a_job_is_submitted_watched_checkpointed_saved_and_canceled_through_rest() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("execution.checkpointing.timeout = 30s"), "{stdout}");
     assert_eq!(get(rest, &format!("/jobs/{id}/checkpoints/config"))["timeout"], 30_000);
-    let out = cluster.weir(&["config", &id, "-D", "execution.checkpointing.unaligned.enabled=true"]);
+    let out = cluster.weir(&["config", &id, "-D", "execution.checkpointing.mode=AT_LEAST_ONCE"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("'execution.checkpointing.unaligned.enabled' cannot change while the job runs"),
-        "{stderr}"
+    assert!(!out.status.success() && stderr.contains("'execution.checkpointing.mode' cannot change while the job runs"), "{stderr}");
+    // Unaligned on: the barriers of the next checkpoints overtake the data (Flink cannot change
+    // this without a restart).
+    let (status, config) = http(
+        rest,
+        "PATCH",
+        &format!("/jobs/{id}/checkpoints/config"),
+        r#"{"execution.checkpointing.unaligned.enabled": true}"#,
+        &["Content-Type: application/json"],
     );
+    assert_eq!((status, &config["unaligned_checkpoints"]), (200, &json!(true)), "{config}");
+    let since = get(rest, &format!("/jobs/{id}/checkpoints"))["history"][0]["id"].as_u64().unwrap();
+    wait_for("an unaligned checkpoint after the change", || {
+        let c = get(rest, &format!("/jobs/{id}/checkpoints"));
+        c["history"]
+            .as_array()?
+            .iter()
+            .any(|h| h["id"].as_u64() > Some(since) && h["status"] == "COMPLETED" && h["checkpoint_type"] == "UNALIGNED_CHECKPOINT")
+            .then_some(())
+    });
 
     // A savepoint: accepted at once, completed later, its folder holds `_metadata`.
     let target = cluster.dir.path().join("savepoints");
@@ -150,7 +166,8 @@ fn every_route_of_the_openapi_document_answers() {
     for (path, methods) in paths {
         for method in methods.as_object().unwrap().keys() {
             let concrete = path.replace("{id}", "0123").replace("{request}", "4567");
-            let (status, body) = http(rest, &method.to_uppercase(), &concrete, "", &[]);
+            let (status, _, body) = http_text(rest, &method.to_uppercase(), &concrete, "", &[]);
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
             let message = body["errors"][0].as_str().unwrap_or("");
             assert!(!message.starts_with("no route"), "{method} {path} is listed but not served: {status} {body}");
             assert_ne!(status, 405, "{method} {path}: {body}");
@@ -186,4 +203,43 @@ fn the_cluster_token_guards_requests_that_change_something() {
     let (status, _) = http(rest, "PATCH", &format!("/jobs/{id}?mode=cancel"), "", &[&bearer]);
     assert_eq!(status, 202);
     wait_for("the job to be canceled", || (get(rest, &format!("/jobs/{id}"))["state"] == "CANCELED").then_some(()));
+}
+
+/// A SQL script posted to the JobManager is compiled there, with its `SET`s: the job runs
+/// with the script's checkpoint interval; a bad script is a 400 naming its line.
+#[test]
+fn a_sql_script_is_submitted_through_rest() {
+    let rest = free_port();
+    let _cluster = Cluster::start(1, 2, &[&format!("rest.port={rest}")]);
+    let script = "SET 'execution.checkpointing.interval' = '250ms';\n\
+        CREATE TABLE events (k BIGINT) WITH ('connector' = 'datagen', 'rows-per-second' = '1000', 'fields.k.max' = '99');\n\
+        CREATE TABLE counts (k BIGINT, n BIGINT) WITH ('connector' = 'blackhole');\n\
+        INSERT INTO counts SELECT k, COUNT(*) FROM events GROUP BY k;\n";
+    let (status, submitted) = http(rest, "POST", "/jobs", script, &["Content-Type: application/sql"]);
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["jobid"].as_str().unwrap().to_string();
+    assert_eq!(submitted["jobids"].as_array().map(Vec::len), Some(1), "{submitted}");
+    assert_eq!(get(rest, &format!("/jobs/{id}/checkpoints/config"))["interval"], 250, "the script's SET applies");
+    wait_for("two checkpoints of the SQL job", || {
+        (get(rest, &format!("/jobs/{id}/checkpoints"))["counts"]["completed"].as_u64()? >= 2).then_some(())
+    });
+    // The JSON form, with configuration on top of the script's.
+    let body = json!({ "sql": script, "config": { "execution.checkpointing.interval": "1h" } }).to_string();
+    let (status, submitted) = http(rest, "POST", "/jobs", &body, &["Content-Type: application/json"]);
+    assert_eq!(status, 202, "{submitted}");
+    let second = submitted["jobid"].as_str().unwrap();
+    assert_eq!(get(rest, &format!("/jobs/{second}/checkpoints/config"))["interval"], 3_600_000, "config overrides the script");
+    // Bad scripts: nothing is submitted.
+    let (status, err) = http(rest, "POST", "/jobs", "SELEC 1;", &["Content-Type: application/sql"]);
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = http(
+        rest,
+        "POST",
+        "/jobs",
+        "CREATE TABLE t (k BIGINT) WITH ('connector' = 'nowhere');\nINSERT INTO t SELECT 1;",
+        &["Content-Type: application/sql"],
+    );
+    assert_eq!(status, 400, "{err}");
+    assert!(err["errors"][0].as_str().unwrap().contains("nowhere"), "{err}");
+    assert_eq!(get(rest, "/jobs")["jobs"].as_array().unwrap().len(), 2);
 }

@@ -206,6 +206,9 @@ pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
     if args.first().is_some_and(|a| a == "jobmanager") && !args.iter().any(|a| a.starts_with("rest.port=")) {
         args.extend(["-D".to_string(), "rest.port=0".to_string()]);
     }
+    if args.first().is_some_and(|a| a == "taskmanager") && !args.iter().any(|a| a.starts_with("metrics.port=")) {
+        args.extend(["-D".to_string(), "metrics.port=0".to_string()]);
+    }
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
     let child = Command::new(WEIR)
@@ -386,6 +389,17 @@ pub fn datagen_batches(yaml: &str) -> Vec<arrow_array::RecordBatch> {
 
 /// One HTTP/1.1 request to `127.0.0.1:port`: (status, JSON body). `headers` are extra lines.
 pub fn http(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, Value) {
+    let (status, _, body) = http_text(port, method, path, body, headers);
+    let json = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"))
+    };
+    (status, json)
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port`: (status, head, body as text).
+pub fn http_text(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, String, String) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -396,19 +410,38 @@ pub fn http(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -
     request.push_str("\r\n");
     request.push_str(body);
     stream.write_all(request.as_bytes()).unwrap();
+    // Read until the body is complete: some servers (chromedriver) keep the connection open
+    // whatever `Connection: close` asks.
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&chunk[..n]);
+        if response_complete(&response) {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&response).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {text}"));
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {head}"));
     // Bodies come whole or chunked; a chunked body's JSON sits between its size lines.
     let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
-    let json = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"))
-    };
-    (status, json)
+    (status, head.to_string(), body)
+}
+
+/// Whether `response` holds a whole HTTP response: its head, and a body of its
+/// `Content-Length` or ending with the last chunk.
+fn response_complete(response: &[u8]) -> bool {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    let body = &response[end + 4..];
+    if let Some(len) = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()) {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
 }
 
 pub fn dechunk(mut rest: &str) -> String {

@@ -814,6 +814,8 @@ mod tests {
             inflight_bytes: 4096,
             savepoint: false,
             path: String::new(),
+            sync_ms: 1,
+            async_ms: 30,
         }
     }
 
@@ -961,6 +963,7 @@ mod tests {
             slots: 4,
             free_slots: 1,
             user_functions: vec!["counts".into()],
+            metrics_address: "127.0.0.1:3".into(),
         };
         let rows = [TaskManagerRow::from(&tm)];
         assert_eq!(

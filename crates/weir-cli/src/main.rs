@@ -304,7 +304,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 .ok_or_else(|| anyhow!("no JobManager: pass --jobmanager HOST:PORT or set jobmanager.rpc.address"))?;
             let settings = weir_taskmanager::TaskManagerSettings::from_config(&cfg, &jm)?;
             let tm = weir_taskmanager::start(settings).await?;
-            outln!("TaskManager {} rpc {} data {}", tm.id, tm.rpc_addr, tm.data_addr);
+            outln!("TaskManager {} rpc {} data {} metrics http://{}/metrics", tm.id, tm.rpc_addr, tm.data_addr, tm.metrics_addr);
             wait_for_signal().await;
             tm.shutdown_gracefully("the TaskManager was stopped (SIGTERM or Ctrl-C)").await;
             Ok(0)

@@ -154,8 +154,10 @@ keys! {
         "Port of the JobManager's REST API; 0 picks a free port (the embedded mini cluster's default).";
     REST_BIND_ADDRESS = "rest.bind-address", "none", Text,
         "Address the REST API binds; `none`: the JobManager's gRPC bind address (the embedded mini cluster: 127.0.0.1).";
+    METRICS_PORT = "metrics.port", "9249", Port,
+        "Port of a TaskManager's Prometheus endpoint (/metrics); 0 picks a free port (the embedded mini cluster's default). The JobManager serves its /metrics on rest.port.";
     HEARTBEAT_INTERVAL = "heartbeat.interval", "1s", Duration,
-        "How often TaskManagers heartbeat the JobManager.";
+        "How often TaskManagers heartbeat the JobManager (at least once a second: heartbeats carry the task metrics).";
     HEARTBEAT_TIMEOUT = "heartbeat.timeout", "10s", Duration,
         "A TaskManager (or JobManager) silent this long is declared lost.";
     SLOT_REQUEST_TIMEOUT = "slot.request.timeout", "5min", Duration,

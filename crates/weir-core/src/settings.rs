@@ -331,6 +331,8 @@ pub struct TaskManagerConfig {
     pub bind_host: String,
     pub rpc_port: u16,
     pub data_port: u16,
+    /// `metrics.port`: the Prometheus endpoint's port (0: a free one).
+    pub metrics_port: u16,
     pub slots: u32,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
@@ -356,6 +358,7 @@ impl TaskManagerConfig {
             }),
             rpc_port: c.int(keys::TASKMANAGER_RPC_PORT) as u16,
             data_port: c.int(keys::TASKMANAGER_DATA_PORT) as u16,
+            metrics_port: c.int(keys::METRICS_PORT) as u16,
             slots: c.int(keys::TASKMANAGER_SLOTS) as u32,
             heartbeat_interval: c.duration(keys::HEARTBEAT_INTERVAL),
             heartbeat_timeout: c.duration(keys::HEARTBEAT_TIMEOUT),

@@ -6,7 +6,8 @@
 use crate::coordinator::{Action, CheckpointKind, SavepointRequest, StopMode, TriggerTarget};
 use crate::effects::{CheckpointCall, Effect, Followup, TmTarget};
 use weir_core::config::Config;
-use weir_proto::CheckpointRequest;
+use weir_core::settings::AlignmentPolicy;
+use weir_proto::{Alignment, CheckpointRequest};
 use weir_state::CheckpointStorage;
 
 /// Where a job's checkpoint effects go.
@@ -41,6 +42,22 @@ fn with_savepoint(mut request: CheckpointRequest, savepoint: Option<&SavepointRe
     request
 }
 
+/// A trigger carries how its barriers travel, from the job's settings now (a running job's
+/// unaligned setting and aligned-checkpoint timeout may have changed since its tasks were
+/// deployed). Settings that do not parse leave it to the tasks' deployed policy.
+fn with_alignment(mut request: CheckpointRequest, config: &Config) -> CheckpointRequest {
+    if let Ok(c) = weir_core::settings::CheckpointConfig::from_config(config) {
+        let (alignment, timeout) = match c.alignment() {
+            AlignmentPolicy::Aligned => (Alignment::Aligned, 0),
+            AlignmentPolicy::Unaligned => (Alignment::Unaligned, 0),
+            AlignmentPolicy::AlignedThenUnaligned(t) => (Alignment::AlignedThenUnaligned, t.as_millis() as u64),
+        };
+        request.alignment = alignment as i32;
+        request.aligned_timeout_ms = timeout;
+    }
+    request
+}
+
 /// The effects that carry out `actions`, in order:
 /// - a periodic trigger goes to the source TaskManagers, the final one to every TaskManager;
 /// - completion notices go to every TaskManager (every task may have a sink to commit);
@@ -63,6 +80,7 @@ pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> 
                 }
                 let request =
                     with_savepoint(request(t.job_id, attempt, id, timestamp_ms, kind == CheckpointKind::Final), savepoint.as_ref());
+                let request = with_alignment(request, t.config);
                 out.push(Effect::CheckpointRpc { call: CheckpointCall::Trigger, to, request });
             }
             Action::EndInput { attempt } => {
@@ -135,4 +153,25 @@ pub(crate) fn effects_of(actions: Vec<Action>, t: &Targets<'_>, now_ms: i64) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trigger_carries_the_alignment_of_the_jobs_settings_now() {
+        let request = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let config = Config::from_pairs(pairs.iter().map(|(k, v)| (k, v))).unwrap();
+            with_alignment(CheckpointRequest::default(), &config)
+        };
+        let aligned = request(&[]);
+        assert_eq!(aligned.alignment, Alignment::Aligned as i32);
+        let unaligned = request(&[("execution.checkpointing.unaligned.enabled", "true")]);
+        assert_eq!(unaligned.alignment, Alignment::Unaligned as i32);
+        let timed =
+            request(&[("execution.checkpointing.unaligned.enabled", "true"), ("execution.checkpointing.aligned-checkpoint-timeout", "2s")]);
+        assert_eq!((timed.alignment, timed.aligned_timeout_ms), (Alignment::AlignedThenUnaligned as i32, 2000));
+    }
 }

@@ -351,6 +351,9 @@ pub struct AckStats {
     pub inflight_bytes: u64,
     /// How it took the checkpoint.
     pub kind: SnapshotKind,
+    /// Its synchronous part, and the asynchronous rest until it acknowledged.
+    pub sync_ms: u64,
+    pub async_ms: u64,
 }
 
 /// How a checkpoint was taken, as `weir checkpoints` shows it.
@@ -376,6 +379,9 @@ pub struct CheckpointRecord {
     /// A savepoint, and its folder once complete.
     pub savepoint: bool,
     pub path: String,
+    /// The longest synchronous and asynchronous parts among the subtasks that acknowledged.
+    pub sync_ms: u64,
+    pub async_ms: u64,
 }
 
 impl CheckpointRecord {
@@ -392,6 +398,8 @@ impl CheckpointRecord {
             total: self.total,
             kind: self.kind as i32,
             inflight_bytes: self.inflight_bytes,
+            sync_ms: self.sync_ms,
+            async_ms: self.async_ms,
             savepoint: self.savepoint,
             path: self.path.clone(),
         }
@@ -808,6 +816,8 @@ impl CheckpointCoordinator {
             inflight_bytes: 0,
             savepoint: is_savepoint,
             path: String::new(),
+            sync_ms: 0,
+            async_ms: 0,
         });
         id
     }
@@ -843,6 +853,8 @@ impl CheckpointCoordinator {
             r.size += stats.size;
             r.alignment_ms = r.alignment_ms.max(stats.alignment_ms);
             r.inflight_bytes += stats.inflight_bytes;
+            r.sync_ms = r.sync_ms.max(stats.sync_ms);
+            r.async_ms = r.async_ms.max(stats.async_ms);
             // Aligned < unaligned < timed out to unaligned.
             r.kind = r.kind.max(stats.kind);
         }
@@ -1148,7 +1160,7 @@ mod tests {
             id,
             subtask: (subtask, 0),
             states: Vec::new(),
-            stats: AckStats { alignment_ms: 0, size: 10, inflight_bytes: 0, kind: SnapshotKind::Aligned },
+            stats: AckStats { alignment_ms: 0, size: 10, inflight_bytes: 0, kind: SnapshotKind::Aligned, sync_ms: 0, async_ms: 0 },
         }
     }
 

@@ -121,8 +121,9 @@ pub(crate) struct Job {
 }
 
 /// Checkpoint settings a running job may change: the coordinator applies them from its next
-/// trigger on. The rest (state backend, storage, how barriers travel) is read by the
-/// TaskManagers when they deploy the job's tasks.
+/// trigger on, and every trigger carries how its barriers travel (unaligned, the aligned
+/// timeout). The rest (state backend, storage, mode) is read by the TaskManagers when they
+/// deploy the job's tasks.
 pub(crate) const LIVE_CHECKPOINT_KEYS: &[&str] = &[
     weir_core::config::keys::CHECKPOINT_INTERVAL,
     weir_core::config::keys::CHECKPOINT_TIMEOUT,
@@ -130,6 +131,8 @@ pub(crate) const LIVE_CHECKPOINT_KEYS: &[&str] = &[
     weir_core::config::keys::CHECKPOINT_MAX_CONCURRENT,
     weir_core::config::keys::CHECKPOINT_TOLERABLE_FAILED,
     weir_core::config::keys::CHECKPOINT_NUM_RETAINED,
+    weir_core::config::keys::CHECKPOINT_UNALIGNED,
+    weir_core::config::keys::CHECKPOINT_ALIGNED_TIMEOUT,
 ];
 
 impl Job {

@@ -30,6 +30,7 @@ mod effects;
 mod failover;
 mod job;
 mod lifecycle;
+mod metrics;
 mod program;
 mod recover;
 mod rest;
@@ -38,6 +39,7 @@ mod savepoint;
 mod scheduler;
 mod service;
 mod state;
+mod ui;
 
 use effects::Executor;
 use std::net::SocketAddr;
@@ -66,6 +68,31 @@ pub enum JobManagerError {
     #[error("job not accepted: {0}")]
     Submit(String),
 }
+
+/// One job a SQL script compiled to: its graph (JSON of `weir_core::graph::JobGraph`) and the
+/// job's own settings (its `SET`s and job options), as `weir run script.sql` submits it.
+#[derive(Debug, Clone)]
+pub struct SqlJob {
+    pub graph_json: String,
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// The job's statement runs a query whose rows would go back to a client (a `SELECT`
+    /// without `INSERT INTO`): only the SQL client can run it.
+    pub query: bool,
+}
+
+/// What a SQL script compiled to: its jobs, what `SHOW`, `DESCRIBE` and `EXPLAIN` printed, and
+/// notices for the user.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledSql {
+    pub jobs: Vec<SqlJob>,
+    pub output: Vec<String>,
+    pub notices: Vec<String>,
+}
+
+/// Compiles SQL scripts for `POST /jobs`: `(script, cluster configuration, the request's
+/// configuration overrides)`; an error names the line and column. The JobManager does not link
+/// the SQL planner itself: the `weir` binary hands it in ([`start_with_sql`]).
+pub type SqlCompiler = Arc<dyn Fn(&str, &Config, &Config) -> Result<CompiledSql, String> + Send + Sync>;
 
 /// A started JobManager.
 pub struct JobManagerHandle {
@@ -130,6 +157,11 @@ impl JobManagerHandle {
 /// with `security.ssl.internal.enabled` it is TLS with client certificates; the JobManager
 /// calls its TaskManagers the same way.
 pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobManagerError> {
+    start_with_sql(config, bind, None).await
+}
+
+/// [`start`], with a SQL compiler for `POST /jobs` of SQL scripts (without one they are refused).
+pub async fn start_with_sql(config: Config, bind: &str, sql: Option<SqlCompiler>) -> Result<JobManagerHandle, JobManagerError> {
     let settings = JobManagerConfig::from_config(&config);
     let (rest_port, rest_bind_address) = (settings.rest_port, settings.rest_bind_address.clone());
     let security = SecurityConfig::from_config(&config)?;
@@ -163,7 +195,8 @@ pub async fn start(config: Config, bind: &str) -> Result<JobManagerHandle, JobMa
     let rest_listener =
         tokio::net::TcpListener::bind(&rest_bind).await.map_err(|error| JobManagerError::RestBind { addr: rest_bind.clone(), error })?;
     let rest_addr = rest_listener.local_addr().map_err(|error| JobManagerError::RestBind { addr: rest_bind.clone(), error })?;
-    let rest_api = rest::Rest::new(service::JobManagerRpc { state: state.clone(), executor: executor.clone() }, TokenCheck::new(&security));
+    let rest_api =
+        rest::Rest::new(service::JobManagerRpc { state: state.clone(), executor: executor.clone() }, TokenCheck::new(&security), sql);
     tokio::spawn(rest::serve(rest_listener, rest_api, shutdown_rx.clone()));
     let service = service::JobManagerRpc { state: state.clone(), executor: executor.clone() };
     let mut server_shutdown = shutdown_rx;

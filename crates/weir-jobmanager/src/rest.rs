@@ -18,6 +18,7 @@
 //! test checks that every route it lists answers.
 
 use crate::coordinator::StopMode;
+use crate::metrics::{metrics_json, SubtaskMetrics};
 use crate::service::JobManagerRpc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -43,9 +44,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/jobmanager/config", "The JobManager's configuration, as key/value pairs (secrets left out)."),
     ("GET", "/taskmanagers", "The registered TaskManagers with their slots."),
     ("GET", "/jobs", "Every job's id and state."),
-    ("POST", "/jobs", "Submits a YAML job file (the body), or a JSON object {\"job\": text, \"config\": {...}, \"savepointPath\": ..., \"allowNonRestoredState\": ...}."),
+    ("POST", "/jobs", "Submits a YAML job file or (Content-Type: application/sql) a SQL script as the body, or a JSON object {\"job\" or \"sql\": text, \"config\": {...}, \"savepointPath\": ..., \"allowNonRestoredState\": ...}."),
     ("GET", "/jobs/overview", "Every job with its name, state, times and task counts."),
-    ("GET", "/jobs/{id}", "One job: state, times, attempt, restarts, failure, and its vertices with parallelism, state and record counts."),
+    ("GET", "/jobs/{id}", "One job: state, times, attempt, restarts, failure, its vertices with parallelism, state and live metrics, and its plan (vertices and edges)."),
+    ("GET", "/jobs/{id}/vertices/{vertex}", "One vertex with the live metrics of each of its subtasks."),
+    ("GET", "/jobs/{id}/metrics/history", "Each vertex's rates and queues, one point a second over the last five minutes."),
     ("PATCH", "/jobs/{id}", "`?mode=cancel`: cancels the job."),
     ("GET", "/jobs/{id}/checkpoints", "Checkpoint counts, the latest completed, failed and savepoint, and the history, newest first."),
     ("POST", "/jobs/{id}/checkpoints", "Triggers a checkpoint now; answers its id."),
@@ -57,6 +60,9 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/jobs/{id}/savepoints/{request}", "Where a savepoint or stop request stands."),
     ("POST", "/jobs/{id}/stop", "Stops the job with a savepoint: {\"targetDirectory\", \"drain\", \"formatType\"}; answers a request-id."),
     ("GET", "/openapi.json", "This API as an OpenAPI 3 document."),
+    ("GET", "/metrics", "Prometheus metrics of the cluster, its jobs and every task (OpenMetrics text)."),
+    ("GET", "/", "The web UI."),
+    ("GET", "/ui/{file}", "The web UI's script and style sheet."),
 ];
 
 /// What the handlers share.
@@ -65,6 +71,8 @@ pub(crate) struct Rest {
     rpc: Arc<JobManagerRpc>,
     token: weir_proto::security::TokenCheck,
     triggers: Arc<Mutex<Triggers>>,
+    /// Compiles SQL scripts submitted with `POST /jobs`; `None`: they are refused.
+    sql: Option<crate::SqlCompiler>,
 }
 
 /// Savepoint and stop requests by request id, oldest first.
@@ -112,8 +120,8 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 impl Rest {
-    pub(crate) fn new(rpc: JobManagerRpc, token: weir_proto::security::TokenCheck) -> Self {
-        Self { rpc: Arc::new(rpc), token, triggers: Arc::default() }
+    pub(crate) fn new(rpc: JobManagerRpc, token: weir_proto::security::TokenCheck, sql: Option<crate::SqlCompiler>) -> Self {
+        Self { rpc: Arc::new(rpc), token, triggers: Arc::default(), sql }
     }
 
     /// The routes of [`ROUTES`] with their handlers.
@@ -126,6 +134,8 @@ impl Rest {
             .route("/jobs", get(jobs).post(submit))
             .route("/jobs/overview", get(jobs_overview))
             .route("/jobs/{id}", get(job).patch(patch_job))
+            .route("/jobs/{id}/vertices/{vertex}", get(vertex))
+            .route("/jobs/{id}/metrics/history", get(metrics_history))
             .route("/jobs/{id}/checkpoints", get(checkpoints).post(trigger_checkpoint))
             .route("/jobs/{id}/checkpoints/details/{checkpoint}", get(checkpoint_details))
             .route("/jobs/{id}/checkpoints/config", get(checkpoint_config).patch(patch_checkpoint_config))
@@ -134,6 +144,9 @@ impl Rest {
             .route("/jobs/{id}/savepoints/{request}", get(savepoint_status))
             .route("/jobs/{id}/stop", axum::routing::post(stop))
             .route("/openapi.json", get(openapi))
+            .route("/metrics", get(prometheus))
+            .route("/", get(crate::ui::index))
+            .route("/ui/{file}", get(crate::ui::asset))
             .fallback(|method: Method, uri: axum::http::Uri| async move {
                 ApiError(StatusCode::NOT_FOUND, format!("no route {method} {}: see /openapi.json", uri.path()))
             })
@@ -257,6 +270,7 @@ async fn taskmanagers(State(rest): State<Rest>) -> ApiResult {
                 "slotsNumber": t.slots,
                 "freeSlots": t.free_slots,
                 "userFunctions": t.user_functions,
+                "metricsAddress": t.metrics_address,
             })
         })
         .collect();
@@ -290,24 +304,77 @@ async fn jobs_overview(State(rest): State<Rest>) -> ApiResult {
     ok(json!({ "jobs": jobs }))
 }
 
+/// A vertex's metrics: Flink's `read-records`/`write-records` (final counts once its tasks
+/// ended, as their last state reports said), then the live ones of its running subtasks.
+fn vertex_metrics(v: &VertexStatus, live: &[&SubtaskMetrics]) -> Value {
+    let mut m = json!({ "read-records": v.records_in, "write-records": v.records_out });
+    if let (Value::Object(o), Value::Object(l)) = (&mut m, metrics_json(live.iter().copied())) {
+        o.insert("read-bytes".into(), l["numBytesIn"].clone());
+        o.insert("write-bytes".into(), l["numBytesOut"].clone());
+        if !live.is_empty() {
+            // Running tasks count further than their last state report.
+            o.insert("read-records".into(), json!(v.records_in.max(l["numRecordsIn"].as_u64().unwrap_or(0))));
+            o.insert("write-records".into(), json!(v.records_out.max(l["numRecordsOut"].as_u64().unwrap_or(0))));
+        }
+        o.extend(l);
+    }
+    m
+}
+
+/// The job graph as Flink's `plan`: nodes (vertices with their operators) and edges.
+fn plan_json(graph: &weir_core::graph::JobGraph) -> Value {
+    let nodes: Vec<Value> = graph
+        .vertices
+        .iter()
+        .map(|v| {
+            json!({
+                "id": v.id.to_string(),
+                "description": v.name,
+                "parallelism": v.parallelism,
+                "operators": v.operators.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let edges: Vec<Value> = graph
+        .edges
+        .iter()
+        .map(|e| {
+            let strategy = match &e.partitioning {
+                weir_core::graph::Partitioning::Forward => "FORWARD".to_string(),
+                weir_core::graph::Partitioning::Hash { key } => format!("HASH({key})"),
+                weir_core::graph::Partitioning::Rebalance => "REBALANCE".to_string(),
+                weir_core::graph::Partitioning::Broadcast => "BROADCAST".to_string(),
+            };
+            json!({ "source": e.source.to_string(), "target": e.target.to_string(), "ship_strategy": strategy })
+        })
+        .collect();
+    json!({ "jid": Value::Null, "name": graph.name, "nodes": nodes, "edges": edges })
+}
+
 async fn job(State(rest): State<Rest>, Path(id): Path<String>) -> ApiResult {
     let j = status(&rest, &id).await?;
     let state = job_state_name(j.state);
+    let live = rest.rpc.state.metrics().subtasks(&id);
     let vertices: Vec<Value> = j
         .vertices
         .iter()
         .enumerate()
         .map(|(i, v)| {
+            let subtasks: Vec<&SubtaskMetrics> = live.range((i as u32, 0)..=(i as u32, u32::MAX)).map(|(_, s)| s).collect();
             json!({
                 "id": i.to_string(),
                 "name": v.name,
                 "parallelism": v.parallelism,
                 "status": vertex_state(v, state),
                 "tasks": { "running": v.running, "finished": v.finished },
-                "metrics": { "read-records": v.records_in, "write-records": v.records_out },
+                "metrics": vertex_metrics(v, &subtasks),
             })
         })
         .collect();
+    let mut plan = rest.rpc.state.job_graph(&id).map(|g| plan_json(&g)).unwrap_or(Value::Null);
+    if plan.is_object() {
+        plan["jid"] = json!(j.job_id);
+    }
     ok(json!({
         "jid": j.job_id,
         "name": j.name,
@@ -322,7 +389,116 @@ async fn job(State(rest): State<Rest>, Path(id): Path<String>) -> ApiResult {
         "failure": if j.failure.is_empty() { Value::Null } else { Value::String(j.failure.clone()) },
         "savepoint-path": if j.savepoint_path.is_empty() { Value::Null } else { Value::String(j.savepoint_path.clone()) },
         "vertices": vertices,
+        "plan": plan,
     }))
+}
+
+async fn vertex(State(rest): State<Rest>, Path((id, vertex)): Path<(String, String)>) -> ApiResult {
+    let j = status(&rest, &id).await?;
+    let n: u32 = vertex.parse().map_err(|_| bad_request(format!("'{vertex}' is not a vertex id")))?;
+    let v = j.vertices.get(n as usize).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("job {id} has no vertex {n}")))?;
+    let live = rest.rpc.state.metrics().subtasks(&id);
+    let subtasks: Vec<Value> = live
+        .range((n, 0)..=(n, u32::MAX))
+        .map(|((_, s), m)| json!({ "subtask": s, "taskmanager-id": m.taskmanager, "metrics": metrics_json([m]) }))
+        .collect();
+    ok(json!({
+        "id": n.to_string(),
+        "name": v.name,
+        "parallelism": v.parallelism,
+        "status": vertex_state(v, job_state_name(j.state)),
+        "now": now_ms(),
+        "subtasks": subtasks,
+    }))
+}
+
+async fn metrics_history(State(rest): State<Rest>, Path(id): Path<String>) -> ApiResult {
+    status(&rest, &id).await?;
+    ok(json!({ "interval": 1000, "points": rest.rpc.state.metrics().history(&id) }))
+}
+
+/// `/metrics`: the cluster, each job, and every running task as the heartbeats last
+/// reported it (see `docs/metrics.md`).
+async fn prometheus(State(rest): State<Rest>) -> Result<Response, ApiError> {
+    use weir_proto::metrics::{task_families, task_labels, Family, TaskSeries, Value as M};
+    let tms = rest.rpc.state.overview();
+    let jobs = list(&rest).await?;
+    let mut families = vec![
+        Family { name: "weir_taskmanagers", help: "Registered TaskManagers.", series: vec![(vec![], M::Gauge(tms.len() as i64))] },
+        Family {
+            name: "weir_slots_total",
+            help: "Task slots of the registered TaskManagers.",
+            series: vec![(vec![], M::Gauge(tms.iter().map(|t| t.slots as i64).sum()))],
+        },
+        Family {
+            name: "weir_slots_available",
+            help: "Task slots no job holds.",
+            series: vec![(vec![], M::Gauge(tms.iter().map(|t| t.free_slots as i64).sum()))],
+        },
+    ];
+    let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
+    for j in &jobs {
+        *by_state.entry(job_state_name(j.state)).or_default() += 1;
+    }
+    families.push(Family {
+        name: "weir_jobs",
+        help: "Jobs this JobManager knows, by state.",
+        series: by_state.into_iter().map(|(s, n)| (vec![("state".to_string(), s.to_string())], M::Gauge(n))).collect(),
+    });
+    let job_labels = |j: &weir_proto::JobStatus| vec![("job_id".to_string(), j.job_id.clone()), ("job_name".to_string(), j.name.clone())];
+    let running: Vec<&weir_proto::JobStatus> = jobs.iter().filter(|j| j.end_time_ms == 0).collect();
+    let mut uptime = Vec::new();
+    let mut restarts = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut last_duration = Vec::new();
+    let mut last_size = Vec::new();
+    let mut last_persisted = Vec::new();
+    for j in &running {
+        uptime.push((job_labels(j), M::GaugeF(duration(j) as f64 / 1000.0)));
+        restarts.push((job_labels(j), M::Counter(j.restarts as u64)));
+        let history = rest.rpc.state.checkpoint_history(&j.job_id).unwrap_or_default();
+        for (status, name) in [
+            (CheckpointStatus::Completed, "completed"),
+            (CheckpointStatus::CheckpointFailed, "failed"),
+            (CheckpointStatus::InProgress, "in_progress"),
+        ] {
+            let mut labels = job_labels(j);
+            labels.push(("status".to_string(), name.to_string()));
+            checkpoints.push((labels, M::Gauge(history.iter().filter(|c| c.status == status as i32).count() as i64)));
+        }
+        if let Some(c) = history.iter().filter(|c| c.status == CheckpointStatus::Completed as i32 && !c.savepoint).max_by_key(|c| c.id) {
+            last_duration.push((job_labels(j), M::GaugeF(c.duration_ms as f64 / 1000.0)));
+            last_size.push((job_labels(j), M::Gauge(c.size_bytes as i64)));
+            last_persisted.push((job_labels(j), M::Gauge(c.inflight_bytes as i64)));
+        }
+    }
+    families.extend([
+        Family { name: "weir_job_uptime_seconds", help: "Time since the job was submitted.", series: uptime },
+        Family { name: "weir_job_restarts", help: "Times the job restarted after a failure.", series: restarts },
+        Family { name: "weir_job_checkpoints", help: "The job's checkpoints in its history, by status.", series: checkpoints },
+        Family {
+            name: "weir_job_last_checkpoint_duration_seconds",
+            help: "End-to-end duration of the job's last completed checkpoint.",
+            series: last_duration,
+        },
+        Family { name: "weir_job_last_checkpoint_size_bytes", help: "Bytes of the job's last completed checkpoint.", series: last_size },
+        Family {
+            name: "weir_job_last_checkpoint_persisted_bytes",
+            help: "In-flight bytes the job's last completed checkpoint persisted.",
+            series: last_persisted,
+        },
+    ]);
+    let names: HashMap<&str, &weir_proto::JobStatus> = running.iter().map(|j| (j.job_id.as_str(), *j)).collect();
+    let mut tasks = Vec::new();
+    for (job, subtasks) in rest.rpc.state.metrics().all() {
+        let Some(j) = names.get(job.as_str()) else { continue };
+        for ((v, s), m) in subtasks {
+            let vertex = j.vertices.get(v as usize).map_or("", |v| v.name.as_str());
+            tasks.push(TaskSeries { labels: task_labels(&job, &j.name, vertex, s, &m.taskmanager), metrics: m.latest });
+        }
+    }
+    families.extend(task_families(&tasks));
+    Ok(([(axum::http::header::CONTENT_TYPE, weir_proto::metrics::CONTENT_TYPE)], weir_proto::metrics::render(families)).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -369,6 +545,8 @@ fn checkpoint_json(c: &CheckpointInfo) -> Value {
         "end_to_end_duration": c.duration_ms,
         "state_size": c.size_bytes,
         "alignment_duration": c.alignment_ms,
+        "sync_duration": c.sync_ms,
+        "async_duration": c.async_ms,
         "persisted_data": c.inflight_bytes,
         "num_subtasks": c.total,
         "num_acknowledged_subtasks": c.acknowledged,
@@ -513,21 +691,30 @@ fn native_format(m: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
 }
 
 async fn submit(State(rest): State<Rest>, headers: HeaderMap, body: String) -> ApiResult {
-    let is_json =
-        headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let is_json = content_type.starts_with("application/json");
     let mut request = SubmitJobRequest { source_name: "rest".into(), ..Default::default() };
+    if content_type.starts_with("application/sql") || content_type.starts_with("text/x-sql") {
+        return submit_sql(&rest, &body, Vec::new(), request).await;
+    }
     if is_json {
         let m = json_body(&body)?;
-        request.job_definition = text_field(&m, "job")?;
-        if request.job_definition.is_empty() {
-            return Err(bad_request("'job' (the job file's text) is missing"));
-        }
         request.restore_path = text_field(&m, "savepointPath")?;
         request.allow_non_restored_state = bool_field(&m, "allowNonRestoredState")?;
-        if let Some(config) = m.get("config") {
-            let Value::Object(pairs) = config else { return Err(bad_request("'config' must be an object of configuration keys")) };
-            request.config = config_pairs(pairs)?.into_iter().collect();
+        let config = match m.get("config") {
+            None => Vec::new(),
+            Some(Value::Object(pairs)) => config_pairs(pairs)?,
+            Some(_) => return Err(bad_request("'config' must be an object of configuration keys")),
+        };
+        let sql = text_field(&m, "sql")?;
+        if !sql.is_empty() {
+            return submit_sql(&rest, &sql, config, request).await;
         }
+        request.job_definition = text_field(&m, "job")?;
+        if request.job_definition.is_empty() {
+            return Err(bad_request("'job' (the job file's text) or 'sql' (a SQL script) is missing"));
+        }
+        request.config = config.into_iter().collect();
     } else {
         if body.trim().is_empty() {
             return Err(bad_request("the body is empty: send a YAML job file (or JSON with Content-Type: application/json)"));
@@ -536,6 +723,45 @@ async fn submit(State(rest): State<Rest>, headers: HeaderMap, body: String) -> A
     }
     let r = rest.rpc.submit_job(Request::new(request)).await?.into_inner();
     accepted(json!({ "jobid": r.job_id, "warnings": r.warnings }))
+}
+
+/// A SQL script: compiled here (its errors name line and column), then each job it defines
+/// submitted as `weir run script.sql` does, the first one from `savepointPath` if given.
+/// Answers every job's id, and what `SHOW`, `DESCRIBE` and `EXPLAIN` printed.
+async fn submit_sql(rest: &Rest, script: &str, config: Vec<(String, String)>, template: SubmitJobRequest) -> ApiResult {
+    let compile =
+        rest.sql.as_ref().ok_or_else(|| bad_request("this JobManager was started without the SQL planner: submit SQL with weir run"))?;
+    let overrides = weir_core::config::Config::from_pairs(config.iter().map(|(k, v)| (k, v))).map_err(|e| bad_request(e.to_string()))?;
+    let compiled = compile(script, rest.rpc.state.config(), &overrides).map_err(bad_request)?;
+    if compiled.jobs.iter().any(|j| j.query) {
+        return Err(bad_request(
+            "the script runs a query whose rows would come back to a client (SELECT without INSERT INTO): INSERT INTO a table, or use weir sql",
+        ));
+    }
+    if !template.restore_path.is_empty() && compiled.jobs.len() > 1 {
+        return Err(bad_request(format!(
+            "savepointPath restores one job, and the script submits {} (one per INSERT): put the INSERTs into one EXECUTE STATEMENT SET",
+            compiled.jobs.len()
+        )));
+    }
+    let (mut ids, mut warnings) = (Vec::new(), compiled.notices.clone());
+    for (i, job) in compiled.jobs.into_iter().enumerate() {
+        let request = SubmitJobRequest {
+            job_graph: job.graph_json,
+            config: job.settings.into_iter().filter(|(k, _)| !weir_core::settings::is_cluster_only_key(k)).collect(),
+            restore_path: if i == 0 { template.restore_path.clone() } else { String::new() },
+            ..template.clone()
+        };
+        let r = rest.rpc.submit_job(Request::new(request)).await?.into_inner();
+        ids.push(r.job_id);
+        warnings.extend(r.warnings);
+    }
+    let body = json!({ "jobid": ids.first(), "jobids": ids, "warnings": warnings, "output": compiled.output });
+    if ids.is_empty() {
+        ok(body)
+    } else {
+        accepted(body)
+    }
 }
 
 async fn trigger_savepoint(State(rest): State<Rest>, Path(id): Path<String>, body: String) -> ApiResult {

@@ -55,7 +55,7 @@ impl JobManagerService for JobManagerRpc {
             return Err(Status::invalid_argument("a TaskManager must offer at least one slot"));
         }
         self.state
-            .register_tm(&r.taskmanager_id, &r.rpc_address, &r.data_address, r.slots, r.user_functions)
+            .register_tm(&r.taskmanager_id, [&r.rpc_address, &r.data_address, &r.metrics_address], r.slots, r.user_functions)
             .map_err(Status::invalid_argument)?;
         let interval = self.state.settings().heartbeat_interval;
         Ok(Response::new(RegisterTaskManagerResponse { cluster_id: String::new(), heartbeat_interval_ms: interval.as_millis() as u64 }))
@@ -76,7 +76,11 @@ impl JobManagerService for JobManagerRpc {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        let known = self.state.heartbeat(&request.get_ref().taskmanager_id);
+        let r = request.into_inner();
+        let known = self.state.heartbeat(&r.taskmanager_id);
+        if known {
+            self.state.metrics().report(&r.taskmanager_id, r.metrics, crate::clock::now_ms());
+        }
         Ok(Response::new(HeartbeatResponse { known }))
     }
 
@@ -229,6 +233,8 @@ impl JobManagerService for JobManagerRpc {
                 size: r.size_bytes,
                 inflight_bytes: r.inflight_bytes,
                 kind: weir_proto::CheckpointKind::try_from(r.kind).unwrap_or(weir_proto::CheckpointKind::Aligned),
+                sync_ms: r.sync_ms,
+                async_ms: r.async_ms,
             },
         };
         self.executor.perform(self.state.checkpoint_event(&e.job_id, event));

@@ -27,6 +27,7 @@ use crate::coordinator::{Event, Now, SavepointRequest, StopMode};
 use crate::effects::{Effect, Followup, TmClient, TmTarget};
 use crate::job::{Job, NewJob};
 use crate::lifecycle::{JobStatus, LifecycleEvent};
+use crate::metrics::MetricsStore;
 use crate::program;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -43,6 +44,8 @@ struct TaskManagerEntry {
     rpc_address: String,
     /// `host:port` of its data plane, handed to its peers in every deployment.
     data_address: String,
+    /// `host:port` of its Prometheus endpoint (empty from a TaskManager that has none).
+    metrics_address: String,
     /// Slots it offers, and how many of them jobs hold.
     slots: u32,
     used: u32,
@@ -98,6 +101,8 @@ pub struct JobManagerState {
     inner: Mutex<Inner>,
     /// Signalled when slots may have become free (a TaskManager joined, a job ended).
     slots_changed: Notify,
+    /// The tasks' live metrics, with their own lock.
+    metrics: MetricsStore,
 }
 
 /// A gRPC client for a TaskManager's RPC address (connected lazily). Connecting is bounded
@@ -242,7 +247,24 @@ fn fail_job(tms: &mut HashMap<String, TaskManagerEntry>, job: &mut Job, reason: 
 impl JobManagerState {
     /// An empty cluster with the JobManager's configuration.
     pub(crate) fn new(config: Config, settings: JobManagerConfig, dialer: Dialer) -> Self {
-        Self { config, settings, dialer, inner: Mutex::new(Inner::default()), slots_changed: Notify::new() }
+        Self {
+            config,
+            settings,
+            dialer,
+            inner: Mutex::new(Inner::default()),
+            slots_changed: Notify::new(),
+            metrics: MetricsStore::default(),
+        }
+    }
+
+    /// The tasks' live metrics, as the heartbeats brought them.
+    pub(crate) fn metrics(&self) -> &MetricsStore {
+        &self.metrics
+    }
+
+    /// A job's graph (vertices and edges), for the REST API's plan; `None` for an unknown id.
+    pub(crate) fn job_graph(&self, id: &str) -> Option<std::sync::Arc<weir_core::graph::JobGraph>> {
+        self.inner.lock().jobs.get(id).map(|j| j.graph().clone())
     }
 
     /// The cluster configuration jobs are compiled under.
@@ -266,8 +288,7 @@ impl JobManagerState {
     pub(crate) fn register_tm(
         &self,
         id: &str,
-        rpc_address: &str,
-        data_address: &str,
+        [rpc_address, data_address, metrics_address]: [&str; 3],
         slots: u32,
         functions: Vec<String>,
     ) -> Result<(), String> {
@@ -275,6 +296,7 @@ impl JobManagerState {
         let entry = TaskManagerEntry {
             rpc_address: rpc_address.to_string(),
             data_address: data_address.to_string(),
+            metrics_address: metrics_address.to_string(),
             slots,
             used: 0,
             last_heartbeat: Instant::now(),
@@ -329,6 +351,7 @@ impl JobManagerState {
                     functions.sort();
                     functions
                 },
+                metrics_address: t.metrics_address.clone(),
             })
             .collect();
         tms.sort_by(|a, b| a.taskmanager_id.cmp(&b.taskmanager_id));

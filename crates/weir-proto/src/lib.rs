@@ -1,7 +1,9 @@
 //! Weir's control plane on the wire: the tonic/prost code generated from `proto/weir/v1`, and
 //! how every gRPC server and client of the cluster authenticates and encrypts it
-//! ([`security`]).
+//! ([`security`]), and the Prometheus exposition of task metrics every process serves
+//! ([`metrics`]).
 
+pub mod metrics;
 pub mod security;
 
 #[allow(clippy::all)]

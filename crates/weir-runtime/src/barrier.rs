@@ -27,6 +27,10 @@
 //!   barrier ahead where it is still queued behind data (`Prioritize`), and record the other
 //!   channels until their barrier arrives, as in unaligned mode.
 //! - **Savepoints** are always aligned, whatever the policy.
+//! - **Which policy.** Each barrier carries the policy its checkpoint was triggered with
+//!   ([`Barrier::alignment`]), so a running job's unaligned setting and aligned-checkpoint
+//!   timeout change from one checkpoint to the next; a barrier without one follows the policy
+//!   the task was deployed with.
 //! - **At-least-once.** No channel is ever blocked and nothing is recorded; the snapshot is taken
 //!   when the last barrier of n arrives. Records after a barrier may end up in the snapshot:
 //!   replays may duplicate, never lose. Several checkpoints may be in flight.
@@ -177,7 +181,7 @@ pub struct BarrierHandler {
     /// Exactly-once blocks channels during alignment (or records them, unaligned);
     /// at-least-once does neither.
     mode: CheckpointingMode,
-    /// How this job's barriers travel.
+    /// How this job's barriers travel when a barrier does not say (see [`Barrier::alignment`]).
     policy: AlignmentPolicy,
     /// Per channel: its end of partition arrived. Ended channels are not waited for.
     ended: Vec<bool>,
@@ -199,6 +203,15 @@ impl BarrierHandler {
     pub fn new(mode: CheckpointingMode, policy: AlignmentPolicy, channels: usize) -> Self {
         let policy = if mode == CheckpointingMode::AtLeastOnce { AlignmentPolicy::Aligned } else { policy };
         Self { mode, policy, ended: vec![false; channels], pending: BTreeMap::new(), settled: 0, canceled: BTreeSet::new(), collecting: 0 }
+    }
+
+    /// How checkpoint `barrier.id` travels: as the barrier says (the JobManager's setting when it
+    /// triggered it), else as the task was deployed; always aligned at-least-once.
+    fn policy_of(&self, barrier: &Barrier) -> AlignmentPolicy {
+        match self.mode {
+            CheckpointingMode::AtLeastOnce => AlignmentPolicy::Aligned,
+            CheckpointingMode::ExactlyOnce => barrier.alignment.unwrap_or(self.policy),
+        }
     }
 
     /// Channels that have not delivered their end of partition yet.
@@ -265,10 +278,11 @@ impl BarrierHandler {
                     self.settle(n.saturating_sub(1));
                 }
                 if !self.pending.contains_key(&n) {
+                    let policy = self.policy_of(&barrier);
                     let unaligned = self.mode == CheckpointingMode::ExactlyOnce
                         && !barrier.is_savepoint()
-                        && (self.policy == AlignmentPolicy::Unaligned || barrier.unaligned);
-                    let deadline = match self.policy {
+                        && (policy == AlignmentPolicy::Unaligned || barrier.unaligned);
+                    let deadline = match policy {
                         AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.is_savepoint() => Some(now + t),
                         _ => None,
                     };
@@ -276,7 +290,7 @@ impl BarrierHandler {
                     self.pending
                         .insert(n, Pending { barrier, received: vec![false; channels], started: now, phase: Phase::Aligning { deadline } });
                     if unaligned {
-                        let kind = if self.policy == AlignmentPolicy::Unaligned { SnapshotKind::Unaligned } else { SnapshotKind::TimedOut };
+                        let kind = if policy == AlignmentPolicy::Unaligned { SnapshotKind::Unaligned } else { SnapshotKind::TimedOut };
                         self.switch(n, kind, now, &mut actions);
                     }
                 } else if barrier.unaligned && !barrier.is_savepoint() && self.mode == CheckpointingMode::ExactlyOnce {
@@ -308,7 +322,7 @@ impl BarrierHandler {
                 self.complete(now, &mut actions);
             }
             Input::Announce { barrier, .. } => {
-                let timeout = match self.policy {
+                let timeout = match self.policy_of(&barrier) {
                     AlignmentPolicy::AlignedThenUnaligned(t) if !barrier.is_savepoint() && self.mode == CheckpointingMode::ExactlyOnce => t,
                     _ => return actions,
                 };
@@ -480,6 +494,31 @@ mod tests {
             Some(&Action::Snapshot { barrier: b(1), alignment: Duration::from_millis(5), kind: SnapshotKind::Aligned })
         );
         assert!(h.pending().is_empty());
+    }
+
+    #[test]
+    fn each_checkpoint_travels_as_its_barrier_says_whatever_the_task_was_deployed_with() {
+        // Deployed aligned; the job turned unaligned on while running.
+        let mut h = BarrierHandler::new(CheckpointingMode::ExactlyOnce, AlignmentPolicy::Aligned, 2);
+        let t = Instant::now();
+        let a = h.handle(Input::Barrier { channel: 0, barrier: b(1).with_alignment(AlignmentPolicy::Unaligned) }, t);
+        assert!(matches!(a.first(), Some(Action::Snapshot { kind: SnapshotKind::Unaligned, .. })), "{a:?}");
+        // Then an aligned timeout: checkpoint 2 aligns until its deadline, then switches.
+        let timeout = AlignmentPolicy::AlignedThenUnaligned(Duration::from_millis(10));
+        h.handle(Input::Barrier { channel: 1, barrier: b(1).with_alignment(AlignmentPolicy::Unaligned) }, t);
+        assert_eq!(h.handle(Input::Barrier { channel: 0, barrier: b(2).with_alignment(timeout) }, t), vec![Action::Block(0)]);
+        assert_eq!(h.next_deadline(), Some(t + Duration::from_millis(10)));
+        let a = h.handle(Input::Tick, t + Duration::from_millis(10));
+        assert!(a.iter().any(|x| matches!(x, Action::Snapshot { kind: SnapshotKind::TimedOut, .. })), "{a:?}");
+        // Deployed unaligned, a checkpoint triggered aligned aligns.
+        let mut h = BarrierHandler::new(CheckpointingMode::ExactlyOnce, AlignmentPolicy::Unaligned, 2);
+        assert_eq!(
+            h.handle(Input::Barrier { channel: 1, barrier: b(1).with_alignment(AlignmentPolicy::Aligned) }, t),
+            vec![Action::Block(1)]
+        );
+        // At-least-once ignores what the barrier says.
+        let mut h = BarrierHandler::new(CheckpointingMode::AtLeastOnce, AlignmentPolicy::Aligned, 2);
+        assert!(h.handle(Input::Barrier { channel: 0, barrier: b(1).with_alignment(AlignmentPolicy::Unaligned) }, t).is_empty());
     }
 
     #[test]

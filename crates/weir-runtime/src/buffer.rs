@@ -30,6 +30,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 
 use std::sync::Arc;
+use std::time::Duration;
+use weir_core::settings::AlignmentPolicy;
 /// Re-exported: the format a savepoint barrier carries.
 pub use weir_state::SavepointFormat;
 
@@ -114,6 +116,11 @@ pub struct Barrier {
     /// The barrier overtook in-flight data (it travels as a priority event): its checkpoint is
     /// unaligned from the task that sent it on, and every task it reaches takes it unaligned.
     pub unaligned: bool,
+    /// How this checkpoint's barriers travel, as the JobManager decided when it triggered it
+    /// (Flink's `CheckpointOptions`): a running job's unaligned setting and aligned-checkpoint
+    /// timeout may change from one checkpoint to the next. `None`: the policy the task was
+    /// deployed with.
+    pub alignment: Option<AlignmentPolicy>,
 }
 
 /// Where and how a savepoint is written: what its barrier carries to every task.
@@ -129,12 +136,17 @@ pub struct SavepointOptions {
 impl Barrier {
     /// An aligned barrier for checkpoint `id` triggered at `timestamp_ms`.
     pub fn new(id: u64, timestamp_ms: i64) -> Self {
-        Self { id, timestamp_ms, savepoint: None, unaligned: false }
+        Self { id, timestamp_ms, savepoint: None, unaligned: false, alignment: None }
     }
 
     /// The barrier of savepoint `id` triggered at `timestamp_ms`, to be written to `options`.
     pub fn savepoint(id: u64, timestamp_ms: i64, options: SavepointOptions) -> Self {
-        Self { id, timestamp_ms, savepoint: Some(Arc::new(options)), unaligned: false }
+        Self { id, timestamp_ms, savepoint: Some(Arc::new(options)), unaligned: false, alignment: None }
+    }
+
+    /// This barrier with the policy its checkpoint was triggered with.
+    pub fn with_alignment(self, alignment: AlignmentPolicy) -> Self {
+        Self { alignment: Some(alignment), ..self }
     }
 
     /// Whether this is a savepoint's barrier.
@@ -147,8 +159,11 @@ impl Barrier {
 const SAVEPOINT: u8 = 1;
 const UNALIGNED: u8 = 2;
 const NATIVE: u8 = 4;
+/// The barrier carries its alignment policy: a kind byte (0 aligned, 1 unaligned, 2 aligned
+/// then unaligned) and the aligned-checkpoint timeout in ms (u64), before a savepoint's location.
+const POLICY: u8 = 8;
 /// Every flag bit this version knows.
-const KNOWN_FLAGS: u8 = SAVEPOINT | UNALIGNED | NATIVE;
+const KNOWN_FLAGS: u8 = SAVEPOINT | UNALIGNED | NATIVE | POLICY;
 
 impl Event {
     /// The event's wire form (see the module header): what follows the channel id in an `EVENT`
@@ -158,7 +173,7 @@ impl Event {
             Event::EndOfPartition => Bytes::from_static(&[1]),
             Event::Barrier(b) => {
                 let location = b.savepoint.as_ref().map_or(&[][..], |s| s.location.as_bytes());
-                let mut buf = BytesMut::with_capacity(18 + 2 + location.len());
+                let mut buf = BytesMut::with_capacity(18 + 9 + 2 + location.len());
                 buf.put_u8(2);
                 buf.put_u64(b.id);
                 buf.put_i64(b.timestamp_ms);
@@ -169,7 +184,19 @@ impl Event {
                         flags |= NATIVE;
                     }
                 }
+                if b.alignment.is_some() {
+                    flags |= POLICY;
+                }
                 buf.put_u8(flags);
+                if let Some(policy) = b.alignment {
+                    let (kind, timeout) = match policy {
+                        AlignmentPolicy::Aligned => (0, Duration::ZERO),
+                        AlignmentPolicy::Unaligned => (1, Duration::ZERO),
+                        AlignmentPolicy::AlignedThenUnaligned(t) => (2, t),
+                    };
+                    buf.put_u8(kind);
+                    buf.put_u64(timeout.as_millis() as u64);
+                }
                 if b.savepoint.is_some() {
                     // A storage URL longer than 65535 bytes is refused where the savepoint is
                     // triggered (the JobManager's savepoint folder check); cut it here rather
@@ -212,6 +239,20 @@ impl Event {
                 if flags & !KNOWN_FLAGS != 0 {
                     return Err(format!("barrier {id} has unknown flag bits {:#04x} (flags {flags:#04x})", flags & !KNOWN_FLAGS));
                 }
+                let alignment = if flags & POLICY != 0 {
+                    if b.len() < 9 {
+                        return Err(short());
+                    }
+                    let (kind, timeout) = (b.get_u8(), Duration::from_millis(b.get_u64()));
+                    Some(match kind {
+                        0 => AlignmentPolicy::Aligned,
+                        1 => AlignmentPolicy::Unaligned,
+                        2 => AlignmentPolicy::AlignedThenUnaligned(timeout),
+                        other => return Err(format!("barrier {id} has an unknown alignment policy {other}")),
+                    })
+                } else {
+                    None
+                };
                 let savepoint = if flags & SAVEPOINT != 0 {
                     if b.len() < 2 {
                         return Err(short());
@@ -231,7 +272,7 @@ impl Event {
                 } else {
                     None
                 };
-                Event::Barrier(Barrier { id, timestamp_ms, savepoint, unaligned: flags & UNALIGNED != 0 })
+                Event::Barrier(Barrier { id, timestamp_ms, savepoint, unaligned: flags & UNALIGNED != 0, alignment })
             }
             Some(3) if b.len() >= 9 => {
                 b.advance(1);
@@ -763,10 +804,14 @@ mod tests {
             savepoint_barrier("file:///var/weir/savepoints/savepoint-7f3a", SavepointFormat::Canonical),
             savepoint_barrier("s3://bucket/sp/savepoint-ü", SavepointFormat::Native),
             savepoint_barrier("", SavepointFormat::Canonical),
+            Barrier::new(44, 7).with_alignment(AlignmentPolicy::Aligned),
+            Barrier::new(45, 7).with_alignment(AlignmentPolicy::Unaligned),
+            Barrier::new(46, 7).with_alignment(AlignmentPolicy::AlignedThenUnaligned(Duration::from_millis(1500))),
+            savepoint_barrier("file:///sp", SavepointFormat::Native).with_alignment(AlignmentPolicy::Unaligned),
         ];
         for b in barriers {
             let bytes = enc(&b);
-            let expected_len = 18 + b.savepoint.as_ref().map_or(0, |s| 2 + s.location.len());
+            let expected_len = 18 + b.alignment.map_or(0, |_| 9) + b.savepoint.as_ref().map_or(0, |s| 2 + s.location.len());
             assert_eq!(bytes.len(), expected_len, "{b:?}");
             assert_eq!(Event::decode(&bytes).unwrap(), Event::Barrier(b));
         }
@@ -793,6 +838,17 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_or_unknown_alignment_policy_is_an_error() {
+        let full = enc(&Barrier::new(5, 0).with_alignment(AlignmentPolicy::Unaligned));
+        for len in [18, 20, full.len() - 1] {
+            assert!(Event::decode(&full[..len]).unwrap_err().contains("truncated"), "{len} bytes");
+        }
+        let mut unknown = full.to_vec();
+        unknown[18] = 9;
+        assert!(Event::decode(&unknown).unwrap_err().contains("unknown alignment policy 9"));
+    }
+
+    #[test]
     fn unknown_barrier_flag_bits_are_an_error() {
         let barriers = [
             Barrier::new(3, 0),
@@ -800,7 +856,7 @@ mod tests {
             savepoint_barrier("file:///tmp/savepoint-1", SavepointFormat::Native),
         ];
         for b in barriers {
-            for bit in [8u8, 16, 32, 64, 128] {
+            for bit in [16u8, 32, 64, 128] {
                 let mut bytes = enc(&b).to_vec();
                 bytes[17] |= bit;
                 let err = Event::decode(&bytes).unwrap_err();

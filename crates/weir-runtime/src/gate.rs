@@ -461,6 +461,13 @@ impl InputGate {
     pub fn queued_buffers(&self, channel: usize) -> usize {
         self.inner.lock().channels[channel].buffers
     }
+
+    /// Buffers queued on all channels, and the credit left for more (summed over channels; a
+    /// channel overdrawn by its sender counts as none left).
+    pub fn queue_and_credit(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        inner.channels.iter().fold((0, 0), |(q, c), ch| (q + ch.buffers, c + self.credits.saturating_sub(ch.buffers)))
+    }
 }
 
 /// Polls with a relative timeout (see [`InputGate::poll`]).

@@ -8,6 +8,8 @@
 //! - [`wiring`]: which channels a subtask reads and writes, from the JobGraph alone.
 //! - [`buffer`]: what a channel carries (buffers, events) and their encoding.
 //! - [`gate`]: the receiving end of a task's channels: credits, priority, blocking.
+//! - [`metrics`]: a task's live counters (rows, bytes, busy/idle/backpressured time, queues,
+//!   its last checkpoint), published by its thread, sampled by the TaskManager.
 //! - [`partition`]: the sending end: partitioning, output batching, flush deadlines.
 //! - [`net`]: the TCP exchange between TaskManagers: one connection per pair, credit frames,
 //!   the handshake (token, TLS) and the checks every frame passes.
@@ -31,6 +33,7 @@
 pub mod barrier;
 pub mod buffer;
 pub mod gate;
+pub mod metrics;
 pub mod net;
 pub mod operators;
 pub mod partition;

@@ -1102,9 +1102,15 @@ impl RemoteSubpartition {
         done
     }
 
-    /// Buffers queued and waiting for credit (for tests and metrics).
+    /// Buffers queued and waiting for credit, and the receiver's credit not used yet (for
+    /// tests and metrics).
     pub fn queued_buffers(&self) -> usize {
         self.state.lock().buffers
+    }
+
+    pub fn queue_and_credit(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.buffers, st.credits as usize)
     }
 }
 

@@ -183,6 +183,9 @@ struct Buffering {
     /// No partly filled buffer is due before this instant; `None` when none is pending. It may
     /// be early (a buffer that filled up left before its deadline), never late.
     flush_at: Option<Instant>,
+    /// Bytes of the rows buffered for sending, as `get_array_memory_size` counts them (a
+    /// broadcast row once).
+    bytes_out: u64,
 }
 
 impl Buffering {
@@ -208,7 +211,36 @@ pub struct ResultPartition {
 impl ResultPartition {
     /// A partition over `edges`, with the TaskManager's segment size and the job's buffer timeout.
     pub fn new(edges: Vec<OutputEdge>, segment_size: usize, buffer_timeout: Duration) -> Self {
-        Self { finished: false, edges, buffering: Buffering { segment_size, timeout: buffer_timeout, flush_at: None }, records_out: 0 }
+        Self {
+            finished: false,
+            edges,
+            buffering: Buffering { segment_size, timeout: buffer_timeout, flush_at: None, bytes_out: 0 },
+            records_out: 0,
+        }
+    }
+
+    /// Bytes of the rows sent so far (see [`Buffering::bytes_out`]).
+    pub fn bytes_out(&self) -> u64 {
+        self.buffering.bytes_out
+    }
+
+    /// Buffers queued on the output channels (in the downstream gates for local ones, waiting
+    /// for credit for remote ones), and the room left: local credits, the remote receivers'
+    /// announced credit.
+    pub fn queue_and_credit(&self) -> (u64, u64) {
+        let (mut queue, mut credit) = (0, 0);
+        for c in self.edges.iter().flat_map(|e| &e.channels) {
+            let (q, r) = match c {
+                ChannelWriter::Local { gate, index } => {
+                    let q = gate.queued_buffers(*index);
+                    (q, gate.credits_per_channel().saturating_sub(q))
+                }
+                ChannelWriter::Remote(sub) => sub.queue_and_credit(),
+            };
+            queue += q as u64;
+            credit += r as u64;
+        }
+        (queue, credit)
     }
 
     /// Whether the task has no output edge (a sink vertex): emitted rows are counted and dropped.
@@ -437,6 +469,7 @@ impl ResultPartition {
 fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, buffering: &mut Buffering) -> OpResult {
     let segment = buffering.segment_size;
     let bytes = batch.get_array_memory_size();
+    buffering.bytes_out += bytes as u64;
     let rows = batch.num_rows();
     if bytes > segment && rows > 1 {
         // Cut into slices of about one segment each.

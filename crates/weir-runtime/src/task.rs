@@ -79,6 +79,7 @@
 use crate::barrier::{Action, AlignmentPolicy, BarrierHandler, CheckpointingMode, Input, SnapshotKind};
 use crate::buffer::{decode_batch, encode_batch, Barrier, Event, Item};
 use crate::gate::{GatePoll, InputGate};
+use crate::metrics::{Published, TaskMetrics, TaskSample, PUBLISH_EVERY};
 use crate::operators::{build_chain, finish_chain, fire_timers, push_through, push_watermark, ChainOperator, OperatorChain, StateConfig};
 use crate::partition::{OvertakenOutput, ResultPartition};
 use crate::user::UserFunctions;
@@ -186,6 +187,10 @@ pub struct CheckpointAck {
     pub kind: SnapshotKind,
     /// Bytes of in-flight data persisted as channel state (Arrow IPC, as stored).
     pub inflight_bytes: u64,
+    /// The synchronous part on the task thread (snapshots, barrier sent on), and the rest until
+    /// this report (uploads, channel state); zero when declined.
+    pub sync_duration: Duration,
+    pub async_duration: Duration,
 }
 
 /// How this job checkpoints. A task without them (`TaskDescriptor::checkpointing` is `None`)
@@ -265,6 +270,8 @@ pub struct Task {
     is_source: bool,
     /// The task thread; `None` once joined.
     thread: Option<JoinHandle<()>>,
+    /// What the task thread publishes while it runs.
+    metrics: Arc<TaskMetrics>,
 }
 
 impl Task {
@@ -282,14 +289,28 @@ impl Task {
         let is_source = desc.vertex.operators.first().is_some_and(|o| o.spec.is_source());
         let (tx, rx) = std::sync::mpsc::channel();
         let (c, w) = (cancelled.clone(), waker.clone());
+        let metrics = Arc::new(TaskMetrics::new());
+        let m = metrics.clone();
         let name = format!("{} ({}/{})", desc.vertex.name, desc.info.index + 1, desc.info.parallelism);
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(desc, c, w, rx, report))?;
-        Ok(Task { cancelled, gate, waker, commands: Mutex::new(tx), is_source, thread: Some(thread) })
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(desc, c, w, rx, report, m))?;
+        Ok(Task { cancelled, gate, waker, commands: Mutex::new(tx), is_source, thread: Some(thread), metrics })
     }
 
     /// Whether the chain starts with a source: only such a task acts on checkpoint triggers.
     pub fn is_source(&self) -> bool {
         self.is_source
+    }
+
+    /// The task's live metrics, for recording what only the TaskManager learns (the last
+    /// checkpoint's figures).
+    pub fn metrics(&self) -> &Arc<TaskMetrics> {
+        &self.metrics
+    }
+
+    /// A reading of the task's metrics now, with its gate's queue and credit.
+    pub fn sample(&self) -> TaskSample {
+        let (queue, credit) = self.gate.as_ref().map_or((0, 0), |g| g.queue_and_credit());
+        self.metrics.sample(queue as u64, credit as u64)
     }
 
     /// Hands the task a command; it acts on it within one batch (a waiting task wakes at once).
@@ -336,6 +357,7 @@ fn run(
     waker: Arc<Waker>,
     commands: Receiver<TaskCommand>,
     report: Arc<dyn Fn(TaskEvent) + Send + Sync>,
+    metrics: Arc<TaskMetrics>,
 ) {
     let (vertex, subtask) = (desc.info.vertex, desc.info.index);
     let event = |state, records_in, records_out| TaskEvent { vertex, subtask, state, records_in, records_out };
@@ -343,8 +365,9 @@ fn run(
     let channels = desc.gate.as_ref().map_or(0, |g| g.num_channels());
     let mode = desc.checkpointing.as_ref().map_or(CheckpointingMode::ExactlyOnce, |c| c.mode);
     let policy = desc.checkpointing.as_ref().map_or(AlignmentPolicy::Aligned, |c| c.alignment);
-    if let (Some(gate), AlignmentPolicy::AlignedThenUnaligned(_)) = (&desc.gate, policy) {
-        // The timeout counts from a barrier's arrival, not from when the task reaches it.
+    if let (Some(gate), true) = (&desc.gate, desc.checkpointing.is_some() && mode == CheckpointingMode::ExactlyOnce) {
+        // The aligned-checkpoint timeout counts from a barrier's arrival, not from when the task
+        // reaches it. Any checkpoint may carry one (a running job's setting may change).
         gate.set_announce(true);
     }
     let mut runner = Runner {
@@ -366,6 +389,9 @@ fn run(
         restored_input: VecDeque::new(),
         channel_writer: None,
         valve: WatermarkValve::new(channels),
+        bytes_in: 0,
+        metrics,
+        published: Instant::now(),
     };
     let result = build_chain(
         &desc.vertex,
@@ -395,6 +421,7 @@ fn run(
         Ok(chain)
     })
     .and_then(|chain| runner.run(chain, desc.gate.as_deref()));
+    runner.publish_now();
     let state = match result {
         Ok(()) if cancelled.load(Ordering::SeqCst) => TaskState::Canceled,
         Ok(()) => TaskState::Finished,
@@ -540,6 +567,16 @@ struct Collecting {
     /// in a remote output queue: acknowledged once it left, or switched to unaligned (its
     /// overtaken output persisted) at this instant.
     awaiting_output: Option<Instant>,
+    /// How long its synchronous part took, and when that ended.
+    timing: Timing,
+}
+
+/// The synchronous part of a checkpoint: how long it took and when it ended (the asynchronous
+/// part runs from there to the acknowledgement).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    sync: Duration,
+    sync_end: Instant,
 }
 
 /// Where a source task is with its input ([`Runner::source_command`] is the transition
@@ -573,7 +610,8 @@ struct Runner {
     checkpointing: Option<CheckpointSettings>,
     /// Alignment state over the gate's channels (none for a source task).
     barriers: BarrierHandler,
-    /// How this job's barriers travel (a source's trigger emits them accordingly).
+    /// How this job's barriers travel when a barrier does not say (a source's trigger emits
+    /// them accordingly).
     policy: AlignmentPolicy,
     /// Keyed handles uploaded per checkpoint, so RocksDB can reuse their files once complete.
     /// Never a savepoint's: its files are in the user's folder.
@@ -593,6 +631,12 @@ struct Runner {
     channel_writer: Option<tokio::sync::mpsc::UnboundedSender<(u64, Collecting)>>,
     /// Combines the watermarks of the gate's channels into the task's event time.
     valve: WatermarkValve,
+    /// Bytes taken from the gate: Arrow's in-memory size of a local buffer, the encoded size
+    /// of a remote one.
+    bytes_in: u64,
+    /// Where the counters are published, and when they last were.
+    metrics: Arc<TaskMetrics>,
+    published: Instant,
 }
 
 /// Terminal collector of a chain: output goes to the partition (or nowhere, for a sink).
@@ -699,6 +743,47 @@ impl Runner {
         result
     }
 
+    /// How checkpoint `b.id` travels: as its barrier says (the JobManager's setting when it was
+    /// triggered), else as this task was deployed; always aligned at-least-once.
+    fn policy_of(&self, b: &Barrier) -> AlignmentPolicy {
+        match self.checkpointing.as_ref().map(|c| c.mode) {
+            Some(CheckpointingMode::ExactlyOnce) => b.alignment.unwrap_or(self.policy),
+            _ => AlignmentPolicy::Aligned,
+        }
+    }
+
+    /// Copies the counters into the task's [`TaskMetrics`] if the last copy is
+    /// [`PUBLISH_EVERY`] old (one comparison otherwise).
+    fn publish(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.published) >= PUBLISH_EVERY {
+            self.published = now;
+            self.publish_now();
+        }
+    }
+
+    fn publish_now(&self) {
+        let (output_queue, output_credit) = self.partition.queue_and_credit();
+        self.metrics.publish(Published {
+            records_in: self.records_in,
+            records_out: self.partition.records_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.partition.bytes_out(),
+            output_queue,
+            output_credit,
+        });
+    }
+
+    /// Waits on the task's waker until `deadline` (or a wake), counting the time as
+    /// backpressure (no room on an output) or idleness. The counters are published first: the
+    /// wait may last (a backpressured task), and readers should see what it did before.
+    fn wait(&mut self, deadline: Option<Instant>, backpressured: bool) {
+        self.published = Instant::now();
+        self.publish_now();
+        self.metrics.wait_started(backpressured);
+        self.waker.wait(deadline);
+        self.metrics.wait_ended();
+    }
+
     /// Whether the task may take its next input batch: every output channel has room and no
     /// operator asked for a pause. Otherwise, when it may look again at the latest (`None`:
     /// when woken).
@@ -789,16 +874,18 @@ impl Runner {
                 }
             }
             let now = Instant::now();
+            self.publish(now);
             self.check_output_barriers(now);
             self.partition.flush_due(now)?;
             let timer = self.timers(chain)?;
             if let SourcePhase::Suspended { .. } = phase {
-                self.waker.wait(self.deadline(timer));
+                self.wait(self.deadline(timer), false);
                 continue;
             }
             match self.input_allowed(chain, now) {
                 Err(until) => {
-                    self.waker.wait(self.deadline(earliest(until, timer)));
+                    let backpressured = !self.partition.is_available();
+                    self.wait(self.deadline(earliest(until, timer)), backpressured);
                     continue;
                 }
                 Ok(()) => {}
@@ -810,7 +897,7 @@ impl Runner {
                 }
                 SourcePoll::Idle(wait) => {
                     let poll = Instant::now() + wait.min(Duration::from_millis(20));
-                    self.waker.wait(self.deadline(earliest(Some(poll), timer)));
+                    self.wait(self.deadline(earliest(Some(poll), timer)), false);
                 }
                 SourcePoll::End => return self.end_of_event_time(chain),
             }
@@ -872,8 +959,8 @@ impl Runner {
     /// A source takes checkpoint (or savepoint) `b.id` and emits its barrier: unaligned under an
     /// unaligned policy, except for savepoints, which are always aligned.
     fn trigger(&mut self, chain: &mut OperatorChain, source: &mut Box<dyn weir_core::operator::SourceReader>, b: Barrier) -> OpResult {
-        let kind =
-            if self.policy == AlignmentPolicy::Unaligned && !b.is_savepoint() { SnapshotKind::Unaligned } else { SnapshotKind::Aligned };
+        let unaligned = self.policy_of(&b) == AlignmentPolicy::Unaligned && !b.is_savepoint();
+        let kind = if unaligned { SnapshotKind::Unaligned } else { SnapshotKind::Aligned };
         let id = b.id;
         self.checkpoint(chain, Some(source), b, Duration::ZERO, kind)?;
         if kind == SnapshotKind::Unaligned {
@@ -892,6 +979,7 @@ impl Runner {
                 return Ok(false);
             }
             let now = Instant::now();
+            self.publish(now);
             self.housekeeping(chain, Some(gate), now)?;
             let timer = self.timers(chain)?;
             let allowed = self.input_allowed(chain, now);
@@ -903,7 +991,8 @@ impl Runner {
                         self.process(chain, batch)?;
                     }
                     Err(until) => {
-                        self.waker.wait(self.deadline(earliest(until, timer)));
+                        let backpressured = !self.partition.is_available();
+                        self.wait(self.deadline(earliest(until, timer)), backpressured);
                     }
                 }
                 continue;
@@ -912,11 +1001,13 @@ impl Runner {
                 GatePoll::Item(ch, item @ Item::Buffer(_)) => {
                     self.record_input(ch, &item);
                     let Item::Buffer(b) = item else { unreachable!() };
+                    self.bytes_in += b.get_array_memory_size() as u64;
                     self.process(chain, b)?
                 }
                 GatePoll::Item(ch, item @ Item::Encoded(_)) => {
                     self.record_input(ch, &item);
                     let Item::Encoded(encoded) = item else { unreachable!() };
+                    self.bytes_in += encoded.len() as u64;
                     let b = encoded.decode().map_err(|e| OperatorError::Failed(format!("corrupt buffer on input channel {ch}: {e}")))?;
                     self.process(chain, b)?
                 }
@@ -924,7 +1015,8 @@ impl Runner {
                 GatePoll::Priority { channel, event, overtaken } => self.event(chain, gate, channel, event, &overtaken)?,
                 GatePoll::Announce { channel, barrier } => self.barrier_input(chain, gate, Input::Announce { channel, barrier }, &[])?,
                 GatePoll::Timeout => {
-                    self.waker.wait(self.deadline(earliest(allowed.err().flatten(), timer)));
+                    let backpressured = allowed.is_err() && !self.partition.is_available();
+                    self.wait(self.deadline(earliest(allowed.err().flatten(), timer)), backpressured);
                 }
                 GatePoll::Finished => return Ok(true),
                 GatePoll::Failed(reason) => {
@@ -1104,6 +1196,8 @@ impl Runner {
                 size: 0,
                 kind: SnapshotKind::Aligned,
                 inflight_bytes: 0,
+                sync_duration: Duration::ZERO,
+                async_duration: Duration::ZERO,
             });
         }
     }
@@ -1135,6 +1229,8 @@ impl Runner {
             return self.partition.broadcast_event(Event::Barrier(barrier));
         };
         let n = barrier.id;
+        let policy = self.policy_of(&barrier);
+        let started = Instant::now();
         let (snapshot, storage) = match &barrier.savepoint {
             None => {
                 (SnapshotType::Checkpoint { job: self.info.job_id.clone(), incremental: settings.incremental }, settings.storage.clone())
@@ -1179,6 +1275,7 @@ impl Runner {
             }
         }
         let (head_uid, tail_uid) = (uids.first().cloned().unwrap_or_default(), uids.last().cloned().unwrap_or_default());
+        let timing = Timing { sync: started.elapsed(), sync_end: Instant::now() };
 
         // The asynchronous part: upload, then acknowledge (unaligned: once the channel state is
         // complete too).
@@ -1194,7 +1291,7 @@ impl Runner {
             }
             result
         });
-        let awaiting_output = match self.policy {
+        let awaiting_output = match policy {
             AlignmentPolicy::AlignedThenUnaligned(t)
                 if kind == SnapshotKind::Aligned && !is_savepoint && self.partition.holds_barrier(n) =>
             {
@@ -1210,12 +1307,12 @@ impl Runner {
             let info = self.info.clone();
             settings.runtime.spawn(async move {
                 let result = upload.await.unwrap_or_else(|e| Err(weir_state::StateError::Interrupted(e.to_string())));
-                let ack = ack(&info, n, result, alignment, kind, 0);
+                let ack = ack(&info, n, result, alignment, kind, 0, timing);
                 (settings.report)(ack);
             });
         } else {
             self.collecting
-                .insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid, awaiting_output });
+                .insert(n, Collecting { alignment, kind, input: Vec::new(), output, upload, head_uid, tail_uid, awaiting_output, timing });
         }
         Ok(())
     }
@@ -1308,12 +1405,12 @@ impl ChannelStateWriter {
     /// Takes completed checkpoints in order until the task is gone.
     async fn run(mut self, mut jobs: tokio::sync::mpsc::UnboundedReceiver<(u64, Collecting)>) {
         while let Some((id, c)) = jobs.recv().await {
-            let (alignment, kind) = (c.alignment, c.kind);
+            let (alignment, kind, timing) = (c.alignment, c.kind, c.timing);
             let (result, inflight) = match self.write(id, c).await {
                 Ok((uploaded, inflight)) => (Ok(uploaded), inflight),
                 Err(e) => (Err(e), 0),
             };
-            (self.settings.report)(ack(&self.info, id, result, alignment, kind, inflight));
+            (self.settings.report)(ack(&self.info, id, result, alignment, kind, inflight, timing));
         }
     }
 
@@ -1433,12 +1530,24 @@ fn ack(
     alignment: Duration,
     kind: SnapshotKind,
     inflight_bytes: u64,
+    timing: Timing,
 ) -> CheckpointAck {
     let (result, size) = match result {
         Ok((states, _, size)) => (Ok(states), size + inflight_bytes),
         Err(e) => (Err(format!("uploading the state of {} ({}/{}): {e}", info.vertex_name, info.index + 1, info.parallelism)), 0),
     };
-    CheckpointAck { vertex: info.vertex, subtask: info.index, checkpoint: n, result, alignment, size, kind, inflight_bytes }
+    CheckpointAck {
+        vertex: info.vertex,
+        subtask: info.index,
+        checkpoint: n,
+        result,
+        alignment,
+        size,
+        kind,
+        inflight_bytes,
+        sync_duration: timing.sync,
+        async_duration: timing.sync_end.elapsed(),
+    }
 }
 
 /// What an upload yields: the state per operator uid (for the ack), the keyed handles (kept
@@ -1679,6 +1788,7 @@ mod tests {
             head_uid: "op".into(),
             tail_uid: "op".into(),
             awaiting_output: None,
+            timing: Timing { sync: Duration::ZERO, sync_end: Instant::now() },
         };
         let mut writer = ChannelStateWriter { info: info(), settings, written: HashMap::new() };
         let first = collecting(vec![(0, a.clone()), (1, b.clone())]);

@@ -201,7 +201,15 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     // The entry exists before any task runs, so a task that ends at once is accounted for.
     shared.jobs.lock().insert(
         (job.clone(), req.attempt),
-        JobTasks { job_key: key, tasks: HashMap::new(), expected: descriptors.len(), ended: Default::default(), _network: network },
+        JobTasks {
+            job_key: key,
+            job_name: graph.name.clone(),
+            vertex_names: graph.vertices.iter().map(|v| v.name.clone()).collect(),
+            tasks: HashMap::new(),
+            expected: descriptors.len(),
+            ended: Default::default(),
+            _network: network,
+        },
     );
     for d in descriptors {
         let (v, i) = (d.info.vertex, d.info.index);

@@ -19,6 +19,7 @@ use weir_core::operator::ConnectorFactory;
 use weir_core::retry::{retry, Backoff, Failure};
 use weir_core::settings::{SecurityConfig, TaskManagerConfig};
 use weir_proto::job_manager_service_client::JobManagerServiceClient;
+use weir_proto::metrics::{self, TaskSeries};
 use weir_proto::security::{self, Dialer, GrpcChannel, SecurityError, Timeouts, TokenCheck};
 use weir_proto::task_manager_service_server::TaskManagerServiceServer;
 use weir_proto::{
@@ -26,6 +27,7 @@ use weir_proto::{
     UpdateTaskStateRequest,
 };
 use weir_runtime::barrier::SnapshotKind;
+use weir_runtime::metrics::{CheckpointFigures, TaskSample};
 use weir_runtime::task::CheckpointAck;
 use weir_runtime::user::{NoUserFunctions, UserFunctions};
 use weir_runtime::{NetworkEnvironment, Task};
@@ -34,6 +36,8 @@ use weir_runtime::{NetworkEnvironment, Task};
 pub enum TaskManagerError {
     #[error("cannot bind the TaskManager RPC port {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("cannot bind the TaskManager's metrics endpoint (metrics.port) at {addr}: {source}")]
+    MetricsBind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Net(#[from] weir_runtime::net::NetError),
     #[error("taskmanager.host is auto, but no address of this machine reaches the JobManager at {addr}: {reason}")]
@@ -80,6 +84,9 @@ impl TaskManagerSettings {
 /// The subtasks of one job attempt on this TaskManager.
 pub(crate) struct JobTasks {
     pub job_key: u128,
+    /// The job's name and its vertices' names, by vertex id: the labels of its tasks' metrics.
+    pub job_name: String,
+    pub vertex_names: Vec<String>,
     pub tasks: HashMap<(u32, u32), Task>,
     /// Subtasks deployed, and those that reported their end.
     pub expected: usize,
@@ -136,6 +143,26 @@ impl Shared {
         }
     }
 
+    /// A reading of the metrics of every task still running here.
+    pub fn samples(&self) -> Vec<TaskSeries> {
+        let jobs = self.jobs.lock();
+        let mut out = Vec::new();
+        for ((job, attempt), tasks) in jobs.iter() {
+            for ((v, s), task) in &tasks.tasks {
+                if task.is_finished() {
+                    continue;
+                }
+                let execution = ExecutionId { job_id: job.clone(), attempt: *attempt, vertex: *v, subtask: *s };
+                let name = tasks.vertex_names.get(*v as usize).map_or("", String::as_str);
+                out.push(TaskSeries {
+                    labels: metrics::task_labels(job, &tasks.job_name, name, *s, &self.settings.id),
+                    metrics: task_metrics(execution, task.sample()),
+                });
+            }
+        }
+        out
+    }
+
     fn running(&self) -> Vec<ExecutionId> {
         let jobs = self.jobs.lock();
         jobs.iter()
@@ -156,6 +183,8 @@ pub struct TaskManagerHandle {
     pub id: String,
     pub rpc_addr: SocketAddr,
     pub data_addr: SocketAddr,
+    /// Where its Prometheus endpoint (`/metrics`) listens.
+    pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     shared: Arc<Shared>,
     /// The JobManager, told when this TaskManager leaves.
@@ -314,11 +343,13 @@ pub async fn start_with_functions(
 
     let client = JobManagerServiceClient::new(jobmanager);
     tokio::spawn(forward_updates(client.clone(), updates_rx, shutdown_rx.clone()));
-    tokio::spawn(forward_acks(client.clone(), acks_rx));
-    tokio::spawn(heartbeat_loop(shared.clone(), client.clone(), (rpc_addr, data_addr), function_ids, shutdown_rx));
-    tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, slots = settings.config.slots, "TaskManager started");
+    tokio::spawn(forward_acks(shared.clone(), client.clone(), acks_rx));
+    let metrics_addr = serve_metrics(&shared, shutdown_rx.clone()).await?;
+    let metrics_addr = SocketAddr::new(advertised.unwrap_or(metrics_addr.ip()), metrics_addr.port());
+    tokio::spawn(heartbeat_loop(shared.clone(), client.clone(), [rpc_addr, data_addr, metrics_addr], function_ids, shutdown_rx));
+    tracing::info!(id = %settings.id, rpc = %rpc_addr, data = %data_addr, metrics = %metrics_addr, slots = settings.config.slots, "TaskManager started");
     security::warn_if_open("The TaskManager", rpc_addr, &settings.security);
-    Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, shutdown: shutdown_tx, shared, jobmanager: client })
+    Ok(TaskManagerHandle { id: settings.id.clone(), rpc_addr, data_addr, metrics_addr, shutdown: shutdown_tx, shared, jobmanager: client })
 }
 
 /// How a task state report is retried while the JobManager does not take it: waits from 100 ms
@@ -347,9 +378,29 @@ async fn forward_updates(
     }
 }
 
-/// Sends checkpoint acknowledgements and declines to the JobManager.
-async fn forward_acks(mut client: JobManagerServiceClient<GrpcChannel>, mut rx: mpsc::UnboundedReceiver<(String, u32, CheckpointAck)>) {
+/// Sends checkpoint acknowledgements and declines to the JobManager, and records each
+/// acknowledged checkpoint's figures in its task's metrics.
+async fn forward_acks(
+    shared: Arc<Shared>,
+    mut client: JobManagerServiceClient<GrpcChannel>,
+    mut rx: mpsc::UnboundedReceiver<(String, u32, CheckpointAck)>,
+) {
     while let Some((job_id, attempt, ack)) = rx.recv().await {
+        if ack.result.is_ok() {
+            let figures = CheckpointFigures {
+                id: ack.checkpoint,
+                sync: ack.sync_duration,
+                async_: ack.async_duration,
+                alignment: ack.alignment,
+                persisted_bytes: ack.inflight_bytes,
+                state_size: ack.size.saturating_sub(ack.inflight_bytes),
+            };
+            if let Some(j) = shared.jobs.lock().get(&(job_id.clone(), attempt)) {
+                if let Some(t) = j.tasks.get(&(ack.vertex, ack.subtask)) {
+                    t.metrics().checkpointed(figures);
+                }
+            }
+        }
         let execution = Some(ExecutionId { job_id, attempt, vertex: ack.vertex, subtask: ack.subtask });
         let result = match ack.result {
             Ok(states) => {
@@ -367,6 +418,8 @@ async fn forward_acks(mut client: JobManagerServiceClient<GrpcChannel>, mut rx: 
                             SnapshotKind::Unaligned => CheckpointKind::Unaligned,
                             SnapshotKind::TimedOut => CheckpointKind::TimedOutToUnaligned,
                         } as i32,
+                        sync_ms: ack.sync_duration.as_millis() as u64,
+                        async_ms: ack.async_duration.as_millis() as u64,
                     })
                     .await
             }
@@ -425,7 +478,7 @@ async fn register_with_jobmanager(
 async fn heartbeat_loop(
     shared: Arc<Shared>,
     mut client: JobManagerServiceClient<GrpcChannel>,
-    (rpc_addr, data_addr): (SocketAddr, SocketAddr),
+    [rpc_addr, data_addr, metrics_addr]: [SocketAddr; 3],
     user_functions: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -436,6 +489,7 @@ async fn heartbeat_loop(
         data_address: data_addr.to_string(),
         slots: s.config.slots,
         user_functions,
+        metrics_address: metrics_addr.to_string(),
     };
     let mut registered = false;
     let mut last_ok = Instant::now();
@@ -450,7 +504,8 @@ async fn heartbeat_loop(
             registered = true;
             last_ok = Instant::now();
         } else {
-            let req = HeartbeatRequest { taskmanager_id: s.id.clone(), running: shared.running() };
+            let metrics = shared.samples().into_iter().map(|t| t.metrics).collect();
+            let req = HeartbeatRequest { taskmanager_id: s.id.clone(), running: shared.running(), metrics };
             match client.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().known => last_ok = Instant::now(),
                 Ok(_) => {
@@ -468,9 +523,71 @@ async fn heartbeat_loop(
                 }
             }
         }
+        // The heartbeat carries the task metrics: at least once a second.
         tokio::select! {
-            _ = tokio::time::sleep(s.config.heartbeat_interval) => {}
+            _ = tokio::time::sleep(s.config.heartbeat_interval.min(METRICS_INTERVAL)) => {}
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// The longest time between two heartbeats, whatever `heartbeat.interval` says: they carry
+/// the live task metrics.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A task's reading as the heartbeat and `/metrics` carry it.
+fn task_metrics(execution: ExecutionId, s: TaskSample) -> weir_proto::TaskMetrics {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let c = s.checkpoint.unwrap_or_default();
+    weir_proto::TaskMetrics {
+        execution: Some(execution),
+        uptime_ms: ms(s.uptime),
+        records_in: s.records_in,
+        records_out: s.records_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        busy_ms: ms(s.busy),
+        idle_ms: ms(s.idle),
+        backpressured_ms: ms(s.backpressured),
+        input_queue: s.input_queue,
+        input_credit: s.input_credit,
+        output_queue: s.output_queue,
+        output_credit: s.output_credit,
+        checkpoint_id: c.id,
+        checkpoint_sync_ms: ms(c.sync),
+        checkpoint_async_ms: ms(c.async_),
+        checkpoint_alignment_ms: ms(c.alignment),
+        checkpoint_persisted_bytes: c.persisted_bytes,
+        state_size: c.state_size,
+    }
+}
+
+/// Serves `/metrics` (Prometheus) on `metrics.port` of the TaskManager's bind host until
+/// shutdown; a port that cannot be bound fails the start, naming the key.
+async fn serve_metrics(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Result<SocketAddr, TaskManagerError> {
+    let c = &shared.settings.config;
+    let addr = format!("{}:{}", c.bind_host, c.metrics_port);
+    let listener =
+        tokio::net::TcpListener::bind(&addr).await.map_err(|source| TaskManagerError::MetricsBind { addr: addr.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| TaskManagerError::MetricsBind { addr, source })?;
+    let weak = Arc::downgrade(shared);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let weak = weak.clone();
+            async move {
+                let tasks = weak.upgrade().map(|s| s.samples()).unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(metrics::task_families(&tasks)))
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!("the TaskManager's metrics endpoint failed: {e}");
+        }
+    });
+    Ok(local)
 }

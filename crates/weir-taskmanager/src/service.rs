@@ -14,9 +14,11 @@
 
 use crate::Shared;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 use weir_proto::task_manager_service_server::TaskManagerService;
 use weir_proto::*;
+use weir_runtime::barrier::AlignmentPolicy;
 use weir_runtime::buffer::{Barrier, SavepointFormat, SavepointOptions};
 use weir_runtime::task::TaskCommand;
 
@@ -90,11 +92,21 @@ fn trigger_command(r: &CheckpointRequest, barrier: &Barrier, is_source: bool) ->
 /// `savepoint_location` is set. A savepoint without a folder, or a folder URL too long for the
 /// barrier's encoding, is refused.
 fn barrier(r: &CheckpointRequest) -> Result<Barrier, Status> {
+    let policy = match Alignment::try_from(r.alignment).unwrap_or(Alignment::Unspecified) {
+        Alignment::Unspecified => None,
+        Alignment::Aligned => Some(AlignmentPolicy::Aligned),
+        Alignment::Unaligned => Some(AlignmentPolicy::Unaligned),
+        Alignment::AlignedThenUnaligned => Some(AlignmentPolicy::AlignedThenUnaligned(Duration::from_millis(r.aligned_timeout_ms))),
+    };
+    let with_policy = |b: Barrier| match policy {
+        Some(p) => b.with_alignment(p),
+        None => b,
+    };
     if r.savepoint_location.is_empty() {
         if r.savepoint {
             return Err(Status::invalid_argument(format!("savepoint {} names no savepoint_location", r.checkpoint_id)));
         }
-        return Ok(Barrier::new(r.checkpoint_id, r.timestamp_ms));
+        return Ok(with_policy(Barrier::new(r.checkpoint_id, r.timestamp_ms)));
     }
     if r.savepoint_location.len() > u16::MAX as usize {
         return Err(Status::invalid_argument(format!(
@@ -105,7 +117,11 @@ fn barrier(r: &CheckpointRequest) -> Result<Barrier, Status> {
         )));
     }
     let format = if r.native { SavepointFormat::Native } else { SavepointFormat::Canonical };
-    Ok(Barrier::savepoint(r.checkpoint_id, r.timestamp_ms, SavepointOptions { location: r.savepoint_location.clone(), format }))
+    Ok(with_policy(Barrier::savepoint(
+        r.checkpoint_id,
+        r.timestamp_ms,
+        SavepointOptions { location: r.savepoint_location.clone(), format },
+    )))
 }
 
 #[cfg(test)]
@@ -132,6 +148,11 @@ mod tests {
         let native = barrier(&CheckpointRequest { native: true, ..request("file:///sp") }).unwrap();
         assert_eq!(native.savepoint.as_deref().map(|o| o.format), Some(SavepointFormat::Native));
         assert!(!native.unaligned, "savepoints are aligned");
+        let timed =
+            barrier(&CheckpointRequest { alignment: Alignment::AlignedThenUnaligned as i32, aligned_timeout_ms: 250, ..request("") })
+                .unwrap();
+        assert_eq!(timed.alignment, Some(AlignmentPolicy::AlignedThenUnaligned(Duration::from_millis(250))));
+        assert_eq!(plain.alignment, None, "unspecified: as deployed");
 
         let no_folder = barrier(&CheckpointRequest { savepoint: true, ..request("") }).unwrap_err();
         assert!(no_folder.message().contains("savepoint_location"), "{no_folder}");

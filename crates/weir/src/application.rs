@@ -157,7 +157,14 @@ fn run(cli: Cli, job_name: &str, build_job: BuildJob) -> Result<(), BuildError> 
             let settings = weir_taskmanager::TaskManagerSettings::from_config(&cfg, &jm)?;
             runtime()?.block_on(async {
                 let tm = weir_taskmanager::start_with_functions(settings, Arc::new(graph_functions), ids.clone()).await?;
-                println!("TaskManager {} rpc {} data {} functions {}", tm.id, tm.rpc_addr, tm.data_addr, ids.join(","));
+                println!(
+                    "TaskManager {} rpc {} data {} metrics http://{}/metrics functions {}",
+                    tm.id,
+                    tm.rpc_addr,
+                    tm.data_addr,
+                    tm.metrics_addr,
+                    ids.join(",")
+                );
                 wait_for_signal().await;
                 tm.shutdown_gracefully("the TaskManager was stopped (SIGTERM or Ctrl-C)").await;
                 Ok(())
@@ -241,7 +248,25 @@ fn jobmanager_address(flag: &Option<String>, cfg: &Config) -> Option<String> {
 pub async fn start_jobmanager(cfg: Config) -> Result<JobManagerHandle, weir_jobmanager::JobManagerError> {
     let settings = JobManagerConfig::from_config(&cfg);
     let bind = format!("{}:{}", settings.bind_host, settings.port);
-    weir_jobmanager::start(cfg, &bind).await
+    weir_jobmanager::start_with_sql(cfg, &bind, Some(sql_compiler())).await
+}
+
+/// The SQL planner, for a JobManager's `POST /jobs` of SQL scripts: compiles as `weir run
+/// script.sql` does, errors naming the line and column.
+pub fn sql_compiler() -> weir_jobmanager::SqlCompiler {
+    std::sync::Arc::new(|script: &str, base: &Config, overrides: &Config| {
+        let compiled = weir_sql::compile_script(script, "the submitted script", base, overrides).map_err(|e| e.to_string())?;
+        let jobs = compiled
+            .jobs
+            .into_iter()
+            .map(|j| weir_jobmanager::SqlJob {
+                graph_json: String::from_utf8_lossy(&j.graph.to_json()).into_owned(),
+                settings: j.settings,
+                query: !j.columns.is_empty(),
+            })
+            .collect();
+        Ok(weir_jobmanager::CompiledSql { jobs, output: compiled.output, notices: compiled.notices })
+    })
 }
 
 /// Logs to stderr in `format`; `RUST_LOG` sets the level, else `default_level`.

@@ -50,7 +50,7 @@ impl MiniCluster {
         if !jm_cfg.explicit().contains_key(weir_core::config::keys::REST_BIND_ADDRESS) {
             jm_cfg.set(weir_core::config::keys::REST_BIND_ADDRESS, "127.0.0.1", "mini cluster")?;
         }
-        let jm = weir_jobmanager::start(jm_cfg, "127.0.0.1:0").await?;
+        let jm = weir_jobmanager::start_with_sql(jm_cfg, "127.0.0.1:0", Some(crate::application::sql_compiler())).await?;
         tracing::info!("REST API of the embedded cluster at http://{}", jm.rest_addr);
         let n = ClientConfig::from_config(cfg).minicluster_taskmanagers;
         let per_tm = TaskManagerConfig::from_config(cfg).slots.max(slots_needed.unwrap_or(0).div_ceil(n));
@@ -60,6 +60,9 @@ impl MiniCluster {
             settings.config.host = "127.0.0.1".into();
             settings.config.bind_host = "127.0.0.1".into();
             settings.config.slots = per_tm;
+            if !cfg.explicit().contains_key(weir_core::config::keys::METRICS_PORT) {
+                settings.config.metrics_port = 0;
+            }
             tms.push(weir_taskmanager::start_with_functions(settings, functions.clone(), function_ids.clone()).await?);
         }
         Ok(Self { jm, tms })

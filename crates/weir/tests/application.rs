@@ -106,6 +106,9 @@ impl Setup {
         if args.first().is_some_and(|a| a == "jobmanager") && !args.iter().any(|a| a.starts_with("rest.port=")) {
             args.extend(["-D".to_string(), "rest.port=0".to_string()]);
         }
+        if args.first().is_some_and(|a| a == "taskmanager") && !args.iter().any(|a| a.starts_with("metrics.port=")) {
+            args.extend(["-D".to_string(), "metrics.port=0".to_string()]);
+        }
         let args = &args;
         let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
