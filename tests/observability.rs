@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 
 /// A job whose source is backpressured: rows are keyed to another task that counts them and
-/// passes at most 2000 a second on, so the source's output channels stay full.
-fn backpressured_job(interval: &str) -> String {
+/// passes at most `rate` a second on, so the source's output channels stay full.
+fn backpressured_job(interval: &str, unaligned: bool, rate: u32) -> String {
     format!(
-        "name: backpressured\nconfig:\n  execution.checkpointing.interval: {interval}\n  execution.checkpointing.unaligned.enabled: true\n\
+        "name: backpressured\nconfig:\n  execution.checkpointing.interval: {interval}\n  execution.checkpointing.unaligned.enabled: {unaligned}\n\
          pipeline:\n  - source: datagen\n    fields:\n      - {{name: k, kind: random, min: 0, max: 999}}\n  - key_by: k\n\
-         \x20 - count: {{}}\n  - throttle: {{rows-per-second: 2000}}\n  - sink: blackhole\n"
+         \x20 - count: {{}}\n  - throttle: {{rows-per-second: {rate}}}\n  - sink: blackhole\n"
     )
 }
 
@@ -58,7 +58,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 fn live_metrics_of_a_backpressured_job_reach_rest_and_prometheus() {
     let rest = free_port();
     let _cluster = Cluster::start(1, 2, &[&format!("rest.port={rest}")]);
-    let id = submit(rest, &backpressured_job("300ms"));
+    let id = submit(rest, &backpressured_job("300ms", true, 2000));
 
     // The source is backpressured, the throttle's input queue is full, and rows flow.
     let job = wait_for("the source to report backpressure", || {
@@ -235,9 +235,9 @@ impl Drop for Browser {
 fn the_web_ui_shows_a_backpressured_job_and_changes_its_checkpoint_interval() {
     let rest = free_port();
     let _cluster = Cluster::start(1, 2, &[&format!("rest.port={rest}")]);
-    // The first checkpoint comes at once, the next only after an hour: more come only from the
-    // UI's button and its configure dialog.
-    let id = submit(rest, &backpressured_job("1h"));
+    // Aligned checkpoints: the first comes at once, the next only after an hour, so more come
+    // only from the UI's button and its configure dialog.
+    let id = submit(rest, &backpressured_job("1h", false, 20_000));
     wait_for("the job to run", || (get(rest, &format!("/jobs/{id}"))["state"] == "RUNNING").then_some(()));
     let browser = Browser::start();
 
@@ -264,16 +264,18 @@ fn the_web_ui_shows_a_backpressured_job_and_changes_its_checkpoint_interval() {
     });
     browser.screenshot("job-overview.png");
 
-    // The checkpoints tab fills: the first checkpoint, then one triggered from its button.
-    browser.click_live("a[data-tab=checkpoints]");
-    wait_for("the first checkpoint in the history table", || (!browser.find_all("#checkpoint-history tbody tr").is_empty()).then_some(()));
-    browser.click_live("#trigger-checkpoint");
-    wait_for("the triggered checkpoint in the history table", || {
-        let done = browser.script(
-            "return [...document.querySelectorAll('#checkpoint-history tbody tr')].filter(r => r.textContent.includes('COMPLETED')).length",
+    // The checkpoints tab fills: the first checkpoint, then one triggered from its button, both
+    // aligned.
+    let completed = |kind: &str| {
+        let js = format!(
+            "return [...document.querySelectorAll('#checkpoint-history tbody tr')].filter(r => r.textContent.includes('COMPLETED') && r.querySelector('.kind').textContent.startsWith('{kind}')).length"
         );
-        (done.as_u64()? >= 2).then_some(())
-    });
+        browser.script(&js).as_u64().unwrap_or(0)
+    };
+    browser.click_live("a[data-tab=checkpoints]");
+    wait_for("the first checkpoint in the history table", || (completed("CHECKPOINT") >= 1).then_some(()));
+    browser.click_live("#trigger-checkpoint");
+    wait_for("the triggered checkpoint in the history table", || (completed("CHECKPOINT") >= 2).then_some(()));
     let before = get(rest, &format!("/jobs/{id}/checkpoints"))["counts"]["completed"].as_u64().unwrap();
 
     // The configure dialog: a bad value is refused in the dialog, a good one applies.
@@ -286,18 +288,21 @@ fn the_web_ui_shows_a_backpressured_job_and_changes_its_checkpoint_interval() {
         msg.as_str()?.contains("execution.checkpointing.interval").then_some(())
     });
     browser.type_into("input[name='execution.checkpointing.interval']", "200ms");
+    browser.click("input[name='execution.checkpointing.unaligned.enabled']");
     browser.click("#configure-save");
     wait_for("the dialog to close", || (browser.script("return document.querySelector('#configure-dialog').open") == false).then_some(()));
 
-    // The next checkpoints follow the new interval, and the page shows them and the change.
+    // The next checkpoints follow the new interval, unaligned, and the page shows them and the
+    // change.
     let checkpoints = wait_for("checkpoints every 200 ms", || {
         let c = get(rest, &format!("/jobs/{id}/checkpoints"));
         (c["counts"]["completed"].as_u64()? >= before + 3).then_some(c)
     });
-    assert_eq!(checkpoints["config_changes"][0]["changes"]["execution.checkpointing.interval"], "200ms", "{checkpoints}");
-    wait_for("the change and the new checkpoints on the page", || {
-        let rows = browser.find_all("#checkpoint-history tbody tr").len() as u64;
-        (rows >= before + 3 && !browser.find_all("#config-changes tr").is_empty()).then_some(())
+    let change = &checkpoints["config_changes"][0]["changes"];
+    assert_eq!(change["execution.checkpointing.interval"], "200ms", "{checkpoints}");
+    assert_eq!(change["execution.checkpointing.unaligned.enabled"], "true", "{checkpoints}");
+    wait_for("the change and the new, unaligned checkpoints on the page", || {
+        (completed("UNALIGNED_CHECKPOINT") >= 3 && !browser.find_all("#config-changes tr").is_empty()).then_some(())
     });
     browser.element("#checkpoint-duration-plot rect");
     let shot = browser.screenshot("job-checkpoints.png");

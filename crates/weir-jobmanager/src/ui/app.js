@@ -312,6 +312,8 @@ function checkpointsTab(cps, config) {
 
 // ---- Configure dialog -----------------------------------------------------------------------
 
+const inputValue = (input) => (input.type === 'checkbox' ? String(input.checked) : input.value.trim());
+
 async function openConfigure(id) {
   const dialog = $('#configure-dialog');
   const config = await api('GET', `/jobs/${id}/checkpoints/config`);
@@ -322,10 +324,13 @@ async function openConfigure(id) {
     'execution.checkpointing.max-concurrent-checkpoints': String(config.max_concurrent),
     'execution.checkpointing.tolerable-failed-checkpoints': String(config.tolerable_failed_checkpoints),
     'execution.checkpointing.num-retained': String(config.num_retained),
+    'execution.checkpointing.unaligned.enabled': String(config.unaligned_checkpoints),
+    'execution.checkpointing.aligned-checkpoint-timeout': config.aligned_checkpoint_timeout + 'ms',
   };
   for (const input of dialog.querySelectorAll('input')) {
-    input.value = now[input.name] ?? '';
-    input.dataset.initial = input.value;
+    if (input.type === 'checkbox') input.checked = now[input.name] === 'true';
+    else input.value = now[input.name] ?? '';
+    input.dataset.initial = inputValue(input);
   }
   $('#configure-message').textContent = '';
   dialog.dataset.job = id;
@@ -337,7 +342,7 @@ $('#configure-form').addEventListener('submit', async (ev) => {
   const dialog = $('#configure-dialog');
   const changes = {};
   for (const input of dialog.querySelectorAll('input')) {
-    if (input.value.trim() !== input.dataset.initial) changes[input.name] = input.value.trim();
+    if (inputValue(input) !== input.dataset.initial) changes[input.name] = inputValue(input);
   }
   if (!Object.keys(changes).length) { dialog.close(); return; }
   try {
