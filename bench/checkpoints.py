@@ -85,14 +85,14 @@ def main():
         port = free_port()
         common = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=1s"]
         logs = open(os.path.join(d, "log"), "w")
-        jm = subprocess.Popen([weir, "jobmanager", "-D", f"jobmanager.rpc.port={port}", *common], stdout=logs, stderr=logs)
+        jm = subprocess.Popen([weir, "jobmanager", "-D", f"jobmanager.rpc.port={port}", "-D", "rest.port=0", *common], stdout=logs, stderr=logs)
         tms = []
         try:
             wait("jobmanager", lambda: socket.create_connection(("127.0.0.1", port)) and True)
             outs = []
             for i in range(2):
                 outs.append(os.path.join(d, f"tm{i}.out"))
-                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "taskmanager.numberOfTaskSlots=1", *common],
+                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "metrics.port=0", "-D", "taskmanager.numberOfTaskSlots=1", *common],
                                             stdout=open(outs[-1], "w"), stderr=logs))
             addr = ["--jobmanager", f"127.0.0.1:{port}"]
             wait("taskmanagers", lambda: len(weir_json(weir, "cluster", *addr) or []) == 2)
@@ -120,7 +120,7 @@ def main():
             victim = next(tm for tm, out in zip(tms, outs) if busy in open(out).read())
             t0 = time.time()
             victim.send_signal(signal.SIGKILL)
-            tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "taskmanager.numberOfTaskSlots=1", *common], stdout=logs, stderr=logs))
+            tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "metrics.port=0", "-D", "taskmanager.numberOfTaskSlots=1", *common], stdout=logs, stderr=logs))
 
             def running_again():
                 s = weir_json(weir, "status", jid, *addr)

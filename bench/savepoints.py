@@ -46,10 +46,10 @@ def folder_size(path):
 def run_backend(weir, d, backend):
     port = free_port()
     logs = open(os.path.join(d, f"log-{backend}"), "w")
-    procs = [subprocess.Popen([weir, "jobmanager", "-D", f"jobmanager.rpc.port={port}"], stdout=logs, stderr=logs)]
+    procs = [subprocess.Popen([weir, "jobmanager", "-D", f"jobmanager.rpc.port={port}", "-D", "rest.port=0"], stdout=logs, stderr=logs)]
     try:
         wait("jobmanager", lambda: socket.create_connection(("127.0.0.1", port)) and True)
-        procs.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}"], stdout=logs, stderr=logs))
+        procs.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "metrics.port=0"], stdout=logs, stderr=logs))
         addr = ["--jobmanager", f"127.0.0.1:{port}"]
         wait("taskmanager", lambda: len(weir_json(weir, "cluster", *addr) or []) == 1)
         job = os.path.join(d, f"job-{backend}.yaml")

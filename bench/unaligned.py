@@ -79,12 +79,12 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         logs = open(os.path.join(d, "log"), "w")
-        jm = subprocess.Popen([weir, "jobmanager", "-D", f"jobmanager.rpc.port={port}"], stdout=logs, stderr=logs)
+        jm = subprocess.Popen([weir, "jobmanager", "-D", f"jobmanager.rpc.port={port}", "-D", "rest.port=0"], stdout=logs, stderr=logs)
         tms = []
         try:
             wait("jobmanager", lambda: socket.create_connection(("127.0.0.1", port)) and True)
             for _ in range(2):
-                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "taskmanager.numberOfTaskSlots=2"],
+                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "metrics.port=0", "-D", "taskmanager.numberOfTaskSlots=2"],
                                             stdout=logs, stderr=logs))
             addr = ["--jobmanager", f"127.0.0.1:{port}"]
             wait("taskmanagers", lambda: len(weir_json(weir, "cluster", *addr) or []) == 2)

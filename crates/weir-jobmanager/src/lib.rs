@@ -216,5 +216,6 @@ pub async fn start_with_sql(config: Config, bind: &str, sql: Option<SqlCompiler>
     });
     tracing::info!(rpc = %rpc_addr, rest = %rest_addr, tls = security.tls.is_some(), token = security.token.is_some(), "JobManager started");
     security::warn_if_open("The JobManager", rpc_addr, &security);
+    security::warn_if_open("The REST API", rest_addr, &security);
     Ok(JobManagerHandle { rpc_addr, rest_addr, state, executor, shutdown: shutdown_tx })
 }
