@@ -262,6 +262,7 @@ fn the_web_ui_shows_a_backpressured_job_and_changes_its_checkpoint_interval() {
         );
         (points.as_u64()? >= 3).then_some(())
     });
+    assert_eq!(browser.find_all("#subtasks-table tbody tr").len(), 2, "one row per subtask");
     browser.screenshot("job-overview.png");
 
     // The checkpoints tab fills: the first checkpoint, then one triggered from its button, both

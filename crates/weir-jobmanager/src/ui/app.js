@@ -122,8 +122,9 @@ async function renderJob(id, tab) {
     const ex = await api('GET', `/jobs/${id}/exceptions`);
     body = ex['root-exception'] ? `<pre class="failure">${esc(ex['root-exception'])}</pre>` : '<p class="muted">No failure.</p>';
   } else {
-    const history = await api('GET', `/jobs/${id}/metrics/history`);
-    body = overviewTab(job, history);
+    const [history, ...vertices] = await Promise.all([api('GET', `/jobs/${id}/metrics/history`),
+      ...job.vertices.map((v) => api('GET', `/jobs/${id}/vertices/${v.id}`))]);
+    body = overviewTab(job, history, vertices);
   }
   const tabs = ['overview', 'checkpoints', 'exceptions'].map((t) =>
     `<a href="#/jobs/${esc(id)}/${t}" data-tab="${t}" class="${t === tab ? 'active' : ''}">${t[0].toUpperCase() + t.slice(1)}</a>`).join('');
@@ -227,7 +228,25 @@ function lineChart(id, title, series, format) {
       ${lines}</svg></div>`;
 }
 
-function overviewTab(job, history) {
+function subtasksTable(vertices) {
+  const rows = vertices.flatMap((v) => v.subtasks.map((s) => {
+    const m = s.metrics;
+    return `<tr><td>${esc(v.name)}</td><td class="num">${s.subtask}</td><td>${esc(s['taskmanager-id'])}</td>
+      <td class="num">${rate(m.numRecordsInPerSecond)}</td><td class="num">${rate(m.numRecordsOutPerSecond)}</td>
+      <td class="num">${bytes(m.numBytesInPerSecond)}/s</td><td class="num">${bytes(m.numBytesOutPerSecond)}/s</td>
+      <td class="num">${pct(m.busyTimeMsPerSecond)}</td><td class="num">${pct(m.idleTimeMsPerSecond)}</td><td class="num">${pct(m.backPressuredTimeMsPerSecond)}</td>
+      <td class="num">${m.inputQueueLength} / ${m.inputCredit}</td><td class="num">${m.outputQueueLength} / ${m.outputCredit}</td>
+      <td class="num">${bytes(m.stateSize)}</td><td class="num">${m.lastCheckpointId || '–'}</td>
+      <td class="num">${duration(m.lastCheckpointSyncDuration)} / ${duration(m.lastCheckpointAsyncDuration)}</td></tr>`;
+  })).join('');
+  if (!rows) return '';
+  return `<h3>Subtasks</h3><table id="subtasks-table"><thead><tr><th>Vertex</th><th class="num">Subtask</th><th>TaskManager</th>
+    <th class="num">In</th><th class="num">Out</th><th class="num">Bytes in</th><th class="num">Bytes out</th><th class="num">Busy</th>
+    <th class="num">Idle</th><th class="num">Backpressured</th><th class="num">In queue / credit</th><th class="num">Out queue / credit</th>
+    <th class="num">State</th><th class="num">Checkpoint</th><th class="num">Sync / async</th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
+function overviewTab(job, history, vertices) {
   const rows = job.vertices.map((v) => {
     const m = v.metrics || {};
     return `<tr data-vertex="${esc(v.id)}"><td>${esc(v.name)}</td><td>${state(v.status)}</td><td class="num">${v.parallelism}</td>
@@ -249,7 +268,8 @@ function overviewTab(job, history) {
       <th class="num">State</th></tr></thead><tbody>${rows}</tbody></table>
     <h3>Throughput</h3><div class="plots">
       ${lineChart('records-out-plot', 'Records out per second', series('numRecordsOutPerSecond'), rate)}
-      ${lineChart('backpressure-plot', 'Backpressured (ms per second)', series('backPressuredTimeMsPerSecond'), (v) => v.toFixed(0) + ' ms')}</div>`;
+      ${lineChart('backpressure-plot', 'Backpressured (ms per second)', series('backPressuredTimeMsPerSecond'), (v) => v.toFixed(0) + ' ms')}</div>
+    ${subtasksTable(vertices)}`;
 }
 
 // ---- Checkpoints ----------------------------------------------------------------------------
