@@ -3,8 +3,9 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# The binary `make test` builds too: building it through the test profile's feature set shares
-# one build (RocksDB included) between `make demo` and `make test`.
+# The binary `make test` builds too. `cargo build`/`cargo run --bin weir`, `cargo run --example
+# ...` and `cargo test` resolve the same features (weir-core pins the one dev-only difference),
+# so all of them share one debug build, RocksDB and DataFusion included.
 WEIR = $${CARGO_TARGET_DIR:-target}/debug/weir
 WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
 
