@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
-use weir_proto::TaskMetrics;
+use weir_proto::{CheckpointInfo, CheckpointStatus, JobStatus, TaskManagerInfo, TaskMetrics};
 
 /// History points kept per job: one a second, five minutes.
 pub(crate) const HISTORY_POINTS: usize = 300;
@@ -233,6 +233,91 @@ pub(crate) fn metrics_json<'a>(subtasks: impl IntoIterator<Item = &'a SubtaskMet
         o.extend(r);
     }
     v
+}
+
+/// The JobManager's `/metrics` in the OpenMetrics text format: the cluster (TaskManagers and
+/// slots), jobs by state, each running job (uptime, restarts, checkpoints from `histories`),
+/// and every running task as the heartbeats last reported it (see `docs/metrics.md`).
+pub(crate) fn prometheus(
+    tms: &[TaskManagerInfo],
+    jobs: &[JobStatus],
+    histories: &HashMap<String, Vec<CheckpointInfo>>,
+    store: &MetricsStore,
+    now_ms: i64,
+) -> String {
+    use weir_proto::metrics::{render, task_families, task_labels, Family, TaskSeries, Value as M};
+    let mut families = vec![
+        Family { name: "weir_taskmanagers", help: "Registered TaskManagers.", series: vec![(vec![], M::Gauge(tms.len() as i64))] },
+        Family {
+            name: "weir_slots_total",
+            help: "Task slots of the registered TaskManagers.",
+            series: vec![(vec![], M::Gauge(tms.iter().map(|t| t.slots as i64).sum()))],
+        },
+        Family {
+            name: "weir_slots_available",
+            help: "Task slots no job holds.",
+            series: vec![(vec![], M::Gauge(tms.iter().map(|t| t.free_slots as i64).sum()))],
+        },
+    ];
+    let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
+    for j in jobs {
+        *by_state.entry(weir_proto::job_state_name(j.state)).or_default() += 1;
+    }
+    families.push(Family {
+        name: "weir_jobs",
+        help: "Jobs this JobManager knows, by state.",
+        series: by_state.into_iter().map(|(s, n)| (vec![("state".to_string(), s.to_string())], M::Gauge(n))).collect(),
+    });
+    let labels = |j: &JobStatus| vec![("job_id".to_string(), j.job_id.clone()), ("job_name".to_string(), j.name.clone())];
+    let running: Vec<&JobStatus> = jobs.iter().filter(|j| j.end_time_ms == 0).collect();
+    let (mut uptime, mut restarts, mut checkpoints) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut last_duration, mut last_size, mut last_persisted) = (Vec::new(), Vec::new(), Vec::new());
+    for j in &running {
+        uptime.push((labels(j), M::GaugeF((now_ms - j.start_time_ms).max(0) as f64 / 1000.0)));
+        restarts.push((labels(j), M::Counter(j.restarts as u64)));
+        let history = histories.get(&j.job_id).map_or(&[][..], Vec::as_slice);
+        for (status, name) in [
+            (CheckpointStatus::Completed, "completed"),
+            (CheckpointStatus::CheckpointFailed, "failed"),
+            (CheckpointStatus::InProgress, "in_progress"),
+        ] {
+            let mut l = labels(j);
+            l.push(("status".to_string(), name.to_string()));
+            checkpoints.push((l, M::Gauge(history.iter().filter(|c| c.status == status as i32).count() as i64)));
+        }
+        if let Some(c) = history.iter().filter(|c| c.status == CheckpointStatus::Completed as i32 && !c.savepoint).max_by_key(|c| c.id) {
+            last_duration.push((labels(j), M::GaugeF(c.duration_ms as f64 / 1000.0)));
+            last_size.push((labels(j), M::Gauge(c.size_bytes as i64)));
+            last_persisted.push((labels(j), M::Gauge(c.inflight_bytes as i64)));
+        }
+    }
+    families.extend([
+        Family { name: "weir_job_uptime_seconds", help: "Time since the job was submitted.", series: uptime },
+        Family { name: "weir_job_restarts", help: "Times the job restarted after a failure.", series: restarts },
+        Family { name: "weir_job_checkpoints", help: "The job's checkpoints in its history, by status.", series: checkpoints },
+        Family {
+            name: "weir_job_last_checkpoint_duration_seconds",
+            help: "End-to-end duration of the job's last completed checkpoint.",
+            series: last_duration,
+        },
+        Family { name: "weir_job_last_checkpoint_size_bytes", help: "Bytes of the job's last completed checkpoint.", series: last_size },
+        Family {
+            name: "weir_job_last_checkpoint_persisted_bytes",
+            help: "In-flight bytes the job's last completed checkpoint persisted.",
+            series: last_persisted,
+        },
+    ]);
+    let by_id: HashMap<&str, &JobStatus> = running.iter().map(|j| (j.job_id.as_str(), *j)).collect();
+    let mut tasks = Vec::new();
+    for (job, subtasks) in store.all() {
+        let Some(j) = by_id.get(job.as_str()) else { continue };
+        for ((v, s), m) in subtasks {
+            let vertex = j.vertices.get(v as usize).map_or("", |v| v.name.as_str());
+            tasks.push(TaskSeries { labels: task_labels(&job, &j.name, vertex, s, &m.taskmanager), metrics: m.latest });
+        }
+    }
+    families.extend(task_families(&tasks));
+    render(families)
 }
 
 #[cfg(test)]

@@ -420,85 +420,15 @@ async fn metrics_history(State(rest): State<Rest>, Path(id): Path<String>) -> Ap
 /// `/metrics`: the cluster, each job, and every running task as the heartbeats last
 /// reported it (see `docs/metrics.md`).
 async fn prometheus(State(rest): State<Rest>) -> Result<Response, ApiError> {
-    use weir_proto::metrics::{task_families, task_labels, Family, TaskSeries, Value as M};
-    let tms = rest.rpc.state.overview();
     let jobs = list(&rest).await?;
-    let mut families = vec![
-        Family { name: "weir_taskmanagers", help: "Registered TaskManagers.", series: vec![(vec![], M::Gauge(tms.len() as i64))] },
-        Family {
-            name: "weir_slots_total",
-            help: "Task slots of the registered TaskManagers.",
-            series: vec![(vec![], M::Gauge(tms.iter().map(|t| t.slots as i64).sum()))],
-        },
-        Family {
-            name: "weir_slots_available",
-            help: "Task slots no job holds.",
-            series: vec![(vec![], M::Gauge(tms.iter().map(|t| t.free_slots as i64).sum()))],
-        },
-    ];
-    let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
-    for j in &jobs {
-        *by_state.entry(job_state_name(j.state)).or_default() += 1;
-    }
-    families.push(Family {
-        name: "weir_jobs",
-        help: "Jobs this JobManager knows, by state.",
-        series: by_state.into_iter().map(|(s, n)| (vec![("state".to_string(), s.to_string())], M::Gauge(n))).collect(),
-    });
-    let job_labels = |j: &weir_proto::JobStatus| vec![("job_id".to_string(), j.job_id.clone()), ("job_name".to_string(), j.name.clone())];
-    let running: Vec<&weir_proto::JobStatus> = jobs.iter().filter(|j| j.end_time_ms == 0).collect();
-    let mut uptime = Vec::new();
-    let mut restarts = Vec::new();
-    let mut checkpoints = Vec::new();
-    let mut last_duration = Vec::new();
-    let mut last_size = Vec::new();
-    let mut last_persisted = Vec::new();
-    for j in &running {
-        uptime.push((job_labels(j), M::GaugeF(duration(j) as f64 / 1000.0)));
-        restarts.push((job_labels(j), M::Counter(j.restarts as u64)));
-        let history = rest.rpc.state.checkpoint_history(&j.job_id).unwrap_or_default();
-        for (status, name) in [
-            (CheckpointStatus::Completed, "completed"),
-            (CheckpointStatus::CheckpointFailed, "failed"),
-            (CheckpointStatus::InProgress, "in_progress"),
-        ] {
-            let mut labels = job_labels(j);
-            labels.push(("status".to_string(), name.to_string()));
-            checkpoints.push((labels, M::Gauge(history.iter().filter(|c| c.status == status as i32).count() as i64)));
-        }
-        if let Some(c) = history.iter().filter(|c| c.status == CheckpointStatus::Completed as i32 && !c.savepoint).max_by_key(|c| c.id) {
-            last_duration.push((job_labels(j), M::GaugeF(c.duration_ms as f64 / 1000.0)));
-            last_size.push((job_labels(j), M::Gauge(c.size_bytes as i64)));
-            last_persisted.push((job_labels(j), M::Gauge(c.inflight_bytes as i64)));
-        }
-    }
-    families.extend([
-        Family { name: "weir_job_uptime_seconds", help: "Time since the job was submitted.", series: uptime },
-        Family { name: "weir_job_restarts", help: "Times the job restarted after a failure.", series: restarts },
-        Family { name: "weir_job_checkpoints", help: "The job's checkpoints in its history, by status.", series: checkpoints },
-        Family {
-            name: "weir_job_last_checkpoint_duration_seconds",
-            help: "End-to-end duration of the job's last completed checkpoint.",
-            series: last_duration,
-        },
-        Family { name: "weir_job_last_checkpoint_size_bytes", help: "Bytes of the job's last completed checkpoint.", series: last_size },
-        Family {
-            name: "weir_job_last_checkpoint_persisted_bytes",
-            help: "In-flight bytes the job's last completed checkpoint persisted.",
-            series: last_persisted,
-        },
-    ]);
-    let names: HashMap<&str, &weir_proto::JobStatus> = running.iter().map(|j| (j.job_id.as_str(), *j)).collect();
-    let mut tasks = Vec::new();
-    for (job, subtasks) in rest.rpc.state.metrics().all() {
-        let Some(j) = names.get(job.as_str()) else { continue };
-        for ((v, s), m) in subtasks {
-            let vertex = j.vertices.get(v as usize).map_or("", |v| v.name.as_str());
-            tasks.push(TaskSeries { labels: task_labels(&job, &j.name, vertex, s, &m.taskmanager), metrics: m.latest });
-        }
-    }
-    families.extend(task_families(&tasks));
-    Ok(([(axum::http::header::CONTENT_TYPE, weir_proto::metrics::CONTENT_TYPE)], weir_proto::metrics::render(families)).into_response())
+    let state = &rest.rpc.state;
+    let histories: HashMap<String, Vec<CheckpointInfo>> = jobs
+        .iter()
+        .filter(|j| j.end_time_ms == 0)
+        .map(|j| (j.job_id.clone(), state.checkpoint_history(&j.job_id).unwrap_or_default()))
+        .collect();
+    let text = crate::metrics::prometheus(&state.overview(), &jobs, &histories, state.metrics(), now_ms());
+    Ok(([(axum::http::header::CONTENT_TYPE, weir_proto::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -2,7 +2,8 @@
 //! TaskManager for its heartbeat and its `/metrics` endpoint.
 //!
 //! The task thread keeps its row counters in plain fields (the hot path adds to them once per
-//! batch) and copies them here at most every [`PUBLISH_EVERY`], with `Relaxed` stores: a
+//! batch) and copies them here before it waits and at most every [`PUBLISH_EVERY`] otherwise
+//! (its output queues only at that pace), with `Relaxed` stores: a
 //! reader sees values at most that old, never torn, and never costs the task a lock. Time is
 //! split as Flink splits it: *idle* while the task waits for input (or an idle source),
 //! *backpressured* while it waits for room on an output channel, *busy* the rest of its
@@ -59,16 +60,13 @@ pub struct CheckpointFigures {
     pub state_size: u64,
 }
 
-/// What a task thread publishes.
+/// The counters a task thread publishes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Published {
     pub records_in: u64,
     pub records_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Buffers waiting on the output channels, and the room they have left.
-    pub output_queue: u64,
-    pub output_credit: u64,
 }
 
 /// A reading of a task's metrics at one instant.
@@ -119,8 +117,12 @@ impl TaskMetrics {
         self.records_out.store(p.records_out, Relaxed);
         self.bytes_in.store(p.bytes_in, Relaxed);
         self.bytes_out.store(p.bytes_out, Relaxed);
-        self.output_queue.store(p.output_queue, Relaxed);
-        self.output_credit.store(p.output_credit, Relaxed);
+    }
+
+    /// The task thread's reading of its output channels: buffers waiting, room left.
+    pub fn publish_queues(&self, queue: u64, credit: u64) {
+        self.output_queue.store(queue, Relaxed);
+        self.output_credit.store(credit, Relaxed);
     }
 
     /// The task thread starts waiting: backpressured (no room on an output) or idle.

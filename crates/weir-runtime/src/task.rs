@@ -761,24 +761,31 @@ impl Runner {
         }
     }
 
+    /// Copies the counters, and the output queues and credit (which take the channels' locks).
     fn publish_now(&self) {
-        let (output_queue, output_credit) = self.partition.queue_and_credit();
+        self.publish_counters();
+        let (queue, credit) = self.partition.queue_and_credit();
+        self.metrics.publish_queues(queue, credit);
+    }
+
+    /// Copies the row and byte counters: a few stores, no lock.
+    fn publish_counters(&self) {
         self.metrics.publish(Published {
             records_in: self.records_in,
             records_out: self.partition.records_out,
             bytes_in: self.bytes_in,
             bytes_out: self.partition.bytes_out(),
-            output_queue,
-            output_credit,
         });
     }
 
     /// Waits on the task's waker until `deadline` (or a wake), counting the time as
-    /// backpressure (no room on an output) or idleness. The counters are published first: the
-    /// wait may last (a backpressured task), and readers should see what it did before.
+    /// backpressure (no room on an output) or idleness. The counters are published first (the
+    /// wait may last, and readers should see what the task did before it); the queues only as
+    /// often as [`PUBLISH_EVERY`], since reading them takes the channels' locks, which the task
+    /// on the other side of each channel also takes.
     fn wait(&mut self, deadline: Option<Instant>, backpressured: bool) {
-        self.published = Instant::now();
-        self.publish_now();
+        self.publish_counters();
+        self.publish(Instant::now());
         self.metrics.wait_started(backpressured);
         self.waker.wait(deadline);
         self.metrics.wait_ended();
