@@ -125,11 +125,13 @@ fn live_metrics_of_a_backpressured_job_reach_rest_and_prometheus() {
     assert_eq!(tasks.len(), 2, "one series per task: {tasks:?}");
 }
 
-/// chromedriver on a free port, killed on drop; one browser session in it.
+/// chromedriver on a free port, killed on drop; one browser session in it. Chromium's
+/// profile and singleton files go to a temporary directory, removed on drop.
 struct Browser {
     port: u16,
     session: String,
     driver: Child,
+    _tmp: tempfile::TempDir,
 }
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -137,13 +139,15 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 impl Browser {
     fn start() -> Browser {
         let port = free_port();
+        let tmp = tempfile::tempdir().unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start chromedriver ({e}): install Debian's chromium and chromium-driver (make deps)"));
-        let mut browser = Browser { port, session: String::new(), driver };
+        let mut browser = Browser { port, session: String::new(), driver, _tmp: tmp };
         wait_for("chromedriver to be ready", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
             (http(port, "GET", "/status", "", &[]).1["value"]["ready"] == true).then_some(())
