@@ -17,6 +17,7 @@
 //! [`ROUTES`] lists every route with a summary: `/openapi.json` is generated from it, and a
 //! test checks that every route it lists answers.
 
+use crate::clock::now_ms;
 use crate::coordinator::StopMode;
 use crate::metrics::{metrics_json, SubtaskMetrics};
 use crate::service::JobManagerRpc;
@@ -188,10 +189,6 @@ async fn authorize(State(rest): State<Rest>, request: axum::extract::Request, ne
         }
     }
     next.run(request).await
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Flink's `duration`: until the end, or until now for a job that has not ended.

@@ -143,23 +143,30 @@ impl Shared {
         }
     }
 
-    /// A reading of the metrics of every task still running here.
-    pub fn samples(&self) -> Vec<TaskSeries> {
+    /// Reads the metrics of every task still running here, handing `f` each reading with its
+    /// job's name and its vertex's name (the labels `/metrics` adds; the heartbeat needs none).
+    fn each_reading(&self, mut f: impl FnMut(&str, &str, weir_proto::TaskMetrics)) {
         let jobs = self.jobs.lock();
-        let mut out = Vec::new();
         for ((job, attempt), tasks) in jobs.iter() {
             for ((v, s), task) in &tasks.tasks {
                 if task.is_finished() {
                     continue;
                 }
                 let execution = ExecutionId { job_id: job.clone(), attempt: *attempt, vertex: *v, subtask: *s };
-                let name = tasks.vertex_names.get(*v as usize).map_or("", String::as_str);
-                out.push(TaskSeries {
-                    labels: metrics::task_labels(job, &tasks.job_name, name, *s, &self.settings.id),
-                    metrics: task_metrics(execution, task.sample()),
-                });
+                let vertex = tasks.vertex_names.get(*v as usize).map_or("", String::as_str);
+                f(&tasks.job_name, vertex, task_metrics(execution, task.sample()));
             }
         }
+    }
+
+    /// Every running task's reading with its Prometheus labels, for `/metrics`.
+    fn task_series(&self) -> Vec<TaskSeries> {
+        let mut out = Vec::new();
+        self.each_reading(|job_name, vertex, m| {
+            let e = m.execution.as_ref().expect("each reading names its execution");
+            let labels = metrics::task_labels(&e.job_id, job_name, vertex, e.subtask, &self.settings.id);
+            out.push(TaskSeries { labels, metrics: m });
+        });
         out
     }
 
@@ -504,7 +511,8 @@ async fn heartbeat_loop(
             registered = true;
             last_ok = Instant::now();
         } else {
-            let metrics = shared.samples().into_iter().map(|t| t.metrics).collect();
+            let mut metrics = Vec::new();
+            shared.each_reading(|_, _, m| metrics.push(m));
             let req = HeartbeatRequest { taskmanager_id: s.id.clone(), running: shared.running(), metrics };
             match client.heartbeat(req).await {
                 Ok(resp) if resp.get_ref().known => last_ok = Instant::now(),
@@ -576,7 +584,7 @@ async fn serve_metrics(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>
         axum::routing::get(move || {
             let weak = weak.clone();
             async move {
-                let tasks = weak.upgrade().map(|s| s.samples()).unwrap_or_default();
+                let tasks = weak.upgrade().map(|s| s.task_series()).unwrap_or_default();
                 ([(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(metrics::task_families(&tasks)))
             }
         }),
