@@ -53,8 +53,9 @@
 //!
 //! ## Credits
 //! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
-//! registered, and returns one each time its task takes a buffer: credits returned while the
-//! writer is busy are summed into one `CREDIT` frame per channel. The
+//! registered, and returns them as its task takes buffers, half a channel's credits per
+//! `CREDIT` frame (see [`NetworkEnvironment::credit_return`]); credits that wait for the writer
+//! are summed into one `CREDIT` frame per channel. The
 //! sender's [`RemoteSubpartition`] sends nothing before that announcement (so nothing arrives
 //! for a channel that does not exist yet), sends a buffer only against a credit, and sends
 //! events at any time; events pushed with priority go ahead of queued buffers. Its task takes
@@ -75,10 +76,21 @@
 //! dropped, credits are ignored. They never reach the new attempt's gates or senders.
 //!
 //! ## Threads
-//! Each link has one writer and one reader, tokio tasks on the runtime `start` ran in. Task
-//! threads never touch a socket: a sending task encodes its batch on its own thread and queues
-//! it in its [`RemoteSubpartition`]; the writer takes what the credits allow. The reader hands
-//! `BUFFER` bodies to the gate still encoded, for the receiving task to decode.
+//! Each link has one reader and one writer, tokio tasks on the runtime `start` ran in. The
+//! reader hands `BUFFER` bodies to the gate still encoded, for the receiving task to decode. A
+//! sending task encodes its batch on its own thread and queues it in its
+//! [`RemoteSubpartition`].
+//!
+//! On a plain TCP connection the thread that makes frames sendable writes them itself, without
+//! waking the writer: the sending task after queuing a buffer, the reader after a `CREDIT`, the
+//! receiving task when it returns credits. It takes the link's wire lock, moves what the
+//! credits allow from the queue to the socket with one non-blocking `writev`, and lets go.
+//! Frames leave a queue only under that lock, so each channel's frames keep their order. What
+//! the socket does not take at once stays queued under the lock (as `Bytes`, not copied) for the
+//! writer, which waits for the socket to drain; the writer also sends what was queued before
+//! the connection was up, and whatever a thread could not send directly. Without these
+//! hand-offs a buffer crosses with one thread wake-up (the receiving task's) instead of three.
+//! A TLS connection has one session state: only its writer task writes it, through a buffer.
 //!
 //! ## Known limitations
 //! - Only the dialing side gives up (9 attempts, about 4.5 s of backoff in all; at once if it
@@ -104,13 +116,14 @@ use crate::buffer::{schema_message, BatchEncoder, ChannelId, Encoded, Event, Ite
 use crate::gate::{CreditReturn, InputGate};
 use bytes::{Bytes, BytesMut};
 use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
-use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, HANDSHAKE_TIMEOUT};
+use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, WriteSide, HANDSHAKE_TIMEOUT};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use weir_core::retry::{retry, Backoff, Failure};
@@ -287,7 +300,13 @@ impl NetworkEnvironment {
                 return l.clone();
             }
         }
-        let link = Arc::new(PeerLink { peer: peer.to_string(), state: Mutex::new(LinkState::default()), notify: Notify::new() });
+        let link = Arc::new(PeerLink {
+            peer: peer.to_string(),
+            state: Mutex::new(LinkState::default()),
+            wire: Mutex::new(None),
+            handed_over: Default::default(),
+            notify: Notify::new(),
+        });
         peers.insert(peer.to_string(), link.clone());
         drop(peers);
         if self.tm_id.as_str() < peer {
@@ -523,6 +542,8 @@ struct LinkState {
     /// Sending ends that may have something to send (each once, see `SubState::scheduled`):
     /// the writer looks at these only, never at every sending end of the link.
     ready: Vec<Arc<RemoteSubpartition>>,
+    /// Sending ends whose end of partition a thread sent directly: the writer drops them.
+    finished: Vec<ChannelId>,
     /// Input channels whose credits went out on this link (their data comes back on it).
     input_channels: Vec<ChannelId>,
     /// Credits the peer announced for channels whose sending end is not registered yet.
@@ -542,6 +563,12 @@ pub struct PeerLink {
     peer: String,
     /// Shared with the writer and reader; never held across an `.await`.
     state: Mutex<LinkState>,
+    /// The wire lock: the socket of a plain TCP connection, written by whichever thread holds
+    /// it (see "Threads" in the module header); `None` before the connection is up, over TLS,
+    /// and once the link broke. Taken before `state` and a sending end's lock, never after.
+    wire: Mutex<Option<DirectWire>>,
+    /// How often a thread left bytes the socket did not take for the writer (for tests).
+    handed_over: std::sync::atomic::AtomicU64,
     /// Wakes the writer: new credits to send, or a subpartition has something sendable.
     notify: Notify,
 }
@@ -556,6 +583,9 @@ impl PeerLink {
     /// returned one.
     /// Credits returned for a channel whose `CREDIT` has not gone out yet are added to it.
     fn push_credit(&self, kind: u8, id: ChannelId, n: u32) {
+        if kind == CREDIT && self.send_direct(None, Some((kind, id, n))) {
+            return;
+        }
         let mut st = self.state.lock();
         if kind == CREDIT {
             if let Some(&i) = st.returned.get(&id) {
@@ -646,6 +676,7 @@ impl PeerLink {
             Some(remote) => tracing::warn!(peer = %self.peer, %remote, "{reason}"),
             None => tracing::warn!(peer = %self.peer, "{reason}"),
         }
+        *self.wire.lock() = None;
         env.on_link_broken(self, reason);
         self.notify.notify_one();
     }
@@ -655,19 +686,34 @@ impl PeerLink {
     /// error, a protocol violation), breaks the link; a writer that stops because the link broke
     /// does nothing more.
     fn attach(self: Arc<Self>, env: Arc<NetworkEnvironment>, conn: Connection, remote: SocketAddr) {
-        {
+        let (read, write) = conn.into_split();
+        let write = {
+            // The wire lock first (the lock order), so that a `break_link` either comes before
+            // (and the connection is dropped here) or finds the wire set and clears it.
+            let mut wire = self.wire.lock();
             let mut st = self.state.lock();
             if st.attached || st.broken.is_some() {
                 return; // one connection per pair: a duplicate is dropped
             }
             st.attached = true;
             st.remote = Some(remote);
-        }
-        let (read, write) = conn.into_split();
+            match write {
+                WriteSide::Plain(socket) => {
+                    let socket = Arc::new(socket);
+                    *wire = Some(DirectWire::new(socket.clone()));
+                    Ok(socket)
+                }
+                WriteSide::Tls(tls) => Err(tls),
+            }
+        };
         self.notify_writer();
         let (link, env2) = (self.clone(), env.clone());
         tokio::spawn(async move {
-            let reason = match link.clone().write_loop(&env2, write).await {
+            let written = match write {
+                Ok(socket) => link.clone().write_loop_direct(&env2, socket).await,
+                Err(tls) => link.clone().write_loop(&env2, tls).await,
+            };
+            let reason = match written {
                 Ok(()) => return,
                 Err(e) => format!("data connection to TaskManager {} at {remote} lost: {e}", link.peer),
             };
@@ -688,76 +734,117 @@ impl PeerLink {
         self.notify.notify_one();
     }
 
-    /// The writer. Each round drains the queued credit frames, then takes from each sending end
-    /// on the ready list (those that were pushed to or granted credits since the last round;
-    /// never a scan of every sending end) what its credits allow, and writes it all; with
-    /// nothing left it flushes the socket buffer and sleeps until notified. Credit frames go out
-    /// ahead of data queued at the same time. A sending end whose end of partition went out is
-    /// dropped, from the link and from `outputs`, so late credits for it find nothing. Returns
-    /// `Ok` only when the link broke.
+    /// Sends on the calling thread, over a plain TCP connection: `credit` (a credit frame), then
+    /// what `sub`'s credits allow from its queue. Returns false, having done nothing, if the
+    /// link has no wire to write (not connected yet, TLS, broken): the caller then hands the
+    /// work to the writer. Wakes the writer if the socket did not take everything, if the write
+    /// failed (the writer breaks the link), or if the end of partition went out (the writer
+    /// drops the sending end).
+    fn send_direct(&self, sub: Option<&RemoteSubpartition>, credit: Option<(u8, ChannelId, u32)>) -> bool {
+        let mut guard = self.wire.lock();
+        let Some(wire) = guard.as_mut() else { return false };
+        if wire.failed.is_some() {
+            return false;
+        }
+        if let Some((kind, id, n)) = credit {
+            wire.frames.push(Outgoing::Credit(kind, id, n));
+        }
+        let finished = sub.is_some_and(|s| s.take_sendable(&mut wire.frames));
+        let handed_over = wire.send();
+        drop(guard);
+        if handed_over {
+            self.handed_over.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let wake = handed_over || finished;
+        if finished {
+            self.state.lock().finished.push(sub.expect("finished implies a sending end").id);
+        }
+        if wake {
+            self.notify_writer();
+        }
+        true
+    }
+
+    /// Takes what the writer sends next into `frames`: the queued credit frames (ahead of data
+    /// queued at the same time), then, from each sending end on the ready list (those pushed to
+    /// or granted credits since the last round; never a scan of every sending end), what its
+    /// credits allow. Drops the sending ends whose end of partition went out, from the link and
+    /// from `outputs`, so late credits for them find nothing. `false` once the link broke.
+    fn collect(&self, env: &NetworkEnvironment, frames: &mut Vec<Outgoing>) -> bool {
+        let (ready, mut finished) = {
+            let mut st = self.state.lock();
+            if st.broken.is_some() {
+                return false;
+            }
+            frames.extend(st.credits.drain(..).map(|(kind, id, n)| Outgoing::Credit(kind, id, n)));
+            st.returned.clear();
+            (std::mem::take(&mut st.ready), std::mem::take(&mut st.finished))
+        };
+        for s in &ready {
+            if s.take_sendable(frames) {
+                finished.push(s.id);
+            }
+        }
+        if !finished.is_empty() {
+            self.state.lock().subs.retain(|s| !finished.contains(&s.id));
+            let mut outputs = env.outputs.lock();
+            for id in &finished {
+                outputs.remove(id);
+            }
+        }
+        true
+    }
+
+    /// The writer of a plain TCP connection. Each round, under the wire lock, it sends what
+    /// [`PeerLink::collect`] finds after what earlier rounds or other threads left queued; then
+    /// it waits for the socket to drain if something is still queued, else until notified.
+    /// Returns `Ok` when the link broke, an error when a write (its own or a thread's) failed.
+    async fn write_loop_direct(self: Arc<Self>, env: &NetworkEnvironment, socket: Arc<OwnedWriteHalf>) -> std::io::Result<()> {
+        loop {
+            let blocked = {
+                let mut guard = self.wire.lock();
+                let Some(wire) = guard.as_mut() else { return Ok(()) };
+                if let Some(e) = wire.failed.take() {
+                    return Err(e);
+                }
+                if !self.collect(env, &mut wire.frames) {
+                    *guard = None;
+                    return Ok(());
+                }
+                wire.send();
+                if let Some(e) = wire.failed.take() {
+                    return Err(e);
+                }
+                !wire.pending.is_empty()
+            };
+            if blocked {
+                socket.writable().await?;
+            } else {
+                self.notify.notified().await;
+            }
+        }
+    }
+
+    /// The writer of a TLS connection: each round sends what [`PeerLink::collect`] finds
+    /// through a buffer; with nothing left it flushes the buffer and sleeps until notified.
+    /// Returns `Ok` only when the link broke.
     async fn write_loop(self: Arc<Self>, env: &NetworkEnvironment, write: WriteHalf) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(256 << 10, write);
         let mut frames: Vec<Outgoing> = Vec::new();
         let mut head = BytesMut::with_capacity(64);
+        let mut chunks = VecDeque::new();
         loop {
-            {
-                let mut st = self.state.lock();
-                if st.broken.is_some() {
-                    return Ok(());
-                }
-                frames.extend(st.credits.drain(..).map(|(kind, id, n)| Outgoing::Credit(kind, id, n)));
-                st.returned.clear();
-                let ready: Vec<_> = st.ready.drain(..).collect();
-                drop(st);
-                let mut finished = Vec::new();
-                for s in &ready {
-                    if s.take_sendable(&mut frames) {
-                        finished.push(s.id);
-                    }
-                }
-                if !finished.is_empty() {
-                    self.state.lock().subs.retain(|s| !finished.contains(&s.id));
-                    let mut outputs = env.outputs.lock();
-                    for id in &finished {
-                        outputs.remove(id);
-                    }
-                }
+            if !self.collect(env, &mut frames) {
+                return Ok(());
             }
             if frames.is_empty() {
                 out.flush().await?;
                 self.notify.notified().await;
                 continue;
             }
-            for f in frames.drain(..) {
-                head.clear();
-                match f {
-                    Outgoing::Credit(kind, id, n) => {
-                        frame::put_frame_header(&mut head, kind, Some(&id), 4);
-                        head.extend_from_slice(&n.to_be_bytes());
-                        out.write_all(&head).await?;
-                    }
-                    Outgoing::Frame(id, Queued::Event(body)) => {
-                        frame::put_frame_header(&mut head, EVENT, Some(&id), body.len());
-                        out.write_all(&head).await?;
-                        out.write_all(&body).await?;
-                    }
-                    Outgoing::Frame(id, Queued::Priority(body)) => {
-                        frame::put_frame_header(&mut head, PRIORITY_EVENT, Some(&id), body.len());
-                        out.write_all(&head).await?;
-                        out.write_all(&body).await?;
-                    }
-                    Outgoing::Frame(id, Queued::Buffer { schema, buffer }) => {
-                        if let Some(schema) = schema {
-                            frame::put_frame_header(&mut head, SCHEMA, Some(&id), schema.len());
-                            head.extend_from_slice(&schema);
-                        }
-                        frame::put_frame_header(&mut head, BUFFER, Some(&id), buffer.len());
-                        out.write_all(&head).await?;
-                        for part in buffer.parts() {
-                            out.write_all(part).await?;
-                        }
-                    }
-                }
+            gather(&mut frames, &mut head, &mut chunks);
+            for chunk in chunks.drain(..) {
+                out.write_all(&chunk).await?;
             }
         }
     }
@@ -785,6 +872,104 @@ impl PeerLink {
             }
         }
     }
+}
+
+/// The socket of a plain TCP connection and what waits to be written to it (see "Threads" in
+/// the module header); behind the link's wire lock.
+struct DirectWire {
+    socket: Arc<OwnedWriteHalf>,
+    /// Frames taken from the queues, on their way to `pending` (kept for its allocation).
+    frames: Vec<Outgoing>,
+    /// Frame headers and small frames, before they are cut into `pending`.
+    head: BytesMut,
+    /// Bytes queued for the socket that it has not taken yet, in order: headers, and the
+    /// buffers' own bytes (not copied).
+    pending: VecDeque<Bytes>,
+    /// The error of a write on another thread than the writer's: the writer breaks the link.
+    failed: Option<std::io::Error>,
+}
+
+impl DirectWire {
+    fn new(socket: Arc<OwnedWriteHalf>) -> Self {
+        Self { socket, frames: Vec::new(), head: BytesMut::with_capacity(4096), pending: VecDeque::new(), failed: None }
+    }
+
+    /// Turns `frames` into bytes behind what is pending, and writes as much as the socket takes
+    /// without blocking. Returns whether the writer must take over: bytes are left, or the
+    /// write failed (`failed` is set).
+    fn send(&mut self) -> bool {
+        gather(&mut self.frames, &mut self.head, &mut self.pending);
+        if let Err(e) = write_pending(&self.socket, &mut self.pending) {
+            self.failed = Some(e);
+            self.pending.clear();
+            return true;
+        }
+        !self.pending.is_empty()
+    }
+}
+
+/// Appends the wire form of `frames` (drained) to `out`: headers, credit frames and events are
+/// written into `head` and cut off as one chunk before each buffer; a buffer's parts follow as
+/// they are (reference-counted, not copied).
+fn gather(frames: &mut Vec<Outgoing>, head: &mut BytesMut, out: &mut VecDeque<Bytes>) {
+    for f in frames.drain(..) {
+        match f {
+            Outgoing::Credit(kind, id, n) => {
+                frame::put_frame_header(head, kind, Some(&id), 4);
+                head.extend_from_slice(&n.to_be_bytes());
+            }
+            Outgoing::Frame(id, Queued::Event(body)) => {
+                frame::put_frame_header(head, EVENT, Some(&id), body.len());
+                head.extend_from_slice(&body);
+            }
+            Outgoing::Frame(id, Queued::Priority(body)) => {
+                frame::put_frame_header(head, PRIORITY_EVENT, Some(&id), body.len());
+                head.extend_from_slice(&body);
+            }
+            Outgoing::Frame(id, Queued::Buffer { schema, buffer }) => {
+                if let Some(schema) = schema {
+                    frame::put_frame_header(head, SCHEMA, Some(&id), schema.len());
+                    head.extend_from_slice(&schema);
+                }
+                frame::put_frame_header(head, BUFFER, Some(&id), buffer.len());
+                out.push_back(head.split().freeze());
+                out.extend(buffer.parts().iter().filter(|p| !p.is_empty()).cloned());
+            }
+        }
+    }
+    if !head.is_empty() {
+        out.push_back(head.split().freeze());
+    }
+}
+
+/// Slices per `writev` (Linux takes up to 1024).
+const MAX_IOVECS: usize = 64;
+
+/// Writes `pending` to `socket` without blocking, as far as the socket takes it: the written
+/// bytes leave `pending`, the rest stays. An error other than "would block" is returned.
+fn write_pending(socket: &OwnedWriteHalf, pending: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !pending.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = pending.iter().take(MAX_IOVECS).map(|b| std::io::IoSlice::new(b)).collect();
+        let mut written = match socket.try_write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while written > 0 {
+            let front = pending.front_mut().expect("written bytes were pending");
+            if written >= front.len() {
+                written -= front.len();
+                pending.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The [`CreditReturn`] of a gate with remote channels: the buffers its task takes go back to
@@ -944,7 +1129,7 @@ impl RemoteSubpartition {
         }
         st.ended |= ends;
         Self::enqueue(&mut st, queued)?;
-        self.schedule_unlocking(st);
+        self.send_unlocking(st);
         Ok(())
     }
 
@@ -963,18 +1148,25 @@ impl RemoteSubpartition {
         Ok(())
     }
 
-    /// Puts the sending end on its link's ready list, unless it is there already.
+    /// Puts the sending end on its link's ready list (unless it is there already) and wakes the
+    /// link's writer.
     fn schedule(self: &Arc<Self>) {
-        self.schedule_unlocking(self.state.lock());
-    }
-
-    /// [`RemoteSubpartition::schedule`] for a caller that holds the state's lock: marks the
-    /// end scheduled, releases the lock, then (if it was not scheduled) wakes the link's writer.
-    fn schedule_unlocking(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, SubState>) {
-        let schedule = !std::mem::replace(&mut st.scheduled, true);
-        drop(st);
+        let schedule = !std::mem::replace(&mut self.state.lock().scheduled, true);
         if schedule {
             self.link.schedule(self.clone());
+        }
+    }
+
+    /// For a caller that changed the queue or the credits: releases the lock, then, if a frame
+    /// can go now, sends on this thread over a plain TCP connection (see "Threads" in the module
+    /// header), or schedules the end for the writer. If nothing can go (no announcement yet, a
+    /// buffer at the head without credit, a failed channel), the credit that lets it go will
+    /// send it.
+    fn send_unlocking(self: &Arc<Self>, st: parking_lot::MutexGuard<'_, SubState>) {
+        let sendable = st.announced && st.failure.is_none() && st.queue.front().is_some_and(|q| !q.is_buffer() || st.credits > 0);
+        drop(st);
+        if sendable && !self.link.send_direct(Some(self.as_ref()), None) {
+            self.schedule();
         }
     }
 
@@ -1003,7 +1195,7 @@ impl RemoteSubpartition {
         let at = st.queue.iter().rposition(|q| !q.is_buffer()).map_or(0, |i| i + 1);
         let overtaken = Self::buffers_in(st.queue.range(at..));
         st.queue.insert(at, Queued::Priority(event.encode()));
-        self.schedule_unlocking(st);
+        self.send_unlocking(st);
         Ok(overtaken)
     }
 
@@ -1033,19 +1225,17 @@ impl RemoteSubpartition {
         let at = st.queue.range(..pos).rposition(|q| !q.is_buffer()).map_or(0, |i| i + 1);
         let overtaken = Self::buffers_in(st.queue.range(at..pos));
         st.queue.insert(at, Queued::Priority(Event::Barrier(crate::buffer::Barrier { unaligned: true, ..b }).encode()));
-        self.schedule_unlocking(st);
+        self.send_unlocking(st);
         Some(overtaken)
     }
 
     /// Grants `n` credits; the first grant (from the `ANNOUNCE`) also allows sending at all.
-    /// Puts the sending end on the ready list: it may have buffers waiting for them.
+    /// Sends what waited for them.
     fn add_credit(self: &Arc<Self>, n: u32) {
-        {
-            let mut st = self.state.lock();
-            st.credits = st.credits.saturating_add(n);
-            st.announced = true;
-        }
-        self.schedule();
+        let mut st = self.state.lock();
+        st.credits = st.credits.saturating_add(n);
+        st.announced = true;
+        self.send_unlocking(st);
     }
 
     /// Fails the channel: queued frames are discarded and the sending task wakes; its next push
@@ -1193,6 +1383,64 @@ mod tests {
         .unwrap();
         assert_eq!(received, (0..10).collect::<Vec<_>>());
         sender.join().unwrap();
+    }
+
+    /// Four channels over one link, each fed by its own thread, with buffers far larger than
+    /// the socket takes at once: the sending threads write directly, leave what the socket did
+    /// not take to the writer (which must have happened), and every channel's buffers still
+    /// arrive whole and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_sends_keep_each_channels_order_when_the_socket_is_full() {
+        const CHANNELS: u32 = 4;
+        const BUFFERS: i64 = 60;
+        const ROWS: usize = 100_000; // 800 KB a buffer
+        let a = start("tm-a", 2).await;
+        let b = start("tm-b", 2).await;
+        let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+        let mut receivers = Vec::new();
+        let mut senders = Vec::new();
+        for c in 0..CHANNELS {
+            let id = ChannelId { job: 7, attempt: 0, edge: 0, from: c, to: 0 };
+            let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))], 4);
+            let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
+            b.register_input(id, gate.clone(), 0, "tm-a", &a_addr);
+            receivers.push(tokio::task::spawn_blocking(move || {
+                let mut next = 0;
+                loop {
+                    match gate.poll(Some(Instant::now() + Duration::from_secs(60))) {
+                        GatePoll::Item(_, Item::Encoded(encoded)) => {
+                            let batch = encoded.decode().unwrap();
+                            let col = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                            assert_eq!(col.len(), ROWS);
+                            assert!(col.values().iter().all(|&v| v == next), "buffer {next} arrived whole and in order");
+                            next += 1;
+                        }
+                        GatePoll::Item(_, Item::Event(Event::EndOfPartition)) => {}
+                        GatePoll::Finished => return next,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }));
+            let sub = a.register_output(id, "tm-b", &b_addr);
+            senders.push(std::thread::spawn(move || {
+                for v in 0..BUFFERS {
+                    let rows = Int64Array::from(vec![v; ROWS]);
+                    sub.push_blocking(Item::Buffer(RecordBatch::try_from_iter(vec![("v", Arc::new(rows) as _)]).unwrap())).unwrap();
+                }
+                sub.push_blocking(Item::Event(Event::EndOfPartition)).unwrap();
+            }));
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        for r in receivers {
+            assert_eq!(r.await.unwrap(), BUFFERS);
+        }
+        let link = a.peers.lock().get("tm-b").cloned().expect("the link to tm-b");
+        assert!(
+            link.handed_over.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "the socket must have been full at least once, so that the writer took over"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

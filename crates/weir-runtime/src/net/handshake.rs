@@ -236,21 +236,30 @@ impl std::fmt::Debug for Connection {
 
 /// The read half of a connection, for the link's reader.
 pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
-/// The write half of a connection, for the link's writer.
+/// The write half of a TLS connection, for the link's writer.
 pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// The write half of a connection.
+pub(super) enum WriteSide {
+    /// A plain TCP socket: written without blocking (`try_write_vectored`) by whichever thread
+    /// has frames to send, under the link's wire lock.
+    Plain(tokio::net::tcp::OwnedWriteHalf),
+    /// A TLS stream: only the link's writer task writes it.
+    Tls(WriteHalf),
+}
+
 impl Connection {
-    /// Splits for one reader and one writer task: a TCP socket without a lock between the
+    /// Splits for one reader task and the writers: a TCP socket without a lock between the
     /// halves; a TLS stream (one session state) with tokio's split.
-    pub(super) fn into_split(self) -> (ReadHalf, WriteHalf) {
+    pub(super) fn into_split(self) -> (ReadHalf, WriteSide) {
         match self {
             Connection::Plain(tcp) => {
                 let (r, w) = tcp.into_split();
-                (Box::new(r), Box::new(w))
+                (Box::new(r), WriteSide::Plain(w))
             }
             Connection::Tls(tls) => {
                 let (r, w) = tokio::io::split(*tls);
-                (Box::new(r), Box::new(w))
+                (Box::new(r), WriteSide::Tls(Box::new(w)))
             }
         }
     }
