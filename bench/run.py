@@ -17,6 +17,8 @@ import tempfile
 ROWS = 100_000_000
 # Runs per case; the median is printed (one run on this noisy 2-core machine varies by 30%).
 REPEAT = 3
+# Interleaved rounds of the two parallelism-2 cases (local and TCP data plane).
+REPEAT_PAIR = 7
 
 KEYED_COUNT = """
 name: keyed-count
@@ -85,6 +87,8 @@ def main():
         ("keyed count (datagen -> key_by -> count -> blackhole, 100k keys), hashmap", KEYED_COUNT, 1, []),
         ("keyed count, hashmap, 1 TaskManager (in-memory channels)", KEYED_COUNT, 2, []),
         ("keyed count, hashmap, 2 TaskManagers (TCP data plane)", KEYED_COUNT, 2, two_tms),
+        ("keyed count, hashmap, 2 TaskManagers (TCP), 128 KiB network buffers", KEYED_COUNT, 2,
+         two_tms + ["-D", "taskmanager.memory.segment-size=128kb"]),
         ("keyed count, rocksdb, checkpoints every 1 s (write-back aggregate cache)", KEYED_COUNT, 1,
          ["-D", "state.backend.type=rocksdb", "-D", "execution.checkpointing.interval=1s"]),
         ("keyed count, rocksdb, checkpoints every 1 s, cache off (multi_get + WriteBatch)", KEYED_COUNT, 1,
@@ -104,15 +108,33 @@ def main():
         previous = {}
     figures = {}
     print(f"{'job':<84} {'p':>2} {'rows':>12} {'seconds':>8} {'M rows/s':>9} {'previous':>9}  (median of {REPEAT})")
+    # The parallelism-2 cases run interleaved, REPEAT_PAIR rounds of one each, so the machine's
+    # drift from minute to minute (up to 30% here) falls on all alike; the ratio of a TCP case
+    # to the local one is the data plane's cost.
+    local, tcps = cases[1], cases[2:4]
+    pair = {c[0]: [] for c in [local, *tcps]}
+    for name, job, p, extra in (local, *tcps):
+        run(weir, job, p, 1_000_000, extra)  # warm-up
+    for _ in range(REPEAT_PAIR):
+        for name, job, p, extra in (local, *tcps):
+            pair[name].append(run(weir, job, p, rows, extra))
     for name, job, p, extra in cases:
         n = rows // 10 if "rocksdb" in name else rows
         n = n // 10 if "cache off" in name or "general" in name else n
-        run(weir, job, p, min(n, 1_000_000), extra)  # warm-up (page cache, allocator)
-        secs = statistics.median(run(weir, job, p, n, extra) for _ in range(REPEAT))
+        if name in pair:
+            secs = statistics.median(pair[name])
+        else:
+            run(weir, job, p, min(n, 1_000_000), extra)  # warm-up (page cache, allocator)
+            secs = statistics.median(run(weir, job, p, n, extra) for _ in range(REPEAT))
         figures[name] = round(n / secs / 1e6, 2)
         before = previous.get(name)
         before = f"{before:>9.2f}" if isinstance(before, (int, float)) else f"{'-':>9}"
         print(f"{name:<84} {p:>2} {n:>12,} {secs:>8.2f} {n / secs / 1e6:>9.2f} {before}", flush=True)
+        if name in (t[0] for t in tcps):
+            ratios = sorted(l / t for l, t in zip(pair[local[0]], pair[name]))
+            print(f"{'  its throughput / 1 TaskManager, per interleaved round (median, min .. max)':<84} {'':>2} {'':>12} {'':>8} "
+                  f"{statistics.median(ratios):>8.0%}   {ratios[0]:.0%} .. {ratios[-1]:.0%}", flush=True)
+            figures[name + ": TCP / local"] = round(statistics.median(ratios), 3)
     os.makedirs(os.path.join(here, "out"), exist_ok=True)
     with open(os.path.join(here, "out", "run.json"), "w") as f:
         json.dump(figures, f, indent=2)

@@ -135,8 +135,11 @@ const DIAL_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::fr
 /// TaskManagers need (a channel waits only until its sending task is deployed), low enough that
 /// a peer cannot fill memory with announcements of channels that never come.
 pub const MAX_PENDING_ANNOUNCES: usize = 1 << 18;
-/// The reader's buffer: many small frames (credits, events) per system call.
-const READ_BUFFER: usize = 64 << 10;
+/// The reader's buffer: many small frames (credits, events) per system call, yet small enough
+/// that most of a buffer's body (a segment, 32 KiB by default) skips it and is read straight
+/// into the body's own allocation (tokio's `BufReader` reads past its buffer when it is empty
+/// and the read is larger).
+const READ_BUFFER: usize = 8 << 10;
 /// Connections in their handshake at once; more are closed at once. A TaskManager dials each
 /// peer once, so this is far above what a cluster needs, and bounds what strangers that connect
 /// and say nothing cost until their handshake times out.
