@@ -106,7 +106,7 @@ pub struct RocksDbBackend {
 #[derive(Default)]
 struct AggregateCache {
     /// Composite key → (value, `None` if the database has none; dirty).
-    entries: hashbrown::HashMap<Box<[u8]>, (Option<i64>, bool)>,
+    entries: hashbrown::HashMap<CacheKey, (Option<i64>, bool)>,
     /// What the entries take, approximately (key bytes plus a fixed overhead each).
     bytes: usize,
     /// The bound in bytes; 0 turns the cache off.
@@ -115,9 +115,62 @@ struct AggregateCache {
     scratch: Vec<u8>,
 }
 
-/// Bytes an entry takes beyond its key: the boxed slice, the value, the dirty flag and the
-/// table's own slot.
+/// Bytes an entry takes beyond its key: the key's slot, the value, the dirty flag and the
+/// table's own control byte.
 const ENTRY_OVERHEAD: usize = 48;
+
+/// Composite keys up to this long are kept inside the table's slot: the keyed count's (an i64
+/// key in a short-named state) is 22 bytes.
+const INLINE_KEY: usize = 30;
+
+/// A composite key in the aggregate cache. A short key is stored inline, so a lookup compares
+/// bytes in the slot it probes instead of following a pointer to the heap (that miss was most
+/// of the cache's time: `bench/profile.py`); a longer one is boxed. Equal and hashed as its
+/// bytes, so the table is probed with a `&[u8]`.
+#[derive(Clone)]
+enum CacheKey {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
+
+impl CacheKey {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            CacheKey::Inline(key.len() as u8, bytes)
+        } else {
+            CacheKey::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            CacheKey::Inline(len, bytes) => &bytes[..*len as usize],
+            CacheKey::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
+impl hashbrown::Equivalent<CacheKey> for [u8] {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        self == key.as_slice()
+    }
+}
 
 impl AggregateCache {
     /// Writes the dirty entries in one batch and marks them clean.
@@ -126,8 +179,8 @@ impl AggregateCache {
         for (k, (v, dirty)) in self.entries.iter_mut() {
             if *dirty {
                 match v {
-                    Some(v) => batch.put(k, v.to_le_bytes()),
-                    None => batch.delete(k),
+                    Some(v) => batch.put(k.as_slice(), v.to_le_bytes()),
+                    None => batch.delete(k.as_slice()),
                 }
                 *dirty = false;
             }
@@ -150,7 +203,7 @@ impl AggregateCache {
             if bytes <= target {
                 return true;
             }
-            bytes -= k.len() + ENTRY_OVERHEAD;
+            bytes -= k.as_slice().len() + ENTRY_OVERHEAD;
             false
         });
         self.bytes = bytes;
@@ -558,7 +611,7 @@ impl KeyedStateBackend for RocksDbBackend {
                 None => {
                     let stored = self.db.get(&buf).map_err(db_err(&path))?.map(|b| crate::keyed::decode_i64(&b));
                     let new = fold(agg, stored, v);
-                    cache.entries.insert(buf.as_slice().into(), (Some(new), true));
+                    cache.entries.insert(CacheKey::new(&buf), (Some(new), true));
                     cache.bytes += buf.len() + ENTRY_OVERHEAD;
                     new
                 }

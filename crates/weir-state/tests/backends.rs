@@ -332,6 +332,39 @@ async fn the_rocksdb_aggregate_cache_gives_the_same_counts_with_ten_times_more_k
     assert_eq!(count_all(&mut restored, &batches[100..]), rest);
 }
 
+/// String keys, short ones (whose composite keys the cache keeps inline) and long ones (kept
+/// boxed), summed through a cache that holds a tenth of them: the same sums as in memory, and
+/// the same values read back after the cache is flushed and dropped.
+#[test]
+fn the_rocksdb_aggregate_cache_keeps_short_and_long_string_keys_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let range = KeyGroupRange::new(0, MAX_P);
+    let key = |i: u64| if i % 3 == 0 { format!("k{i}") } else { format!("a-key-long-enough-to-be-kept-boxed-{i}") };
+    let batches: Vec<Vec<String>> = (0..100u64).map(|b| (0..100u64).map(|r| key((b * 7919 + r * 104_729) % 1_000)).collect()).collect();
+    let sum_all = |b: &mut StateBackend| {
+        let (mut all, mut out) = (Vec::new(), Vec::new());
+        for (n, keys) in batches.iter().enumerate() {
+            let arr = arrow_array::StringArray::from(keys.clone());
+            let values = arrow_array::Int64Array::from(vec![n as i64; keys.len()]);
+            b.keyed().aggregate_batch("sum", Keys::Utf8(&arr), Some(&values), weir_core::graph::AggKind::Sum, &mut out).unwrap();
+            all.extend_from_slice(&out);
+        }
+        all
+    };
+    let mut memory = StateBackend::create(BackendKind::HashMap, dir.path(), MAX_P, range).unwrap();
+    let mut cached = StateBackend::create(BackendKind::RocksDb, dir.path(), MAX_P, range).unwrap();
+    cached.set_aggregate_cache(100 * (60 + 48)).unwrap();
+    assert_eq!(sum_all(&mut cached), sum_all(&mut memory));
+    cached.set_aggregate_cache(0).unwrap(); // flushes and drops the cache: reads go to RocksDB
+    for i in 0..1_000 {
+        let mut c = KeyContext::default();
+        c.set_key(key(i).as_bytes(), MAX_P);
+        let mut composite = Vec::new();
+        keyed::composite_key(&mut composite, c.key_group, "sum", &c.key, &[]);
+        assert_eq!(cached.keyed().get(&composite).unwrap(), memory.keyed().get(&composite).unwrap(), "key {}", key(i));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_checkpoints_stay_incremental_behind_the_aggregate_cache() {
     let dir = tempfile::tempdir().unwrap();
