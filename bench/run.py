@@ -132,8 +132,10 @@ def main():
         print(f"{name:<84} {p:>2} {n:>12,} {secs:>8.2f} {n / secs / 1e6:>9.2f} {before}", flush=True)
         if name in (t[0] for t in tcps):
             ratios = sorted(l / t for l, t in zip(pair[local[0]], pair[name]))
-            print(f"{'  its throughput / 1 TaskManager, per interleaved round (median, min .. max)':<84} {'':>2} {'':>12} {'':>8} "
-                  f"{statistics.median(ratios):>8.0%}   {ratios[0]:.0%} .. {ratios[-1]:.0%}", flush=True)
+            before = previous.get(name + ": TCP / local")
+            before = f"{before:>9.0%}" if isinstance(before, (int, float)) else f"{'-':>9}"
+            print(f"{'  its throughput / 1 TaskManager, per interleaved round (median; min .. max)':<84} {'':>2} {'':>12} {'':>8} "
+                  f"{statistics.median(ratios):>9.0%} {before}  {ratios[0]:.0%} .. {ratios[-1]:.0%}", flush=True)
             figures[name + ": TCP / local"] = round(statistics.median(ratios), 3)
     os.makedirs(os.path.join(here, "out"), exist_ok=True)
     with open(os.path.join(here, "out", "run.json"), "w") as f:
