@@ -807,18 +807,16 @@ impl PeerLink {
             let blocked = {
                 let mut guard = self.wire.lock();
                 let Some(wire) = guard.as_mut() else { return Ok(()) };
-                if let Some(e) = wire.failed.take() {
-                    return Err(e);
-                }
                 if !self.collect(env, &mut wire.frames) {
                     *guard = None;
                     return Ok(());
                 }
-                wire.send();
+                // A failed write, this round's or another thread's, breaks the link.
+                let blocked = wire.send();
                 if let Some(e) = wire.failed.take() {
                     return Err(e);
                 }
-                !wire.pending.is_empty()
+                blocked
             };
             if blocked {
                 socket.writable().await?;
@@ -953,8 +951,9 @@ const MAX_IOVECS: usize = 64;
 fn write_pending(socket: &OwnedWriteHalf, pending: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     use bytes::Buf;
     while !pending.is_empty() {
-        let slices: Vec<std::io::IoSlice<'_>> = pending.iter().take(MAX_IOVECS).map(|b| std::io::IoSlice::new(b)).collect();
-        let mut written = match socket.try_write_vectored(&slices) {
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
+        let n = pending.iter().zip(slices.iter_mut()).map(|(b, s)| *s = std::io::IoSlice::new(b)).count();
+        let mut written = match socket.try_write_vectored(&slices[..n]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
