@@ -135,7 +135,9 @@ keys! {
     SEGMENT_SIZE = "taskmanager.memory.segment-size", "32kb", Size,
         "Target size of one network buffer: output is flushed when a channel's buffer reaches it.";
     BUFFERS_PER_CHANNEL = "taskmanager.network.memory.buffers-per-channel", "4", Int { min: 1 },
-        "Credits (buffers) a receiver grants each input channel.";
+        "Credits (buffers) a receiver grants each input channel: its exclusive buffers.";
+    FLOATING_BUFFERS_PER_GATE = "taskmanager.network.memory.floating-buffers-per-gate", "8", Int { min: 0 },
+        "Extra credits an input gate with remote channels grants, on top of the exclusive ones, to the channels whose senders report a backlog.";
     SENDER_QUEUE_BUFFERS = "taskmanager.network.sender-queue-buffers", "4", Int { min: 1 },
         "Buffers a sender may queue per output channel before its task blocks.";
     NETWORK_MEMORY_MAX = "taskmanager.memory.network.max", "512mb", Size,

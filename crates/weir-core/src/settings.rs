@@ -244,6 +244,8 @@ pub struct NetworkConfig {
     pub segment_size: usize,
     /// Credits a receiver grants each input channel.
     pub buffers_per_channel: usize,
+    /// Floating credits of an input gate with remote channels, for channels with a backlog.
+    pub floating_buffers_per_gate: usize,
     /// Buffers a sender queues per output channel before its task is backpressured.
     pub sender_queue_buffers: usize,
     /// Longest time rows wait in a partly filled output buffer.
@@ -257,6 +259,7 @@ impl NetworkConfig {
         Self {
             segment_size: c.size(keys::SEGMENT_SIZE) as usize,
             buffers_per_channel: c.int(keys::BUFFERS_PER_CHANNEL) as usize,
+            floating_buffers_per_gate: c.int(keys::FLOATING_BUFFERS_PER_GATE) as usize,
             sender_queue_buffers: c.int(keys::SENDER_QUEUE_BUFFERS) as usize,
             buffer_timeout: c.duration(keys::BUFFER_TIMEOUT),
             memory_max: c.size(keys::NETWORK_MEMORY_MAX),

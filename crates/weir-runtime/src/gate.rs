@@ -5,7 +5,13 @@
 //! queued until the task takes it; taking it returns the credit to the sender: a remote sender
 //! gets a credit frame over TCP, a local sender's task is woken once its channel has room again.
 //! A remote sender only sends against credits, so a remote channel holds at most `credits`
-//! buffers. A local sender never blocks: it checks [`InputGate::has_room`] before it takes its
+//! buffers, plus the floating credits it holds: a gate with remote channels has a pool of
+//! them (`taskmanager.network.memory.floating-buffers-per-gate`, [`InputGate::with_floating`]),
+//! granted to a channel whose sender reports a backlog (the buffers it has queued behind the
+//! one that arrived) and given back to the pool as the task takes buffers once the sender
+//! reports none, or when the channel ends. Credits go back to a remote sender half a window
+//! at a time (one at a time with fewer than 4): fewer `CREDIT` frames, never a stall, since a
+//! sender out of credit has its whole window in flight, queued here or taken. A local sender never blocks: it checks [`InputGate::has_room`] before it takes its
 //! next input, and may overdraw a channel by what one input batch produces (FLIP-227). Either
 //! way a slow task stops its senders, which stop theirs: backpressure reaches the sources with
 //! bounded memory. Events take no slot.
@@ -41,12 +47,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Returns credits to a remote sender. Called by the gate when a buffer from a remote channel
-/// was taken by the task.
+/// Returns or grants credits to a remote sender: called by the gate, outside its lock, when
+/// the task took half a window of buffers from a remote channel, or when the channel is granted
+/// floating credits.
 pub trait CreditReturn: Send + Sync {
-    /// Credits one buffer back for gate channel `channel`. Called once per buffer the task took
-    /// (never for events), outside the gate's lock.
-    fn return_credit(&self, channel: usize);
+    /// Gives the sender of gate channel `channel` `n` more credits.
+    fn return_credit(&self, channel: usize, n: u32);
 }
 
 /// One queued item.
@@ -70,6 +76,13 @@ struct ChannelQueue {
     blocked: bool,
     /// The waker of the local task sending on this channel, told when the channel regains room.
     sender: Option<Arc<Waker>>,
+    /// Floating credits this remote channel holds (granted to its sender, in flight, queued or
+    /// taken and not returned yet): its window is `credits + floating`.
+    floating: usize,
+    /// The backlog the channel's sender reported with its last buffer.
+    backlog: usize,
+    /// Buffers the task took whose credits have not gone back to the sender yet.
+    unreturned: usize,
 }
 
 impl ChannelQueue {
@@ -97,6 +110,8 @@ struct GateInner {
     announce: bool,
     /// Aligned barriers that arrived and were not announced to the task yet, with their channel.
     announcements: VecDeque<(usize, crate::buffer::Barrier)>,
+    /// Floating credits no channel holds.
+    floating_free: usize,
 }
 
 /// What [`InputGate::try_poll`] and [`InputGate::poll`] return.
@@ -154,12 +169,25 @@ impl InputGate {
                 ended: 0,
                 announce: false,
                 announcements: VecDeque::new(),
+                floating_free: 0,
             }),
             waker,
             space: Condvar::new(),
             credits,
             remote,
         }
+    }
+
+    /// Gives the gate a pool of `n` floating credits for its remote channels (see the module
+    /// header).
+    pub fn with_floating(self, n: usize) -> Self {
+        self.inner.lock().floating_free = n;
+        self
+    }
+
+    /// Floating credits no channel holds (for tests and metrics).
+    pub fn floating_free(&self) -> usize {
+        self.inner.lock().floating_free
     }
 
     /// The receiving task's waker.
@@ -247,21 +275,48 @@ impl InputGate {
         Ok(())
     }
 
-    /// Queues an item from the network. The remote sender only sends buffers against credits
-    /// this gate granted, so this never waits: a buffer beyond them is an error (the sender
-    /// ignores flow control; the caller closes its connection). Items arriving after the gate
-    /// failed are dropped.
+    /// Queues an item from the network: an event, or a buffer whose sender reported no backlog
+    /// (see [`InputGate::push_remote_buffer`]).
     pub fn push_remote(&self, channel: usize, item: Item) -> Result<(), String> {
+        self.push_remote_buffer(channel, item, 0)
+    }
+
+    /// Queues a buffer from the network, whose sender has `backlog` more queued behind it. The
+    /// remote sender only sends buffers against credits this gate granted, so this never waits:
+    /// a buffer beyond them is an error (the sender ignores flow control; the caller closes its
+    /// connection). Grants the channel floating credits, if the pool has some, so that its
+    /// sender has room for its backlog and a full window behind it (Flink's rule). Items
+    /// arriving after the gate failed are dropped.
+    pub fn push_remote_buffer(&self, channel: usize, item: Item, backlog: usize) -> Result<(), String> {
         let mut inner = self.inner.lock();
         if inner.failure.is_some() {
             return Ok(());
         }
-        if item.is_buffer() && inner.channels[channel].buffers >= self.credits {
-            return Err(format!("a buffer beyond the {} credits granted", self.credits));
+        let mut grant = 0;
+        if item.is_buffer() {
+            let q = &mut inner.channels[channel];
+            let window = self.credits + q.floating;
+            if q.buffers >= window {
+                return Err(format!("a buffer beyond the {window} credits granted"));
+            }
+            q.backlog = backlog;
+            if backlog > 0 {
+                // The sender's unused credits, at most (some may be in flight towards us).
+                let sender_free = window.saturating_sub(q.buffers + 1 + q.unreturned);
+                let want = (self.credits + backlog).saturating_sub(sender_free);
+                grant = want.min(inner.floating_free);
+                inner.floating_free -= grant;
+                inner.channels[channel].floating += grant;
+            }
         }
         Self::enqueue(&mut inner, channel, item);
         drop(inner);
         self.waker.notify();
+        if grant > 0 {
+            if let Some(r) = &self.remote[channel] {
+                r.return_credit(channel, grant as u32);
+            }
+        }
         Ok(())
     }
 
@@ -398,6 +453,13 @@ impl InputGate {
         if is_buffer {
             q.buffers -= 1;
         }
+        let returned = if is_buffer && self.remote[ch].is_some() {
+            let GateInner { channels, floating_free, .. } = &mut *inner;
+            Self::take_credit(&mut channels[ch], self.credits, floating_free)
+        } else {
+            0
+        };
+        let q = &mut inner.channels[ch];
         let regained_room = is_buffer && q.buffers + 1 == self.credits;
         let sender = if regained_room && self.remote[ch].is_none() { q.sender.clone() } else { None };
         let (empty, next_priority, blocked) = (q.items.is_empty(), q.priority_at_head(), q.blocked);
@@ -417,11 +479,15 @@ impl InputGate {
         }
         if matches!(entry.item, Item::Event(Event::EndOfPartition)) {
             inner.ended += 1;
+            // Nothing more comes on this channel: its floating credits go back to the pool.
+            let floating = std::mem::take(&mut inner.channels[ch].floating);
+            inner.floating_free += floating;
         }
         drop(inner);
         if is_buffer {
             match &self.remote[ch] {
-                Some(r) => r.return_credit(ch),
+                Some(r) if returned > 0 => r.return_credit(ch, returned),
+                Some(_) => {}
                 None => {
                     self.space.notify_all();
                     if let Some(s) = sender {
@@ -434,6 +500,28 @@ impl InputGate {
             (Some(_), Item::Event(event)) => GatePoll::Priority { channel: ch, event, overtaken },
             (_, item) => GatePoll::Item(ch, item),
         }
+    }
+
+    /// The credit of a buffer the task took from remote channel `q` (window `credits` plus its
+    /// floating credits): back to the pool if the channel holds floating credits and its sender
+    /// reported no backlog; otherwise counted. The counted credits go back once half the window
+    /// (one with fewer than 4) waits, checked after every take, also one that shrank the window:
+    /// so what waits is always less than half the window, and a sender out of credit always has
+    /// buffers in flight or queued here, whose taking returns its credits. Returns the credits
+    /// to send back now.
+    fn take_credit(q: &mut ChannelQueue, credits: usize, floating_free: &mut usize) -> u32 {
+        if q.floating > 0 && q.backlog == 0 {
+            q.floating -= 1;
+            *floating_free += 1;
+        } else {
+            q.unreturned += 1;
+        }
+        let window = credits + q.floating;
+        let batch = if window < 4 { 1 } else { window / 2 };
+        if q.unreturned == 0 || q.unreturned < batch {
+            return 0;
+        }
+        std::mem::take(&mut q.unreturned) as u32
     }
 
     /// Takes the next item, waiting on the gate's waker until `deadline` at the latest: for
@@ -466,7 +554,7 @@ impl InputGate {
     /// channel overdrawn by its sender counts as none left).
     pub fn queue_and_credit(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        inner.channels.iter().fold((0, 0), |(q, c), ch| (q + ch.buffers, c + self.credits.saturating_sub(ch.buffers)))
+        inner.channels.iter().fold((0, 0), |(q, c), ch| (q + ch.buffers, c + (self.credits + ch.floating).saturating_sub(ch.buffers)))
     }
 }
 
@@ -602,15 +690,123 @@ mod tests {
         assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
     }
 
+    /// Counts the credits the gate hands back, per channel.
+    #[derive(Default)]
+    struct Counter(AtomicUsize, parking_lot::Mutex<Vec<(usize, u32)>>);
+    impl CreditReturn for Counter {
+        fn return_credit(&self, channel: usize, n: u32) {
+            self.0.fetch_add(n as usize, Ordering::SeqCst);
+            self.1.lock().push((channel, n));
+        }
+    }
+
+    impl Counter {
+        fn take(&self) -> Vec<(usize, u32)> {
+            std::mem::take(&mut *self.1.lock())
+        }
+    }
+
     #[test]
-    fn remote_credits_are_returned_per_buffer_taken() {
-        struct Counter(AtomicUsize);
-        impl CreditReturn for Counter {
-            fn return_credit(&self, _channel: usize) {
-                self.0.fetch_add(1, Ordering::SeqCst);
+    fn remote_credits_go_back_half_a_window_at_a_time() {
+        let counter = Arc::new(Counter::default());
+        let gate = InputGate::new(4, vec![Some(counter.clone() as Arc<dyn CreditReturn>)]);
+        for v in 0..4 {
+            gate.push_remote(0, batch(v)).unwrap();
+        }
+        let err = gate.push_remote(0, batch(4)).unwrap_err();
+        assert!(err.contains("beyond the 4 credits"), "{err}");
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+        assert_eq!(counter.take(), vec![], "one taken buffer of a window of 4 waits for the next");
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+        assert_eq!(counter.take(), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn a_channel_whose_sender_has_a_backlog_gets_floating_credits_and_gives_them_back() {
+        let counter = Arc::new(Counter::default());
+        let remote = |c: &Arc<Counter>| Some(c.clone() as Arc<dyn CreditReturn>);
+        let gate = InputGate::new(2, vec![remote(&counter), remote(&counter)]).with_floating(3);
+        // Channel 0's sender has 5 buffers behind this one: it wants its backlog plus a window
+        // of credits, and gets the whole pool (its 1 unused exclusive credit counts).
+        gate.push_remote_buffer(0, batch(0), 5).unwrap();
+        assert_eq!(counter.take(), vec![(0, 3)]);
+        assert_eq!(gate.floating_free(), 0);
+        // Its window is now 2 + 3: five buffers fit, the sixth is beyond it.
+        for (v, backlog) in [(1, 4), (2, 3), (3, 2), (4, 1)] {
+            gate.push_remote_buffer(0, batch(v), backlog).unwrap();
+        }
+        assert!(gate.push_remote_buffer(0, batch(5), 0).unwrap_err().contains("beyond the 5 credits"));
+        // A second busy channel finds the pool empty: its exclusive credits still let it go on.
+        gate.push_remote_buffer(1, batch(10), 7).unwrap();
+        assert_eq!(counter.take(), vec![]);
+        // While channel 0's sender reports a backlog, its credits go back to it half a window
+        // (2 of 5) at a time; channel 1's (a window of 2) one at a time. Round robin: 0, 1, 0.
+        for ch in [0, 1, 0] {
+            assert!(matches!(gate.poll(None), GatePoll::Item(c, _) if c == ch));
+        }
+        assert_eq!(counter.take(), vec![(1, 1), (0, 2)]);
+        // Its sender caught up: the next buffer reports no backlog, and from then on channel 0's
+        // floating credits go back to the pool as its buffers are taken, not to the sender.
+        gate.push_remote_buffer(0, batch(6), 0).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+        }
+        assert_eq!(gate.floating_free(), 3, "the pool has its floating credits back");
+        assert_eq!(counter.take(), vec![], "none went back to the sender");
+        // The channel's window is its 2 exclusive credits again: they go back one at a time.
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+        assert_eq!(counter.take(), vec![(0, 1)]);
+        // Now channel 1's sender reports a backlog and gets the pool.
+        gate.push_remote_buffer(1, batch(11), 2).unwrap();
+        assert_eq!(counter.take(), vec![(1, 3)]);
+    }
+
+    proptest::proptest! {
+        /// A remote sender that sends only against its credits, with any backlogs it reports,
+        /// and a task taking buffers at any pace: whenever the gate has nothing queued on the
+        /// channel, the sender has a credit (nothing stalls), and no buffer is ever beyond the
+        /// credits. Floating credits that a shrinking window gives back to the pool still let
+        /// the credits waiting to be returned go back.
+        #[test]
+        fn a_remote_sender_never_stalls_whatever_its_backlogs(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0usize..12), 1..300),
+            exclusive in 1usize..6,
+            floating in 0usize..12,
+        ) {
+            let counter = Arc::new(Counter::default());
+            let gate = InputGate::new(exclusive, vec![Some(counter.clone() as Arc<dyn CreditReturn>)]).with_floating(floating);
+            let mut sender_credits = exclusive as u64;
+            for (v, (push, backlog)) in ops.into_iter().enumerate() {
+                if push && sender_credits > 0 {
+                    sender_credits -= 1;
+                    gate.push_remote_buffer(0, batch(v as i64), backlog).unwrap();
+                } else if gate.queued_buffers(0) > 0 {
+                    proptest::prop_assert!(matches!(gate.try_poll(true), GatePoll::Item(0, _)));
+                }
+                sender_credits += counter.take().iter().map(|(_, n)| u64::from(*n)).sum::<u64>();
+                proptest::prop_assert!(
+                    sender_credits > 0 || gate.queued_buffers(0) > 0,
+                    "the sender is out of credit and the gate has nothing to take"
+                );
             }
         }
-        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+    }
+
+    #[test]
+    fn a_channel_that_ends_gives_its_floating_credits_back() {
+        let counter = Arc::new(Counter::default());
+        let gate = InputGate::new(2, vec![Some(counter.clone() as Arc<dyn CreditReturn>)]).with_floating(4);
+        gate.push_remote_buffer(0, batch(0), 3).unwrap();
+        assert_eq!(gate.floating_free(), 0);
+        gate.push_remote(0, Item::Event(Event::EndOfPartition)).unwrap();
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, _)));
+        assert!(matches!(gate.poll(None), GatePoll::Item(0, Item::Event(Event::EndOfPartition))));
+        assert_eq!(gate.floating_free(), 4, "credits the sender never used are not lost to the gate");
+    }
+
+    #[test]
+    fn remote_credits_are_returned_per_buffer_taken() {
+        let counter = Arc::new(Counter::default());
         let gate = InputGate::new(2, vec![Some(counter.clone() as Arc<dyn CreditReturn>)]);
         gate.push_remote(0, batch(1)).unwrap();
         gate.push_remote(0, Item::Event(Event::EndOfPartition)).unwrap();

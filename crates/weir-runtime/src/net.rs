@@ -16,8 +16,8 @@
 //!
 //! ## Frames
 //! `u32 length | u8 kind | body`, big-endian (see [`frame`]). Kinds after the handshake:
-//! `SCHEMA` (channel id + Arrow IPC schema message), `BUFFER` (channel id + the Arrow IPC
-//! messages of one batch, without its schema), `EVENT` and `PRIORITY_EVENT` (channel id +
+//! `SCHEMA` (channel id + Arrow IPC schema message), `BUFFER` (channel id + the sender's
+//! backlog + the Arrow IPC messages of one batch, without its schema), `EVENT` and `PRIORITY_EVENT` (channel id +
 //! event), `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel
 //! id (32 bytes, [`ChannelId::encode`]).
 //!
@@ -55,8 +55,18 @@
 //! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
 //! registered, and returns them as its task takes buffers, half a channel's credits per
 //! `CREDIT` frame (see [`NetworkEnvironment::credit_return`]); credits that wait for the writer
-//! are summed into one `CREDIT` frame per channel. The
-//! sender's [`RemoteSubpartition`] sends nothing before that announcement (so nothing arrives
+//! are summed into one `CREDIT` frame per channel.
+//!
+//! Those are a channel's exclusive credits (`taskmanager.network.memory.buffers-per-channel`).
+//! A gate also has floating credits (`taskmanager.network.memory.floating-buffers-per-gate`),
+//! as Flink's floating buffers: each `BUFFER` carries the sender's backlog (the buffers queued
+//! behind it), and a channel whose sender has a backlog is granted floating credits from its
+//! gate's pool, up to that backlog, in a `CREDIT` frame at once; once its sender reports no
+//! backlog, the channel gives them back to the pool as its task takes buffers, instead of
+//! returning them to the sender. A busy channel thus gets a deeper window (fewer round trips
+//! per buffer) while the memory stays bounded per gate, not per channel.
+//!
+//! The sender's [`RemoteSubpartition`] sends nothing before that announcement (so nothing arrives
 //! for a channel that does not exist yet), sends a buffer only against a credit, and sends
 //! events at any time; events pushed with priority go ahead of queued buffers. Its task takes
 //! no further input once `taskmanager.network.sender-queue-buffers` buffers wait for credit
@@ -115,7 +125,7 @@ pub use handshake::{NetSecurity, SecurityError};
 use crate::buffer::{schema_message, BatchEncoder, ChannelId, Encoded, Event, Item};
 use crate::gate::{CreditReturn, InputGate};
 use bytes::{Bytes, BytesMut};
-use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
+use frame::{read_frame, Frame, FrameError, ANNOUNCE, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
 use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, WriteSide, HANDSHAKE_TIMEOUT};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
@@ -334,14 +344,12 @@ impl NetworkEnvironment {
         link.push_credit(ANNOUNCE, id, credits);
     }
 
-    /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate
-    /// that grants `credits` per channel. `None` entries are local channels, whose credits never
+    /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate.
+    /// `None` entries are local channels, whose credits never
     /// travel. Each entry is the channel id, the peer's TaskManager id and its data address.
-    pub fn credit_return(self: &Arc<Self>, ids: Vec<Option<(ChannelId, String, String)>>, credits: usize) -> Arc<dyn CreditReturn> {
+    pub fn credit_return(self: &Arc<Self>, ids: Vec<Option<(ChannelId, String, String)>>) -> Arc<dyn CreditReturn> {
         let links: Vec<_> = ids.iter().map(|c| c.as_ref().map(|(id, peer, addr)| (*id, self.link(peer, Some(addr))))).collect();
-        let taken = links.iter().map(|_| std::sync::atomic::AtomicU32::new(0)).collect();
-        let batch = if credits >= 4 { (credits / 2) as u32 } else { 1 };
-        Arc::new(RemoteCredits { links, taken, batch })
+        Arc::new(RemoteCredits { links })
     }
 
     /// The sending end of channel `id` towards `peer`. If `peer`'s `ANNOUNCE` came first, the
@@ -459,14 +467,15 @@ impl NetworkEnvironment {
         }
     }
 
-    /// A `BUFFER` from `peer`: delivered as [`NetworkEnvironment::deliver`] with the schema its
-    /// channel's last `SCHEMA` frame gave. A buffer before any schema is an error.
-    fn deliver_buffer(&self, peer: &str, id: ChannelId, body: Bytes) -> Result<(), String> {
+    /// A `BUFFER` from `peer`, with `backlog` more waiting at its sender: delivered as
+    /// [`NetworkEnvironment::deliver`] with the schema its channel's last `SCHEMA` frame gave. A
+    /// buffer before any schema is an error.
+    fn deliver_buffer(&self, peer: &str, id: ChannelId, backlog: u32, body: Bytes) -> Result<(), String> {
         let mut inputs = self.inputs.lock();
         let Some(reg) = Self::fed_by(&mut inputs, peer, id, "data")? else { return Ok(()) };
         let schema = reg.schema.clone().ok_or_else(|| format!("TaskManager {peer} sent a buffer before its schema on channel {id:?}"))?;
         let item = Item::Encoded(Encoded::received(schema, body));
-        reg.gate.push_remote(reg.index, item).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
+        reg.gate.push_remote_buffer(reg.index, item, backlog as usize).map_err(|e| format!("TaskManager {peer} on channel {id:?}: {e}"))
     }
 
     /// A `SCHEMA` from `peer`: the schema of the channel's buffers from now on.
@@ -528,8 +537,8 @@ impl NetworkEnvironment {
 enum Outgoing {
     /// `ANNOUNCE` or `CREDIT`: (kind, channel, count).
     Credit(u8, ChannelId, u32),
-    /// A sending end's frame.
-    Frame(ChannelId, Queued),
+    /// A sending end's frame; for a buffer, with the backlog behind it (buffers still queued).
+    Frame(ChannelId, Queued, u32),
 }
 
 /// What the writer, the reader and the rest of the environment share about one link.
@@ -864,7 +873,7 @@ impl PeerLink {
                 Err(e) => return Err(e.to_string()),
             };
             match Frame::decode(kind, body).map_err(|e| e.to_string())? {
-                Frame::Buffer(id, body) => env.deliver_buffer(&self.peer, id, body)?,
+                Frame::Buffer(id, backlog, body) => env.deliver_buffer(&self.peer, id, backlog, body)?,
                 Frame::Schema(id, schema) => env.set_schema(&self.peer, id, schema)?,
                 Frame::Event(id, event) => env.deliver(&self.peer, id, Item::Event(event))?,
                 Frame::PriorityEvent(id, event) => env.deliver_priority(&self.peer, id, event)?,
@@ -919,20 +928,20 @@ fn gather(frames: &mut Vec<Outgoing>, head: &mut BytesMut, out: &mut VecDeque<By
                 frame::put_frame_header(head, kind, Some(&id), 4);
                 head.extend_from_slice(&n.to_be_bytes());
             }
-            Outgoing::Frame(id, Queued::Event(body)) => {
+            Outgoing::Frame(id, Queued::Event(body), _) => {
                 frame::put_frame_header(head, EVENT, Some(&id), body.len());
                 head.extend_from_slice(&body);
             }
-            Outgoing::Frame(id, Queued::Priority(body)) => {
+            Outgoing::Frame(id, Queued::Priority(body), _) => {
                 frame::put_frame_header(head, PRIORITY_EVENT, Some(&id), body.len());
                 head.extend_from_slice(&body);
             }
-            Outgoing::Frame(id, Queued::Buffer { schema, buffer }) => {
+            Outgoing::Frame(id, Queued::Buffer { schema, buffer }, backlog) => {
                 if let Some(schema) = schema {
                     frame::put_frame_header(head, SCHEMA, Some(&id), schema.len());
                     head.extend_from_slice(&schema);
                 }
-                frame::put_frame_header(head, BUFFER, Some(&id), buffer.len());
+                frame::put_buffer_header(head, &id, backlog, buffer.len());
                 out.push_back(head.split().freeze());
                 out.extend(buffer.parts().iter().filter(|p| !p.is_empty()).cloned());
             }
@@ -974,33 +983,19 @@ fn write_pending(socket: &OwnedWriteHalf, pending: &mut VecDeque<Bytes>) -> std:
     Ok(())
 }
 
-/// The [`CreditReturn`] of a gate with remote channels: the buffers its task takes go back to
-/// their senders as `CREDIT` frames on the links, half a channel's credits at a time (one at a
-/// time with fewer than 4 credits). That never stalls a channel: a sender out of credit has
-/// every buffer of the channel in flight or taken, so the task takes enough of them to send
-/// the credits back. Keeps the links it was made with: after one breaks, its credits go nowhere
-/// (the gates it fed have been failed by then).
+/// The [`CreditReturn`] of a gate with remote channels: the credits the gate hands back (half a
+/// window at a time, and floating grants) go to their senders as `CREDIT` frames on the links.
+/// Keeps the links it was made with: after one breaks, its credits go nowhere (the gates it fed
+/// have been failed by then).
 struct RemoteCredits {
     /// Per gate channel: its id and link; `None` for a local channel.
     links: Vec<Option<(ChannelId, Arc<PeerLink>)>>,
-    /// Per gate channel: buffers taken whose credit has not gone back yet.
-    taken: Vec<std::sync::atomic::AtomicU32>,
-    /// Credits returned at a time.
-    batch: u32,
 }
 
 impl CreditReturn for RemoteCredits {
-    fn return_credit(&self, channel: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
+    fn return_credit(&self, channel: usize, n: u32) {
         if let Some((id, link)) = &self.links[channel] {
-            // Only the gate's task thread returns credits: load and store do not race.
-            let taken = self.taken[channel].load(Relaxed) + 1;
-            if taken >= self.batch {
-                self.taken[channel].store(0, Relaxed);
-                link.push_credit(CREDIT, *id, taken);
-            } else {
-                self.taken[channel].store(taken, Relaxed);
-            }
+            link.push_credit(CREDIT, *id, n);
         }
     }
 }
@@ -1280,7 +1275,7 @@ impl RemoteSubpartition {
                 freed = true;
             }
             let queued = st.queue.pop_front().expect("front exists");
-            out.push(Outgoing::Frame(self.id, queued));
+            out.push(Outgoing::Frame(self.id, queued, st.buffers as u32));
         }
         let done = st.ended && st.queue.is_empty();
         let waker = if freed && st.buffers < st.capacity { st.waker.clone() } else { None };
@@ -1321,6 +1316,7 @@ mod tests {
         NetworkConfig {
             segment_size: 32 << 10,
             buffers_per_channel: 2,
+            floating_buffers_per_gate: 0,
             sender_queue_buffers,
             buffer_timeout: Duration::from_millis(10),
             memory_max: 1 << 30,
@@ -1348,7 +1344,7 @@ mod tests {
         let a = start("tm-a", 2).await;
         let b = start("tm-b", 2).await;
         let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))], 2);
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
         let gate = Arc::new(InputGate::new(2, vec![Some(credits)]));
         b.register_input(id, gate.clone(), 0, "tm-a", &a.local_addr().to_string());
         let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
@@ -1387,6 +1383,64 @@ mod tests {
         sender.join().unwrap();
     }
 
+    /// A channel with 2 exclusive credits in a gate with 3 floating ones: once its sender
+    /// reports a backlog, the gate grants it the pool over TCP and it holds 5 buffers; every
+    /// buffer still arrives in order, and the pool is whole again at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_with_a_backlog_gets_floating_credits_across_tcp() {
+        let a = start("tm-a", 4).await;
+        let b = start("tm-b", 4).await;
+        let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
+        let gate = Arc::new(InputGate::new(2, vec![Some(credits)]).with_floating(3));
+        b.register_input(id, gate.clone(), 0, "tm-a", &a.local_addr().to_string());
+        let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
+        let sender = {
+            let sub = sub.clone();
+            std::thread::spawn(move || {
+                for v in 0..12 {
+                    sub.push_blocking(batch(v)).unwrap();
+                }
+                sub.push_blocking(Item::Event(Event::EndOfPartition)).unwrap();
+            })
+        };
+        // The exclusive credits are used and the sender's queue is full: a backlog. The sender
+        // reports it with its next buffer: at once if it had queued buffers before the
+        // announcement came, else once the task takes a buffer and a credit goes back.
+        wait_until("exclusive credits used", || gate.queued_buffers(0) >= 2 && sub.queued_buffers() == 4).await;
+        let value = |item: GatePoll| match item {
+            GatePoll::Item(_, Item::Encoded(encoded)) => {
+                encoded.decode().unwrap().column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0)
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut got = Vec::new();
+        if gate.floating_free() == 3 {
+            got.push(value(gate.poll(Some(Instant::now() + Duration::from_secs(30)))));
+        }
+        // The gate granted its pool, and the channel fills a window of 2 + 3 (less the one
+        // taken, if the grant came just before it).
+        wait_until("floating credits used", || gate.floating_free() == 0 && gate.queued_buffers(0) + got.len() >= 5).await;
+        assert!(gate.queued_buffers(0) > 2, "the channel holds more than its exclusive credits");
+        let g = gate.clone();
+        let rest = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            loop {
+                match g.poll(Some(Instant::now() + Duration::from_secs(30))) {
+                    GatePoll::Item(_, Item::Event(Event::EndOfPartition)) => {}
+                    GatePoll::Finished => return got,
+                    item => got.push(value(item)),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        got.extend(rest);
+        assert_eq!(got, (0..12).collect::<Vec<_>>());
+        assert_eq!(gate.floating_free(), 3, "the floating credits are back in the pool");
+        sender.join().unwrap();
+    }
+
     /// Four channels over one link, each fed by its own thread, with buffers far larger than
     /// the socket takes at once: the sending threads write directly, leave what the socket did
     /// not take to the writer (which must have happened), and every channel's buffers still
@@ -1403,7 +1457,7 @@ mod tests {
         let mut senders = Vec::new();
         for c in 0..CHANNELS {
             let id = ChannelId { job: 7, attempt: 0, edge: 0, from: c, to: 0 };
-            let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))], 4);
+            let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))]);
             let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
             b.register_input(id, gate.clone(), 0, "tm-a", &a_addr);
             receivers.push(tokio::task::spawn_blocking(move || {
@@ -1450,7 +1504,7 @@ mod tests {
         let a = start("tm-a", 8).await;
         let b = start("tm-b", 8).await;
         let id = ChannelId { job: 2, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))], 1);
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
         let gate = Arc::new(InputGate::new(1, vec![Some(credits)]));
         let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
         for v in 0..4 {
@@ -1481,7 +1535,7 @@ mod tests {
         let b = start("tm-b", 8).await;
         let a_addr = a.local_addr().to_string();
         let id = ChannelId { job: 4, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))], 4);
+        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a_addr.clone()))]);
         let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
         b.register_input(id, gate.clone(), 0, "tm-a", &a_addr);
         let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());

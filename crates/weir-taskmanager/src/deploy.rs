@@ -111,6 +111,11 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
     let mut demand = NetworkDemand::default();
     for plan in &plans {
         demand.input_channels += plan.inputs.len() as u64;
+        let mut remote_input = false;
+        for c in &plan.inputs {
+            remote_input |= &loc(c.from)?.0 != &me;
+        }
+        demand.remote_gates += u64::from(remote_input);
         for c in plan.outputs.iter().flat_map(|o| &o.channels) {
             demand.output_channels += 1;
             demand.remote_output_channels += u64::from(&loc(c.to)?.0 != &me);
@@ -134,13 +139,13 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             remote.push((tm != &me).then(|| (c.id(key, req.attempt), tm.clone(), addr.clone())));
         }
         let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
-        let credit = if remote_list.is_empty() {
-            None
-        } else {
-            Some(shared.net.credit_return(remote.clone(), s.config.network.buffers_per_channel))
-        };
+        let credit = if remote_list.is_empty() { None } else { Some(shared.net.credit_return(remote.clone())) };
         let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
-        let gate = Arc::new(InputGate::new(s.config.network.buffers_per_channel, per_channel));
+        let mut gate = InputGate::new(s.config.network.buffers_per_channel, per_channel);
+        if !remote_list.is_empty() {
+            gate = gate.with_floating(s.config.network.floating_buffers_per_gate);
+        }
+        let gate = Arc::new(gate);
         for (idx, r) in remote.into_iter().enumerate() {
             if let Some((id, tm, addr)) = r {
                 remote_inputs.push((id, gate.clone(), idx, tm, addr));

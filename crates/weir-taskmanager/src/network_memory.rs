@@ -2,7 +2,9 @@
 //! attempt when its tasks are deployed, as Flink's network buffer pool is.
 //!
 //! Network memory is bounded by construction: a channel holds at most its credits at the
-//! receiver (`taskmanager.network.memory.buffers-per-channel`), its queue at a remote sender
+//! receiver (`taskmanager.network.memory.buffers-per-channel`), a gate with remote channels at
+//! most its floating credits besides (`taskmanager.network.memory.floating-buffers-per-gate`),
+//! a channel its queue at a remote sender
 //! (`taskmanager.network.sender-queue-buffers`) and one partly filled buffer at the sender, each
 //! about `taskmanager.memory.segment-size`. What a deployment can hold at once is therefore
 //! known before it runs: it is reserved here, and a deployment that needs more than is free
@@ -19,6 +21,8 @@ use weir_core::settings::NetworkConfig;
 pub struct NetworkDemand {
     /// Input channels of the deployed subtasks (local and remote).
     pub input_channels: u64,
+    /// Input gates with at least one remote channel: each has floating credits.
+    pub remote_gates: u64,
     /// Output channels to subtasks on other TaskManagers.
     pub remote_output_channels: u64,
     /// Every output channel (each may hold one partly filled buffer).
@@ -29,6 +33,7 @@ impl NetworkDemand {
     /// Bytes of network memory these channels can hold at most.
     pub fn bytes(&self, network: &NetworkConfig) -> u64 {
         let buffers = self.input_channels * network.buffers_per_channel as u64
+            + self.remote_gates * network.floating_buffers_per_gate as u64
             + self.remote_output_channels * network.sender_queue_buffers as u64
             + self.output_channels;
         buffers.saturating_mul(network.segment_size as u64)
@@ -75,12 +80,14 @@ impl NetworkMemory {
         let free = self.max.saturating_sub(*reserved);
         if bytes > free {
             return Err(format!(
-                "not enough network memory: the tasks need {} ({} input channels × {} buffers, {} remote output channels × {} \
-                 queued buffers and {} partly filled output buffers, of {} each), but {} of the {} of {} are free; raise {}, or \
-                 lower the parallelism, {}, {} or {}",
+                "not enough network memory: the tasks need {} ({} input channels × {} buffers, {} gates with remote inputs × {} \
+                 floating buffers, {} remote output channels × {} queued buffers and {} partly filled output buffers, of {} each), \
+                 but {} of the {} of {} are free; raise {}, or lower the parallelism, {}, {}, {} or {}",
                 human(bytes),
                 demand.input_channels,
                 network.buffers_per_channel,
+                demand.remote_gates,
+                network.floating_buffers_per_gate,
                 demand.remote_output_channels,
                 network.sender_queue_buffers,
                 demand.output_channels,
@@ -90,6 +97,7 @@ impl NetworkMemory {
                 keys::NETWORK_MEMORY_MAX,
                 keys::NETWORK_MEMORY_MAX,
                 keys::BUFFERS_PER_CHANNEL,
+                keys::FLOATING_BUFFERS_PER_GATE,
                 keys::SENDER_QUEUE_BUFFERS,
                 keys::SEGMENT_SIZE,
             ));
@@ -127,6 +135,7 @@ mod tests {
         NetworkConfig {
             segment_size: 32 << 10,
             buffers_per_channel: 2,
+            floating_buffers_per_gate: 3,
             sender_queue_buffers: 2,
             buffer_timeout: Duration::from_millis(100),
             memory_max: 1 << 20,
@@ -137,8 +146,10 @@ mod tests {
     fn reservations_are_bounded_and_given_back() {
         let pool = NetworkMemory::new(1 << 20);
         // 4 inputs × 2 + 2 remote × 2 + 4 outputs = 16 buffers of 32 KiB = 512 KiB.
-        let demand = NetworkDemand { input_channels: 4, remote_output_channels: 2, output_channels: 4 };
+        let demand = NetworkDemand { input_channels: 4, remote_output_channels: 2, output_channels: 4, remote_gates: 0 };
         assert_eq!(demand.bytes(&network()), 512 << 10);
+        // A gate with remote inputs holds its floating buffers besides: 3 more.
+        assert_eq!(NetworkDemand { remote_gates: 1, ..demand }.bytes(&network()), (16 + 3) * (32 << 10));
         let first = pool.reserve(demand, &network()).unwrap();
         let second = pool.reserve(demand, &network()).unwrap();
         assert_eq!(pool.reserved(), 1 << 20);
@@ -146,9 +157,9 @@ mod tests {
         assert!(err.contains("need 32 KiB") && err.contains("0 B of the 1 MiB of taskmanager.memory.network.max are free"), "{err}");
         drop(first);
         assert_eq!(pool.reserved(), 512 << 10);
-        let err =
-            pool.reserve(NetworkDemand { input_channels: 16, remote_output_channels: 0, output_channels: 0 }, &network()).unwrap_err();
+        let err = pool.reserve(NetworkDemand { input_channels: 16, remote_gates: 1, ..Default::default() }, &network()).unwrap_err();
         assert!(err.contains("16 input channels × 2 buffers") && err.contains("taskmanager.network.memory.buffers-per-channel"), "{err}");
+        assert!(err.contains("1 gates with remote inputs × 3 floating buffers"), "{err}");
         drop(second);
         assert_eq!(pool.reserved(), 0);
     }

@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Handshake, dialer to acceptor: version, authentication mode, the dialer's nonce, its proof
 /// (with a token) and its TaskManager id. See [`super::handshake`].
 pub const HELLO: u8 = 0;
-/// Channel id + one Arrow IPC-encoded batch; sent only against a credit.
+/// Channel id + the sender's backlog (`u32`: buffers still waiting behind this one in its queue)
+/// + 4 zero bytes + one Arrow IPC-encoded batch; sent only against a credit. The backlog lets
+/// the receiver grant floating credits ([`BUFFER_PREFIX`] bytes keep the batch 8-byte aligned).
 pub const BUFFER: u8 = 1;
 /// Channel id + an encoded [`Event`]; needs no credit.
 pub const EVENT: u8 = 2;
@@ -44,8 +46,11 @@ pub const SCHEMA: u8 = 9;
 /// Largest frame of the handshake (`HELLO`, `CHALLENGE`, `WELCOME`, `REFUSED`): what an
 /// unauthenticated peer can make this side allocate.
 pub const HANDSHAKE_MAX_FRAME: usize = 1024;
-/// A frame's bytes besides its body: the kind byte and the channel id.
-pub const FRAME_OVERHEAD: usize = 1 + ChannelId::ENCODED_LEN;
+/// The bytes of a `BUFFER` frame between the channel id and the batch: the backlog and 4 zero
+/// bytes.
+pub const BUFFER_PREFIX: usize = 8;
+/// A frame's bytes besides its batch: the kind byte, the channel id and a buffer's prefix.
+pub const FRAME_OVERHEAD: usize = 1 + ChannelId::ENCODED_LEN + BUFFER_PREFIX;
 /// The largest buffer body, as a multiple of `taskmanager.memory.segment-size`. Buffers are cut
 /// to about a segment, but not exactly: each carries its schema (wide schemas are large), a
 /// slice's rows may be larger than the batch's average, and one row larger than a segment
@@ -85,7 +90,8 @@ pub enum FrameError {
 /// One frame after the handshake, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Buffer(ChannelId, Bytes),
+    /// A buffer: its channel, the sender's backlog behind it, and its Arrow IPC messages.
+    Buffer(ChannelId, u32, Bytes),
     Schema(ChannelId, arrow_schema::SchemaRef),
     Event(ChannelId, Event),
     PriorityEvent(ChannelId, Event),
@@ -110,8 +116,19 @@ impl Frame {
         };
         let event = |body: &Bytes| Event::decode(body).map_err(|e| bad(format!("event for {id:?}: {e}")));
         Ok(match kind {
-            BUFFER if body.is_empty() => return Err(bad(format!("empty buffer for {id:?}"))),
-            BUFFER => Frame::Buffer(id, body),
+            BUFFER => {
+                if body.len() < BUFFER_PREFIX {
+                    return Err(bad(format!("buffer for {id:?} too short for its backlog")));
+                }
+                let prefix = body.split_to(BUFFER_PREFIX);
+                if prefix[4..] != [0; 4] {
+                    return Err(bad(format!("buffer for {id:?} with non-zero reserved bytes {:?}", &prefix[4..])));
+                }
+                if body.is_empty() {
+                    return Err(bad(format!("empty buffer for {id:?}")));
+                }
+                Frame::Buffer(id, u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]), body)
+            }
             SCHEMA => Frame::Schema(id, crate::buffer::decode_schema_message(&body).map_err(|e| bad(format!("schema for {id:?}: {e}")))?),
             EVENT => Frame::Event(id, event(&body)?),
             PRIORITY_EVENT => Frame::PriorityEvent(id, event(&body)?),
@@ -119,6 +136,14 @@ impl Frame {
             _ => Frame::Credit(id, count(&body)?),
         })
     }
+}
+
+/// Appends a `BUFFER` frame's header and prefix: `backlog` buffers wait behind it at the sender;
+/// the batch's `len` bytes follow.
+pub fn put_buffer_header(buf: &mut BytesMut, id: &ChannelId, backlog: u32, len: usize) {
+    put_frame_header(buf, BUFFER, Some(id), BUFFER_PREFIX + len);
+    buf.put_u32(backlog);
+    buf.put_u32(0);
 }
 
 /// Appends one frame whose body has no channel id (the handshake's).
@@ -145,7 +170,7 @@ pub fn put_frame_header(buf: &mut BytesMut, kind: u8, id: Option<&ChannelId>, bo
 /// inside one, an I/O error.
 ///
 /// The body gets an allocation of its own, never zero-filled first, that starts with it: so
-/// after a channel id (32 bytes) a `BUFFER` frame's Arrow messages start 8-byte aligned, and
+/// after a channel id (32 bytes) and its prefix (8) a `BUFFER` frame's Arrow messages start 8-byte aligned, and
 /// their arrays decode in place ([`crate::buffer::Encoded::decode`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_len: usize) -> Result<(u8, Bytes), FrameError> {
     let mut header = [0u8; 5];
@@ -185,6 +210,13 @@ mod tests {
         buf.to_vec()
     }
 
+    fn buffer_bytes(backlog: u32, batch: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        put_buffer_header(&mut buf, &ID, backlog, batch.len());
+        buf.put_slice(batch);
+        buf.to_vec()
+    }
+
     fn read_all(bytes: &[u8], max: usize) -> Vec<Result<Frame, String>> {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
@@ -209,7 +241,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let mut bytes = frame_bytes(BUFFER, Some(&ID), b"ipc");
+        let mut bytes = buffer_bytes(3, b"ipc");
         let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new("v", arrow_schema::DataType::Int64, true)]));
         bytes.extend(frame_bytes(SCHEMA, Some(&ID), &crate::buffer::schema_message(&schema).unwrap()));
         bytes.extend(frame_bytes(EVENT, Some(&ID), &Event::EndOfPartition.encode()));
@@ -220,7 +252,7 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                Frame::Buffer(ID, Bytes::from_static(b"ipc")),
+                Frame::Buffer(ID, 3, Bytes::from_static(b"ipc")),
                 Frame::Schema(ID, schema),
                 Frame::Event(ID, Event::EndOfPartition),
                 Frame::PriorityEvent(ID, Event::CancelCheckpoint(3)),
@@ -238,13 +270,15 @@ mod tests {
             (frame_bytes(SCHEMA, Some(&ID), &[0xff, 0xff, 0xff, 0xff, 8, 0, 0, 0, 1, 2]), "schema for"),
             (frame_bytes(HELLO, None, b"tm-a"), "unexpected frame kind 0"),
             (frame_bytes(EVENT, None, &[1, 2, 3]), "too short for a channel id"),
-            (frame_bytes(BUFFER, Some(&ID), b""), "empty buffer"),
+            (buffer_bytes(0, b""), "empty buffer"),
+            (frame_bytes(BUFFER, Some(&ID), b"1234567"), "too short for its backlog"),
+            (frame_bytes(BUFFER, Some(&ID), &[0, 0, 0, 1, 0, 0, 0, 9, 1]), "non-zero reserved bytes"),
             (frame_bytes(EVENT, Some(&ID), &[7]), "unknown event tag"),
             (frame_bytes(CREDIT, Some(&ID), &[0, 1]), "expected 4"),
             (frame_bytes(ANNOUNCE, Some(&ID), &[0, 0, 0, 1, 0]), "expected 4"),
             (vec![0, 0, 0, 0], "frame of 0 bytes"),
             (vec![0x10, 0, 0, 0, BUFFER], "limit is 1048576"),
-            (frame_bytes(BUFFER, Some(&ID), b"abc")[..20].to_vec(), "early eof"),
+            (buffer_bytes(0, b"abc")[..20].to_vec(), "early eof"),
         ];
         for (bytes, expected) in cases {
             let got = read_all(&bytes, 1 << 20);
@@ -279,7 +313,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic_the_reader(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             for r in read_all(&bytes, 256) {
-                if let Ok(Frame::Buffer(_, body)) = r {
+                if let Ok(Frame::Buffer(_, _, body)) = r {
                     prop_assert!(body.len() <= 256);
                 }
             }
@@ -291,7 +325,7 @@ mod tests {
         ) {
             let mut bytes = frame_bytes(EVENT, Some(&ID), &Event::EndOfPartition.encode());
             bytes.extend(frame_bytes(CREDIT, Some(&ID), &1u32.to_be_bytes()));
-            bytes.extend(frame_bytes(BUFFER, Some(&ID), &[1; 100]));
+            bytes.extend(buffer_bytes(2, &[1; 100]));
             for (at, v) in flips {
                 let at = at % bytes.len();
                 bytes[at] = v;

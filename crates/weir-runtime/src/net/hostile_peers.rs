@@ -18,17 +18,21 @@ fn batch(v: i64) -> Item {
     Item::Buffer(RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v])) as _)]).unwrap())
 }
 
-/// A one-row batch as a `BUFFER` frame's body, and the `SCHEMA` frame body it needs.
+/// A one-row batch as a `BUFFER` frame's body after the channel id (no backlog), and the
+/// `SCHEMA` frame body it needs.
 fn wire_buffer(v: i64) -> (Bytes, Bytes) {
     let batch = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![v])) as _)]).unwrap();
     let encoded = crate::buffer::BatchEncoder::default().encode(&batch).unwrap();
-    (crate::buffer::schema_message(&batch.schema()).unwrap(), encoded.contiguous())
+    let mut body = vec![0u8; frame::BUFFER_PREFIX];
+    body.extend_from_slice(&encoded.contiguous());
+    (crate::buffer::schema_message(&batch.schema()).unwrap(), Bytes::from(body))
 }
 
 fn network() -> NetworkConfig {
     NetworkConfig {
         segment_size: 32 << 10,
         buffers_per_channel: 4,
+        floating_buffers_per_gate: 0,
         sender_queue_buffers: 8,
         buffer_timeout: Duration::from_millis(10),
         memory_max: 1 << 30,
@@ -55,7 +59,7 @@ struct Channel {
 
 fn channel(from: &Arc<NetworkEnvironment>, to: &Arc<NetworkEnvironment>, id: ChannelId) -> Channel {
     let from_addr = from.local_addr().to_string();
-    let credits = to.credit_return(vec![Some((id, from.tm_id().into(), from_addr.clone()))], 4);
+    let credits = to.credit_return(vec![Some((id, from.tm_id().into(), from_addr.clone()))]);
     let gate = Arc::new(InputGate::new(4, vec![Some(credits)]));
     to.register_input(id, gate.clone(), 0, from.tm_id(), &from_addr);
     let sub = from.register_output(id, to.tm_id(), &to.local_addr().to_string());
