@@ -11,8 +11,10 @@
 //! one that arrived) and given back to the pool as the task takes buffers once the sender
 //! reports none, or when the channel ends. Credits go back to a remote sender half a window
 //! at a time (one at a time with fewer than 4): fewer `CREDIT` frames, never a stall, since a
-//! sender out of credit has its whole window in flight, queued here or taken. A local sender never blocks: it checks [`InputGate::has_room`] before it takes its
-//! next input, and may overdraw a channel by what one input batch produces (FLIP-227). Either
+//! sender out of credit has its whole window in flight, queued here or taken.
+//!
+//! A local sender never blocks: it checks [`InputGate::has_room`] before it takes its next
+//! input, and may overdraw a channel by what one input batch produces (FLIP-227). Either
 //! way a slow task stops its senders, which stop theirs: backpressure reaches the sources with
 //! bounded memory. Events take no slot.
 //!

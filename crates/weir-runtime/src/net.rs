@@ -1336,94 +1336,47 @@ mod tests {
         }
     }
 
-    /// Two environments on loopback, a channel from `a` to `b` with 2 credits: the sender
-    /// queues at most its queue capacity beyond the credits, the receiver never holds more
-    /// than its credits, and everything arrives in order once the receiver drains.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn credits_bound_in_flight_buffers_across_tcp() {
-        let a = start("tm-a", 2).await;
-        let b = start("tm-b", 2).await;
+    /// Channel 0 → 0 of job 1 from `a` to `b`, registered on both ends, into a gate of
+    /// `credits` exclusive and `floating` floating credits.
+    fn tcp_channel(
+        a: &Arc<NetworkEnvironment>,
+        b: &Arc<NetworkEnvironment>,
+        credits: usize,
+        floating: usize,
+    ) -> (Arc<InputGate>, Arc<RemoteSubpartition>) {
         let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
-        let gate = Arc::new(InputGate::new(2, vec![Some(credits)]));
-        b.register_input(id, gate.clone(), 0, "tm-a", &a.local_addr().to_string());
-        let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
-
-        let sender = {
-            let sub = sub.clone();
-            std::thread::spawn(move || {
-                for v in 0..10 {
-                    sub.push_blocking(batch(v)).unwrap();
-                }
-                sub.push_blocking(Item::Event(Event::EndOfPartition)).unwrap();
-            })
-        };
-        // Receiver does not consume: 2 buffers arrive (credits), 2 wait at the sender.
-        wait_until("credits used", || gate.queued_buffers(0) == 2 && sub.queued_buffers() == 2).await;
-        assert!(!sender.is_finished(), "the sending task must be blocked by backpressure");
-
-        let g = gate.clone();
-        let received = tokio::task::spawn_blocking(move || {
-            let mut got = Vec::new();
-            loop {
-                match g.poll(Some(Instant::now() + Duration::from_secs(30))) {
-                    GatePoll::Item(_, Item::Encoded(encoded)) => {
-                        let b = encoded.decode().unwrap();
-                        got.push(b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0));
-                    }
-                    GatePoll::Item(_, Item::Event(Event::EndOfPartition)) => {}
-                    GatePoll::Finished => return got,
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(received, (0..10).collect::<Vec<_>>());
-        sender.join().unwrap();
+        let credit_return = b.credit_return(vec![Some((id, a.tm_id().into(), a.local_addr().to_string()))]);
+        let gate = Arc::new(InputGate::new(credits, vec![Some(credit_return)]).with_floating(floating));
+        b.register_input(id, gate.clone(), 0, a.tm_id(), &a.local_addr().to_string());
+        let sub = a.register_output(id, b.tm_id(), &b.local_addr().to_string());
+        (gate, sub)
     }
 
-    /// A channel with 2 exclusive credits in a gate with 3 floating ones: once its sender
-    /// reports a backlog, the gate grants it the pool over TCP and it holds 5 buffers; every
-    /// buffer still arrives in order, and the pool is whole again at the end.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sender_with_a_backlog_gets_floating_credits_across_tcp() {
-        let a = start("tm-a", 4).await;
-        let b = start("tm-b", 4).await;
-        let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
-        let credits = b.credit_return(vec![Some((id, "tm-a".into(), a.local_addr().to_string()))]);
-        let gate = Arc::new(InputGate::new(2, vec![Some(credits)]).with_floating(3));
-        b.register_input(id, gate.clone(), 0, "tm-a", &a.local_addr().to_string());
-        let sub = a.register_output(id, "tm-b", &b.local_addr().to_string());
-        let sender = {
-            let sub = sub.clone();
-            std::thread::spawn(move || {
-                for v in 0..12 {
-                    sub.push_blocking(batch(v)).unwrap();
-                }
-                sub.push_blocking(Item::Event(Event::EndOfPartition)).unwrap();
-            })
-        };
-        // The exclusive credits are used and the sender's queue is full: a backlog. The sender
-        // reports it with its next buffer: at once if it had queued buffers before the
-        // announcement came, else once the task takes a buffer and a credit goes back.
-        wait_until("exclusive credits used", || gate.queued_buffers(0) >= 2 && sub.queued_buffers() == 4).await;
-        let value = |item: GatePoll| match item {
+    /// A sending thread: buffers of the values `0..n`, then the end of partition.
+    fn send_values(sub: &Arc<RemoteSubpartition>, n: i64) -> std::thread::JoinHandle<()> {
+        let sub = sub.clone();
+        std::thread::spawn(move || {
+            for v in 0..n {
+                sub.push_blocking(batch(v)).unwrap();
+            }
+            sub.push_blocking(Item::Event(Event::EndOfPartition)).unwrap();
+        })
+    }
+
+    /// The value of a one-row buffer taken from a gate.
+    fn value(item: GatePoll) -> i64 {
+        match item {
             GatePoll::Item(_, Item::Encoded(encoded)) => {
                 encoded.decode().unwrap().column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0)
             }
             other => panic!("unexpected {other:?}"),
-        };
-        let mut got = Vec::new();
-        if gate.floating_free() == 3 {
-            got.push(value(gate.poll(Some(Instant::now() + Duration::from_secs(30)))));
         }
-        // The gate granted its pool, and the channel fills a window of 2 + 3 (less the one
-        // taken, if the grant came just before it).
-        wait_until("floating credits used", || gate.floating_free() == 0 && gate.queued_buffers(0) + got.len() >= 5).await;
-        assert!(gate.queued_buffers(0) > 2, "the channel holds more than its exclusive credits");
+    }
+
+    /// Takes every buffer left on `gate` until it is finished, on a blocking thread.
+    async fn receive_rest(gate: &Arc<InputGate>) -> Vec<i64> {
         let g = gate.clone();
-        let rest = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut got = Vec::new();
             loop {
                 match g.poll(Some(Instant::now() + Duration::from_secs(30))) {
@@ -1434,8 +1387,47 @@ mod tests {
             }
         })
         .await
-        .unwrap();
-        got.extend(rest);
+        .unwrap()
+    }
+
+    /// Two environments on loopback, a channel from `a` to `b` with 2 credits: the sender
+    /// queues at most its queue capacity beyond the credits, the receiver never holds more
+    /// than its credits, and everything arrives in order once the receiver drains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credits_bound_in_flight_buffers_across_tcp() {
+        let a = start("tm-a", 2).await;
+        let b = start("tm-b", 2).await;
+        let (gate, sub) = tcp_channel(&a, &b, 2, 0);
+        let sender = send_values(&sub, 10);
+        // Receiver does not consume: 2 buffers arrive (credits), 2 wait at the sender.
+        wait_until("credits used", || gate.queued_buffers(0) == 2 && sub.queued_buffers() == 2).await;
+        assert!(!sender.is_finished(), "the sending task must be blocked by backpressure");
+        assert_eq!(receive_rest(&gate).await, (0..10).collect::<Vec<_>>());
+        sender.join().unwrap();
+    }
+
+    /// A channel with 2 exclusive credits in a gate with 3 floating ones: once its sender
+    /// reports a backlog, the gate grants it the pool over TCP and it holds 5 buffers; every
+    /// buffer still arrives in order, and the pool is whole again at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_with_a_backlog_gets_floating_credits_across_tcp() {
+        let a = start("tm-a", 4).await;
+        let b = start("tm-b", 4).await;
+        let (gate, sub) = tcp_channel(&a, &b, 2, 3);
+        let sender = send_values(&sub, 12);
+        // The exclusive credits are used and the sender's queue is full: a backlog. The sender
+        // reports it with its next buffer: at once if it had queued buffers before the
+        // announcement came, else once the task takes a buffer and a credit goes back.
+        wait_until("exclusive credits used", || gate.queued_buffers(0) >= 2 && sub.queued_buffers() == 4).await;
+        let mut got = Vec::new();
+        if gate.floating_free() == 3 {
+            got.push(value(gate.poll(Some(Instant::now() + Duration::from_secs(30)))));
+        }
+        // The gate granted its pool, and the channel fills a window of 2 + 3 (less the one
+        // taken, if the grant came just before it).
+        wait_until("floating credits used", || gate.floating_free() == 0 && gate.queued_buffers(0) + got.len() >= 5).await;
+        assert!(gate.queued_buffers(0) > 2, "the channel holds more than its exclusive credits");
+        got.extend(receive_rest(&gate).await);
         assert_eq!(got, (0..12).collect::<Vec<_>>());
         assert_eq!(gate.floating_free(), 3, "the floating credits are back in the pool");
         sender.join().unwrap();
