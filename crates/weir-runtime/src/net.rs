@@ -17,8 +17,8 @@
 //! ## Frames
 //! `u32 length | u8 kind | body`, big-endian (see [`frame`]). Kinds after the handshake:
 //! `SCHEMA` (channel id + Arrow IPC schema message), `BUFFER` (channel id + the sender's
-//! backlog + the Arrow IPC messages of one batch, without its schema), `EVENT` and `PRIORITY_EVENT` (channel id +
-//! event), `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel
+//! backlog + the Arrow IPC messages of one batch, without its schema), `EVENT` and
+//! `PRIORITY_EVENT` (channel id + event), `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel
 //! id (32 bytes, [`ChannelId::encode`]).
 //!
 //! ## Buffers
@@ -53,7 +53,7 @@
 //!
 //! ## Credits
 //! A receiving channel announces its credits (free buffers) with an `ANNOUNCE` frame when it is
-//! registered, and returns them as its task takes buffers, half a channel's credits per
+//! registered, and returns them as its task takes buffers, half the channel's window per
 //! `CREDIT` frame (see [`NetworkEnvironment::credit_return`]); credits that wait for the writer
 //! are summed into one `CREDIT` frame per channel.
 //!
@@ -61,7 +61,8 @@
 //! A gate also has floating credits (`taskmanager.network.memory.floating-buffers-per-gate`),
 //! as Flink's floating buffers: each `BUFFER` carries the sender's backlog (the buffers queued
 //! behind it), and a channel whose sender has a backlog is granted floating credits from its
-//! gate's pool, up to that backlog, in a `CREDIT` frame at once; once its sender reports no
+//! gate's pool, enough for that backlog plus a window as far as the pool goes, in a `CREDIT`
+//! frame at once (see [`InputGate::push_remote_buffer`]); once its sender reports no
 //! backlog, the channel gives them back to the pool as its task takes buffers, instead of
 //! returning them to the sender. A busy channel thus gets a deeper window (fewer round trips
 //! per buffer) while the memory stays bounded per gate, not per channel.
@@ -345,8 +346,8 @@ impl NetworkEnvironment {
     }
 
     /// The credit-return handle for remote input channels `ids` (indexed by channel) of a gate.
-    /// `None` entries are local channels, whose credits never
-    /// travel. Each entry is the channel id, the peer's TaskManager id and its data address.
+    /// `None` entries are local channels, whose credits never travel. Each entry is the channel
+    /// id, the peer's TaskManager id and its data address.
     pub fn credit_return(self: &Arc<Self>, ids: Vec<Option<(ChannelId, String, String)>>) -> Arc<dyn CreditReturn> {
         let links: Vec<_> = ids.iter().map(|c| c.as_ref().map(|(id, peer, addr)| (*id, self.link(peer, Some(addr))))).collect();
         Arc::new(RemoteCredits { links })

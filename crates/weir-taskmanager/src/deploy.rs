@@ -138,14 +138,14 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             let (tm, addr) = loc(c.from)?;
             remote.push((tm != &me).then(|| (c.id(key, req.attempt), tm.clone(), addr.clone())));
         }
-        let remote_list: Vec<_> = remote.iter().flatten().cloned().collect();
-        let credit = if remote_list.is_empty() { None } else { Some(shared.net.credit_return(remote.clone())) };
+        // Only a gate with remote channels returns credits over the network and has floating ones.
+        let (credit, floating) = if remote.iter().any(Option::is_some) {
+            (Some(shared.net.credit_return(remote.clone())), s.config.network.floating_buffers_per_gate)
+        } else {
+            (None, 0)
+        };
         let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
-        let mut gate = InputGate::new(s.config.network.buffers_per_channel, per_channel);
-        if !remote_list.is_empty() {
-            gate = gate.with_floating(s.config.network.floating_buffers_per_gate);
-        }
-        let gate = Arc::new(gate);
+        let gate = Arc::new(InputGate::new(s.config.network.buffers_per_channel, per_channel).with_floating(floating));
         for (idx, r) in remote.into_iter().enumerate() {
             if let Some((id, tm, addr)) = r {
                 remote_inputs.push((id, gate.clone(), idx, tm, addr));

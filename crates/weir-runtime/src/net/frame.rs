@@ -9,7 +9,7 @@
 //! wrong, never a panic (a property test feeds it random bytes).
 
 use crate::buffer::{ChannelId, Event};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Handshake, dialer to acceptor: version, authentication mode, the dialer's nonce, its proof
@@ -120,14 +120,14 @@ impl Frame {
                 if body.len() < BUFFER_PREFIX {
                     return Err(bad(format!("buffer for {id:?} too short for its backlog")));
                 }
-                let prefix = body.split_to(BUFFER_PREFIX);
-                if prefix[4..] != [0; 4] {
-                    return Err(bad(format!("buffer for {id:?} with non-zero reserved bytes {:?}", &prefix[4..])));
+                let (backlog, reserved) = (body.get_u32(), body.get_u32());
+                if reserved != 0 {
+                    return Err(bad(format!("buffer for {id:?} with non-zero reserved bytes {:?}", reserved.to_be_bytes())));
                 }
                 if body.is_empty() {
                     return Err(bad(format!("empty buffer for {id:?}")));
                 }
-                Frame::Buffer(id, u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]), body)
+                Frame::Buffer(id, backlog, body)
             }
             SCHEMA => Frame::Schema(id, crate::buffer::decode_schema_message(&body).map_err(|e| bad(format!("schema for {id:?}: {e}")))?),
             EVENT => Frame::Event(id, event(&body)?),
@@ -170,8 +170,8 @@ pub fn put_frame_header(buf: &mut BytesMut, kind: u8, id: Option<&ChannelId>, bo
 /// inside one, an I/O error.
 ///
 /// The body gets an allocation of its own, never zero-filled first, that starts with it: so
-/// after a channel id (32 bytes) and its prefix (8) a `BUFFER` frame's Arrow messages start 8-byte aligned, and
-/// their arrays decode in place ([`crate::buffer::Encoded::decode`]).
+/// after a channel id (32 bytes) and its prefix (8) a `BUFFER` frame's Arrow messages start
+/// 8-byte aligned, and their arrays decode in place ([`crate::buffer::Encoded::decode`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max_len: usize) -> Result<(u8, Bytes), FrameError> {
     let mut header = [0u8; 5];
     if r.read(&mut header[..1]).await? == 0 {
