@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Profiles the keyed count on each state backend with `perf` and writes, per backend, a flame
-graph (bench/out/flame-<backend>.svg, open it in a browser: hover for names and shares) and a
-text summary of where the time goes (bench/out/profile-<backend>.txt: the functions with the
-most samples of their own, and the largest subtrees).
+"""Profiles the keyed count on each state backend, and at parallelism 2 across two TaskManagers
+(the TCP data plane), with `perf` and writes, per case, a flame graph
+(bench/out/flame-<case>.svg, open it in a browser: hover for names and shares) and a text
+summary of where the time goes (bench/out/profile-<case>.txt: the functions with the most
+samples of their own, and the largest subtrees).
 
 Usage: bench/profile.py path/to/weir [--rows N]
 
 Needs `perf` (Debian: linux-perf) and permission to sample (perf_event_paranoid <= 1, or root).
 Samples the CPU clock (no hardware counters needed) at 199 Hz with call graphs unwound from
 DWARF (release builds keep line tables and omit frame pointers), for about three seconds per
-backend. The flame graph and the folding are this script's own (no outside tools).
+case. The flame graph and the folding are this script's own (no outside tools).
 """
 import collections
 import html
@@ -26,9 +27,14 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import KEYED_COUNT as JOB  # noqa: E402  the job bench/run.py measures
 
-BACKENDS = {
-    "hashmap": [],
-    "rocksdb": ["-D", "state.backend.type=rocksdb", "-D", "execution.checkpointing.interval=1s"],
+# name -> (title, parallelism, rows / ROWS, extra arguments). "tcp" is the data plane's case:
+# half the rows cross loopback TCP between two TaskManagers of the embedded cluster.
+CASES = {
+    "hashmap": ("keyed count, hashmap, parallelism 1", 1, 1, []),
+    "rocksdb": ("keyed count, rocksdb, parallelism 1", 1, 1 / 20,
+                ["-D", "state.backend.type=rocksdb", "-D", "execution.checkpointing.interval=1s"]),
+    "tcp": ("keyed count, hashmap, parallelism 2 across two TaskManagers (TCP)", 2, 1,
+            ["-D", "minicluster.taskmanagers=2", "-D", "taskmanager.numberOfTaskSlots=1"]),
 }
 
 
@@ -59,12 +65,17 @@ def summary(stacks, title):
     total = sum(stacks.values()) or 1
     own = collections.Counter()
     inclusive = collections.Counter()
+    threads = collections.Counter()
     for stack, n in stacks.items():
         frames = stack.split(";")
+        threads[frames[0]] += n
         own[frames[-1]] += n
         for f in set(frames[1:]):
             inclusive[f] += n
-    lines = [f"{title}: {total} samples", "", "own time (the function itself, not what it calls):"]
+    lines = [f"{title}: {total} samples", "", "by thread (tasks; tokio-rt-worker: network reads and writes, RPCs):"]
+    for t, n in threads.most_common(8):
+        lines.append(f"  {100.0 * n / total:5.1f}%  {t}")
+    lines += ["", "own time (the function itself, not what it calls):"]
     for f, n in own.most_common(25):
         lines.append(f"  {100.0 * n / total:5.1f}%  {f}")
     lines += ["", "inclusive time (the function and what it calls; frames in over 95% of samples, the threads' roots, left out):"]
@@ -129,13 +140,13 @@ def main():
         print("profile: perf is not installed (Debian: apt-get install linux-perf); no flame graphs")
         return
     os.makedirs(OUT, exist_ok=True)
-    for backend, extra in BACKENDS.items():
+    for case, (title, parallelism, share, extra) in CASES.items():
         with tempfile.TemporaryDirectory() as d:
             job = os.path.join(d, "job.yaml")
             with open(job, "w") as f:
-                f.write(JOB.format(rows=rows if backend == "hashmap" else rows // 20))
-            cmd = [weir, "run", job, "-p", "1", *extra]
-            if backend == "rocksdb":
+                f.write(JOB.format(rows=int(rows * share)))
+            cmd = [weir, "run", job, "-p", str(parallelism), *extra]
+            if case == "rocksdb":
                 cmd += ["-D", f"execution.checkpointing.dir=file://{d}/checkpoints"]
             data = os.path.join(d, "perf.data")
             rec = subprocess.run(
@@ -145,18 +156,17 @@ def main():
                 cwd=d,
             )
             if rec.returncode != 0:
-                print(f"profile: perf record failed for {backend}: {rec.stderr.strip()[-300:]}")
+                print(f"profile: perf record failed for {case}: {rec.stderr.strip()[-300:]}")
                 return
             script = subprocess.run(["perf", "script", "-i", data], capture_output=True, text=True, cwd=d)
             stacks = fold(script.stdout)
-        title = f"keyed count, {backend}, parallelism 1"
-        with open(os.path.join(OUT, f"flame-{backend}.svg"), "w") as f:
+        with open(os.path.join(OUT, f"flame-{case}.svg"), "w") as f:
             f.write(flame_svg(stacks, title))
         text = summary(stacks, title)
-        with open(os.path.join(OUT, f"profile-{backend}.txt"), "w") as f:
+        with open(os.path.join(OUT, f"profile-{case}.txt"), "w") as f:
             f.write(text)
-        print(f"profile: bench/out/flame-{backend}.svg and bench/out/profile-{backend}.txt")
-        print("\n".join(text.splitlines()[:14]))
+        print(f"profile: bench/out/flame-{case}.svg and bench/out/profile-{case}.txt")
+        print("\n".join(text.splitlines()[:20]))
 
 
 if __name__ == "__main__":

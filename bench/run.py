@@ -9,6 +9,7 @@ updated by hand when a note reports new ones) and writes this run's to bench/out
 """
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,16 +66,26 @@ INSERT INTO sink SELECT id, v FROM gen WHERE v > 9;
 
 
 def run(weir, job_text, parallelism, rows, extra=()):
+    """Runs the job; returns its duration in seconds (from the job's status)."""
+    return run_with_cpu(weir, job_text, parallelism, rows, extra)[0]
+
+
+def run_with_cpu(weir, job_text, parallelism, rows, extra=()):
+    """Runs the job; returns its duration and the CPU seconds (user + system) the `weir run`
+    process used, start-up included: the embedded cluster runs every TaskManager in it."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "job.sql" if "INSERT INTO" in job_text else "job.yaml")
         with open(path, "w") as f:
             f.write(job_text.format(rows=rows))
         cmd = [weir, "run", path, "-p", str(parallelism), "--output", "json", *extra]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if out.returncode != 0:
             sys.exit(f"benchmark job failed: {' '.join(cmd)}\n{out.stderr}")
         status = json.loads(out.stdout.strip().splitlines()[-1])
-        return status["duration_ms"] / 1000.0
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return status["duration_ms"] / 1000.0, cpu
 
 
 def main():
@@ -111,13 +122,18 @@ def main():
     # The parallelism-2 cases run interleaved, REPEAT_PAIR rounds of one each, so the machine's
     # drift from minute to minute (up to 30% here) falls on all alike; the ratio of a TCP case
     # to the local one is the data plane's cost.
+    # Their CPU seconds too: the TCP data plane's cost in CPU (kernel copies and TCP stack
+    # included), which the machine's drift moves less than their durations.
     local, tcps = cases[1], cases[2:4]
     pair = {c[0]: [] for c in [local, *tcps]}
+    pair_cpu = {c[0]: [] for c in [local, *tcps]}
     for name, job, p, extra in (local, *tcps):
         run(weir, job, p, 1_000_000, extra)  # warm-up
     for _ in range(REPEAT_PAIR):
         for name, job, p, extra in (local, *tcps):
-            pair[name].append(run(weir, job, p, rows, extra))
+            secs, cpu = run_with_cpu(weir, job, p, rows, extra)
+            pair[name].append(secs)
+            pair_cpu[name].append(cpu)
     for name, job, p, extra in cases:
         n = rows // 10 if "rocksdb" in name else rows
         n = n // 10 if "cache off" in name or "general" in name else n
@@ -137,6 +153,12 @@ def main():
             print(f"{'  its throughput / 1 TaskManager, per interleaved round (median; min .. max)':<84} {'':>2} {'':>12} {'':>8} "
                   f"{statistics.median(ratios):>9.0%} {before}  {ratios[0]:.0%} .. {ratios[-1]:.0%}", flush=True)
             figures[name + ": TCP / local"] = round(statistics.median(ratios), 3)
+            cpu = sorted(t / l for l, t in zip(pair_cpu[local[0]], pair_cpu[name]))
+            before = previous.get(name + ": CPU / local CPU")
+            before = f"{before:>9.0%}" if isinstance(before, (int, float)) else f"{'-':>9}"
+            print(f"{'  its CPU seconds (user + system) / 1 TaskManager (median; min .. max)':<84} {'':>2} {'':>12} {'':>8} "
+                  f"{statistics.median(cpu):>9.0%} {before}  {cpu[0]:.0%} .. {cpu[-1]:.0%}", flush=True)
+            figures[name + ": CPU / local CPU"] = round(statistics.median(cpu), 3)
     os.makedirs(os.path.join(here, "out"), exist_ok=True)
     with open(os.path.join(here, "out", "run.json"), "w") as f:
         json.dump(figures, f, indent=2)
