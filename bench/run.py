@@ -147,18 +147,17 @@ def main():
         before = f"{before:>9.2f}" if isinstance(before, (int, float)) else f"{'-':>9}"
         print(f"{name:<84} {p:>2} {n:>12,} {secs:>8.2f} {n / secs / 1e6:>9.2f} {before}", flush=True)
         if name in (t[0] for t in tcps):
-            ratios = sorted(l / t for l, t in zip(pair[local[0]], pair[name]))
-            before = previous.get(name + ": TCP / local")
-            before = f"{before:>9.0%}" if isinstance(before, (int, float)) else f"{'-':>9}"
-            print(f"{'  its throughput / 1 TaskManager, per interleaved round (median; min .. max)':<84} {'':>2} {'':>12} {'':>8} "
-                  f"{statistics.median(ratios):>9.0%} {before}  {ratios[0]:.0%} .. {ratios[-1]:.0%}", flush=True)
-            figures[name + ": TCP / local"] = round(statistics.median(ratios), 3)
-            cpu = sorted(t / l for l, t in zip(pair_cpu[local[0]], pair_cpu[name]))
-            before = previous.get(name + ": CPU / local CPU")
-            before = f"{before:>9.0%}" if isinstance(before, (int, float)) else f"{'-':>9}"
-            print(f"{'  its CPU seconds (user + system) / 1 TaskManager (median; min .. max)':<84} {'':>2} {'':>12} {'':>8} "
-                  f"{statistics.median(cpu):>9.0%} {before}  {cpu[0]:.0%} .. {cpu[-1]:.0%}", flush=True)
-            figures[name + ": CPU / local CPU"] = round(statistics.median(cpu), 3)
+            # Throughput is 1 / duration: the local case's duration over the TCP case's.
+            for key, label, tcp_over_local in [
+                ("TCP / local", "its throughput / 1 TaskManager, per interleaved round", [l / t for l, t in zip(pair[local[0]], pair[name])]),
+                ("CPU / local CPU", "its CPU seconds (user + system) / 1 TaskManager", [t / l for l, t in zip(pair_cpu[local[0]], pair_cpu[name])]),
+            ]:
+                ratios = sorted(tcp_over_local)
+                figures[f"{name}: {key}"] = round(statistics.median(ratios), 3)
+                before = previous.get(f"{name}: {key}")
+                before = f"{before:>9.0%}" if isinstance(before, (int, float)) else f"{'-':>9}"
+                print(f"{'  ' + label + ' (median; min .. max)':<84} {'':>2} {'':>12} {'':>8} "
+                      f"{statistics.median(ratios):>9.0%} {before}  {ratios[0]:.0%} .. {ratios[-1]:.0%}", flush=True)
     os.makedirs(os.path.join(here, "out"), exist_ok=True)
     with open(os.path.join(here, "out", "run.json"), "w") as f:
         json.dump(figures, f, indent=2)
