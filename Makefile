@@ -15,7 +15,7 @@ WEIR_RELEASE = $${CARGO_TARGET_DIR:-target}/release/weir
 # the web UI's browser test, moto as the S3 server of the tests, kubernetes-validate for the
 # Kubernetes manifests' schema check.
 deps:
-	@command -v protoc >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && [ -n "$$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || { \
+	@command -v protoc >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && [ -n "$$(ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* 2>/dev/null)" ] || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq protobuf-compiler clang libclang-dev chromium chromium-driver >/dev/null; }
 	@python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install --quiet 'moto[server]'
