@@ -18,7 +18,7 @@ import tempfile
 ROWS = 100_000_000
 # Runs per case; the median is printed (one run on this noisy 2-core machine varies by 30%).
 REPEAT = 3
-# Interleaved rounds of the two parallelism-2 cases (local and TCP data plane).
+# Interleaved rounds of the parallelism-2 cases (one TaskManager, and the TCP data plane variants).
 REPEAT_PAIR = 7
 
 KEYED_COUNT = """
@@ -100,6 +100,8 @@ def main():
         ("keyed count, hashmap, 2 TaskManagers (TCP data plane)", KEYED_COUNT, 2, two_tms),
         ("keyed count, hashmap, 2 TaskManagers (TCP), 128 KiB network buffers", KEYED_COUNT, 2,
          two_tms + ["-D", "taskmanager.memory.segment-size=128kb"]),
+        ("keyed count, hashmap, 2 TaskManagers (TCP), 8 credits + 8 queued per channel", KEYED_COUNT, 2,
+         two_tms + ["-D", "taskmanager.network.memory.buffers-per-channel=8", "-D", "taskmanager.network.sender-queue-buffers=8"]),
         ("keyed count, rocksdb, checkpoints every 1 s (write-back aggregate cache)", KEYED_COUNT, 1,
          ["-D", "state.backend.type=rocksdb", "-D", "execution.checkpointing.interval=1s"]),
         ("keyed count, rocksdb, checkpoints every 1 s, cache off (multi_get + WriteBatch)", KEYED_COUNT, 1,
@@ -124,7 +126,7 @@ def main():
     # to the local one is the data plane's cost.
     # Their CPU seconds too: the TCP data plane's cost in CPU (kernel copies and TCP stack
     # included), which the machine's drift moves less than their durations.
-    local, tcps = cases[1], cases[2:4]
+    local, tcps = cases[1], cases[2:5]
     pair = {c[0]: [] for c in [local, *tcps]}
     pair_cpu = {c[0]: [] for c in [local, *tcps]}
     for name, job, p, extra in (local, *tcps):

@@ -11,7 +11,9 @@ For each: checkpoint duration p50 / p99 / max, persisted in-flight bytes per che
 the kinds the checkpoints completed as. Then, without backpressure, the keyed count's
 throughput with unaligned checkpoints on vs off (the cost of the mode itself).
 
-Usage: bench/unaligned.py path/to/weir. Prints figures; asserts nothing.
+Usage: bench/unaligned.py path/to/weir [-D key=value ...]. The `-D` settings go to both
+TaskManagers (e.g. `-D taskmanager.network.memory.buffers-per-channel=8`), to see what a network
+setting costs the checkpoints. Prints figures; asserts nothing.
 """
 import os
 import socket
@@ -75,7 +77,9 @@ def run_mode(weir, addr, d, name, extra):
 
 
 def main():
-    weir = sys.argv[1]
+    if len(sys.argv) < 2 or len(sys.argv[2:]) % 2 or any(a != "-D" for a in sys.argv[2::2]):
+        sys.exit(__doc__)
+    weir, tm_settings = sys.argv[1], sys.argv[2:]
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
         logs = open(os.path.join(d, "log"), "w")
@@ -84,11 +88,12 @@ def main():
         try:
             wait("jobmanager", lambda: socket.create_connection(("127.0.0.1", port)) and True)
             for _ in range(2):
-                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "metrics.port=0", "-D", "taskmanager.numberOfTaskSlots=2"],
+                tms.append(subprocess.Popen([weir, "taskmanager", "--jobmanager", f"127.0.0.1:{port}", "-D", "metrics.port=0", "-D", "taskmanager.numberOfTaskSlots=2", *tm_settings],
                                             stdout=logs, stderr=logs))
             addr = ["--jobmanager", f"127.0.0.1:{port}"]
             wait("taskmanagers", lambda: len(weir_json(weir, "cluster", *addr) or []) == 2)
-            print(f"backpressured keyed count, p=2, datagen {RATE} rows/s -> throttle {THROTTLE} rows/s per subtask, checkpoints every 1 s")
+            print(f"backpressured keyed count, p=2, datagen {RATE} rows/s -> throttle {THROTTLE} rows/s per subtask, checkpoints every 1 s"
+                  + (f"; TaskManagers with {' '.join(tm_settings[1::2])}" if tm_settings else ""))
             print(f"{'mode':<14} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'in-flight kB':>12}   completed as")
             for name, extra in MODES:
                 run_mode(weir, addr, d, name, extra)
