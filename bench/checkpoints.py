@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checkpoint benchmarks (`make bench`): what checkpoints cost and how fast a job recovers.
 
-1. Throughput of the keyed count with checkpoints off vs every 1 s (hashmap and rocksdb).
+1. Throughput and CPU seconds of the keyed count with checkpoints off vs every 1 s (hashmap and
+   rocksdb), in interleaved rounds: the cost is the median of the rounds' ratios, so the
+   machine's drift from minute to minute falls on both alike.
 2. Checkpoint duration p50/p99 for the keyed count over 100 000 keys of in-memory state.
 3. Time from a TaskManager's SIGKILL to the job running again (all subtasks deployed, from
    the latest checkpoint), with heartbeat.timeout 1s.
@@ -17,6 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import KEYED_COUNT, run_with_cpu  # noqa: E402
+
+# Rounds of (checkpoints off, checkpoints on) for the cost figures (one run of each varied by 5-20%).
+COST_ROUNDS = 5
 
 KEYED = """
 name: keyed-count
@@ -70,16 +78,27 @@ def wait(what, cond, timeout=120):
     sys.exit(f"timed out waiting for {what}")
 
 
-def main():
-    weir = sys.argv[1]
-    print(f"{'checkpoint cost (keyed count, 100k keys, p=1)':<62} {'M rows/s':>9}")
+def checkpoint_cost(weir):
+    """Prints what checkpoints every second cost the keyed count at parallelism 1, per backend."""
+    print(f"{f'checkpoint cost (keyed count, 100k keys, p=1; {COST_ROUNDS} interleaved rounds)':<62} {'M rows/s':>9} {'CPU s':>6}")
     for backend, rows in [("hashmap", 300_000_000), ("rocksdb", 50_000_000)]:
         with tempfile.TemporaryDirectory() as chk:
             base = ["-D", f"state.backend.type={backend}"]
-            off = throughput(weir, rows, base)
-            on = throughput(weir, rows, base + ["-D", "execution.checkpointing.interval=1s", "-D", f"execution.checkpointing.dir=file://{chk}"])
-            print(f"{backend + ': checkpoints off':<62} {off:>9.2f}")
-            print(f"{backend + ': checkpoints every 1s':<62} {on:>9.2f}   ({(on - off) / off * 100:+.1f}%)")
+            on = base + ["-D", "execution.checkpointing.interval=1s", "-D", f"execution.checkpointing.dir=file://{chk}"]
+            rounds = [(run_with_cpu(weir, KEYED_COUNT, 1, rows, base), run_with_cpu(weir, KEYED_COUNT, 1, rows, on)) for _ in range(COST_ROUNDS)]
+        # Per round: throughput with checkpoints over without (durations inverted), CPU likewise.
+        speed = sorted(off[0] / with_[0] for off, with_ in rounds)
+        cpu = sorted(with_[1] / off[1] for off, with_ in rounds)
+        cost = (f"   throughput {statistics.median(speed) - 1:+.1%} ({speed[0] - 1:+.1%} .. {speed[-1] - 1:+.1%}),"
+                f" CPU {statistics.median(cpu) - 1:+.1%} ({cpu[0] - 1:+.1%} .. {cpu[-1] - 1:+.1%})")
+        for label, i, tail in [("checkpoints off", 0, ""), ("checkpoints every 1s", 1, cost)]:
+            secs, cpu_s = statistics.median(r[i][0] for r in rounds), statistics.median(r[i][1] for r in rounds)
+            print(f"{backend + ': ' + label:<62} {rows / secs / 1e6:>9.2f} {cpu_s:>6.2f}{tail}", flush=True)
+
+
+def main():
+    weir = sys.argv[1]
+    checkpoint_cost(weir)
 
     with tempfile.TemporaryDirectory() as d:
         port = free_port()
