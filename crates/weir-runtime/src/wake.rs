@@ -4,8 +4,9 @@
 //! output without room) it waits on its [`Waker`], until a deadline (a buffer flush, an
 //! alignment timeout, a throttle) at the latest. Everything that may let it go on notifies
 //! that waker: its input gate when an item arrives (data or a priority event), the input gates
-//! of downstream tasks and the network writer when an output channel regains room, the
-//! TaskManager when it hands the task a command or cancels it.
+//! of downstream tasks and the network writer when an output channel regains room (a local
+//! one once drained to half its credits), the TaskManager when it hands the task a command or
+//! cancels it.
 //!
 //! A notification is a flag, not a count: one that arrives while the task is busy makes its
 //! next wait return at once, so none is lost, and many coalesce into one wake-up. The task
