@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import KEYED_COUNT, run_with_cpu  # noqa: E402
+from run import KEYED_COUNT, run, run_with_cpu  # noqa: E402
 
 # Rounds of (checkpoints off, checkpoints on) for the cost figures (one run of each varied by 5-20%).
 COST_ROUNDS = 5
@@ -55,14 +55,8 @@ def weir_json(weir, *args):
 
 
 def throughput(weir, rows, extra):
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "job.yaml")
-        with open(path, "w") as f:
-            f.write(KEYED.format(bound=f"number-of-rows: {rows}"))
-        out = subprocess.run([weir, "run", path, "--output", "json", *extra], capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(out.stderr)
-        return rows / (json.loads(out.stdout)["duration_ms"] / 1000.0) / 1e6
+    """The keyed count's rows per second (millions) at parallelism 1 (`bench/unaligned.py` uses it)."""
+    return rows / run(weir, KEYED_COUNT, 1, rows, extra) / 1e6
 
 
 def wait(what, cond, timeout=120):
