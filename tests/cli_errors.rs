@@ -38,17 +38,17 @@ fn a_job_that_needs_more_network_memory_than_the_taskmanager_has_fails_naming_th
         "name: gen\npipeline:\n  - source: datagen\n    number-of-rows: 1000\n    fields:\n      - {name: k, kind: random, min: 0, max: 99}\n  - key_by: k\n  - count: {}\n  - sink: blackhole\n",
     )
     .unwrap();
-    // 4 count subtasks × 4 input channels × 4 buffers + 16 output channels = 80 buffers of 32 KiB.
+    // 4 count subtasks × 4 input channels × 4 buffers + 16 output channels = 80 buffers of 64 KiB.
     let args = ["run", "job.yaml", "-p", "4", "-D", "restart-strategy.type=none"];
     let (ok, _, stderr) = run(dir.path(), &[&args[..], &["-D", "taskmanager.memory.network.max=1mb"]].concat());
     assert!(!ok, "the job ran with too little network memory");
     assert!(
-        stderr.contains("not enough network memory: the tasks need 2.5 MiB")
+        stderr.contains("not enough network memory: the tasks need 5 MiB")
             && stderr.contains("16 input channels × 4 buffers")
             && stderr.contains("raise taskmanager.memory.network.max"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(dir.path(), &[&args[..], &["-D", "taskmanager.memory.network.max=3mb"]].concat());
+    let (ok, _, stderr) = run(dir.path(), &[&args[..], &["-D", "taskmanager.memory.network.max=6mb"]].concat());
     assert!(ok, "{stderr}");
 }
 

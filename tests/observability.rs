@@ -54,6 +54,54 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
     scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| value(&s.value))
 }
 
+/// Buffer debloating as a user sees it: a keyed job backpressured across two TaskManagers asks
+/// its senders for small buffers (`debloatedBufferSize`), and its unaligned checkpoints persist
+/// much less in-flight data than the same job with debloating off.
+#[test]
+fn buffer_debloating_shrinks_the_in_flight_data_of_a_backpressured_job() {
+    // Mean persisted bytes of four unaligned checkpoints, and the buffer size the counting task
+    // asked for, with debloating on or off.
+    let run = |debloat: bool| -> (f64, u64) {
+        let rest = free_port();
+        let settings = [
+            format!("rest.port={rest}"),
+            format!("taskmanager.network.memory.buffer-debloat.enabled={debloat}"),
+            "taskmanager.network.memory.buffer-debloat.target=100ms".to_string(),
+        ];
+        let _cluster = Cluster::start(2, 1, &settings.iter().map(String::as_str).collect::<Vec<_>>());
+        let job = backpressured_job("200ms", true, 20_000).replacen("config:\n", "config:\n  parallelism.default: 2\n", 1);
+        let id = submit(rest, &job);
+        let size = wait_for("the counting task to be backpressured (and to ask for small buffers)", || {
+            let j = get(rest, &format!("/jobs/{id}"));
+            let (source, count) = (&j["vertices"][0]["metrics"], &j["vertices"][1]["metrics"]);
+            let size = count["debloatedBufferSize"].as_u64()?;
+            let backpressured = source["backPressuredTimeMsPerSecond"].as_f64()? > 500.0;
+            (backpressured && (!debloat || (size > 0 && size < 64 << 10))).then_some(size)
+        });
+        // Give what was queued before the sizes shrank 20 checkpoint intervals to drain, then
+        // measure four checkpoints that started after.
+        let history = get(rest, &format!("/jobs/{id}/checkpoints"))["history"].clone();
+        let first = history.as_array().unwrap().iter().filter_map(|c| c["id"].as_u64()).max().unwrap_or(0) + 20;
+        let persisted = wait_for("four more unaligned checkpoints", || {
+            let h = get(rest, &format!("/jobs/{id}/checkpoints"))["history"].clone();
+            let done: Vec<u64> = h
+                .as_array()?
+                .iter()
+                .filter(|c| c["status"] == "COMPLETED" && c["id"].as_u64().is_some_and(|i| i > first))
+                .map(|c| c["persisted_data"].as_u64().unwrap_or(0))
+                .collect();
+            (done.len() >= 4).then(|| done.iter().sum::<u64>() as f64 / done.len() as f64)
+        });
+        (persisted, size)
+    };
+    let (on, size) = run(true);
+    let (off, none) = run(false);
+    assert_eq!(none, 0, "without debloating the senders are never asked for a size");
+    assert!(size < 64 << 10, "a backpressured gate asked for less than a segment (64 KiB): {size}");
+    assert!(off > 0.0, "the backpressured job had in-flight data to persist");
+    assert!(on * 2.0 < off, "debloating persisted {on:.0} bytes per checkpoint, without it {off:.0}");
+}
+
 #[test]
 fn live_metrics_of_a_backpressured_job_reach_rest_and_prometheus() {
     let rest = free_port();

@@ -132,7 +132,7 @@ keys! {
         "TaskManager data-plane (TCP) port; 0 picks a free port.";
     TASKMANAGER_TMP_DIRS = "taskmanager.tmp.dirs", "none", Text,
         "Local working directory for state; defaults to the system temp directory.";
-    SEGMENT_SIZE = "taskmanager.memory.segment-size", "32kb", Size,
+    SEGMENT_SIZE = "taskmanager.memory.segment-size", "64kb", Size,
         "Target size of one network buffer: output is flushed when a channel's buffer reaches it.";
     BUFFERS_PER_CHANNEL = "taskmanager.network.memory.buffers-per-channel", "4", Int { min: 1 },
         "Credits (buffers) a receiver grants each input channel: its exclusive buffers.";
@@ -140,6 +140,18 @@ keys! {
         "Extra credits an input gate with remote channels grants, on top of the exclusive ones, to the channels whose senders report a backlog.";
     SENDER_QUEUE_BUFFERS = "taskmanager.network.sender-queue-buffers", "4", Int { min: 1 },
         "Buffers a sender may queue per output channel before its task blocks.";
+    DEBLOAT_ENABLED = "taskmanager.network.memory.buffer-debloat.enabled", "true", Bool,
+        "Buffer debloating (Flink's FLIP-183): each input gate measures how fast its task consumes and asks its senders for buffers sized so that its in-flight data takes about buffer-debloat.target to process; under backpressure buffers shrink, and checkpoints wait behind (aligned) or persist (unaligned) less data.";
+    DEBLOAT_TARGET = "taskmanager.network.memory.buffer-debloat.target", "1s", Duration,
+        "Buffer debloating: how long the data in flight towards one input gate should take its task to process.";
+    DEBLOAT_PERIOD = "taskmanager.network.memory.buffer-debloat.period", "200ms", Duration,
+        "Buffer debloating: how often a gate measures its task's throughput and recomputes the buffer size.";
+    DEBLOAT_SAMPLES = "taskmanager.network.memory.buffer-debloat.samples", "20", Int { min: 1 },
+        "Buffer debloating: the throughput is averaged over about this many periods (exponential moving average).";
+    DEBLOAT_THRESHOLD = "taskmanager.network.memory.buffer-debloat.threshold-percentages", "25", Int { min: 0 },
+        "Buffer debloating: a new buffer size is announced to the senders only if it differs from the last one by more than this percentage.";
+    MIN_SEGMENT_SIZE = "taskmanager.memory.min-segment-size", "1kb", Size,
+        "Buffer debloating: the smallest buffer size a gate asks for (at most taskmanager.memory.segment-size).";
     NETWORK_MEMORY_MAX = "taskmanager.memory.network.max", "512mb", Size,
         "Network memory a TaskManager hands out to the channels of its tasks; a deployment that needs more fails, naming what it needs.";
     JOBMANAGER_ADDRESS = "jobmanager.rpc.address", "none", Text,

@@ -252,6 +252,25 @@ pub struct NetworkConfig {
     pub buffer_timeout: Duration,
     /// `taskmanager.memory.network.max`: the network memory of one TaskManager, in bytes.
     pub memory_max: u64,
+    /// `taskmanager.network.memory.buffer-debloat.*`; `None` when debloating is off.
+    pub debloat: Option<DebloatConfig>,
+}
+
+/// Buffer debloating (`taskmanager.network.memory.buffer-debloat.*`): how an input gate sizes
+/// the buffers its senders cut, from its task's throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebloatConfig {
+    /// How long the data in flight towards a gate should take its task to process.
+    pub target: Duration,
+    /// How often the throughput is measured and the size recomputed.
+    pub period: Duration,
+    /// The throughput's moving average spans about this many periods.
+    pub samples: u32,
+    /// A new size is announced only if it differs from the last by more than this percentage.
+    pub threshold_percent: u32,
+    /// `taskmanager.memory.min-segment-size`: the smallest size asked for, in bytes (at most
+    /// the segment size).
+    pub min_size: usize,
 }
 
 impl NetworkConfig {
@@ -263,6 +282,13 @@ impl NetworkConfig {
             sender_queue_buffers: c.int(keys::SENDER_QUEUE_BUFFERS) as usize,
             buffer_timeout: c.duration(keys::BUFFER_TIMEOUT),
             memory_max: c.size(keys::NETWORK_MEMORY_MAX),
+            debloat: c.bool(keys::DEBLOAT_ENABLED).then(|| DebloatConfig {
+                target: c.duration(keys::DEBLOAT_TARGET),
+                period: c.duration(keys::DEBLOAT_PERIOD),
+                samples: c.int(keys::DEBLOAT_SAMPLES).min(u32::MAX as u64) as u32,
+                threshold_percent: c.int(keys::DEBLOAT_THRESHOLD).min(u32::MAX as u64) as u32,
+                min_size: (c.size(keys::MIN_SEGMENT_SIZE) as usize).min(c.size(keys::SEGMENT_SIZE) as usize),
+            }),
         }
     }
 }
@@ -479,8 +505,11 @@ mod tests {
         assert_eq!(job.restart, RestartStrategy::None);
         assert_eq!(job.state_backend, StateBackendKind::HashMap);
         let tm = TaskManagerConfig::from_config(&c);
-        assert_eq!(tm.network.segment_size, 32 * 1024);
+        assert_eq!(tm.network.segment_size, 64 * 1024);
         assert_eq!(tm.network.buffer_timeout, Duration::from_millis(100));
+        let debloat = tm.network.debloat.expect("buffer debloating is on by default");
+        assert_eq!((debloat.target, debloat.period), (Duration::from_secs(1), Duration::from_millis(200)));
+        assert_eq!((debloat.samples, debloat.threshold_percent, debloat.min_size), (20, 25, 1024));
         assert_eq!(tm.slots, 4);
         let jm = JobManagerConfig::from_config(&c);
         assert_eq!((jm.port, jm.catalog_dir), (6123, None));

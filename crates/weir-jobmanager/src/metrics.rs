@@ -222,6 +222,7 @@ pub(crate) fn metrics_json<'a>(subtasks: impl IntoIterator<Item = &'a SubtaskMet
         "inputCredit": sum(|m| m.input_credit),
         "outputQueueLength": sum(|m| m.output_queue),
         "outputCredit": sum(|m| m.output_credit),
+        "debloatedBufferSize": max(|m| m.debloated_buffer_size),
         "stateSize": sum(|m| m.state_size),
         "lastCheckpointId": subtasks.iter().map(|s| s.latest.checkpoint_id).min().unwrap_or(0),
         "lastCheckpointSyncDuration": max(|m| m.checkpoint_sync_ms),

@@ -62,7 +62,7 @@ pub struct Family {
 /// The task metrics, one family per metric (see `docs/metrics.md`).
 pub fn task_families(tasks: &[TaskSeries]) -> Vec<Family> {
     type Field = (&'static str, &'static str, fn(&TaskMetrics) -> Value);
-    let fields: [Field; 17] = [
+    let fields: [Field; 18] = [
         ("weir_task_records_in", "Rows the task took in (from its source or its input channels).", |m| Value::Counter(m.records_in)),
         ("weir_task_records_out", "Rows the task's chain emitted.", |m| Value::Counter(m.records_out)),
         ("weir_task_bytes_in", "Bytes taken from the input channels.", |m| Value::Counter(m.bytes_in)),
@@ -76,6 +76,11 @@ pub fn task_families(tasks: &[TaskSeries]) -> Vec<Family> {
         ("weir_task_input_credit_buffers", "Buffers the input channels still have room for.", |m| Value::Gauge(m.input_credit as i64)),
         ("weir_task_output_queue_buffers", "Buffers queued on the task's output channels.", |m| Value::Gauge(m.output_queue as i64)),
         ("weir_task_output_credit_buffers", "Buffers the output channels still have room for.", |m| Value::Gauge(m.output_credit as i64)),
+        (
+            "weir_task_debloated_buffer_size_bytes",
+            "Buffer size the task's input gate last asked its senders for (buffer debloating); 0 before any.",
+            |m| Value::Gauge(m.debloated_buffer_size as i64),
+        ),
         ("weir_task_state_size_bytes", "Bytes of the task's state in its last checkpoint.", |m| Value::Gauge(m.state_size as i64)),
         ("weir_task_last_checkpoint_id", "The last checkpoint the task acknowledged.", |m| Value::Gauge(m.checkpoint_id as i64)),
         ("weir_task_last_checkpoint_sync_seconds", "The synchronous part of the task's last checkpoint.", |m| {

@@ -45,11 +45,14 @@
 //! outside the lock.
 
 use crate::buffer::{Event, Item};
+use crate::debloat::BufferDebloater;
 use crate::wake::Waker;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weir_core::settings::DebloatConfig;
 
 /// Returns or grants credits to a remote sender: called by the gate, outside its lock, when
 /// the task took half a window of buffers from a remote channel, or when the channel is granted
@@ -57,6 +60,10 @@ use std::time::{Duration, Instant};
 pub trait CreditReturn: Send + Sync {
     /// Gives the sender of gate channel `channel` `n` more credits.
     fn return_credit(&self, channel: usize, n: u32);
+
+    /// Tells the sender of gate channel `channel` to cut its buffers at `size` bytes (buffer
+    /// debloating, see [`crate::debloat`]).
+    fn announce_buffer_size(&self, channel: usize, size: u32);
 }
 
 /// One queued item.
@@ -154,6 +161,13 @@ pub struct InputGate {
     /// `Some` for channels fed from the network: returns each taken buffer's credit to the
     /// sender. `None` for local channels: taking a buffer may wake their sender instead.
     remote: Vec<Option<Arc<dyn CreditReturn>>>,
+    /// The floating credits the gate was given ([`InputGate::with_floating`]).
+    floating: usize,
+    /// Buffer debloating, with the segment size: see [`InputGate::with_debloat`].
+    debloat: Option<(DebloatConfig, usize)>,
+    /// The buffer size last announced to the senders ([`InputGate::announce_buffer_size`]);
+    /// 0 before any.
+    buffer_size: AtomicUsize,
 }
 
 impl InputGate {
@@ -180,14 +194,52 @@ impl InputGate {
             space: Condvar::new(),
             credits,
             remote,
+            floating: 0,
+            debloat: None,
+            buffer_size: AtomicUsize::new(0),
         }
     }
 
     /// Gives the gate a pool of `n` floating credits for its remote channels (see the module
     /// header).
-    pub fn with_floating(self, n: usize) -> Self {
+    pub fn with_floating(mut self, n: usize) -> Self {
         self.inner.lock().floating_free = n;
+        self.floating = n;
         self
+    }
+
+    /// Turns buffer debloating on for this gate: its task sizes its senders' buffers from its
+    /// throughput (see [`crate::debloat`]), at most `segment_size` bytes.
+    pub fn with_debloat(mut self, config: DebloatConfig, segment_size: usize) -> Self {
+        self.debloat = Some((config, segment_size));
+        self
+    }
+
+    /// The receiving task's debloater, if debloating is on: it sizes buffers for everything
+    /// the gate can hold (every channel's credits and the floating pool).
+    pub fn debloater(&self, now: Instant, bytes_in: u64) -> Option<BufferDebloater> {
+        let (config, segment) = self.debloat?;
+        Some(BufferDebloater::new(config, segment, self.num_channels() * self.credits + self.floating, now, bytes_in))
+    }
+
+    /// Asks every sender of this gate to cut its buffers at `size` bytes: local senders read it
+    /// ([`InputGate::buffer_size`]), remote ones are told over the network.
+    pub fn announce_buffer_size(&self, size: usize) {
+        self.buffer_size.store(size, Ordering::Relaxed);
+        let size = size.min(u32::MAX as usize) as u32;
+        for (channel, remote) in self.remote.iter().enumerate() {
+            if let Some(r) = remote {
+                r.announce_buffer_size(channel, size);
+            }
+        }
+    }
+
+    /// The buffer size last announced to this gate's senders, if any.
+    pub fn buffer_size(&self) -> Option<usize> {
+        match self.buffer_size.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// Floating credits no channel holds (for tests and metrics).
@@ -719,13 +771,39 @@ mod tests {
     }
 
     /// Counts the credits the gate hands back, per channel.
+    /// Also records the buffer sizes announced, per channel.
     #[derive(Default)]
-    struct Counter(AtomicUsize, parking_lot::Mutex<Vec<(usize, u32)>>);
+    struct Counter(AtomicUsize, parking_lot::Mutex<Vec<(usize, u32)>>, parking_lot::Mutex<Vec<(usize, u32)>>);
     impl CreditReturn for Counter {
         fn return_credit(&self, channel: usize, n: u32) {
             self.0.fetch_add(n as usize, Ordering::SeqCst);
             self.1.lock().push((channel, n));
         }
+
+        fn announce_buffer_size(&self, channel: usize, size: u32) {
+            self.2.lock().push((channel, size));
+        }
+    }
+
+    #[test]
+    fn a_buffer_size_announcement_reaches_every_sender_local_and_remote() {
+        let credits = Arc::new(Counter::default());
+        let r: Arc<dyn CreditReturn> = credits.clone();
+        let config = DebloatConfig {
+            target: Duration::from_secs(1),
+            period: Duration::from_millis(200),
+            samples: 20,
+            threshold_percent: 25,
+            min_size: 1024,
+        };
+        let gate = InputGate::new(4, vec![None, Some(r.clone()), Some(r)]).with_floating(8).with_debloat(config, 32 << 10);
+        assert_eq!(gate.buffer_size(), None, "local senders use the segment size until told otherwise");
+        let d = gate.debloater(Instant::now(), 0).expect("debloating is on");
+        assert_eq!(d.announced(), 32 << 10);
+        gate.announce_buffer_size(5000);
+        assert_eq!(gate.buffer_size(), Some(5000));
+        assert_eq!(*credits.2.lock(), vec![(1, 5000), (2, 5000)], "each remote channel is told once");
+        assert!(InputGate::new(4, vec![None]).debloater(Instant::now(), 0).is_none(), "off unless configured");
     }
 
     impl Counter {

@@ -8,6 +8,8 @@
 //! - [`wiring`]: which channels a subtask reads and writes, from the JobGraph alone.
 //! - [`buffer`]: what a channel carries (buffers, events) and their encoding.
 //! - [`gate`]: the receiving end of a task's channels: credits, priority, blocking.
+//! - [`debloat`]: buffer debloating: the buffer size a gate asks its senders for, from its
+//!   task's throughput.
 //! - [`metrics`]: a task's live counters (rows, bytes, busy/idle/backpressured time, queues,
 //!   its last checkpoint), published by its thread, sampled by the TaskManager.
 //! - [`partition`]: the sending end: partitioning, output batching, flush deadlines.
@@ -32,6 +34,7 @@
 
 pub mod barrier;
 pub mod buffer;
+pub mod debloat;
 pub mod gate;
 pub mod metrics;
 pub mod net;

@@ -86,6 +86,9 @@ pub struct TaskSample {
     pub input_credit: u64,
     pub output_queue: u64,
     pub output_credit: u64,
+    /// The buffer size the input gate last asked its senders for (buffer debloating); 0 before
+    /// any. Set by [`crate::task::Task::sample`].
+    pub debloated_buffer_size: u64,
     /// The last checkpoint this task acknowledged, if any.
     pub checkpoint: Option<CheckpointFigures>,
 }
@@ -178,6 +181,7 @@ impl TaskMetrics {
             input_credit,
             output_queue: self.output_queue.load(Relaxed),
             output_credit: self.output_credit.load(Relaxed),
+            debloated_buffer_size: 0,
             checkpoint: *self.checkpoint.lock(),
         }
     }

@@ -18,8 +18,9 @@
 //! `u32 length | u8 kind | body`, big-endian (see [`frame`]). Kinds after the handshake:
 //! `SCHEMA` (channel id + Arrow IPC schema message), `BUFFER` (channel id + the sender's
 //! backlog + the Arrow IPC messages of one batch, without its schema), `EVENT` and
-//! `PRIORITY_EVENT` (channel id + event), `ANNOUNCE` and `CREDIT` (channel id + u32 count). Every body starts with the channel
-//! id (32 bytes, [`ChannelId::encode`]).
+//! `PRIORITY_EVENT` (channel id + event), `ANNOUNCE` and `CREDIT` (channel id + u32 count),
+//! `BUFFER_SIZE` (channel id + u32 bytes). Every body starts with the channel id (32 bytes,
+//! [`ChannelId::encode`]).
 //!
 //! ## Buffers
 //! A channel's schema travels once: a `SCHEMA` frame goes ahead of its first buffer, and again
@@ -42,13 +43,13 @@
 //! ## Who may send what
 //! A frame about a channel is taken only from the TaskManager that owns its other end: data and
 //! events only from the peer the input channel was registered with
-//! ([`NetworkEnvironment::register_input`]), `ANNOUNCE` and `CREDIT` only from the peer the
-//! sending end sends to. A frame naming a channel another peer owns, or a buffer beyond the
+//! ([`NetworkEnvironment::register_input`]), `ANNOUNCE`, `CREDIT` and `BUFFER_SIZE` only from
+//! the peer the sending end sends to. A frame naming a channel another peer owns, or a buffer beyond the
 //! credits granted, is a protocol violation (the connection closes); a frame for a channel
 //! nobody registered (a released attempt) is dropped.
 //!
-//! `ANNOUNCE` and `CREDIT` flow from the receiving TaskManager to the sending one, against the
-//! channel's data. A `PRIORITY_EVENT` overtook the buffers queued at the sender, and the
+//! `ANNOUNCE`, `CREDIT` and `BUFFER_SIZE` flow from the receiving TaskManager to the sending
+//! one, against the channel's data. A `PRIORITY_EVENT` overtook the buffers queued at the sender, and the
 //! receiver queues it ahead of the buffers waiting in its gate too.
 //!
 //! ## Credits
@@ -80,6 +81,13 @@
 //! are ignored: they cannot bring back a channel that would never end.
 //!
 //! A broken connection fails every channel that used it, on both ends, naming the peer.
+//!
+//! ## Buffer sizes
+//! With buffer debloating ([`crate::debloat`]) a receiving gate tells its remote senders the
+//! size to cut their buffers at in a `BUFFER_SIZE` frame, sent like an `ANNOUNCE` (after it, in
+//! order on the link); the sending end keeps the latest ([`RemoteSubpartition::buffer_size`]).
+//! One that arrives before the sending end is registered waits with the channel's pending
+//! announcement.
 //!
 //! ## Attempts
 //! A channel id includes the job's attempt. After a restart, frames and credits of the failed
@@ -126,11 +134,12 @@ pub use handshake::{NetSecurity, SecurityError};
 use crate::buffer::{schema_message, BatchEncoder, ChannelId, Encoded, Event, Item};
 use crate::gate::{CreditReturn, InputGate};
 use bytes::{Bytes, BytesMut};
-use frame::{read_frame, Frame, FrameError, ANNOUNCE, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
+use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER_SIZE, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
 use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, WriteSide, HANDSHAKE_TIMEOUT};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -147,7 +156,7 @@ const DIAL_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::fr
 /// a peer cannot fill memory with announcements of channels that never come.
 pub const MAX_PENDING_ANNOUNCES: usize = 1 << 18;
 /// The reader's buffer: many small frames (credits, events) per system call, yet small enough
-/// that most of a buffer's body (a segment, 32 KiB by default) skips it and is read straight
+/// that most of a buffer's body (a segment, 64 KiB by default) skips it and is read straight
 /// into the body's own allocation (tokio's `BufReader` reads past its buffer when it is empty
 /// and the read is larger).
 const READ_BUFFER: usize = 8 << 10;
@@ -368,6 +377,7 @@ impl NetworkEnvironment {
                     space: Condvar::new(),
                     link: link.clone(),
                     max_buffer: self.max_buffer,
+                    buffer_size: AtomicUsize::new(0),
                 })
             })
             .clone();
@@ -375,8 +385,11 @@ impl NetworkEnvironment {
         // here or finds the sending end.
         let pending = link.state.lock().pending_announces.remove(&id);
         drop(outputs);
-        if let Some(n) = pending {
-            sub.add_credit(n);
+        if let Some(p) = pending {
+            if p.buffer_size > 0 {
+                sub.buffer_size.store(p.buffer_size as usize, Ordering::Relaxed);
+            }
+            sub.add_credit(p.credits);
         }
         link.add_subpartition(&sub);
         sub
@@ -514,8 +527,32 @@ impl NetworkEnvironment {
         if st.pending_announces.len() >= MAX_PENDING_ANNOUNCES && !st.pending_announces.contains_key(&id) {
             return Err(format!("TaskManager {} announced more than {MAX_PENDING_ANNOUNCES} channels not deployed here", link.peer));
         }
-        let credits = st.pending_announces.entry(id).or_default();
-        *credits = credits.saturating_add(n);
+        let pending = st.pending_announces.entry(id).or_default();
+        pending.credits = pending.credits.saturating_add(n);
+        Ok(())
+    }
+
+    /// A `BUFFER_SIZE` from `link`'s peer: the sending end cuts its buffers at `n` bytes from
+    /// now on. It must send to that peer; before it is registered the size waits with the
+    /// channel's pending announcement (which came first on the link); without either it is
+    /// ignored (the end is gone).
+    fn buffer_size(&self, link: &PeerLink, id: ChannelId, n: u32) -> Result<(), String> {
+        let outputs = self.outputs.lock();
+        if let Some(sub) = outputs.get(&id) {
+            if sub.link.peer != link.peer {
+                return Err(format!(
+                    "TaskManager {} sent a buffer size for channel {id:?}, which sends to TaskManager {}",
+                    link.peer, sub.link.peer
+                ));
+            }
+            if n > 0 {
+                sub.buffer_size.store(n as usize, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        if let Some(p) = link.state.lock().pending_announces.get_mut(&id) {
+            p.buffer_size = n;
+        }
         Ok(())
     }
 
@@ -534,9 +571,18 @@ impl NetworkEnvironment {
     }
 }
 
+/// What the peer announced for a channel whose sending end is not registered yet.
+#[derive(Debug, Default, Clone, Copy)]
+struct PendingAnnounce {
+    /// Credits announced.
+    credits: u32,
+    /// The buffer size last asked for; 0 if none.
+    buffer_size: u32,
+}
+
 /// What a link's writer sends next.
 enum Outgoing {
-    /// `ANNOUNCE` or `CREDIT`: (kind, channel, count).
+    /// `ANNOUNCE`, `CREDIT` or `BUFFER_SIZE`: (kind, channel, count or size).
     Credit(u8, ChannelId, u32),
     /// A sending end's frame; for a buffer, with the backlog behind it (buffers still queued).
     Frame(ChannelId, Queued, u32),
@@ -545,7 +591,7 @@ enum Outgoing {
 /// What the writer, the reader and the rest of the environment share about one link.
 #[derive(Default)]
 struct LinkState {
-    /// Credit frames to send: (`ANNOUNCE` or `CREDIT`, channel, count).
+    /// Credit frames to send: (`ANNOUNCE`, `CREDIT` or `BUFFER_SIZE`, channel, count or size).
     credits: Vec<(u8, ChannelId, u32)>,
     /// Where each channel's `CREDIT` waits in `credits`: credits returned while the writer is
     /// busy are summed into one frame per channel.
@@ -559,8 +605,9 @@ struct LinkState {
     finished: Vec<ChannelId>,
     /// Input channels whose credits went out on this link (their data comes back on it).
     input_channels: Vec<ChannelId>,
-    /// Credits the peer announced for channels whose sending end is not registered yet.
-    pending_announces: HashMap<ChannelId, u32>,
+    /// Credits (and the latest buffer size) the peer announced for channels whose sending end
+    /// is not registered yet.
+    pending_announces: HashMap<ChannelId, PendingAnnounce>,
     /// Why the link broke; set once. A broken link is never used again.
     broken: Option<String>,
     /// A connection is attached; another one for this link is dropped.
@@ -593,7 +640,7 @@ impl PeerLink {
     }
 
     /// Queues a credit frame: `ANNOUNCE` for a newly registered input channel, `CREDIT` for a
-    /// returned one.
+    /// returned one, `BUFFER_SIZE` for a debloated one.
     /// Credits returned for a channel whose `CREDIT` has not gone out yet are added to it.
     fn push_credit(&self, kind: u8, id: ChannelId, n: u32) {
         if kind == CREDIT && self.send_direct(None, Some((kind, id, n))) {
@@ -880,6 +927,7 @@ impl PeerLink {
                 Frame::PriorityEvent(id, event) => env.deliver_priority(&self.peer, id, event)?,
                 Frame::Announce(id, n) => env.announce(&self, id, n)?,
                 Frame::Credit(id, n) => env.credit(&self, id, n)?,
+                Frame::BufferSize(id, n) => env.buffer_size(&self, id, n)?,
             }
         }
     }
@@ -999,6 +1047,12 @@ impl CreditReturn for RemoteCredits {
             link.push_credit(CREDIT, *id, n);
         }
     }
+
+    fn announce_buffer_size(&self, channel: usize, size: u32) {
+        if let Some((id, link)) = &self.links[channel] {
+            link.push_credit(BUFFER_SIZE, *id, size);
+        }
+    }
 }
 
 /// One frame waiting in a sending end's queue.
@@ -1075,6 +1129,8 @@ pub struct RemoteSubpartition {
     link: Arc<PeerLink>,
     /// The largest buffer body the data plane carries: a larger buffer fails the push.
     max_buffer: usize,
+    /// The buffer size the receiving gate last asked for (`BUFFER_SIZE`); 0 before any.
+    buffer_size: AtomicUsize,
 }
 
 impl RemoteSubpartition {
@@ -1165,6 +1221,14 @@ impl RemoteSubpartition {
         drop(st);
         if sendable && !self.link.send_direct(Some(self.as_ref()), None) {
             self.schedule();
+        }
+    }
+
+    /// The buffer size the receiving gate last asked for (buffer debloating), if any.
+    pub fn buffer_size(&self) -> Option<usize> {
+        match self.buffer_size.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
         }
     }
 
@@ -1321,6 +1385,7 @@ mod tests {
             sender_queue_buffers,
             buffer_timeout: Duration::from_millis(10),
             memory_max: 1 << 30,
+            debloat: None,
         }
     }
 
@@ -1389,6 +1454,28 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    /// A gate's buffer size reaches its remote sender in a `BUFFER_SIZE` frame: sent before the
+    /// sending end is registered it waits with the pending announcement, and later ones
+    /// replace it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_debloated_buffer_size_reaches_the_remote_sender() {
+        let a = start("tm-a", 4).await;
+        let b = start("tm-b", 4).await;
+        let id = ChannelId { job: 1, attempt: 0, edge: 0, from: 0, to: 0 };
+        let credit_return = b.credit_return(vec![Some((id, a.tm_id().into(), a.local_addr().to_string()))]);
+        let gate = Arc::new(InputGate::new(2, vec![Some(credit_return)]));
+        b.register_input(id, gate.clone(), 0, a.tm_id(), &a.local_addr().to_string());
+        // Before the sending end exists: kept with the announcement on `a`'s link to `b`.
+        gate.announce_buffer_size(3000);
+        let link = a.link(b.tm_id(), Some(&b.local_addr().to_string()));
+        wait_until("the pending size", || link.state.lock().pending_announces.get(&id).is_some_and(|p| p.buffer_size == 3000)).await;
+        let sub = a.register_output(id, b.tm_id(), &b.local_addr().to_string());
+        assert_eq!(sub.buffer_size(), Some(3000), "taken from the pending announcement");
+        assert_eq!(sub.queue_and_credit().1, 2, "with its credits");
+        gate.announce_buffer_size(20_000);
+        wait_until("the new size", || sub.buffer_size() == Some(20_000)).await;
     }
 
     /// Two environments on loopback, a channel from `a` to `b` with 2 credits: the sender

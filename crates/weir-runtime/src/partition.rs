@@ -1,9 +1,11 @@
 //! The sending side of a task: partitions output batches over the channels of each output
 //! edge and batches rows into network buffers.
 //!
-//! Rows for one channel accumulate until they reach `taskmanager.memory.segment-size` bytes
-//! or `execution.buffer-timeout` has passed since the first of them, whichever comes first;
-//! a batch larger than a segment is cut into segment-sized slices (zero-copy). The task calls
+//! Rows for one channel accumulate until they reach the channel's buffer size or
+//! `execution.buffer-timeout` has passed since the first of them, whichever comes first; a
+//! batch larger than the buffer size is cut into slices of that size (zero-copy). The buffer
+//! size is `taskmanager.memory.segment-size`, or the smaller size the receiving gate last
+//! announced (buffer debloating, see [`crate::debloat`]), read per batch. The task calls
 //! [`ResultPartition::flush_due`] after every batch and every wake; it compares one instant
 //! (the earliest deadline) and scans the channels only once that deadline passed. Hash
 //! partitioning computes each row's channel from its key group, once per row, in one loop per
@@ -84,6 +86,16 @@ impl ChannelWriter {
             ChannelWriter::Local { gate, index } => gate.has_room(*index),
             ChannelWriter::Remote(sub) => sub.has_room(),
         }
+    }
+
+    /// The size to cut this channel's buffers at: the segment size, or the smaller size its
+    /// receiving gate announced (buffer debloating).
+    fn buffer_size(&self, segment: usize) -> usize {
+        let announced = match self {
+            ChannelWriter::Local { gate, .. } => gate.buffer_size(),
+            ChannelWriter::Remote(sub) => sub.buffer_size(),
+        };
+        announced.map_or(segment, |s| s.min(segment))
     }
 
     /// Registers the sending task's waker, told when the channel regains room.
@@ -462,12 +474,18 @@ impl ResultPartition {
     }
 }
 
-/// Adds a batch to channel `ch`'s pending buffer and sends the buffer once it reaches a
-/// segment. A batch measured larger than a segment, with more than one row, is sent at once
-/// as zero-copy slices of about a segment each, after the rows already pending (order is
-/// kept). A single row larger than a segment goes as one oversized buffer.
+/// Adds a batch to channel `ch`'s pending buffer and sends the buffer once it reaches the
+/// channel's buffer size (the segment size, or what its gate announced; on a broadcast edge the
+/// smallest of its channels'). A batch measured larger than that, with more than one row, is
+/// sent at once as zero-copy slices of about that size each, after the rows already pending
+/// (order is kept). A single row larger than it goes as one oversized buffer.
 fn buffer(edge: &mut OutputEdge, ch: usize, batch: RecordBatch, buffering: &mut Buffering) -> OpResult {
-    let segment = buffering.segment_size;
+    let segment = match edge.partitioning {
+        Partitioning::Broadcast => {
+            edge.channels.iter().map(|c| c.buffer_size(buffering.segment_size)).min().unwrap_or(buffering.segment_size)
+        }
+        _ => edge.channels[ch].buffer_size(buffering.segment_size),
+    };
     let bytes = batch.get_array_memory_size();
     buffering.bytes_out += bytes as u64;
     let rows = batch.num_rows();
@@ -630,5 +648,33 @@ mod tests {
         part.emit(big).unwrap();
         let n = gate.queued_buffers(0);
         assert!(n >= 70, "80 kB of rows in 1 kB segments, got {n} buffers");
+    }
+
+    #[test]
+    fn buffers_are_cut_at_the_size_the_receiving_gate_announced() {
+        let gate = Arc::new(InputGate::new(1000, vec![None]));
+        let edge = OutputEdge::new(Partitioning::Forward, None, 128, vec![ChannelWriter::Local { gate: gate.clone(), index: 0 }], 0);
+        let mut part = ResultPartition::new(vec![edge], 32 << 10, Duration::from_secs(60));
+        let rows = |n: i64| RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from((0..n).collect::<Vec<i64>>())) as _)]).unwrap();
+        // 10 000 rows (80 kB) in 32 KiB segments: 3 buffers.
+        part.emit(rows(10_000)).unwrap();
+        assert_eq!(gate.queued_buffers(0), 3);
+        // The gate asks for 8 KiB buffers: the same rows now make 10.
+        gate.announce_buffer_size(8 << 10);
+        part.emit(rows(10_000)).unwrap();
+        let n = gate.queued_buffers(0);
+        assert!((3 + 10..=3 + 11).contains(&n), "80 kB in 8 KiB buffers: 10 or 11, got {}", n - 3);
+        // Small batches wait for 8 KiB, not for a segment.
+        let per_batch = rows(100).get_array_memory_size();
+        for _ in 0..(8 << 10) / per_batch {
+            part.emit(rows(100)).unwrap();
+        }
+        assert_eq!(gate.queued_buffers(0), n, "not yet 8 KiB");
+        part.emit(rows(100)).unwrap();
+        assert_eq!(gate.queued_buffers(0), n + 1, "8 KiB reached");
+        // A size above the segment is capped at the segment.
+        gate.announce_buffer_size(1 << 20);
+        part.emit(rows(10_000)).unwrap();
+        assert_eq!(gate.queued_buffers(0), n + 1 + 3);
     }
 }

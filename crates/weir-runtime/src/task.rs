@@ -47,6 +47,10 @@
 //! barrier that arrives while the task is backpressured is seen at once. The output of the
 //! one batch taken may overdraw a full channel (FLIP-227's overdraft), never more.
 //!
+//! With buffer debloating on, each round also gives the gate's
+//! [`BufferDebloater`](crate::debloat::BufferDebloater) the bytes taken so far, and each wait
+//! for input its length; once a period it may announce a new buffer size to the senders.
+//!
 //! ## Event time
 //! Watermarks and watermark statuses arriving on the gate go through a
 //! [`WatermarkValve`](crate::watermarks::WatermarkValve); when the task's event time advances,
@@ -307,10 +311,12 @@ impl Task {
         &self.metrics
     }
 
-    /// A reading of the task's metrics now, with its gate's queue and credit.
+    /// A reading of the task's metrics now, with its gate's queue, credit and buffer size.
     pub fn sample(&self) -> TaskSample {
         let (queue, credit) = self.gate.as_ref().map_or((0, 0), |g| g.queue_and_credit());
-        self.metrics.sample(queue as u64, credit as u64)
+        let mut sample = self.metrics.sample(queue as u64, credit as u64);
+        sample.debloated_buffer_size = self.gate.as_ref().and_then(|g| g.buffer_size()).unwrap_or(0) as u64;
+        sample
     }
 
     /// Hands the task a command; it acts on it within one batch (a waiting task wakes at once).
@@ -981,11 +987,15 @@ impl Runner {
     /// the task was cancelled. Any other gate failure, or a buffer that does not decode, is an
     /// error naming the reason or the channel.
     fn run_gate(&mut self, chain: &mut OperatorChain, gate: &InputGate) -> OpResult<bool> {
+        let mut debloater = gate.debloater(Instant::now(), self.bytes_in);
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Ok(false);
             }
             let now = Instant::now();
+            if let Some(size) = debloater.as_mut().and_then(|d| d.update(now, self.bytes_in)) {
+                gate.announce_buffer_size(size);
+            }
             self.publish(now);
             self.housekeeping(chain, Some(gate), now)?;
             let timer = self.timers(chain)?;
@@ -1023,7 +1033,14 @@ impl Runner {
                 GatePoll::Announce { channel, barrier } => self.barrier_input(chain, gate, Input::Announce { channel, barrier }, &[])?,
                 GatePoll::Timeout => {
                     let backpressured = allowed.is_err() && !self.partition.is_available();
+                    // Waiting with room on the outputs and nothing on the gate: time the
+                    // debloater does not count as busy. A wait for output room or for an
+                    // operator's pause (a throttle) is the task's own pace, and counts.
+                    let waiting_for_input = (debloater.is_some() && allowed.is_ok()).then(Instant::now);
                     self.wait(self.deadline(earliest(allowed.err().flatten(), timer)), backpressured);
+                    if let (Some(d), Some(since)) = (debloater.as_mut(), waiting_for_input) {
+                        d.idle(since.elapsed());
+                    }
                 }
                 GatePoll::Finished => return Ok(true),
                 GatePoll::Failed(reason) => {

@@ -145,7 +145,11 @@ pub(crate) fn deploy(shared: &Arc<Shared>, req: DeployTasksRequest) -> Result<()
             (None, 0)
         };
         let per_channel: Vec<Option<Arc<dyn CreditReturn>>> = remote.iter().map(|r| r.as_ref().and(credit.clone())).collect();
-        let gate = Arc::new(InputGate::new(s.config.network.buffers_per_channel, per_channel).with_floating(floating));
+        let mut gate = InputGate::new(s.config.network.buffers_per_channel, per_channel).with_floating(floating);
+        if let Some(debloat) = s.config.network.debloat {
+            gate = gate.with_debloat(debloat, s.config.network.segment_size);
+        }
+        let gate = Arc::new(gate);
         for (idx, r) in remote.into_iter().enumerate() {
             if let Some((id, tm, addr)) = r {
                 remote_inputs.push((id, gate.clone(), idx, tm, addr));

@@ -567,6 +567,7 @@ fn task_metrics(execution: ExecutionId, s: TaskSample) -> weir_proto::TaskMetric
         checkpoint_alignment_ms: ms(c.alignment),
         checkpoint_persisted_bytes: c.persisted_bytes,
         state_size: c.state_size,
+        debloated_buffer_size: s.debloated_buffer_size,
     }
 }
 

@@ -139,6 +139,7 @@ mod tests {
             sender_queue_buffers: 2,
             buffer_timeout: Duration::from_millis(100),
             memory_max: 1 << 20,
+            debloat: None,
         }
     }
 

@@ -42,6 +42,9 @@ pub const REFUSED: u8 = 8;
 /// here on. Sent before a channel's first buffer and whenever its schema changes, in order
 /// with the buffers; needs no credit. A buffer before any schema is a protocol violation.
 pub const SCHEMA: u8 = 9;
+/// Channel id + `u32` n: the receiving gate asks the sender to cut the channel's buffers at n
+/// bytes from now on (buffer debloating, [`crate::debloat`]). Ignored if the sending end is gone.
+pub const BUFFER_SIZE: u8 = 10;
 
 /// Largest frame of the handshake (`HELLO`, `CHALLENGE`, `WELCOME`, `REFUSED`): what an
 /// unauthenticated peer can make this side allocate.
@@ -97,6 +100,7 @@ pub enum Frame {
     PriorityEvent(ChannelId, Event),
     Announce(ChannelId, u32),
     Credit(ChannelId, u32),
+    BufferSize(ChannelId, u32),
 }
 
 impl Frame {
@@ -104,7 +108,7 @@ impl Frame {
     /// errors here: they have no place on an established connection.
     pub fn decode(kind: u8, mut body: Bytes) -> Result<Frame, FrameError> {
         let bad = |what: String| FrameError::Malformed(what);
-        if !matches!(kind, BUFFER | SCHEMA | EVENT | PRIORITY_EVENT | ANNOUNCE | CREDIT) {
+        if !matches!(kind, BUFFER | SCHEMA | EVENT | PRIORITY_EVENT | ANNOUNCE | CREDIT | BUFFER_SIZE) {
             return Err(bad(format!("unexpected frame kind {kind}")));
         }
         let id = ChannelId::decode(&mut body).ok_or_else(|| bad(format!("frame of kind {kind} too short for a channel id")))?;
@@ -133,6 +137,7 @@ impl Frame {
             EVENT => Frame::Event(id, event(&body)?),
             PRIORITY_EVENT => Frame::PriorityEvent(id, event(&body)?),
             ANNOUNCE => Frame::Announce(id, count(&body)?),
+            BUFFER_SIZE => Frame::BufferSize(id, count(&body)?),
             _ => Frame::Credit(id, count(&body)?),
         })
     }
@@ -248,6 +253,7 @@ mod tests {
         bytes.extend(frame_bytes(PRIORITY_EVENT, Some(&ID), &Event::CancelCheckpoint(3).encode()));
         bytes.extend(frame_bytes(ANNOUNCE, Some(&ID), &7u32.to_be_bytes()));
         bytes.extend(frame_bytes(CREDIT, Some(&ID), &1u32.to_be_bytes()));
+        bytes.extend(frame_bytes(BUFFER_SIZE, Some(&ID), &4096u32.to_be_bytes()));
         let frames: Vec<_> = read_all(&bytes, 1 << 20).into_iter().map(Result::unwrap).collect();
         assert_eq!(
             frames,
@@ -258,6 +264,7 @@ mod tests {
                 Frame::PriorityEvent(ID, Event::CancelCheckpoint(3)),
                 Frame::Announce(ID, 7),
                 Frame::Credit(ID, 1),
+                Frame::BufferSize(ID, 4096),
             ]
         );
     }
@@ -265,7 +272,8 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors_naming_the_fault() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (frame_bytes(10, Some(&ID), b""), "unexpected frame kind 10"),
+            (frame_bytes(11, Some(&ID), b""), "unexpected frame kind 11"),
+            (frame_bytes(BUFFER_SIZE, Some(&ID), &[0, 0, 1]), "expected 4"),
             (frame_bytes(SCHEMA, Some(&ID), b""), "schema for"),
             (frame_bytes(SCHEMA, Some(&ID), &[0xff, 0xff, 0xff, 0xff, 8, 0, 0, 0, 1, 2]), "schema for"),
             (frame_bytes(HELLO, None, b"tm-a"), "unexpected frame kind 0"),

@@ -54,8 +54,9 @@ use weir_core::config::keys;
 use weir_core::settings::SecurityConfig;
 
 /// The handshake's version byte; a peer with another version is refused by name. 2: `BUFFER`
-/// frames carry the sender's backlog (floating credits).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// frames carry the sender's backlog (floating credits). 3: `BUFFER_SIZE` frames (buffer
+/// debloating).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// How long a new connection may take to complete TLS and the handshake, on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of a nonce and of an HMAC-SHA256 tag.

@@ -3,7 +3,7 @@
 //! wrong tokens, untrusted certificates. Each checks that the offending connection is closed
 //! and that the real links keep delivering.
 
-use super::frame::{put_frame_header, ANNOUNCE, BUFFER, CREDIT, EVENT, FRAME_OVERHEAD, SCHEMA};
+use super::frame::{put_frame_header, ANNOUNCE, BUFFER, BUFFER_SIZE, CREDIT, EVENT, FRAME_OVERHEAD, SCHEMA};
 use super::handshake::{self, Connection, HandshakeError};
 use super::*;
 use crate::gate::GatePoll;
@@ -36,6 +36,7 @@ fn network() -> NetworkConfig {
         sender_queue_buffers: 8,
         buffer_timeout: Duration::from_millis(10),
         memory_max: 1 << 30,
+        debloat: None,
     }
 }
 
@@ -188,20 +189,21 @@ async fn frames_for_a_channel_from_a_peer_that_does_not_feed_it_are_refused() {
     ch.delivers(2..4).await;
 }
 
-/// `ANNOUNCE` and `CREDIT` for a sending end are taken only from the TaskManager it sends to:
-/// forged credits neither open the channel nor let data past the receiver's credits.
+/// `ANNOUNCE`, `CREDIT` and `BUFFER_SIZE` for a sending end are taken only from the TaskManager it
+/// sends to: forged credits neither open the channel nor let data past the receiver's credits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_for_a_channel_from_a_peer_that_does_not_consume_it_are_refused() {
     let a = start("tm-a", &plain()).await;
     let b = start("tm-b", &plain()).await;
     let ch = channel(&a, &b, id(3));
     ch.delivers(0..2).await;
-    for kind in [ANNOUNCE, CREDIT] {
+    for kind in [ANNOUNCE, CREDIT, BUFFER_SIZE] {
         let mut conn = intruder(&a, "tm-0", &plain()).await.unwrap();
         send_frame(&mut conn, kind, &id(3), &1000u32.to_be_bytes()).await;
         assert_closed(&mut conn).await;
     }
     assert_eq!(ch.sub.state.lock().credits, 4, "the forged credits were not granted");
+    assert_eq!(ch.sub.buffer_size(), None, "nor the forged buffer size");
     ch.delivers(2..6).await;
 }
 
