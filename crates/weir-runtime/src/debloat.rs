@@ -25,8 +25,32 @@
 //! which local senders read and remote ones receive in a `BUFFER_SIZE` frame. A sender cuts its
 //! pending rows into a buffer once they reach the announced size.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use weir_core::settings::DebloatConfig;
+
+/// The buffer size a gate last asked its senders for: set by the receiving side (the gate for
+/// its local senders, the network reader for a remote sending end), read by the sending task
+/// once per batch. None before the first announcement.
+#[derive(Debug, Default)]
+pub struct AnnouncedSize(AtomicUsize);
+
+impl AnnouncedSize {
+    /// Records `size` bytes; 0 is not a size and is ignored.
+    pub fn set(&self, size: usize) {
+        if size > 0 {
+            self.0.store(size, Ordering::Relaxed);
+        }
+    }
+
+    /// The size last announced, if any.
+    pub fn get(&self) -> Option<usize> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+}
 
 /// One gate's buffer-size calculation; owned by the receiving task's thread.
 #[derive(Debug)]

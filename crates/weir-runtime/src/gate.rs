@@ -45,11 +45,10 @@
 //! outside the lock.
 
 use crate::buffer::{Event, Item};
-use crate::debloat::BufferDebloater;
+use crate::debloat::{AnnouncedSize, BufferDebloater};
 use crate::wake::Waker;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_core::settings::DebloatConfig;
@@ -165,9 +164,8 @@ pub struct InputGate {
     floating: usize,
     /// Buffer debloating, with the segment size: see [`InputGate::with_debloat`].
     debloat: Option<(DebloatConfig, usize)>,
-    /// The buffer size last announced to the senders ([`InputGate::announce_buffer_size`]);
-    /// 0 before any.
-    buffer_size: AtomicUsize,
+    /// The buffer size last announced to the senders ([`InputGate::announce_buffer_size`]).
+    buffer_size: AnnouncedSize,
 }
 
 impl InputGate {
@@ -196,7 +194,7 @@ impl InputGate {
             remote,
             floating: 0,
             debloat: None,
-            buffer_size: AtomicUsize::new(0),
+            buffer_size: AnnouncedSize::default(),
         }
     }
 
@@ -225,7 +223,7 @@ impl InputGate {
     /// Asks every sender of this gate to cut its buffers at `size` bytes: local senders read it
     /// ([`InputGate::buffer_size`]), remote ones are told over the network.
     pub fn announce_buffer_size(&self, size: usize) {
-        self.buffer_size.store(size, Ordering::Relaxed);
+        self.buffer_size.set(size);
         let size = size.min(u32::MAX as usize) as u32;
         for (channel, remote) in self.remote.iter().enumerate() {
             if let Some(r) = remote {
@@ -236,10 +234,7 @@ impl InputGate {
 
     /// The buffer size last announced to this gate's senders, if any.
     pub fn buffer_size(&self) -> Option<usize> {
-        match self.buffer_size.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(n),
-        }
+        self.buffer_size.get()
     }
 
     /// Floating credits no channel holds (for tests and metrics).

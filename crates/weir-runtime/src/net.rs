@@ -132,6 +132,7 @@ pub use frame::max_buffer_len;
 pub use handshake::{NetSecurity, SecurityError};
 
 use crate::buffer::{schema_message, BatchEncoder, ChannelId, Encoded, Event, Item};
+use crate::debloat::AnnouncedSize;
 use crate::gate::{CreditReturn, InputGate};
 use bytes::{Bytes, BytesMut};
 use frame::{read_frame, Frame, FrameError, ANNOUNCE, BUFFER_SIZE, CREDIT, EVENT, FRAME_OVERHEAD, PRIORITY_EVENT, SCHEMA};
@@ -139,7 +140,6 @@ use handshake::{Connection, HandshakeError, ReadHalf, WriteHalf, WriteSide, HAND
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -377,7 +377,7 @@ impl NetworkEnvironment {
                     space: Condvar::new(),
                     link: link.clone(),
                     max_buffer: self.max_buffer,
-                    buffer_size: AtomicUsize::new(0),
+                    buffer_size: AnnouncedSize::default(),
                 })
             })
             .clone();
@@ -386,9 +386,7 @@ impl NetworkEnvironment {
         let pending = link.state.lock().pending_announces.remove(&id);
         drop(outputs);
         if let Some(p) = pending {
-            if p.buffer_size > 0 {
-                sub.buffer_size.store(p.buffer_size as usize, Ordering::Relaxed);
-            }
+            sub.buffer_size.set(p.buffer_size as usize);
             sub.add_credit(p.credits);
         }
         link.add_subpartition(&sub);
@@ -545,9 +543,7 @@ impl NetworkEnvironment {
                     link.peer, sub.link.peer
                 ));
             }
-            if n > 0 {
-                sub.buffer_size.store(n as usize, Ordering::Relaxed);
-            }
+            sub.buffer_size.set(n as usize);
             return Ok(());
         }
         if let Some(p) = link.state.lock().pending_announces.get_mut(&id) {
@@ -1129,8 +1125,8 @@ pub struct RemoteSubpartition {
     link: Arc<PeerLink>,
     /// The largest buffer body the data plane carries: a larger buffer fails the push.
     max_buffer: usize,
-    /// The buffer size the receiving gate last asked for (`BUFFER_SIZE`); 0 before any.
-    buffer_size: AtomicUsize,
+    /// The buffer size the receiving gate last asked for (`BUFFER_SIZE`).
+    buffer_size: AnnouncedSize,
 }
 
 impl RemoteSubpartition {
@@ -1226,10 +1222,7 @@ impl RemoteSubpartition {
 
     /// The buffer size the receiving gate last asked for (buffer debloating), if any.
     pub fn buffer_size(&self) -> Option<usize> {
-        match self.buffer_size.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(n),
-        }
+        self.buffer_size.get()
     }
 
     /// Whether the sending task may take its next input: fewer than `sender-queue-buffers`
