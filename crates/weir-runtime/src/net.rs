@@ -513,9 +513,7 @@ impl NetworkEnvironment {
     fn announce(&self, link: &PeerLink, id: ChannelId, n: u32) -> Result<(), String> {
         let outputs = self.outputs.lock();
         if let Some(sub) = outputs.get(&id) {
-            if sub.link.peer != link.peer {
-                return Err(format!("TaskManager {} announced channel {id:?}, which sends to TaskManager {}", link.peer, sub.link.peer));
-            }
+            sends_to(sub, link, "announced channel")?;
             let sub = sub.clone();
             drop(outputs);
             sub.add_credit(n);
@@ -537,12 +535,7 @@ impl NetworkEnvironment {
     fn buffer_size(&self, link: &PeerLink, id: ChannelId, n: u32) -> Result<(), String> {
         let outputs = self.outputs.lock();
         if let Some(sub) = outputs.get(&id) {
-            if sub.link.peer != link.peer {
-                return Err(format!(
-                    "TaskManager {} sent a buffer size for channel {id:?}, which sends to TaskManager {}",
-                    link.peer, sub.link.peer
-                ));
-            }
+            sends_to(sub, link, "sent a buffer size for channel")?;
             sub.buffer_size.set(n as usize);
             return Ok(());
         }
@@ -556,15 +549,20 @@ impl NetworkEnvironment {
     /// peer; ignored if the end is gone (its end of partition went out, or it was released).
     fn credit(&self, link: &PeerLink, id: ChannelId, n: u32) -> Result<(), String> {
         let Some(sub) = self.outputs.lock().get(&id).cloned() else { return Ok(()) };
-        if sub.link.peer != link.peer {
-            return Err(format!(
-                "TaskManager {} returned a credit for channel {id:?}, which sends to TaskManager {}",
-                link.peer, sub.link.peer
-            ));
-        }
+        sends_to(&sub, link, "returned a credit for channel")?;
         sub.add_credit(n);
         Ok(())
     }
+}
+
+/// Checks that a frame about sending end `sub` came from the peer it sends to (`ANNOUNCE`,
+/// `CREDIT`, `BUFFER_SIZE`); otherwise an error naming both peers, `did` being what the frame
+/// did ("announced channel").
+fn sends_to(sub: &RemoteSubpartition, link: &PeerLink, did: &str) -> Result<(), String> {
+    if sub.link.peer == link.peer {
+        return Ok(());
+    }
+    Err(format!("TaskManager {} {did} {:?}, which sends to TaskManager {}", link.peer, sub.id, sub.link.peer))
 }
 
 /// What the peer announced for a channel whose sending end is not registered yet.
